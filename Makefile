@@ -1,0 +1,36 @@
+# featurecache: `make demo` and `make test` are the two commands of the quick start.
+# Both create .venv themselves. torch/torchvision are pinned to the releases that
+# install offline on our machines; do not pin anything newer.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[test,ray,dask]" $(TORCH_PINS)
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/featurecache demo
+
+test: install
+	$(VENV)/bin/ruff check featurecache pipelines tests benchmarks
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check featurecache pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check featurecache pipelines tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
