@@ -337,7 +337,29 @@ class Store:
             self._meta_memo[key] = read_shard_meta(path, self.path.parent, self._open)
         return self._meta_memo[key]
 
+    def status_counts(self, model: str, layers: Sequence[str]) -> tuple[int, int]:
+        """Return ``(n_ok, n_failed)`` over the committed shards holding ``layers``."""
+        by_shard: dict[int, np.ndarray] = {}
+        for meta in self._scan_shards(model):
+            if set(layers) & set(meta.layers):
+                by_shard.setdefault(meta.shard, meta.status)
+        status = np.concatenate(list(by_shard.values())) if by_shard else np.zeros(0, np.int8)
+        return int(np.sum(status == STATUS_OK)), int(np.sum(status == STATUS_FAILED))
+
     # -- the index ------------------------------------------------------------------
+
+    def index_is_current(self) -> bool:
+        """True when ``CACHE.h5`` lists every committed shard file on disk."""
+        if not self.path.exists():
+            return False
+        try:
+            with self._open(self.path) as f:
+                models = sorted(f["features"].keys()) if "features" in f else []
+                listed = {m: set(f[f"shards/{m}/file"].asstr()[:]) for m in models}
+        except (OSError, KeyError):
+            return False
+        disk = dict(self._listing())
+        return listed.keys() == disk.keys() and all(listed[m] == set(disk[m]) for m in disk)
 
     def models(self) -> list[str]:
         if not self.data_dir.exists():

@@ -1,0 +1,555 @@
+"""Extraction: run a frozen backbone over a dataset and commit features shard by shard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurecache import __version__
+from featurecache._backbones import LoadedBackbone, load_backbone
+from featurecache._data import Dataset, load_dataset
+from featurecache._layers import LayerInfo, capture, check_layers, describe_layers, pool
+from featurecache._store import FORMAT_VERSION, STATUS_FAILED, STATUS_OK, Store
+from featurecache.exceptions import BatchError, InvalidArgumentError
+
+__all__ = ["extract", "ExtractResult", "DEFAULT_MODEL", "resolve_device", "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORE_DTYPES = ("float32", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAP_POOLS = ("avg", "max", "avgmax", "flatten")
+TOKEN_POOLS = ("cls", "mean")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one call of :func:`extract` did.
+
+    ``computed`` lists the layers this call computed; it is empty on a cache hit.
+    """
+
+    cache: Path
+    model: str
+    layers: tuple[str, ...]
+    computed: tuple[str, ...]
+    n_samples: int
+    n_ok: int
+    n_failed: int
+    rows_computed: int
+    shards_written: int
+    seconds: float
+    device: str = ""
+    compute_dtype: str = ""
+
+    @property
+    def hit(self) -> bool:
+        return self.shards_written == 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows_computed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The shards still to compute, each with the layers it lacks."""
+
+    shard_size: int
+    n_samples: int
+    work: tuple[tuple[int, tuple[str, ...]], ...]
+
+    def rows(self, shard: int) -> range:
+        start = shard * self.shard_size
+        return range(start, min(start + self.shard_size, self.n_samples))
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(self.rows(shard)) for shard, _ in self.work)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    start: int
+    status: np.ndarray
+    reasons: list[str]
+    features: dict[str, np.ndarray] = field(repr=False)
+
+
+def extract(
+    data: str | os.PathLike | Dataset,
+    cache: str | os.PathLike,
+    *,
+    model: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    layers: Sequence[str] | None = None,
+    pool: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    workers: int | str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    store_dtype: str = "float32",
+    name: str | None = None,
+    split: str | None = None,
+    seed: int = 0,
+    shard_size: int = 1024,
+    locking: bool | None = None,
+    progress: bool = False,
+) -> ExtractResult:
+    """Extract features of ``layers`` of a frozen ``model`` over ``data`` into ``cache``.
+
+    Parameters
+    ----------
+    data : str, path or Dataset
+        See :func:`featurecache.load_dataset`.
+    cache : str or path
+        The cache index file (``.h5``); created if missing, resumed if present.
+    model : str
+        A name from :func:`featurecache.list_backbones`.
+    weights : str, optional
+        ``DEFAULT``, a torchvision weights name, ``none`` (seeded random init) or a
+        local state-dict file. Defaults to the backbone's default.
+    layers : sequence of str, optional
+        Names from :func:`featurecache.list_layers`; all are captured in one forward
+        pass. Defaults to the backbone's default layers.
+    pool : str, optional
+        ``avg`` (default), ``max``, ``avgmax`` or ``flatten`` for conv maps; ``cls``
+        (default) or ``mean`` for token outputs.
+    image_size : int, optional
+        Crop size S; the backbone's default when omitted.
+    batch_size, workers, device, locking, progress
+        Execution settings; they never change the stored numbers.
+    dtype : {"auto", "float32", "bfloat16", "float16"}
+        Autocast dtype of the forward pass. ``auto`` keeps the cached model's, else
+        bfloat16 where the device supports it and float32 elsewhere.
+    store_dtype : {"float32", "float16"}
+        Dtype of the stored features.
+    name : str, optional
+        Name of the model in the cache; the backbone name by default.
+    split : str, optional
+        ``random:FRACTION`` or ``none`` for datasets without their own split.
+    seed : int
+        Seed of the random split and of ``weights="none"``.
+    shard_size : int
+        Rows per shard (unit of commit) for a new cache; an existing cache keeps its own.
+
+    Returns
+    -------
+    ExtractResult
+
+    Raises
+    ------
+    InvalidArgumentError, UnknownNameError, ConfigMismatchError, DatasetChangedError
+        Before any work, when the arguments, dataset or cache do not fit.
+    BatchError
+        When a batch raises or yields NaN/Inf; shards committed before it are kept.
+    CacheLockedError
+        When another process writes the same model into the same cache.
+    """
+    started = time.perf_counter()
+    _check_settings(batch_size, workers, device, dtype, store_dtype, shard_size, name)
+    store = Store(cache, locking=locking)
+    store.check_path()
+    dataset = load_dataset(data, split=split, seed=seed)
+    if store.has_samples():
+        store.check_dataset(dataset)
+    backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
+    infos = {info.name: info for info in describe_layers(backbone.module, backbone.image_size)}
+    requested = tuple(dict.fromkeys(layers or backbone.default_layers))
+    check_layers(list(infos.values()), requested, model=model)
+    pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
+    model_name = name or model
+    torch_device = resolve_device(device)
+    previous = store.read_config(model_name) if store.has_samples() else None
+    compute_dtype = resolve_dtype(dtype, torch_device, previous)
+    config = build_config(backbone, pooling, store_dtype, compute_dtype)
+    if previous is not None:
+        from featurecache._store import check_config
+
+        check_config(model_name, previous, config, store.path)
+
+    store.create_samples(dataset, shard_size)
+    store.register_model(model_name, config)
+    root = store.read_root_attrs()
+    with store.lock_model(model_name):
+        plan = make_plan(store, model_name, requested, int(root["shard_size"]), len(dataset))
+        if not plan.work:
+            if not store.index_is_current():
+                store.rebuild_index()
+            computed, written = (), 0
+        else:
+            runner = ShardRunner(backbone, infos, pooling, config, torch_device, compute_dtype)
+            written = 0
+            for result in runner.run(
+                dataset, plan, batch_size, _resolve_workers(workers, dataset), progress
+            ):
+                store.write_shard(
+                    model_name, result.shard, result.start, result.status, result.reasons,
+                    result.features, runner.layer_attrs, config,
+                )  # fmt: skip
+                store.rebuild_index()
+                written += 1
+                logger.info(
+                    "committed shard %d of %s (%d rows)",
+                    result.shard,
+                    model_name,
+                    len(result.status),
+                )
+            computed = tuple(sorted({layer for _, missing in plan.work for layer in missing}))
+    n_ok, n_failed = store.status_counts(model_name, requested)
+    return ExtractResult(
+        cache=store.path,
+        model=model_name,
+        layers=requested,
+        computed=computed,
+        n_samples=len(dataset),
+        n_ok=n_ok,
+        n_failed=n_failed,
+        rows_computed=plan.n_rows,
+        shards_written=written,
+        seconds=time.perf_counter() - started,
+        device=str(torch_device),
+        compute_dtype=compute_dtype,
+    )
+
+
+def make_plan(
+    store: Store, model: str, layers: Sequence[str], shard_size: int, n_samples: int
+) -> Plan:
+    """List the shards whose requested layers are not all committed yet."""
+    done = store.done_layers(model)
+    n_shards = -(-n_samples // shard_size)
+    work = []
+    for shard in range(n_shards):
+        missing = tuple(sorted(set(layers) - done.get(shard, set())))
+        if missing:
+            work.append((shard, missing))
+    return Plan(shard_size, n_samples, tuple(work))
+
+
+def build_config(
+    backbone: LoadedBackbone, pooling: str, store_dtype: str, compute_dtype: str
+) -> dict:
+    """The model configuration: everything that changes the stored numbers."""
+    return {
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "seed": backbone.seed,
+        "preprocessing": backbone.preprocess.to_dict(),
+        "image_size": backbone.image_size,
+        "pooling": pooling,
+        "dtype": store_dtype,
+        "compute_dtype": compute_dtype,
+        "format_version": FORMAT_VERSION,
+        "featurecache_version": __version__,
+    }
+
+
+class ShardRunner:
+    """Runs the frozen backbone over shards and returns their features in memory.
+
+    The in-process engine and the Ray workers both use it, so every engine
+    computes a shard the same way.
+    """
+
+    def __init__(
+        self,
+        backbone: LoadedBackbone,
+        infos: Mapping[str, LayerInfo],
+        pooling: str,
+        config: Mapping,
+        device: torch.device,
+        compute_dtype: str,
+    ) -> None:
+        self.backbone = backbone
+        self.infos = dict(infos)
+        self.pooling = pooling
+        self.config = dict(config)
+        self.device = device
+        self.compute_dtype = COMPUTE_DTYPES[compute_dtype]
+        self.store_dtype = np.dtype(config["dtype"])
+        self.module = backbone.module.to(device)
+        if device.type in ("cpu", "cuda"):
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    @property
+    def layer_attrs(self) -> dict[str, dict]:
+        return {
+            name: {
+                "depth": float(info.depth),
+                "depth_index": int(info.depth_index),
+                "raw_shape": np.asarray(info.shape, dtype=np.int64),
+                "kind": info.kind,
+                "pooling_applied": _pool_for(info, self.pooling),
+            }
+            for name, info in self.infos.items()
+        }
+
+    def run(
+        self, dataset: Dataset, plan: Plan, batch_size: int, workers: int, progress: bool = False
+    ) -> Iterator[ShardResult]:
+        """Yield one :class:`ShardResult` per shard of the plan, in order."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=plan.n_rows,
+            unit="img",
+            desc=self.backbone.name,
+            disable=not progress,
+            smoothing=0.1,
+        )
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for shard, missing in plan.work:
+            groups.setdefault(missing, []).append(shard)
+        try:
+            for missing, shards in groups.items():
+                yield from self._run_group(dataset, plan, shards, missing, batch_size, workers, bar)
+        finally:
+            bar.close()
+
+    def _run_group(
+        self, dataset, plan, shards, layers, batch_size, workers, bar
+    ) -> Iterator[ShardResult]:
+        batches = [
+            list(rows[i : i + batch_size]) for shard in shards for rows in [plan.rows(shard)]
+            for i in range(0, len(rows), batch_size)
+        ]  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            _Images(dataset, self.backbone.preprocess),
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        dims = {layer: _pooled_dim(self.infos[layer], self.pooling) for layer in layers}
+        shard_iter = iter(shards)
+        current = None
+        with torch.inference_mode(), capture(self.module, layers) as outputs:
+            for rows, images, ok, reasons in loader:
+                if current is None:
+                    shard = next(shard_iter)
+                    current = _ShardBuffer(shard, plan.rows(shard), dims, self.store_dtype)
+                features = (
+                    self._forward(images, rows[ok], dataset, layers, outputs) if ok.any() else {}
+                )
+                current.fill(rows, ok, reasons, features)
+                bar.update(len(rows))
+                if current.complete:
+                    yield current.result()
+                    current = None
+
+    def _forward(self, images, rows, dataset, layers, outputs) -> dict[str, np.ndarray]:
+        non_blocking = self.device.type == "cuda"
+        x = images.to(self.device, non_blocking=non_blocking)
+        if self.device.type in ("cpu", "cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        enabled = self.compute_dtype != torch.float32
+        try:
+            with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled):
+                self.module(x)
+            pooled = {
+                layer: pool(
+                    outputs[layer],
+                    _pool_for(self.infos[layer], self.pooling),
+                    self.infos[layer].kind,
+                )
+                for layer in layers
+            }
+        except Exception as error:
+            raise BatchError(
+                f"a batch of {len(rows)} samples failed in {self.backbone.name} "
+                f"({type(error).__name__}: {error}); sample ids: {_ids(dataset, rows)}; nothing of "
+                "this batch was committed and earlier shards are kept."
+            ) from error
+        result = {}
+        for layer, values in pooled.items():
+            values = values.float().cpu()
+            finite = torch.isfinite(values).all(dim=1)
+            if not bool(finite.all()):
+                bad = rows[~finite.numpy()]
+                raise BatchError(
+                    f"layer {layer!r} of {self.backbone.name} produced NaN or Inf for {len(bad)} samples "
+                    f"(ids: {_ids(dataset, bad)}); nothing of this batch was committed and earlier "
+                    "shards are kept."
+                )
+            result[layer] = values.numpy()
+        return result
+
+
+class _ShardBuffer:
+    """Preallocated output of one shard, filled batch by batch."""
+
+    def __init__(self, shard: int, rows: range, dims: Mapping[str, int], dtype: np.dtype) -> None:
+        self.shard, self.start, n = shard, rows.start, len(rows)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.reasons = [""] * n
+        self.features = {
+            layer: np.full((n, dim), np.nan, dtype=dtype) for layer, dim in dims.items()
+        }
+        self.filled = 0
+
+    def fill(self, rows: np.ndarray, ok: np.ndarray, reasons: list[str], features: Mapping) -> None:
+        local = rows - self.start
+        self.status[local] = np.where(ok, STATUS_OK, STATUS_FAILED)
+        for i, reason in zip(local, reasons, strict=True):
+            self.reasons[i] = reason
+        for layer, values in features.items():
+            self.features[layer][local[ok]] = values
+        self.filled += len(rows)
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == len(self.status)
+
+    def result(self) -> ShardResult:
+        return ShardResult(self.shard, self.start, self.status, self.reasons, self.features)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes and preprocesses one sample; a bad image becomes a failed row, not an error."""
+
+    def __init__(self, dataset: Dataset, preprocess) -> None:
+        self.dataset = dataset
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: int):
+        try:
+            return row, self.preprocess(self.dataset.load_image(row)), ""
+        except Exception as error:  # any decoding failure is recorded, with its reason
+            return row, None, _reason(error)
+
+
+def _collate(items):
+    rows = np.array([row for row, _, _ in items], dtype=np.int64)
+    ok = np.array([image is not None for _, image, _ in items], dtype=bool)
+    images = [image for _, image, _ in items if image is not None]
+    stacked = torch.stack(images) if images else None
+    return rows, stacked, ok, [reason for _, _, reason in items]
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+def _ids(dataset: Dataset, rows: np.ndarray, limit: int = 10) -> str:
+    ids = [str(dataset.ids[r]) for r in rows[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return ", ".join(ids) + more
+
+
+def _pool_for(info: LayerInfo, pooling: str) -> str:
+    if info.kind == "map":
+        return pooling if pooling in MAP_POOLS else "avg"
+    if info.kind == "tokens":
+        return pooling if pooling in TOKEN_POOLS else "cls"
+    return "none"
+
+
+def _pooled_dim(info: LayerInfo, pooling: str) -> int:
+    method = _pool_for(info, pooling)
+    if info.kind == "map":
+        channels = info.shape[0]
+        return {"avg": channels, "max": channels, "avgmax": 2 * channels}.get(
+            method, int(np.prod(info.shape))
+        )
+    return int(info.shape[-1])
+
+
+def _resolve_pool(pool: str | None, infos: Sequence[LayerInfo]) -> str:
+    kinds = {info.kind for info in infos}
+    if pool is None:
+        return "cls" if kinds == {"tokens"} or kinds == {"tokens", "vector"} else "avg"
+    accepted = {"map": MAP_POOLS, "tokens": TOKEN_POOLS}
+    if not any(pool in accepted.get(kind, ()) for kind in kinds):
+        options = sorted({m for kind in kinds for m in accepted.get(kind, ())}) or ["none needed"]
+        raise InvalidArgumentError(
+            f"--pool must be one of {', '.join(options)} for the requested layers "
+            f"({', '.join(sorted(kinds))} outputs); got {pool!r}."
+        )
+    return pool
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` into a device, checking it is available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            "--device cuda was requested but no CUDA device is available; use --device cpu or auto."
+        )
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise InvalidArgumentError(
+            "--device mps was requested but MPS is not available; use --device cpu or auto."
+        )
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device, previous: Mapping | None = None) -> str:
+    """Resolve ``auto``: the cached model's dtype, else bfloat16 where supported, else float32."""
+    if dtype != "auto":
+        return dtype
+    if previous is not None:
+        return str(previous["compute_dtype"])
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device.type == "cpu" and cpu_has_fast_bfloat16():
+        return "bfloat16"
+    return "float32"
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """True on CPUs with AMX or AVX-512 BF16, where bf16 autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def _resolve_workers(workers: int | str, dataset: Dataset) -> int:
+    if workers != "auto":
+        return int(workers)
+    if dataset.arrays is not None:
+        return 0  # nothing to decode
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _check_settings(batch_size, workers, device, dtype, store_dtype, shard_size, name) -> None:
+    checks = [
+        (isinstance(batch_size, int) and batch_size > 0, f"--batch-size must be a positive integer; got {batch_size!r}."),
+        (workers == "auto" or (isinstance(workers, int) and workers >= 0), f"--workers must be 'auto' or an integer >= 0; got {workers!r}."),
+        (device in DEVICES, f"--device must be one of {', '.join(DEVICES)}; got {device!r}."),
+        (dtype == "auto" or dtype in COMPUTE_DTYPES, f"--dtype must be one of auto, {', '.join(COMPUTE_DTYPES)}; got {dtype!r}."),
+        (store_dtype in STORE_DTYPES, f"--store-dtype must be one of {', '.join(STORE_DTYPES)}; got {store_dtype!r}."),
+        (isinstance(shard_size, int) and shard_size > 0, f"--shard-size must be a positive integer; got {shard_size!r}."),
+        (name is None or bool(_NAME.match(name)), f"--name must be letters, digits and _.+- (a file name); got {name!r}."),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise InvalidArgumentError(message)

@@ -1,0 +1,382 @@
+"""The ``featurecache`` command line.
+
+Every subcommand maps onto one public function; errors print one line and exit
+with the error's code (2 for bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from featurecache import __version__
+from featurecache.exceptions import FeatureCacheError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featurecache",
+        description="Extract frozen-backbone features once into an HDF5 cache, then choose "
+        "backbone, layer and head on the cache without a GPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"featurecache {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_backbones(sub)
+    _add_layers(sub)
+    _add_extract(sub)
+    _add_ls(sub)
+    from pipelines._cli import register
+
+    register(sub)
+    _add_predict(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FeatureCacheError as error:
+        print(f"featurecache: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(
+            "featurecache: interrupted; finished shards are kept, re-run to resume.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def _workers(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+# -- backbones ------------------------------------------------------------------------
+
+
+def _add_backbones(sub) -> None:
+    parser = sub.add_parser("backbones", help="list the backbones that can be extracted")
+    parser.set_defaults(func=_run_backbones)
+
+
+def _run_backbones(args) -> int:
+    from featurecache._backbones import get_backbone, list_backbones
+
+    for name in list_backbones():
+        backbone = get_backbone(name)
+        print(f"{name:32s} {backbone.family:16s} default weights: {backbone.default_weights}")
+    return 0
+
+
+# -- layers ---------------------------------------------------------------------------
+
+
+def _add_layers(sub) -> None:
+    parser = sub.add_parser(
+        "layers", help="list the capturable layers of a backbone with their shapes"
+    )
+    parser.add_argument("model")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input size S (default: the backbone's)"
+    )
+    parser.add_argument("--all", action="store_true", help="also list modules that are not stages")
+    parser.set_defaults(func=_run_layers)
+
+
+def _run_layers(args) -> int:
+    from featurecache._layers import list_layers
+
+    infos = list_layers(args.model, image_size=args.image_size)
+    print(f"{'layer':40s} {'output shape':20s} {'depth':>6s}  default")
+    for info in infos:
+        shape = "x".join(str(s) for s in info.shape)
+        print(f"{info.name:40s} {shape:20s} {info.depth:6.2f}  {'*' if info.default else ''}")
+    print(f"\n* = default set; pass --layers a,b,c to `featurecache extract {args.model} ...`.")
+    return 0
+
+
+# -- extract --------------------------------------------------------------------------
+
+
+def _add_extract(sub) -> None:
+    parser = sub.add_parser("extract", help="extract features of a dataset into the cache")
+    parser.add_argument(
+        "data",
+        help="folder of class sub-folders, CSV manifest (path,label[,split]) or builtin:NAME",
+    )
+    parser.add_argument("--cache", required=True, help="cache file (.h5); created or resumed")
+    parser.add_argument(
+        "--model", default="efficientnet_lite0", help="backbone name (see `featurecache backbones`)"
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="DEFAULT, a torchvision weights name, none, or a state-dict file",
+    )
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layer names (see `featurecache layers MODEL`)",
+    )
+    parser.add_argument(
+        "--pool", default=None, help="avg|max|avgmax|flatten for conv maps; cls|mean for tokens"
+    )
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        help="data-loading processes; with --engine ray, Ray workers",
+    )
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    parser.add_argument(
+        "--dtype", default="auto", help="autocast dtype: auto|float32|bfloat16|float16"
+    )
+    parser.add_argument("--store-dtype", default="float32", help="float32|float16")
+    parser.add_argument(
+        "--name", default=None, help="name of the model in the cache (default: the backbone)"
+    )
+    parser.add_argument(
+        "--split", default=None, help="random:FRACTION or none, for data without splits"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-size", type=int, default=1024, help="rows per committed shard")
+    parser.add_argument(
+        "--no-locking",
+        action="store_true",
+        help="no file locks (network file systems); also FEATURECACHE_NO_LOCKING=1",
+    )
+    parser.add_argument("--engine", default="local", help="local|ray")
+    parser.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=_run_extract)
+
+
+def _run_extract(args) -> int:
+    from featurecache._extract import extract
+
+    options = dict(
+        cache=args.cache,
+        model=args.model,
+        weights=args.weights,
+        layers=_csv_list(args.layers),
+        pool=args.pool,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=args.dtype,
+        store_dtype=args.store_dtype,
+        name=args.name,
+        split=args.split,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        locking=False if args.no_locking else None,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    if args.engine == "ray":
+        from featurecache._ray import extract_ray
+
+        n_workers = 2 if args.workers == "auto" else args.workers
+        options["workers"] = 0
+        result = extract_ray(
+            args.data,
+            address=args.address,
+            n_workers=n_workers,
+            gpus_per_worker=args.gpus_per_worker,
+            **options,
+        )
+    elif args.engine == "local":
+        result = extract(args.data, **options)
+    else:
+        from featurecache.exceptions import InvalidArgumentError
+
+        raise InvalidArgumentError(f"--engine must be local or ray; got {args.engine!r}.")
+    if result.hit:
+        print(
+            f"cache hit: {result.model} layers {','.join(result.layers)} already in {result.cache} (no forward pass)"
+        )
+    else:
+        print(
+            f"extracted {result.model} layers {','.join(result.computed)} for {result.rows_computed} samples "
+            f"in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s, {result.device}, {result.compute_dtype}) "
+            f"-> {result.cache}"
+        )
+    print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
+    return 0
+
+
+# -- ls -------------------------------------------------------------------------------
+
+
+def _add_ls(sub) -> None:
+    parser = sub.add_parser(
+        "ls", help="show what a cache holds: models, layers, shapes, status, provenance"
+    )
+    parser.add_argument("cache")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_run_ls)
+
+
+def _run_ls(args) -> int:
+    from pipelines import open_cache
+
+    cache = open_cache(args.cache)
+    if args.json:
+        entries = [
+            {
+                **{
+                    k: getattr(e, k)
+                    for k in (
+                        "model",
+                        "layer",
+                        "n_features",
+                        "dtype",
+                        "n_ok",
+                        "n_failed",
+                        "n_pending",
+                        "depth",
+                    )
+                },
+                "provenance": e.provenance,
+            }
+            for e in cache.entries
+        ]
+        print(
+            json.dumps(
+                {"cache": str(cache.path), "n_samples": len(cache.ids), "entries": entries},
+                default=str,
+                indent=1,
+            )
+        )
+        return 0
+    splits = {
+        name: int((cache.splits == name).sum()) for name in dict.fromkeys(cache.splits.tolist())
+    }
+    split_text = ", ".join(f"{name or '(none)'} {count}" for name, count in splits.items())
+    print(
+        f"{cache.path}: {len(cache.ids)} samples ({split_text}), {len(cache.class_names)} classes"
+    )
+    for model in cache.models:
+        entries = [e for e in cache.entries if e.model == model]
+        config = entries[0].provenance if entries else {}
+        print(
+            f"\n{model}: backbone {config.get('backbone', '?')}, weights {config.get('weights', '?')}, pooling {config.get('pooling', '?')}, compute {config.get('compute_dtype', '?')}"
+        )
+        print(
+            f"  sha256 {str(config.get('weights_sha256', '?'))[:16]}…  preprocessing {config.get('preprocessing', '?')}"
+        )
+        print(
+            f"  {'layer':32s} {'features':>9s} {'dtype':8s} {'ok':>7s} {'failed':>7s} {'pending':>8s}"
+        )
+        for e in entries:
+            print(
+                f"  {e.layer:32s} {e.n_features:9d} {e.dtype:8s} {e.n_ok:7d} {e.n_failed:7d} {e.n_pending:8d}"
+            )
+        failures = cache.failures(model)
+        if failures:
+            print(f"  failed samples ({len(failures)}):")
+            for sample_id, reason in failures:
+                print(f"    {sample_id}: {reason}")
+    return 0
+
+
+# -- predict --------------------------------------------------------------------------
+
+
+def _add_predict(sub) -> None:
+    parser = sub.add_parser("predict", help="predict new images with a fitted head")
+    parser.add_argument("images", help="a folder of images or a CSV with a path column")
+    parser.add_argument(
+        "--head",
+        required=True,
+        help="a head file from `featurecache fit` (RESULTS/heads/...joblib)",
+    )
+    parser.add_argument("--out", required=True, help="output CSV")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=_workers, default="auto")
+    parser.set_defaults(func=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from featurecache._predict import predict, write_predictions
+
+    table = predict(
+        args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
+    )
+    write_predictions(table, args.out)
+    n_failed = int((table["status"] != "ok").sum())
+    print(f"predicted {len(table) - n_failed} images ({n_failed} unreadable) -> {args.out}")
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------
+
+
+def _add_demo(sub) -> None:
+    parser = sub.add_parser("demo", help="extract, fit and report on a built-in dataset, offline")
+    parser.add_argument(
+        "--dataset", default="builtin:digits", help="builtin:digits or builtin:fashion-mnist"
+    )
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layers (default: the backbone's default set)",
+    )
+    parser.add_argument(
+        "--heads", default=None, help="comma-separated heads (default: logreg,linsvm,svm)"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first N samples per split (quick runs)",
+    )
+    parser.add_argument(
+        "--cache", default=None, help="cache file (default: data/cache/demo-<dataset>.h5)"
+    )
+    parser.add_argument("--out", default=None, help="report folder (default: reports/demo)")
+    parser.add_argument("--jobs", type=int, default=-1)
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from featurecache._demo import run_demo, summarize
+
+    summary = run_demo(
+        dataset=args.dataset,
+        model=args.model,
+        layers=_csv_list(args.layers),
+        heads=_csv_list(args.heads),
+        limit=args.limit,
+        cache=args.cache,
+        out=args.out,
+        jobs=args.jobs,
+        progress=sys.stderr.isatty(),
+    )
+    print(summarize(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
