@@ -565,7 +565,10 @@ def _library_versions() -> dict:
     import torch
     import torchvision
 
-    return {"torch_version": torch.__version__, "torchvision_version": torchvision.__version__}
+    return {
+        "torch_version": str(torch.__version__),
+        "torchvision_version": str(torchvision.__version__),
+    }
 
 
 def _owner_is_dead(tag: str) -> bool:

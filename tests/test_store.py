@@ -1,0 +1,180 @@
+"""The store: shard files, the derived index, plain-h5py reading, locks and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from featurecache._data import Dataset
+from featurecache._store import Store
+from featurecache.exceptions import (
+    CacheLockedError,
+    ConfigMismatchError,
+    DatasetChangedError,
+    InvalidArgumentError,
+)
+
+CONFIG = {
+    "backbone": "toy",
+    "weights": "none",
+    "weights_sha256": "ab" * 32,
+    "preprocessing": {"crop_size": 8},
+    "pooling": "avg",
+    "dtype": "float32",
+    "compute_dtype": "float32",
+}
+ATTRS = {"depth": 0.5, "depth_index": 1, "raw_shape": np.array([3, 4, 4])}
+
+
+def _dataset(n=10):
+    images = np.zeros((n, 4, 4), np.uint8)
+    return Dataset.from_arrays(
+        images, np.arange(n) % 2, ["train"] * (n - 3) + ["test"] * 3, ["a", "b"]
+    )
+
+
+def _write(store, shard, start, n, value, layers=("l1",), failed=()):
+    status = np.ones(n, np.int8)
+    reasons = [""] * n
+    for row in failed:
+        status[row - start] = 2
+        reasons[row - start] = "broken image"
+    features = {layer: np.full((n, 3), value, np.float32) for layer in layers}
+    store.write_shard(
+        "toy", shard, start, status, reasons, features, dict.fromkeys(layers, ATTRS), CONFIG
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "cache.h5")
+    store.create_samples(_dataset(), shard_size=4)
+    store.register_model("toy", CONFIG)
+    return store
+
+
+def test_index_maps_shards_and_reads_with_plain_h5py_from_any_cwd(store, tmp_path, monkeypatch):
+    _write(store, 0, 0, 4, 1.0)
+    _write(store, 2, 8, 2, 3.0, failed=[9])
+    store.rebuild_index()
+    monkeypatch.chdir("/")
+    with h5py.File(tmp_path / "cache.h5", "r") as f:
+        X = f["features/toy/l1"][:]
+        status = f["status/toy/l1"][:]
+        assert f["samples/ids"].asstr()[:].tolist() == [str(i) for i in range(10)]
+        assert f.attrs["shard_size"] == 4 and f.attrs["format"] == "featurecache"
+        assert json.loads(f["features/toy"].attrs["config"])["backbone"] == "toy"
+        assert f["features/toy/l1"].attrs["depth"] == 0.5
+        assert f["failures/toy/row"][:].tolist() == [9]
+        assert f["failures/toy/reason"].asstr()[:].tolist() == ["broken image"]
+        assert f["shards/toy/file"].shape == (2,)
+    np.testing.assert_array_equal(X[:4], 1.0)
+    assert np.isnan(X[4:8]).all()  # shard 1 not yet computed
+    np.testing.assert_array_equal(X[8:], 3.0)
+    assert status.tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 1, 2]
+
+
+def test_new_layers_go_to_a_new_pass_and_done_layers_merges(store):
+    _write(store, 0, 0, 4, 1.0, layers=("l1",))
+    _write(store, 0, 0, 4, 2.0, layers=("l2", "l3"))
+    assert store.done_layers("toy") == {0: {"l1", "l2", "l3"}}
+    paths = {p.parent.name for p in store.model_dir("toy").glob("p-*/shard-*.h5")}
+    assert len(paths) == 2
+
+
+def test_index_is_current_detects_unlisted_shard(store):
+    _write(store, 0, 0, 4, 1.0)
+    store.rebuild_index()
+    assert store.index_is_current()
+    _write(store, 1, 4, 4, 1.0)  # committed, but the writer died before listing it
+    assert not store.index_is_current()
+    store.rebuild_index()
+    assert store.index_is_current()
+
+
+def test_config_mismatch_names_the_difference(store):
+    with pytest.raises(
+        ConfigMismatchError, match=r"\(pooling: cached avg, requested max\); pass --name NEW_NAME"
+    ):
+        store.register_model("toy", {**CONFIG, "pooling": "max"})
+    store.register_model("toy", dict(CONFIG))  # the same configuration is fine
+
+
+def test_changed_dataset_counts_new_and_missing(store):
+    images = np.zeros((11, 4, 4), np.uint8)
+    bigger = Dataset.from_arrays(images, np.arange(11) % 2, ["train"] * 11, ["a", "b"])
+    with pytest.raises(DatasetChangedError, match=r"1 new and 0 missing samples"):
+        store.check_dataset(bigger)
+    relabelled = _dataset()
+    relabelled = Dataset.from_arrays(
+        relabelled.arrays, 1 - relabelled.labels, relabelled.splits, ["a", "b"]
+    )
+    with pytest.raises(
+        DatasetChangedError, match=r"the same samples but 10 changed labels or splits"
+    ):
+        store.check_dataset(relabelled)
+
+
+def test_cache_path_errors(tmp_path):
+    with pytest.raises(InvalidArgumentError, match=r"is a directory"):
+        Store(tmp_path).check_path()
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(InvalidArgumentError, match=r"exists but is not a featurecache cache"):
+        Store(other).check_path()
+    with pytest.raises(InvalidArgumentError, match=r"does not exist"):
+        Store(tmp_path / "no" / "c.h5").check_path()
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(store):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    import socket
+
+    stale = store.model_dir("toy") / f"shard-000000.h5.tmp-{socket.gethostname()}-{pid}-deadbeef"
+    alive = (
+        store.model_dir("toy")
+        / f"shard-000001.h5.tmp-{socket.gethostname()}-{os.getpid()}-cafe0000"
+    )
+    stale.write_bytes(b"partial")
+    alive.write_bytes(b"in flight")
+    store.rebuild_index()
+    assert not stale.exists()
+    assert alive.exists()
+
+
+def test_second_writer_of_the_same_model_gets_a_clear_error(store):
+    with store.lock_model("toy"):
+        with pytest.raises(
+            CacheLockedError,
+            match=r"is writing model 'toy' into .*; wait for it to finish, or write under another --name",
+        ):
+            with Store(store.path).lock_model("toy"):
+                pass
+    with Store(store.path).lock_model("toy"):
+        pass  # released
+
+
+def test_without_locking_nothing_is_locked(store):
+    unlocked = Store(store.path, locking=False)
+    with store.lock_model("toy"), unlocked.lock_model("toy"):
+        pass
+    _write(unlocked, 0, 0, 4, 1.0)
+    unlocked.rebuild_index()
+    assert unlocked.index_is_current()
+
+
+def test_locking_switch_reads_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATURECACHE_NO_LOCKING", "1")
+    assert Store(tmp_path / "c.h5").locking is False
+    monkeypatch.delenv("FEATURECACHE_NO_LOCKING")
+    assert Store(tmp_path / "c.h5").locking is True
