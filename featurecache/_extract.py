@@ -17,10 +17,18 @@ from featurecache import __version__
 from featurecache._backbones import LoadedBackbone, load_backbone
 from featurecache._data import Dataset, load_dataset
 from featurecache._layers import LayerInfo, capture, check_layers, describe_layers, pool
-from featurecache._store import FORMAT_VERSION, STATUS_FAILED, STATUS_OK, Store
+from featurecache._store import FORMAT_VERSION, STATUS_FAILED, STATUS_OK, Store, check_config
 from featurecache.exceptions import BatchError, InvalidArgumentError
 
-__all__ = ["extract", "ExtractResult", "DEFAULT_MODEL", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "extract",
+    "prepare",
+    "Job",
+    "ExtractResult",
+    "DEFAULT_MODEL",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +168,85 @@ def extract(
         When another process writes the same model into the same cache.
     """
     started = time.perf_counter()
+    job = prepare(
+        data, cache, model=model, weights=weights, layers=layers, pool=pool, image_size=image_size,
+        device=device, dtype=dtype, store_dtype=store_dtype, name=name, split=split, seed=seed,
+        shard_size=shard_size, locking=locking, batch_size=batch_size, workers=workers,
+    )  # fmt: skip
+    with job.store.lock_model(job.model):
+        plan = job.plan()
+        written = 0
+        if plan.work:
+            runner = ShardRunner(
+                job.backbone, job.infos, job.pooling, job.config, job.device, job.compute_dtype
+            )
+            workers = _resolve_workers(workers, job.dataset)
+            for result in runner.run(job.dataset, plan, batch_size, workers, progress):
+                job.commit(result, runner.layer_attrs)
+                written += 1
+        elif not job.store.index_is_current():
+            job.store.rebuild_index()
+    return job.result(plan, written, time.perf_counter() - started)
+
+
+@dataclass
+class Job:
+    """A validated extraction request: everything an engine needs, checked before any work."""
+
+    store: Store
+    dataset: Dataset
+    backbone: LoadedBackbone
+    infos: dict[str, LayerInfo]
+    layers: tuple[str, ...]
+    model: str
+    pooling: str
+    config: dict
+    device: torch.device
+    compute_dtype: str
+
+    def plan(self) -> Plan:
+        root = self.store.read_root_attrs()
+        return make_plan(
+            self.store, self.model, self.layers, int(root["shard_size"]), len(self.dataset)
+        )
+
+    def commit(self, result: ShardResult, layer_attrs: Mapping[str, Mapping]) -> None:
+        """Write one shard file and list it in the index (the only way work is committed)."""
+        self.store.write_shard(
+            self.model, result.shard, result.start, result.status, result.reasons,
+            result.features, layer_attrs, self.config,
+        )  # fmt: skip
+        self.store.rebuild_index()
+        logger.info(
+            "committed shard %d of %s (%d rows)", result.shard, self.model, len(result.status)
+        )
+
+    def result(self, plan: Plan, written: int, seconds: float) -> ExtractResult:
+        n_ok, n_failed = self.store.status_counts(self.model, self.layers)
+        return ExtractResult(
+            cache=self.store.path,
+            model=self.model,
+            layers=self.layers,
+            computed=tuple(sorted({layer for _, missing in plan.work for layer in missing})),
+            n_samples=len(self.dataset),
+            n_ok=n_ok,
+            n_failed=n_failed,
+            rows_computed=plan.n_rows,
+            shards_written=written,
+            seconds=seconds,
+            device=str(self.device),
+            compute_dtype=self.compute_dtype,
+        )
+
+
+def prepare(
+    data, cache, *, model, weights, layers, pool, image_size, device, dtype, store_dtype,
+    name, split, seed, shard_size, locking, batch_size=1, workers=0,
+) -> Job:  # fmt: skip
+    """Validate every argument, then create the sample table and register the model.
+
+    Nothing is written unless every check passes.
+    """
     _check_settings(batch_size, workers, device, dtype, store_dtype, shard_size, name)
     store = Store(cache, locking=locking)
     store.check_path()
@@ -177,52 +264,20 @@ def extract(
     compute_dtype = resolve_dtype(dtype, torch_device, previous)
     config = build_config(backbone, pooling, store_dtype, compute_dtype)
     if previous is not None:
-        from featurecache._store import check_config
-
         check_config(model_name, previous, config, store.path)
-
     store.create_samples(dataset, shard_size)
     store.register_model(model_name, config)
-    root = store.read_root_attrs()
-    with store.lock_model(model_name):
-        plan = make_plan(store, model_name, requested, int(root["shard_size"]), len(dataset))
-        if not plan.work:
-            if not store.index_is_current():
-                store.rebuild_index()
-            computed, written = (), 0
-        else:
-            runner = ShardRunner(backbone, infos, pooling, config, torch_device, compute_dtype)
-            written = 0
-            for result in runner.run(
-                dataset, plan, batch_size, _resolve_workers(workers, dataset), progress
-            ):
-                store.write_shard(
-                    model_name, result.shard, result.start, result.status, result.reasons,
-                    result.features, runner.layer_attrs, config,
-                )  # fmt: skip
-                store.rebuild_index()
-                written += 1
-                logger.info(
-                    "committed shard %d of %s (%d rows)",
-                    result.shard,
-                    model_name,
-                    len(result.status),
-                )
-            computed = tuple(sorted({layer for _, missing in plan.work for layer in missing}))
-    n_ok, n_failed = store.status_counts(model_name, requested)
-    return ExtractResult(
-        cache=store.path,
-        model=model_name,
-        layers=requested,
-        computed=computed,
-        n_samples=len(dataset),
-        n_ok=n_ok,
-        n_failed=n_failed,
-        rows_computed=plan.n_rows,
-        shards_written=written,
-        seconds=time.perf_counter() - started,
-        device=str(torch_device),
-        compute_dtype=compute_dtype,
+    return Job(
+        store,
+        dataset,
+        backbone,
+        infos,
+        requested,
+        model_name,
+        pooling,
+        config,
+        torch_device,
+        compute_dtype,
     )
 
 
