@@ -16,7 +16,7 @@ import torch
 from featurecache import __version__
 from featurecache._backbones import LoadedBackbone, load_backbone
 from featurecache._data import Dataset, load_dataset
-from featurecache._layers import LayerInfo, capture, check_layers, describe_layers, pool
+from featurecache._layers import LayerInfo, capture, check_layers, pool, pooled_size
 from featurecache._store import FORMAT_VERSION, STATUS_FAILED, STATUS_OK, Store, check_config
 from featurecache.exceptions import BatchError, InvalidArgumentError
 
@@ -254,7 +254,7 @@ def prepare(
     if store.has_samples():
         store.check_dataset(dataset)
     backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
-    infos = {info.name: info for info in describe_layers(backbone.module, backbone.image_size)}
+    infos = {info.name: info for info in backbone.layers}
     requested = tuple(dict.fromkeys(layers or backbone.default_layers))
     check_layers(list(infos.values()), requested, model=model)
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
@@ -391,7 +391,10 @@ class ShardRunner:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        dims = {layer: _pooled_dim(self.infos[layer], self.pooling) for layer in layers}
+        dims = {
+            layer: pooled_size(self.infos[layer], _pool_for(self.infos[layer], self.pooling))
+            for layer in layers
+        }
         shard_iter = iter(shards)
         current = None
         with torch.inference_mode(), capture(self.module, layers) as outputs:
@@ -517,16 +520,6 @@ def _pool_for(info: LayerInfo, pooling: str) -> str:
     if info.kind == "tokens":
         return pooling if pooling in TOKEN_POOLS else "cls"
     return "none"
-
-
-def _pooled_dim(info: LayerInfo, pooling: str) -> int:
-    method = _pool_for(info, pooling)
-    if info.kind == "map":
-        channels = info.shape[0]
-        return {"avg": channels, "max": channels, "avgmax": 2 * channels}.get(
-            method, int(np.prod(info.shape))
-        )
-    return int(info.shape[-1])
 
 
 def _resolve_pool(pool: str | None, infos: Sequence[LayerInfo]) -> str:

@@ -45,7 +45,6 @@ def predict(
 
     from featurecache._backbones import load_backbone
     from featurecache._extract import Plan, ShardRunner, _resolve_workers, resolve_device
-    from featurecache._layers import describe_layers
     from pipelines import load_head
 
     record = load_head(head)

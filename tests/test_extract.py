@@ -1,0 +1,338 @@
+"""Stage 1 end to end: oracle comparisons against a plain forward pass, hits, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from featurecache import extract
+from featurecache._extract import ShardRunner
+from featurecache.exceptions import (
+    ConfigMismatchError,
+    DatasetChangedError,
+    InvalidArgumentError,
+    UnknownNameError,
+)
+
+SIZE = 32
+RESIZE = round(SIZE * 256 / 224)
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+RESNET_LAYERS = ["layer1", "layer2", "layer3", "layer4", "embedding"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two classes of 6 random RGB images of different sizes."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for cls in ("ant", "bee"):
+        (root / cls).mkdir()
+        for i in range(6):
+            h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                root / cls / f"{i}.png"
+            )
+    return root
+
+
+def _weights_file(tmp_path_factory, name):
+    path = tmp_path_factory.mktemp("weights") / f"{name}.pth"
+    torch.manual_seed(1)
+    model = getattr(torchvision.models, name)(weights=None)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    return _weights_file(tmp_path_factory, "resnet18")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory):
+    return _weights_file(tmp_path_factory, "mobilenet_v3_small")
+
+
+def _oracle(name, weights_file, paths, layers, pooling):
+    """A plain torchvision forward pass with the documented preprocessing."""
+    model = getattr(torchvision.models, name)(weights=None)
+    model.load_state_dict(torch.load(weights_file))
+    # The final Linear is replaced: `embedding` is exactly what the ImageNet classifier reads.
+    if name == "resnet18":
+        model.fc = torch.nn.Identity()
+    else:
+        model.classifier[3] = torch.nn.Identity()
+    model.eval()
+    outputs = {}
+    hooks = [
+        model.get_submodule(layer).register_forward_hook(
+            lambda m, i, o, layer=layer: outputs.__setitem__(layer, o.clone())
+        )
+        for layer in layers
+        if layer != "embedding"
+    ]
+    batch = []
+    for path in paths:
+        x = F.pil_to_tensor(Image.open(path).convert("RGB"))
+        x = F.resize(x, [RESIZE], antialias=True)
+        x = F.center_crop(x, [SIZE, SIZE])
+        batch.append(F.normalize(x.float() / 255, MEAN, STD))
+    with torch.no_grad():
+        outputs["embedding"] = model(torch.stack(batch))
+    for hook in hooks:
+        hook.remove()
+
+    def pool(t):
+        if t.ndim == 2:
+            return t
+        return {
+            "avg": lambda: t.mean((2, 3)),
+            "max": lambda: t.amax((2, 3)),
+            "avgmax": lambda: torch.cat([t.mean((2, 3)), t.amax((2, 3))], 1),
+            "flatten": lambda: t.flatten(1),
+        }[pooling]()
+
+    return {layer: pool(outputs[layer]).numpy() for layer in layers}
+
+
+def _assert_close(actual, expected, layer):
+    assert actual.shape == expected.shape, layer
+    scale = float(np.abs(expected).max())
+    assert scale > 0, layer
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale, err_msg=layer)
+
+
+def _read(cache, model, layer):
+    with h5py.File(cache, "r") as f:
+        return (
+            f[f"features/{model}/{layer}"][:],
+            f["status/" + model + "/" + layer][:],
+            f["samples/ids"].asstr()[:],
+        )
+
+
+def test_resnet18_every_layer_equals_a_plain_forward(images, resnet_file, tmp_path):
+    cache = tmp_path / "c.h5"
+    result = extract(
+        images, cache, model="resnet18", weights=str(resnet_file), layers=RESNET_LAYERS,
+        image_size=SIZE, dtype="float32", batch_size=5, shard_size=4, workers=0,
+    )  # fmt: skip
+    assert result.n_ok == 12 and result.n_failed == 0 and result.shards_written == 3
+    ids = _read(cache, "resnet18", "layer1")[2]
+    expected = _oracle("resnet18", resnet_file, [images / i for i in ids], RESNET_LAYERS, "avg")
+    for layer in RESNET_LAYERS:
+        X, status, _ = _read(cache, "resnet18", layer)
+        assert (status == 1).all()
+        _assert_close(X, expected[layer], layer)
+    with h5py.File(cache, "r") as f:
+        attrs = f["features/resnet18/layer3"].attrs
+        assert (
+            attrs["backbone"] == "resnet18"
+            and attrs["pooling"] == "avg"
+            and attrs["layer"] == "layer3"
+        )
+        assert attrs["weights"] == f"file:{resnet_file}" and len(attrs["weights_sha256"]) == 64
+        assert attrs["depth"] < f["features/resnet18/embedding"].attrs["depth"] == 1.0
+
+
+@pytest.mark.parametrize("pooling", ["max", "avgmax", "flatten"])
+def test_mobilenet_pooling_variants_equal_a_plain_forward(
+    images, mobilenet_file, tmp_path, pooling
+):
+    layers = ["features.3", "features.8", "embedding"]
+    cache = tmp_path / "c.h5"
+    extract(
+        images, cache, model="mobilenet_v3_small", weights=str(mobilenet_file), layers=layers,
+        image_size=SIZE, pool=pooling, dtype="float32", batch_size=8, workers=0,
+    )  # fmt: skip
+    ids = _read(cache, "mobilenet_v3_small", "embedding")[2]
+    expected = _oracle(
+        "mobilenet_v3_small", mobilenet_file, [images / i for i in ids], layers, pooling
+    )
+    for layer in layers:
+        X = _read(cache, "mobilenet_v3_small", layer)[0]
+        _assert_close(X, expected[layer], layer)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count forward passes run by the extractor."""
+    calls = []
+    original = ShardRunner._forward
+
+    def forward(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShardRunner, "_forward", forward)
+    return calls
+
+
+def _small(images, cache, **kw):
+    options = dict(
+        model="resnet18", weights="none", image_size=SIZE, dtype="float32", workers=0, shard_size=4
+    )
+    return extract(images, cache, **{**options, **kw})
+
+
+def test_rerun_is_a_hit_without_forward_and_rewrites_nothing(images, tmp_path, counted):
+    cache = tmp_path / "c.h5"
+    _small(images, cache, layers=["layer1", "embedding"])
+    assert counted
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    counted.clear()
+    result = _small(images, cache, layers=["embedding", "layer1"], batch_size=3)
+    assert result.hit and not counted and result.computed == ()
+    after = {
+        p: p.stat().st_mtime_ns
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+    assert after == {p: t for p, t in before.items() if not p.name.endswith(".lock")}
+
+
+def test_new_layer_computes_only_that_layer(images, tmp_path):
+    cache = tmp_path / "c.h5"
+    _small(images, cache, layers=["layer1"])
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "c.h5.d").rglob("shard-*.h5")}
+    result = _small(images, cache, layers=["layer1", "layer2"])
+    assert result.computed == ("layer2",)
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+    with h5py.File(cache, "r") as f:
+        assert sorted(f["features/resnet18"].keys()) == ["layer1", "layer2"]
+        assert (f["status/resnet18/layer2"][:] == 1).all()
+
+
+def test_config_mismatch_fails_and_writes_nothing(images, tmp_path):
+    cache = tmp_path / "c.h5"
+    _small(images, cache, layers=["layer1"])
+    listing = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigMismatchError, match=r"pooling: cached avg, requested max"):
+        _small(images, cache, layers=["layer1"], pool="max")
+    with pytest.raises(ConfigMismatchError, match=r"weights_sha256: cached"):
+        _small(images, cache, layers=["layer1"], seed=3)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == listing
+    _small(
+        images, cache, layers=["layer1"], pool="max", name="resnet18-max"
+    )  # under another name it is fine
+
+
+def test_changed_dataset_is_refused(images, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    cache = tmp_path / "c.h5"
+    _small(data, cache, layers=["layer1"])
+    (data / "ant" / "0.png").unlink()
+    shutil.copy(images / "ant" / "0.png", data / "bee" / "new.png")
+    shutil.copy(images / "ant" / "1.png", data / "bee" / "new2.png")
+    with pytest.raises(
+        DatasetChangedError, match=r"has 2 new and 1 missing samples compared with the cache"
+    ):
+        _small(data, cache, layers=["layer1"])
+
+
+def test_unknown_model_and_layer_suggest_close_names(images, tmp_path):
+    with pytest.raises(UnknownNameError, match=r"resnet18"):
+        _small(images, tmp_path / "c.h5", model="resnet81")
+    with pytest.raises(UnknownNameError, match=r"Unknown layer 'layer5'.*Did you mean .*'layer\d'"):
+        _small(images, tmp_path / "c.h5", layers=["layer5"])
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.d").exists()
+
+
+def test_bad_settings_are_one_line_errors(images, tmp_path):
+    with pytest.raises(
+        InvalidArgumentError, match=r"--batch-size must be a positive integer; got 0"
+    ):
+        _small(images, tmp_path / "c.h5", batch_size=0)
+    with pytest.raises(
+        InvalidArgumentError, match=r"--pool must be one of avg, avgmax, flatten, max"
+    ):
+        _small(images, tmp_path / "c.h5", pool="cls", layers=["layer1"])
+    with pytest.raises(InvalidArgumentError, match=r"is a directory"):
+        _small(images, tmp_path)
+
+
+def test_corrupt_image_is_a_failed_row_with_its_reason(images, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    (data / "bee" / "broken.png").write_text("not an image")
+    (data / "ant" / "empty.jpg").write_bytes(b"")
+    cache = tmp_path / "c.h5"
+    result = _small(data, cache, layers=["layer4", "embedding"])
+    assert (result.n_ok, result.n_failed) == (12, 2)
+    with h5py.File(cache, "r") as f:
+        ids = f["samples/ids"].asstr()[:]
+        status = f["status/resnet18/embedding"][:]
+        failed = dict(
+            zip(
+                ids[f["failures/resnet18/row"][:]],
+                f["failures/resnet18/reason"].asstr()[:],
+                strict=True,
+            )
+        )
+        X = f["features/resnet18/embedding"][:]
+    assert set(failed) == {"bee/broken.png", "ant/empty.jpg"}
+    assert (
+        "cannot identify image" in failed["bee/broken.png"] and "empty" in failed["ant/empty.jpg"]
+    )
+    assert np.isnan(X[status == 2]).all() and np.isfinite(X[status == 1]).all()
+
+
+KILLABLE = textwrap.dedent(
+    """
+    import sys, time
+    from featurecache import extract
+    from featurecache._extract import ShardRunner
+    original = ShardRunner._forward
+    def slow(self, *a, **k):
+        time.sleep(0.15)
+        return original(self, *a, **k)
+    ShardRunner._forward = slow
+    extract(sys.argv[1], sys.argv[2], model="resnet18", weights="none", layers=["layer2", "embedding"],
+            image_size=32, dtype="float32", workers=0, shard_size=2, batch_size=1)
+    """
+)
+
+
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(images, tmp_path):
+    reference = tmp_path / "ref.h5"
+    _small(images, reference, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
+    cache = tmp_path / "killed.h5"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(images), str(cache)])
+    deadline = time.monotonic() + 60
+    while (
+        len(list((tmp_path / "killed.h5.d").rglob("shard-*.h5"))) < 2
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    with h5py.File(cache, "r") as f:  # the cache opens, and committed rows equal the reference
+        done = f["status/resnet18/embedding"][:] == 1
+        partial = f["features/resnet18/embedding"][:]
+    assert 0 < done.sum() < 12
+    expected = _read(reference, "resnet18", "embedding")[0]
+    np.testing.assert_array_equal(partial[done], expected[done])
+    result = _small(images, cache, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
+    assert 0 < result.shards_written < 6
+    for layer in ("layer2", "embedding"):
+        np.testing.assert_array_equal(
+            _read(cache, "resnet18", layer)[0], _read(reference, "resnet18", layer)[0]
+        )
+    assert not [p for p in tmp_path.rglob("*.tmp-*")]
