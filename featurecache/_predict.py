@@ -63,11 +63,7 @@ def predict(
             f"{backbone.weights_sha256[:16]}…; provide the original weights file."
         )
     layer = record["layer"]
-    infos = {
-        info.name: info
-        for info in describe_layers(backbone.module, backbone.image_size)
-        if info.name == layer
-    }
+    infos = {info.name: info for info in backbone.layers if info.name == layer}
     torch_device = resolve_device(device)
     runner = ShardRunner(
         backbone, infos, config["pooling"], config, torch_device, config["compute_dtype"]
