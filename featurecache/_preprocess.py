@@ -1,0 +1,252 @@
+"""Image loading and the preprocessing that turns an image into a model input.
+
+The preprocessing is part of the cache key: :meth:`Preprocess.to_json` is stored with every
+feature matrix, so two runs that resize or normalise differently never share features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from featurecache.exceptions import InvalidArgumentError, suggest
+
+__all__ = ["Preprocess", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATIONS = tuple(mode.value for mode in InterpolationMode)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side, center-crop, scale to [0, 1] and normalise.
+
+    Parameters
+    ----------
+    resize_size : int
+        Length of the shorter side after resizing, in pixels.
+    crop_size : int
+        Side of the square center crop, in pixels; the model sees ``(3, crop_size, crop_size)``.
+    mean, std : tuple of 3 floats
+        Per-channel normalisation applied after scaling to [0, 1].
+    interpolation : str
+        A :class:`torchvision.transforms.InterpolationMode` value (``"bilinear"``, ``"bicubic"``…).
+    antialias : bool
+        Whether the resize is antialiased.
+    """
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("resize_size", "crop_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(
+                    f"The {name!r} parameter of Preprocess must be a positive int. Got {value!r} instead."
+                )
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3 or not all(math.isfinite(v) for v in value):
+                raise InvalidArgumentError(
+                    f"The {name!r} parameter of Preprocess must be 3 finite floats (R, G, B). "
+                    f"Got {getattr(self, name)!r} instead."
+                )
+            object.__setattr__(self, name, value)
+        if min(self.std) <= 0:
+            raise InvalidArgumentError(
+                f"The 'std' parameter of Preprocess must be positive. Got {self.std!r} instead."
+            )
+        interpolation = getattr(self.interpolation, "value", self.interpolation)
+        if interpolation not in _INTERPOLATIONS:
+            raise InvalidArgumentError(
+                f"The 'interpolation' parameter of Preprocess must be one of {_INTERPOLATIONS}. "
+                f"Got {self.interpolation!r} instead.{suggest(str(interpolation), _INTERPOLATIONS)}"
+            )
+        object.__setattr__(self, "interpolation", interpolation)
+        object.__setattr__(self, "antialias", bool(self.antialias))
+
+    @classmethod
+    def imagenet(cls, image_size: int = 224) -> Preprocess:
+        """The ImageNet standard: resize to ``round(S * 256 / 224)``, crop ``S``, ImageNet mean/std."""
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise InvalidArgumentError(
+                f"The 'image_size' parameter must be a positive int. Got {image_size!r} instead."
+            )
+        return cls(resize_size=round(image_size * 256 / 224), crop_size=image_size)
+
+    @classmethod
+    def from_torchvision_weights(cls, weights: Any, image_size: int | None = None) -> Preprocess:
+        """The preprocessing of a torchvision weights enum member (its ``transforms()`` preset).
+
+        Parameters
+        ----------
+        weights : torchvision.models.WeightsEnum
+            For example ``ResNet50_Weights.IMAGENET1K_V2``.
+        image_size : int, optional
+            Crop to this size instead of the preset's; the resize keeps the preset's
+            resize/crop ratio. Mean, std, interpolation and antialias are the preset's.
+        """
+        preset = weights.transforms()
+        crop = _single(preset.crop_size)
+        resize = _single(preset.resize_size)
+        if image_size is not None and image_size != crop:
+            resize, crop = round(image_size * resize / crop), image_size
+        return cls(
+            resize_size=resize,
+            crop_size=crop,
+            mean=tuple(preset.mean),
+            std=tuple(preset.std),
+            interpolation=getattr(preset.interpolation, "value", preset.interpolation),
+            antialias=True if preset.antialias is None else bool(preset.antialias),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types: ints, lists of floats, str, bool."""
+        out = asdict(self)
+        out["mean"] = list(self.mean)
+        out["std"] = list(self.std)
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal preprocessing gives equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        """Inverse of :meth:`to_dict`."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise InvalidArgumentError(
+                f"A preprocessing dict must have exactly the keys {sorted(names)}. Got {got} instead."
+            )
+        return cls(**data)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Preprocess one image.
+
+        Parameters
+        ----------
+        image : torch.Tensor
+            ``uint8`` tensor of shape ``(C, H, W)`` with ``C`` in {1, 3}; one channel is
+            repeated to three.
+
+        Returns
+        -------
+        torch.Tensor
+            ``float32`` tensor of shape ``(3, crop_size, crop_size)``.
+        """
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8:
+            got = image.dtype if isinstance(image, torch.Tensor) else type(image).__name__
+            raise InvalidArgumentError(
+                f"Preprocess expects a uint8 tensor of shape (C, H, W). Got {got} instead."
+            )
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise InvalidArgumentError(
+                "Preprocess expects a uint8 tensor of shape (C, H, W) with C in {1, 3}. "
+                f"Got shape {tuple(image.shape)} instead."
+            )
+        x = F.resize(
+            image,
+            [self.resize_size],
+            interpolation=InterpolationMode(self.interpolation),
+            antialias=self.antialias,
+        )
+        x = F.center_crop(x, [self.crop_size, self.crop_size])
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        x = F.to_dtype(x, torch.float32, scale=True)
+        return F.normalize(x, list(self.mean), list(self.std))
+
+
+def _single(size: Any) -> int:
+    """torchvision presets store sizes as ``[n]``."""
+    if isinstance(size, (list, tuple)):
+        (size,) = size
+    return int(size)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as an RGB ``uint8`` tensor of shape ``(3, H, W)``.
+
+    Greyscale, palette, CMYK and other modes are converted to RGB; 16- and 32-bit integer
+    greyscale (``I;16``, ``I``) is scaled from 0..65535 to 0..255; transparent images
+    (RGBA, LA, palette with transparency) are composited on white. Animated images give their
+    first frame. PIL's decompression-bomb limit applies and truncated files are refused.
+    EXIF orientation is not applied (like torchvision's ``ImageFolder`` loader).
+
+    Raises
+    ------
+    InvalidArgumentError
+        On any failure. ``str(error)`` is a short one-line reason (``no such file``,
+        ``file is empty (0 bytes)``, ``cannot identify image file``, ``image file is truncated``,
+        ``permission denied``, ``decompression bomb: …``); the original exception, if any, is
+        its ``__cause__``.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise InvalidArgumentError(_reason(exc)) from exc
+    if size == 0:
+        raise InvalidArgumentError("file is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            rgb = _to_rgb(img)
+    except Exception as exc:  # any decoder failure is a reason to skip this sample
+        raise InvalidArgumentError(_reason(exc)) from exc
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # PIL's convert("L") clips 16-bit values at 255 instead of scaling them.
+        values = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+_REASONS = (
+    (FileNotFoundError, "no such file"),
+    (IsADirectoryError, "is a directory"),
+    (PermissionError, "permission denied"),
+    (UnidentifiedImageError, "cannot identify image file"),
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, stable, one-line reason for a failed image read."""
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"decompression bomb: {exc}".splitlines()[0][:200]
+    message = str(exc).strip()
+    if "truncated" in message.lower():
+        return "image file is truncated"
+    first = message.splitlines()[0] if message else ""
+    return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
