@@ -1,0 +1,189 @@
+"""The Ray engine writes the in-process cache bit for bit, also when a worker is killed mid-shard.
+
+A local Ray instance on loopback (2 CPUs, a small object store) lives for this module only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurecache._data import Dataset
+from featurecache._extract import extract
+from featurecache.exceptions import InvalidArgumentError
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
+
+from featurecache._ray import extract_ray  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# Ray workers cannot import this test module: ship its classes (_DiesOnce) by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SETTINGS = dict(
+    model="resnet18",
+    weights="none",
+    image_size=32,
+    dtype="float32",
+    device="cpu",
+    shard_size=8,
+    batch_size=4,
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 2**20,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two classes of 12 random RGB images of different sizes, and one file that is no image."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for cls in ("ant", "bee"):
+        (root / cls).mkdir()
+        for i in range(12):
+            h, w = (int(v) for v in rng.integers(32, 48, 2))
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i:02d}.png")
+    (root / "bee" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def _arrays(n=40):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    splits = ["train"] * (n - n // 4) + ["test"] * (n // 4)
+    return Dataset.from_arrays(pixels, np.arange(n) % 2, splits, ["a", "b"])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _DiesOnce(Dataset):
+    """The worker that first loads ``row`` kills itself with SIGKILL, in the middle of a shard."""
+
+    marker: str = ""
+    row: int = 13
+
+    def load_image(self, index: int):
+        if index == self.row:
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass  # the retry: load normally
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().load_image(index)
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "OSU":
+        return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, np.ndarray):
+        return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return (value.dtype.str, value.tobytes())
+    return value
+
+
+def _snapshot(cache) -> dict:
+    """Every dataset (virtual ones read through) and every attribute of the index, as bytes."""
+    out = {}
+    with h5py.File(cache, "r") as f:
+
+        def visit(name, obj):
+            out[f"{name}@attrs"] = {key: _plain(obj.attrs[key]) for key in sorted(obj.attrs)}
+            if isinstance(obj, h5py.Dataset):
+                out[name] = _plain(obj[()])
+
+        f.visititems(visit)
+        out["@attrs"] = {key: _plain(f.attrs[key]) for key in sorted(f.attrs)}
+    return out
+
+
+def _caches(tmp_path):
+    """Two caches with the same file name, since the index records paths relative to it."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    return tmp_path / "local" / "cache.h5", tmp_path / "ray" / "cache.h5"
+
+
+def test_cli_ray_engine_equals_in_process_bit_for_bit(ray_cluster, images, tmp_path):
+    from featurecache.cli import main
+
+    local, remote = _caches(tmp_path)
+    args = [str(images), "--model", "resnet18", "--weights", "none", "--image-size", "32"]
+    args += ["--dtype", "float32", "--device", "cpu", "--shard-size", "8", "--batch-size", "4"]
+    args += ["--no-progress"]
+    assert main(["extract", *args, "--cache", str(local), "--workers", "0"]) == 0
+    assert (
+        main(["extract", *args, "--cache", str(remote), "--engine", "ray", "--workers", "2"]) == 0
+    )
+
+    snapshot = _snapshot(remote)
+    assert snapshot == _snapshot(local)
+    status = snapshot["status/resnet18/embedding"]
+    assert np.frombuffer(status[2], np.int8).tolist().count(2) == 1  # the broken file, one row
+    with h5py.File(remote, "r") as f:
+        ids = f["samples/ids"].asstr()[:]
+        failed = f["failures/resnet18/row"][:]
+        assert ids[failed].tolist() == ["bee/broken.png"]
+        assert f["failures/resnet18/reason"].asstr()[0]  # why it failed
+        assert np.isnan(f["features/resnet18/embedding"][failed[0]]).all()
+
+
+def test_killed_worker_is_retried_and_the_cache_is_identical(ray_cluster, tmp_path):
+    local, remote = _caches(tmp_path)
+    dataset = _arrays()
+    marker = tmp_path / "killed.pid"
+    dies = _DiesOnce(
+        **{f.name: getattr(dataset, f.name) for f in dataclasses.fields(Dataset)},
+        marker=str(marker),
+    )
+    extract(dataset, local, workers=0, **SETTINGS)
+    result = extract_ray(dies, remote, n_workers=2, **SETTINGS)
+
+    killed = int(marker.read_text())
+    assert killed != os.getpid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed, 0)
+    assert result.shards_written == 5 and result.n_ok == 40 and result.device == "ray 2 x cpu"
+    assert _snapshot(remote) == _snapshot(local)
+    assert not list(remote.parent.rglob("*.tmp-*"))
+
+    again = extract_ray(dataset, remote, n_workers=2, **SETTINGS)
+    assert again.hit and again.rows_computed == 0
+
+
+def test_ray_settings_are_checked_before_any_work(ray_cluster, tmp_path):
+    dataset = _arrays(8)
+    cuda = {**SETTINGS, "device": "cuda"}
+    with pytest.raises(InvalidArgumentError, match=r"--device cuda with --engine ray needs"):
+        extract_ray(dataset, tmp_path / "a.h5", **cuda)
+    assert not (tmp_path / "a.h5.d").exists()
+    with pytest.raises(InvalidArgumentError, match=r"--workers must be a positive integer"):
+        extract_ray(dataset, tmp_path / "a.h5", n_workers=0, **SETTINGS)
+    gpus = {**SETTINGS, "device": "auto"}
+    with pytest.raises(InvalidArgumentError, match=r"the Ray cluster has 2 CPUs and 0 GPUs"):
+        extract_ray(dataset, tmp_path / "b.h5", gpus_per_worker=1, **gpus)
