@@ -16,6 +16,7 @@ import torch
 from featurecache import __version__
 from featurecache._backbones import LoadedBackbone, load_backbone
 from featurecache._data import Dataset, load_dataset
+from featurecache._fuse import fuse_conv_bn
 from featurecache._layers import LayerInfo, capture, check_layers, pool, pooled_size
 from featurecache._store import FORMAT_VERSION, STATUS_FAILED, STATUS_OK, Store, check_config
 from featurecache.exceptions import BatchError, InvalidArgumentError
@@ -340,6 +341,18 @@ class ShardRunner:
         self.module = backbone.module.to(device)
         if device.type in ("cpu", "cuda"):
             self.module = self.module.to(memory_format=torch.channels_last)
+        self._models: dict[tuple[str, ...], torch.nn.Module] = {}
+
+    def model_for(self, layers: tuple[str, ...]) -> torch.nn.Module:
+        """The module to run for these layers: BatchNorm folded into convs where verified."""
+        if layers not in self._models:
+            size = self.backbone.image_size
+            generator = torch.Generator().manual_seed(0)
+            probe = torch.randn(2, 3, size, size, generator=generator).to(self.device)
+            if self.device.type in ("cpu", "cuda"):
+                probe = probe.contiguous(memory_format=torch.channels_last)
+            self._models[layers] = fuse_conv_bn(self.module, layers, probe)
+        return self._models[layers]
 
     @property
     def layer_attrs(self) -> dict[str, dict]:
@@ -397,21 +410,22 @@ class ShardRunner:
         }
         shard_iter = iter(shards)
         current = None
-        with torch.inference_mode(), capture(self.module, layers) as outputs:
+        module = self.model_for(tuple(layers))
+        with torch.inference_mode(), capture(module, layers) as outputs:
             for rows, images, ok, reasons in loader:
                 if current is None:
                     shard = next(shard_iter)
                     current = _ShardBuffer(shard, plan.rows(shard), dims, self.store_dtype)
-                features = (
-                    self._forward(images, rows[ok], dataset, layers, outputs) if ok.any() else {}
-                )
+                features = {}
+                if ok.any():
+                    features = self._forward(module, images, rows[ok], dataset, layers, outputs)
                 current.fill(rows, ok, reasons, features)
                 bar.update(len(rows))
                 if current.complete:
                     yield current.result()
                     current = None
 
-    def _forward(self, images, rows, dataset, layers, outputs) -> dict[str, np.ndarray]:
+    def _forward(self, module, images, rows, dataset, layers, outputs) -> dict[str, np.ndarray]:
         non_blocking = self.device.type == "cuda"
         x = images.to(self.device, non_blocking=non_blocking)
         if self.device.type in ("cpu", "cuda"):
@@ -419,7 +433,7 @@ class ShardRunner:
         enabled = self.compute_dtype != torch.float32
         try:
             with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled):
-                self.module(x)
+                module(x)
             pooled = {
                 layer: pool(
                     outputs[layer],
