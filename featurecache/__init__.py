@@ -14,6 +14,7 @@ _LAZY = {
     "extract": "featurecache._extract",
     "ExtractResult": "featurecache._extract",
     "list_backbones": "featurecache._backbones",
+    "get_backbone": "featurecache._backbones",
     "load_backbone": "featurecache._backbones",
     "Backbone": "featurecache._backbones",
     "LoadedBackbone": "featurecache._backbones",
@@ -22,6 +23,7 @@ _LAZY = {
     "Preprocess": "featurecache._preprocess",
     "load_dataset": "featurecache._data",
     "Dataset": "featurecache._data",
+    "predict": "featurecache._predict",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
