@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 #: How often Ray restarts a dead worker, and re-runs the task it was running.
 DEFAULT_MAX_RETRIES = 3
+TASKS_PER_WORKER = 2
 
 
 def extract_ray(
@@ -207,31 +209,19 @@ class _ShardWorker:
     def __init__(self, spec: _WorkerSpec, dataset: Dataset) -> None:
         self.spec = spec
         self.dataset = dataset
-        backbone = load_backbone(
-            spec.backbone, spec.weights, seed=spec.seed, image_size=spec.image_size
-        )
-        config = build_config(backbone, spec.pooling, str(spec.config["dtype"]), spec.compute_dtype)
-        differences = sorted(
-            key for key in set(config) | set(spec.config) if config.get(key) != spec.config.get(key)
-        )
-        if differences:
-            raise ConfigMismatchError(
-                f"the Ray worker on {socket.gethostname()} built {spec.backbone} with another "
-                f"configuration than the driver (differing: {', '.join(differences)}); install "
-                "the same featurecache, torch, torchvision and weights files on every node."
-            )
-        self.runner = ShardRunner(
-            backbone,
-            spec.infos,
-            spec.pooling,
-            spec.config,
-            torch.device(spec.device),
-            spec.compute_dtype,
-        )
+        self.error: FeatureCacheError | None = None
+        try:
+            self.runner = _build_runner(spec)
+        except FeatureCacheError as error:
+            # Raised from compute(), so the driver gets the error itself (Ray keeps only the
+            # text of an error raised in __init__), and Ray does not retry it.
+            self.error = error
         self.loader_workers = _loader_workers(spec.workers, dataset, spec.cpus)
 
     def compute(self, shard: int, layers: tuple[str, ...]) -> tuple[int, int]:
         """Compute one shard, write its file atomically, and return ``(shard, n_rows)``."""
+        if self.error is not None:
+            raise self.error
         spec = self.spec
         plan = Plan(spec.shard_size, len(self.dataset), ((shard, layers),))
         n_rows = 0
@@ -242,6 +232,25 @@ class _ShardWorker:
             )  # fmt: skip
             n_rows += len(result.status)
         return shard, n_rows
+
+
+def _build_runner(spec: _WorkerSpec) -> ShardRunner:
+    """Load the backbone on this node and check it is the driver's, number for number."""
+    backbone = load_backbone(
+        spec.backbone, spec.weights, seed=spec.seed, image_size=spec.image_size
+    )
+    config = build_config(backbone, spec.pooling, str(spec.config["dtype"]), spec.compute_dtype)
+    differences = sorted(
+        key for key in set(config) | set(spec.config) if config.get(key) != spec.config.get(key)
+    )
+    if differences:
+        raise ConfigMismatchError(
+            f"the Ray worker on {socket.gethostname()} built {spec.backbone} with another "
+            f"configuration than the driver (differing: {', '.join(differences)}); install "
+            "the same featurecache, torch, torchvision and weights files on every node."
+        )
+    device = torch.device(spec.device)
+    return ShardRunner(backbone, spec.infos, spec.pooling, spec.config, device, spec.compute_dtype)
 
 
 def _run(
@@ -260,7 +269,8 @@ def _run(
     )
     dataset_ref = ray.put(job.dataset)
     actors = [actor_class.remote(spec, dataset_ref) for _ in range(n_actors)]
-    pool = ActorPool(actors)
+    # Two tasks in flight per actor: the next shard is queued while the driver commits.
+    pool = ActorPool([actor for actor in actors for _ in range(TASKS_PER_WORKER)])
     for shard, layers in plan.work:
         pool.submit(lambda actor, work: actor.compute.remote(*work), (shard, layers))
     logger.info(
@@ -296,36 +306,24 @@ def _run(
 
 
 def _next(ray, pool, timeout: float | None) -> tuple[int, int]:
-    """The next finished task; Ray's errors become featurecache's."""
+    """The next finished task; featurecache's errors raised in a worker are raised as they are."""
     try:
         return pool.get_next_unordered(timeout=timeout)
     except ray.exceptions.RayTaskError as error:
-        cause = error.cause if isinstance(error.cause, BaseException) else None
-        if isinstance(cause, FeatureCacheError):
-            raise cause from error
+        if isinstance(error.cause, FeatureCacheError):
+            raise error.cause from None
         raise
     except ray.exceptions.RayActorError as error:
-        cause = _init_error(error)
-        if isinstance(cause, FeatureCacheError):
-            raise cause from error
         raise FeatureCacheError(
-            "a Ray worker died and could not be restarted or retried "
-            f"({type(error).__name__}: {_first_line(error)}); the shards committed so far are "
-            "kept: re-run the same command to resume, or raise max_retries."
+            f"a Ray worker died and could not be restarted or retried ({_first_line(error)}); "
+            "the shards committed so far are kept: re-run the same command to resume."
         ) from error
 
 
-def _init_error(error: BaseException) -> BaseException | None:
-    """The exception an actor's ``__init__`` raised, when that is why it died."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        cause = getattr(cause, "cause", cause)  # a RayTaskError wraps the original
-    return cause if isinstance(cause, BaseException) else None
-
-
 def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # Ray colours its messages
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _import_ray():
@@ -344,7 +342,14 @@ def _connect(ray, address: str | None, n_workers: int, cpus_per_worker: float) -
     if ray.is_initialized():
         return False
     if (address and address != "local") or (address is None and os.environ.get("RAY_ADDRESS")):
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, SystemExit) as error:  # Ray exits when GCS never answers
+            where = address or os.environ.get("RAY_ADDRESS")
+            raise InvalidArgumentError(
+                f"--address {where!r}: no Ray cluster answered ({_first_line(error)}); start one "
+                "with `ray start --head` or leave --address out for a local instance."
+            ) from error
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(n_workers * cpus_per_worker))
         ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
