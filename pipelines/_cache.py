@@ -1,0 +1,527 @@
+"""Read a featurecache cache (``docs/cache-format.md``) without torch.
+
+The HDF5 file is opened for each call and closed before it returns, so a writer
+may replace the index between two calls; every call sees one consistent index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featurecache.exceptions import (
+    CacheCorruptError,
+    InvalidArgumentError,
+    UnknownNameError,
+    suggest,
+)
+
+__all__ = ["Cache", "Entry", "open_cache"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+# Rows read per chunk when a feature matrix is read without shard files.
+_CHUNK_BYTES = 64 << 20
+_LS_HINT = "run `featurecache ls {path}` to see what the cache holds"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ``(model, layer)`` feature matrix of a cache.
+
+    ``provenance`` holds the layer dataset's attributes (the model configuration,
+    ``layer``, ``depth``, library versions) decoded to Python types.
+    """
+
+    model: str
+    layer: str
+    n_features: int
+    dtype: str
+    n_ok: int
+    n_failed: int
+    n_pending: int
+    depth: float | None
+    provenance: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    file: Path
+    name: str  # as listed in the index, for messages
+    start: int
+    stop: int
+    sha256: str
+
+
+def open_cache(path: str | os.PathLike) -> Cache:
+    """Open a cache index for reading.
+
+    Parameters
+    ----------
+    path : str or path
+        The index file ``CACHE.h5`` written by ``featurecache extract``, or any HDF5
+        file that follows ``docs/cache-format.md``.
+
+    Returns
+    -------
+    Cache
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``path`` is missing, a directory, or not a featurecache file.
+    """
+    return Cache(path)
+
+
+class Cache:
+    """A featurecache file, read one call at a time.
+
+    The sample table (``ids``, ``labels``, ``splits``, ``class_names``) is read
+    once, when the cache is opened: it is written once and never modified.
+    Everything else is read from the current index on each call.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._check_path()
+        try:
+            with self._open() as f:
+                self._read_samples(f)
+        except (OSError, KeyError) as error:
+            raise CacheCorruptError(
+                f"cannot read the sample table of {str(self.path)!r} ({error}); the index or "
+                f"{self.path.name}.d/samples.h5 is damaged or missing. Keep the index and its "
+                "folder together, or re-run `featurecache extract` into a new cache."
+            ) from error
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.path)!r}, n_samples={len(self.ids)}, models={self.models})"
+
+    # -- the sample table -----------------------------------------------------------
+
+    def _check_path(self) -> None:
+        fix = "pass the CACHE.h5 index written by `featurecache extract`"
+        if not self.path.exists():
+            raise InvalidArgumentError(
+                f"CACHE must be an existing featurecache HDF5 file; {str(self.path)!r} does "
+                f"not exist; {fix}."
+            )
+        if self.path.is_dir():
+            raise InvalidArgumentError(
+                f"CACHE must be a featurecache HDF5 file, not a directory; got {str(self.path)!r}; "
+                f"{fix} (not its .d folder)."
+            )
+        if not h5py.is_hdf5(self.path):
+            raise InvalidArgumentError(
+                f"CACHE must be a featurecache HDF5 file; {str(self.path)!r} is not HDF5; {fix}."
+            )
+
+    def _read_samples(self, f: h5py.File) -> None:
+        fmt = _decode(f.attrs.get("format", "featurecache"))
+        version = int(f.attrs.get("format_version", 1))
+        missing = [k for k in ("ids", "labels", "splits") if f"samples/{k}" not in f]
+        if fmt != "featurecache" or missing or "features" not in f:
+            what = (
+                f"format {fmt!r}"
+                if fmt != "featurecache"
+                else "no /samples/{ids,labels,splits} or /features"
+            )
+            raise InvalidArgumentError(
+                f"CACHE must be a featurecache file; {str(self.path)!r} has {what}; pass the "
+                "CACHE.h5 index written by `featurecache extract` (see docs/cache-format.md)."
+            )
+        if version > 1:
+            raise InvalidArgumentError(
+                f"CACHE {str(self.path)!r} has format_version {version}; this reader knows "
+                "version 1; upgrade featurecache."
+            )
+        samples = f["samples"]
+        self.ids = samples["ids"].asstr()[:].astype(str)
+        self.labels = samples["labels"][:].astype(np.int64)
+        self.splits = samples["splits"].asstr()[:].astype(str)
+        names = samples.attrs.get("class_names")
+        if names is None:
+            n_classes = int(self.labels.max()) + 1 if self.labels.size else 0
+            self.class_names = [str(k) for k in range(n_classes)]
+        else:
+            self.class_names = [str(_decode(n)) for n in np.asarray(names).tolist()]
+        digest = f.attrs.get("samples_digest")
+        self.samples_digest = (
+            str(_decode(digest))
+            if digest is not None
+            else samples_digest(self.ids, self.labels, self.splits)
+        )
+        if not (len(self.ids) == len(self.labels) == len(self.splits)):
+            raise CacheCorruptError(
+                f"the sample table of {str(self.path)!r} is inconsistent: {len(self.ids)} ids, "
+                f"{len(self.labels)} labels, {len(self.splits)} splits."
+            )
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.ids)
+
+    # -- discovery ------------------------------------------------------------------
+
+    @property
+    def models(self) -> list[str]:
+        """Model names, sorted."""
+        with self._open() as f:
+            return sorted(f["features"].keys())
+
+    def layers(self, model: str) -> list[str]:
+        """Layer names of ``model``, from input to output (by ``depth`` where present)."""
+        with self._open() as f:
+            return _layer_order(self._model_group(f, model))
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Every ``(model, layer)`` matrix with its shape, row counts and provenance."""
+        with self._open() as f:
+            return [
+                self._entry(f, model, layer)
+                for model in sorted(f["features"].keys())
+                for layer in _layer_order(f["features"][model])
+            ]
+
+    def entry(self, model: str, layer: str) -> Entry:
+        """The :class:`Entry` of one ``(model, layer)``."""
+        with self._open() as f:
+            self._dataset(f, model, layer)  # raises UnknownNameError with suggestions
+            return self._entry(f, model, layer)
+
+    def _entry(self, f: h5py.File, model: str, layer: str) -> Entry:
+        group = f["features"][model]
+        dataset = group[layer]
+        status = self._status(f, model, layer)
+        provenance = {k: _decode(v) for k, v in group.attrs.items()}
+        provenance.update({k: _decode(v) for k, v in dataset.attrs.items()})
+        provenance.setdefault("layer", layer)
+        depth = provenance.get("depth")
+        return Entry(
+            model=model,
+            layer=layer,
+            n_features=int(dataset.shape[1]),
+            dtype=str(dataset.dtype),
+            n_ok=int(np.sum(status == STATUS_OK)),
+            n_failed=int(np.sum(status == STATUS_FAILED)),
+            n_pending=int(np.sum(status == STATUS_PENDING)),
+            depth=None if depth is None else float(depth),
+            provenance=provenance,
+        )
+
+    def failures(self, model: str) -> list[tuple[str, str]]:
+        """``(id, reason)`` of each sample that failed for ``model``."""
+        with self._open() as f:
+            self._model_group(f, model)
+            if f"failures/{model}/row" not in f:
+                return []
+            rows = f[f"failures/{model}/row"][:]
+            reasons = f[f"failures/{model}/reason"].asstr()[:]
+        return [
+            (str(self.ids[int(r)]), str(reason)) for r, reason in zip(rows, reasons, strict=True)
+        ]
+
+    # -- reading features -----------------------------------------------------------
+
+    def load(
+        self, model: str, layer: str, split: str | Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, labels and ids of the rows whose status is ok.
+
+        Parameters
+        ----------
+        model, layer : str
+            Names as listed by :attr:`entries` (``featurecache ls CACHE``).
+        split : str, sequence of str or None
+            Keep only rows of these splits (``"train"``, ``"val"``, ``"test"``);
+            ``None`` keeps every split.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features), float32
+            float16 caches are upcast.
+        y : ndarray of shape (n_samples,), int64
+            Index into :attr:`class_names`; ``-1`` means no label.
+        ids : ndarray of shape (n_samples,), str
+
+        Raises
+        ------
+        UnknownNameError
+            Unknown model, layer or split.
+        CacheCorruptError
+            A shard file is unreadable or does not match its SHA-256.
+        """
+        X, rows = self.load_rows(model, layer, self._split_mask(split))
+        return X, self.labels[rows], self.ids[rows]
+
+    def load_rows(
+        self, model: str, layer: str, wanted: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features of the ok rows among ``wanted`` (a boolean mask) and their row indices."""
+        if wanted is None:
+            wanted = np.ones(self.n_samples, dtype=bool)
+        with self._open() as f:
+            dataset = self._dataset(f, model, layer)
+            n_features = int(dataset.shape[1])
+            shards = self._shards(f, model, layer)
+            if shards is None:
+                return self._read_dataset(
+                    dataset, self._status(f, model, layer) == STATUS_OK, wanted
+                )
+        return self._read_shards(model, layer, shards, n_features, wanted)
+
+    def verify(self, model: str | None = None) -> None:
+        """Read every committed feature matrix and check it against the index.
+
+        Raises
+        ------
+        CacheCorruptError
+            Naming the first file that is unreadable or whose SHA-256 differs.
+        """
+        models = self.models if model is None else [model]
+        for name in models:
+            for layer in self.layers(name):
+                with self._open() as f:
+                    dataset = self._dataset(f, name, layer)
+                    n_features = int(dataset.shape[1])
+                    shards = self._shards(f, name, layer)
+                    if shards is None:
+                        ok = self._status(f, name, layer) == STATUS_OK
+                        self._read_dataset(dataset, ok, ok)
+                        continue
+                for shard in shards:
+                    self._read_shard(name, layer, shard, n_features)
+
+    # -- internals ------------------------------------------------------------------
+
+    @contextmanager
+    def _open(self, path: Path | None = None) -> Iterator[h5py.File]:
+        kwargs = {"locking": False} if os.environ.get("FEATURECACHE_NO_LOCKING") == "1" else {}
+        with h5py.File(self.path if path is None else path, "r", **kwargs) as f:
+            yield f
+
+    def _model_group(self, f: h5py.File, model: str) -> h5py.Group:
+        models = sorted(f["features"].keys())
+        if model not in models:
+            raise UnknownNameError(
+                f"model {model!r} is not in cache {str(self.path)!r}; it has "
+                f"{', '.join(models) or 'no models'}.{suggest(model, models)} "
+                f"Hint: {_LS_HINT.format(path=self.path)}."
+            )
+        return f["features"][model]
+
+    def _dataset(self, f: h5py.File, model: str, layer: str) -> h5py.Dataset:
+        group = self._model_group(f, model)
+        layers = _layer_order(group)
+        if layer not in layers:
+            raise UnknownNameError(
+                f"layer {layer!r} of model {model!r} is not in cache {str(self.path)!r}; it has "
+                f"{', '.join(layers) or 'no layers'}.{suggest(layer, layers)} "
+                f"Hint: {_LS_HINT.format(path=self.path)}."
+            )
+        dataset = group[layer]
+        if dataset.ndim != 2 or dataset.shape[0] != self.n_samples:
+            raise CacheCorruptError(
+                f"/features/{model}/{layer} in {str(self.path)!r} has shape {dataset.shape}; "
+                f"expected ({self.n_samples}, n_features), one row per sample."
+            )
+        return dataset
+
+    def _split_mask(self, split: str | Sequence[str] | None) -> np.ndarray:
+        if split is None:
+            return np.ones(self.n_samples, dtype=bool)
+        names = [split] if isinstance(split, str) else list(split)
+        present = sorted(set(self.splits.tolist()))
+        for name in names:
+            if name not in present:
+                shown = ", ".join(repr(s) for s in present)
+                raise UnknownNameError(
+                    f"split {name!r} is not in cache {str(self.path)!r}; its samples have "
+                    f"splits {shown}.{suggest(name, present)} "
+                    f"Hint: {_LS_HINT.format(path=self.path)}."
+                )
+        return np.isin(self.splits, names)
+
+    def _shards(self, f: h5py.File, model: str, layer: str) -> list[_Shard] | None:
+        if f"shards/{model}" not in f:
+            return None
+        table = f[f"shards/{model}"]
+        files = table["file"].asstr()[:]
+        layers = table["layer"].asstr()[:]
+        starts, stops = table["start"][:], table["stop"][:]
+        digests = table["sha256"].asstr()[:]
+        return [
+            _Shard(self._shard_path(name), name, int(start), int(stop), str(digest))
+            for name, lay, start, stop, digest in zip(
+                files, layers, starts, stops, digests, strict=True
+            )
+            if lay == layer
+        ]
+
+    def _shard_path(self, name: str) -> Path:
+        # Listed relative to the index's directory; older writers used the .d folder.
+        beside = self.path.parent / name
+        inside = self.path.with_name(self.path.name + ".d") / name
+        return inside if not beside.exists() and inside.exists() else beside
+
+    def _status(self, f: h5py.File, model: str, layer: str) -> np.ndarray:
+        shards = self._shards(f, model, layer)
+        if shards is not None:
+            status = np.zeros(self.n_samples, dtype=np.int8)
+            for shard in shards:
+                status[shard.start : shard.stop] = self._shard_status(model, layer, shard)
+            return status
+        if f"status/{model}/{layer}" in f:
+            return f[f"status/{model}/{layer}"][:].astype(np.int8)
+        return np.full(self.n_samples, STATUS_OK, dtype=np.int8)
+
+    def _shard_status(self, model: str, layer: str, shard: _Shard) -> np.ndarray:
+        try:
+            with self._open(shard.file) as g:
+                status = g["status"][:]
+        except (OSError, KeyError) as error:
+            raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
+        if status.shape != (shard.stop - shard.start,):
+            raise self._corrupt(model, layer, shard, f"its status has shape {status.shape}")
+        return status
+
+    def _read_shard(self, model: str, layer: str, shard: _Shard, n_features: int) -> np.ndarray:
+        """Features of one shard as stored, after checking their SHA-256."""
+        try:
+            with self._open(shard.file) as g:
+                data = np.ascontiguousarray(g[f"features/{layer}"][:])
+        except (OSError, KeyError) as error:
+            raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
+        if data.shape != (shard.stop - shard.start, n_features):
+            raise self._corrupt(model, layer, shard, f"layer {layer!r} has shape {data.shape}")
+        digest = hashlib.sha256(data.tobytes()).hexdigest()
+        if digest != shard.sha256:
+            raise self._corrupt(
+                model,
+                layer,
+                shard,
+                f"the SHA-256 of layer {layer!r} is {digest[:12]}…, the index records "
+                f"{shard.sha256[:12]}…",
+            )
+        return data
+
+    def _read_shards(
+        self, model: str, layer: str, shards: list[_Shard], n_features: int, wanted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Two passes: statuses first (small), so the output is allocated once.
+        keep = []
+        for shard in shards:
+            ok = self._shard_status(model, layer, shard) == STATUS_OK
+            keep.append(ok & wanted[shard.start : shard.stop])
+        n_rows = int(sum(int(k.sum()) for k in keep))
+        X = np.empty((n_rows, n_features), dtype=np.float32)
+        rows = np.empty(n_rows, dtype=np.int64)
+        at = 0
+        for shard, mask in zip(shards, keep, strict=True):
+            if not mask.any():
+                continue
+            data = self._read_shard(model, layer, shard, n_features)
+            n = int(mask.sum())
+            X[at : at + n] = data[mask]
+            rows[at : at + n] = shard.start + np.flatnonzero(mask)
+            at += n
+        order = np.argsort(rows, kind="stable")
+        if np.any(order != np.arange(n_rows)):
+            X, rows = X[order], rows[order]
+        _check_finite(X, f"{model}/{layer}", self.path)
+        return X, rows
+
+    def _read_dataset(
+        self, dataset: h5py.Dataset, ok: np.ndarray, wanted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keep = ok & wanted
+        rows = np.flatnonzero(keep)
+        n_features = int(dataset.shape[1])
+        X = np.empty((len(rows), n_features), dtype=np.float32)
+        step = max(1, _CHUNK_BYTES // max(1, n_features * dataset.dtype.itemsize))
+        at = 0
+        for start in range(0, self.n_samples, step):
+            mask = keep[start : start + step]
+            if not mask.any():
+                continue
+            try:
+                chunk = dataset[start : start + len(mask)]
+            except OSError as error:
+                raise CacheCorruptError(
+                    f"rows {start}..{start + len(mask)} of {dataset.name} in {str(self.path)!r} "
+                    f"cannot be read ({error}); recompute them with the same `featurecache "
+                    "extract` command, or rewrite the file."
+                ) from error
+            n = int(mask.sum())
+            X[at : at + n] = chunk[mask]
+            at += n
+        _check_finite(X, dataset.name.removeprefix("/features/"), self.path)
+        return X, rows
+
+    def _corrupt(self, model: str, layer: str, shard: _Shard, what: str) -> CacheCorruptError:
+        return CacheCorruptError(
+            f"shard file {str(shard.file)!r} of {model}/{layer} is corrupt: {what}; delete "
+            f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
+            "recompute it."
+        )
+
+
+def samples_digest(ids: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:
+    """SHA-256 over ids, splits and labels, as stage 1 records it in ``samples_digest``."""
+    digest = hashlib.sha256()
+    for values in (ids, splits):
+        digest.update("\0".join(str(v) for v in values).encode())
+        digest.update(b"\1")
+    digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def _layer_order(group: h5py.Group) -> list[str]:
+    names = [name for name in group.keys() if isinstance(group[name], h5py.Dataset)]
+
+    def key(name: str) -> tuple:
+        attrs = group[name].attrs
+        depth = attrs.get("depth")
+        index = attrs.get("depth_index")
+        return (
+            depth is None,
+            float(depth) if depth is not None else 0.0,
+            int(index) if index is not None else 0,
+            name,
+        )
+
+    return sorted(names, key=key)
+
+
+def _check_finite(X: np.ndarray, name: str, path: Path) -> None:
+    # Rows marked ok must hold numbers; NaN means the index and the data disagree.
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise CacheCorruptError(
+            f"{int(bad.sum())} rows of {name} in {str(path)!r} are marked ok but hold NaN or "
+            "Inf; re-run the same `featurecache extract` command to recompute them."
+        )
+
+
+def _decode(value):
+    """HDF5 attribute value -> plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_decode(v) for v in value.tolist()]
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
