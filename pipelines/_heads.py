@@ -1,0 +1,319 @@
+"""Heads: scikit-learn classifiers fitted on cached features, and their default grids.
+
+A head is a small frozen :class:`Head` registered with :func:`register_head`.
+Every head becomes ``Pipeline([("scale", StandardScaler()), ("pca", PCA(...))?,
+("clf", classifier)])``; the ``pca`` step is present only when the grid asks for
+fewer components than the layer has features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import ParameterGrid
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+
+__all__ = [
+    "Head",
+    "register_head",
+    "get_head",
+    "list_heads",
+    "load_grid",
+    "resolve_grids",
+    "make_pca",
+    "build_pipeline",
+]
+
+PCA_KEY = "pca"
+
+
+@dataclass(frozen=True)
+class Head:
+    """A registered head.
+
+    Attributes
+    ----------
+    name : str
+        What ``--heads`` accepts.
+    make_classifier : callable
+        ``make_classifier(seed) -> estimator``, the unfitted classifier with the
+        head's fixed settings.
+    default_grid : mapping of str to tuple
+        Classifier parameters to search (and ``pca``: ``None`` or a number of
+        components), each with the values tried.
+    description : str
+        One line for ``docs/heads.md`` and reports.
+    path_param : str or None
+        A parameter walked in ascending order with ``warm_start`` during the
+        search (``C`` for ``logreg``); ``None`` fits every candidate from scratch.
+    resolve : callable or None
+        ``resolve(params, X) -> params``: turns grid values that depend on the
+        scaled training features into concrete values (``svm``'s ``"2*scale"``).
+    """
+
+    name: str
+    make_classifier: Callable[[int], BaseEstimator]
+    default_grid: Mapping[str, tuple]
+    description: str
+    path_param: str | None = None
+    resolve: Callable[[dict, np.ndarray], dict] | None = field(default=None, repr=False)
+
+    def classifier(self, params: Mapping[str, Any], X: np.ndarray, *, seed: int) -> BaseEstimator:
+        """The unfitted classifier for ``params`` (without ``pca``) on scaled ``X``."""
+        clf_params = {k: v for k, v in params.items() if k != PCA_KEY}
+        if self.resolve is not None:
+            clf_params = self.resolve(clf_params, X)
+        return self.make_classifier(seed).set_params(**clf_params)
+
+    def grid(self, user: Mapping[str, Sequence] | None = None) -> dict[str, list]:
+        """The default grid updated with ``user``'s keys, validated.
+
+        Raises
+        ------
+        InvalidArgumentError
+            An unknown parameter, or a parameter without values.
+        """
+        merged = {PCA_KEY: [None], **{k: list(v) for k, v in self.default_grid.items()}}
+        known = sorted([*self.make_classifier(0).get_params(deep=False), PCA_KEY])
+        for key, values in (user or {}).items():
+            if key not in known:
+                raise InvalidArgumentError(
+                    f"the grid of head {self.name!r} has parameter {key!r}, which "
+                    f"{type(self.make_classifier(0)).__name__} does not take.{suggest(key, known)} "
+                    f"It accepts {', '.join(known)}."
+                )
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            if not values:
+                raise InvalidArgumentError(
+                    f"the grid of head {self.name!r} lists no values for {key!r}; give at least one."
+                )
+            merged[key] = [tuple(v) if isinstance(v, list) else v for v in values]
+        for value in merged[PCA_KEY]:
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidArgumentError(
+                    f"the grid of head {self.name!r} has pca={value!r}; pca takes null (no PCA) "
+                    "or a positive number of components."
+                )
+        for candidate in ParameterGrid(merged):  # surface bad values now, not in a worker
+            try:
+                self.classifier(candidate, np.ones((2, 2)), seed=0)
+            except (TypeError, ValueError) as error:
+                raise InvalidArgumentError(f"the grid of head {self.name!r}: {error}") from error
+        return merged
+
+
+_HEADS: dict[str, Head] = {}
+
+
+def register_head(
+    name: str,
+    *,
+    default_grid: Mapping[str, Sequence],
+    description: str,
+    path_param: str | None = None,
+    resolve: Callable[[dict, np.ndarray], dict] | None = None,
+) -> Callable:
+    """Register ``make_classifier(seed)`` as the head ``name`` (used as a decorator)."""
+
+    def decorator(make_classifier: Callable[[int], BaseEstimator]):
+        if name in _HEADS:
+            raise ValueError(f"a head named {name!r} is already registered")
+        _HEADS[name] = Head(
+            name=name,
+            make_classifier=make_classifier,
+            default_grid={k: tuple(v) for k, v in default_grid.items()},
+            description=description,
+            path_param=path_param,
+            resolve=resolve,
+        )
+        return make_classifier
+
+    return decorator
+
+
+def list_heads() -> list[str]:
+    """Names of the registered heads, in registration order."""
+    return list(_HEADS)
+
+
+def get_head(name: str) -> Head:
+    """The registered head ``name``.
+
+    Raises
+    ------
+    UnknownNameError
+        With close matches and the list from :func:`list_heads`.
+    """
+    if name not in _HEADS:
+        raise UnknownNameError(
+            f"head {name!r} is not registered; choose from {', '.join(_HEADS)}."
+            f"{suggest(name, _HEADS)} Hint: pipelines.list_heads() lists them."
+        )
+    return _HEADS[name]
+
+
+# -- the built-in heads ---------------------------------------------------------------
+
+
+@register_head(
+    "logreg",
+    default_grid={"C": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)},
+    description="multinomial logistic regression (lbfgs, L2), C on a log grid",
+    path_param="C",
+)
+def _logreg(seed: int) -> LogisticRegression:
+    return LogisticRegression(solver="lbfgs", max_iter=1000, random_state=seed)
+
+
+@register_head(
+    "linsvm",
+    default_grid={"C": (1e-4, 1e-3, 1e-2, 1e-1)},
+    description="linear SVM (LinearSVC, squared hinge, one-vs-rest), C on a log grid",
+)
+def _linsvm(seed: int) -> LinearSVC:
+    return LinearSVC(C=1.0, max_iter=2000, random_state=seed)
+
+
+_GAMMA = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*scale\s*$")
+
+
+def _resolve_gamma(params: dict, X: np.ndarray) -> dict:
+    """``gamma="K*scale"`` -> ``K`` times scikit-learn's ``"scale"`` value on ``X``."""
+    gamma = params.get("gamma")
+    if not isinstance(gamma, str) or gamma in ("scale", "auto"):
+        return params
+    match = _GAMMA.match(gamma)
+    if match is None:
+        raise ValueError(
+            f"gamma must be a positive float, 'scale', 'auto' or 'K*scale' (e.g. '0.5*scale'); "
+            f"got {gamma!r}"
+        )
+    variance = float(np.var(X))
+    scale = 1.0 / (X.shape[1] * variance) if variance > 0 else 1.0
+    return {**params, "gamma": float(match.group(1)) * scale}
+
+
+@register_head(
+    "svm",
+    default_grid={"C": (1.0, 10.0), "gamma": ("0.25*scale", "scale")},
+    description="RBF-kernel SVM (SVC), C x gamma; gamma as a multiple of scikit-learn's 'scale'",
+    resolve=_resolve_gamma,
+)
+def _svm(seed: int) -> SVC:
+    return SVC(kernel="rbf", cache_size=500, random_state=seed)
+
+
+@register_head(
+    "mlp",
+    default_grid={"hidden_layer_sizes": ((256,),), "alpha": (1e-4, 1e-2)},
+    description="one hidden layer (Linear-ReLU-Linear, MLPClassifier, adam), L2 alpha",
+)
+def _mlp(seed: int) -> MLPClassifier:
+    return MLPClassifier(
+        hidden_layer_sizes=(256,), activation="relu", max_iter=100, random_state=seed
+    )
+
+
+# -- grids and pipelines --------------------------------------------------------------
+
+
+def load_grid(path: str | os.PathLike) -> dict[str, dict[str, list]]:
+    """Read a user grid: ``{head: {param: [values...]}}`` from JSON or YAML.
+
+    Raises
+    ------
+    InvalidArgumentError
+        The file is missing, unreadable, or not a mapping of head names to mappings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(
+            f"--grid must be a JSON or YAML file; {str(path)!r} does not exist."
+        )
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            grid = json.loads(text)
+        else:
+            import yaml
+
+            grid = yaml.safe_load(text)
+    except ValueError as error:  # json and yaml errors are ValueErrors
+        raise InvalidArgumentError(f"--grid {str(path)!r} cannot be parsed: {error}") from error
+    if not isinstance(grid, dict) or not all(isinstance(v, dict) for v in grid.values()):
+        raise InvalidArgumentError(
+            f"--grid {str(path)!r} must map head names to parameter grids, e.g. "
+            '{"logreg": {"C": [0.01, 0.1, 1]}}; got ' + type(grid).__name__ + "."
+        )
+    for name in grid:
+        get_head(name)
+    return grid
+
+
+def resolve_grids(
+    heads: Sequence[str],
+    grid: Mapping[str, Mapping[str, Sequence]] | None = None,
+    *,
+    pca: int | None = None,
+) -> dict[str, dict[str, list]]:
+    """Validated grid of each head: defaults, updated by ``grid[head]``.
+
+    ``pca`` (a number of components) replaces the ``pca`` values of every head
+    whose grid does not set them.
+    """
+    extra = sorted(set(grid or {}) - set(heads))
+    if extra:
+        raise InvalidArgumentError(
+            f"the grid sets heads {', '.join(extra)} that are not requested; add them to "
+            f"--heads ({', '.join(heads)}) or remove them from the grid."
+        )
+    resolved = {}
+    for name in heads:
+        user = dict((grid or {}).get(name, {}))
+        if pca is not None:
+            user.setdefault(PCA_KEY, [pca])
+        resolved[name] = get_head(name).grid(user)
+    return resolved
+
+
+def make_pca(n_components: int | None, n_samples: int, n_features: int, seed: int) -> PCA | None:
+    """The PCA step for ``n_components``, or ``None`` when the layer is not wider."""
+    if n_components is None or n_components >= n_features:
+        return None
+    return PCA(n_components=min(n_components, n_samples), random_state=seed)
+
+
+def build_pipeline(
+    head: Head, params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, *, seed: int
+) -> Pipeline:
+    """Fit ``StandardScaler -> [PCA] -> classifier`` with ``params`` on ``X, y``.
+
+    The result is a plain fitted scikit-learn :class:`~sklearn.pipeline.Pipeline`.
+    """
+    steps: list[tuple[str, BaseEstimator]] = [("scale", StandardScaler())]
+    pca = make_pca(params.get(PCA_KEY), X.shape[0], X.shape[1], seed)
+    if pca is not None:
+        steps.append(("pca", pca))
+    Xt = X
+    for _, step in steps:
+        Xt = step.fit_transform(Xt, y)
+    clf = head.classifier(params, Xt, seed=seed)
+    clf.fit(Xt, y)
+    return Pipeline([*steps, ("clf", clf)])
