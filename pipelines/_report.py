@@ -1,0 +1,654 @@
+"""Write a comparison report of a results folder: ``report.md`` and a self-contained ``report.html``.
+
+The overall best combination is the one with the best CV score (ties: the
+smaller CV spread, then model, depth and head order); test accuracy is shown
+for every combination but never used to choose one. Plots are drawn with
+matplotlib's Agg canvas (no pyplot, no global backend change).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featurecache.exceptions import InvalidArgumentError
+from pipelines._fit import _atomic_write, _ResultsFolder
+from pipelines._heads import list_heads
+
+__all__ = ["report"]
+
+logger = logging.getLogger(__name__)
+
+PENULTIMATE = "embedding"
+
+
+@dataclass(frozen=True)
+class _Figure:
+    name: str
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png``.
+
+    Parameters
+    ----------
+    results : str or path
+        A results folder written by :func:`~pipelines.fit`.
+    out : str or path
+        The report folder (created).
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``results`` is not a results folder, or holds no finished combination.
+    """
+    root = Path(results)
+    run_path = root / "run.json"
+    if not run_path.is_file():
+        raise InvalidArgumentError(
+            f"RESULTS must be a folder written by `featurecache fit`; {str(root)!r} has no "
+            "run.json; run `featurecache fit CACHE --out RESULTS` first."
+        )
+    run = json.loads(run_path.read_text())
+    records = _ResultsFolder(root).records()
+    if not records:
+        raise InvalidArgumentError(
+            f"RESULTS {str(root)!r} holds no finished combination yet; run `featurecache fit` "
+            "(it resumes where it stopped)."
+        )
+    table = _table(records)
+    best = _best(table)
+    predictions = _predictions(root, best)
+    blocks = _blocks(run, table, records, best, predictions)
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for block in blocks:
+        if isinstance(block, _Figure):
+            _atomic_write(
+                out / "figures" / f"{block.name}.png", lambda p, b=block: p.write_bytes(b.png)
+            )
+    markdown, page = _markdown(blocks), _html(blocks)
+    _atomic_write(out / "report.md", lambda p: p.write_text(markdown))
+    _atomic_write(out / "report.html", lambda p: p.write_text(page))
+    logger.info("report written to %s", out)
+    return out
+
+
+# -- data -----------------------------------------------------------------------------
+
+
+def _table(records: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(records)
+    order = {name: i for i, name in enumerate(list_heads())}
+    table["head_order"] = table["head"].map(lambda h: order.get(h, len(order)))
+    table["depth_sort"] = table["depth"].astype(float).fillna(math.inf)
+    table["params_text"] = table["params"].map(_params_text)
+    return table.sort_values(["model", "depth_sort", "layer", "head_order", "head"]).reset_index(
+        drop=True
+    )
+
+
+def _best(table: pd.DataFrame) -> pd.Series:
+    """The combination with the best CV score; test scores play no part."""
+    ranked = table.assign(neg_mean=-table["cv_mean"], std=table["cv_std"].fillna(0.0))
+    ranked = ranked.sort_values(
+        ["neg_mean", "std", "model", "depth_sort", "layer", "head_order"], kind="stable"
+    )
+    return ranked.iloc[0]
+
+
+def _best_per_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """For each (model, layer), the head with the best CV score."""
+    ranked = table.sort_values(["cv_mean", "head_order"], ascending=[False, True], kind="stable")
+    return (
+        ranked.groupby(["model", "layer"], sort=False)
+        .head(1)
+        .sort_values(["model", "depth_sort", "layer"])
+    )
+
+
+def _predictions(root: Path, best: pd.Series) -> pd.DataFrame | None:
+    name = best.get("predictions_file") or ""
+    path = root / name
+    if not name or not path.is_file():
+        return None
+    return pd.read_csv(
+        path, keep_default_na=False, dtype={"id": str, "true_class": str, "pred_class": str}
+    )
+
+
+def _has_test(table: pd.DataFrame) -> bool:
+    return bool(table["test_accuracy"].notna().any())
+
+
+# -- content --------------------------------------------------------------------------
+
+
+def _blocks(run: dict, table, records, best, predictions) -> list:
+    has_test = _has_test(table)
+    class_names = run["data"]["class_names"]
+    blocks: list = [("h1", "featurecache report")]
+    blocks += [("h2", "Recommendation"), ("p", recommendation(table, best))]
+    blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
+    blocks += [("h2", "Data"), _data_table(run)]
+    blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
+    blocks += [("h2", "Model × layer"), _heatmap(table, has_test)]
+    blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
+    blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
+    blocks += [("h2", f"Best combination: {best['model']} / {best['layer']} / {best['head']}")]
+    if predictions is not None and len(predictions):
+        matrix = _confusion(predictions, len(class_names))
+        blocks += [_confusion_plot(matrix, class_names), _confused_pairs(matrix, class_names)]
+    else:
+        blocks += [
+            ("p", "No test split, so no confusion matrix: nothing was scored on held-out data.")
+        ]
+    blocks += [("h3", "Candidates of the best combination"), _candidates_table(best)]
+    blocks += [("h2", "All combinations and chosen hyper-parameters"), _all_table(table)]
+    blocks += [("h2", "Fit times"), ("p", _fit_time_text(table)), _fit_time_table(table)]
+    blocks += [("h2", "Provenance of the features")] + _provenance(records)
+    return blocks
+
+
+def recommendation(table: pd.DataFrame, best: pd.Series) -> str:
+    """One plain paragraph: best backbone, layer and head, and earlier layer versus ``embedding``."""
+    test = (
+        f", test accuracy {best['test_accuracy']:.3f}"
+        if _finite(best["test_accuracy"])
+        else " (no test split: CV only)"
+    )
+    text = (
+        f"Use backbone **{best['model']}**, layer **{best['layer']}** and head **{best['head']}** "
+        f"({best['params_text']}): CV accuracy {best['cv_mean']:.3f} ± {_fmt(best['cv_std'])}{test}."
+    )
+    model_rows = table[table["model"] == best["model"]]
+    penultimate = model_rows[model_rows["layer"] == PENULTIMATE]
+    if penultimate.empty:
+        return text + (
+            f" No layer named `{PENULTIMATE}` was fitted for {best['model']}, so the penultimate "
+            "layer cannot be compared."
+        )
+    top = penultimate.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
+    if best["layer"] == PENULTIMATE:
+        others = model_rows[model_rows["layer"] != PENULTIMATE]
+        if others.empty:
+            return text + f" Only the penultimate layer `{PENULTIMATE}` was fitted."
+        runner = others.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
+        gap = best["cv_mean"] - runner["cv_mean"]
+        return text + (
+            f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
+            f"layer, `{runner['layer']}`, scored {gap:.3f} lower in CV accuracy."
+        )
+    gap = best["cv_mean"] - top["cv_mean"]
+    spread = max(_num(best["cv_std"]), _num(top["cv_std"]))
+    if spread > 0:
+        ratio = gap / spread
+        verdict = (
+            "larger than the CV spread, so the gain is likely real"
+            if ratio >= 2
+            else "comparable to the CV spread, so the gain is suggestive only"
+            if ratio >= 1
+            else "smaller than the CV spread, so it is not a reliable difference; the "
+            "penultimate layer is as good a choice"
+        )
+        size = f"{ratio:.1f}× the CV spread (± {spread:.3f}): {verdict}"
+    else:
+        size = "and the CV spread is zero"
+    return text + (
+        f" An earlier layer beat the penultimate one: `{best['layer']}` scored {gap:.3f} higher "
+        f"in CV accuracy than `{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']}), {size}."
+    )
+
+
+def _protocol_text(run: dict, table: pd.DataFrame, has_test: bool) -> str:
+    protocol = run.get("protocol", {})
+    text = (
+        f"Hyper-parameters were {protocol.get('selection', 'chosen on training data')}; the chosen "
+        f"head was refitted on {protocol.get('refit', 'train')} and "
+    )
+    if has_test:
+        text += (
+            "scored once on the test split. Nothing was selected on test: the best combination "
+            "below is the one with the best CV score, and test accuracy is only reported."
+        )
+    else:
+        text += (
+            "not scored on held-out data: **this cache has no test split**, so every number in "
+            "this report is a cross-validation (or validation) score, which is optimistic for "
+            "the chosen combination."
+        )
+    return text
+
+
+def _data_table(run: dict) -> _Table:
+    data = run["data"]
+    counts = data["counts"]
+    splits = list(counts)
+    header = ("class", *splits)
+    rows = [(name, *[str(counts[s].get(name, 0)) for s in splits]) for name in data["class_names"]]
+    rows.append(("**total**", *[str(sum(counts[s].values())) for s in splits]))
+    return _Table(header, tuple(rows))
+
+
+def _heads_table(table: pd.DataFrame) -> _Table:
+    rows = []
+    for _, group in table.groupby("head_order", sort=True):
+        top = group.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
+        rows.append(
+            (
+                top["head"],
+                f"{top['model']} / {top['layer']}",
+                f"{top['cv_mean']:.3f} ± {_fmt(top['cv_std'])}",
+                _fmt(top["test_accuracy"]),
+                _fmt(top["test_balanced_accuracy"]),
+                _fmt(top["test_macro_f1"]),
+                f"{top['fit_seconds']:.1f}",
+            )
+        )
+    return _Table(
+        (
+            "head",
+            "best model / layer (by CV)",
+            "CV",
+            "test acc.",
+            "balanced acc.",
+            "macro-F1",
+            "fit s",
+        ),
+        tuple(rows),
+    )
+
+
+def _all_table(table: pd.DataFrame) -> _Table:
+    rows = tuple(
+        (
+            r["model"],
+            r["layer"],
+            r["head"],
+            r["params_text"],
+            f"{r['cv_mean']:.3f} ± {_fmt(r['cv_std'])}",
+            _fmt(r["test_accuracy"]),
+            _fmt(r["test_balanced_accuracy"]),
+            _fmt(r["test_macro_f1"]),
+            f"{r['fit_seconds']:.1f}",
+            str(r["n_train"]),
+            str(r["n_test"]),
+            str(r["n_features"]),
+        )
+        for _, r in table.iterrows()
+    )
+    header = (
+        "model", "layer", "head", "chosen hyper-parameters", "CV mean ± std", "test acc.",
+        "balanced acc.", "macro-F1", "fit s", "n_train", "n_test", "features",
+    )  # fmt: skip
+    return _Table(header, rows)
+
+
+def _candidates_table(best: pd.Series) -> _Table:
+    rows = tuple(
+        (
+            _params_text(c["params"]),
+            f"{c['mean']:.4f}",
+            _fmt(c["std"], 4),
+            " ".join(f"{s:.3f}" for s in c["scores"]),
+        )
+        for c in best["candidates"]
+    )
+    return _Table(("candidate", "CV mean", "CV std", "per fold"), rows)
+
+
+def _fit_time_text(table: pd.DataFrame) -> str:
+    total = table["fit_seconds"].sum()
+    slowest = table.sort_values("fit_seconds", ascending=False).iloc[0]
+    return (
+        f"{total:.1f} s of fitting in all (summed over CV folds and final refits, not wall time); "
+        f"the slowest combination was {slowest['model']} / {slowest['layer']} / {slowest['head']} "
+        f"({slowest['fit_seconds']:.1f} s). Fits that stopped at max_iter: "
+        f"{int(table['n_not_converged'].sum())}."
+    )
+
+
+def _fit_time_table(table: pd.DataFrame) -> _Table:
+    rows = []
+    for _, group in table.groupby("head_order", sort=True):
+        rows.append(
+            (
+                group["head"].iloc[0],
+                f"{group['fit_seconds'].sum():.1f}",
+                f"{group['fit_seconds'].mean():.2f}",
+                f"{group['fit_seconds'].max():.2f}",
+                str(int(group["n_not_converged"].sum())),
+            )
+        )
+    return _Table(("head", "total s", "mean s", "max s", "stopped at max_iter"), tuple(rows))
+
+
+def _provenance(records: list[dict]) -> list:
+    blocks: list = []
+    by_model: dict[str, dict[str, dict]] = {}
+    for record in records:
+        by_model.setdefault(record["model"], {})[record["layer"]] = record
+    keys = (
+        "backbone", "weights", "weights_sha256", "seed", "preprocessing", "pooling", "dtype",
+        "compute_dtype", "config_digest", "torch_version", "torchvision_version",
+        "featurecache_version",
+    )  # fmt: skip
+    for model, layers in sorted(by_model.items()):
+        first = next(iter(layers.values()))["provenance"]
+        rows = tuple((k, f"`{first[k]}`") for k in keys if first.get(k) not in (None, ""))
+        blocks += [
+            ("h3", model),
+            _Table(("attribute", "value"), rows or (("(none recorded)", ""),)),
+        ]
+        layer_rows = tuple(
+            (
+                layer,
+                _fmt(record["depth"]),
+                str(record["n_features"]),
+                str(record["provenance"].get("raw_shape", "")),
+            )
+            for layer, record in sorted(
+                layers.items(), key=lambda kv: (_num(kv[1]["depth"], math.inf), kv[0])
+            )
+        )
+        blocks.append(_Table(("layer", "depth", "features", "raw shape"), layer_rows))
+    return blocks
+
+
+# -- figures --------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _heatmap(table: pd.DataFrame, has_test: bool) -> _Figure:
+    cells = _best_per_layer(table)
+    models = sorted(cells["model"].unique())
+    depth = cells.groupby("layer")["depth_sort"].mean()
+    layers = sorted(depth.index, key=lambda name: (depth[name], name))
+    value = "test_accuracy" if has_test else "cv_mean"
+    grid = np.full((len(models), len(layers)), np.nan)
+    labels = {}
+    for _, r in cells.iterrows():
+        i, j = models.index(r["model"]), layers.index(r["layer"])
+        grid[i, j] = r[value]
+        labels[i, j] = f"{r[value]:.3f}\n{r['head']}"
+    fig = _new_figure(max(4.0, 1.1 * len(layers) + 2), max(2.2, 0.7 * len(models) + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    for (i, j), text in labels.items():
+        bright = grid[i, j] > np.nanmin(grid) + 0.6 * (np.nanmax(grid) - np.nanmin(grid) + 1e-12)
+        ax.text(
+            j, i, text, ha="center", va="center", fontsize=8, color="black" if bright else "white"
+        )
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    fig.colorbar(image, ax=ax, label="test accuracy" if has_test else "CV accuracy")
+    what = "test accuracy" if has_test else "CV accuracy (no test split)"
+    return _Figure(
+        "heatmap",
+        f"{what} of each model × layer, with the head that has the best CV score in that cell "
+        "(heads are chosen on CV, never on test).",
+        _png(fig),
+    )
+
+
+def _depth_plot(table: pd.DataFrame, has_test: bool) -> _Figure:
+    cells = _best_per_layer(table)
+    fig = _new_figure(7, 4)
+    ax = fig.add_subplot()
+    for k, (model, group) in enumerate(cells.groupby("model", sort=True)):
+        x = group["depth"].astype(float).to_numpy()
+        if np.isnan(x).any():
+            x = np.arange(len(group), dtype=float)
+        color = f"C{k % 10}"
+        ax.errorbar(x, group["cv_mean"], yerr=group["cv_std"].fillna(0.0), marker="o", capsize=3,
+                    color=color, label=f"{model} (CV ± std)")  # fmt: skip
+        if has_test:
+            ax.plot(x, group["test_accuracy"], linestyle="none", marker="x", color=color,
+                    label=f"{model} (test)")  # fmt: skip
+        for xi, yi, name in zip(x, group["cv_mean"], group["layer"], strict=True):
+            ax.annotate(
+                name, (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
+            )
+    ax.set_xlabel("layer depth (0 = input, 1 = penultimate embedding)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _Figure(
+        "depth",
+        "Accuracy of the best head (by CV) at each layer; error bars are the CV standard deviation"
+        + (", crosses the test accuracy." if has_test else "."),
+        _png(fig),
+    )
+
+
+def _heads_plot(table: pd.DataFrame, has_test: bool) -> _Figure:
+    heads = [h for _, h in sorted(set(zip(table["head_order"], table["head"], strict=True)))]
+    groups = sorted(
+        table[["model", "depth_sort", "layer"]].drop_duplicates().itertuples(index=False)
+    )
+    fig = _new_figure(max(6.0, 0.5 * len(groups) * len(heads) + 2), 4)
+    ax = fig.add_subplot()
+    width = 0.8 / len(heads)
+    for k, head in enumerate(heads):
+        rows = table[table["head"] == head].set_index(["model", "layer"])
+        values = [rows["cv_mean"].get((m, layer), np.nan) for m, _, layer in groups]
+        errors = [rows["cv_std"].get((m, layer), 0.0) for m, _, layer in groups]
+        x = np.arange(len(groups)) + (k - (len(heads) - 1) / 2) * width
+        ax.bar(
+            x, values, width, yerr=np.nan_to_num(errors), capsize=2, label=head, color=f"C{k % 10}"
+        )
+        if has_test:
+            tests = [rows["test_accuracy"].get((m, layer), np.nan) for m, _, layer in groups]
+            ax.plot(x, tests, linestyle="none", marker="_", markersize=10, color="black")
+    ax.set_xticks(
+        range(len(groups)),
+        [f"{m}\n{layer}" for m, _, layer in groups],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
+    ax.set_ylabel("CV accuracy")
+    ax.legend(fontsize=8, ncols=min(4, len(heads)))
+    ax.grid(axis="y", alpha=0.3)
+    return _Figure(
+        "heads",
+        "Heads side by side at every model / layer: bars are CV accuracy ± std"
+        + (", black ticks the test accuracy." if has_test else "."),
+        _png(fig),
+    )
+
+
+def _confusion(predictions: pd.DataFrame, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (predictions["y_true"].to_numpy(int), predictions["y_pred"].to_numpy(int)), 1)
+    return matrix
+
+
+def _confusion_plot(matrix: np.ndarray, class_names: Sequence[str]) -> _Figure:
+    n = len(class_names)
+    size = min(12.0, max(4.0, 0.45 * n + 2))
+    fig = _new_figure(size, size * 0.85)
+    ax = fig.add_subplot()
+    totals = matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return _Figure(
+        "confusion",
+        "Confusion matrix of the best combination on the test split (counts; colour: row fraction).",
+        _png(fig),
+    )
+
+
+def _confused_pairs(matrix: np.ndarray, class_names: Sequence[str], top: int = 5) -> _Table:
+    pairs = []
+    n = len(class_names)
+    for i in range(n):
+        for j in range(i + 1, n):
+            count = int(matrix[i, j] + matrix[j, i])
+            if count:
+                pairs.append(
+                    (-count, class_names[i], class_names[j], int(matrix[i, j]), int(matrix[j, i]))
+                )
+    pairs.sort()
+    rows = tuple(
+        (f"{a} ↔ {b}", str(-c), f"{a}→{b}: {ab}, {b}→{a}: {ba}") for c, a, b, ab, ba in pairs[:top]
+    )
+    return _Table(
+        ("most confused pair", "errors", "directions"), rows or (("(no errors)", "0", ""),)
+    )
+
+
+# -- rendering ------------------------------------------------------------------------
+
+
+def _markdown(blocks: list) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, _Figure):
+            lines += [f"![{block.name}](figures/{block.name}.png)", "", f"*{block.caption}*", ""]
+        elif isinstance(block, _Table):
+            lines.append("| " + " | ".join(block.header) + " |")
+            lines.append("|" + "|".join(" --- " for _ in block.header) + "|")
+            lines += [
+                "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in block.rows
+            ]
+            lines.append("")
+        else:
+            kind, text = block
+            prefix = {"h1": "# ", "h2": "## ", "h3": "### ", "p": ""}[kind]
+            lines += [prefix + text, ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; }
+figcaption { font-size: 0.9em; color: #555; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then render the two bits of markdown the report uses: **bold** and `code`."""
+    parts = html.escape(text).split("`")
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            bold = part.split("**")
+            out.append("".join(f"<strong>{b}</strong>" if i % 2 else b for i, b in enumerate(bold)))
+    return "".join(out)
+
+
+def _html(blocks: list) -> str:
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, _Figure):
+            data = base64.b64encode(block.png).decode()
+            body.append(
+                f'<figure><img alt="{block.name}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
+            )
+        elif isinstance(block, _Table):
+            head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
+                for row in block.rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        else:
+            kind, text = block
+            body.append(f"<{kind}>{_inline(text)}</{kind}>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>featurecache report</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+# -- formatting -----------------------------------------------------------------------
+
+
+def _params_text(params: dict) -> str:
+    shown = {k: v for k, v in params.items() if not (k == "pca" and v is None)}
+    return ", ".join(f"{k}={_value(v)}" for k, v in sorted(shown.items())) or "defaults"
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "(" + ", ".join(str(v) for v in value) + (",)" if len(value) == 1 else ")")
+    return str(value)
+
+
+def _num(value, default: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return f"{float(value):.{digits}f}" if _finite(value) else "–"
