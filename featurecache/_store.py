@@ -135,10 +135,13 @@ class Store:
 
     def create_samples(self, dataset, shard_size: int) -> None:
         """Write the sample table once; if one exists, check the dataset matches it."""
+        if self.has_samples():  # nothing to write: a resume must not need free space here
+            self.check_dataset(dataset)
+            return
         self.data_dir.mkdir(exist_ok=True)
         tmp = self._tmp_path(self.samples_path)
         try:
-            with self._open(tmp, "w") as f:
+            with _new_h5(tmp) as f:
                 group = f.create_group("samples")
                 group.create_dataset("ids", data=np.asarray(dataset.ids, dtype=object), dtype=_STR)
                 group.create_dataset("labels", data=np.asarray(dataset.labels, dtype=np.int64))
@@ -289,7 +292,7 @@ class Store:
         n_rows = len(status)
         tmp = self._tmp_path(final)
         try:
-            with self._open(tmp, "w") as f:
+            with _new_h5(tmp) as f:
                 f.attrs.update(
                     start=start,
                     stop=start + n_rows,
@@ -386,7 +389,7 @@ class Store:
         listing = []
         tmp = self._tmp_path(self.path)
         try:
-            with self._open(tmp, "w") as f:
+            with _new_h5(tmp) as f:
                 f.attrs.update(root_attrs)
                 f["samples"] = h5py.ExternalLink(
                     os.path.relpath(self.samples_path, self.path.parent), "/samples"
@@ -582,6 +585,22 @@ def _owner_is_dead(tag: str) -> bool:
     except (PermissionError, ValueError):
         return False
     return False
+
+
+@contextlib.contextmanager
+def _new_h5(path: Path) -> Iterator[h5py.File]:
+    """Build a new HDF5 file in memory, then write it to ``path`` with one plain write.
+
+    HDF5 defers its writes to ``close``, where a full disk surfaces as a ``RuntimeError``
+    and leaves the library in a state that can crash the interpreter at exit; a plain
+    write raises a clean ``OSError`` (ENOSPC, EFBIG) that becomes :class:`OutOfSpaceError`.
+    """
+    with h5py.File(path, "w", driver="core", backing_store=False) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    with open(path, "xb") as out:
+        out.write(image)
 
 
 def _fsync(path: Path) -> None:
