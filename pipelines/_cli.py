@@ -1,0 +1,105 @@
+"""The ``fit`` and ``report`` subcommands; ``featurecache.cli`` adds them with :func:`register`.
+
+Errors are raised as :class:`~featurecache.exceptions.FeatureCacheError`; the
+main CLI prints them on one line and exits with their code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """``--models a b`` and ``--models a,b`` both mean ``["a", "b"]``."""
+    if values is None:
+        return None
+    return [name for value in values for name in _csv(value)]
+
+
+def register(subparsers) -> None:
+    """Add ``fit`` and ``report`` to an argparse subparsers object."""
+    from pipelines._fit import BACKENDS, DEFAULT_HEADS
+    from pipelines._heads import list_heads
+
+    fit = subparsers.add_parser(
+        "fit",
+        help="choose and fit heads on every (model, layer) of a cache; write a results folder",
+        description="Hyper-parameters are chosen by stratified k-fold CV on train (or on the "
+        "val split when there is one), the chosen head is refitted on train(+val) and scored "
+        "once on test. Re-running with the same arguments reuses finished combinations.",
+    )
+    fit.add_argument("cache", help="the CACHE.h5 index written by `featurecache extract`")
+    fit.add_argument("--out", required=True, help="results folder (created or resumed)")
+    fit.add_argument("--models", nargs="+", default=None, help="models to fit (default: all)")
+    fit.add_argument("--layers", nargs="+", default=None, help="layers to fit (default: all)")
+    fit.add_argument(
+        "--heads",
+        type=_csv,
+        default=list(DEFAULT_HEADS),
+        help=f"comma-separated heads from {','.join(list_heads())} "
+        f"(default: {','.join(DEFAULT_HEADS)})",
+    )
+    fit.add_argument("--grid", default=None, help="JSON/YAML file: {head: {param: [values]}}")
+    fit.add_argument("--cv", type=int, default=5, help="CV folds on train (default: 5)")
+    fit.add_argument(
+        "--jobs", type=int, default=-1, help="parallel workers (default: -1, all cores)"
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seeds folds and estimators (default: 0)")
+    fit.add_argument("--pca", type=int, default=None, help="PCA to N components on wider layers")
+    fit.add_argument("--backend", default="loky", choices=BACKENDS, help="joblib backend")
+    fit.add_argument("--address", default=None, help="dask scheduler or ray cluster address")
+    fit.set_defaults(func=run_fit)
+
+    report = subparsers.add_parser(
+        "report", help="write report.md and a self-contained report.html from a results folder"
+    )
+    report.add_argument("results", help="results folder written by `featurecache fit`")
+    report.add_argument(
+        "--out", default=None, help="report folder (default: reports/<name of RESULTS>)"
+    )
+    report.set_defaults(func=run_report)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from pipelines._fit import fit
+
+    table = fit(
+        args.cache,
+        args.out,
+        models=_names(args.models),
+        layers=_names(args.layers),
+        heads=args.heads,
+        grid=args.grid,
+        cv=args.cv,
+        seed=args.seed,
+        n_jobs=args.jobs,
+        pca=args.pca,
+        backend=args.backend,
+        address=args.address,
+    )
+    print(f"{len(table)} combinations in {Path(args.out) / 'results.csv'}")
+    if len(table):
+        best = table.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
+        test = best["test_accuracy"]
+        test_text = "no test split" if test != test else f"test {test:.3f}"
+        print(
+            f"best by CV: {best['model']} / {best['layer']} / {best['head']} "
+            f"(CV {best['cv_mean']:.3f} ± {best['cv_std']:.3f}, {test_text})"
+        )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pipelines._report import report
+
+    out = Path(args.out) if args.out else Path("reports") / Path(args.results).resolve().name
+    folder = report(args.results, out)
+    print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+    return 0
