@@ -92,9 +92,11 @@ class Head:
         known = sorted([*self.make_classifier(0).get_params(deep=False), PCA_KEY])
         for key, values in (user or {}).items():
             if key not in known:
+                same_case = [k for k in known if k.lower() == str(key).lower()]
+                hint = f" Did you mean {same_case[0]!r}?" if same_case else suggest(key, known)
                 raise InvalidArgumentError(
                     f"the grid of head {self.name!r} has parameter {key!r}, which "
-                    f"{type(self.make_classifier(0)).__name__} does not take.{suggest(key, known)} "
+                    f"{type(self.make_classifier(0)).__name__} does not take.{hint} "
                     f"It accepts {', '.join(known)}."
                 )
             values = list(values) if isinstance(values, (list, tuple)) else [values]
