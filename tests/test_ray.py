@@ -12,11 +12,14 @@ import sys
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
+from _synthetic import write_cache
 from PIL import Image
 
 from featurecache._data import Dataset
 from featurecache._extract import extract
+from featurecache.cli import main
 from featurecache.exceptions import InvalidArgumentError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
@@ -130,8 +133,6 @@ def _caches(tmp_path):
 
 
 def test_cli_ray_engine_equals_in_process_bit_for_bit(ray_cluster, images, tmp_path):
-    from featurecache.cli import main
-
     local, remote = _caches(tmp_path)
     args = [str(images), "--model", "resnet18", "--weights", "none", "--image-size", "32"]
     args += ["--dtype", "float32", "--device", "cpu", "--shard-size", "8", "--batch-size", "4"]
@@ -187,3 +188,28 @@ def test_ray_settings_are_checked_before_any_work(ray_cluster, tmp_path):
     gpus = {**SETTINGS, "device": "auto"}
     with pytest.raises(InvalidArgumentError, match=r"the Ray cluster has 2 CPUs and 0 GPUs"):
         extract_ray(dataset, tmp_path / "b.h5", gpus_per_worker=1, **gpus)
+
+
+def _results(out) -> tuple[pd.DataFrame, dict[str, bytes]]:
+    """``results.csv`` without its timings, and every prediction file's bytes."""
+    table = pd.read_csv(out / "results.csv").drop(columns=["fit_seconds"])
+    predictions = {
+        str(path.relative_to(out)): path.read_bytes()
+        for path in sorted((out / "predictions").rglob("*.csv"))
+    }
+    return table, predictions
+
+
+def test_fit_on_ray_equals_loky(ray_cluster, tmp_path):
+    cache = write_cache(tmp_path / "cache.h5")
+    # One layer: Ray's joblib backend starts a pool of actors for every search.
+    fit = ["--layers", "informative", "--heads", "logreg,linsvm", "--cv", "3", "--jobs", "2"]
+    assert main(["fit", str(cache), "--out", str(tmp_path / "loky"), *fit]) == 0
+    assert main(["fit", str(cache), "--out", str(tmp_path / "ray"), *fit, "--backend", "ray"]) == 0
+
+    loky_table, loky_predictions = _results(tmp_path / "loky")
+    ray_table, ray_predictions = _results(tmp_path / "ray")
+    assert len(loky_table) == 2 and len(loky_predictions) == 2
+    pd.testing.assert_frame_equal(ray_table, loky_table, check_exact=True)
+    assert ray_predictions == loky_predictions
+    assert ray.is_initialized()  # fit used the running instance and left it running
