@@ -1,0 +1,136 @@
+"""Item 1 (and 9): SIGKILL at random moments never loses or corrupts a committed row.
+
+The extractor runs in a child process and is killed with SIGKILL again and again over
+one extraction, at moments drawn from a seeded RNG: at random times during start-up and
+computation, and at random times inside the windows where a shard file or the index is
+being written (a pause before each fsync widens those windows). After every kill the
+cache is opened with plain h5py: every row whose status is 1 ("reported done") equals an
+uninterrupted run bit for bit, every other row reads NaN, no row reported done before
+is lost, and ``pipelines`` verifies every listed shard against its SHA-256. A final
+resume equals the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import h5py
+import numpy as np
+import pytest
+from _workers import make_images, outcome, read_layers, run_extract, start, temporaries
+
+from featurecache._store import Store
+from pipelines import open_cache
+
+pytestmark = pytest.mark.slow
+
+MODEL = "resnet18"
+LAYERS = ["layer2", "embedding"]
+OPTIONS = dict(layers=LAYERS, shard_size=2, batch_size=1)
+N_ROWS = 48  # 24 shards of 2 rows
+PAUSE = 0.05  # seconds before each fsync and in each forward pass of a child that gets killed
+
+
+def _wait_for(condition, process, timeout: float = 60.0) -> None:
+    """Poll ``condition`` every 2 ms until it holds; fail if the child exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if not process.is_alive():
+            raise AssertionError(f"the child exited ({process.exitcode}) before the kill point")
+        time.sleep(0.002)
+    raise AssertionError(f"the child did not reach the kill point within {timeout:.0f}s")
+
+
+def _committed(cache, reference: dict, before: np.ndarray) -> np.ndarray:
+    """Check what a reader sees now; return the rows reported done."""
+    if not cache.exists():
+        assert not before.any(), "the index disappeared after rows were reported done"
+        return before
+    layers = read_layers(cache, MODEL, LAYERS)  # plain h5py: the cache opens
+    done = layers[LAYERS[0]][1] == 1
+    for layer, (X, status) in layers.items():
+        assert set(np.unique(status).tolist()) <= {0, 1}, layer
+        assert np.array_equal(status == 1, done), f"{layer}: layers of one pass commit together"
+        assert X[done].tobytes() == reference[layer][0][done].tobytes(), (
+            f"{layer}: not bit-identical"
+        )
+        assert np.isnan(X[~done]).all(), f"{layer}: a row not reported done holds numbers"
+    assert not (before & ~done).any(), "a row reported done before the kill was lost"
+    open_cache(cache).verify()  # every listed shard matches the SHA-256 in the index
+    return done
+
+
+@pytest.mark.parametrize(
+    ("env", "n_kills"),
+    [({}, 12), ({"FEATURECACHE_NO_LOCKING": "1"}, 6)],
+    ids=["locking", "no-locking"],
+)
+def test_sigkill_at_random_moments_keeps_every_reported_row(tmp_path, env, n_kills):
+    data = make_images(tmp_path / "data", n_per_class=N_ROWS // 2)
+    reference_cache = tmp_path / "reference" / "c.h5"
+    reference_cache.parent.mkdir()
+    child = start(run_extract, data, reference_cache, OPTIONS, env=env)
+    child.join()
+    assert child.exitcode == 0
+    reference = read_layers(reference_cache, MODEL, LAYERS)
+
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    cache = folder / "c.h5"
+    rng = np.random.default_rng(1234)
+    done = np.zeros(N_ROWS, dtype=bool)
+    left_temporary = left_unlisted = 0
+    patterns = {"shard": "c.h5.d/*/p-*/shard-*.tmp-*", "index": "c.h5.tmp-*"}
+    # "any": any moment of computing (forward passes, shard writes, index rebuilds);
+    # "shard": while a shard file is written but not yet renamed into place;
+    # "index": while the index is rebuilt (the shard is committed, the index not yet replaced).
+    modes = ["start"] + [("any", "shard", "index")[i % 3] for i in range(n_kills - 1)]
+    for i, mode in enumerate(modes):
+        events = tmp_path / f"events-{i}"
+        events.mkdir()
+        result = events / "result.json"
+        child = start(
+            run_extract, data, cache, OPTIONS, result, env=env, pause=PAUSE, events=events
+        )
+        mine = f"-{child.pid}-"  # temporaries are named host-pid-random
+        if mode == "start":  # start-up: sample table, configuration, the first shards
+            time.sleep(rng.uniform(0.2, 1.5))
+        else:
+            _wait_for(lambda e=events: (e / "forward").exists(), child)
+            time.sleep(rng.uniform(0.0, 0.6))
+        if mode in patterns:
+            pattern = patterns[mode]
+            _wait_for(lambda p=pattern, m=mine: any(m in t.name for t in folder.glob(p)), child)
+            time.sleep(rng.uniform(0.0, 0.02))
+        with contextlib.suppress(ProcessLookupError):  # checked below: it must not finish
+            os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        child.close()
+        assert outcome(result) is None, f"kill {i} ({mode}): the extraction finished first"
+        left_temporary += any(mine in t.name for t in temporaries(folder))
+        left_unlisted += cache.exists() and not Store(cache).index_is_current()
+        done = _committed(cache, reference, done)
+
+    assert len(modes) == n_kills
+    assert 0 < done.sum() < N_ROWS, "the kills should land in the middle of the extraction"
+    assert left_temporary >= 1, "no kill landed while a file was being written"
+    assert left_unlisted >= 1, "no kill landed between a shard's rename and the index's"
+
+    child = start(run_extract, data, cache, OPTIONS, tmp_path / "resume.json", env=env)
+    child.join()
+    assert child.exitcode == 0 and outcome(tmp_path / "resume.json")["n_ok"] == N_ROWS
+    final = read_layers(cache, MODEL, LAYERS)
+    for layer in LAYERS:
+        assert final[layer][0].tobytes() == reference[layer][0].tobytes(), layer
+        assert (final[layer][1] == 1).all()
+    assert not temporaries(folder), "the resumed run removes what the killed ones left"
+    assert Store(cache).index_is_current()
+    with h5py.File(cache, "r") as f:
+        listed = set(f[f"shards/{MODEL}/file"].asstr()[:])
+    on_disk = {str(p.relative_to(folder)) for p in folder.glob("c.h5.d/*/p-*/shard-*.h5")}
+    assert listed == on_disk and len(on_disk) == N_ROWS // 2
