@@ -83,6 +83,15 @@ RESULT_COLUMNS = (
     "head_file",
     "predictions_file",
 )
+FLOAT_COLUMNS = (
+    "depth",
+    "cv_mean",
+    "cv_std",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "fit_seconds",
+)
 _RECORD_VERSION = 1
 
 
@@ -684,6 +693,8 @@ class _ResultsFolder:
             for r in records
         ]
         table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+        for column in FLOAT_COLUMNS:  # JSON null (no test split, no depth) -> NaN
+            table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
         _atomic_write(self.root / "results.csv", lambda p: table.to_csv(p, index=False))
         return table
 

@@ -277,15 +277,12 @@ def resolve_grids(
 ) -> dict[str, dict[str, list]]:
     """Validated grid of each head: defaults, updated by ``grid[head]``.
 
-    ``pca`` (a number of components) replaces the ``pca`` values of every head
-    whose grid does not set them.
+    Grids of heads that are not requested are ignored (one grid file can serve
+    several runs). ``pca`` (a number of components) replaces the ``pca`` values
+    of every head whose grid does not set them.
     """
-    extra = sorted(set(grid or {}) - set(heads))
-    if extra:
-        raise InvalidArgumentError(
-            f"the grid sets heads {', '.join(extra)} that are not requested; add them to "
-            f"--heads ({', '.join(heads)}) or remove them from the grid."
-        )
+    for name in grid or {}:
+        get_head(name)  # a typo in a grid file is an error; a head not requested is not
     resolved = {}
     for name in heads:
         user = dict((grid or {}).get(name, {}))

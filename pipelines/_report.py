@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from featurecache.exceptions import InvalidArgumentError
-from pipelines._fit import _atomic_write, _ResultsFolder
+from pipelines._fit import FLOAT_COLUMNS, _atomic_write, _ResultsFolder
 from pipelines._heads import list_heads
 
 __all__ = ["report"]
@@ -103,9 +103,11 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def _table(records: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(records)
+    for column in FLOAT_COLUMNS:
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
     order = {name: i for i, name in enumerate(list_heads())}
     table["head_order"] = table["head"].map(lambda h: order.get(h, len(order)))
-    table["depth_sort"] = table["depth"].astype(float).fillna(math.inf)
+    table["depth_sort"] = table["depth"].fillna(math.inf)
     table["params_text"] = table["params"].map(_params_text)
     return table.sort_values(["model", "depth_sort", "layer", "head_order", "head"]).reset_index(
         drop=True
