@@ -164,9 +164,11 @@ def run_extract(
     )
 
 
-def run_cli(argv: list[str], result: Path, *, env: dict | None = None) -> None:
+def run_cli(
+    argv: list[str], result: Path, *, env: dict | None = None, fsize: int | None = None
+) -> None:
     """Run ``featurecache.cli.main(argv)`` and record its exit code, stdout and stderr."""
-    _setup(env, None)
+    _setup(env, fsize)
     from featurecache.cli import main
 
     out, err = io.StringIO(), io.StringIO()

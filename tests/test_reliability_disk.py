@@ -1,0 +1,140 @@
+"""Item 4: running out of disk is a clean, actionable error; the cache stays as it was.
+
+A full disk is simulated with ``RLIMIT_FSIZE`` in the child process (SIGXFSZ ignored),
+so every write past the limit fails with EFBIG as a full disk fails with ENOSPC. The
+limit is placed so that the first file of the run that does not fit is the sample table
+(a new cache), a shard file, or the index. Each time: ``OutOfSpaceError`` with its
+message (exit code 1 and one line from the CLI), no temporary file left, every file of
+the cache from before the run byte-identical, and nothing lost: a re-run without the
+limit resumes and completes.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from _workers import (
+    make_images,
+    outcome,
+    read_layers,
+    run_cli,
+    run_extract,
+    snapshot,
+    start,
+    temporaries,
+)
+
+from pipelines import open_cache
+
+pytestmark = pytest.mark.slow
+
+BASE = {"layers": ["layer1"], "shard_size": 4, "batch_size": 4}
+MORE = {**BASE, "layers": ["layer4"]}
+HINT = (
+    "nothing of it was committed and the cache is as it was. Free space (or raise the file "
+    "size limit) and re-run the same command to resume, or put --cache on a larger disk."
+)
+
+
+def _run(data, cache, options, result, fsize=None) -> dict:
+    child = start(run_extract, data, cache, options, result, fsize=fsize)
+    child.join()
+    return {"exitcode": child.exitcode, **(outcome(result) or {})}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A cache with layer1 of 8 images (2 shards), and the same cache with layer4 added."""
+    root = tmp_path_factory.mktemp("disk")
+    data = make_images(root / "data", n_per_class=4)
+    cache = root / "base" / "c.h5"
+    cache.parent.mkdir()
+    assert _run(data, cache, BASE, root / "base.json")["exitcode"] == 0
+    full = root / "full" / "c.h5"
+    shutil.copytree(cache.parent, full.parent)
+    assert _run(data, full, MORE, root / "full.json")["exitcode"] == 0
+    return data, cache, full
+
+
+def _copy(cache, tmp_path):
+    shutil.copytree(cache.parent, tmp_path / "cache")
+    return tmp_path / "cache" / "c.h5"
+
+
+def test_full_disk_while_writing_a_shard_from_the_cli(base, tmp_path):
+    data, base_cache, full = base
+    cache = _copy(base_cache, tmp_path)
+    before = snapshot(cache.parent)
+    argv = [
+        "extract", str(data), "--cache", str(cache), "--model", "resnet18", "--weights", "none",
+        "--layers", "layer4", "--image-size", "32", "--dtype", "float32", "--device", "cpu",
+        "--workers", "0", "--shard-size", "4", "--batch-size", "4", "--no-progress",
+    ]  # fmt: skip
+    child = start(run_cli, argv, tmp_path / "cli.json", fsize=4096)
+    child.join()
+    result = outcome(tmp_path / "cli.json")
+    assert child.exitcode == result["code"] == 1
+    assert result["stderr"].count("\n") == 1, result["stderr"]
+    assert result["stderr"].startswith(
+        f"featurecache: error: out of disk space while writing '{cache.parent}/c.h5.d/resnet18/"
+    )
+    assert "/shard-000000.h5'; " + HINT in result["stderr"]
+
+    assert snapshot(cache.parent) == before and not temporaries(tmp_path)
+    cached = open_cache(cache)
+    assert [e.layer for e in cached.entries] == ["layer1"]
+    cached.verify()
+
+    assert _run(data, cache, MORE, tmp_path / "again.json")["n_ok"] == 8  # nothing lost
+    assert_same_features(cache, full, ["layer1", "layer4"])
+
+
+def test_full_disk_while_writing_the_index_keeps_the_old_index(base, tmp_path):
+    """The shard fits under the limit, the index does not: the shard is committed, the old
+    index stays in place, and the re-run lists the shard instead of recomputing it."""
+    data, base_cache, full = base
+    shard = max(p.stat().st_size for p in full.parent.glob("c.h5.d/*/p-*/shard-*.h5"))
+    index = full.stat().st_size
+    assert shard < index, "this test needs an index larger than a shard file"
+    cache = _copy(base_cache, tmp_path)
+    before = snapshot(cache.parent)
+
+    result = _run(data, cache, MORE, tmp_path / "r.json", fsize=(shard + index) // 2)
+    assert result["exitcode"] == 1 and result["error"] == "OutOfSpaceError"
+    assert result["message"] == f"out of disk space while writing '{cache}'; " + HINT
+    after = snapshot(cache.parent)
+    new = sorted(set(after) - set(before))
+    assert {k: after[k] for k in before} == before and not temporaries(tmp_path)
+    assert len(new) == 1 and new[0].endswith("shard-000000.h5")  # committed, not yet listed
+    assert after[new[0]] == snapshot(full.parent)[new[0]]
+    assert [e.layer for e in open_cache(cache).entries] == ["layer1"]
+
+    result = _run(data, cache, MORE, tmp_path / "again.json")
+    assert (result["shards_written"], result["n_ok"]) == (1, 8)  # only shard 1 was left
+    assert_same_features(cache, full, ["layer1", "layer4"])
+
+
+def test_full_disk_on_a_new_cache_leaves_no_file(base, tmp_path):
+    data, _, full = base
+    cache = tmp_path / "new" / "c.h5"
+    cache.parent.mkdir()
+    result = _run(data, cache, BASE, tmp_path / "r.json", fsize=2048)
+    assert result["exitcode"] == 1 and result["error"] == "OutOfSpaceError"
+    assert result["message"] == (
+        f"out of disk space while writing '{cache.parent}/c.h5.d/samples.h5'; " + HINT
+    )
+    assert snapshot(cache.parent, skip_locks=False) == {}  # no file at all, temporary or not
+    assert _run(data, cache, BASE, tmp_path / "again.json")["n_ok"] == 8
+    assert_same_features(cache, full, ["layer1"])
+
+
+def assert_same_features(cache, reference, layers) -> None:
+    got, expected = (
+        read_layers(cache, "resnet18", layers),
+        read_layers(reference, "resnet18", layers),
+    )
+    for layer in layers:
+        assert np.array_equal(got[layer][1], expected[layer][1]), layer
+        assert got[layer][0].tobytes() == expected[layer][0].tobytes(), layer
