@@ -239,6 +239,13 @@ class _Plan:
                 f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.{suggest(backend, BACKENDS)}"
             )
         combos = _combos(cache, models, layers)
+        n_ok = {(e.model, e.layer): e.n_ok for e in cache.entries}
+        empty = [f"{m}/{layer}" for m, layer in combos if n_ok.get((m, layer), 0) == 0]
+        if empty:
+            raise InvalidArgumentError(
+                f"{', '.join(empty)} of cache {str(cache.path)!r} hold no extracted rows yet; "
+                "finish `featurecache extract` or leave them out with --models/--layers."
+            )
         selection = _check_samples(cache, cv)
         return cls(
             heads=head_objects,

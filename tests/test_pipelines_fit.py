@@ -207,6 +207,17 @@ def test_labels_only_in_test_are_refused(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_layer_without_extracted_rows_is_refused(tmp_path):
+    cache = write_cache(tmp_path / "c.h5")
+    import h5py
+
+    with h5py.File(cache, "r+") as f:
+        f["status/toy/noise"][:] = 0  # not extracted yet
+    with pytest.raises(InvalidArgumentError, match="toy/noise of cache .* hold no extracted rows"):
+        _fit(cache, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
 def test_without_test_split_only_cv_is_reported(tmp_path):
     cache = write_cache(tmp_path / "c.h5", n_per_class={"train": 20})
     out = tmp_path / "r"
