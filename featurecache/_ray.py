@@ -10,6 +10,7 @@ shard twice is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -298,11 +299,21 @@ def _run(
                     shard, job.model, written, len(plan.work),
                     rows / max(time.perf_counter() - started, 1e-9),
                 )  # fmt: skip
+    except BaseException:
+        _stop(ray, actors)
+        with contextlib.suppress(Exception):  # the error that stopped the run matters more
+            job.store.rebuild_index()  # list the shards written before it
+        raise
     finally:
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
+        _stop(ray, actors)
     return written
+
+
+def _stop(ray, actors) -> None:
+    for actor in actors:
+        with contextlib.suppress(Exception):  # already dead, or Ray is shutting down
+            ray.kill(actor)
 
 
 def _next(ray, pool, timeout: float | None) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from PIL import Image
 from featurecache._data import Dataset
 from featurecache._extract import extract
 from featurecache.cli import main
-from featurecache.exceptions import InvalidArgumentError
+from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
 
@@ -154,27 +154,52 @@ def test_cli_ray_engine_equals_in_process_bit_for_bit(ray_cluster, images, tmp_p
         assert np.isnan(f["features/resnet18/embedding"][failed[0]]).all()
 
 
-def test_killed_worker_is_retried_and_the_cache_is_identical(ray_cluster, tmp_path):
-    local, remote = _caches(tmp_path)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The in-process cache of the arrays dataset."""
+    cache = tmp_path_factory.mktemp("reference") / "cache.h5"
+    extract(_arrays(), cache, workers=0, **SETTINGS)
+    return _snapshot(cache)
+
+
+def _dies_once(marker) -> _DiesOnce:
     dataset = _arrays()
+    fields = {f.name: getattr(dataset, f.name) for f in dataclasses.fields(Dataset)}
+    return _DiesOnce(**fields, marker=str(marker))
+
+
+def test_killed_worker_is_retried_and_the_cache_is_identical(ray_cluster, reference, tmp_path):
+    cache = tmp_path / "cache.h5"
     marker = tmp_path / "killed.pid"
-    dies = _DiesOnce(
-        **{f.name: getattr(dataset, f.name) for f in dataclasses.fields(Dataset)},
-        marker=str(marker),
-    )
-    extract(dataset, local, workers=0, **SETTINGS)
-    result = extract_ray(dies, remote, n_workers=2, **SETTINGS)
+    result = extract_ray(_dies_once(marker), cache, n_workers=2, **SETTINGS)
 
     killed = int(marker.read_text())
     assert killed != os.getpid()
     with pytest.raises(ProcessLookupError):
         os.kill(killed, 0)
     assert result.shards_written == 5 and result.n_ok == 40 and result.device == "ray 2 x cpu"
-    assert _snapshot(remote) == _snapshot(local)
-    assert not list(remote.parent.rglob("*.tmp-*"))
+    assert _snapshot(cache) == reference
+    assert not list(tmp_path.rglob("*.tmp-*"))
 
-    again = extract_ray(dataset, remote, n_workers=2, **SETTINGS)
+    again = extract_ray(_arrays(), cache, n_workers=2, **SETTINGS)
     assert again.hit and again.rows_computed == 0
+
+
+def test_worker_dying_beyond_retries_keeps_finished_shards_and_resumes(
+    ray_cluster, reference, tmp_path
+):
+    cache = tmp_path / "cache.h5"
+    with pytest.raises(FeatureCacheError, match=r"a Ray worker died .* re-run the same command"):
+        extract_ray(
+            _dies_once(tmp_path / "killed.pid"), cache, n_workers=1, max_retries=0, **SETTINGS
+        )
+    with h5py.File(cache, "r") as f:  # shard 0 finished before the worker died in shard 1
+        assert f["status/resnet18/embedding"][:8].tolist() == [1] * 8
+        assert f["status/resnet18/embedding"][8:16].tolist() == [0] * 8
+
+    resumed = extract(_arrays(), cache, workers=0, **SETTINGS)  # the other engine resumes
+    assert 0 < resumed.shards_written < 5
+    assert _snapshot(cache) == reference
 
 
 def test_ray_settings_are_checked_before_any_work(ray_cluster, tmp_path):
