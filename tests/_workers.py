@@ -33,7 +33,14 @@ SETTINGS = dict(
     workers=0,
     device="cpu",
 )
-PRELOAD = ["featurecache._extract", "featurecache._store", "featurecache.cli", "_workers"]
+PRELOAD = [
+    "featurecache._extract",
+    "featurecache._store",
+    "featurecache.cli",
+    "pipelines",
+    "pipelines._cli",
+    "_workers",
+]
 
 
 def make_images(root: Path, n_per_class: int, classes=("ant", "bee"), seed: int = 0) -> Path:
@@ -115,7 +122,7 @@ def _setup(env: dict | None, fsize: int | None) -> None:
 def _slow_down(pause: float, events: Path) -> None:
     """Pause in every forward pass and before every fsync, widening the windows a kill can hit.
 
-    The first forward pass touches ``events/forward`` so the test knows work has begun.
+    The first forward pass creates ``events/forward``, so the test knows when work began.
     """
     from featurecache import _store
     from featurecache._extract import ShardRunner
@@ -123,7 +130,8 @@ def _slow_down(pause: float, events: Path) -> None:
     forward, fsync = ShardRunner._forward, _store._fsync
 
     def slow_forward(self, *args, **kwargs):
-        (events / "forward").touch()
+        if not (events / "forward").exists():
+            (events / "forward").touch()
         time.sleep(pause)
         return forward(self, *args, **kwargs)
 
