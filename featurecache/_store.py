@@ -26,6 +26,7 @@ import numpy as np
 
 from featurecache import __version__
 from featurecache.exceptions import (
+    CacheCorruptError,
     CacheLockedError,
     ConfigMismatchError,
     DatasetChangedError,
@@ -117,7 +118,8 @@ class Store:
                 with self._open(self.path) as index:
                     fmt = index.attrs.get("format")
             except OSError:
-                fmt = None
+                # A damaged index is derived data: the next run rebuilds it from the folder.
+                fmt = FORMAT if self.has_samples() else None
             if fmt != FORMAT:
                 raise InvalidArgumentError(
                     f"--cache {str(self.path)!r} exists but is not a featurecache cache; "
@@ -466,6 +468,16 @@ def _short(value) -> str:
 
 
 def read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
+    try:
+        return _read_shard_meta(path, base, opener)
+    except (OSError, KeyError, ValueError) as error:
+        raise CacheCorruptError(
+            f"shard file {str(path)!r} cannot be read ({error}); delete it and re-run the same "
+            "`featurecache extract` command to recompute it."
+        ) from error
+
+
+def _read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
     with opener(path) as f:
         layers = tuple(json.loads(f.attrs["layers"]))
         status = f["status"][:]
