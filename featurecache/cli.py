@@ -353,6 +353,9 @@ def _add_demo(sub) -> None:
         help="use only the first N samples per split (quick runs)",
     )
     parser.add_argument(
+        "--image-size", type=int, default=None, help="input size S (default: the backbone's)"
+    )
+    parser.add_argument(
         "--cache", default=None, help="cache file (default: data/cache/demo-<dataset>.h5)"
     )
     parser.add_argument("--out", default=None, help="report folder (default: reports/demo)")
@@ -369,6 +372,7 @@ def _run_demo(args) -> int:
         layers=_csv_list(args.layers),
         heads=_csv_list(args.heads),
         limit=args.limit,
+        image_size=args.image_size,
         cache=args.cache,
         out=args.out,
         jobs=args.jobs,

@@ -1,0 +1,155 @@
+"""The offline demo: extract, fit and report on a built-in dataset in one command."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featurecache._data import Dataset, load_dataset
+from featurecache._extract import ExtractResult, extract
+from featurecache.exceptions import InvalidArgumentError
+
+__all__ = ["run_demo", "summarize", "DemoSummary", "DEMO_HEADS"]
+
+DEMO_HEADS = ("logreg", "linsvm", "svm")
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo did and found."""
+
+    dataset: str
+    extraction: ExtractResult
+    results: Path
+    report: Path
+    best: dict
+    recommendation: str
+    earlier_layer_won: bool
+    seconds: float
+
+
+def run_demo(
+    dataset: str = "builtin:digits",
+    *,
+    model: str = "efficientnet_lite0",
+    layers: Sequence[str] | None = None,
+    heads: Sequence[str] | None = None,
+    limit: int | None = None,
+    image_size: int | None = None,
+    cache: str | None = None,
+    out: str | None = None,
+    jobs: int = -1,
+    progress: bool = False,
+) -> DemoSummary:
+    """Extract ``model`` features of a built-in dataset, fit heads, and write a report.
+
+    Parameters
+    ----------
+    dataset : str
+        ``builtin:digits`` or ``builtin:fashion-mnist``.
+    limit : int, optional
+        Keep the first ``limit`` samples of each split (quick runs and tests).
+    cache, out : str, optional
+        Cache file and report folder; by default ``data/cache/demo-<dataset>.h5`` and
+        ``reports/demo`` (``reports/demo-<dataset>`` for other datasets).
+
+    Returns
+    -------
+    DemoSummary
+    """
+    import pipelines
+    from pipelines._report import _best, _table, recommendation
+
+    started = time.perf_counter()
+    if not dataset.startswith("builtin:"):
+        raise InvalidArgumentError(
+            f"--dataset must be a built-in dataset (builtin:digits or builtin:fashion-mnist); got {dataset!r}."
+        )
+    data = _limited(load_dataset(dataset), limit)
+    stem = dataset.split(":", 1)[1] + (f"-first{limit}" if limit else "")
+    cache_path = Path(cache or f"data/cache/demo-{stem}.h5")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    report_dir = Path(
+        out
+        or ("reports/demo" if dataset == "builtin:digits" and not limit else f"reports/demo-{stem}")
+    )
+    results_dir = cache_path.with_name(cache_path.stem + "-results")
+    extraction = extract(
+        data, cache_path, model=model, layers=layers, image_size=image_size, progress=progress
+    )
+    pipelines.fit(
+        cache_path, results_dir, models=[extraction.model], layers=list(extraction.layers),
+        heads=list(heads or DEMO_HEADS), n_jobs=jobs,
+    )  # fmt: skip
+    pipelines.report(results_dir, report_dir)
+    table = _table(_records(results_dir))
+    best = _best(table)
+    earlier = best["layer"] != "embedding"
+    return DemoSummary(
+        dataset=dataset,
+        extraction=extraction,
+        results=results_dir,
+        report=report_dir,
+        best={
+            k: best[k]
+            for k in ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
+        },
+        recommendation=recommendation(table, best).replace("**", "").replace("`", ""),
+        earlier_layer_won=bool(earlier),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def summarize(summary: DemoSummary) -> str:
+    """The lines the CLI prints after the demo."""
+    best = summary.best
+    extraction = summary.extraction
+    source = (
+        "cache hit, no forward pass"
+        if extraction.hit
+        else f"{extraction.images_per_second:.0f} img/s on {extraction.device}"
+    )
+    return "\n".join(
+        [
+            f"featurecache demo on {summary.dataset}: {extraction.n_samples} images, {extraction.model} "
+            f"layers {', '.join(extraction.layers)} ({source})",
+            f"best: backbone {best['model']}, layer {best['layer']}, head {best['head']} "
+            f"-> test accuracy {best['test_accuracy']:.4f} (CV {best['cv_mean']:.4f} ± {best['cv_std']:.4f})",
+            "earlier layer beat the penultimate one: "
+            + ("yes" if summary.earlier_layer_won else "no"),
+            summary.recommendation,
+            f"report: {summary.report / 'report.html'} (and report.md); took {summary.seconds:.0f}s",
+        ]
+    )
+
+
+def _records(results_dir: Path) -> list[dict]:
+    from pipelines._fit import _ResultsFolder
+
+    return _ResultsFolder(results_dir).records()
+
+
+def _limited(data: Dataset, limit: int | None) -> Dataset:
+    if limit is None:
+        return data
+    if limit < 2:
+        raise InvalidArgumentError(f"--limit must be at least 2 samples per split; got {limit}.")
+    keep = np.concatenate(
+        [
+            np.flatnonzero(data.splits == split)[:limit]
+            for split in dict.fromkeys(data.splits.tolist())
+        ]
+    )
+    keep.sort()
+    return Dataset(
+        source=f"{data.source} (first {limit} per split)",
+        ids=data.ids[keep],
+        labels=data.labels[keep],
+        splits=data.splits[keep],
+        class_names=data.class_names,
+        arrays=data.arrays[keep],
+    )
