@@ -95,7 +95,6 @@ def _add_layers(sub) -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="input size S (default: the backbone's)"
     )
-    parser.add_argument("--all", action="store_true", help="also list modules that are not stages")
     parser.set_defaults(func=_run_layers)
 
 
@@ -107,7 +106,9 @@ def _run_layers(args) -> int:
     for info in infos:
         shape = "x".join(str(s) for s in info.shape)
         print(f"{info.name:40s} {shape:20s} {info.depth:6.2f}  {'*' if info.default else ''}")
-    print(f"\n* = default set; pass --layers a,b,c to `featurecache extract {args.model} ...`.")
+    print(
+        f"\n* = default set; choose others with `featurecache extract DATA --model {args.model} --layers a,b,c`."
+    )
     return 0
 
 
