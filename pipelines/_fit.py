@@ -265,7 +265,8 @@ class _Plan:
     def run_record(self, cache: Cache) -> dict:
         labeled = cache.labels >= 0
         counts = {}
-        for split in dict.fromkeys(sorted(set(cache.splits.tolist()))):
+        rank = {"train": 0, "val": 1, "test": 2}
+        for split in sorted(set(cache.splits.tolist()), key=lambda s: (rank.get(s, 3), s)):
             in_split = (cache.splits == split) & labeled
             counts[split or "(none)"] = {
                 cache.class_names[k]: int(np.sum(in_split & (cache.labels == k)))

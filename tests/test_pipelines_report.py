@@ -51,7 +51,8 @@ def test_report_files_exist_and_html_is_self_contained(fitted):
     ):
         assert section in markdown and section in html
     assert "scored once on the test split. Nothing was selected on test" in markdown
-    assert "| class_0 | 15 | 30 |" in markdown  # samples per split and class
+    assert "| class | train | test |" in markdown  # samples per split and class
+    assert "| class_0 | 30 | 15 |" in markdown
     assert "most confused pair" in markdown
     assert "weights_sha256" in markdown
 
