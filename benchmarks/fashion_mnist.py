@@ -1,0 +1,178 @@
+"""Fashion-MNIST with frozen EfficientNet-Lite features, against the published raw-pixel baselines.
+
+Official split: 60,000 train / 10,000 test (``builtin:fashion-mnist``). For each backbone, the
+default layers are extracted once into one cache; then every (model, layer) gets the heads of
+``pipelines.fit`` with its protocol: hyper-parameters by stratified k-fold CV on train, refit on
+train, scored once on test; the best combination is picked by CV, never by test.
+
+The RBF SVM costs O(n²) per fit, so it is not run on all 60,000 rows here: with ``--svm-rows N``
+the script additionally fits the ``svm`` head on the best layer of each model with the same
+protocol on a stratified subsample of N train rows (the test split stays the full 10,000),
+and writes that to ``svm.csv`` in the results folder. The report says so.
+
+    python benchmarks/fashion_mnist.py --models efficientnet_lite0 --image-size 96 \
+        --heads logreg,linsvm --svm-rows 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+PUBLISHED = [  # Fashion-MNIST benchmark (zalandoresearch/fashion-mnist README), raw pixels
+    ("LogisticRegression (scikit-learn, raw pixels)", 0.842),
+    ("SVC (scikit-learn, raw pixels)", 0.897),
+    ("XGBoost (raw pixels)", 0.898),
+    ("HOG + SVM", 0.926),
+]
+
+
+def extract_all(args) -> Path:
+    from featurecache import extract
+
+    cache = Path(args.cache or f"data/cache/fashion-mnist-{args.image_size}.h5")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        started = time.perf_counter()
+        result = extract(
+            "builtin:fashion-mnist", cache, model=model, image_size=args.image_size,
+            batch_size=args.batch_size, dtype=args.dtype, progress=True,
+        )  # fmt: skip
+        print(f"{model}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
+              f"({time.perf_counter() - started:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
+    return cache
+
+
+def fit_svm_subsample(
+    cache_path: Path, results: Path, table, rows: int, seed: int, jobs: int
+) -> list[dict]:
+    """The svm head on each model's best layer (by CV), selected and refitted on a subsample."""
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import train_test_split
+
+    import pipelines
+    from pipelines._heads import build_pipeline
+
+    cache = pipelines.open_cache(cache_path)
+    head = pipelines.get_head("svm")
+    records = []
+    for model, group in table.groupby("model"):
+        best = group.sort_values("cv_mean", ascending=False).iloc[0]
+        X, y, _ = cache.load(model, best["layer"], split="train")
+        X_test, y_test, _ = cache.load(model, best["layer"], split="test")
+        X_sub, _, y_sub, _ = train_test_split(X, y, train_size=rows, stratify=y, random_state=seed)
+        started = time.perf_counter()
+        search = pipelines.search(head, X_sub, y_sub, cv=5, seed=seed, n_jobs=jobs)
+        estimator = build_pipeline(head, search.params, X_sub, y_sub, seed=seed)
+        accuracy = accuracy_score(y_test, estimator.predict(X_test))
+        records.append({
+            "model": model, "layer": best["layer"], "head": "svm", "train_rows": rows,
+            "params": json.dumps(search.params, default=str), "cv_mean": search.cv_mean,
+            "test_accuracy": accuracy, "fit_seconds": time.perf_counter() - started,
+        })  # fmt: skip
+        print(
+            f"svm on {model}/{best['layer']} ({rows} train rows): CV {search.cv_mean:.4f}, test {accuracy:.4f}"
+        )
+    import pandas as pd
+
+    pd.DataFrame(records).to_csv(results / "svm.csv", index=False)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+    )
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--heads", type=lambda s: s.split(","), default=["logreg", "linsvm"])
+    parser.add_argument(
+        "--svm-rows", type=int, default=10000, help="train rows for the svm head (0: skip)"
+    )
+    parser.add_argument("--cv", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--jobs", type=int, default=-1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--results", default=None)
+    parser.add_argument("--report", default="reports/fashion-mnist")
+    parser.add_argument("--stage", choices=["all", "extract", "fit"], default="all")
+    args = parser.parse_args()
+
+    import pipelines
+
+    cache = (
+        extract_all(args)
+        if args.stage in ("all", "extract")
+        else Path(args.cache or f"data/cache/fashion-mnist-{args.image_size}.h5")
+    )
+    if args.stage == "extract":
+        return
+    results = Path(args.results or f"data/cache/fashion-mnist-{args.image_size}-results")
+    started = time.perf_counter()
+    table = pipelines.fit(
+        cache,
+        results,
+        models=args.models,
+        heads=args.heads,
+        cv=args.cv,
+        seed=args.seed,
+        n_jobs=args.jobs,
+    )
+    print(f"fit {len(table)} combinations in {time.perf_counter() - started:.0f}s")
+    svm = (
+        fit_svm_subsample(cache, results, table, args.svm_rows, args.seed, args.jobs)
+        if args.svm_rows
+        else []
+    )
+    report = pipelines.report(results, args.report)
+    write_comparison(Path(report), table, svm, args)
+    print(f"report: {report / 'report.html'}")
+
+
+def write_comparison(report: Path, table, svm: list[dict], args) -> None:
+    """comparison.md: our best heads beside the published raw-pixel figures."""
+    lines = [
+        "# Fashion-MNIST: frozen features against the published raw-pixel baselines",
+        "",
+        f"Reproduce: `python benchmarks/fashion_mnist.py --models {','.join(args.models)} "
+        f"--image-size {args.image_size} --heads {','.join(args.heads)} --svm-rows {args.svm_rows}`",
+        "",
+        "| method | test accuracy |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {name} | {acc:.3f} |" for name, acc in PUBLISHED]
+    for model, group in table.groupby("model"):
+        best = group.sort_values("cv_mean", ascending=False).iloc[0]
+        lines.append(
+            f"| **{model}** @ {args.image_size}px, {best['layer']} + {best['head']} (best by CV) | **{best['test_accuracy']:.3f}** |"
+        )
+    for record in svm:
+        lines.append(
+            f"| **{record['model']}** @ {args.image_size}px, {record['layer']} + svm ({record['train_rows']} train rows) | **{record['test_accuracy']:.3f}** |"
+        )
+    lines += [
+        "",
+        "## Which layer wins, per backbone (best head by CV at each layer)",
+        "",
+        "| model | layer | head | CV | test |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (model, layer), group in table.groupby(["model", "layer"], sort=False):
+        best = group.sort_values("cv_mean", ascending=False).iloc[0]
+        lines.append(
+            f"| {model} | {layer} | {best['head']} | {best['cv_mean']:.4f} | {best['test_accuracy']:.4f} |"
+        )
+    (report / "comparison.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
