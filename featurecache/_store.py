@@ -46,6 +46,11 @@ STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 CONFIG_KEYS = ("backbone", "weights_sha256", "preprocessing", "pooling", "dtype", "compute_dtype")
 _STR = h5py.string_dtype()
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+_NO_LOCKS_HINT = (
+    "on such file systems (NFS without locks, some FUSE mounts) pass --no-locking or set "
+    "FEATURECACHE_NO_LOCKING=1, and run one writer per model."
+)
 
 
 def locking_enabled(locking: bool | None = None) -> bool:
@@ -243,7 +248,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
             except BlockingIOError:
                 handle.seek(0)
                 owner = handle.read().strip() or "unknown"
@@ -417,7 +422,7 @@ class Store:
             return
         self.data_dir.mkdir(exist_ok=True)
         with open(self.data_dir / ".index.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            _flock(handle, fcntl.LOCK_EX, self.data_dir / ".index.lock")
             try:
                 yield
             finally:
@@ -444,7 +449,15 @@ class Store:
                     tmp.unlink(missing_ok=True)
 
     def _open(self, path: Path, mode: str = "r") -> h5py.File:
-        return h5py.File(path, mode, locking=self.locking)
+        try:
+            return h5py.File(path, mode, locking=self.locking)
+        except OSError as error:
+            if "unable to lock file" not in str(error):
+                raise
+            raise CacheLockedError(
+                f"cannot lock {str(path)!r} ({error}); another program holds it open for "
+                f"writing, or the file system refuses locks: {_NO_LOCKS_HINT}"
+            ) from error
 
 
 def check_config(model: str, recorded: Mapping, requested: Mapping, cache: Path) -> None:
@@ -584,6 +597,20 @@ def _library_versions() -> dict:
         "torch_version": str(torch.__version__),
         "torchvision_version": str(torchvision.__version__),
     }
+
+
+def _flock(handle, flags: int, path: Path) -> None:
+    try:
+        fcntl.flock(handle, flags)
+    except BlockingIOError:
+        raise
+    except OSError as error:
+        if error.errno not in _NO_LOCKS:
+            raise
+        raise CacheLockedError(
+            f"the file system of {str(path)!r} refuses file locks ({error.strerror}): "
+            + _NO_LOCKS_HINT
+        ) from error
 
 
 def _owner_is_dead(tag: str) -> bool:
