@@ -104,7 +104,18 @@ def _report(path: Path | None, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def _setup(env: dict | None, fsize: int | None) -> None:
+def _deny_locks() -> None:
+    """Make every fcntl lock fail as on a file system without locks (NFS without lockd)."""
+    import errno
+    import fcntl
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    fcntl.flock = fcntl.lockf = refuse
+
+
+def _setup(env: dict | None, fsize: int | None, deny_locks: bool = False) -> None:
     import threading
 
     import torch
@@ -114,6 +125,8 @@ def _setup(env: dict | None, fsize: int | None) -> None:
     tqdm.set_lock(threading.RLock())
     torch.set_num_threads(1)  # two children on two shared cores: no thread oversubscription
     os.environ.update(env or {})
+    if deny_locks:
+        _deny_locks()
     if fsize is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write returns EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -153,9 +166,10 @@ def run_extract(
     fsize: int | None = None,
     pause: float = 0.0,
     events: Path | None = None,
+    deny_locks: bool = False,
 ) -> None:
     """Run :func:`featurecache.extract` and write its outcome (or its error) to ``result``."""
-    _setup(env, fsize)
+    _setup(env, fsize, deny_locks)
     if pause:
         _slow_down(pause, events)
     from featurecache._extract import extract
@@ -173,10 +187,15 @@ def run_extract(
 
 
 def run_cli(
-    argv: list[str], result: Path, *, env: dict | None = None, fsize: int | None = None
+    argv: list[str],
+    result: Path,
+    *,
+    env: dict | None = None,
+    fsize: int | None = None,
+    deny_locks: bool = False,
 ) -> None:
     """Run ``featurecache.cli.main(argv)`` and record its exit code, stdout and stderr."""
-    _setup(env, fsize)
+    _setup(env, fsize, deny_locks)
     from featurecache.cli import main
 
     out, err = io.StringIO(), io.StringIO()

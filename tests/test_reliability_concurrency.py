@@ -8,6 +8,8 @@ of every model is status 1, bit-identical to a run alone, and listed in the inde
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -200,3 +202,50 @@ def _read_everything(cache, expected, layers, capsys) -> list[int]:
         counts.append(n_ok)
     assert counts == sorted(counts), "a later read saw fewer rows than an earlier one"
     return counts
+
+
+def test_without_locking_no_lock_is_ever_taken(data, reference, tmp_path):
+    """Item 9 on a simulated file system without locks: every ``fcntl`` lock call fails with
+    ENOLCK in the child, and this process holds exclusive locks on every file of the cache,
+    so HDF5's own locking would fail too. With ``FEATURECACHE_NO_LOCKING=1`` extraction and
+    ``featurecache ls`` still work; without it the error says what to do."""
+    cache = tmp_path / "c.h5"
+    child = start(run_extract, data, cache, {**OPTIONS["resnet18"], "layers": ["layer3"]})
+    child.join()
+    outcomes = {"nfs": _extract_outcome(data, cache, tmp_path / "nfs.json", deny_locks=True)}
+    files = [cache, *sorted(tmp_path.glob("c.h5.d/**/*.h5"))]
+    with contextlib.ExitStack() as stack:
+        for path in files:
+            fcntl.flock(stack.enter_context(open(path, "rb")), fcntl.LOCK_EX)
+        outcomes["locked"] = _extract_outcome(data, cache, tmp_path / "locked.json")
+        outcomes["unlocked"] = _extract_outcome(
+            data, cache, tmp_path / "unlocked.json", env=NO_LOCKING, deny_locks=True
+        )
+        child = start(run_cli, ["ls", str(cache)], tmp_path / "ls.json", env=NO_LOCKING,
+                      deny_locks=True)  # fmt: skip
+        child.join()
+    hint = (
+        "on such file systems (NFS without locks, some FUSE mounts) pass --no-locking or set "
+        "FEATURECACHE_NO_LOCKING=1, and run one writer per model."
+    )
+    assert outcomes["nfs"] == {
+        "error": "CacheLockedError",
+        "message": f"the file system of '{cache}.d/resnet18/.writer.lock' refuses file locks "
+        f"(No locks available): {hint}",
+    }
+    assert outcomes["locked"]["error"] == "CacheLockedError"
+    assert outcomes["locked"]["message"].startswith(f"cannot lock '{cache}' (")
+    assert outcomes["locked"]["message"].endswith(
+        "another program holds it open for writing, or the file system refuses locks: " + hint
+    )
+    assert outcomes["unlocked"]["n_ok"] == N_ROWS
+    ls = outcome(tmp_path / "ls.json")
+    assert ls["code"] == 0 and f"{N_ROWS}" in ls["stdout"], ls
+    assert_complete(cache, reference, ["resnet18"])
+
+
+def _extract_outcome(data, cache, result, env=None, deny_locks=False) -> dict:
+    child = start(run_extract, data, cache, OPTIONS["resnet18"], result, env=env,
+                  deny_locks=deny_locks)  # fmt: skip
+    child.join()
+    return outcome(result)
