@@ -186,7 +186,9 @@ def extract(
                 job.commit(result, runner.layer_attrs)
                 written += 1
         elif not job.store.index_is_current():
-            job.store.rebuild_index()
+            job.store.rebuild_index()  # also removes temporaries of dead writers
+        else:
+            job.store.remove_stale_temporaries()
     return job.result(plan, written, time.perf_counter() - started)
 
 
@@ -449,8 +451,8 @@ class ShardRunner:
                 "this batch was committed and earlier shards are kept."
             ) from error
         result = {}
-        for layer, values in pooled.items():
-            values = values.float().cpu()
+        for layer in sorted(pooled, key=lambda name: self.infos[name].depth_index):
+            values = pooled[layer].float().cpu()
             finite = torch.isfinite(values).all(dim=1)
             if not bool(finite.all()):
                 bad = rows[~finite.numpy()]

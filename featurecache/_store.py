@@ -379,7 +379,7 @@ class Store:
     def rebuild_index(self) -> None:
         """Rebuild ``CACHE.h5`` from the files on disk and rename it into place."""
         with self._index_lock():
-            self._remove_stale_temporaries()
+            self.remove_stale_temporaries()
             for _ in range(100):
                 listed = self._write_index()
                 if self.locking or listed == self._listing():
@@ -434,7 +434,7 @@ class Store:
         tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         return final.with_name(f"{final.name}{TMP_MARK}{tag}")
 
-    def _remove_stale_temporaries(self) -> None:
+    def remove_stale_temporaries(self) -> None:
         """Remove temporary files left by dead processes of this host."""
         folders = [self.path.parent, self.data_dir]
         if self.data_dir.exists():
