@@ -101,28 +101,28 @@ def main() -> None:
     model_cl = model_cl.to(memory_format=torch.channels_last)
     batches_cl = [b.contiguous(memory_format=torch.channels_last) for b in batches]
 
-    def best(fn):
-        fn()  # warm-up
-        return min(fn() for _ in range(args.repeats))
-
-    n = args.n_images
-    rows = {
-        "(a) featurecache extract, 4 layers": best(
-            lambda: time_featurecache(dataset, args, layers4)
+    methods = {
+        "(a) featurecache extract, 4 layers": lambda: time_featurecache(dataset, args, layers4),
+        "(a) featurecache extract, embedding only": lambda: time_featurecache(
+            dataset, args, ["embedding"]
         ),
-        "(a) featurecache extract, embedding only": best(
-            lambda: time_featurecache(dataset, args, ["embedding"])
+        "(b) bare model(x) loop, preloaded tensors": lambda: time_loop(
+            model, batches, device, dtype, False
         ),
-        "(b) bare model(x) loop, preloaded tensors": best(
-            lambda: time_loop(model, batches, device, dtype, False)
+        "(b') bare loop, channels_last": lambda: time_loop(
+            model_cl, batches_cl, device, dtype, False
         ),
-        "(b') bare loop, channels_last": best(
-            lambda: time_loop(model_cl, batches_cl, device, dtype, False)
-        ),
-        "(c) naive loop growing torch.cat": best(
-            lambda: time_loop(model, batches, device, dtype, True)
-        ),
+        "(c) naive loop growing torch.cat": lambda: time_loop(model, batches, device, dtype, True),
     }
+    # Round-robin repeats, best of each: every method sees the same machine conditions.
+    for fn in methods.values():
+        fn()  # warm-up
+    timings = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            timings[name].append(fn())
+    rows = {name: min(values) for name, values in timings.items()}
+    n = args.n_images
     print(f"\nmodel {args.model} ({backbone.weights}), {n} images at {args.image_size}px, batch {args.batch_size}, "
           f"{args.dtype} on {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")  # fmt: skip
     print(f"{'method':46s} {'seconds':>8s} {'img/s':>8s}")
