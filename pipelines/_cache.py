@@ -97,6 +97,8 @@ class Cache:
         try:
             with self._open() as f:
                 self._read_samples(f)
+        except CacheCorruptError:
+            raise
         except (OSError, KeyError) as error:
             raise CacheCorruptError(
                 f"cannot read the sample table of {str(self.path)!r} ({error}); the index or "

@@ -29,7 +29,9 @@ import math
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from sklearn.metrics import f1_score
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from pipelines._cache import Cache, open_cache
 from pipelines._heads import Head, build_pipeline, get_head, list_heads, load_grid, resolve_grids
-from pipelines._search import SearchResult, search_heads, stratified_splits
+from pipelines._search import SearchResult, converged, search_heads, stratified_splits
 
 __all__ = ["fit", "load_head", "DEFAULT_HEADS", "BACKENDS", "RESULT_COLUMNS", "HEAD_KEYS"]
 
@@ -211,9 +213,22 @@ def load_head(path: str | os.PathLike) -> dict:
 # -- planning: every check happens before anything is written -------------------------
 
 
+@dataclass(frozen=True)
 class _Plan:
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
+    """What one ``fit`` call will do, fully validated."""
+
+    heads: list[Head]
+    grids: dict[str, dict[str, list]]
+    grid_source: str | None
+    cv: int
+    seed: int
+    pca: int | None
+    n_jobs: int | None
+    backend: str
+    address: str | None
+    combos: list[tuple[str, str]]
+    selection: str  # "val" or "cv"
+    out: str
 
     @classmethod
     def build(
@@ -478,7 +493,7 @@ def _fit_layer(cache: Cache, plan: _Plan, results: _ResultsFolder, model: str, l
         "n_test": int(len(y_test)),
         "n_features": int(entry.n_features),
     }
-    for head, (estimator, y_pred, seconds, converged) in zip(pending, refits, strict=True):
+    for head, (estimator, y_pred, seconds, refit_ok) in zip(pending, refits, strict=True):
         results.write_combo(
             cache=cache,
             plan=plan,
@@ -491,7 +506,7 @@ def _fit_layer(cache: Cache, plan: _Plan, results: _ResultsFolder, model: str, l
             y_pred=y_pred,
             ids_test=ids_test,
             refit_seconds=seconds,
-            refit_converged=converged,
+            refit_converged=refit_ok,
             counts=counts,
         )
     results.write_table()
@@ -500,17 +515,13 @@ def _fit_layer(cache: Cache, plan: _Plan, results: _ResultsFolder, model: str, l
 def _refit(
     head: Head, params: dict, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int
 ) -> tuple[Any, np.ndarray, float, bool]:
-    import warnings
-
-    from pipelines._search import _converged
-
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         estimator = build_pipeline(head, params, X, y, seed=seed)
     seconds = time.perf_counter() - start
     y_pred = estimator.predict(X_test) if len(X_test) else np.zeros(0, dtype=np.int64)
-    return estimator, np.asarray(y_pred, dtype=np.int64), seconds, _converged(estimator[-1])
+    return estimator, np.asarray(y_pred, dtype=np.int64), seconds, converged(estimator[-1])
 
 
 def _combo_key(cache: Cache, plan: _Plan, entry, head: Head) -> str:

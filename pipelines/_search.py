@@ -8,8 +8,9 @@ computed with less work:
 - each fold is scaled once (``StandardScaler`` fitted on the fold's training
   part), and projected once per ``pca`` value, instead of once per candidate;
 - along a head's ``path_param`` (``C`` for ``logreg``) candidates are fitted in
-  ascending order with ``warm_start``, each starting from a linear extrapolation
-  (in ``log C``) of the two previous solutions of the same fold; the optimum is
+  ascending order with ``warm_start``, each starting from the previous solution
+  of the same fold or, when it has a lower objective, from a linear
+  extrapolation (in ``log C``) of the two previous solutions; the optimum is
   the same, only the starting point of the solver changes, and it never uses
   rows outside the fold's training part;
 - folds (and heads) run in parallel with joblib.
@@ -228,10 +229,10 @@ def fold_scores(
     candidates = list(ParameterGrid(grid))
     scores = [math.nan] * len(candidates)
     not_converged = 0
-    X_train = np.array(X[train], dtype=np.float32, order="C")
+    X_train = np.ascontiguousarray(X[train], dtype=np.float32)  # a copy: scaled in place
     scaler = StandardScaler(copy=False).fit(X_train)
     X_train = scaler.transform(X_train)
-    X_test = scaler.transform(np.array(X[test], dtype=np.float32, order="C"))
+    X_test = scaler.transform(np.ascontiguousarray(X[test], dtype=np.float32))
     y_train, y_test = y[train], y[test]
     by_pca: dict[Any, list[int]] = {}
     for i, c in enumerate(candidates):
@@ -247,10 +248,12 @@ def fold_scores(
                 estimator = None
                 history: list[tuple[float, np.ndarray, np.ndarray]] = []
                 for i in chain:
-                    estimator = _next_estimator(head, candidates[i], A, seed, estimator, history)
+                    estimator = _next_estimator(
+                        head, candidates[i], A, y_train, seed, estimator, history
+                    )
                     estimator.fit(A, y_train)
                     scores[i] = float(np.mean(estimator.predict(B) == y_test))
-                    not_converged += not _converged(estimator)
+                    not_converged += not converged(estimator)
                     if head.path_param is not None:
                         history.append(
                             (
@@ -276,7 +279,8 @@ def _chains(head: Head, candidates: list[dict], members: list[int]) -> list[list
     ]
 
 
-def _next_estimator(head, params, X, seed, previous, history):
+def _next_estimator(head, params, X, y, seed, previous, history):
+    """The estimator for the next candidate of a chain, warm-started where possible."""
     if head.path_param is None or previous is None:
         estimator = head.classifier(params, X, seed=seed)
         if head.path_param is not None:
@@ -286,15 +290,31 @@ def _next_estimator(head, params, X, seed, previous, history):
     previous.set_params(**{head.path_param: value})
     if len(history) >= 2:
         (c1, w1, b1), (c2, w2, b2) = history[-2], history[-1]
-        if 0 < c1 < c2 < value:
-            # Predictor step along the regularisation path: linear in log C, capped.
+        if 0 < c1 < c2 < value and hasattr(previous, "predict_log_proba"):
+            # Predictor step along the regularisation path (linear in log C), kept only
+            # when it lowers the new objective below that of the previous solution.
             r = min(math.log(value / c2) / math.log(c2 / c1), 2.0)
-            previous.coef_ = w2 + r * (w2 - w1)
-            previous.intercept_ = b2 + r * (b2 - b1)
+            guess = (w2 + r * (w2 - w1), b2 + r * (b2 - b1))
+            if _objective(previous, guess, X, y, value) < _objective(
+                previous, (w2, b2), X, y, value
+            ):
+                previous.coef_, previous.intercept_ = guess
+            else:
+                previous.coef_, previous.intercept_ = w2.copy(), b2.copy()
     return previous
 
 
-def _converged(estimator) -> bool:
+def _objective(estimator, weights, X, y, C: float) -> float:
+    """LogisticRegression's L2 objective (mean log-loss + ||coef||² / (2 C n)) at ``weights``."""
+    estimator.coef_, estimator.intercept_ = weights
+    log_proba = estimator.predict_log_proba(X)
+    columns = np.searchsorted(estimator.classes_, y)
+    loss = -float(np.mean(log_proba[np.arange(len(y)), columns]))
+    return loss + float(np.sum(np.square(weights[0], dtype=np.float64))) / (2.0 * C * len(y))
+
+
+def converged(estimator) -> bool:
+    """False when a fitted estimator stopped at ``max_iter``."""
     max_iter = estimator.get_params().get("max_iter")
     n_iter = getattr(estimator, "n_iter_", None)
     if max_iter is None or n_iter is None or max_iter < 0:
