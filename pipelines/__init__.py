@@ -3,28 +3,43 @@
 Read a cache (:func:`open_cache`), choose a head's hyper-parameters honestly
 (:func:`search`), fit every (model, layer, head) into a results folder
 (:func:`fit`) and write a comparison report (:func:`report`).
+
+Names load on first use, so ``import pipelines`` (and the ``featurecache``
+command line, which registers ``fit`` and ``report``) does not import
+scikit-learn or matplotlib until they are needed.
 """
 
 from __future__ import annotations
 
-from pipelines._cache import Cache, Entry, open_cache
-from pipelines._fit import fit, load_head
-from pipelines._heads import Head, get_head, list_heads, load_grid, register_head
-from pipelines._report import report
-from pipelines._search import SearchResult, search
+import importlib
 
-__all__ = [
-    "Cache",
-    "Entry",
-    "Head",
-    "SearchResult",
-    "fit",
-    "get_head",
-    "list_heads",
-    "load_grid",
-    "load_head",
-    "open_cache",
-    "register_head",
-    "report",
-    "search",
-]
+_LAZY = {
+    "Cache": "pipelines._cache",
+    "Entry": "pipelines._cache",
+    "open_cache": "pipelines._cache",
+    "Head": "pipelines._heads",
+    "get_head": "pipelines._heads",
+    "list_heads": "pipelines._heads",
+    "load_grid": "pipelines._heads",
+    "register_head": "pipelines._heads",
+    "SearchResult": "pipelines._search",
+    "search": "pipelines._search",
+    "fit": "pipelines._fit",
+    "load_head": "pipelines._fit",
+    "report": "pipelines._report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -53,3 +53,18 @@ def test_pipelines_works_with_torch_blocked(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok 3"
+
+
+def test_registering_the_subcommands_imports_nothing_heavy():
+    script = (
+        "import argparse, sys\n"
+        "from pipelines._cli import register\n"
+        "register(argparse.ArgumentParser().add_subparsers())\n"
+        "heavy = [m for m in ('sklearn', 'matplotlib', 'h5py', 'pandas', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
