@@ -45,7 +45,13 @@ from sklearn.metrics import f1_score
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from pipelines._cache import Cache, open_cache
 from pipelines._heads import Head, build_pipeline, get_head, list_heads, load_grid, resolve_grids
-from pipelines._search import SearchResult, converged, search_heads, stratified_splits
+from pipelines._search import (
+    SearchResult,
+    converged,
+    search_heads,
+    single_blas_thread,
+    stratified_splits,
+)
 
 __all__ = ["fit", "load_head", "DEFAULT_HEADS", "BACKENDS", "RESULT_COLUMNS", "HEAD_KEYS"]
 
@@ -442,10 +448,15 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
         from ray.util.joblib import register_ray
 
         register_ray()
-        if address and not ray.is_initialized():
-            ray.init(address=address)
-        with parallel_config(backend="ray"):
-            yield
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address, include_dashboard=False)
+        try:
+            with parallel_config(backend="ray"):
+                yield
+        finally:
+            if started:  # shut down only the instance this call started
+                ray.shutdown()
         return
     with parallel_config(backend=backend):
         yield
@@ -512,6 +523,7 @@ def _fit_layer(cache: Cache, plan: _Plan, results: _ResultsFolder, model: str, l
     results.write_table()
 
 
+@single_blas_thread
 def _refit(
     head: Head, params: dict, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int
 ) -> tuple[Any, np.ndarray, float, bool]:
