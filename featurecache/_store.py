@@ -57,7 +57,7 @@ def locking_enabled(locking: bool | None = None) -> bool:
     """Resolve the locking switch: the argument, else ``FEATURECACHE_NO_LOCKING``."""
     if locking is not None:
         return locking
-    return os.environ.get("FEATURECACHE_NO_LOCKING", "") not in ("1", "true", "TRUE", "yes")
+    return os.environ.get("FEATURECACHE_NO_LOCKING", "") != "1"  # the reader reads it the same way
 
 
 def config_digest(config: Mapping) -> str:

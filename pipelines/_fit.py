@@ -317,6 +317,10 @@ class _Plan:
                 "n_unlabeled": int(np.sum(~labeled)),
                 "counts": counts,
                 "has_test": bool(np.any((cache.splits == "test") & labeled)),
+                "failed": {
+                    model: [[str(i), str(r)] for i, r in cache.failures(model)]
+                    for model in sorted({m for m, _ in self.combos})
+                },
             },
         }
 

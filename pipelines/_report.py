@@ -156,7 +156,7 @@ def _blocks(run: dict, table, records, best, predictions) -> list:
     blocks: list = [("h1", "featurecache report")]
     blocks += [("h2", "Recommendation"), ("p", recommendation(table, best))]
     blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
-    blocks += [("h2", "Data"), _data_table(run)]
+    blocks += [("h2", "Data"), _data_table(run), ("p", _failed_text(run))]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += [("h2", "Model × layer"), _heatmap(table, has_test)]
     blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
@@ -254,6 +254,19 @@ def _data_table(run: dict) -> _Table:
     rows = [(name, *[str(counts[s].get(name, 0)) for s in splits]) for name in data["class_names"]]
     rows.append(("**total**", *[str(sum(counts[s].values())) for s in splits]))
     return _Table(header, tuple(rows))
+
+
+def _failed_text(run: dict) -> str:
+    """How many rows failed extraction (unreadable images); fits never use them."""
+    failed = run["data"].get("failed", {})
+    if not any(failed.values()):
+        return "Failed rows: 0 (every sample was extracted)."
+    parts = []
+    for model, rows in failed.items():
+        shown = ", ".join(f"`{sample_id}` ({reason})" for sample_id, reason in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        parts.append(f"{model}: {len(rows)} failed rows excluded from every fit: {shown}{more}")
+    return "Failed rows (see `featurecache ls CACHE`): " + "; ".join(parts) + "."
 
 
 def _heads_table(table: pd.DataFrame) -> _Table:

@@ -171,11 +171,6 @@ def test_heads_skip_failed_rows(results):
     assert not set(predictions["id"]) & {s for s, (_, r) in EXPECTED.items() if r is not None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipelines/_report.py: the Data table counts every sample of the sample table "
-    "(failed ones included) and nothing in the report says how many rows failed",
-)
 def test_report_counts_failed_rows(results, tmp_path):
     out, _ = results
     text = (report(out, tmp_path / "report") / "report.md").read_text()
