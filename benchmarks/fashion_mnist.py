@@ -143,7 +143,9 @@ def main() -> None:
     )
     print(f"fit {len(table)} combinations in {time.perf_counter() - started:.0f}s")
     svm = (
-        fit_svm_subsample(cache, results, table, args.svm_rows, args.seed, args.jobs)
+        fit_svm_subsample(
+            cache, results, table, args.svm_rows, args.seed, args.jobs, args.svm_max_features
+        )
         if args.svm_rows
         else []
     )
