@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument(
         "--svm-rows", type=int, default=10000, help="train rows for the svm head (0: skip)"
     )
+    parser.add_argument(
+        "--svm-max-features", type=int, default=512, help="svm only on layers this narrow"
+    )
     parser.add_argument("--cv", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--dtype", default="auto")
