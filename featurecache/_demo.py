@@ -62,7 +62,6 @@ def run_demo(
     DemoSummary
     """
     import pipelines
-    from pipelines._report import _best, _table, recommendation
 
     started = time.perf_counter()
     if not dataset.startswith("builtin:"):
@@ -86,8 +85,7 @@ def run_demo(
         heads=list(heads or DEMO_HEADS), n_jobs=jobs,
     )  # fmt: skip
     pipelines.report(results_dir, report_dir)
-    table = _table(_records(results_dir))
-    best = _best(table)
+    best, recommendation = pipelines.best_combination(results_dir)
     earlier = best["layer"] != "embedding"
     return DemoSummary(
         dataset=dataset,
@@ -98,7 +96,7 @@ def run_demo(
             k: best[k]
             for k in ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
         },
-        recommendation=recommendation(table, best).replace("**", "").replace("`", ""),
+        recommendation=recommendation.replace("**", "").replace("`", ""),
         earlier_layer_won=bool(earlier),
         seconds=time.perf_counter() - started,
     )
@@ -125,12 +123,6 @@ def summarize(summary: DemoSummary) -> str:
             f"report: {summary.report / 'report.html'} (and report.md); took {summary.seconds:.0f}s",
         ]
     )
-
-
-def _records(results_dir: Path) -> list[dict]:
-    from pipelines._fit import _ResultsFolder
-
-    return _ResultsFolder(results_dir).records()
 
 
 def _limited(data: Dataset, limit: int | None) -> Dataset:

@@ -27,6 +27,7 @@ _LAZY = {
     "fit": "pipelines._fit",
     "load_head": "pipelines._fit",
     "report": "pipelines._report",
+    "best_combination": "pipelines._report",
 }
 
 __all__ = sorted(_LAZY)

@@ -98,6 +98,26 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     return out
 
 
+def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
+    """The best (model, layer, head) of a results folder by CV, and the recommendation sentence.
+
+    Returns
+    -------
+    best : dict
+        The row of ``results.csv`` with the best CV score (test plays no part).
+    recommendation : str
+        The report's plain recommendation, in markdown.
+    """
+    records = _ResultsFolder(Path(results)).records()
+    if not records:
+        raise InvalidArgumentError(
+            f"RESULTS {str(results)!r} holds no finished combination yet; run `featurecache fit` first."
+        )
+    table = _table(records)
+    best = _best(table)
+    return best.to_dict(), recommendation(table, best)
+
+
 # -- data -----------------------------------------------------------------------------
 
 
