@@ -17,7 +17,15 @@ from featurecache import __version__
 from featurecache._backbones import LoadedBackbone, load_backbone
 from featurecache._data import Dataset, load_dataset
 from featurecache._fuse import fuse_conv_bn
-from featurecache._layers import LayerInfo, capture, check_layers, pool, pooled_size
+from featurecache._layers import (
+    POOL_METHODS,
+    LayerInfo,
+    capture,
+    check_layers,
+    default_pool,
+    pool,
+    pooled_size,
+)
 from featurecache._store import FORMAT_VERSION, STATUS_FAILED, STATUS_OK, Store, check_config
 from featurecache.exceptions import BatchError, InvalidArgumentError
 
@@ -37,8 +45,6 @@ DEFAULT_MODEL = "efficientnet_lite0"
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STORE_DTYPES = ("float32", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MAP_POOLS = ("avg", "max", "avgmax", "flatten")
-TOKEN_POOLS = ("cls", "mean")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -531,18 +537,15 @@ def _ids(dataset: Dataset, rows: np.ndarray, limit: int = 10) -> str:
 
 
 def _pool_for(info: LayerInfo, pooling: str) -> str:
-    if info.kind == "map":
-        return pooling if pooling in MAP_POOLS else "avg"
-    if info.kind == "tokens":
-        return pooling if pooling in TOKEN_POOLS else "cls"
-    return "none"
+    """The model's pooling where the layer's kind accepts it, else that kind's default."""
+    return pooling if pooling in POOL_METHODS[info.kind] else default_pool(info.kind)
 
 
 def _resolve_pool(pool: str | None, infos: Sequence[LayerInfo]) -> str:
     kinds = {info.kind for info in infos}
     if pool is None:
-        return "cls" if kinds == {"tokens"} or kinds == {"tokens", "vector"} else "avg"
-    accepted = {"map": MAP_POOLS, "tokens": TOKEN_POOLS}
+        return default_pool("tokens" if kinds in ({"tokens"}, {"tokens", "vector"}) else "map")
+    accepted = {kind: POOL_METHODS[kind] for kind in ("map", "tokens")}  # vectors take no --pool
     if not any(pool in accepted.get(kind, ()) for kind in kinds):
         options = sorted({m for kind in kinds for m in accepted.get(kind, ())}) or ["none needed"]
         raise InvalidArgumentError(
