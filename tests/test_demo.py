@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import re
+import struct
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from featurecache._data import FASHION_MNIST_HINT
+from featurecache._demo import DEMO_DEFAULTS
 from featurecache.cli import main
 
 
@@ -30,3 +36,49 @@ def test_reduced_demo_writes_a_report_and_prints_the_summary(tmp_path, capsys):
     # a second run is a cache hit: no forward pass, and the finished fits are reused
     assert main(argv) == 0
     assert "cache hit, no forward pass" in capsys.readouterr().out
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def _tiny_fashion_mnist(folder, per_class: dict[str, int]) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, n in per_class.items():
+        labels = np.repeat(np.arange(10), n)
+        images = rng.integers(0, 60, size=(len(labels), 28, 28))
+        for k, label in enumerate(labels):  # a class-dependent bright band, so heads can learn
+            images[k, 2 * label : 2 * label + 6] += 180
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+@pytest.mark.slow
+def test_fashion_demo_runs_at_96_px_with_its_own_defaults(tmp_path, monkeypatch, capsys):
+    import pipelines
+
+    _tiny_fashion_mnist(tmp_path, {"train": 6, "t10k": 2})
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    cache, out = tmp_path / "demo.h5", tmp_path / "report"
+    argv = ["demo", "--dataset", "builtin:fashion-mnist", "--layers", "embedding"]
+    assert main([*argv, "--cache", str(cache), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "featurecache demo on builtin:fashion-mnist: 80 images, efficientnet_lite0" in printed
+    (entry,) = pipelines.open_cache(cache).entries
+    assert entry.provenance["image_size"] == DEMO_DEFAULTS["builtin:fashion-mnist"].image_size == 96
+    table = pd.read_csv(tmp_path / "demo-results" / "results.csv")
+    assert sorted(table["head"]) == sorted(DEMO_DEFAULTS["builtin:fashion-mnist"].heads)
+
+
+def test_fashion_demo_without_the_files_says_how_to_get_them(tmp_path, monkeypatch, capsys):
+    import featurecache._data as data
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", ())
+    argv = ["demo", "--dataset", "builtin:fashion-mnist", "--cache", str(tmp_path / "c.h5")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error == f"featurecache: error: {FASHION_MNIST_HINT}\n"
+    assert not (tmp_path / "c.h5").exists()
