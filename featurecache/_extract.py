@@ -188,7 +188,7 @@ def extract(
                 job.backbone, job.infos, job.pooling, job.config, job.device, job.compute_dtype
             )
             workers = _resolve_workers(workers, job.dataset)
-            for result in runner.run(job.dataset, plan, batch_size, workers, progress):
+            for result in runner.run(job.dataset, plan, batch_size, workers, progress, job.model):
                 job.commit(result, runner.layer_attrs)
                 written += 1
         elif not job.store.index_is_current():
@@ -376,15 +376,24 @@ class ShardRunner:
         }
 
     def run(
-        self, dataset: Dataset, plan: Plan, batch_size: int, workers: int, progress: bool = False
+        self,
+        dataset: Dataset,
+        plan: Plan,
+        batch_size: int,
+        workers: int,
+        progress: bool = False,
+        label: str | None = None,
     ) -> Iterator[ShardResult]:
-        """Yield one :class:`ShardResult` per shard of the plan, in order."""
+        """Yield one :class:`ShardResult` per shard of the plan, in order.
+
+        ``label`` names the progress bar (the model's name in the cache); the backbone by default.
+        """
         from tqdm.auto import tqdm
 
         bar = tqdm(
             total=plan.n_rows,
             unit="img",
-            desc=self.backbone.name,
+            desc=label or self.backbone.name,
             disable=not progress,
             smoothing=0.1,
         )
