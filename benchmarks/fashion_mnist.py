@@ -243,6 +243,10 @@ def write_comparison(report: Path, table, subsampled: list[dict], args) -> None:
         "Official split: 60,000 train / 10,000 test. Every choice below (layer, head, C, gamma) is "
         "made by 5-fold stratified CV on train; test is scored once per row.",
         "",
+        "Fitted in the results folder (earlier runs' combinations are kept and reused): "
+        + _fitted_heads(table)
+        + ".",
+        "",
         "| method | test accuracy |",
         "| --- | --- |",
     ]
@@ -284,6 +288,16 @@ def write_comparison(report: Path, table, subsampled: list[dict], args) -> None:
                 )
     (report / "comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _fitted_heads(table) -> str:
+    """Which heads each model got, with full CV, and on how many layers."""
+    parts = []
+    for model, group in table.groupby("model"):
+        counts = group.groupby("head")["layer"].nunique()
+        heads = ", ".join(f"{head} ({n} layers)" for head, n in counts.items())
+        parts.append(f"{model}: {heads}")
+    return "; ".join(parts)
 
 
 def _params_names(record: dict) -> str:
