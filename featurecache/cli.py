@@ -347,8 +347,7 @@ def _add_demo(sub) -> None:
     parser.add_argument(
         "--heads",
         default=None,
-        help="comma-separated heads (default: logreg,linsvm,svm on digits; logreg,linsvm on "
-        "fashion-mnist)",
+        help="comma-separated heads (default: logreg,linsvm,svm on digits; logreg on fashion-mnist)",
     )
     parser.add_argument(
         "--limit",
