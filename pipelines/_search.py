@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
+from scipy.special import log_softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
@@ -324,9 +325,17 @@ def _next_estimator(head, params, X, y, seed, previous, history):
 
 
 def _objective(estimator, weights, X, y, C: float) -> float:
-    """LogisticRegression's L2 objective (mean log-loss + ||coef||² / (2 C n)) at ``weights``."""
+    """LogisticRegression's L2 objective (mean log-loss + ||coef||² / (2 C n)) at ``weights``.
+
+    The log-probabilities come from ``log_softmax`` of the decision function, not from
+    ``predict_log_proba``, whose ``log(softmax)`` underflows to ``log(0)`` (a warning and
+    ``-inf``) when an extrapolated guess is far off.
+    """
     estimator.coef_, estimator.intercept_ = weights
-    log_proba = estimator.predict_log_proba(X)
+    scores = estimator.decision_function(X)
+    if scores.ndim == 1:  # binary: P(classes_[1]) = sigmoid(score)
+        scores = np.column_stack([np.zeros_like(scores), scores])
+    log_proba = log_softmax(scores, axis=1)
     columns = np.searchsorted(estimator.classes_, y)
     loss = -float(np.mean(log_proba[np.arange(len(y)), columns]))
     return loss + float(np.sum(np.square(weights[0], dtype=np.float64))) / (2.0 * C * len(y))

@@ -91,6 +91,26 @@ def test_warm_started_logreg_path_matches_cold_fits(data):
     assert ours.n_splits == 4 and len(ours.candidates) == 4
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_path_objective_is_the_logistic_loss_and_stays_finite_far_off(n_classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from pipelines._search import _objective
+
+    X, y = make_classification(
+        n_samples=120, n_features=8, n_informative=4, n_classes=n_classes, random_state=0
+    )
+    C = 0.5
+    model = LogisticRegression(C=C).fit(X, y)
+    weights = (model.coef_.copy(), model.intercept_.copy())
+    expected = log_loss(y, model.predict_proba(X)) + np.sum(weights[0] ** 2) / (2 * C * len(y))
+    assert _objective(model, weights, X, y, C) == pytest.approx(expected, rel=1e-9)
+    # a far-off guess: probabilities underflow to 0, the objective is still finite, no warning
+    far = (weights[0] * 1e4, weights[1] * 1e4)
+    assert np.isfinite(_objective(model, far, X, y, C))
+
+
 def test_ties_go_to_the_first_candidate_in_grid_order():
     X = np.vstack([np.zeros((10, 2)), np.ones((10, 2))]).astype(np.float32)
     y = np.repeat([0, 1], 10)
