@@ -7,10 +7,13 @@ with the error's code (2 for bad input).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from featurecache import __version__
 from featurecache.exceptions import FeatureCacheError
@@ -47,16 +50,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_interrupts():
+            return int(args.func(args) or 0)
     except FeatureCacheError as error:
         print(f"featurecache: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
         print(
-            "featurecache: interrupted; finished shards are kept, re-run to resume.",
+            f"featurecache: {how}; finished shards and combinations are kept, re-run to resume.",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(stop, _Terminated) else 130
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered as an interrupt."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into an interrupt while a command runs.
+
+    The default action kills this process alone: joblib's worker processes would keep
+    computing their task for minutes. An interrupt unwinds like Ctrl-C instead, and joblib
+    terminates its workers on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _csv_list(text: str | None) -> list[str] | None:
