@@ -74,13 +74,7 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
             "run.json; run `featurecache fit CACHE --out RESULTS` first."
         )
     run = json.loads(run_path.read_text())
-    records = _ResultsFolder(root).records()
-    if not records:
-        raise InvalidArgumentError(
-            f"RESULTS {str(root)!r} holds no finished combination yet; run `featurecache fit` "
-            "(it resumes where it stopped)."
-        )
-    table = _table(records)
+    records, table = _finished(root)
     best = _best(table)
     predictions = _predictions(root, best)
     blocks = _blocks(run, table, records, best, predictions)
@@ -108,17 +102,23 @@ def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
     recommendation : str
         The report's plain recommendation, in markdown.
     """
-    records = _ResultsFolder(Path(results)).records()
-    if not records:
-        raise InvalidArgumentError(
-            f"RESULTS {str(results)!r} holds no finished combination yet; run `featurecache fit` first."
-        )
-    table = _table(records)
+    _, table = _finished(Path(results))
     best = _best(table)
     return best.to_dict(), recommendation(table, best)
 
 
 # -- data -----------------------------------------------------------------------------
+
+
+def _finished(root: Path) -> tuple[list[dict], pd.DataFrame]:
+    """The finished combinations of a results folder, as records and as a sorted table."""
+    records = _ResultsFolder(root).records()
+    if not records:
+        raise InvalidArgumentError(
+            f"RESULTS {str(root)!r} holds no finished combination yet; run `featurecache fit` "
+            "(it resumes where it stopped)."
+        )
+    return records, _table(records)
 
 
 def _table(records: list[dict]) -> pd.DataFrame:
