@@ -43,6 +43,20 @@ PRELOAD = [
 ]
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Single-threaded torch kernels for the block: runs that must agree bit for bit use the
+    same kernels, and two processes on two shared cores do not oversubscribe them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def make_images(root: Path, n_per_class: int, classes=("ant", "bee"), seed: int = 0) -> Path:
     """Write ``n_per_class`` random RGB PNGs of varied sizes into each class folder."""
     rng = np.random.default_rng(seed)

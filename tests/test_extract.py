@@ -18,7 +18,6 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from featurecache import extract
-from featurecache._extract import ShardRunner
 from featurecache.exceptions import (
     ConfigMismatchError,
     DatasetChangedError,
@@ -166,20 +165,6 @@ def test_mobilenet_pooling_variants_equal_a_plain_forward(
         _assert_close(X, expected[layer], layer)
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """Count forward passes run by the extractor."""
-    calls = []
-    original = ShardRunner._forward
-
-    def forward(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShardRunner, "_forward", forward)
-    return calls
-
-
 def _small(images, cache, **kw):
     options = dict(
         model="resnet18", weights="none", image_size=SIZE, dtype="float32", workers=0, shard_size=4
@@ -187,14 +172,14 @@ def _small(images, cache, **kw):
     return extract(images, cache, **{**options, **kw})
 
 
-def test_rerun_is_a_hit_without_forward_and_rewrites_nothing(images, tmp_path, counted):
+def test_rerun_is_a_hit_without_forward_and_rewrites_nothing(images, tmp_path, forward_calls):
     cache = tmp_path / "c.h5"
     _small(images, cache, layers=["layer1", "embedding"])
-    assert counted
+    assert forward_calls
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    counted.clear()
+    forward_calls.clear()
     result = _small(images, cache, layers=["embedding", "layer1"], batch_size=3)
-    assert result.hit and not counted and result.computed == ()
+    assert result.hit and not forward_calls and result.computed == ()
     after = {
         p: p.stat().st_mtime_ns
         for p in tmp_path.rglob("*")

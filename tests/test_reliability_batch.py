@@ -13,8 +13,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-import torch
-from _workers import SETTINGS, make_images, read_layers, temporaries
+from _workers import SETTINGS, make_images, one_torch_thread, read_layers, temporaries
 
 from featurecache import extract
 from featurecache._extract import ShardRunner
@@ -27,10 +26,8 @@ OPTIONS = {**SETTINGS, "layers": LAYERS, "shard_size": 4, "batch_size": 2}
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The clean run and the faulty runs must use the same kernels to agree bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

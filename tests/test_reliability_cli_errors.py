@@ -13,8 +13,7 @@ import re
 
 import pandas as pd
 import pytest
-import torch
-from _workers import SETTINGS, make_images
+from _workers import SETTINGS, make_images, one_torch_thread
 
 from featurecache import extract
 from featurecache.cli import main
@@ -43,14 +42,10 @@ def world(tmp_path_factory):
     }
     for name, columns in manifests.items():
         pd.DataFrame(columns).to_csv(root / name, index=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for data in ("data", "other"):
             extract(root / data, root / f"{data}.h5", layers=["embedding"], split="random:0.3",
                     **SETTINGS)  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     fit(root / "data.h5", root / "results", heads=["logreg"], cv=2, n_jobs=1)
     return root
 

@@ -21,8 +21,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from _workers import SETTINGS, read_layers
+from _workers import SETTINGS, one_torch_thread, read_layers
 from PIL import Image
 
 from featurecache import extract
@@ -116,13 +115,10 @@ def cache(manifest, tmp_path_factory):
             raise PermissionError(13, "Permission denied", str(path))
         return original(path, *args, **kwargs)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
+    with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(Image, "open", open_image)
         cache = tmp_path_factory.mktemp("cache") / "c.h5"
         result = extract(manifest, cache, layers=["embedding"], shard_size=8, **SETTINGS)
-    torch.set_num_threads(threads)
     failed = sum(reason is not None for _, reason in EXPECTED.values())
     assert (result.n_ok, result.n_failed, result.n_samples) == (12 + 13 - failed, failed, 25)
     return cache

@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from _workers import SETTINGS, make_images, read_layers, snapshot
+from _workers import SETTINGS, make_images, one_torch_thread, read_layers, snapshot
 
 from featurecache import _extract, extract
-from featurecache._extract import ShardRunner
 from featurecache.exceptions import ConfigMismatchError
 
 BASE = {**SETTINGS, "layers": ["layer1"], "shard_size": 4, "batch_size": 4}
@@ -29,10 +28,8 @@ BASE = {**SETTINGS, "layers": ["layer1"], "shard_size": 4, "batch_size": 4}
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +54,6 @@ def base(tmp_path_factory):
 def cache(base, tmp_path):
     shutil.copytree(base[1].parent, tmp_path / "cache")
     return tmp_path / "cache" / "c.h5"
-
-
-@pytest.fixture
-def forwards(monkeypatch):
-    calls = []
-    original = ShardRunner._forward
-
-    def forward(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShardRunner, "_forward", forward)
-    return calls
 
 
 def _bicubic(monkeypatch) -> None:
@@ -132,13 +116,13 @@ HITS = {
 
 
 @pytest.mark.parametrize("change", list(HITS))
-def test_an_execution_setting_is_a_hit(base, cache, forwards, tmp_path, change):
+def test_an_execution_setting_is_a_hit(base, cache, forward_calls, tmp_path, change):
     root, _, _ = base
     manifest = root / ("shuffled.csv" if change == "file order" else "manifest.csv")
     options = {**BASE, **HITS[change]}
     before = snapshot(cache.parent)
     result = extract(manifest, cache, **options)
-    assert result.hit and not forwards and result.n_ok == 8
+    assert result.hit and not forward_calls and result.n_ok == 8
     assert snapshot(cache.parent) == before
 
     fresh = tmp_path / "fresh.h5"  # the same setting on an empty cache agrees with the hit

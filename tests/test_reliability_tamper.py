@@ -13,8 +13,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
-from _workers import SETTINGS, make_images, read_layers
+from _workers import SETTINGS, make_images, one_torch_thread, read_layers
 
 from featurecache import extract
 from featurecache.exceptions import CacheCorruptError
@@ -31,12 +30,8 @@ def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("pristine")
     data = make_images(root / "data", n_per_class=6)
     (root / "cache").mkdir()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         extract(data, root / "cache" / "c.h5", **OPTIONS)
-    finally:
-        torch.set_num_threads(threads)
     return data, root / "cache" / "c.h5"
 
 
@@ -60,12 +55,8 @@ def _flip(path, offset: int, n: int = 1) -> None:
 def _recompute(data, cache, shard, pristine_cache) -> None:
     """Follow the error message: delete the named file and re-run the extraction."""
     shard.unlink()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         assert extract(data, cache, **OPTIONS).shards_written == 1
-    finally:
-        torch.set_num_threads(threads)
     got, expected = (
         read_layers(cache, "resnet18", LAYERS),
         read_layers(pristine_cache, "resnet18", LAYERS),

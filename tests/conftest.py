@@ -1,0 +1,21 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def forward_calls(monkeypatch) -> list:
+    """Count the forward passes the extractor runs (one entry per batch)."""
+    from featurecache._extract import ShardRunner
+
+    calls = []
+    original = ShardRunner._forward
+
+    def forward(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShardRunner, "_forward", forward)
+    return calls
