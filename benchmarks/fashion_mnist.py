@@ -37,39 +37,18 @@ PUBLISHED = [  # Fashion-MNIST benchmark (zalandoresearch/fashion-mnist README),
 ]
 
 
-def extract_all(args, cache: Path) -> None:
+def extract_logged(args, cache: Path, model: str, **options) -> None:
+    """Extract ``model`` features of Fashion-MNIST into ``cache`` and print how it went."""
     from featurecache import extract
 
     cache.parent.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        started = time.perf_counter()
-        result = extract(
-            "builtin:fashion-mnist", cache, model=model, image_size=args.image_size,
-            batch_size=args.batch_size, dtype=args.dtype, progress=True,
-        )  # fmt: skip
-        print(f"{model}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
-              f"({time.perf_counter() - started:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
-
-
-def extract_flattened(args, cache: Path) -> str:
-    """Extract ``--flatten-layers`` of ``--flatten-model`` with pool=flatten, under their own name.
-
-    Global average pooling throws away where a feature fired; on 28 × 28 garments the layout is
-    most of the signal, so the flattened (C × H × W) maps of mid-level blocks are a second
-    representation of the same frozen network, stored beside the pooled ones.
-    """
-    from featurecache import extract
-
-    name = f"{args.flatten_model}-flatten"
     started = time.perf_counter()
     result = extract(
-        "builtin:fashion-mnist", cache, model=args.flatten_model, layers=args.flatten_layers,
-        pool="flatten", name=name, image_size=args.image_size, batch_size=args.batch_size,
-        dtype=args.dtype, progress=True,
+        "builtin:fashion-mnist", cache, model=model, image_size=args.image_size,
+        batch_size=args.batch_size, dtype=args.dtype, progress=True, **options,
     )  # fmt: skip
-    print(f"{name}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
+    print(f"{options.get('name', model)}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
           f"({time.perf_counter() - started:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
-    return name
 
 
 def select_on_subsample(
@@ -216,9 +195,17 @@ def main() -> None:
     cache = Path(args.cache or f"data/cache/fashion-mnist-{args.image_size}.h5")
     flattened = f"{args.flatten_model}-flatten" if args.flatten_layers else None
     if args.stage in ("all", "extract"):
-        extract_all(args, cache)
+        for model in args.models:
+            extract_logged(args, cache, model)
         if flattened:
-            extract_flattened(args, cache)
+            # Global average pooling throws away where a feature fired; on 28 x 28 garments the
+            # layout is much of the signal, so the flattened (C x H x W) maps of mid-level
+            # blocks are a second representation of the same frozen network, stored beside
+            # the pooled ones under their own name.
+            extract_logged(
+                args, cache, args.flatten_model, layers=args.flatten_layers, pool="flatten",
+                name=flattened,
+            )  # fmt: skip
     if args.stage == "extract":
         return
     results = Path(args.results or f"data/cache/fashion-mnist-{args.image_size}-results")
