@@ -26,7 +26,7 @@ import torch
 
 from featurecache import extract, load_backbone
 from featurecache._data import Dataset
-from featurecache._extract import resolve_device
+from featurecache.engines._runner import resolve_device
 
 
 def make_dataset(n_images: int, side: int) -> Dataset:

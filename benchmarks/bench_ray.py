@@ -83,8 +83,8 @@ def _decode_rate(data: Path, model: str, weights, image_size: int, n: int = 128)
     """Images per second that one core decodes and preprocesses (what feeds a GPU worker)."""
     import torch
 
-    from featurecache._backbones import load_backbone
     from featurecache._data import load_dataset
+    from featurecache.models._registry import load_backbone
 
     preprocess = load_backbone(model, weights, image_size=image_size).preprocess
     dataset = load_dataset(data)
@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from featurecache._extract import extract
-    from featurecache._ray import extract_ray
+    from featurecache.engines._ray import extract_ray
 
     commits = _Commits()
-    for name in ("featurecache._extract", "featurecache._ray"):
+    for name in ("featurecache._extract", "featurecache.engines._ray"):
         logging.getLogger(name).addHandler(commits)
         logging.getLogger(name).setLevel(logging.INFO)
     torch.set_num_threads(args.cpus)

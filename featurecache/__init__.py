@@ -13,17 +13,19 @@ __version__ = "0.1.0"
 _LAZY = {
     "extract": "featurecache._extract",
     "ExtractResult": "featurecache._extract",
-    "list_backbones": "featurecache._backbones",
-    "get_backbone": "featurecache._backbones",
-    "load_backbone": "featurecache._backbones",
-    "Backbone": "featurecache._backbones",
-    "LoadedBackbone": "featurecache._backbones",
-    "list_layers": "featurecache._layers",
-    "LayerInfo": "featurecache._layers",
-    "Preprocess": "featurecache._preprocess",
+    "list_backbones": "featurecache.models._registry",
+    "get_backbone": "featurecache.models._registry",
+    "load_backbone": "featurecache.models._registry",
+    "Backbone": "featurecache.models._registry",
+    "LoadedBackbone": "featurecache.models._registry",
+    "list_layers": "featurecache.models._registry",
+    "LayerInfo": "featurecache.models._layers",
+    "Preprocess": "featurecache.models._preprocess",
     "load_dataset": "featurecache._data",
     "Dataset": "featurecache._data",
-    "predict": "featurecache._predict",
+    "predict": "featurecache.app._predict",
+    "FeatureConfig": "featurecache.cache._config",
+    "open_cache": "featurecache.cache._reader",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])

@@ -1,3 +1,3 @@
-from featurecache.cli import main
+from featurecache.app.cli import main
 
 raise SystemExit(main())

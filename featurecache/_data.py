@@ -70,7 +70,7 @@ class Dataset:
         """Return sample ``index`` as a uint8 tensor ``(C, H, W)``; raises on a bad image."""
         import torch
 
-        from featurecache._preprocess import load_image
+        from featurecache.models._preprocess import load_image
 
         if self.arrays is not None:
             image = torch.from_numpy(np.ascontiguousarray(self.arrays[index]))

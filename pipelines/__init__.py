@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "Cache": "pipelines._cache",
-    "Entry": "pipelines._cache",
-    "open_cache": "pipelines._cache",
+    "Cache": "featurecache.cache",
+    "Entry": "featurecache.cache",
+    "open_cache": "featurecache.cache",
     "Head": "pipelines._heads",
     "get_head": "pipelines._heads",
     "list_heads": "pipelines._heads",

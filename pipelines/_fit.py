@@ -42,8 +42,8 @@ from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
 
+from featurecache.cache._reader import Cache, open_cache
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
-from pipelines._cache import Cache, open_cache
 from pipelines._heads import Head, build_pipeline, get_head, list_heads, load_grid, resolve_grids
 from pipelines._search import (
     SearchResult,

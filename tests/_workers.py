@@ -35,10 +35,10 @@ SETTINGS = dict(
 )
 PRELOAD = [
     "featurecache._extract",
-    "featurecache._store",
-    "featurecache.cli",
+    "featurecache.cache._writer",
+    "featurecache.app.cli",
     "pipelines",
-    "pipelines._cli",
+    "featurecache.app._fit_commands",
     "_workers",
 ]
 
@@ -151,10 +151,10 @@ def _slow_down(pause: float, events: Path) -> None:
 
     The first forward pass creates ``events/forward``, so the test knows when work began.
     """
-    from featurecache import _store
-    from featurecache._extract import ShardRunner
+    from featurecache.cache import _atomic
+    from featurecache.engines._runner import ShardRunner
 
-    forward, fsync = ShardRunner._forward, _store._fsync
+    forward, fsync = ShardRunner._forward, _atomic.fsync_file
 
     def slow_forward(self, *args, **kwargs):
         if not (events / "forward").exists():
@@ -167,7 +167,7 @@ def _slow_down(pause: float, events: Path) -> None:
         fsync(path)
 
     ShardRunner._forward = slow_forward
-    _store._fsync = slow_fsync
+    _atomic.fsync_file = slow_fsync
 
 
 def run_extract(
@@ -208,9 +208,9 @@ def run_cli(
     fsize: int | None = None,
     deny_locks: bool = False,
 ) -> None:
-    """Run ``featurecache.cli.main(argv)`` and record its exit code, stdout and stderr."""
+    """Run ``featurecache.app.cli.main(argv)`` and record its exit code, stdout and stderr."""
     _setup(env, fsize, deny_locks)
-    from featurecache.cli import main
+    from featurecache.app.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture
 def forward_calls(monkeypatch) -> list:
     """Count the forward passes the extractor runs (one entry per batch)."""
-    from featurecache._extract import ShardRunner
+    from featurecache.engines._runner import ShardRunner
 
     calls = []
     original = ShardRunner._forward

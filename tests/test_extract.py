@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from _workers import one_torch_thread
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
@@ -240,14 +241,16 @@ def test_unknown_model_and_layer_suggest_close_names(images, tmp_path):
 
 def test_bad_settings_are_one_line_errors(images, tmp_path):
     with pytest.raises(
-        InvalidArgumentError, match=r"--batch-size must be a positive integer; got 0"
+        InvalidArgumentError,
+        match=r"^The 'batch_size' parameter of extract must be an int >= 1. Got 0 instead.$",
     ):
         _small(images, tmp_path / "c.h5", batch_size=0)
     with pytest.raises(
-        InvalidArgumentError, match=r"--pool must be one of avg, avgmax, flatten, max"
+        InvalidArgumentError,
+        match=r"The 'pool' parameter of extract must be one of avg, avgmax, flatten, max",
     ):
         _small(images, tmp_path / "c.h5", pool="cls", layers=["layer1"])
-    with pytest.raises(InvalidArgumentError, match=r"is a directory"):
+    with pytest.raises(InvalidArgumentError, match=r"not a directory"):
         _small(images, tmp_path)
 
 
@@ -282,8 +285,10 @@ def test_corrupt_image_is_a_failed_row_with_its_reason(images, tmp_path):
 KILLABLE = textwrap.dedent(
     """
     import sys, time
+    import torch
+    torch.set_num_threads(1)  # the same kernels as the reference, computed single-threaded
     from featurecache import extract
-    from featurecache._extract import ShardRunner
+    from featurecache.engines._runner import ShardRunner
     original = ShardRunner._forward
     def slow(self, *a, **k):
         time.sleep(0.15)
@@ -297,7 +302,8 @@ KILLABLE = textwrap.dedent(
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(images, tmp_path):
     reference = tmp_path / "ref.h5"
-    _small(images, reference, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
+    with one_torch_thread():  # bit-for-bit equality needs the kernels the child runs
+        _small(images, reference, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
     cache = tmp_path / "killed.h5"
     process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(images), str(cache)])
     deadline = time.monotonic() + 60
@@ -314,7 +320,8 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(images, tmp_pat
     assert 0 < done.sum() < 12
     expected = _read(reference, "resnet18", "embedding")[0]
     np.testing.assert_array_equal(partial[done], expected[done])
-    result = _small(images, cache, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
+    with one_torch_thread():
+        result = _small(images, cache, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
     assert 0 < result.shards_written < 6
     for layer in ("layer2", "embedding"):
         np.testing.assert_array_equal(

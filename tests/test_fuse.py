@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from featurecache._fuse import fuse_conv_bn
-from featurecache._layers import capture
+from featurecache.models._fuse import fuse_conv_bn
+from featurecache.models._layers import capture
 
 
 def _randomize_bn(model):

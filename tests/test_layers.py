@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from featurecache._layers import (
+from featurecache.exceptions import InvalidArgumentError, UnknownNameError
+from featurecache.models._layers import (
     LayerInfo,
     capture,
     check_layers,
     default_pool,
-    list_layers,
     pool,
     pooled_size,
 )
-from featurecache.exceptions import InvalidArgumentError, UnknownNameError
+from featurecache.models._registry import list_layers
 
 
 class Pair(nn.Module):

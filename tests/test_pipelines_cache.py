@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _synthetic import samples_digest, write_cache
 
+import featurecache.cache._reader as cache_module
 import pipelines
-import pipelines._cache as cache_module
 from featurecache.exceptions import CacheCorruptError, InvalidArgumentError, UnknownNameError
 
 

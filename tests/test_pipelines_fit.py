@@ -14,8 +14,8 @@ from _synthetic import write_cache
 
 import pipelines
 import pipelines._fit as fit_module
+from featurecache.app._fit_commands import register
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError, UnknownNameError
-from pipelines._cli import register
 
 FAST = {"logreg": {"C": [0.01, 1.0]}, "linsvm": {"C": [0.01, 0.1]}}
 

@@ -58,7 +58,7 @@ def test_pipelines_works_with_torch_blocked(tmp_path):
 def test_registering_the_subcommands_imports_nothing_heavy():
     script = (
         "import argparse, sys\n"
-        "from pipelines._cli import register\n"
+        "from featurecache.app._fit_commands import register\n"
         "register(argparse.ArgumentParser().add_subparsers())\n"
         "heavy = [m for m in ('sklearn', 'matplotlib', 'h5py', 'pandas', 'torch') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

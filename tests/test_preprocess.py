@@ -12,8 +12,8 @@ from PIL import Image, ImageFile
 from torchvision.models import ResNet50_Weights, ViT_H_14_Weights
 from torchvision.transforms._presets import ImageClassification
 
-from featurecache._preprocess import Preprocess, load_image
 from featurecache.exceptions import InvalidArgumentError
+from featurecache.models._preprocess import Preprocess, load_image
 
 
 def _random_uint8(shape, seed=0):

@@ -19,12 +19,12 @@ from PIL import Image
 
 from featurecache._data import Dataset
 from featurecache._extract import extract
-from featurecache.cli import main
+from featurecache.app.cli import main
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
 
-from featurecache._ray import extract_ray  # noqa: E402
+from featurecache.engines._ray import extract_ray  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ import pytest
 from _workers import SETTINGS, make_images, one_torch_thread, read_layers, temporaries
 
 from featurecache import extract
-from featurecache._extract import ShardRunner
+from featurecache.engines._runner import ShardRunner
 from featurecache.exceptions import BatchError
 
 LAYERS = ["layer2", "embedding"]

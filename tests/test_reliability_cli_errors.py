@@ -1,6 +1,6 @@
 """Item 8: every bad argument is a one-line error, exit code 2, and nothing is written.
 
-Each case runs ``featurecache.cli.main`` in-process (the console script calls the same
+Each case runs ``featurecache.app.cli.main`` in-process (the console script calls the same
 function) with the working directory set to the test's folder, then checks: exit code 2,
 exactly one line on stderr starting ``featurecache: error:`` that says what was expected
 and what was given, and no file or folder created, changed or removed anywhere in the
@@ -16,7 +16,7 @@ import pytest
 from _workers import SETTINGS, make_images, one_torch_thread
 
 from featurecache import extract
-from featurecache.cli import main
+from featurecache.app.cli import main
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError
 from pipelines import fit, open_cache
 
@@ -97,11 +97,12 @@ CASES = {
     ),
     "cache is a directory": (
         ["extract", "data", "--cache", "empty", *EXTRACT],
-        r"--cache must be a file path like features.h5; '.*/empty' is a directory",
+        r"--cache must be a file path like features.h5, not a directory. Got '.*/empty' instead.",
     ),
     "cache is another file": (
         ["extract", "data", "--cache", "columns.csv", *EXTRACT],
-        r"--cache '.*/columns.csv' exists but is not a featurecache cache; choose a new path",
+        r"--cache must be a new path or an existing featurecache cache. Got '.*/columns.csv' "
+        r"instead. Choose a new path: featurecache never overwrites other files.",
     ),
     "unknown head": (
         ["fit", "data.h5", "--out", "new-results", "--heads", "logreg,forest"],

@@ -27,8 +27,8 @@ from _workers import (
     temporaries,
 )
 
-from featurecache._store import Store
-from featurecache.cli import main
+from featurecache.app.cli import main
+from featurecache.cache._writer import Store
 from pipelines import open_cache
 
 pytestmark = pytest.mark.slow
@@ -136,7 +136,7 @@ def test_second_writer_of_a_locked_model_exits_with_one_line_and_writes_nothing(
     assert result["stderr"] == (
         f"featurecache: error: another process (pid {os.getpid()} on {socket.gethostname()}) "
         f"is writing model 'resnet18' into '{cache}'; wait for it to finish, or write under "
-        "another --name.\n"
+        "another model name (name=, or --name).\n"
     )
     assert not temporaries(tmp_path)
     child = start(run_cli, argv, tmp_path / "again.json")  # the lock is free again

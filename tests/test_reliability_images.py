@@ -25,7 +25,7 @@ from _workers import SETTINGS, one_torch_thread, read_layers
 from PIL import Image
 
 from featurecache import extract
-from featurecache.cli import main
+from featurecache.app.cli import main
 from pipelines import fit, open_cache, report
 
 pytestmark = pytest.mark.slow

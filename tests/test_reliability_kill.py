@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from _workers import make_images, outcome, read_layers, run_extract, start, temporaries
 
-from featurecache._store import Store
+from featurecache.cache._writer import Store
 from pipelines import open_cache
 
 pytestmark = pytest.mark.slow

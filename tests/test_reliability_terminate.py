@@ -48,7 +48,7 @@ def test_sigterm_during_fit_stops_the_workers(tmp_path):
     cache = write_cache(
         tmp_path / "c.h5", layers=[("wide", 600, 0.5)], n_per_class={"train": 2000, "test": 10}
     )
-    command = [sys.executable, "-m", "featurecache.cli", "fit", str(cache), "--out",
+    command = [sys.executable, "-m", "featurecache.app.cli", "fit", str(cache), "--out",
                str(tmp_path / "results"), "--heads", "mlp", "--jobs", "2"]  # fmt: skip
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as fit:
         try:

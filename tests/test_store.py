@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from featurecache._data import Dataset
-from featurecache._store import Store
+from featurecache.cache import FeatureConfig, Store
 from featurecache.exceptions import (
     CacheLockedError,
     ConfigMismatchError,
@@ -20,15 +21,15 @@ from featurecache.exceptions import (
     InvalidArgumentError,
 )
 
-CONFIG = {
-    "backbone": "toy",
-    "weights": "none",
-    "weights_sha256": "ab" * 32,
-    "preprocessing": {"crop_size": 8},
-    "pooling": "avg",
-    "dtype": "float32",
-    "compute_dtype": "float32",
-}
+CONFIG = FeatureConfig(
+    backbone="toy",
+    weights="none",
+    weights_sha256="ab" * 32,
+    preprocessing={"crop_size": 8},
+    pooling="avg",
+    dtype="float32",
+    compute_dtype="float32",
+)
 ATTRS = {"depth": 0.5, "depth_index": 1, "raw_shape": np.array([3, 4, 4])}
 
 
@@ -100,10 +101,11 @@ def test_index_is_current_detects_unlisted_shard(store):
 
 def test_config_mismatch_names_the_difference(store):
     with pytest.raises(
-        ConfigMismatchError, match=r"\(pooling: cached avg, requested max\); pass --name NEW_NAME"
+        ConfigMismatchError,
+        match=r"\(pooling: cached avg, requested max\); pass another model name \(name=, or --name\)",
     ):
-        store.register_model("toy", {**CONFIG, "pooling": "max"})
-    store.register_model("toy", dict(CONFIG))  # the same configuration is fine
+        store.register_model("toy", dataclasses.replace(CONFIG, pooling="max"))
+    store.register_model("toy", dataclasses.replace(CONFIG))  # the same configuration is fine
 
 
 def test_changed_dataset_counts_new_and_missing(store):
@@ -122,14 +124,18 @@ def test_changed_dataset_counts_new_and_missing(store):
 
 
 def test_cache_path_errors(tmp_path):
-    with pytest.raises(InvalidArgumentError, match=r"is a directory"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"a file path like features.h5, not a directory"
+    ):
         Store(tmp_path).check_path()
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["x"] = 1
-    with pytest.raises(InvalidArgumentError, match=r"exists but is not a featurecache cache"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"must be a new path or an existing featurecache cache"
+    ):
         Store(other).check_path()
-    with pytest.raises(InvalidArgumentError, match=r"does not exist"):
+    with pytest.raises(InvalidArgumentError, match=r"must be a path in an existing folder"):
         Store(tmp_path / "no" / "c.h5").check_path()
 
 
@@ -156,7 +162,7 @@ def test_second_writer_of_the_same_model_gets_a_clear_error(store):
     with store.lock_model("toy"):
         with pytest.raises(
             CacheLockedError,
-            match=r"is writing model 'toy' into .*; wait for it to finish, or write under another --name",
+            match=r"is writing model 'toy' into .*; wait for it to finish, or write under another model name \(name=, or --name\)",
         ):
             with Store(store.path).lock_model("toy"):
                 pass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from featurecache._layers import EMBEDDING, capture
+from featurecache.models._layers import EMBEDDING, capture
 
 __all__ = ["fuse_conv_bn"]
 

@@ -1,4 +1,4 @@
-"""Read a featurecache cache (``docs/cache-format.md``) without torch.
+"""The reader side of the cache (``docs/cache-format.md``), without torch.
 
 The HDF5 file is opened for each call and closed before it returns, so a writer
 may replace the index between two calls; every call sees one consistent index.
@@ -17,6 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featurecache.cache import _format as fmt
+from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -28,7 +30,6 @@ __all__ = ["Cache", "Entry", "open_cache"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 # Rows read per chunk when a feature matrix is read without shard files.
 _CHUNK_BYTES = 64 << 20
 _LS_HINT = "run `featurecache ls {path}` to see what the cache holds"
@@ -129,23 +130,23 @@ class Cache:
             )
 
     def _read_samples(self, f: h5py.File) -> None:
-        fmt = _decode(f.attrs.get("format", "featurecache"))
-        version = int(f.attrs.get("format_version", 1))
-        missing = [k for k in ("ids", "labels", "splits") if f"samples/{k}" not in f]
-        if fmt != "featurecache" or missing or "features" not in f:
+        found = _decode(f.attrs.get("format", fmt.FORMAT))
+        version = int(f.attrs.get("format_version", fmt.FORMAT_VERSION))
+        missing = [k for k in fmt.SAMPLE_FIELDS if fmt.sample_path(k) not in f]
+        if found != fmt.FORMAT or missing or fmt.features_path() not in f:
             what = (
-                f"format {fmt!r}"
-                if fmt != "featurecache"
+                f"format {found!r}"
+                if found != fmt.FORMAT
                 else "no /samples/{ids,labels,splits} or /features"
             )
             raise InvalidArgumentError(
                 f"CACHE must be a featurecache file; {str(self.path)!r} has {what}; pass the "
                 "CACHE.h5 index written by `featurecache extract` (see docs/cache-format.md)."
             )
-        if version > 1:
+        if version > fmt.FORMAT_VERSION:
             raise InvalidArgumentError(
                 f"CACHE {str(self.path)!r} has format_version {version}; this reader knows "
-                "version 1; upgrade featurecache."
+                f"version {fmt.FORMAT_VERSION}; upgrade featurecache."
             )
         samples = f["samples"]
         self.ids = samples["ids"].asstr()[:].astype(str)
@@ -161,7 +162,7 @@ class Cache:
         self.samples_digest = (
             str(_decode(digest))
             if digest is not None
-            else samples_digest(self.ids, self.labels, self.splits)
+            else fmt.samples_digest(self.ids, self.labels, self.splits)
         )
         if not (len(self.ids) == len(self.labels) == len(self.splits)):
             raise CacheCorruptError(
@@ -179,7 +180,7 @@ class Cache:
     def models(self) -> list[str]:
         """Model names, sorted."""
         with self._open() as f:
-            return sorted(f["features"].keys())
+            return sorted(f[fmt.features_path()].keys())
 
     def layers(self, model: str) -> list[str]:
         """Layer names of ``model``, from input to output (by ``depth`` where present)."""
@@ -192,8 +193,8 @@ class Cache:
         with self._open() as f:
             return [
                 self._entry(f, model, layer)
-                for model in sorted(f["features"].keys())
-                for layer in _layer_order(f["features"][model])
+                for model in sorted(f[fmt.features_path()].keys())
+                for layer in _layer_order(f[fmt.features_path(model)])
             ]
 
     def entry(self, model: str, layer: str) -> Entry:
@@ -203,7 +204,7 @@ class Cache:
             return self._entry(f, model, layer)
 
     def _entry(self, f: h5py.File, model: str, layer: str) -> Entry:
-        group = f["features"][model]
+        group = f[fmt.features_path(model)]
         dataset = group[layer]
         status = self._status(f, model, layer)
         provenance = {k: _decode(v) for k, v in group.attrs.items()}
@@ -226,10 +227,10 @@ class Cache:
         """``(id, reason)`` of each sample that failed for ``model``."""
         with self._open() as f:
             self._model_group(f, model)
-            if f"failures/{model}/row" not in f:
+            if fmt.failures_path(model, "row") not in f:
                 return []
-            rows = f[f"failures/{model}/row"][:]
-            reasons = f[f"failures/{model}/reason"].asstr()[:]
+            rows = f[fmt.failures_path(model, "row")][:]
+            reasons = f[fmt.failures_path(model, "reason")].asstr()[:]
         return [
             (str(self.ids[int(r)]), str(reason)) for r, reason in zip(rows, reasons, strict=True)
         ]
@@ -309,19 +310,19 @@ class Cache:
 
     @contextmanager
     def _open(self, path: Path | None = None) -> Iterator[h5py.File]:
-        kwargs = {"locking": False} if os.environ.get("FEATURECACHE_NO_LOCKING") == "1" else {}
+        kwargs = {} if fmt.locking_enabled() else {"locking": False}
         with h5py.File(self.path if path is None else path, "r", **kwargs) as f:
             yield f
 
     def _model_group(self, f: h5py.File, model: str) -> h5py.Group:
-        models = sorted(f["features"].keys())
+        models = sorted(f[fmt.features_path()].keys())
         if model not in models:
             raise UnknownNameError(
                 f"model {model!r} is not in cache {str(self.path)!r}; it has "
                 f"{', '.join(models) or 'no models'}.{suggest(model, models)} "
                 f"Hint: {_LS_HINT.format(path=self.path)}."
             )
-        return f["features"][model]
+        return f[fmt.features_path(model)]
 
     def _dataset(self, f: h5py.File, model: str, layer: str) -> h5py.Dataset:
         group = self._model_group(f, model)
@@ -356,9 +357,9 @@ class Cache:
         return np.isin(self.splits, names)
 
     def _shards(self, f: h5py.File, model: str, layer: str) -> list[_Shard] | None:
-        if f"shards/{model}" not in f:
+        if fmt.shards_path(model) not in f:
             return None
-        table = f[f"shards/{model}"]
+        table = f[fmt.shards_path(model)]
         files = table["file"].asstr()[:]
         layers = table["layer"].asstr()[:]
         starts, stops = table["start"][:], table["stop"][:]
@@ -374,7 +375,7 @@ class Cache:
     def _shard_path(self, name: str) -> Path:
         # Listed relative to the index's directory; older writers used the .d folder.
         beside = self.path.parent / name
-        inside = self.path.with_name(self.path.name + ".d") / name
+        inside = fmt.data_dir(self.path) / name
         return inside if not beside.exists() and inside.exists() else beside
 
     def _status(self, f: h5py.File, model: str, layer: str) -> np.ndarray:
@@ -384,8 +385,8 @@ class Cache:
             for shard in shards:
                 status[shard.start : shard.stop] = self._shard_status(model, layer, shard)
             return status
-        if f"status/{model}/{layer}" in f:
-            return f[f"status/{model}/{layer}"][:].astype(np.int8)
+        if fmt.status_path(model, layer) in f:
+            return f[fmt.status_path(model, layer)][:].astype(np.int8)
         return np.full(self.n_samples, STATUS_OK, dtype=np.int8)
 
     def _shard_status(self, model: str, layer: str, shard: _Shard) -> np.ndarray:
@@ -402,7 +403,7 @@ class Cache:
         """Features of one shard as stored, after checking their SHA-256."""
         try:
             with self._open(shard.file) as g:
-                data = np.ascontiguousarray(g[f"features/{layer}"][:])
+                data = np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
         except (OSError, KeyError) as error:
             raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
         if data.shape != (shard.stop - shard.start, n_features):
@@ -477,16 +478,6 @@ class Cache:
             f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
             "recompute it."
         )
-
-
-def samples_digest(ids: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:
-    """SHA-256 over ids, splits and labels, as stage 1 records it in ``samples_digest``."""
-    digest = hashlib.sha256()
-    for values in (ids, splits):
-        digest.update("\0".join(str(v) for v in values).encode())
-        digest.update(b"\1")
-    digest.update(np.asarray(labels, dtype="<i8").tobytes())
-    return digest.hexdigest()
 
 
 def _layer_order(group: h5py.Group) -> list[str]:

@@ -16,8 +16,7 @@ import json
 import logging
 import os
 import socket
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,47 +24,32 @@ import h5py
 import numpy as np
 
 from featurecache import __version__
+from featurecache._validation import ParameterError
+from featurecache.cache import _format as fmt
+from featurecache.cache._atomic import (
+    atomic_write,
+    create_once,
+    owner_is_dead,
+)
+from featurecache.cache._config import FeatureConfig
+from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
     ConfigMismatchError,
     DatasetChangedError,
-    InvalidArgumentError,
-    OutOfSpaceError,
 )
 
-__all__ = ["Store", "ShardMeta", "FORMAT_VERSION", "locking_enabled", "config_digest"]
+__all__ = ["Store", "ShardMeta", "check_config"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "featurecache"
-FORMAT_VERSION = 1
-TMP_MARK = ".tmp-"
-STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
-# Keys of the model configuration that change the stored numbers.
-CONFIG_KEYS = ("backbone", "weights_sha256", "preprocessing", "pooling", "dtype", "compute_dtype")
 _STR = h5py.string_dtype()
-_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 _NO_LOCKS_HINT = (
     "on such file systems (NFS without locks, some FUSE mounts) pass --no-locking or set "
-    "FEATURECACHE_NO_LOCKING=1, and run one writer per model."
+    f"{fmt.LOCKING_ENV}=1, and run one writer per model."
 )
-
-
-def locking_enabled(locking: bool | None = None) -> bool:
-    """Resolve the locking switch: the argument, else ``FEATURECACHE_NO_LOCKING``."""
-    if locking is not None:
-        return locking
-    return os.environ.get("FEATURECACHE_NO_LOCKING", "") != "1"  # the reader reads it the same way
-
-
-def config_digest(config: Mapping) -> str:
-    return hashlib.sha256(_canonical(config).encode()).hexdigest()
-
-
-def _canonical(config: Mapping) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -82,10 +66,11 @@ class ShardMeta:
     layer_attrs: Mapping[str, Mapping]
     status: np.ndarray
     reasons: tuple[tuple[int, str], ...]  # (row, reason) of failed rows
+    config_digest: str
 
 
 class Store:
-    """One cache on disk: the index ``CACHE.h5`` and its folder ``CACHE.h5.d/``.
+    """One cache on disk, for writing: the index ``CACHE.h5`` and its folder ``CACHE.h5.d/``.
 
     Parameters
     ----------
@@ -99,9 +84,9 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, locking: bool | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
-        self.locking = locking_enabled(locking)
-        self.data_dir = self.path.with_name(self.path.name + ".d")
-        self.samples_path = self.data_dir / "samples.h5"
+        self.locking = fmt.locking_enabled(locking)
+        self.data_dir = fmt.data_dir(self.path)
+        self.samples_path = fmt.samples_file(self.path)
         self._meta_memo: dict[str, ShardMeta] = {}
 
     def __getstate__(self) -> dict:
@@ -112,28 +97,32 @@ class Store:
 
     # -- validation -----------------------------------------------------------------
 
-    def check_path(self) -> None:
-        """Raise if the path cannot be a cache (a folder, another kind of file)."""
+    def check_path(self, owner: str = "extract") -> None:
+        """Raise if the path cannot be a cache (a folder, another kind of file, no folder).
+
+        ``owner`` names the function whose ``cache`` parameter this is, for the message.
+        """
         if self.path.is_dir():
-            raise InvalidArgumentError(
-                f"--cache must be a file path like features.h5; {str(self.path)!r} is a directory."
+            raise ParameterError(
+                "cache", owner, "a file path like features.h5, not a directory", str(self.path)
             )
         if self.path.exists():
             try:
                 with self._open(self.path) as index:
-                    fmt = index.attrs.get("format")
+                    found = index.attrs.get("format")
             except OSError:
                 # A damaged index is derived data: the next run rebuilds it from the folder.
-                fmt = FORMAT if self.has_samples() else None
-            if fmt != FORMAT:
-                raise InvalidArgumentError(
-                    f"--cache {str(self.path)!r} exists but is not a featurecache cache; "
-                    "choose a new path (featurecache never overwrites other files)."
-                )
+                found = fmt.FORMAT if self.has_samples() else None
+            if found != fmt.FORMAT:
+                raise ParameterError(
+                    "cache", owner, "a new path or an existing featurecache cache",
+                    str(self.path), "Choose a new path: featurecache never overwrites other files.",
+                )  # fmt: skip
         if not self.path.parent.exists():
-            raise InvalidArgumentError(
-                f"--cache {str(self.path)!r}: the folder {str(self.path.parent)!r} does not exist."
-            )
+            raise ParameterError(
+                "cache", owner, "a path in an existing folder", str(self.path),
+                f"Create {str(self.path.parent)!r} first.",
+            )  # fmt: skip
 
     # -- samples --------------------------------------------------------------------
 
@@ -145,35 +134,30 @@ class Store:
         if self.has_samples():  # nothing to write: a resume must not need free space here
             self.check_dataset(dataset)
             return
-        self.data_dir.mkdir(exist_ok=True)
-        tmp = self._tmp_path(self.samples_path)
-        try:
+
+        def write(tmp: Path) -> None:
             with _new_h5(tmp) as f:
                 group = f.create_group("samples")
-                group.create_dataset("ids", data=np.asarray(dataset.ids, dtype=object), dtype=_STR)
-                group.create_dataset("labels", data=np.asarray(dataset.labels, dtype=np.int64))
-                group.create_dataset(
-                    "splits", data=np.asarray(dataset.splits, dtype=object), dtype=_STR
+                ids, labels, splits = (
+                    np.asarray(dataset.ids, dtype=object),
+                    np.asarray(dataset.labels, dtype=np.int64),
+                    np.asarray(dataset.splits, dtype=object),
                 )
+                group.create_dataset("ids", data=ids, dtype=_STR)
+                group.create_dataset("labels", data=labels)
+                group.create_dataset("splits", data=splits, dtype=_STR)
                 group.attrs["class_names"] = np.array(dataset.class_names, dtype=object)
                 group.attrs["root"] = dataset.source
                 f.attrs.update(self._root_attrs(dataset, shard_size))
-            _fsync(tmp)
-            os.link(tmp, self.samples_path)  # fails if another writer got there first
-        except FileExistsError:
+
+        if not create_once(self.samples_path, write):  # another writer got there first
             self.check_dataset(dataset)
-        except OSError as error:
-            _raise_if_out_of_space(error, self.samples_path)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.data_dir)
 
     @staticmethod
     def _root_attrs(dataset, shard_size: int) -> dict:
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format": fmt.FORMAT,
+            "format_version": fmt.FORMAT_VERSION,
             "shard_size": int(shard_size),
             "n_samples": len(dataset),
             "dataset": dataset.source,
@@ -190,9 +174,9 @@ class Store:
         with self._open(self.samples_path) as f:
             if f.attrs["samples_digest"] == dataset.samples_digest:
                 return
-            ids = f["samples/ids"].asstr()[:]
-            labels = f["samples/labels"][:]
-            splits = f["samples/splits"].asstr()[:]
+            ids = f[fmt.sample_path("ids")].asstr()[:]
+            labels = f[fmt.sample_path("labels")][:]
+            splits = f[fmt.sample_path("splits")].asstr()[:]
         old, new = set(ids.tolist()), set(np.asarray(dataset.ids).tolist())
         added, missing = len(new - old), len(old - new)
         if added or missing:
@@ -206,37 +190,32 @@ class Store:
             detail = f"the same samples but {changed} changed labels or splits"
         raise DatasetChangedError(
             f"the dataset {dataset.source} has {detail} compared with the cache {str(self.path)!r}; "
-            "extract it into a new --cache path (a cache holds one fixed list of samples)."
+            "extract it into a new cache path (a cache holds one fixed list of samples)."
         )
 
     # -- models ---------------------------------------------------------------------
 
     def model_dir(self, model: str) -> Path:
-        return self.data_dir / model
+        return fmt.model_dir(self.path, model)
 
-    def read_config(self, model: str) -> dict | None:
-        path = self.model_dir(model) / "config.json"
+    def read_config(self, model: str) -> FeatureConfig | None:
+        """The model's recorded configuration, or ``None`` if it is not registered."""
+        path = fmt.config_file(self.path, model)
         if not path.exists():
             return None
-        return json.loads(path.read_text())
-
-    def register_model(self, model: str, config: Mapping) -> None:
-        """Record the model's configuration once; raise if it differs from the recorded one."""
-        folder = self.model_dir(model)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / "config.json"
-        tmp = self._tmp_path(final)
         try:
-            tmp.write_text(json.dumps(dict(config), sort_keys=True, indent=1))
-            _fsync(tmp)
-            os.link(tmp, final)
-        except FileExistsError:
-            check_config(model, json.loads(final.read_text()), config, self.path)
-        except OSError as error:
-            _raise_if_out_of_space(error, final)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
+            return FeatureConfig.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as error:
+            raise CacheCorruptError(
+                f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
+                "extracted. Restore it, or extract into a new cache."
+            ) from error
+
+    def register_model(self, model: str, config: FeatureConfig) -> None:
+        """Record the model's configuration once; raise if it differs from the recorded one."""
+        text = json.dumps(config.to_dict(), sort_keys=True, indent=1)
+        if not create_once(fmt.config_file(self.path, model), lambda p: p.write_text(text)):
+            check_config(model, self.read_config(model), config, self.path)
 
     @contextlib.contextmanager
     def lock_model(self, model: str) -> Iterator[None]:
@@ -254,7 +233,7 @@ class Store:
                 owner = handle.read().strip() or "unknown"
                 raise CacheLockedError(
                     f"another process ({owner}) is writing model {model!r} into {str(self.path)!r}; "
-                    "wait for it to finish, or write under another --name."
+                    "wait for it to finish, or write under another model name (name=, or --name)."
                 ) from None
             try:
                 handle.truncate(0)
@@ -267,8 +246,7 @@ class Store:
     # -- shards ---------------------------------------------------------------------
 
     def shard_path(self, model: str, shard: int, layers: Sequence[str]) -> Path:
-        pass_id = hashlib.sha1("\n".join(sorted(layers)).encode()).hexdigest()[:10]
-        return self.model_dir(model) / f"p-{pass_id}" / f"shard-{shard:06d}.h5"
+        return fmt.shard_file(self.path, model, shard, layers)
 
     def done_layers(self, model: str) -> dict[int, set[str]]:
         """Map each shard index to the layers committed for it."""
@@ -286,19 +264,20 @@ class Store:
         reasons: Sequence[str],
         features: Mapping[str, np.ndarray],
         layer_attrs: Mapping[str, Mapping],
-        config: Mapping,
+        config: FeatureConfig,
+        provenance: Mapping[str, str] | None = None,
     ) -> Path:
         """Write one shard file atomically and return its path.
 
         ``features[layer]`` has shape ``(n_rows, n_features)`` in the stored dtype;
-        rows are ``start .. start + n_rows``.
+        rows are ``start .. start + n_rows``. ``provenance`` (library versions) is
+        recorded on the file.
         """
         layers = tuple(sorted(features))
         final = self.shard_path(model, shard, layers)
-        final.parent.mkdir(parents=True, exist_ok=True)
         n_rows = len(status)
-        tmp = self._tmp_path(final)
-        try:
+
+        def write(tmp: Path) -> None:
             with _new_h5(tmp) as f:
                 f.attrs.update(
                     start=start,
@@ -306,40 +285,25 @@ class Store:
                     shard=shard,
                     model=model,
                     layers=json.dumps(layers),
-                    config_digest=config_digest(config),
+                    config_digest=config.digest(),
                     featurecache_version=__version__,
-                    **_library_versions(),
+                    **dict(provenance or {}),
                 )
                 f.create_dataset("rows", data=np.arange(start, start + n_rows, dtype=np.int64))
                 f.create_dataset("status", data=np.asarray(status, dtype=np.int8))
                 f.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=_STR)
                 for layer in layers:
-                    data = np.ascontiguousarray(features[layer])
-                    rows_per_chunk = max(
-                        1, min(n_rows, (1 << 20) // max(1, data.shape[1] * data.itemsize))
-                    )
-                    dataset = f.create_dataset(
-                        f"features/{layer}",
-                        data=data,
-                        chunks=(rows_per_chunk, data.shape[1]),
-                        fletcher32=True,
-                    )
-                    dataset.attrs.update(dict(layer_attrs[layer]))
-                    dataset.attrs["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
-            _fsync(tmp)
-            os.replace(tmp, final)
-        except OSError as error:
-            _raise_if_out_of_space(error, final)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
-        return final
+                    _write_layer(f, layer, features[layer], layer_attrs[layer])
+
+        return atomic_write(final, write)
 
     def _scan_shards(self, model: str) -> list[ShardMeta]:
         folder = self.model_dir(model)
-        files = sorted(p for p in folder.glob("p-*/shard-*.h5") if TMP_MARK not in p.name)
-        return [self._shard_meta(p) for p in files]
+        files = sorted(p for p in folder.glob(fmt.SHARD_GLOB) if TMP_MARK not in p.name)
+        metas = [self._shard_meta(p) for p in files]
+        if metas:
+            _check_shard_configs(model, metas, self.read_config(model), self.path.parent)
+        return metas
 
     def _shard_meta(self, path: Path) -> ShardMeta:
         key = str(path)
@@ -364,8 +328,9 @@ class Store:
             return False
         try:
             with self._open(self.path) as f:
-                models = sorted(f["features"].keys()) if "features" in f else []
-                listed = {m: set(f[f"shards/{m}/file"].asstr()[:]) for m in models}
+                root = fmt.features_path()
+                models = sorted(f[root].keys()) if root in f else []
+                listed = {m: set(f[fmt.shards_path(m, "file")].asstr()[:]) for m in models}
         except (OSError, KeyError):
             return False
         disk = dict(self._listing())
@@ -394,25 +359,20 @@ class Store:
         root_attrs = self.read_root_attrs()
         n_samples = int(root_attrs["n_samples"])
         listing = []
-        tmp = self._tmp_path(self.path)
-        try:
+
+        def write(tmp: Path) -> None:
             with _new_h5(tmp) as f:
                 f.attrs.update(root_attrs)
                 f["samples"] = h5py.ExternalLink(
                     os.path.relpath(self.samples_path, self.path.parent), "/samples"
                 )
+                f.create_group(fmt.features_path())
                 for model in self.models():
                     metas = self._scan_shards(model)
                     listing.append((model, tuple(meta.file for meta in metas)))
                     _write_model_index(f, model, self.read_config(model), metas, n_samples)
-            _fsync(tmp)
-            os.replace(tmp, self.path)
-        except OSError as error:
-            _raise_if_out_of_space(error, self.path)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+
+        atomic_write(self.path, write)
         return tuple(listing)
 
     @contextlib.contextmanager
@@ -430,10 +390,6 @@ class Store:
 
     # -- temporaries ----------------------------------------------------------------
 
-    def _tmp_path(self, final: Path) -> Path:
-        tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return final.with_name(f"{final.name}{TMP_MARK}{tag}")
-
     def remove_stale_temporaries(self) -> None:
         """Remove temporary files left by dead processes of this host."""
         folders = [self.path.parent, self.data_dir]
@@ -445,7 +401,7 @@ class Store:
             for tmp in folder.glob(f"*{TMP_MARK}*"):
                 if folder == self.path.parent and not tmp.name.startswith(prefix):
                     continue
-                if _owner_is_dead(tmp.name.split(TMP_MARK, 1)[1]):
+                if owner_is_dead(tmp.name):
                     tmp.unlink(missing_ok=True)
 
     def _open(self, path: Path, mode: str = "r") -> h5py.File:
@@ -460,27 +416,38 @@ class Store:
             ) from error
 
 
-def check_config(model: str, recorded: Mapping, requested: Mapping, cache: Path) -> None:
-    """Raise :class:`ConfigMismatchError` naming every key that differs."""
-    differences = [
-        f"{key}: cached {_short(recorded.get(key))}, requested {_short(requested.get(key))}"
-        for key in CONFIG_KEYS
-        if recorded.get(key) != requested.get(key)
-    ]
+def check_config(
+    model: str, recorded: FeatureConfig | None, requested: FeatureConfig, cache: Path
+) -> None:
+    """Raise :class:`ConfigMismatchError` naming every key field that differs."""
+    differences = [] if recorded is None else recorded.differences(requested)
     if differences:
         raise ConfigMismatchError(
             f"model {model!r} in {str(cache)!r} was extracted with another configuration "
-            f"({'; '.join(differences)}); pass --name NEW_NAME to store this one beside it, "
-            "or use a new --cache."
+            f"({'; '.join(differences)}); pass another model name (name=, or --name) to store "
+            "this one beside it, or use a new cache."
         )
 
 
-def _short(value) -> str:
-    text = _canonical(value) if isinstance(value, Mapping) else str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _check_shard_configs(
+    model: str, metas: Sequence[ShardMeta], config: FeatureConfig | None, base: Path
+) -> None:
+    """A shard must carry the digest of the model's ``config.json``: never mix two configs."""
+    if config is None:
+        return
+    expected = config.digest()
+    for meta in metas:
+        if meta.config_digest != expected:
+            path = base / meta.file
+            raise CacheCorruptError(
+                f"shard file {str(path)!r} of model {model!r} was written with configuration "
+                f"{meta.config_digest[:12]}…, but the model's config.json records "
+                f"{expected[:12]}…; delete the shard file and re-run the same "
+                "`featurecache extract` command to recompute it."
+            )
 
 
-def read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
+def read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
     try:
         return _read_shard_meta(path, base, opener)
     except (OSError, KeyError, ValueError) as error:
@@ -490,7 +457,7 @@ def read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
         ) from error
 
 
-def _read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
+def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
     with opener(path) as f:
         layers = tuple(json.loads(f.attrs["layers"]))
         status = f["status"][:]
@@ -498,12 +465,13 @@ def _read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
         reasons = f["reason"].asstr()[failed] if len(failed) else []
         start = int(f.attrs["start"])
         versions = {
-            k: str(f.attrs[k])
-            for k in ("torch_version", "torchvision_version", "featurecache_version")
+            k: str(v)
+            for k, v in f.attrs.items()
+            if k.endswith("_version") and k != "format_version"
         }
         layer_attrs, n_features, digests = {}, {}, {}
         for layer in layers:
-            dataset = f[f"features/{layer}"]
+            dataset = f[fmt.shard_features_path(layer)]
             attrs = {k: v for k, v in dataset.attrs.items() if k != "sha256"}
             layer_attrs[layer] = {**attrs, **versions, "dtype_stored": str(dataset.dtype)}
             n_features[layer] = int(dataset.shape[1])
@@ -519,32 +487,48 @@ def _read_shard_meta(path: Path, base: Path, opener) -> ShardMeta:
             layer_attrs=layer_attrs,
             status=status,
             reasons=tuple((start + int(i), str(r)) for i, r in zip(failed, reasons, strict=True)),
+            config_digest=str(f.attrs.get("config_digest", "")),
         )
 
 
+def _write_layer(f: h5py.File, layer: str, values: np.ndarray, attrs: Mapping) -> None:
+    """One layer of a shard: chunked by about 1 MiB, with Fletcher-32 and a SHA-256 of its bytes."""
+    data = np.ascontiguousarray(values)
+    n_rows = len(data)
+    rows_per_chunk = max(1, min(n_rows, (1 << 20) // max(1, data.shape[1] * data.itemsize)))
+    dataset = f.create_dataset(
+        fmt.shard_features_path(layer),
+        data=data,
+        chunks=(rows_per_chunk, data.shape[1]),
+        fletcher32=True,
+    )
+    dataset.attrs.update(dict(attrs))
+    dataset.attrs["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
+
+
 def _write_model_index(
-    f: h5py.File, model: str, config: Mapping, metas: list[ShardMeta], n_samples: int
+    f: h5py.File, model: str, config: FeatureConfig, metas: list[ShardMeta], n_samples: int
 ) -> None:
-    group = f.create_group(f"features/{model}")
-    group.attrs.update(_config_attrs(config))
+    group = f.create_group(fmt.features_path(model))
+    group.attrs.update(config_attrs(config))
     by_layer: dict[str, dict[int, ShardMeta]] = {}
     for meta in metas:  # sorted by file name: the first file with a layer wins
         for layer in meta.layers:
             by_layer.setdefault(layer, {}).setdefault(meta.shard, meta)
     table = []
     order = sorted(by_layer, key=lambda layer: _depth_key(layer, by_layer[layer]))
+    dtype = np.dtype(config.dtype)
     for layer in order:
         shards = by_layer[layer]
         first = next(iter(shards.values()))
         n_features = first.n_features[layer]
-        dtype = np.dtype(config["dtype"])
         features = h5py.VirtualLayout((n_samples, n_features), dtype)
         status = h5py.VirtualLayout((n_samples,), np.int8)
         for shard in sorted(shards):
             meta = shards[shard]
             rows = meta.stop - meta.start
             features[meta.start : meta.stop] = h5py.VirtualSource(
-                meta.file, f"features/{layer}", shape=(rows, n_features), dtype=dtype
+                meta.file, fmt.shard_features_path(layer), shape=(rows, n_features), dtype=dtype
             )
             status[meta.start : meta.stop] = h5py.VirtualSource(
                 meta.file, "status", shape=(rows,), dtype=np.int8
@@ -553,24 +537,30 @@ def _write_model_index(
         dataset = group.create_virtual_dataset(layer, features, fillvalue=np.nan)
         attrs = dict(first.layer_attrs[layer])
         attrs.pop("dtype_stored", None)
-        dataset.attrs.update({**_config_attrs(config), **attrs, "layer": layer})
-        f.create_virtual_dataset(f"status/{model}/{layer}", status, fillvalue=STATUS_PENDING)
+        dataset.attrs.update({**config_attrs(config), **attrs, "layer": layer})
+        f.create_virtual_dataset(fmt.status_path(model, layer), status, fillvalue=STATUS_PENDING)
     failures = sorted({row: reason for meta in metas for row, reason in meta.reasons}.items())
+    write_failures(f, model, [r for r, _ in failures], [r for _, r in failures])
+    write_shard_table(f, model, table)
+
+
+def write_failures(f: h5py.File, model: str, rows: Sequence[int], reasons: Sequence[str]) -> None:
+    """``/failures/<model>/{row,reason}``: the rows that failed, with their reasons."""
+    f.create_dataset(fmt.failures_path(model, "row"), data=np.asarray(rows, dtype=np.int64))
     f.create_dataset(
-        f"failures/{model}/row", data=np.array([r for r, _ in failures], dtype=np.int64)
+        fmt.failures_path(model, "reason"), data=np.array(list(reasons), dtype=object), dtype=_STR
     )
-    f.create_dataset(
-        f"failures/{model}/reason",
-        data=np.array([r for _, r in failures], dtype=object),
-        dtype=_STR,
-    )
+
+
+def write_shard_table(f: h5py.File, model: str, table: Sequence[tuple]) -> None:
+    """``/shards/<model>``: one row per (file, layer) with its rows and SHA-256."""
     columns = list(zip(*table, strict=True)) if table else [[], [], [], [], []]
-    shards_group = f.create_group(f"shards/{model}")
+    group = f.create_group(fmt.shards_path(model))
     for name, values in zip(("file", "layer"), columns[:2], strict=True):
-        shards_group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
+        group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
     for name, values in zip(("start", "stop"), columns[2:4], strict=True):
-        shards_group.create_dataset(name, data=np.array(values, dtype=np.int64))
-    shards_group.create_dataset("sha256", data=np.array(columns[4], dtype=object), dtype=_STR)
+        group.create_dataset(name, data=np.array(values, dtype=np.int64))
+    group.create_dataset("sha256", data=np.array(columns[4], dtype=object), dtype=_STR)
 
 
 def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
@@ -578,25 +568,17 @@ def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
     return (float(attrs.get("depth", 1.0)), layer)
 
 
-def _config_attrs(config: Mapping) -> dict:
+def config_attrs(config: FeatureConfig) -> dict:
+    """The index attributes of a model group: each config field, its JSON and its digest."""
+    values = config.to_dict()
     attrs = {
-        key: (_canonical(value) if isinstance(value, (Mapping, list, tuple)) else value)
-        for key, value in config.items()
+        key: (fmt.canonical_json(value) if isinstance(value, (Mapping, list, tuple)) else value)
+        for key, value in values.items()
         if value is not None
     }
-    attrs["config"] = _canonical(config)
-    attrs["config_digest"] = config_digest(config)
+    attrs["config"] = fmt.canonical_json(values)
+    attrs["config_digest"] = config.digest()
     return attrs
-
-
-def _library_versions() -> dict:
-    import torch
-    import torchvision
-
-    return {
-        "torch_version": str(torch.__version__),
-        "torchvision_version": str(torchvision.__version__),
-    }
 
 
 def _flock(handle, flags: int, path: Path) -> None:
@@ -613,19 +595,6 @@ def _flock(handle, flags: int, path: Path) -> None:
         ) from error
 
 
-def _owner_is_dead(tag: str) -> bool:
-    parts = tag.rsplit("-", 2)  # host-pid-random
-    if len(parts) != 3 or parts[0] != socket.gethostname():
-        return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
-
-
 @contextlib.contextmanager
 def _new_h5(path: Path) -> Iterator[h5py.File]:
     """Build a new HDF5 file in memory, then write it to ``path`` with one plain write.
@@ -640,28 +609,3 @@ def _new_h5(path: Path) -> Iterator[h5py.File]:
         image = f.id.get_file_image()
     with open(path, "xb") as out:
         out.write(image)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        _fsync(path)
-
-
-def _raise_if_out_of_space(error: OSError, target: Path) -> None:
-    """Turn disk-full errors (also as reported through HDF5) into :class:`OutOfSpaceError`."""
-    text = str(error)
-    markers = ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
-    if error.errno in _NO_SPACE or any(marker in text for marker in markers):
-        raise OutOfSpaceError(
-            f"out of disk space while writing {str(target)!r}; nothing of it was committed and the "
-            "cache is as it was. Free space (or raise the file size limit) and re-run the same "
-            "command to resume, or put --cache on a larger disk."
-        ) from error

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from featurecache import __version__
+from featurecache._validation import ParameterError
 from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["main", "build_parser"]
@@ -34,12 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layers(sub)
     _add_extract(sub)
     _add_ls(sub)
-    from pipelines._cli import register
+    from featurecache.app._fit_commands import register
 
     register(sub)
     _add_predict(sub)
     _add_demo(sub)
+    for command in sub.choices.values():
+        command.set_defaults(flags=_flag_names(command))
     return parser
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Map each parameter name (argparse ``dest``) to what the user types: ``--batch-size``, ``CACHE``."""
+    return {
+        action.dest: action.option_strings[-1] if action.option_strings else action.dest.upper()
+        for action in parser._actions
+        if action.dest != "help"
+    }
+
+
+def _message(error: FeatureCacheError, flags: dict[str, str]) -> str:
+    """The error's line, with a parameter's name turned into the flag the user typed."""
+    if isinstance(error, ParameterError) and error.parameter in flags:
+        return error.render(flags[error.parameter])
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _sigterm_interrupts():
             return int(args.func(args) or 0)
     except FeatureCacheError as error:
-        print(f"featurecache: error: {error}", file=sys.stderr)
+        print(f"featurecache: error: {_message(error, args.flags)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as stop:
         how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
@@ -107,7 +126,7 @@ def _add_backbones(sub) -> None:
 
 
 def _run_backbones(args) -> int:
-    from featurecache._backbones import get_backbone, list_backbones
+    from featurecache.models._registry import get_backbone, list_backbones
 
     for name in list_backbones():
         backbone = get_backbone(name)
@@ -130,7 +149,7 @@ def _add_layers(sub) -> None:
 
 
 def _run_layers(args) -> int:
-    from featurecache._layers import list_layers
+    from featurecache.models._layers import list_layers
 
     infos = list_layers(args.model, image_size=args.image_size)
     print(f"{'layer':40s} {'output shape':20s} {'depth':>6s}  default")
@@ -225,7 +244,7 @@ def _run_extract(args) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     if args.engine == "ray":
-        from featurecache._ray import extract_ray
+        from featurecache.engines._ray import extract_ray
 
         n_workers = 2 if args.workers == "auto" else args.workers
         options["workers"] = 0
@@ -350,7 +369,7 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from featurecache._predict import predict, write_predictions
+    from featurecache.app._predict import predict, write_predictions
 
     table = predict(
         args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
@@ -401,7 +420,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from featurecache._demo import run_demo, summarize
+    from featurecache.app._demo import run_demo, summarize
 
     summary = run_demo(
         dataset=args.dataset,

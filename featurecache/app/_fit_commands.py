@@ -1,4 +1,4 @@
-"""The ``fit`` and ``report`` subcommands; ``featurecache.cli`` adds them with :func:`register`.
+"""The ``fit`` and ``report`` subcommands; ``featurecache.app.cli`` adds them with :func:`register`.
 
 Errors are raised as :class:`~featurecache.exceptions.FeatureCacheError`; the
 main CLI prints them on one line and exits with their code.

@@ -13,15 +13,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
-
-if TYPE_CHECKING:
-    from featurecache._backbones import LoadedBackbone
 
 __all__ = [
     "EMBEDDING",
@@ -31,7 +28,8 @@ __all__ = [
     "check_layers",
     "default_pool",
     "discover_layers",
-    "list_layers",
+    "DefaultRule",
+    "default_rule_for",
     "pool",
     "pooled_size",
 ]
@@ -90,51 +88,15 @@ class LayerInfo:
 # ---------------------------------------------------------------- discovery
 
 
-def list_layers(
-    model: str | LoadedBackbone | nn.Module,
-    image_size: int | None = None,
-    weights: str | None = "none",
+def discover_layers(
+    module: nn.Module, image_size: int, default_rule: DefaultRule | None = None
 ) -> list[LayerInfo]:
-    """List every layer of a backbone that can be captured, with its output shape.
-
-    Parameters
-    ----------
-    model : str, LoadedBackbone or torch.nn.Module
-        A backbone name from :func:`featurecache.list_backbones`, a loaded backbone, or any
-        module taking ``(N, 3, S, S)`` images (which gets the generic default rule).
-    image_size : int, optional
-        Input side ``S`` of the dummy forward pass; the backbone's default when omitted
-        (224 for a plain module).
-    weights : str, optional
-        Weights to load when ``model`` is a name; ``"none"`` (random, the default) gives the
-        same shapes without needing any file.
-
-    Returns
-    -------
-    list of LayerInfo
-        In forward execution order, the embedding last.
-    """
-    from featurecache._backbones import LoadedBackbone, load_backbone
-
-    if isinstance(model, str):
-        return list(load_backbone(model, weights, image_size=image_size).layers)
-    if isinstance(model, LoadedBackbone):
-        if image_size is None or image_size == model.image_size:
-            return list(model.layers)
-        return discover_layers(model.module, image_size, model.family)
-    if isinstance(model, nn.Module):
-        return discover_layers(model, 224 if image_size is None else image_size)
-    raise InvalidArgumentError(
-        "The 'model' parameter of list_layers must be a backbone name, a LoadedBackbone or a "
-        f"torch.nn.Module. Got {type(model).__name__} instead."
-    )
-
-
-def discover_layers(module: nn.Module, image_size: int, family: str = "generic") -> list[LayerInfo]:
     """Run one dummy forward pass (batch 1, zeros) with hooks on every submodule.
 
     Modules that run more than once per forward pass, never run, or return something other
     than one tensor of 1 to 3 dimensions per sample are not capturable and are left out.
+    ``default_rule`` (a backbone record's) marks the default layers besides the embedding;
+    without one, the generic rule does.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise InvalidArgumentError(
@@ -199,7 +161,7 @@ def discover_layers(module: nn.Module, image_size: int, family: str = "generic")
         LayerInfo(name=name, shape=shape, kind=kind, depth=(i + 1) / n, depth_index=i)
         for i, (name, shape, kind) in enumerate(found)
     ]
-    rule = _DEFAULT_RULES.get(family, _generic_defaults)
+    rule = default_rule or _generic_defaults
     defaults = set(rule(infos[:-1], modules)) | {EMBEDDING}
     return [
         LayerInfo(i.name, i.shape, i.kind, i.depth, i.depth_index, i.name in defaults)
@@ -263,8 +225,15 @@ def check_layers(
 
 # ---------------------------------------------------------------- default layers
 
-_Rule = Callable[[list[LayerInfo], dict[str, nn.Module]], list[str]]
+#: ``rule(layers, modules) -> names``: a family's default layers, besides the embedding.
+DefaultRule = Callable[[list[LayerInfo], dict[str, nn.Module]], list[str]]
+_Rule = DefaultRule
 _DEFAULT_RULES: dict[str, _Rule] = {}
+
+
+def default_rule_for(family: str) -> DefaultRule:
+    """The default-layer rule of an architecture family (the generic one for unknown families)."""
+    return _DEFAULT_RULES.get(family, _generic_defaults)
 
 
 def _default_rule(*families: str) -> Callable[[_Rule], _Rule]:

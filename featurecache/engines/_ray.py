@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from featurecache._backbones import load_backbone
 from featurecache._data import Dataset
 from featurecache._extract import (
     DEFAULT_MODEL,
@@ -31,16 +30,17 @@ from featurecache._extract import (
     Job,
     Plan,
     ShardRunner,
-    build_config,
+    feature_config,
     prepare,
 )
-from featurecache._layers import LayerInfo
-from featurecache._store import Store
+from featurecache.cache import FeatureConfig, Store
 from featurecache.exceptions import (
     ConfigMismatchError,
     FeatureCacheError,
     InvalidArgumentError,
 )
+from featurecache.models._layers import LayerInfo
+from featurecache.models._registry import load_backbone
 
 __all__ = ["extract_ray"]
 
@@ -169,7 +169,7 @@ class _WorkerSpec:
     image_size: int
     infos: dict[str, LayerInfo]
     pooling: str
-    config: dict
+    config: FeatureConfig
     device: str
     compute_dtype: str
     shard_size: int
@@ -182,19 +182,19 @@ class _WorkerSpec:
         cls, job: Job, weights: str | None, plan: Plan, device: str, batch_size: int,
         workers: int | str, cpus: float,
     ) -> _WorkerSpec:  # fmt: skip
-        recorded = str(job.config["weights"])
+        recorded = job.config.weights
         if recorded.startswith("file:"):
             weights = recorded  # an absolute path: the worker's working folder may differ
         return cls(
             store=job.store,
             model=job.model,
-            backbone=str(job.config["backbone"]),
+            backbone=job.config.backbone,
             weights=weights,
-            seed=int(job.config["seed"]),
-            image_size=int(job.config["image_size"]),
+            seed=job.config.seed,
+            image_size=job.config.image_size,
             infos=dict(job.infos),
             pooling=job.pooling,
-            config=dict(job.config),
+            config=job.config,
             device=device,
             compute_dtype=job.compute_dtype,
             shard_size=plan.shard_size,
@@ -229,7 +229,7 @@ class _ShardWorker:
         for result in self.runner.run(self.dataset, plan, spec.batch_size, self.loader_workers):
             spec.store.write_shard(
                 spec.model, result.shard, result.start, result.status, result.reasons,
-                result.features, self.runner.layer_attrs, spec.config,
+                result.features, self.runner.layer_attrs, spec.config, self.runner.provenance,
             )  # fmt: skip
             n_rows += len(result.status)
         return shard, n_rows
@@ -240,18 +240,16 @@ def _build_runner(spec: _WorkerSpec) -> ShardRunner:
     backbone = load_backbone(
         spec.backbone, spec.weights, seed=spec.seed, image_size=spec.image_size
     )
-    config = build_config(backbone, spec.pooling, str(spec.config["dtype"]), spec.compute_dtype)
-    differences = sorted(
-        key for key in set(config) | set(spec.config) if config.get(key) != spec.config.get(key)
-    )
+    config = feature_config(backbone, spec.pooling, spec.config.dtype, spec.compute_dtype)
+    differences = spec.config.differences(config)
     if differences:
         raise ConfigMismatchError(
             f"the Ray worker on {socket.gethostname()} built {spec.backbone} with another "
-            f"configuration than the driver (differing: {', '.join(differences)}); install "
-            "the same featurecache, torch, torchvision and weights files on every node."
+            f"configuration than the driver ({'; '.join(differences)}); install the same "
+            "featurecache, torch, torchvision and weights files on every node."
         )
     device = torch.device(spec.device)
-    return ShardRunner(backbone, spec.infos, spec.pooling, spec.config, device, spec.compute_dtype)
+    return ShardRunner(backbone, spec.infos, spec.pooling, spec.config, device)
 
 
 def _run(
@@ -419,7 +417,7 @@ def _compute_dtype(
     store = Store(cache, locking=locking)
     previous = store.read_config(model_name) if store.has_samples() else None
     if previous is not None:
-        return str(previous["compute_dtype"])
+        return previous.compute_dtype
     if worker_device == "cuda":
         return "bfloat16"
     return "auto"  # CPU workers: prepare() decides as on one machine

@@ -43,8 +43,14 @@ def predict(
     """
     import pandas as pd
 
-    from featurecache._backbones import load_backbone
-    from featurecache._extract import Plan, ShardRunner, _resolve_workers, resolve_device
+    from featurecache.cache import FeatureConfig
+    from featurecache.engines._runner import (
+        Plan,
+        ShardRunner,
+        resolve_device,
+        resolve_loader_workers,
+    )
+    from featurecache.models._registry import load_backbone
     from pipelines import load_head
 
     record = load_head(head)
@@ -66,10 +72,10 @@ def predict(
     infos = {info.name: info for info in backbone.layers if info.name == layer}
     torch_device = resolve_device(device)
     runner = ShardRunner(
-        backbone, infos, config["pooling"], config, torch_device, config["compute_dtype"]
+        backbone, infos, config["pooling"], FeatureConfig.from_dict(config), torch_device
     )
     plan = Plan(len(dataset), len(dataset), ((0, (layer,)),))
-    result = next(runner.run(dataset, plan, batch_size, _resolve_workers(workers, dataset)))
+    result = next(runner.run(dataset, plan, batch_size, resolve_loader_workers(workers, dataset)))
     ok = result.status == 1
     table = pd.DataFrame(
         {

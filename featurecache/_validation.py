@@ -1,0 +1,139 @@
+"""Parameter validation with one message template, after scikit-learn's ``_param_validation``.
+
+Every public function checks its arguments with these helpers, so every message reads
+``The 'batch_size' parameter of extract must be an int >= 1. Got 0 instead.`` The
+error keeps the parameter's name; the command line rewrites it to the flag the user
+typed (``--batch-size must be an int >= 1. Got 0 instead.``). ``bool`` is never an int.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+
+__all__ = [
+    "ParameterError",
+    "check_int",
+    "check_float",
+    "check_choice",
+    "check_names",
+    "check_optional_int",
+    "check_workers",
+]
+
+
+class ParameterError(InvalidArgumentError):
+    """A parameter with a value outside what it accepts.
+
+    Attributes
+    ----------
+    parameter, owner : str
+        The parameter's name and the function it belongs to.
+    expected : str
+        What the parameter accepts, as a phrase (``an int >= 1``).
+    got : object
+        The value that was given.
+    hint : str
+        How to fix it, or ``""``.
+    """
+
+    def __init__(self, parameter: str, owner: str, expected: str, got: Any, hint: str = "") -> None:
+        self.parameter, self.owner, self.expected, self.got, self.hint = (
+            parameter,
+            owner,
+            expected,
+            got,
+            hint,
+        )
+        super().__init__(self.render(f"The {parameter!r} parameter of {owner}"))
+
+    def render(self, subject: str) -> str:
+        """The message with ``subject`` (a parameter phrase or a flag) in front."""
+        hint = f" {self.hint}" if self.hint else ""
+        return f"{subject} must be {self.expected}. Got {self.got!r} instead.{hint}"
+
+
+class UnknownChoiceError(ParameterError, UnknownNameError):
+    """A name outside a fixed set of choices."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(value: Any, parameter: str, owner: str, *, low: int | None = None,
+              high: int | None = None, hint: str = "") -> int:  # fmt: skip
+    """Return ``value`` if it is an int (never a bool) within ``[low, high]``."""
+    if _is_int(value) and (low is None or value >= low) and (high is None or value <= high):
+        return int(value)
+    raise ParameterError(parameter, owner, "an int" + _range(low, high), value, hint)
+
+
+def check_optional_int(value: Any, parameter: str, owner: str, *, low: int | None = None,
+                       hint: str = "") -> int | None:  # fmt: skip
+    """Like :func:`check_int`, with ``None`` allowed."""
+    if value is None:
+        return None
+    if _is_int(value) and (low is None or value >= low):
+        return int(value)
+    raise ParameterError(parameter, owner, "None or an int" + _range(low, None), value, hint)
+
+
+def check_workers(value: Any, parameter: str, owner: str) -> int | str:
+    """``"auto"`` or an int >= 0: a number of processes."""
+    if value == "auto" or (_is_int(value) and value >= 0):
+        return value
+    raise ParameterError(parameter, owner, "'auto' or an int >= 0", value)
+
+
+def check_float(value: Any, parameter: str, owner: str, *, low: float | None = None,
+                hint: str = "") -> float:  # fmt: skip
+    """Return ``value`` as a float if it is a finite real number (never a bool) ``>= low``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (low is None or value >= low):
+        return float(value)
+    raise ParameterError(parameter, owner, "a number" + _range(low, None), value, hint)
+
+
+def check_choice(value: Any, parameter: str, owner: str, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``; otherwise name them and the closest."""
+    options = list(choices)
+    if isinstance(value, str) and value in options:
+        return value
+    expected = "one of " + ", ".join(repr(c) for c in options)
+    hint = suggest(value, options).strip() if isinstance(value, str) else ""
+    raise UnknownChoiceError(parameter, owner, expected, value, hint)
+
+
+def check_names(
+    value: Any, parameter: str, owner: str, *, allow_none: bool = True
+) -> list[str] | None:
+    """A list of names: a list or tuple of non-empty str, duplicates removed in order.
+
+    A plain ``str`` is refused (``layers="layer1"`` would otherwise read as ``l, a, y…``).
+    """
+    if value is None and allow_none:
+        return None
+    ok = (
+        isinstance(value, Sequence)
+        and not isinstance(value, (str, bytes))
+        and len(value) > 0
+        and all(isinstance(v, str) and v for v in value)
+    )
+    if ok:
+        return list(dict.fromkeys(value))
+    hint = f"Write [{value!r}] for one name." if isinstance(value, str) else ""
+    raise ParameterError(parameter, owner, "a non-empty list of names (str)", value, hint)
+
+
+def _range(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" in the range [{low}, {high}]"
+    if low is not None:
+        return f" >= {low}"
+    if high is not None:
+        return f" <= {high}"
+    return ""

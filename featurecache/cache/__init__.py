@@ -1,0 +1,43 @@
+"""The cache contract: format, reader, writer and atomic writes, without torch.
+
+Stage 1 (``featurecache.models``, ``featurecache.engines``) writes through
+:class:`Store`; stage 2 (``pipelines``) reads through :func:`open_cache`. The HDF5
+layout is spelled in :mod:`featurecache.cache._format` and nowhere else.
+"""
+
+from featurecache.cache._atomic import atomic_write, create_once
+from featurecache.cache._config import FeatureConfig
+from featurecache.cache._format import (
+    FORMAT,
+    FORMAT_VERSION,
+    LOCKING_ENV,
+    STATUS_FAILED,
+    STATUS_NAMES,
+    STATUS_OK,
+    STATUS_PENDING,
+    locking_enabled,
+    samples_digest,
+)
+from featurecache.cache._reader import Cache, Entry, open_cache
+from featurecache.cache._writer import ShardMeta, Store, check_config
+
+__all__ = [
+    "Cache",
+    "Entry",
+    "FeatureConfig",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LOCKING_ENV",
+    "STATUS_FAILED",
+    "STATUS_NAMES",
+    "STATUS_OK",
+    "STATUS_PENDING",
+    "ShardMeta",
+    "Store",
+    "atomic_write",
+    "check_config",
+    "create_once",
+    "locking_enabled",
+    "open_cache",
+    "samples_digest",
+]

@@ -1,0 +1,140 @@
+"""Atomic file writes: every file featurecache writes goes through here.
+
+A file is written under a temporary name in its final folder, flushed to disk, and
+renamed into place; the folder is flushed after the rename. A reader therefore sees
+either the old file or the complete new one, never a part. Temporary names carry the
+host and process id, so a later run can remove those left by a dead process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from featurecache.cache._format import TMP_MARK
+from featurecache.exceptions import OutOfSpaceError
+
+__all__ = [
+    "atomic_write",
+    "create_once",
+    "temporary_path",
+    "owner_is_dead",
+    "fsync_file",
+    "fsync_dir",
+    "raise_if_out_of_space",
+]
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary path, then rename it to ``path``.
+
+    Parameters
+    ----------
+    path : str or path
+        The final file; its folder is created if missing. An existing file is replaced.
+    write : callable
+        Writes the complete file at the path it is given.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OutOfSpaceError
+        The disk or the file size limit ran out; ``path`` is as it was.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(final)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, final)
+    except OSError as error:
+        raise_if_out_of_space(error, final)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+    return final
+
+
+def create_once(path: str | os.PathLike, write: Callable[[Path], Any]) -> bool:
+    """Like :func:`atomic_write`, but never replaces: return False if ``path`` already exists.
+
+    The file is linked into place, so of two writers racing for the same path exactly one
+    creates it, and the other sees the winner's complete file.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(final)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise_if_out_of_space(error, final)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+    return True
+
+
+def temporary_path(final: Path) -> Path:
+    """``NAME.tmp-HOST-PID-RANDOM`` beside ``final``."""
+    tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return final.with_name(f"{final.name}{TMP_MARK}{tag}")
+
+
+def owner_is_dead(name: str) -> bool:
+    """True when the temporary file ``name`` belongs to a process of this host that is gone."""
+    if TMP_MARK not in name:
+        return False
+    parts = name.split(TMP_MARK, 1)[1].rsplit("-", 2)  # host-pid-random
+    if len(parts) != 3 or parts[0] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems refuse to open folders
+        fsync_file(path)
+
+
+def raise_if_out_of_space(error: OSError, target: Path) -> None:
+    """Turn disk-full errors (also as reported through HDF5) into :class:`OutOfSpaceError`."""
+    text = str(error)
+    markers = ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
+    if error.errno in _NO_SPACE or any(marker in text for marker in markers):
+        raise OutOfSpaceError(
+            f"out of disk space while writing {str(target)!r}; nothing of it was committed and the "
+            "cache is as it was. Free space (or raise the file size limit) and re-run the same "
+            "command to resume, or put --cache on a larger disk."
+        ) from error

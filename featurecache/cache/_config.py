@@ -1,0 +1,123 @@
+"""The cache key of a model's features: :class:`FeatureConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from featurecache.cache._format import FORMAT_VERSION, canonical_json
+
+__all__ = ["FeatureConfig"]
+
+
+def _version() -> str:
+    from featurecache import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that changes the stored numbers of one model in a cache.
+
+    Two extractions may share a model name in a cache exactly when their configs are
+    equal; :meth:`digest` is the key. Fields marked *provenance* are recorded beside the
+    key (in ``config.json`` and the index attributes) but never compared: a weights
+    name and its seed are covered by ``weights_sha256``, the input size by
+    ``preprocessing``.
+
+    Attributes
+    ----------
+    backbone : str
+        Registry name of the backbone (``resnet18``, ``efficientnet_lite0``).
+    weights_sha256 : str
+        SHA-256 of the backbone's state dict.
+    preprocessing : mapping
+        The preprocessing as :meth:`featurecache.Preprocess.to_dict` records it.
+    pooling : str
+        Pooling of map and token outputs (``avg``, ``cls``…).
+    dtype : str
+        Stored dtype (``float32`` or ``float16``).
+    compute_dtype : str
+        Autocast dtype of the forward pass.
+    format_version : int
+        Version of the cache format the features were written in.
+    weights, seed, image_size, featurecache_version
+        Provenance.
+    """
+
+    backbone: str
+    weights_sha256: str
+    preprocessing: Mapping[str, Any]
+    pooling: str
+    dtype: str
+    compute_dtype: str
+    format_version: int = FORMAT_VERSION
+    weights: str = field(default="", compare=False)
+    seed: int = field(default=0, compare=False)
+    image_size: int = field(default=0, compare=False)
+    featurecache_version: str = field(default_factory=_version, compare=False)
+
+    #: The fields that make the key, in the order differences are reported.
+    KEY = (
+        "backbone",
+        "weights_sha256",
+        "preprocessing",
+        "pooling",
+        "dtype",
+        "compute_dtype",
+        "format_version",
+    )
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
+    def key(self) -> dict[str, Any]:
+        """The compared fields, as plain JSON values."""
+        return {name: _plain(getattr(self, name)) for name in self.KEY}
+
+    def digest(self) -> str:
+        """SHA-256 of :meth:`key`: equal exactly when two configs store the same numbers."""
+        return hashlib.sha256(canonical_json(self.key()).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, key and provenance, as ``config.json`` records it."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FeatureConfig:
+        """Rebuild a config from :meth:`to_dict` (or an index attribute); unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = dict(values)
+        if isinstance(values.get("preprocessing"), str):
+            values["preprocessing"] = json.loads(values["preprocessing"])
+        missing = [name for name in cls.KEY[:-1] if name not in values]
+        if missing:
+            raise KeyError(f"the configuration lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+    def differences(self, other: FeatureConfig) -> list[str]:
+        """``"key: self's, other's"`` for every key field that differs."""
+        mine, theirs = self.key(), other.key()
+        return [
+            f"{name}: cached {_short(mine[name])}, requested {_short(theirs[name])}"
+            for name in self.KEY
+            if mine[name] != theirs[name]
+        ]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _short(value: Any) -> str:
+    text = canonical_json(value) if isinstance(value, Mapping) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,141 @@
+"""The cache format: names, versions, status codes and every HDF5 path of the layout.
+
+``docs/cache-format.md`` describes the layout in prose; this module is its one home in
+code. Nothing outside :mod:`featurecache.cache` spells an HDF5 path: readers, writers and
+tests call the builders below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "STATUS_PENDING",
+    "STATUS_OK",
+    "STATUS_FAILED",
+    "STATUS_NAMES",
+    "SAMPLE_FIELDS",
+    "TMP_MARK",
+    "LOCKING_ENV",
+    "locking_enabled",
+    "samples_digest",
+    "canonical_json",
+    "data_dir",
+    "samples_file",
+    "model_dir",
+    "config_file",
+    "shard_file",
+    "sample_path",
+    "features_path",
+    "status_path",
+    "failures_path",
+    "shards_path",
+    "shard_features_path",
+]
+
+FORMAT = "featurecache"
+FORMAT_VERSION = 1
+
+#: Row status codes, in ``/status/<model>/<layer>`` and in each shard's ``status``.
+STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
+
+#: The per-sample columns of ``/samples``, aligned with the rows of every feature matrix.
+SAMPLE_FIELDS = ("ids", "labels", "splits")
+
+#: Marks a file being written: ``NAME.tmp-HOST-PID-RANDOM``, renamed into place when complete.
+TMP_MARK = ".tmp-"
+
+#: Set to ``1`` to turn off ``fcntl`` and HDF5 file locks (file systems without locks).
+LOCKING_ENV = "FEATURECACHE_NO_LOCKING"
+
+
+def locking_enabled(locking: bool | None = None) -> bool:
+    """Resolve the locking switch: the argument, else ``FEATURECACHE_NO_LOCKING``."""
+    if locking is not None:
+        return bool(locking)
+    return os.environ.get(LOCKING_ENV, "") != "1"
+
+
+def samples_digest(ids: Sequence, labels: Sequence, splits: Sequence) -> str:
+    """SHA-256 over ids, splits and labels: the identity of a sample table."""
+    digest = hashlib.sha256()
+    for values in (ids, splits):
+        digest.update("\0".join(str(v) for v in values).encode())
+        digest.update(b"\1")
+    digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def canonical_json(value: Mapping | Sequence) -> str:
+    """The one JSON spelling used for digests: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- files of a cache ---------------------------------------------------------------------
+
+
+def data_dir(index: Path) -> Path:
+    """The folder ``CACHE.h5.d`` beside the index ``CACHE.h5``."""
+    return index.with_name(index.name + ".d")
+
+
+def samples_file(index: Path) -> Path:
+    return data_dir(index) / "samples.h5"
+
+
+def model_dir(index: Path, model: str) -> Path:
+    return data_dir(index) / model
+
+
+def config_file(index: Path, model: str) -> Path:
+    return model_dir(index, model) / "config.json"
+
+
+def shard_file(index: Path, model: str, shard: int, layers: Sequence[str]) -> Path:
+    """One pass (a set of layers computed together) of one shard of rows."""
+    pass_id = hashlib.sha1("\n".join(sorted(layers)).encode()).hexdigest()[:10]
+    return model_dir(index, model) / f"p-{pass_id}" / f"shard-{shard:06d}.h5"
+
+
+SHARD_GLOB = "p-*/shard-*.h5"
+
+
+# -- paths inside the HDF5 files ----------------------------------------------------------
+
+
+def sample_path(field: str) -> str:
+    """``/samples/<field>`` (``ids``, ``labels``, ``splits``)."""
+    return f"samples/{field}"
+
+
+def features_path(model: str | None = None, layer: str | None = None) -> str:
+    """``/features``, ``/features/<model>`` or ``/features/<model>/<layer>``."""
+    return "/".join(["features", *(p for p in (model, layer) if p is not None)])
+
+
+def status_path(model: str, layer: str) -> str:
+    return f"status/{model}/{layer}"
+
+
+def failures_path(model: str, column: str) -> str:
+    """``/failures/<model>/row`` or ``/failures/<model>/reason``."""
+    return f"failures/{model}/{column}"
+
+
+def shards_path(model: str, column: str | None = None) -> str:
+    """``/shards/<model>`` or one of its columns (``file``, ``layer``, ``start``, ``stop``, ``sha256``)."""
+    return f"shards/{model}" if column is None else f"shards/{model}/{column}"
+
+
+def shard_features_path(layer: str) -> str:
+    """A layer's matrix inside one shard file."""
+    return f"features/{layer}"

@@ -1,0 +1,1 @@
+"""Stage 1, where shards run: one :class:`ShardRunner` code path, engines as plug-ins."""

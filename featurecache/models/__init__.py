@@ -1,0 +1,27 @@
+"""Stage 1, what a backbone is: the registry, its layers, preprocessing and BatchNorm folding."""
+
+from featurecache.models._layers import LayerInfo, capture, discover_layers
+from featurecache.models._preprocess import Preprocess
+from featurecache.models._registry import (
+    Backbone,
+    LoadedBackbone,
+    get_backbone,
+    list_backbones,
+    list_layers,
+    load_backbone,
+    register_backbone,
+)
+
+__all__ = [
+    "Backbone",
+    "LayerInfo",
+    "LoadedBackbone",
+    "Preprocess",
+    "capture",
+    "discover_layers",
+    "get_backbone",
+    "list_backbones",
+    "list_layers",
+    "load_backbone",
+    "register_backbone",
+]
