@@ -8,7 +8,6 @@ sorted by id, so the order files are listed in never changes the cache.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurecache.cache import samples_digest
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = ["Dataset", "load_dataset", "list_builtins", "SPLITS", "IMAGE_EXTENSIONS"]
@@ -102,15 +102,6 @@ class Dataset:
             class_names=tuple(class_names),
             arrays=images,
         )
-
-
-def samples_digest(ids: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for values in (ids, splits):
-        digest.update("\0".join(str(v) for v in values).encode())
-        digest.update(b"\1")
-    digest.update(np.asarray(labels, dtype="<i8").tobytes())
-    return digest.hexdigest()
 
 
 def list_builtins() -> list[str]:

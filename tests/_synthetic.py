@@ -1,39 +1,37 @@
-"""Write small synthetic caches with plain h5py, following docs/cache-format.md.
+"""Write small synthetic caches through the cache core (``featurecache.cache``), without torch.
 
 Shared by the test suites: ``write_cache(tmp_path / "cache.h5")`` writes a plain
-index (ordinary datasets); ``write_cache(..., shards=True)`` writes the layout
-stage 1 writes (sample table behind an external link, shard files with
-SHA-256 digests, virtual feature and status datasets, the ``/shards`` table).
-No torch, no featurecache import.
+index (ordinary datasets, :func:`featurecache.cache.write_arrays`);
+``write_cache(..., shards=True)`` writes the layout stage 1 writes, through the same
+:class:`featurecache.cache.Store` (sample table behind an external link, shard files
+with SHA-256 digests, virtual feature and status datasets, the ``/shards`` table).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+from featurecache.cache import (
+    STATUS_FAILED,
+    STATUS_OK,
+    FeatureConfig,
+    SampleTable,
+    Store,
+    samples_digest,
+    write_arrays,
+)
 
 __all__ = ["LAYERS", "write_cache", "samples_digest"]
 
-_STR = h5py.string_dtype()
+_REASON = "unreadable image"
 
 # (name, n_features, signal): signal 0 is pure noise; larger separates the classes more.
 LAYERS = (("noise", 8, 0.0), ("informative", 16, 3.0), ("embedding", 12, 1.5))
-
-
-def samples_digest(ids, labels, splits) -> str:
-    """The digest stage 1 records (ids, splits, labels)."""
-    digest = hashlib.sha256()
-    for values in (ids, splits):
-        digest.update("\0".join(str(v) for v in values).encode())
-        digest.update(b"\1")
-    digest.update(np.asarray(labels, dtype="<i8").tobytes())
-    return digest.hexdigest()
 
 
 def write_cache(
@@ -92,160 +90,60 @@ def write_cache(
     state = np.ones(n_samples, dtype=np.int8)
     state[list(failed_rows)] = 2
 
-    root_attrs = {
-        "format": "featurecache",
-        "format_version": 1,
-        "shard_size": shard_size,
-        "n_samples": n_samples,
-        "dataset": "synthetic",
-        "samples_digest": samples_digest(ids, y, split),
-    }
+    state = np.full(n_samples, STATUS_OK, dtype=np.int8)
+    state[list(failed_rows)] = STATUS_FAILED
+    samples = SampleTable(ids, y, split, tuple(names), source="synthetic")
+    configs = {model: _config(model, dtype) for model in models}
+    attrs = {name: _layer_attrs(name, i, len(layers)) for i, (name, _, _) in enumerate(layers)}
     if shards:
-        _write_sharded(
-            path, root_attrs, ids, y, split, names, features, layers, state, dtype, shard_size
-        )
+        _write_sharded(path, samples, features, configs, attrs, state, shard_size)
         return path
-    with h5py.File(path, "w") as f:
-        f.attrs.update(root_attrs)
-        _write_samples(f.create_group("samples"), ids, y, split, names)
-        for model in models:
-            group = f.create_group(f"features/{model}")
-            config = _config(model, dtype)
-            group.attrs.update(_config_attrs(config))
-            for i, (name, _, _) in enumerate(layers):
-                dataset = group.create_dataset(name, data=features[model][name])
-                dataset.attrs.update(_layer_attrs(config, name, i, len(layers)))
-                if status:
-                    f.create_dataset(f"status/{model}/{name}", data=state)
-            _write_failures(f, model, failed_rows)
+    write_arrays(
+        path,
+        samples,
+        features,
+        configs,
+        layer_attrs=dict.fromkeys(models, attrs),
+        status=dict.fromkeys(models, state) if status else None,
+        failures={m: [(int(r), _REASON) for r in sorted(failed_rows)] for m in models},
+    )
     return path
 
 
-def _write_samples(group: h5py.Group, ids, y, split, names) -> None:
-    group.create_dataset("ids", data=ids, dtype=_STR)
-    group.create_dataset("labels", data=y)
-    group.create_dataset("splits", data=split, dtype=_STR)
-    group.attrs["class_names"] = np.array(names, dtype=object)
-    group.attrs["root"] = "synthetic"
-
-
-def _write_failures(f: h5py.File, model: str, failed_rows) -> None:
-    rows = np.asarray(sorted(failed_rows), dtype=np.int64)
-    f.create_dataset(f"failures/{model}/row", data=rows)
-    f.create_dataset(
-        f"failures/{model}/reason",
-        data=np.array(["unreadable image"] * len(rows), dtype=object),
-        dtype=_STR,
+def _config(model: str, dtype: str) -> FeatureConfig:
+    return FeatureConfig(
+        backbone=model,
+        weights="none",
+        weights_sha256=hashlib.sha256(model.encode()).hexdigest(),
+        preprocessing={"resize_size": 32, "crop_size": 32, "mean": [0.5], "std": [0.5]},
+        pooling="avg",
+        dtype=dtype,
+        compute_dtype="float32",
     )
 
 
-def _config(model: str, dtype: str) -> dict:
+def _layer_attrs(name: str, index: int, n_layers: int) -> dict:
     return {
-        "backbone": model,
-        "weights": "none",
-        "weights_sha256": hashlib.sha256(model.encode()).hexdigest(),
-        "seed": 0,
-        "preprocessing": {"resize_size": 32, "crop_size": 32, "mean": [0.5], "std": [0.5]},
-        "pooling": "avg",
-        "dtype": dtype,
-        "compute_dtype": "float32",
-    }
-
-
-def _config_attrs(config: Mapping) -> dict:
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    attrs = {
-        k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v) for k, v in config.items()
-    }
-    attrs["config"] = text
-    attrs["config_digest"] = hashlib.sha256(text.encode()).hexdigest()
-    return attrs
-
-
-def _layer_attrs(config: Mapping, name: str, index: int, n_layers: int) -> dict:
-    return {
-        **_config_attrs(config),
-        "layer": name,
         "depth": 1.0 if name == "embedding" else (index + 1) / (n_layers + 1),
         "depth_index": index,
         "raw_shape": np.array([4, 2, 2], dtype=np.int64),
-        "torch_version": "synthetic",
-        "torchvision_version": "synthetic",
-        "featurecache_version": "0.1.0",
+        "kind": "map",
+        "pooling_applied": "avg",
     }
 
 
-def _write_sharded(
-    path, root_attrs, ids, y, split, names, features, layers, state, dtype, shard_size
-):
-    folder = path.with_name(path.name + ".d")
-    folder.mkdir()
-    n_samples = len(ids)
-    with h5py.File(folder / "samples.h5", "w") as f:
-        _write_samples(f.create_group("samples"), ids, y, split, names)
-    with h5py.File(path, "w") as f:
-        f.attrs.update(root_attrs)
-        f["samples"] = h5py.ExternalLink(
-            os.path.relpath(folder / "samples.h5", path.parent), "/samples"
-        )
-        for model, by_layer in features.items():
-            config = _config(model, dtype)
-            model_dir = folder / model / "p-synthetic"
-            model_dir.mkdir(parents=True)
-            (folder / model / "config.json").write_text(json.dumps(config, sort_keys=True))
-            group = f.create_group(f"features/{model}")
-            group.attrs.update(_config_attrs(config))
-            layouts = {
-                name: h5py.VirtualLayout((n_samples, n), np.dtype(dtype)) for name, n, _ in layers
-            }
-            status_layouts = {
-                name: h5py.VirtualLayout((n_samples,), np.int8) for name, _, _ in layers
-            }
-            table = []
-            for shard, start in enumerate(range(0, n_samples, shard_size)):
-                stop = min(n_samples, start + shard_size)
-                shard_file = model_dir / f"shard-{shard:06d}.h5"
-                relative = os.path.relpath(shard_file, path.parent)
-                with h5py.File(shard_file, "w") as g:
-                    g.attrs.update(start=start, stop=stop, shard=shard, model=model)
-                    g.attrs["layers"] = json.dumps(sorted(name for name, _, _ in layers))
-                    g.create_dataset("rows", data=np.arange(start, stop, dtype=np.int64))
-                    g.create_dataset("status", data=state[start:stop])
-                    reasons = np.where(state[start:stop] == 2, "unreadable image", "")
-                    g.create_dataset("reason", data=reasons.astype(object), dtype=_STR)
-                    for name, n_features, _ in layers:
-                        data = np.ascontiguousarray(by_layer[name][start:stop])
-                        dataset = g.create_dataset(
-                            f"features/{name}",
-                            data=data,
-                            chunks=(stop - start, n_features),
-                            fletcher32=True,
-                        )
-                        digest = hashlib.sha256(data.tobytes()).hexdigest()
-                        dataset.attrs["sha256"] = digest
-                        table.append((relative, name, start, stop, digest))
-                for name, n_features, _ in layers:
-                    layouts[name][start:stop] = h5py.VirtualSource(
-                        relative, f"features/{name}", shape=(stop - start, n_features)
-                    )
-                    status_layouts[name][start:stop] = h5py.VirtualSource(
-                        relative, "status", shape=(stop - start,)
-                    )
-            for i, (name, _, _) in enumerate(layers):
-                dataset = group.create_virtual_dataset(name, layouts[name], fillvalue=np.nan)
-                dataset.attrs.update(_layer_attrs(config, name, i, len(layers)))
-                f.create_virtual_dataset(
-                    f"status/{model}/{name}", status_layouts[name], fillvalue=0
-                )
-            _write_failures(f, model, np.flatnonzero(state == 2))
-            shards_group = f.create_group(f"shards/{model}")
-            columns = list(zip(*table, strict=True))
-            shards_group.create_dataset("file", data=np.array(columns[0], dtype=object), dtype=_STR)
-            shards_group.create_dataset(
-                "layer", data=np.array(columns[1], dtype=object), dtype=_STR
+def _write_sharded(path, samples, features, configs, attrs, state, shard_size) -> None:
+    store = Store(path)
+    store.create_samples(samples, shard_size)
+    provenance = {"torch_version": "synthetic", "torchvision_version": "synthetic"}
+    for model, by_layer in features.items():
+        store.register_model(model, configs[model])
+        for shard, start in enumerate(range(0, len(samples), shard_size)):
+            stop = min(len(samples), start + shard_size)
+            status = state[start:stop]
+            reasons = [_REASON if s == STATUS_FAILED else "" for s in status]
+            values = {name: X[start:stop] for name, X in by_layer.items()}
+            store.write_shard(
+                model, shard, start, status, reasons, values, attrs, configs[model], provenance
             )
-            shards_group.create_dataset("start", data=np.array(columns[2], dtype=np.int64))
-            shards_group.create_dataset("stop", data=np.array(columns[3], dtype=np.int64))
-            shards_group.create_dataset(
-                "sha256", data=np.array(columns[4], dtype=object), dtype=_STR
-            )
+    store.rebuild_index()

@@ -11,6 +11,7 @@ from _synthetic import samples_digest, write_cache
 
 import featurecache.cache._reader as cache_module
 import pipelines
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import CacheCorruptError, InvalidArgumentError, UnknownNameError
 
 
@@ -23,11 +24,11 @@ def cache_path(request, tmp_path):
 
 def _plain_read(path, model, layer):
     with h5py.File(path, "r") as f:
-        X = f[f"features/{model}/{layer}"][:]
-        ok = f[f"status/{model}/{layer}"][:] == 1
-        y = f["samples/labels"][:]
-        ids = f["samples/ids"].asstr()[:]
-        splits = f["samples/splits"].asstr()[:]
+        X = f[fmt.features_path(model, layer)][:]
+        ok = f[fmt.status_path(model, layer)][:] == 1
+        y = f[fmt.sample_path("labels")][:]
+        ids = f[fmt.sample_path("ids")].asstr()[:]
+        splits = f[fmt.sample_path("splits")].asstr()[:]
     return X, y, ids, splits, ok
 
 
@@ -72,7 +73,9 @@ def test_float16_is_upcast(tmp_path):
     X, _, _ = pipelines.open_cache(path).load("toy", "embedding")
     assert X.dtype == np.float32
     with h5py.File(path, "r") as f:
-        np.testing.assert_array_equal(X, f["features/toy/embedding"][:].astype(np.float32))
+        np.testing.assert_array_equal(
+            X, f[fmt.features_path("toy", "embedding")][:].astype(np.float32)
+        )
 
 
 def test_chunked_read_equals_one_read(tmp_path, monkeypatch):
@@ -148,7 +151,9 @@ def test_checksum_mismatch_names_the_shard_and_the_fix(tmp_path):
     path = write_cache(tmp_path / "cache.h5", shards=True)
     shard = _first_shard(path)
     with h5py.File(shard, "r+") as f:
-        f["features/informative"][0, 0] += 1.0  # fletcher32 is rewritten; only SHA-256 catches it
+        f[fmt.shard_features_path("informative")][0, 0] += (
+            1.0  # fletcher32 is rewritten; only SHA-256 catches it
+        )
     cache = pipelines.open_cache(path)
     message = rf"shard file '{shard}' .*SHA-256.*delete '{shard}' and re-run the same `featurecache extract`"
     with pytest.raises(CacheCorruptError, match=message):

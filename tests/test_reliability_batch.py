@@ -16,6 +16,7 @@ import pytest
 from _workers import SETTINGS, make_images, one_torch_thread, read_layers, temporaries
 
 from featurecache import extract
+from featurecache.cache import _format as fmt
 from featurecache.engines._runner import ShardRunner
 from featurecache.exceptions import BatchError
 
@@ -117,4 +118,4 @@ def test_failed_batch_commits_nothing_of_its_shard_and_keeps_earlier_ones(
 
 def read_ids(cache) -> list[str]:
     with h5py.File(cache, "r") as f:
-        return f["samples/ids"].asstr()[:].tolist()
+        return f[fmt.sample_path("ids")].asstr()[:].tolist()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from _workers import make_images, outcome, read_layers, run_extract, start, temporaries
 
+from featurecache.cache import _format as fmt
 from featurecache.cache._writer import Store
 from pipelines import open_cache
 
@@ -131,6 +132,6 @@ def test_sigkill_at_random_moments_keeps_every_reported_row(tmp_path, env, n_kil
     assert not temporaries(folder), "the resumed run removes what the killed ones left"
     assert Store(cache).index_is_current()
     with h5py.File(cache, "r") as f:
-        listed = set(f[f"shards/{MODEL}/file"].asstr()[:])
+        listed = set(f[fmt.shards_path(MODEL, "file")].asstr()[:])
     on_disk = {str(p.relative_to(folder)) for p in folder.glob("c.h5.d/*/p-*/shard-*.h5")}
     assert listed == on_disk and len(on_disk) == N_ROWS // 2

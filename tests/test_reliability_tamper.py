@@ -16,6 +16,7 @@ import pytest
 from _workers import SETTINGS, make_images, one_torch_thread, read_layers
 
 from featurecache import extract
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import CacheCorruptError
 from pipelines import open_cache
 
@@ -69,11 +70,11 @@ def _recompute(data, cache, shard, pristine_cache) -> None:
 def test_flipped_bytes_in_feature_data_are_detected(copy, pristine):
     data, cache, shard = copy
     with h5py.File(shard, "r") as f:
-        chunk = f["features/embedding"].id.get_chunk_info(0)
+        chunk = f[fmt.shard_features_path("embedding")].id.get_chunk_info(0)
     _flip(shard, chunk.byte_offset + chunk.size // 2, n=4)
 
     with h5py.File(cache, "r") as f, pytest.raises(OSError, match="filter returned failure"):
-        f["features/resnet18/embedding"][:]  # plain h5py: the Fletcher-32 check fails
+        f[fmt.features_path("resnet18", "embedding")][:]  # plain h5py: the Fletcher-32 check fails
     message = rf"shard file '{shard}' of resnet18/embedding is corrupt: .*; delete '{shard}' and "
     with pytest.raises(CacheCorruptError, match=message + RECOMPUTE.replace("`", ".")):
         open_cache(cache).load("resnet18", "embedding")
@@ -86,7 +87,7 @@ def test_flipped_bytes_in_feature_data_are_detected(copy, pristine):
 def test_rewritten_numbers_with_valid_hdf5_checksums_fail_the_sha256(copy, pristine):
     data, cache, shard = copy
     with h5py.File(shard, "r+") as f:  # HDF5 recomputes Fletcher-32: only the SHA-256 sees it
-        f["features/embedding"][0, 0] += 1.0
+        f[fmt.shard_features_path("embedding")][0, 0] += 1.0
     with pytest.raises(
         CacheCorruptError,
         match=rf"shard file '{shard}' of resnet18/embedding is corrupt: the SHA-256 of layer "
@@ -102,7 +103,7 @@ def test_truncated_shard_is_detected_by_readers_and_by_the_next_writer(copy, pri
     with pytest.raises(OSError, match="truncated file"):
         h5py.File(shard, "r")
     with h5py.File(cache, "r") as f, pytest.raises(OSError, match="truncated file"):
-        f["features/resnet18/layer2"][:]
+        f[fmt.features_path("resnet18", "layer2")][:]
     with pytest.raises(CacheCorruptError, match=rf"shard file '{shard}' of resnet18/layer2 is"):
         open_cache(cache).load("resnet18", "layer2")
     with pytest.raises(

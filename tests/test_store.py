@@ -14,6 +14,7 @@ import pytest
 
 from featurecache._data import Dataset
 from featurecache.cache import FeatureConfig, Store
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import (
     CacheLockedError,
     ConfigMismatchError,
@@ -66,15 +67,15 @@ def test_index_maps_shards_and_reads_with_plain_h5py_from_any_cwd(store, tmp_pat
     store.rebuild_index()
     monkeypatch.chdir("/")
     with h5py.File(tmp_path / "cache.h5", "r") as f:
-        X = f["features/toy/l1"][:]
-        status = f["status/toy/l1"][:]
-        assert f["samples/ids"].asstr()[:].tolist() == [str(i) for i in range(10)]
+        X = f[fmt.features_path("toy", "l1")][:]
+        status = f[fmt.status_path("toy", "l1")][:]
+        assert f[fmt.sample_path("ids")].asstr()[:].tolist() == [str(i) for i in range(10)]
         assert f.attrs["shard_size"] == 4 and f.attrs["format"] == "featurecache"
-        assert json.loads(f["features/toy"].attrs["config"])["backbone"] == "toy"
-        assert f["features/toy/l1"].attrs["depth"] == 0.5
-        assert f["failures/toy/row"][:].tolist() == [9]
-        assert f["failures/toy/reason"].asstr()[:].tolist() == ["broken image"]
-        assert f["shards/toy/file"].shape == (2,)
+        assert json.loads(f[fmt.features_path("toy")].attrs["config"])["backbone"] == "toy"
+        assert f[fmt.features_path("toy", "l1")].attrs["depth"] == 0.5
+        assert f[fmt.failures_path("toy", "row")][:].tolist() == [9]
+        assert f[fmt.failures_path("toy", "reason")].asstr()[:].tolist() == ["broken image"]
+        assert f[fmt.shards_path("toy", "file")].shape == (2,)
     np.testing.assert_array_equal(X[:4], 1.0)
     assert np.isnan(X[4:8]).all()  # shard 1 not yet computed
     np.testing.assert_array_equal(X[8:], 3.0)

@@ -5,6 +5,7 @@ Stage 1 (``featurecache.models``, ``featurecache.engines``) writes through
 layout is spelled in :mod:`featurecache.cache._format` and nowhere else.
 """
 
+from featurecache.cache._arrays import SampleTable, write_arrays
 from featurecache.cache._atomic import atomic_write, create_once
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import (
@@ -32,6 +33,7 @@ __all__ = [
     "STATUS_NAMES",
     "STATUS_OK",
     "STATUS_PENDING",
+    "SampleTable",
     "ShardMeta",
     "Store",
     "atomic_write",
@@ -40,4 +42,5 @@ __all__ = [
     "locking_enabled",
     "open_cache",
     "samples_digest",
+    "write_arrays",
 ]

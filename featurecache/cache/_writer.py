@@ -136,7 +136,7 @@ class Store:
             return
 
         def write(tmp: Path) -> None:
-            with _new_h5(tmp) as f:
+            with new_h5(tmp) as f:
                 group = f.create_group("samples")
                 ids, labels, splits = (
                     np.asarray(dataset.ids, dtype=object),
@@ -278,7 +278,7 @@ class Store:
         n_rows = len(status)
 
         def write(tmp: Path) -> None:
-            with _new_h5(tmp) as f:
+            with new_h5(tmp) as f:
                 f.attrs.update(
                     start=start,
                     stop=start + n_rows,
@@ -361,7 +361,7 @@ class Store:
         listing = []
 
         def write(tmp: Path) -> None:
-            with _new_h5(tmp) as f:
+            with new_h5(tmp) as f:
                 f.attrs.update(root_attrs)
                 f["samples"] = h5py.ExternalLink(
                     os.path.relpath(self.samples_path, self.path.parent), "/samples"
@@ -596,7 +596,7 @@ def _flock(handle, flags: int, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _new_h5(path: Path) -> Iterator[h5py.File]:
+def new_h5(path: Path) -> Iterator[h5py.File]:
     """Build a new HDF5 file in memory, then write it to ``path`` with one plain write.
 
     HDF5 defers its writes to ``close``, where a full disk surfaces as a ``RuntimeError``
