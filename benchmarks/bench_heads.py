@@ -1,7 +1,7 @@
 """Time the default logreg grid with 5-fold CV: pipelines.search against a plain GridSearchCV.
 
 The script writes a synthetic cache (float32 features with class structure, in
-the format of docs/cache-format.md, plain h5py) into a temporary folder, reads
+a plain index written by ``featurecache.cache.write_arrays``) into a temporary folder, reads
 the train split back with ``pipelines.open_cache``, then runs
 
 - plain: ``GridSearchCV(Pipeline([StandardScaler(), LogisticRegression(...)]),
@@ -27,10 +27,11 @@ import time
 import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from featurecache.cache import FeatureConfig, SampleTable, write_arrays  # noqa: E402
 
 
 def write_cache(path: Path, n_samples: int, n_features: int, n_classes: int, seed: int) -> None:
@@ -41,27 +42,34 @@ def write_cache(path: Path, n_samples: int, n_features: int, n_classes: int, see
     mixing = rng.normal(scale=1.0 / np.sqrt(latent_dim), size=(latent_dim, n_features))
     y = rng.integers(0, n_classes, size=n_samples)
     splits = np.where(rng.random(n_samples) < 0.8, "train", "test")
-    with h5py.File(path, "w") as f:
-        f.attrs.update(format="featurecache", format_version=1, n_samples=n_samples)
-        f.attrs["dataset"] = "synthetic benchmark"
-        samples = f.create_group("samples")
-        samples["ids"] = np.array([f"{i:07d}" for i in range(n_samples)], dtype=object)
-        samples["labels"] = y.astype(np.int64)
-        samples["splits"] = splits.astype(object)
-        samples.attrs["class_names"] = np.array([f"c{k}" for k in range(n_classes)], dtype=object)
-        rows = max(1, (64 << 20) // (4 * n_features))
-        dataset = f.create_dataset(
-            "features/synthetic/embedding",
-            shape=(n_samples, n_features),
-            dtype=np.float32,
-            chunks=(min(rows, n_samples, 1024), n_features),
-        )
-        dataset.attrs.update(layer="embedding", depth=1.0, dtype="float32")
-        for start in range(0, n_samples, rows):
-            stop = min(n_samples, start + rows)
-            latent = centers[y[start:stop]] + rng.normal(size=(stop - start, latent_dim))
-            noise = rng.normal(size=(stop - start, n_features))
-            dataset[start:stop] = (latent @ mixing * 2.0 + noise).astype(np.float32)
+    X = np.empty((n_samples, n_features), dtype=np.float32)
+    for start in range(0, n_samples, 4096):
+        stop = min(n_samples, start + 4096)
+        latent = centers[y[start:stop]] + rng.normal(size=(stop - start, latent_dim))
+        noise = rng.normal(size=(stop - start, n_features))
+        X[start:stop] = (latent @ mixing * 2.0 + noise).astype(np.float32)
+    samples = SampleTable(
+        ids=np.array([f"{i:07d}" for i in range(n_samples)], dtype=object),
+        labels=y.astype(np.int64),
+        splits=splits.astype(object),
+        class_names=tuple(f"c{k}" for k in range(n_classes)),
+        source="synthetic benchmark",
+    )
+    config = FeatureConfig(
+        backbone="synthetic",
+        weights_sha256="0" * 64,
+        preprocessing={},
+        pooling="avg",
+        dtype="float32",
+        compute_dtype="float32",
+    )
+    write_arrays(
+        path,
+        samples,
+        {"synthetic": {"embedding": X}},
+        {"synthetic": config},
+        layer_attrs={"synthetic": {"embedding": {"depth": 1.0}}},
+    )
 
 
 def plain_search(X, y, grid, cv, seed, jobs):

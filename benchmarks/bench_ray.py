@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from featurecache.cache import _format as fmt
+
 
 class _Commits(logging.Handler):
     """Records when each shard is committed (both engines log one line per shard)."""
@@ -103,7 +105,8 @@ def _decode_rate(data: Path, model: str, weights, image_size: int, n: int = 128)
 def _features(cache: Path, model: str) -> dict[str, bytes]:
     with h5py.File(cache, "r") as f:
         return {
-            name: f[f"features/{model}/{name}"][()].tobytes() for name in f[f"features/{model}"]
+            name: f[fmt.features_path(model, name)][()].tobytes()
+            for name in f[fmt.features_path(model)]
         }
 
 

@@ -24,6 +24,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from featurecache.cache import _format as fmt
+
 # A small, cheap configuration: random weights, 32 px, float32 everywhere.
 SETTINGS = dict(
     model="resnet18",
@@ -73,7 +75,7 @@ def read_layers(cache: Path, model: str, layers) -> dict[str, tuple[np.ndarray, 
     """``{layer: (features, status)}`` read with plain h5py, as any reader would."""
     with h5py.File(cache, "r") as f:
         return {
-            layer: (f[f"features/{model}/{layer}"][:], f[f"status/{model}/{layer}"][:])
+            layer: (f[fmt.features_path(model, layer)][:], f[fmt.status_path(model, layer)][:])
             for layer in layers
         }
 

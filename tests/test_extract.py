@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from featurecache import extract
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import (
     ConfigMismatchError,
     DatasetChangedError,
@@ -117,9 +118,9 @@ def _assert_close(actual, expected, layer):
 def _read(cache, model, layer):
     with h5py.File(cache, "r") as f:
         return (
-            f[f"features/{model}/{layer}"][:],
-            f["status/" + model + "/" + layer][:],
-            f["samples/ids"].asstr()[:],
+            f[fmt.features_path(model, layer)][:],
+            f[fmt.status_path(model, layer)][:],
+            f[fmt.sample_path("ids")].asstr()[:],
         )
 
 
@@ -137,14 +138,14 @@ def test_resnet18_every_layer_equals_a_plain_forward(images, resnet_file, tmp_pa
         assert (status == 1).all()
         _assert_close(X, expected[layer], layer)
     with h5py.File(cache, "r") as f:
-        attrs = f["features/resnet18/layer3"].attrs
+        attrs = f[fmt.features_path("resnet18", "layer3")].attrs
         assert (
             attrs["backbone"] == "resnet18"
             and attrs["pooling"] == "avg"
             and attrs["layer"] == "layer3"
         )
         assert attrs["weights"] == f"file:{resnet_file}" and len(attrs["weights_sha256"]) == 64
-        assert attrs["depth"] < f["features/resnet18/embedding"].attrs["depth"] == 1.0
+        assert attrs["depth"] < f[fmt.features_path("resnet18", "embedding")].attrs["depth"] == 1.0
 
 
 @pytest.mark.parametrize("pooling", ["max", "avgmax", "flatten"])
@@ -197,8 +198,8 @@ def test_new_layer_computes_only_that_layer(images, tmp_path):
     assert result.computed == ("layer2",)
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())
     with h5py.File(cache, "r") as f:
-        assert sorted(f["features/resnet18"].keys()) == ["layer1", "layer2"]
-        assert (f["status/resnet18/layer2"][:] == 1).all()
+        assert sorted(f[fmt.features_path("resnet18")].keys()) == ["layer1", "layer2"]
+        assert (f[fmt.status_path("resnet18", "layer2")][:] == 1).all()
 
 
 def test_config_mismatch_fails_and_writes_nothing(images, tmp_path):
@@ -265,16 +266,16 @@ def test_corrupt_image_is_a_failed_row_with_its_reason(images, tmp_path):
     result = _small(data, cache, layers=["layer4", "embedding"])
     assert (result.n_ok, result.n_failed) == (12, 2)
     with h5py.File(cache, "r") as f:
-        ids = f["samples/ids"].asstr()[:]
-        status = f["status/resnet18/embedding"][:]
+        ids = f[fmt.sample_path("ids")].asstr()[:]
+        status = f[fmt.status_path("resnet18", "embedding")][:]
         failed = dict(
             zip(
-                ids[f["failures/resnet18/row"][:]],
-                f["failures/resnet18/reason"].asstr()[:],
+                ids[f[fmt.failures_path("resnet18", "row")][:]],
+                f[fmt.failures_path("resnet18", "reason")].asstr()[:],
                 strict=True,
             )
         )
-        X = f["features/resnet18/embedding"][:]
+        X = f[fmt.features_path("resnet18", "embedding")][:]
     assert set(failed) == {"bee/broken.png", "ant/empty.jpg"}
     assert (
         "cannot identify image" in failed["bee/broken.png"] and "empty" in failed["ant/empty.jpg"]
@@ -315,8 +316,8 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(images, tmp_pat
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     with h5py.File(cache, "r") as f:  # the cache opens, and committed rows equal the reference
-        done = f["status/resnet18/embedding"][:] == 1
-        partial = f["features/resnet18/embedding"][:]
+        done = f[fmt.status_path("resnet18", "embedding")][:] == 1
+        partial = f[fmt.features_path("resnet18", "embedding")][:]
     assert 0 < done.sum() < 12
     expected = _read(reference, "resnet18", "embedding")[0]
     np.testing.assert_array_equal(partial[done], expected[done])

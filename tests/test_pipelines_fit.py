@@ -15,6 +15,7 @@ from _synthetic import write_cache
 import pipelines
 import pipelines._fit as fit_module
 from featurecache.app._fit_commands import register
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError, UnknownNameError
 
 FAST = {"logreg": {"C": [0.01, 1.0]}, "linsvm": {"C": [0.01, 0.1]}}
@@ -198,10 +199,10 @@ def test_labels_only_in_test_are_refused(tmp_path):
     import h5py
 
     with h5py.File(cache, "r+") as f:
-        labels = f["samples/labels"][:]
-        splits = f["samples/splits"].asstr()[:]
+        labels = f[fmt.sample_path("labels")][:]
+        splits = f[fmt.sample_path("splits")].asstr()[:]
         labels[(splits == "train") & (labels == 2)] = 1
-        f["samples/labels"][:] = labels
+        f[fmt.sample_path("labels")][:] = labels
     with pytest.raises(InvalidArgumentError, match="'class_2' have labels only in the test split"):
         _fit(cache, tmp_path / "r")
     assert not (tmp_path / "r").exists()
@@ -212,7 +213,7 @@ def test_layer_without_extracted_rows_is_refused(tmp_path):
     import h5py
 
     with h5py.File(cache, "r+") as f:
-        f["status/toy/noise"][:] = 0  # not extracted yet
+        f[fmt.status_path("toy", "noise")][:] = 0  # not extracted yet
     with pytest.raises(InvalidArgumentError, match="toy/noise of cache .* hold no extracted rows"):
         _fit(cache, tmp_path / "r")
     assert not (tmp_path / "r").exists()

@@ -20,6 +20,7 @@ from PIL import Image
 from featurecache._data import Dataset
 from featurecache._extract import extract
 from featurecache.app.cli import main
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
@@ -146,14 +147,14 @@ def test_cli_ray_engine_equals_in_process_bit_for_bit(ray_cluster, images, tmp_p
 
     snapshot = _snapshot(remote)
     assert snapshot == _snapshot(local)
-    status = snapshot["status/resnet18/embedding"]
+    status = snapshot[fmt.status_path("resnet18", "embedding")]
     assert np.frombuffer(status[2], np.int8).tolist().count(2) == 1  # the broken file, one row
     with h5py.File(remote, "r") as f:
-        ids = f["samples/ids"].asstr()[:]
-        failed = f["failures/resnet18/row"][:]
+        ids = f[fmt.sample_path("ids")].asstr()[:]
+        failed = f[fmt.failures_path("resnet18", "row")][:]
         assert ids[failed].tolist() == ["bee/broken.png"]
-        assert f["failures/resnet18/reason"].asstr()[0]  # why it failed
-        assert np.isnan(f["features/resnet18/embedding"][failed[0]]).all()
+        assert f[fmt.failures_path("resnet18", "reason")].asstr()[0]  # why it failed
+        assert np.isnan(f[fmt.features_path("resnet18", "embedding")][failed[0]]).all()
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +197,8 @@ def test_worker_dying_beyond_retries_keeps_finished_shards_and_resumes(
             _dies_once(tmp_path / "killed.pid"), cache, n_workers=1, max_retries=0, **SETTINGS
         )
     with h5py.File(cache, "r") as f:  # shard 0 finished before the worker died in shard 1
-        assert f["status/resnet18/embedding"][:8].tolist() == [1] * 8
-        assert f["status/resnet18/embedding"][8:16].tolist() == [0] * 8
+        assert f[fmt.status_path("resnet18", "embedding")][:8].tolist() == [1] * 8
+        assert f[fmt.status_path("resnet18", "embedding")][8:16].tolist() == [0] * 8
 
     resumed = extract(_arrays(), cache, workers=0, **SETTINGS)  # the other engine resumes
     assert 0 < resumed.shards_written < 5
