@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurecache._validation import ParameterError
 from featurecache.cache import samples_digest
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
@@ -282,24 +283,27 @@ def _assign_split(
             index, test_size=fraction, random_state=seed, stratify=stratify
         )
     except ValueError as error:
-        raise InvalidArgumentError(
-            f"--split {split}: cannot split {len(labels)} samples ({error})."
-        ) from None
+        raise ParameterError(
+            "split", "load_dataset", "a fraction that leaves samples in both parts", split,
+            f"{len(labels)} samples cannot be split: {error}",
+        ) from None  # fmt: skip
     result = np.full(len(labels), "train", dtype=object)
     result[test_index] = "test"
     return result
 
 
 def _parse_random_split(split: str) -> float:
-    kind, _, value = split.partition(":")
+    kind, _, value = split.partition(":") if isinstance(split, str) else ("", "", "")
     try:
         fraction = float(value)
     except ValueError:
         fraction = -1.0
     if kind != "random" or not 0.0 < fraction < 1.0:
-        raise InvalidArgumentError(
-            f"--split must be 'random:FRACTION' with 0 < FRACTION < 1, or 'none'; got {split!r}."
-        )
+        hint = f"Write 'random:{split}'." if isinstance(split, float) and 0 < split < 1 else ""
+        raise ParameterError(
+            "split", "load_dataset", "'random:FRACTION' with 0 < FRACTION < 1, or 'none'", split,
+            hint,
+        )  # fmt: skip
     return fraction
 
 

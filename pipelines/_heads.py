@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from featurecache._validation import ParameterError
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
@@ -115,7 +116,10 @@ class Head:
                 )
         for candidate in ParameterGrid(merged):  # surface bad values now, not in a worker
             try:
-                self.classifier(candidate, np.ones((2, 2)), seed=0)
+                clf = self.classifier(candidate, np.ones((2, 2)), seed=0)
+                validate = getattr(clf, "_validate_params", None)  # scikit-learn >= 1.2
+                if validate is not None:
+                    validate()  # the estimator's own constraints: C > 0, known solvers...
             except (TypeError, ValueError) as error:
                 raise InvalidArgumentError(f"the grid of head {self.name!r}: {error}") from error
         return merged
@@ -244,25 +248,24 @@ def load_grid(path: str | os.PathLike) -> dict[str, dict[str, list]]:
     InvalidArgumentError
         The file is missing, unreadable, or not a mapping of head names to mappings.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgumentError(
-            f"--grid must be a JSON or YAML file; {str(path)!r} does not exist."
-        )
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            grid = json.loads(text)
-        else:
-            import yaml
+    import yaml
 
-            grid = yaml.safe_load(text)
-    except ValueError as error:  # json and yaml errors are ValueErrors
-        raise InvalidArgumentError(f"--grid {str(path)!r} cannot be parsed: {error}") from error
+    path = Path(path)
+    expected = "a JSON or YAML file mapping head names to parameter grids"
+    example = 'For example {"logreg": {"C": [0.01, 0.1, 1]}}.'
+    if not path.is_file():
+        raise ParameterError("grid", "fit", expected, str(path), "The file does not exist.")
+    try:
+        text = path.read_text()
+        grid = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError, OSError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ParameterError(
+            "grid", "fit", expected, str(path), f"It cannot be parsed: {first}."
+        ) from error
     if not isinstance(grid, dict) or not all(isinstance(v, dict) for v in grid.values()):
-        raise InvalidArgumentError(
-            f"--grid {str(path)!r} must map head names to parameter grids, e.g. "
-            '{"logreg": {"C": [0.01, 0.1, 1]}}; got ' + type(grid).__name__ + "."
+        raise ParameterError(
+            "grid", "fit", expected, str(path), f"It holds a {type(grid).__name__}. {example}"
         )
     for name in grid:
         get_head(name)

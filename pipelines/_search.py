@@ -97,10 +97,11 @@ def stratified_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarra
             f"cross-validation needs at least 2 classes; the training rows have {len(classes)}."
         )
     if counts.min() < cv:
-        k = int(classes[np.argmin(counts)])
+        k, n = int(classes[np.argmin(counts)]), int(counts.min())
+        fewer = f"use cv={n} or fewer folds, " if n >= 2 else ""
         raise InvalidArgumentError(
-            f"cv={cv} needs at least {cv} training rows per class; class {k} has "
-            f"{int(counts.min())}; lower --cv or add training samples."
+            f"cv={cv} needs at least {cv} training rows per class; class {k} has {n}: "
+            f"{fewer}add training rows of class {k}, or leave the class out."
         )
     folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed)
     return list(folds.split(np.zeros((len(y), 1)), y))

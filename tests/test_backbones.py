@@ -197,8 +197,8 @@ def test_named_weights_missing_from_the_hub_cache_fail_offline(empty_torch_home)
     message = (
         f"Weights ResNet18_Weights.IMAGENET1K_V1 of resnet18 are not in the torch hub cache "
         f"({cached} does not exist) and featurecache never downloads. Set TORCH_HOME to a "
-        "folder whose hub/checkpoints holds resnet18-f37072fd.pth, or pass `--weights PATH` "
-        "with a local state-dict file."
+        "folder whose hub/checkpoints holds resnet18-f37072fd.pth, or give a local state-dict file "
+        "as the weights."
     )
     with pytest.raises(WeightsNotFoundError, match=f"^{re.escape(message)}$"):
         load_backbone("resnet18", "IMAGENET1K_V1")

@@ -134,7 +134,10 @@ def test_unknown_builtin_suggests():
 
 
 def test_bad_random_split():
-    with pytest.raises(InvalidArgumentError, match=r"--split must be 'random:FRACTION'"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"The 'split' parameter of load_dataset must be 'random:FRACTION'",
+    ):
         load_dataset("builtin:digits", split="random:2")
 
 

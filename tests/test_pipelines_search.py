@@ -175,11 +175,37 @@ def test_load_grid_json_and_yaml(tmp_path):
     grids = resolve_grids(["svm", "mlp"], pipelines.load_grid(tmp_path / "g.yaml"))
     assert grids["svm"]["gamma"] == ["0.5*scale"] and grids["mlp"]["pca"] == [32]
     (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(InvalidArgumentError, match="must map head names"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^The 'grid' parameter of fit must be a JSON or YAML file mapping head names to "
+        r"parameter grids. Got '.*bad.yaml' instead. It holds a list. For example",
+    ):
         pipelines.load_grid(tmp_path / "bad.yaml")
+    (tmp_path / "broken.yaml").write_text("logreg: {C: [1, 2\n")
+    with pytest.raises(InvalidArgumentError, match=r"broken.yaml' instead. It cannot be parsed: "):
+        pipelines.load_grid(tmp_path / "broken.yaml")
+    with pytest.raises(
+        InvalidArgumentError, match=r"missing.json' instead. The file does not exist"
+    ):
+        pipelines.load_grid(tmp_path / "missing.json")
     (tmp_path / "typo.json").write_text(json.dumps({"logreq": {"C": [1]}}))
     with pytest.raises(UnknownNameError, match="Did you mean 'logreg'"):
         pipelines.load_grid(tmp_path / "typo.json")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            [-1.0],
+            r"The 'C' parameter of LogisticRegression must be a float in the range \(0.0, inf\]",
+        ),
+        (["ten"], r"The 'C' parameter of LogisticRegression must be a float"),
+    ],
+)
+def test_grid_values_the_estimator_refuses_fail_before_any_fit(values, message):
+    with pytest.raises(InvalidArgumentError, match=r"the grid of head 'logreg': " + message):
+        resolve_grids(["logreg"], {"logreg": {"C": values}})
 
 
 def test_pipeline_shape_pca_and_gamma(data):

@@ -68,7 +68,7 @@ CASES = {
     ),
     "unknown split": (
         ["extract", "data", "--cache", "new.h5", *EXTRACT, "--split", "halves"],
-        r"--split must be 'random:FRACTION' with 0 < FRACTION < 1, or 'none'; got 'halves'",
+        r"--split must be 'random:FRACTION' with 0 < FRACTION < 1, or 'none'. Got 'halves' instead.",
     ),
     "empty folder": (
         ["extract", "empty", "--cache", "new.h5", *EXTRACT],

@@ -225,8 +225,8 @@ def test_without_locking_no_lock_is_ever_taken(data, reference, tmp_path):
                       deny_locks=True)  # fmt: skip
         child.join()
     hint = (
-        "on such file systems (NFS without locks, some FUSE mounts) pass --no-locking or set "
-        "FEATURECACHE_NO_LOCKING=1, and run one writer per model."
+        "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
+        "--no-locking, or FEATURECACHE_NO_LOCKING=1), and run one writer per model."
     )
     assert outcomes["nfs"] == {
         "error": "CacheLockedError",

@@ -34,7 +34,7 @@ BASE = {"layers": ["layer1"], "shard_size": 4, "batch_size": 4}
 MORE = {**BASE, "layers": ["layer4"]}
 HINT = (
     "nothing of it was committed and the cache is as it was. Free space (or raise the file "
-    "size limit) and re-run the same command to resume, or put --cache on a larger disk."
+    "size limit) and re-run the same command to resume, or put the cache on a larger disk."
 )
 
 

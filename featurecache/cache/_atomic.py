@@ -136,5 +136,5 @@ def raise_if_out_of_space(error: OSError, target: Path) -> None:
         raise OutOfSpaceError(
             f"out of disk space while writing {str(target)!r}; nothing of it was committed and the "
             "cache is as it was. Free space (or raise the file size limit) and re-run the same "
-            "command to resume, or put --cache on a larger disk."
+            "command to resume, or put the cache on a larger disk."
         ) from error

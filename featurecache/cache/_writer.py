@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 _STR = h5py.string_dtype()
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 _NO_LOCKS_HINT = (
-    "on such file systems (NFS without locks, some FUSE mounts) pass --no-locking or set "
-    f"{fmt.LOCKING_ENV}=1, and run one writer per model."
+    "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
+    f"--no-locking, or {fmt.LOCKING_ENV}=1), and run one writer per model."
 )
 
 

