@@ -49,7 +49,7 @@ class Head:
     Attributes
     ----------
     name : str
-        What ``--heads`` accepts.
+        What ``heads`` of :func:`~pipelines.fit` accepts.
     make_classifier : callable
         ``make_classifier(seed) -> estimator``, the unfitted classifier with the
         head's fixed settings.
@@ -247,7 +247,7 @@ def load_grid(path: str | os.PathLike) -> dict[str, dict[str, list]]:
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(
-            f"--grid must be a JSON or YAML file; {str(path)!r} does not exist."
+            f"grid must be a mapping or a JSON or YAML file; {str(path)!r} does not exist."
         )
     text = path.read_text()
     try:
@@ -258,10 +258,10 @@ def load_grid(path: str | os.PathLike) -> dict[str, dict[str, list]]:
 
             grid = yaml.safe_load(text)
     except ValueError as error:  # json and yaml errors are ValueErrors
-        raise InvalidArgumentError(f"--grid {str(path)!r} cannot be parsed: {error}") from error
+        raise InvalidArgumentError(f"grid file {str(path)!r} cannot be parsed: {error}") from error
     if not isinstance(grid, dict) or not all(isinstance(v, dict) for v in grid.values()):
         raise InvalidArgumentError(
-            f"--grid {str(path)!r} must map head names to parameter grids, e.g. "
+            f"grid file {str(path)!r} must map head names to parameter grids, e.g. "
             '{"logreg": {"C": [0.01, 0.1, 1]}}; got ' + type(grid).__name__ + "."
         )
     for name in grid:
