@@ -39,7 +39,7 @@ from featurecache._validation import (
 from featurecache.cache import Cache, Entry, open_cache
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
-from pipelines._results import RECORD_VERSION, ResultsFolder, jsonable
+from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
 from pipelines._search import (
     SearchResult,
     converged,
@@ -107,7 +107,7 @@ def fit(
     Returns
     -------
     pandas.DataFrame
-        The rows of ``results.csv``; :func:`~pipelines._results.best` picks the best.
+        The rows of ``results.csv``; :func:`~pipelines.best` picks the best (logged).
 
     Raises
     ------
@@ -127,7 +127,10 @@ def fit(
     with _parallel_backend(plan.backend, plan.address):
         for model, layer in plan.combos:
             _fit_layer(cache, plan, results, model, layer)
-    return results.write_table()
+    table = results.write_table()
+    chosen = best(table)
+    logger.info("best by CV: %s / %s / %s", chosen["model"], chosen["layer"], chosen["head"])
+    return table
 
 
 # -- planning: every check happens before anything is written -------------------------
@@ -489,22 +492,14 @@ def _write_combo(
     """Write the head, its test predictions, and last the record that marks it finished."""
     model, layer = entry.model, entry.layer
     head_file = results.write_head(
-        {
-            "estimator": refit.estimator,
-            "model": model,
-            "layer": layer,
-            "head": head.name,
-            "params": dict(found.params),
-            "class_names": list(cache.class_names),
-            "samples_digest": cache.samples_digest,
-            "provenance": dict(entry.provenance),
-        }
-    )
+        estimator=refit.estimator, model=model, layer=layer, head=head.name, params=found.params,
+        class_names=cache.class_names, samples_digest=cache.samples_digest,
+        provenance=entry.provenance,
+    )  # fmt: skip
     predictions_file = results.write_predictions(
         model, layer, head.name, ids=data.ids_test, y_true=data.y_test, y_pred=refit.y_pred,
         class_names=cache.class_names,
     )  # fmt: skip
-    metrics = heldout_metrics(data.y_test, refit.y_pred)
     results.write_combo(
         {
             "key": key,
@@ -512,23 +507,31 @@ def _write_combo(
             "layer": layer,
             "depth": entry.depth,
             "head": head.name,
-            "params": found.params,
             "selection": "val" if plan.uses_val else f"{plan.cv}-fold CV",
             "protocol": plan.protocol,
-            "cv_mean": found.cv_mean,
-            "cv_std": found.cv_std,
-            "candidates": list(found.candidates),
-            "test_accuracy": metrics["accuracy"],
-            "test_balanced_accuracy": metrics["balanced_accuracy"],
-            "test_macro_f1": metrics["macro_f1"],
-            "fit_seconds": found.seconds + refit.seconds,
+            **_scores(found, refit, data.y_test),
             **data.counts,
-            "n_not_converged": found.n_not_converged + (0 if refit.converged else 1),
             "head_file": head_file,
             "predictions_file": predictions_file,
             "provenance": entry.provenance,
         }
     )
+
+
+def _scores(found: SearchResult, refit: _Refit, y_test: np.ndarray) -> dict[str, Any]:
+    """What the search found and what the refitted head scored on test."""
+    metrics = heldout_metrics(y_test, refit.y_pred)
+    return {
+        "params": found.params,
+        "cv_mean": found.cv_mean,
+        "cv_std": found.cv_std,
+        "candidates": list(found.candidates),
+        "test_accuracy": metrics["accuracy"],
+        "test_balanced_accuracy": metrics["balanced_accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "fit_seconds": found.seconds + refit.seconds,
+        "n_not_converged": found.n_not_converged + (0 if refit.converged else 1),
+    }
 
 
 def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head) -> str:

@@ -426,12 +426,25 @@ class ResultsFolder:
             return False
         return data.get("key") == key and (self.root / data.get("head_file", "")).is_file()
 
-    def write_head(self, record: Mapping[str, Any]) -> str:
-        """Write a head file (a dict with :data:`HEAD_KEYS` but ``featurecache_version``,
-        which is added) and return its path relative to the folder."""
-        stored = {**record, "featurecache_version": str(__version__)}
-        _require(stored, HEAD_KEYS, "head file")
-        path = self.path("heads", stored["model"], stored["layer"], stored["head"])
+    def write_head(
+        self, *, estimator: Any, model: str, layer: str, head: str, params: Mapping[str, Any],
+        class_names: Sequence[str], samples_digest: str, provenance: Mapping[str, Any],
+    ) -> str:  # fmt: skip
+        """Write a head file (a dict with :data:`HEAD_KEYS`) and return its path relative to
+        the folder. ``provenance`` holds the cached layer's attributes, its ``config`` among
+        them."""
+        stored = {
+            "estimator": estimator,
+            "model": model,
+            "layer": layer,
+            "head": head,
+            "params": dict(params),
+            "class_names": list(class_names),
+            "samples_digest": samples_digest,
+            "provenance": dict(provenance),
+            "featurecache_version": str(__version__),
+        }
+        path = self.path("heads", model, layer, head)
         atomic_write(path, lambda p: joblib.dump(stored, p))
         return str(path.relative_to(self.root))
 
