@@ -136,3 +136,15 @@ def test_the_image_rule_skips_hidden_files_and_folders(tmp_path):
     listed = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
     assert listed == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
     assert load_dataset(tmp_path, split="none").ids.tolist() == listed
+
+
+def test_predict_lists_the_images_extract_lists(tmp_path):
+    from featurecache.app._predict import _image_list
+
+    _classes(tmp_path, n=2)
+    _image(tmp_path / "cat" / ".hidden.png")
+    _image(tmp_path / ".thumbnails" / "t.png")
+    (tmp_path / "dog" / "notes.txt").write_text("x")
+    predicted = _image_list(tmp_path, ("cat", "dog")).ids.tolist()
+    assert predicted == load_dataset(tmp_path, split="none").ids.tolist()
+    assert predicted == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]

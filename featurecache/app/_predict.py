@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._data import IMAGE_EXTENSIONS, Dataset
+from featurecache._data import IMAGE_EXTENSIONS, Dataset, list_images
 from featurecache._validation import ParameterError
 from featurecache.cache import STATUS_OK, FeatureConfig, atomic_write
 from featurecache.exceptions import InvalidArgumentError
@@ -123,9 +123,7 @@ def _weights_for(config: FeatureConfig) -> str:
 
 def _image_list(images: Path, class_names: tuple[str, ...]) -> Dataset:
     if images.is_dir():
-        paths = sorted(
-            p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
-        )
+        paths = list_images(images)  # the same rule as extract: no hidden files or folders
         ids = [p.relative_to(images).as_posix() for p in paths]
     elif images.suffix.lower() == ".csv" and images.is_file():
         import pandas as pd
