@@ -193,10 +193,11 @@ class Job:
 
     def commit(self, result: ShardResult, runner: ShardRunner) -> None:
         """Write one shard file and list it in the index (the only way work is committed)."""
-        self.store.write_shard(
+        meta = self.store.write_shard(
             self.model, result.shard, result.start, result.status, result.reasons,
             result.features, runner.layer_attrs, self.config, runner.provenance,
         )  # fmt: skip
+        self.store.publish(self.model, [meta])
         self.store.rebuild_index()
         logger.info(
             "committed shard %d of %s (%d rows)", result.shard, self.model, len(result.status)

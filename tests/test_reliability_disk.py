@@ -92,21 +92,28 @@ def test_full_disk_while_writing_a_shard_from_the_cli(base, tmp_path):
 
 
 def test_full_disk_while_writing_the_index_keeps_the_old_index(base, tmp_path):
-    """The shard fits under the limit, the index does not: the shard is committed, the old
-    index stays in place, and the re-run lists the shard instead of recomputing it."""
+    """The shard fits under the limit, the index does not: the shard is committed (its line
+    appended to the model's log), the old index stays in place, and the re-run lists the
+    shard instead of recomputing it."""
     data, base_cache, full = base
     shard = max(p.stat().st_size for p in full.parent.glob("c.h5.d/*/p-*/shard-*.h5"))
     index = full.stat().st_size
     assert shard < index, "this test needs an index larger than a shard file"
     cache = _copy(base_cache, tmp_path)
     before = snapshot(cache.parent)
+    log = cache.parent / "c.h5.d" / "resnet18" / "commits.jsonl"
+    logged = log.read_bytes()
 
     result = _run(data, cache, MORE, tmp_path / "r.json", fsize=(shard + index) // 2)
     assert result["exitcode"] == 1 and result["error"] == "OutOfSpaceError"
     assert result["message"] == f"out of disk space while writing '{cache}'; " + HINT
     after = snapshot(cache.parent)
     new = sorted(set(after) - set(before))
-    assert {k: after[k] for k in before} == before and not temporaries(tmp_path)
+    grown = log.read_bytes()  # the log only grew, by the one committed shard's line
+    assert grown.startswith(logged) and grown[len(logged) :].count(b"\n") == 1
+    unchanged = {k: after[k] for k in before if not k.endswith("commits.jsonl")}
+    assert unchanged == {k: v for k, v in before.items() if not k.endswith("commits.jsonl")}
+    assert not temporaries(tmp_path)
     assert len(new) == 1 and new[0].endswith("shard-000000.h5")  # committed, not yet listed
     assert after[new[0]] == snapshot(full.parent)[new[0]]
     assert [e.layer for e in open_cache(cache).entries] == ["layer1"]

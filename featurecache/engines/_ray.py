@@ -287,6 +287,7 @@ def _run(
                     finished.append(_next(ray, pool, timeout=0))
                 except TimeoutError:
                     break
+            job.store.recover(job.model)  # log the shard files the workers wrote
             job.store.rebuild_index()
             for shard, n_rows in finished:
                 written += 1
@@ -300,7 +301,8 @@ def _run(
     except BaseException:
         _stop(ray, actors)
         with contextlib.suppress(Exception):  # the error that stopped the run matters more
-            job.store.rebuild_index()  # list the shards written before it
+            job.store.recover(job.model)  # log the shards written before it
+            job.store.rebuild_index()
         raise
     finally:
         bar.close()
