@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "extract": "featurecache._extract",
     "ExtractResult": "featurecache._extract",
+    "RunOptions": "featurecache.engines._options",
+    "LocalEngine": "featurecache.engines._local",
+    "RayEngine": "featurecache.engines._ray",
     "list_backbones": "featurecache.models._registry",
     "get_backbone": "featurecache.models._registry",
     "load_backbone": "featurecache.models._registry",

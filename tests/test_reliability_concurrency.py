@@ -22,6 +22,7 @@ from _workers import (
     read_layers,
     run_cli,
     run_extract,
+    run_options,
     snapshot,
     start,
     temporaries,
@@ -38,8 +39,8 @@ OPTIONS = {
     "resnet18": {"model": "resnet18", "layers": ["layer3", "embedding"]},
     "mobilenet_v3_small": {"model": "mobilenet_v3_small", "layers": ["features.3", "embedding"]},
 }
-for _options in OPTIONS.values():
-    _options.update(shard_size=2, batch_size=2)
+for _arguments in OPTIONS.values():
+    _arguments.update(options=run_options(shard_size=2, batch_size=2))
 NO_LOCKING = {"FEATURECACHE_NO_LOCKING": "1"}
 
 
@@ -52,8 +53,8 @@ def data(tmp_path_factory):
 def reference(data, tmp_path_factory):
     """Each model extracted alone, one after the other."""
     cache = tmp_path_factory.mktemp("reference") / "c.h5"
-    for options in OPTIONS.values():
-        child = start(run_extract, data, cache, options)
+    for arguments in OPTIONS.values():
+        child = start(run_extract, data, cache, arguments)
         child.join()
         assert child.exitcode == 0
     return {model: read_layers(cache, model, o["layers"]) for model, o in OPTIONS.items()}

@@ -21,6 +21,7 @@ from _workers import (
     read_layers,
     run_cli,
     run_extract,
+    run_options,
     snapshot,
     start,
     temporaries,
@@ -30,7 +31,7 @@ from pipelines import open_cache
 
 pytestmark = pytest.mark.slow
 
-BASE = {"layers": ["layer1"], "shard_size": 4, "batch_size": 4}
+BASE = {"layers": ["layer1"], "options": run_options(shard_size=4, batch_size=4)}
 MORE = {**BASE, "layers": ["layer4"]}
 HINT = (
     "nothing of it was committed and the cache is as it was. Free space (or raise the file "
@@ -38,8 +39,8 @@ HINT = (
 )
 
 
-def _run(data, cache, options, result, fsize=None) -> dict:
-    child = start(run_extract, data, cache, options, result, fsize=fsize)
+def _run(data, cache, arguments, result, fsize=None) -> dict:
+    child = start(run_extract, data, cache, arguments, result, fsize=fsize)
     child.join()
     return {"exitcode": child.exitcode, **(outcome(result) or {})}
 

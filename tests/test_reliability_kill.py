@@ -20,7 +20,15 @@ import time
 import h5py
 import numpy as np
 import pytest
-from _workers import make_images, outcome, read_layers, run_extract, start, temporaries
+from _workers import (
+    make_images,
+    outcome,
+    read_layers,
+    run_extract,
+    run_options,
+    start,
+    temporaries,
+)
 
 from featurecache.cache._writer import Store
 from pipelines import open_cache
@@ -29,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "resnet18"
 LAYERS = ["layer2", "embedding"]
-OPTIONS = dict(layers=LAYERS, shard_size=2, batch_size=1)
+OPTIONS = dict(layers=LAYERS, options=run_options(shard_size=2, batch_size=1))
 N_ROWS = 48  # 24 shards of 2 rows
 PAUSE = 0.05  # seconds before each fsync and in each forward pass of a child that gets killed
 

@@ -13,14 +13,14 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from _workers import SETTINGS, make_images, one_torch_thread, read_layers
+from _workers import SETTINGS, make_images, one_torch_thread, read_layers, run_options
 
 from featurecache import extract
 from featurecache.exceptions import CacheCorruptError
 from pipelines import open_cache
 
 LAYERS = ["layer2", "embedding"]
-OPTIONS = {**SETTINGS, "layers": LAYERS, "shard_size": 4, "batch_size": 4}
+OPTIONS = {**SETTINGS, "layers": LAYERS, "options": run_options(shard_size=4, batch_size=4)}
 RECOMPUTE = "re-run the same `featurecache extract` command to recompute it"
 
 

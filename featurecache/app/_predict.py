@@ -70,7 +70,7 @@ def predict(
         )
     layer = record["layer"]
     infos = {info.name: info for info in backbone.layers if info.name == layer}
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, owner="predict")
     runner = ShardRunner(
         backbone, infos, config["pooling"], FeatureConfig.from_dict(config), torch_device
     )
