@@ -6,7 +6,7 @@ so ``import featurecache.exceptions`` stays light.
 
 from __future__ import annotations
 
-import importlib
+from featurecache._lazy import attach
 
 __version__ = "0.1.0"
 
@@ -32,16 +32,4 @@ _LAZY = {
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featurecache' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = attach(__name__, _LAZY)

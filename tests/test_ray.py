@@ -8,18 +8,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
+import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from _synthetic import write_cache
 from PIL import Image
 
-from featurecache import RayEngine, RunOptions, extract
+from featurecache import LocalEngine, RayEngine, RunOptions, extract
 from featurecache._data import Dataset
 from featurecache.app.cli import main
+from featurecache.engines._runner import resolve_dtype
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
@@ -221,6 +225,41 @@ def test_ray_settings_are_checked_before_any_work(ray_cluster, tmp_path):
     gpus = {**SETTINGS, "options": RunOptions(**{**RUN, "device": "auto"})}
     with pytest.raises(InvalidArgumentError, match=r"the Ray cluster has 2 CPUs and 0 GPUs"):
         extract(dataset, tmp_path / "b.h5", **gpus, engine=RayEngine(gpus_per_worker=1))
+
+
+def _dead_temporary(folder, final: str):
+    """A temporary file as a writer killed mid-write leaves it: named after a dead process."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    tag = f"{socket.gethostname()}-{int(child.stdout)}-0123abcd"
+    path = folder / f"{final}.tmp-{tag}"
+    path.write_bytes(b"half a shard")
+    return path
+
+
+@pytest.mark.parametrize("engine", [LocalEngine(), RayEngine(workers=1)], ids=["local", "ray"])
+def test_both_engines_apply_the_same_dtype_rule_and_the_same_cleanup(ray_cluster, tmp_path, engine):
+    cache = tmp_path / "cache.h5"
+    auto = {**SETTINGS, "dtype": "auto"}  # the rule decides, on the device the shards run on
+    first = extract(_arrays(8), cache, **auto, engine=engine)
+    assert first.compute_dtype == resolve_dtype("auto", torch.device("cpu"))
+    with h5py.File(cache, "r") as f:
+        assert f["features/resnet18"].attrs["compute_dtype"] == first.compute_dtype
+
+    model_dir = tmp_path / "cache.h5.d" / "resnet18"
+    leftovers = [
+        _dead_temporary(model_dir, "shard-000000.h5"),
+        _dead_temporary(tmp_path, "cache.h5"),
+    ]
+    hit = extract(_arrays(8), cache, **auto, engine=engine)
+    assert hit.hit and not any(path.exists() for path in leftovers)
+
+    cache.unlink()  # a stale (here: missing) index is rebuilt from the shard files on a hit
+    leftovers = [_dead_temporary(model_dir, "shard-000000.h5")]
+    again = extract(_arrays(8), cache, **auto, engine=engine)
+    assert again.hit and cache.exists() and not leftovers[0].exists()
+    with h5py.File(cache, "r") as f:
+        assert f["status/resnet18/embedding"][:].tolist() == [1] * 8
 
 
 def _results(out) -> tuple[pd.DataFrame, dict[str, bytes]]:
