@@ -159,31 +159,16 @@ def _run(ray, job: Job, plan: Plan, session: _RaySession) -> int:
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    engine = session.engine
-    actor_class = ray.remote(_ShardWorker).options(
-        num_cpus=engine.cpus_per_worker,
-        num_gpus=engine.gpus_per_worker,
-        max_restarts=engine.max_retries,
-        max_task_retries=engine.max_retries,
-    )
-    job_ref = ray.put(job.portable())
-    actors = [
-        actor_class.remote(job_ref, session.options, str(session.device), engine.cpus_per_worker)
-        for _ in range(session.n_actors)
-    ]
+    actors = _start_actors(ray, job, session)
     pool = ActorPool([actor for actor in actors for _ in range(TASKS_PER_WORKER)])
     for part in plan.parts():
         pool.submit(lambda actor, part: actor.compute.remote(part), part)
     logger.info(
         "extracting %d shards of %s on %d Ray workers (%s)",
-        len(plan.work), job.model, session.n_actors, session.device,
+        len(plan.work), job.model, len(actors), session.device,
     )  # fmt: skip
-    bar = tqdm(
-        total=plan.n_rows,
-        unit="img",
-        desc=f"{job.model} (ray)",
-        disable=not session.options.progress,
-    )
+    progress = session.options.progress
+    bar = tqdm(total=plan.n_rows, unit="img", desc=f"{job.model} (ray)", disable=not progress)
     written = 0
     try:
         while pool.has_next():
@@ -200,6 +185,23 @@ def _run(ray, job: Job, plan: Plan, session: _RaySession) -> int:
         bar.close()
         _stop(ray, actors)
     return written
+
+
+def _start_actors(ray, job: Job, session: _RaySession) -> list:
+    """``session.n_actors`` actors, each sent the job (without its backbone) once."""
+    engine = session.engine
+    actor_class = ray.remote(_ShardWorker).options(
+        num_cpus=engine.cpus_per_worker,
+        num_gpus=engine.gpus_per_worker,
+        max_restarts=engine.max_retries,
+        max_task_retries=engine.max_retries,
+    )
+    job_ref = ray.put(job.portable())
+    device = str(session.device)
+    return [
+        actor_class.remote(job_ref, session.options, device, engine.cpus_per_worker)
+        for _ in range(session.n_actors)
+    ]
 
 
 def _finished(ray, pool) -> list[tuple[int, int]]:
