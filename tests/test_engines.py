@@ -55,6 +55,7 @@ def test_ray_session_resolves_the_dtype_rule_on_a_worker_with_its_resources():
     """``auto`` depends on the hardware, so the one rule runs as a Ray task on the workers'
     resources; an explicit or cached dtype needs no worker (and no connection)."""
     calls = []
+    gpus = {"GPU": 1.0}
 
     class FakeRay:
         def remote(self, function):
@@ -62,6 +63,9 @@ def test_ray_session_resolves_the_dtype_rule_on_a_worker_with_its_resources():
 
         def get(self, value):
             return value
+
+        def cluster_resources(self):
+            return {"CPU": 4.0, **gpus}
 
     class Task:
         def __init__(self, function, resources=None):
@@ -85,6 +89,11 @@ def test_ray_session_resolves_the_dtype_rule_on_a_worker_with_its_resources():
     assert calls == [
         (resolve_dtype, {"num_cpus": 2, "num_gpus": 0.5}, ("auto", torch.device("cuda"), None))
     ]
+    gpus.clear()  # a cluster without GPUs: an error, not a task waiting forever
+    with engine.session(RunOptions()) as session:
+        session._ray = FakeRay()
+        with pytest.raises(InvalidArgumentError, match=r"^the Ray cluster has 4 CPUs and 0 GPUs"):
+            session.resolve_dtype("auto", None)
 
 
 def test_local_engine_applies_the_same_rule_in_process():

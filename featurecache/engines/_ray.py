@@ -104,6 +104,7 @@ class _RaySession:
     def resolve_dtype(self, dtype: str, previous: FeatureConfig | None) -> str:
         if dtype == "auto" and previous is None:  # the answer depends on the workers' hardware
             ray = self._connect()
+            _n_actors(ray, self.engine, 1)  # raise, rather than wait, if no worker fits
             task = ray.remote(resolve_dtype).options(
                 num_cpus=self.engine.cpus_per_worker, num_gpus=self.engine.gpus_per_worker
             )
