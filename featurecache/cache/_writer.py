@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -45,6 +46,10 @@ __all__ = ["Store", "check_config"]
 logger = logging.getLogger(__name__)
 
 _STR = h5py.string_dtype()
+#: The index is rebuilt at most this often during a run (and always at its end) ...
+INDEX_MIN_SECONDS = 5.0
+#: ... and never sooner than this many times its own last cost (under 1/40 of the run).
+INDEX_COST_RATIO = 40.0
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 _NO_LOCKS_HINT = (
     "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
@@ -71,6 +76,8 @@ class Store:
         self.data_dir = fmt.data_dir(self.path)
         self.samples_path = fmt.samples_file(self.path)
         self._meta_memo: dict[str, ShardMeta] = {}
+        self._index_written = time.monotonic()  # no rebuild in a run's first seconds
+        self._index_seconds = 0.0
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "locking": self.locking}
@@ -404,8 +411,28 @@ class Store:
             return []
         return sorted(p.parent.name for p in self.data_dir.glob("*/config.json"))
 
+    def rebuild_index_if_due(self) -> bool:
+        """Rebuild the index when enough time has passed for its cost to stay small.
+
+        Commits cost the same at shard 10 and at shard 10,000; the index, which lists every
+        shard, is rebuilt at most every ``INDEX_MIN_SECONDS`` and never more often than
+        keeps its cost under ``1 / INDEX_COST_RATIO`` of the run. Readers do not wait for
+        it: they read the commit logs.
+        """
+        waited = time.monotonic() - self._index_written
+        if waited < max(INDEX_MIN_SECONDS, INDEX_COST_RATIO * self._index_seconds):
+            return False
+        self.rebuild_index()
+        return True
+
     def rebuild_index(self) -> None:
-        """Rebuild ``CACHE.h5`` from the files on disk and rename it into place."""
+        """Rebuild ``CACHE.h5`` from the commit logs and rename it into place."""
+        started = time.monotonic()
+        self._rebuild_index()
+        self._index_written = time.monotonic()
+        self._index_seconds = self._index_written - started
+
+    def _rebuild_index(self) -> None:
         with self._index_lock():
             self.remove_stale_temporaries()
             for _ in range(100):
