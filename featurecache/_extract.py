@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featurecache._data import Dataset, load_dataset
-from featurecache._validation import ParameterError, check_choice
+from featurecache._paths import check_name, check_writable
+from featurecache._validation import (
+    ParameterError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_names,
+    check_optional_int,
+)
 from featurecache.cache import Store, check_config
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
@@ -21,9 +29,14 @@ from featurecache.engines._runner import Plan
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._registry import load_backbone
 
-__all__ = ["extract", "prepare", "feature_config", "ExtractResult", "DEFAULT_MODEL"]
+__all__ = [
+    "extract", "prepare", "check_arguments", "check_cache", "feature_config", "ExtractResult", "DEFAULT_MODEL",
+    "MAX_IMAGE_SIZE",
+]  # fmt: skip
 
 DEFAULT_MODEL = "efficientnet_lite0"
+#: The largest ``image_size``: beyond it the dummy forward pass alone needs gigabytes.
+MAX_IMAGE_SIZE = 4096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -70,6 +83,7 @@ def extract(
     name: str | None = None,
     split: str | None = None,
     seed: int = 0,
+    resplit: bool = False,
     options: RunOptions | None = None,
     engine: Engine | None = None,
 ) -> ExtractResult:
@@ -84,7 +98,8 @@ def extract(
     data : str, path or Dataset
         See :func:`featurecache.load_dataset`.
     cache : str or path
-        The cache index file (``.h5``); created if missing, resumed if present.
+        The cache index file (``.h5``); created if missing, resumed if present. Its folder
+        must exist.
     model : str
         A name from :func:`featurecache.list_backbones`.
     weights : str, optional
@@ -92,12 +107,13 @@ def extract(
         local state-dict file. Defaults to the backbone's default.
     layers : sequence of str, optional
         Names from :func:`featurecache.list_layers`; all are captured in one forward
-        pass. Defaults to the backbone's default layers.
+        pass. Defaults to the backbone's default layers. A plain string is refused:
+        write ``["layer1"]`` for one layer.
     pool : str, optional
         ``avg`` (default), ``max``, ``avgmax`` or ``flatten`` for conv maps; ``cls``
         (default) or ``mean`` for token outputs.
     image_size : int, optional
-        Crop size S; the backbone's default when omitted.
+        Crop size S (1 to ``MAX_IMAGE_SIZE``, 4096); the backbone's default when omitted.
     dtype : {"auto", "float32", "bfloat16", "float16"}
         Autocast dtype of the forward pass. ``auto`` keeps the cached model's, else
         bfloat16 where the engine's device supports it and float32 elsewhere.
@@ -108,7 +124,10 @@ def extract(
     split : str, optional
         ``random:FRACTION`` or ``none`` for datasets without their own split.
     seed : int
-        Seed of the random split and of ``weights="none"``.
+        Seed of the random split and of ``weights="none"`` (0 to 2**32 - 1).
+    resplit : bool
+        Replace the splits of data that has its own (split folders, a split column) with
+        ``split``; without it such data refuses ``split``.
     options : RunOptions, optional
         Batch size, data-loading workers, device, shard size, locking, progress:
         settings that never change the stored numbers. ``RunOptions()`` by default.
@@ -135,7 +154,7 @@ def extract(
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
             image_size=image_size, dtype=dtype, store_dtype=store_dtype, name=name, split=split,
-            seed=seed, options=options, session=session,
+            seed=seed, resplit=resplit, options=options, session=session,
         )  # fmt: skip
         with job.store.lock_model(job.model):
             plan = job.plan()
@@ -161,17 +180,19 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 def prepare(
     data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
-    seed, options: RunOptions, session: Session,
+    seed, options: RunOptions, session: Session, resplit: bool = False,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table and register the model.
 
     The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
     written unless every check passes.
     """
-    _check_settings(dtype, store_dtype, name)
-    store = Store(cache, locking=options.locking)
-    store.check_path()
-    dataset = load_dataset(data, split=split, seed=seed)
+    check_arguments(
+        dtype=dtype, store_dtype=store_dtype, name=name, layers=layers, image_size=image_size,
+        seed=seed, resplit=resplit,
+    )  # fmt: skip
+    store = check_cache(cache, options.locking)
+    dataset = load_dataset(data, split=split, seed=seed, resplit=resplit)
     if store.has_samples():
         store.check_dataset(dataset)
     backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
@@ -241,9 +262,36 @@ def _check_execution(
     return options, engine
 
 
-def _check_settings(dtype, store_dtype, name) -> None:
+def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
+    """The cache's :class:`Store`, after checking its path: a name the file system takes
+    (checked first: a name too long makes every later look-up raise), a file that is a
+    featurecache cache or nothing yet, and for a new cache a folder that can be written.
+
+    Raises
+    ------
+    ParameterError
+        About ``cache``, the parameter of :func:`extract`.
+    """
+    check_name(cache, "cache", "extract")
+    store = Store(cache, locking=locking)
+    store.check_path()
+    if not store.path.exists():  # an existing cache is the store's to judge (a hit writes nothing)
+        check_writable(store.path, "cache", "extract", probe=True)
+    return store
+
+
+def check_arguments(
+    *, dtype="auto", store_dtype="float32", name=None, layers=None, image_size=None, seed=0,
+    resplit=False,
+) -> None:  # fmt: skip
+    """Refuse the arguments of :func:`extract` that are wrong whatever the data and model."""
     check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
     check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
+    check_names(layers, "layers", "extract")
+    if check_optional_int(image_size, "image_size", "extract", low=1) is not None:
+        check_int(image_size, "image_size", "extract", low=1, high=MAX_IMAGE_SIZE)
+    check_int(seed, "seed", "extract", low=0, high=2**32 - 1)
+    check_bool(resplit, "resplit", "extract")
     if name is not None and not (isinstance(name, str) and _NAME.match(name)):
         raise ParameterError(
             "name", "extract", "letters, digits and _.+- (it names a folder)", name
