@@ -338,9 +338,10 @@ def _rows_text(run: dict) -> list[str]:
     texts = ["Rows the fits used and left out: " + "; ".join(parts) + "."]
     if any(key[4] for key in groups):
         texts.append(
-            "**The cache was partial when fit ran** (fitted with `allow_partial`): pending rows "
-            "had not been extracted yet and are in no fit, so every number in this report comes "
-            "from part of the data. Finish the extraction and re-run fit for the full result."
+            "**The cache was partial when fit ran** (fit was asked to go ahead: "
+            "`allow_partial=True`, `--allow-partial`): pending rows had not been extracted yet "
+            "and are in no fit, so every number in this report comes from part of the data. "
+            "Finish the extraction and re-run fit for the full result."
         )
     if any(key[3] for key in groups):
         texts.append(_failed_text(run))

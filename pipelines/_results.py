@@ -411,8 +411,8 @@ class ResultsFolder:
             self.clear()
         before = {name for name in _OWNED if (self.root / name).exists()}
         previous_run = self._run_path.read_bytes() if self._run_path.is_file() else None
-        self.write_run(run)
         try:
+            self.write_run(run)
             yield
         except BaseException:
             if not self.records():

@@ -24,7 +24,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS:
+        if not action.option_strings or action.default is argparse.SUPPRESS or action.required:
             return text
         if "default" in text:
             return text

@@ -73,6 +73,7 @@ def run_demo(
     image_size: int | None = None,
     cache: str | None = None,
     out: str | None = None,
+    force: bool = False,
     jobs: int = -1,
     progress: bool = False,
 ) -> DemoSummary:
@@ -90,6 +91,8 @@ def run_demo(
     cache, out : str, optional
         Cache file and report folder; by default ``data/cache/demo-<dataset>.h5`` and
         ``reports/demo`` (``reports/demo-<dataset>`` for other datasets).
+    force : bool
+        Write the report into an ``out`` that :func:`~pipelines.report` did not write.
 
     Returns
     -------
@@ -107,7 +110,7 @@ def run_demo(
     report_dir = check_output(
         out or ("reports/demo" if dataset == "builtin:digits" and not limit
                 else f"reports/demo-{stem}"),
-        "out", "run_demo", kind="folder", ours=is_report_folder,
+        "out", "run_demo", kind="folder", ours=is_report_folder, force=force,
         expected="a new or empty folder, or a report folder",
     )  # fmt: skip
     cache_path = Path(cache or f"data/cache/demo-{stem}.h5")
@@ -129,7 +132,7 @@ def run_demo(
         cache_path, results_dir, models=[extraction.model], layers=list(extraction.layers),
         heads=list(heads or defaults.heads), n_jobs=jobs,
     )  # fmt: skip
-    pipelines.report(results_dir, report_dir)
+    pipelines.report(results_dir, report_dir, force=force)
     best, recommendation = best_found(results_dir)
     return DemoSummary(
         dataset=dataset,

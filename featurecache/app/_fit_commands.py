@@ -119,7 +119,7 @@ def run_fit(args: argparse.Namespace) -> int:
         args.out,
         models=_names(args.models),
         layers=_names(args.layers),
-        heads=args.heads or DEFAULT_HEADS,
+        heads=DEFAULT_HEADS if args.heads is None else args.heads,
         grid=args.grid,
         cv=args.cv,
         seed=args.seed,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._data import IMAGE_EXTENSIONS, Dataset, is_image, list_images
+from featurecache._data import IMAGE_EXTENSIONS, Dataset, is_image, list_images, read_table
 from featurecache._paths import check_output
 from featurecache._validation import (
     ParameterError,
@@ -181,9 +181,7 @@ def _image_list(images: Path, class_names: tuple[str, ...]) -> Dataset:
         paths = list_images(images)  # the same rule as extract: no hidden files or folders
         ids = [p.relative_to(images).as_posix() for p in paths]
     elif images.suffix.lower() == ".csv" and images.is_file():
-        import pandas as pd
-
-        table = pd.read_csv(images, dtype=str, keep_default_na=False)
+        table = read_table(images, "IMAGES CSV")
         if "path" not in table.columns:
             raise InvalidArgumentError(
                 f"IMAGES CSV {str(images)!r} must have a path column; found {','.join(table.columns)}."

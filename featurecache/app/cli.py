@@ -645,6 +645,9 @@ def _add_demo(sub) -> None:
     )  # fmt: skip
     parser.add_argument("--out", default=None, help="report folder (default: reports/demo)")
     parser.add_argument(
+        "--force", action="store_true", help="write the report into an --out report did not write"
+    )
+    parser.add_argument(
         "--jobs", type=int, default=-1, help="parallel fitting workers (-1: all cores)"
     )
     parser.set_defaults(func=_run_demo)
@@ -662,6 +665,7 @@ def _run_demo(args) -> int:
         image_size=args.image_size,
         cache=args.cache,
         out=args.out,
+        force=args.force,
         jobs=args.jobs,
         progress=sys.stderr.isatty(),
     )
