@@ -69,6 +69,9 @@ class SearchResult:
         Fits that stopped at ``max_iter``.
     seconds : float
         Time spent in the folds, summed over workers.
+    warnings : tuple of str
+        Doubts about the choice, one sentence each: a chosen value of one of the
+        head's ``edge_params`` at either end of its grid.
     """
 
     head: str
@@ -79,6 +82,7 @@ class SearchResult:
     n_splits: int
     n_not_converged: int
     seconds: float
+    warnings: tuple[str, ...] = ()
 
 
 def stratified_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -168,8 +172,8 @@ def search_heads(
         scores = np.array([c[0] for c in chunk])  # (n_splits, n_candidates)
         n_val = len(splits[0][1])
         results[head.name] = _summarize(
-            head.name,
-            list(ParameterGrid(grids[head.name])),
+            head,
+            grids[head.name],
             scores,
             n_val=n_val,
             n_not_converged=sum(c[1] for c in chunk),
@@ -179,8 +183,8 @@ def search_heads(
 
 
 def _summarize(
-    name: str,
-    candidates: list[dict],
+    head: Head,
+    grid: Mapping[str, list],
     scores: np.ndarray,
     *,
     n_val: int,
@@ -193,9 +197,14 @@ def _summarize(
     else:
         stds = np.sqrt(np.clip(means * (1 - means), 0, None) / max(n_val, 1))
     # Round so that means equal up to float noise tie, then the first in grid order wins.
+    candidates = list(ParameterGrid(grid))
+    name = head.name
     best = int(np.argmax(np.round(means, 12)))
     if n_not_converged:
         logger.info("%s: %d fits stopped at max_iter", name, n_not_converged)
+    doubts = edge_warnings(head, grid, candidates[best])
+    for doubt in doubts:
+        logger.warning("%s: %s", name, doubt)
     return SearchResult(
         head=name,
         params=candidates[best],
@@ -213,7 +222,25 @@ def _summarize(
         n_splits=int(scores.shape[0]),
         n_not_converged=int(n_not_converged),
         seconds=float(seconds),
+        warnings=doubts,
     )
+
+
+def edge_warnings(head: Head, grid: Mapping[str, list], chosen: Mapping[str, Any]) -> tuple:
+    """A sentence for each of ``head.edge_params`` chosen at the end of a grid of 3+ values."""
+    doubts = []
+    for key in head.edge_params:
+        values = sorted(float(v) for v in grid.get(key, ()))
+        if len(values) < 3:
+            continue
+        value = float(chosen[key])
+        end = "lowest" if value == values[0] else "highest" if value == values[-1] else None
+        if end is not None:
+            doubts.append(
+                f"{key}={value:g} is the {end} value of the grid ({values[0]:g} to "
+                f"{values[-1]:g}): the best {key} may lie beyond it; extend the grid."
+            )
+    return tuple(doubts)
 
 
 def single_blas_thread(function: Callable) -> Callable:
@@ -265,6 +292,11 @@ def fold_scores(
             pca = make_pca(n_components, X_train.shape[0], X_train.shape[1], seed)
             A = pca.fit_transform(X_train) if pca is not None else X_train
             B = pca.transform(X_test) if pca is not None else X_test
+            if head.score_grid is not None:
+                predicted = head.score_grid([candidates[i] for i in members], A, y_train, B)
+                for i, y_pred in zip(members, predicted, strict=True):
+                    scores[i] = float(np.mean(y_pred == y_test))
+                continue
             for chain in _chains(head, candidates, members):
                 estimator = None
                 history: list[tuple[float, np.ndarray, np.ndarray]] = []

@@ -39,7 +39,7 @@ def test_registry_lists_heads_and_suggests():
     head = pipelines.get_head("logreg")
     assert head.path_param == "C" and list(head.default_grid["C"]) == sorted(head.default_grid["C"])
     with pytest.raises(
-        UnknownNameError, match=r"head 'logrge'.*Did you mean 'logreg'\?.*list_heads"
+        UnknownNameError, match=r"head 'logrge'.*Did you mean 'logreg'.*\?.*list_heads"
     ):
         pipelines.get_head("logrge")
 

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
         "--heads",
         type=_csv,
         default=None,
-        help="comma-separated heads: logreg, linsvm, svm, mlp (default: logreg,linsvm; "
+        help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn (default: logreg,linsvm; "
         "see docs/heads.md)",
     )
     fit.add_argument("--grid", default=None, help="JSON/YAML file: {head: {param: [values]}}")
