@@ -117,7 +117,11 @@ def nearest(
             top = np.broadcast_to(np.arange(n_train), sims.shape)
         top_sims = np.take_along_axis(sims, top, axis=1)
         order = np.argsort(-top_sims, axis=1, kind="stable")
-        yield rows, np.take_along_axis(top_sims, order, 1), labels[np.take_along_axis(top, order, 1)]
+        yield (
+            rows,
+            np.take_along_axis(top_sims, order, 1),
+            labels[np.take_along_axis(top, order, 1)],
+        )
 
 
 def grid_votes(

@@ -141,7 +141,10 @@ def test_knn_is_a_scikit_learn_estimator():
 
 def test_new_heads_refit_into_plain_pipelines():
     X, y = _data()
-    for name, params in [("ridge", {"alpha": 1.0}), ("knn", {"n_neighbors": 5, "temperature": 0.1})]:
+    for name, params in [
+        ("ridge", {"alpha": 1.0}),
+        ("knn", {"n_neighbors": 5, "temperature": 0.1}),
+    ]:
         pipe = build_pipeline(pipelines.get_head(name), {"pca": None, **params}, X, y, seed=0)
         assert pipe.score(X, y) > 0.6
         assert list(pipe.named_steps) == ["scale", "clf"]
