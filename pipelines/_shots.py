@@ -136,8 +136,8 @@ def learning_curve(
     grid: Mapping[str, list],
     X: np.ndarray,
     y: np.ndarray,
-    train_rows: np.ndarray,
-    test_rows: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
     *,
     shots: Sequence[int],
     draws: int = 5,
@@ -147,17 +147,19 @@ def learning_curve(
 ) -> list[dict]:
     """One row per (shots, draw): the chosen parameters, their CV score and the test accuracy.
 
+    Draws come from ``X, y`` (the training rows) only; ``X_test, y_test`` only score.
+
     Returns
     -------
     list of dict
         ``shots, draw, params, selection, cv_mean, cv_std, test_accuracy, n_train, fit_seconds``.
     """
     rows = []
-    X_test, y_test = X[test_rows], y[test_rows]
+    pool = np.arange(len(y))
     for k in shots:
         for r in range(draws):
             start = time.perf_counter()
-            chosen = draw_shots(y, train_rows, k, r, seed)
+            chosen = draw_shots(y, pool, k, r, seed)
             X_k, y_k = X[chosen], y[chosen]
             splits = shot_splits(y_k, k, cv, seed)
             if splits is None:

@@ -80,7 +80,16 @@ def test_learning_curve_rows_and_summary(data):
     X, y, train, test = data
     head = pipelines.get_head("ridge")
     rows = learning_curve(
-        head, head.grid(), X, y, train, test, shots=[1, 3, 10], draws=2, cv=5, seed=0
+        head,
+        head.grid(),
+        X[train],
+        y[train],
+        X[test],
+        y[test],
+        shots=[1, 3, 10],
+        draws=2,
+        cv=5,
+        seed=0,
     )
     assert [(r["shots"], r["draw"]) for r in rows] == [
         (1, 0), (1, 1), (3, 0), (3, 1), (10, 0), (10, 1)
@@ -88,7 +97,16 @@ def test_learning_curve_rows_and_summary(data):
     assert [r["selection"] for r in rows[::2]] == ["defaults", "leave-one-out", "5-fold CV"]
     assert all(0 <= r["test_accuracy"] <= 1 and r["n_train"] == 3 * r["shots"] for r in rows)
     again = learning_curve(
-        head, head.grid(), X, y, train, test, shots=[1, 3, 10], draws=2, cv=5, seed=0
+        head,
+        head.grid(),
+        X[train],
+        y[train],
+        X[test],
+        y[test],
+        shots=[1, 3, 10],
+        draws=2,
+        cv=5,
+        seed=0,
     )
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
     mean, half = curve_summary([0.5, 0.7])
