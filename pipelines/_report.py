@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from featurecache.cache import atomic_write
+from pipelines._figures import gap_verdict
 from pipelines._results import ResultsFolder, best, best_per, frame
 
 __all__ = ["report"]
@@ -108,6 +109,12 @@ def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
     table = _table(ResultsFolder(results).finished())
     chosen = best(table)
     return chosen.to_dict(), recommendation(table, chosen)
+
+
+def earlier_layer_outcome(results: str | os.PathLike) -> str:
+    """:func:`earlier_layer_verdict` of the best combination of a results folder."""
+    table = _table(ResultsFolder(results).finished())
+    return earlier_layer_verdict(table, best(table))
 
 
 # -- data -----------------------------------------------------------------------------
@@ -199,33 +206,64 @@ def _penultimate_won(chosen: pd.Series, earlier: pd.DataFrame) -> str:
         return f" Only the penultimate layer `{PENULTIMATE}` was fitted."
     runner = best(earlier)
     gap = chosen["cv_mean"] - runner["cv_mean"]
+    if gap_verdict(gap, 0.0)[0] == "tie":
+        return (
+            f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
+            f"layer, `{runner['layer']}`, tied with it in CV accuracy ({gap:.3f} apart; the tie "
+            "rule ranked the penultimate layer first)."
+        )
     return (
         f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
         f"layer, `{runner['layer']}`, scored {gap:.3f} lower in CV accuracy."
     )
 
 
+def earlier_layer_verdict(table: pd.DataFrame, chosen: pd.Series) -> str:
+    """Did an earlier layer beat the penultimate one? ``"yes"``, ``"no"``, ``"tie"`` or
+    ``"not reliably"`` (higher, by less than the CV spread): the recommendation's own words."""
+    model_rows = table[table["model"] == chosen["model"]]
+    penultimate = model_rows[model_rows["layer"] == PENULTIMATE]
+    if penultimate.empty or chosen["layer"] == PENULTIMATE:
+        return "no"
+    top = best(penultimate)
+    spread = max(_num(chosen["cv_std"]), _num(top["cv_std"]))
+    outcome, judgement = gap_verdict(chosen["cv_mean"] - top["cv_mean"], spread)
+    if outcome == "tie":
+        return "tie"
+    return "not reliably" if judgement == "not a reliable difference" else "yes"
+
+
 def _earlier_won(chosen: pd.Series, top: pd.Series) -> str:
-    """How far the chosen earlier layer beat the best head on the penultimate one."""
+    """How the chosen earlier layer compares with the best head on the penultimate one."""
     gap = chosen["cv_mean"] - top["cv_mean"]
     spread = max(_num(chosen["cv_std"]), _num(top["cv_std"]))
-    if spread > 0:
-        ratio = gap / spread
-        verdict = (
-            "larger than the CV spread, so the gain is likely real"
-            if ratio >= 2
-            else "comparable to the CV spread, so the gain is suggestive only"
-            if ratio >= 1
-            else "smaller than the CV spread, so it is not a reliable difference; the "
-            "penultimate layer is as good a choice"
+    outcome, judgement = gap_verdict(gap, spread)
+    against = f"`{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']})"
+    if outcome == "tie":
+        return (
+            f" An earlier layer tied with the penultimate one: `{chosen['layer']}` and {against} "
+            f"differ by {gap:.3f} in CV accuracy, so it ranks first only by the tie rule (lower "
+            "CV std, then fewer features, then the names); either layer is as good a choice."
         )
-        size = f"{ratio:.1f}× the CV spread (± {spread:.3f}): {verdict}"
-    else:
+    if spread <= 0:
         size = "and the CV spread is zero"
+    else:
+        size = f"{gap / spread:.1f}× the CV spread (± {spread:.3f})"
+    if judgement == "not a reliable difference":
+        return (
+            f" An earlier layer scored higher than the penultimate one, but not reliably: "
+            f"`{chosen['layer']}` scored {gap:.3f} higher in CV accuracy than {against}, {size}: "
+            "smaller than the CV spread, so it is not a reliable difference; the penultimate "
+            "layer is as good a choice."
+        )
+    verdict = (
+        "larger than the CV spread, so the gain is likely real"
+        if judgement == "likely real"
+        else "comparable to the CV spread, so the gain is suggestive only"
+    )
     return (
         f" An earlier layer beat the penultimate one: `{chosen['layer']}` scored {gap:.3f} "
-        f"higher in CV accuracy than `{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']}), "
-        f"{size}."
+        f"higher in CV accuracy than {against}, {size}" + (f": {verdict}." if spread > 0 else ".")
     )
 
 
