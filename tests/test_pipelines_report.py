@@ -34,7 +34,7 @@ def test_report_files_exist_and_html_is_self_contained(fitted):
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    assert len(images) == 4  # heatmap, depth, heads, confusion
+    assert len(images) == 5  # heatmap, depth, heads, confusion, PCA map of the best layer
     for src in images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

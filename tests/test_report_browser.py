@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from _browser import browser, render
-from _synthetic import write_cache
+from _synthetic import write_folder_cache
 
 import pipelines
 
@@ -16,12 +16,14 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_report_html_renders_in_chromium(tmp_path):
-    cache = write_cache(tmp_path / "c.h5", models=("a", "b"), n_per_class={"train": 20, "test": 10})
+    """The richest report: depth-aligned backbones, learning curves, map and gallery."""
+    cache = write_folder_cache(tmp_path)
     grid = {"logreg": {"C": [0.1]}, "ridge": {"alpha": [0.1, 10.0]}}
-    pipelines.fit(cache, tmp_path / "results", heads=["logreg", "ridge"], grid=grid, cv=3)
+    pipelines.fit(cache, tmp_path / "results", heads=["logreg", "ridge"], grid=grid, cv=3,
+                  shots="1,4,all", draws=2)  # fmt: skip
     out = pipelines.report(tmp_path / "results", tmp_path / "report")
     seen = render(out / "report.html", tmp_path)
     assert seen["errors"] == []
-    assert len(seen["images"]) >= 4
+    assert len(seen["images"]) >= 7  # depth x2, heads, confusion, map, gallery, curve
     broken = [i for i in seen["images"] if not i["complete"] or i["width"] == 0]
     assert broken == []
