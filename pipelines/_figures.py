@@ -69,19 +69,24 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def depth_figure(table: pd.DataFrame, score: str, label: str) -> bytes:
+def depth_figure(
+    table: pd.DataFrame, score: str, label: str, marked: Mapping[str, str] | None = None
+) -> bytes:
     """One line per backbone: ``score`` against relative depth in [0, 1].
 
     ``table`` has one row per (model, layer) with ``model``, ``layer``, ``depth``
-    and ``score``; rows without a depth are left out. The best point of each line
-    is ringed and labelled with its layer.
+    and ``score``; rows without a depth are left out. ``marked[model]`` names the
+    layer to ring and label (the report passes the best by CV, never by test).
     """
     fig = _figure(7.0, 4.2)
     ax = fig.add_subplot()
     for model, rows in table.dropna(subset=["depth", score]).groupby("model", sort=True):
         rows = rows.sort_values("depth")
         (line,) = ax.plot(rows["depth"], rows[score], marker="o", label=model)
-        top = rows.loc[rows[score].idxmax()]
+        chosen = rows[rows["layer"] == (marked or {}).get(model)]
+        if chosen.empty:
+            continue
+        top = chosen.iloc[0]
         ax.scatter(
             [top["depth"]], [top[score]], s=160, facecolors="none", edgecolors=line.get_color()
         )

@@ -738,15 +738,18 @@ def _comparison(table: pd.DataFrame, has_test: bool) -> list:
         return [_heatmap(table, has_test)]
     score = "test_accuracy" if has_test else "cv_mean"
     what = "test accuracy" if has_test else "CV accuracy"
+    winners = best_per(cells, ["model"]).sort_values("model")
     figure = _Figure(
         "depth_aligned",
         f"{what} of the best head (by CV) at each layer, layers placed on their relative depth "
         "in the backbone: the models have different layer names, so they are compared by depth. "
-        "Each backbone's best layer is ringed.",
-        depth_figure(cells, score, what),
+        "Each backbone's best layer by CV is ringed.",
+        depth_figure(
+            cells, score, what, dict(zip(winners["model"], winners["layer"], strict=True))
+        ),
     )
     rows = []
-    for _, r in best_per(cells, ["model"]).sort_values("model").iterrows():
+    for _, r in winners.iterrows():
         depth = f"{r['depth']:.2f}" if _finite(r["depth"]) else "unknown"
         rows.append((r["model"], r["layer"], depth, r["head"], _fmt(r["cv_mean"]),
                      _fmt(r["test_accuracy"])))  # fmt: skip

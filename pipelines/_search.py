@@ -257,9 +257,9 @@ def _summarize(
     best = int(np.argmax(np.round(means, 12)))
     if n_not_converged:
         logger.info("%s: %d fits stopped at max_iter", name, n_not_converged)
-    doubts = edge_warnings(head, grid, candidates[best])
+    doubts = edge_warnings(head, grid, candidates, np.round(means, 12), best)
     for doubt in doubts:
-        logger.warning("%s: %s", name, doubt)
+        logger.info("%s: %s", name, doubt)
     return SearchResult(
         head=name,
         params=candidates[best],
@@ -281,8 +281,12 @@ def _summarize(
     )
 
 
-def edge_warnings(head: Head, grid: Mapping[str, list], chosen: Mapping[str, Any]) -> tuple:
-    """A sentence for each of ``head.edge_params`` chosen at the end of a grid of 3+ values."""
+def edge_warnings(
+    head: Head, grid: Mapping[str, list], candidates: list[dict], means: np.ndarray, best: int
+) -> tuple[str, ...]:
+    """A sentence for each of ``head.edge_params`` chosen at the end of a grid of 3+ values
+    and strictly better there than at the next value inwards (a tied plateau is no doubt)."""
+    chosen = candidates[best]
     doubts = []
     for key in head.edge_params:
         values = sorted(float(v) for v in grid.get(key, ()))
@@ -290,11 +294,20 @@ def edge_warnings(head: Head, grid: Mapping[str, list], chosen: Mapping[str, Any
             continue
         value = float(chosen[key])
         end = "lowest" if value == values[0] else "highest" if value == values[-1] else None
-        if end is not None:
-            doubts.append(
-                f"{key}={value:g} is the {end} value of the grid ({values[0]:g} to "
-                f"{values[-1]:g}): the best {key} may lie beyond it; extend the grid."
-            )
+        if end is None:
+            continue
+        inward = values[1] if end == "lowest" else values[-2]
+        neighbour = next(
+            i
+            for i, c in enumerate(candidates)
+            if float(c[key]) == inward and all(c[k] == v for k, v in chosen.items() if k != key)
+        )
+        if means[neighbour] >= means[best]:
+            continue
+        doubts.append(
+            f"{key}={value:g} is the {end} value of the grid ({values[0]:g} to "
+            f"{values[-1]:g}): the best {key} may lie beyond it; extend the grid."
+        )
     return tuple(doubts)
 
 

@@ -68,6 +68,9 @@ def test_ridge_alpha_at_the_end_of_the_grid_is_a_warning():
     )
     middle = pipelines.search("ridge", X, y, grid={"alpha": [1e-3, 10.0, 1e6]}, cv=3)
     assert middle.params["alpha"] == 10.0 and middle.warnings == ()
+    plateau = pipelines.search("ridge", X, y, grid={"alpha": [1e-4, 1e-3, 1e-2]}, cv=3)
+    assert len({c["mean"] for c in plateau.candidates}) == 1  # a tie: no doubt about the end
+    assert plateau.params["alpha"] == 1e-4 and plateau.warnings == ()
 
 
 def test_ridge_default_grid_reaches_low_alphas():

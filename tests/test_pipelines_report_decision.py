@@ -82,7 +82,10 @@ def test_report_has_curves_map_per_class_and_cost(report):
     )
 
 
-def test_a_grid_end_warning_reaches_the_report(report):
-    _, out = report
-    markdown = (out / "report.md").read_text()
-    assert "## Warnings" in markdown or "is the lowest value of the grid" not in markdown
+def test_a_grid_end_warning_reaches_the_report(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", models=("a",))
+    grid = {"ridge": {"alpha": [1.0, 30.0, 1000.0]}}  # CV rises to the grid's end
+    pipelines.fit(cache, tmp_path / "r", heads=["ridge"], grid=grid, cv=3, layers=["embedding"])
+    markdown = (pipelines.report(tmp_path / "r", tmp_path / "rep") / "report.md").read_text()
+    section = _section(markdown, "## Warnings")
+    assert "| a | embedding | ridge | alpha=1000 is the highest value of the grid" in section
