@@ -92,3 +92,19 @@ def test_confidently_wrong_and_per_class_accuracy():
     rows = per_class_accuracy(predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy(),
                               ["p", "q", "r"])  # fmt: skip
     assert rows == [("q", 2, 0.0), ("r", 1, 0.0), ("p", 1, 1.0)]
+
+
+def test_umap_map_joins_pca_when_umap_learn_is_installed(monkeypatch):
+    import sys
+    import types
+
+    class FakeUMAP:
+        def __init__(self, n_components, random_state):
+            self.n_components = n_components
+
+        def fit_transform(self, X):
+            return X[:, : self.n_components] * 2
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    maps = project_2d(np.random.default_rng(0).normal(size=(30, 5)))
+    assert [name for name, _ in maps] == ["PCA", "UMAP"] and maps[1][1].shape == (30, 2)
