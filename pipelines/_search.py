@@ -167,7 +167,8 @@ def search_heads(
     the solution of an earlier fold (of the same head, at the preceding grid value)
     instead of its own. The optimum of each fit is unchanged; only the solver's
     starting point is, so scores can differ within the solver's tolerance between
-    numbers of workers. The cuts balance the per-candidate times of the earlier folds.
+    numbers of workers. The cuts balance the solver iterations each candidate took on the
+    earlier folds (not their times, so the same call cuts the same way every run).
     """
     tasks = [(h, f) for h in range(len(heads)) for f in range(len(splits))]
     n_workers = effective_n_jobs(n_jobs)
@@ -221,7 +222,7 @@ def _pieces(head: Head, grids, task, runs, n_pieces: int) -> list[tuple[set | No
     if len(order) < 2:
         return [(None, {})]
     previous = {chain[j]: chain[j - 1] for chain in chains for j in range(1, len(chain))}
-    cost = np.array([np.mean([d.times[i] for d in donors]) for i in order])
+    cost = np.array([np.mean([d.costs[i] for d in donors]) for i in order])
     cumulative = np.cumsum(cost)
     targets = cumulative[-1] * np.arange(1, n_pieces) / n_pieces
     cuts = sorted({int(np.argmin(np.abs(cumulative[:-1] - t))) + 1 for t in targets})
@@ -334,7 +335,7 @@ class FoldRun:
     scores: list[float]
     n_not_converged: int
     seconds: float
-    times: dict[int, float]
+    costs: dict[int, float]  # solver iterations of each candidate (+1): its cost, deterministic
     solutions: dict[int, tuple[np.ndarray, np.ndarray]]
 
     @staticmethod
@@ -348,7 +349,7 @@ class FoldRun:
             scores=scores,
             n_not_converged=sum(p.n_not_converged for p in parts),
             seconds=sum(p.seconds for p in parts),
-            times={i: t for p in parts for i, t in p.times.items()},
+            costs={i: c for p in parts for i, c in p.costs.items()},
             solutions={i: w for p in parts for i, w in p.solutions.items()},
         )
 
@@ -376,7 +377,7 @@ def fold_scores(
     starts = starts or {}
     candidates = list(ParameterGrid(grid))
     scores = [math.nan] * len(candidates)
-    times: dict[int, float] = {}
+    costs: dict[int, float] = {}
     solutions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     not_converged = 0
     X_train = np.ascontiguousarray(X[train], dtype=np.float32)  # a copy: scaled in place
@@ -403,7 +404,6 @@ def fold_scores(
                 estimator = None
                 history: list[tuple[float, np.ndarray, np.ndarray]] = []
                 for i in chain:
-                    began = time.perf_counter()
                     if estimator is None and i in starts:
                         history = [starts[i]]
                         estimator = head.classifier(candidates[i], A, seed=seed)
@@ -420,8 +420,8 @@ def fold_scores(
                         solution = (estimator.coef_.copy(), estimator.intercept_.copy())
                         history.append((float(candidates[i][head.path_param]), *solution))
                         solutions[i] = solution
-                    times[i] = time.perf_counter() - began
-    return FoldRun(scores, not_converged, time.perf_counter() - start, times, solutions)
+                    costs[i] = 1.0 + float(np.max(getattr(estimator, "n_iter_", 0)))
+    return FoldRun(scores, not_converged, time.perf_counter() - start, costs, solutions)
 
 
 def _by_pca(candidates: list[dict]) -> dict[Any, list[int]]:
