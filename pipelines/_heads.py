@@ -279,6 +279,7 @@ def _knn_grid(candidates: list[dict], X, y, X_test) -> np.ndarray:
     default_grid={"n_neighbors": (1, 5, 10, 20, 50, 100), "temperature": (0.03, 0.07, 0.2, 1.0)},
     description="cosine kNN on standardised features, votes weighted by exp(s / T) (DINO)",
     score_grid=_knn_grid,
+    edge_params=("n_neighbors",),
 )
 def _knn(seed: int) -> CosineKNNClassifier:
     return CosineKNNClassifier(n_neighbors=20, temperature=0.07)
