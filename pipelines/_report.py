@@ -917,7 +917,7 @@ def _cheaper_text(table: pd.DataFrame, chosen: pd.Series) -> str:
     floor = chosen["cv_mean"] - _num(chosen["cv_std"])
     near = table[(table["cv_mean"] >= floor) & ~((table["model"] == chosen["model"])
                  & (table["layer"] == chosen["layer"]) & (table["head"] == chosen["head"]))]  # fmt: skip
-    cheaper = [r for _, r in near.iterrows() if _cost_key(r) < _cost_key(chosen)]
+    cheaper = [r for _, r in near.iterrows() if _cheaper(r, chosen)]
     if not cheaper:
         return ("No combination within the CV spread of the best is cheaper to fit and run; "
                 "the recommendation stands.")  # fmt: skip
@@ -932,9 +932,18 @@ def _cheaper_text(table: pd.DataFrame, chosen: pd.Series) -> str:
     )
 
 
+_COSTS = ("n_features", "predict_seconds_per_1000", "fit_seconds")
+
+
 def _cost_key(row: pd.Series) -> tuple:
-    """Fit plus prediction seconds, then feature width: what "cheaper" means."""
-    return (_num(row["fit_seconds"]) + _num(row["predict_seconds_per_1000"]), row["n_features"])
+    """Feature width, then prediction time, then fit time: the order "cheaper" weighs them."""
+    return tuple(_num(row[c], math.inf) for c in _COSTS)
+
+
+def _cheaper(row: pd.Series, than: pd.Series) -> bool:
+    """No dearer on width, prediction or fit time, and cheaper on at least one of them."""
+    mine, theirs = _cost_key(row), _cost_key(than)
+    return all(a <= b for a, b in zip(mine, theirs, strict=True)) and mine != theirs
 
 
 def _baselines(table: pd.DataFrame) -> list:
