@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featurecache import extract, load_backbone
+from featurecache import RunOptions, extract, load_backbone
 from featurecache._data import Dataset
 from featurecache.engines._runner import resolve_device
 
@@ -42,8 +42,10 @@ def time_featurecache(dataset, args, layers) -> float:
         started = time.perf_counter()
         extract(
             dataset, Path(folder) / "bench.h5", model=args.model, weights=args.weights, layers=layers,
-            image_size=args.image_size, batch_size=args.batch_size, workers=0, device=args.device,
-            dtype=args.dtype, shard_size=args.shard_size,
+            image_size=args.image_size, dtype=args.dtype,
+            options=RunOptions(
+                batch_size=args.batch_size, workers=0, device=args.device, shard_size=args.shard_size
+            ),
         )  # fmt: skip
         return time.perf_counter() - started
 

@@ -124,23 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from featurecache._extract import extract
-    from featurecache.engines._ray import extract_ray
+    from featurecache import RayEngine, RunOptions, extract
 
     commits = _Commits()
-    for name in ("featurecache._extract", "featurecache.engines._ray"):
-        logging.getLogger(name).addHandler(commits)
-        logging.getLogger(name).setLevel(logging.INFO)
+    engines = logging.getLogger("featurecache.engines")  # both engines commit through it
+    engines.addHandler(commits)
+    engines.setLevel(logging.INFO)
     torch.set_num_threads(args.cpus)
     settings = dict(
         model=args.model,
         weights=args.weights,
         image_size=args.image_size,
         dtype="float32",
-        device="cpu",
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        workers=0,
+        options=RunOptions(
+            device="cpu", shard_size=args.shard_size, batch_size=args.batch_size, workers=0
+        ),
     )
     print(
         f"# {args.model} at {args.image_size}px, {args.n_images} JPEGs (~500x375), float32, "
@@ -171,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 _run(
                     f"ray 1 worker x {args.cpus} cpus",
-                    lambda: extract_ray(
-                        data, caches["ray1"], n_workers=1, cpus_per_worker=args.cpus, **settings
+                    lambda: extract(
+                        data, caches["ray1"], **settings,
+                        engine=RayEngine(workers=1, cpus_per_worker=args.cpus),
                     ),
                     commits, args.n_images, args.shard_size, 1,
                 )
@@ -180,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 _run(
                     f"ray {args.cpus} workers x 1 cpu",
-                    lambda: extract_ray(
-                        data, caches["rayn"], n_workers=args.cpus, cpus_per_worker=1, **settings
+                    lambda: extract(
+                        data, caches["rayn"], **settings,
+                        engine=RayEngine(workers=args.cpus, cpus_per_worker=1),
                     ),
                     commits, args.n_images, args.shard_size, args.cpus,
                 )

@@ -37,17 +37,17 @@ PUBLISHED = [  # Fashion-MNIST benchmark (zalandoresearch/fashion-mnist README),
 ]
 
 
-def extract_logged(args, cache: Path, model: str, **options) -> None:
+def extract_logged(args, cache: Path, model: str, **features) -> None:
     """Extract ``model`` features of Fashion-MNIST into ``cache`` and print how it went."""
-    from featurecache import extract
+    from featurecache import RunOptions, extract
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = extract(
-        "builtin:fashion-mnist", cache, model=model, image_size=args.image_size,
-        batch_size=args.batch_size, dtype=args.dtype, progress=True, **options,
+        "builtin:fashion-mnist", cache, model=model, image_size=args.image_size, dtype=args.dtype,
+        options=RunOptions(batch_size=args.batch_size, progress=True), **features,
     )  # fmt: skip
-    print(f"{options.get('name', model)}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
+    print(f"{features.get('name', model)}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
           f"({time.perf_counter() - started:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
 
 

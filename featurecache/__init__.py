@@ -6,13 +6,16 @@ so ``import featurecache.exceptions`` stays light.
 
 from __future__ import annotations
 
-import importlib
+from featurecache._lazy import attach
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "extract": "featurecache._extract",
     "ExtractResult": "featurecache._extract",
+    "RunOptions": "featurecache.engines._options",
+    "LocalEngine": "featurecache.engines._local",
+    "RayEngine": "featurecache.engines._ray",
     "list_backbones": "featurecache.models._registry",
     "get_backbone": "featurecache.models._registry",
     "load_backbone": "featurecache.models._registry",
@@ -29,16 +32,4 @@ _LAZY = {
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featurecache' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = attach(__name__, _LAZY)

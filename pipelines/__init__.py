@@ -13,7 +13,7 @@ scikit-learn or matplotlib until they are needed.
 
 from __future__ import annotations
 
-import importlib
+from featurecache._lazy import attach
 
 _LAZY = {
     "Cache": "featurecache.cache",
@@ -35,16 +35,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -25,6 +25,13 @@ import numpy as np
 from PIL import Image
 
 from featurecache.cache import _format as fmt
+from featurecache.engines._options import RunOptions
+
+
+def run_options(**changes) -> RunOptions:
+    """The tests' execution settings: the CPU, data loaded in the main process."""
+    return RunOptions(**{"workers": 0, "device": "cpu", **changes})
+
 
 # A small, cheap configuration: random weights, 32 px, float32 everywhere.
 SETTINGS = dict(
@@ -32,8 +39,7 @@ SETTINGS = dict(
     weights="none",
     image_size=32,
     dtype="float32",
-    workers=0,
-    device="cpu",
+    options=run_options(),
 )
 PRELOAD = [
     "featurecache._extract",
@@ -175,7 +181,7 @@ def _slow_down(pause: float, events: Path) -> None:
 def run_extract(
     data,
     cache,
-    options: dict,
+    arguments: dict,
     result: Path | None = None,
     *,
     env: dict | None = None,
@@ -192,7 +198,7 @@ def run_extract(
     from featurecache.exceptions import FeatureCacheError
 
     try:
-        done = extract(data, cache, **{**SETTINGS, **options})
+        done = extract(data, cache, **{**SETTINGS, **arguments})
     except FeatureCacheError as error:
         _report(result, {"error": type(error).__name__, "message": str(error)})
         sys.exit(error.exit_code)

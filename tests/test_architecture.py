@@ -23,7 +23,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("featurecache", "pipelines")
 
-CORE = ("featurecache.cache", "featurecache.exceptions", "featurecache._validation")
+CORE = (
+    "featurecache.cache",
+    "featurecache.exceptions",
+    "featurecache._validation",
+    "featurecache._lazy",
+)
 STAGE1 = (
     "featurecache.models",
     "featurecache.engines",

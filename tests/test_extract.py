@@ -18,7 +18,7 @@ from _workers import one_torch_thread
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from featurecache import extract
+from featurecache import RunOptions, extract, open_cache
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import (
     ConfigMismatchError,
@@ -128,7 +128,7 @@ def test_resnet18_every_layer_equals_a_plain_forward(images, resnet_file, tmp_pa
     cache = tmp_path / "c.h5"
     result = extract(
         images, cache, model="resnet18", weights=str(resnet_file), layers=RESNET_LAYERS,
-        image_size=SIZE, dtype="float32", batch_size=5, shard_size=4, workers=0,
+        image_size=SIZE, dtype="float32", options=RunOptions(batch_size=5, shard_size=4, workers=0),
     )  # fmt: skip
     assert result.n_ok == 12 and result.n_failed == 0 and result.shards_written == 3
     ids = _read(cache, "resnet18", "layer1")[2]
@@ -156,7 +156,7 @@ def test_mobilenet_pooling_variants_equal_a_plain_forward(
     cache = tmp_path / "c.h5"
     extract(
         images, cache, model="mobilenet_v3_small", weights=str(mobilenet_file), layers=layers,
-        image_size=SIZE, pool=pooling, dtype="float32", batch_size=8, workers=0,
+        image_size=SIZE, pool=pooling, dtype="float32", options=RunOptions(batch_size=8, workers=0),
     )  # fmt: skip
     ids = _read(cache, "mobilenet_v3_small", "embedding")[2]
     expected = _oracle(
@@ -167,11 +167,11 @@ def test_mobilenet_pooling_variants_equal_a_plain_forward(
         _assert_close(X, expected[layer], layer)
 
 
-def _small(images, cache, **kw):
-    options = dict(
-        model="resnet18", weights="none", image_size=SIZE, dtype="float32", workers=0, shard_size=4
-    )
-    return extract(images, cache, **{**options, **kw})
+def _small(images, cache, *, run: dict | None = None, **kw):
+    """A small extraction; ``run`` changes the execution settings (:class:`RunOptions`)."""
+    features = dict(model="resnet18", weights="none", image_size=SIZE, dtype="float32")
+    options = RunOptions(**{"workers": 0, "shard_size": 4, **(run or {})})
+    return extract(images, cache, **{**features, **kw}, options=options)
 
 
 def test_rerun_is_a_hit_without_forward_and_rewrites_nothing(images, tmp_path, forward_calls):
@@ -180,7 +180,7 @@ def test_rerun_is_a_hit_without_forward_and_rewrites_nothing(images, tmp_path, f
     assert forward_calls
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     forward_calls.clear()
-    result = _small(images, cache, layers=["embedding", "layer1"], batch_size=3)
+    result = _small(images, cache, layers=["embedding", "layer1"], run={"batch_size": 3})
     assert result.hit and not forward_calls and result.computed == ()
     after = {
         p: p.stat().st_mtime_ns
@@ -243,9 +243,19 @@ def test_unknown_model_and_layer_suggest_close_names(images, tmp_path):
 def test_bad_settings_are_one_line_errors(images, tmp_path):
     with pytest.raises(
         InvalidArgumentError,
-        match=r"^The 'batch_size' parameter of extract must be an int >= 1. Got 0 instead.$",
+        match=r"^The 'batch_size' parameter of RunOptions must be an int >= 1. Got 0 instead.$",
     ):
-        _small(images, tmp_path / "c.h5", batch_size=0)
+        _small(images, tmp_path / "c.h5", run={"batch_size": 0})
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^The 'batch_size' parameter of RunOptions must be an int >= 1. Got True instead.$",
+    ):
+        extract(images, tmp_path / "c.h5", options=RunOptions(batch_size=True))
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^The 'options' parameter of extract must be None or a RunOptions. Got \{'batch",
+    ):
+        extract(images, tmp_path / "c.h5", options={"batch_size": 8})
     with pytest.raises(
         InvalidArgumentError,
         match=r"The 'pool' parameter of extract must be one of avg, avgmax, flatten, max",
@@ -288,7 +298,7 @@ KILLABLE = textwrap.dedent(
     import sys, time
     import torch
     torch.set_num_threads(1)  # the same kernels as the reference, computed single-threaded
-    from featurecache import extract
+    from featurecache import RunOptions, extract
     from featurecache.engines._runner import ShardRunner
     original = ShardRunner._forward
     def slow(self, *a, **k):
@@ -296,15 +306,18 @@ KILLABLE = textwrap.dedent(
         return original(self, *a, **k)
     ShardRunner._forward = slow
     extract(sys.argv[1], sys.argv[2], model="resnet18", weights="none", layers=["layer2", "embedding"],
-            image_size=32, dtype="float32", workers=0, shard_size=2, batch_size=1)
+            image_size=32, dtype="float32", options=RunOptions(workers=0, shard_size=2, batch_size=1))
     """
 )
+
+
+RUN_2_1 = {"shard_size": 2, "batch_size": 1}  # the child's settings
 
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(images, tmp_path):
     reference = tmp_path / "ref.h5"
     with one_torch_thread():  # bit-for-bit equality needs the kernels the child runs
-        _small(images, reference, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
+        _small(images, reference, layers=["layer2", "embedding"], run=RUN_2_1)
     cache = tmp_path / "killed.h5"
     process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(images), str(cache)])
     deadline = time.monotonic() + 60
@@ -315,14 +328,13 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(images, tmp_pat
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    with h5py.File(cache, "r") as f:  # the cache opens, and committed rows equal the reference
-        done = f[fmt.status_path("resnet18", "embedding")][:] == 1
-        partial = f[fmt.features_path("resnet18", "embedding")][:]
-    assert 0 < done.sum() < 12
-    expected = _read(reference, "resnet18", "embedding")[0]
-    np.testing.assert_array_equal(partial[done], expected[done])
+    # The cache opens through its folder, and committed rows equal the reference.
+    partial, _, ids = open_cache(cache).load("resnet18", "embedding")
+    assert 0 < len(ids) < 12
+    expected, _, expected_ids = _read(reference, "resnet18", "embedding")
+    np.testing.assert_array_equal(partial, expected[np.isin(expected_ids, ids)])
     with one_torch_thread():
-        result = _small(images, cache, layers=["layer2", "embedding"], shard_size=2, batch_size=1)
+        result = _small(images, cache, layers=["layer2", "embedding"], run=RUN_2_1)
     assert 0 < result.shards_written < 6
     for layer in ("layer2", "embedding"):
         np.testing.assert_array_equal(

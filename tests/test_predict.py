@@ -18,7 +18,7 @@ from PIL import Image
 
 import featurecache.app._predict as predict_module
 import pipelines
-from featurecache import extract
+from featurecache import RunOptions, extract
 from featurecache.app._predict import predict, write_predictions
 from featurecache.app.cli import main
 from featurecache.exceptions import InvalidArgumentError
@@ -45,7 +45,8 @@ def fitted(tmp_path_factory):
     with one_torch_thread():
         extract(
             images, cache, model="resnet18", weights="none", layers=[LAYER], image_size=32,
-            dtype="float32", batch_size=BATCH, workers=0, device="cpu", split="random:0.25",
+            dtype="float32", split="random:0.25",
+            options=RunOptions(batch_size=BATCH, workers=0, device="cpu"),
         )  # fmt: skip
     table = pipelines.fit(
         cache, root / "results", heads=["logreg"], grid={"logreg": {"C": [1.0]}}, cv=2

@@ -8,38 +8,39 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
+import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from _synthetic import write_cache
 from PIL import Image
 
+from featurecache import LocalEngine, RayEngine, RunOptions, extract
 from featurecache._data import Dataset
-from featurecache._extract import extract
 from featurecache.app.cli import main
 from featurecache.cache import _format as fmt
+from featurecache.engines._runner import resolve_dtype
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'featurecache[ray]'")
-
-from featurecache.engines._ray import extract_ray  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # Ray workers cannot import this test module: ship its classes (_DiesOnce) by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+RUN = dict(device="cpu", shard_size=8, batch_size=4)
 SETTINGS = dict(
     model="resnet18",
     weights="none",
     image_size=32,
     dtype="float32",
-    device="cpu",
-    shard_size=8,
-    batch_size=4,
+    options=RunOptions(**RUN),
 )
 
 
@@ -142,7 +143,8 @@ def test_cli_ray_engine_equals_in_process_bit_for_bit(ray_cluster, images, tmp_p
     args += ["--no-progress"]
     assert main(["extract", *args, "--cache", str(local), "--workers", "0"]) == 0
     assert (
-        main(["extract", *args, "--cache", str(remote), "--engine", "ray", "--workers", "2"]) == 0
+        main(["extract", *args, "--cache", str(remote), "--engine", "ray", "--ray-workers", "2"])
+        == 0
     )
 
     snapshot = _snapshot(remote)
@@ -161,7 +163,7 @@ def test_cli_ray_engine_equals_in_process_bit_for_bit(ray_cluster, images, tmp_p
 def reference(tmp_path_factory):
     """The in-process cache of the arrays dataset."""
     cache = tmp_path_factory.mktemp("reference") / "cache.h5"
-    extract(_arrays(), cache, workers=0, **SETTINGS)
+    extract(_arrays(), cache, **{**SETTINGS, "options": RunOptions(**RUN, workers=0)})
     return _snapshot(cache)
 
 
@@ -174,7 +176,7 @@ def _dies_once(marker) -> _DiesOnce:
 def test_killed_worker_is_retried_and_the_cache_is_identical(ray_cluster, reference, tmp_path):
     cache = tmp_path / "cache.h5"
     marker = tmp_path / "killed.pid"
-    result = extract_ray(_dies_once(marker), cache, n_workers=2, **SETTINGS)
+    result = extract(_dies_once(marker), cache, **SETTINGS, engine=RayEngine(workers=2))
 
     killed = int(marker.read_text())
     assert killed != os.getpid()
@@ -184,7 +186,7 @@ def test_killed_worker_is_retried_and_the_cache_is_identical(ray_cluster, refere
     assert _snapshot(cache) == reference
     assert not list(tmp_path.rglob("*.tmp-*"))
 
-    again = extract_ray(_arrays(), cache, n_workers=2, **SETTINGS)
+    again = extract(_arrays(), cache, **SETTINGS, engine=RayEngine(workers=2))
     assert again.hit and again.rows_computed == 0
 
 
@@ -193,29 +195,72 @@ def test_worker_dying_beyond_retries_keeps_finished_shards_and_resumes(
 ):
     cache = tmp_path / "cache.h5"
     with pytest.raises(FeatureCacheError, match=r"a Ray worker died .* re-run the same command"):
-        extract_ray(
-            _dies_once(tmp_path / "killed.pid"), cache, n_workers=1, max_retries=0, **SETTINGS
-        )
+        extract(
+            _dies_once(tmp_path / "killed.pid"), cache, **SETTINGS,
+            engine=RayEngine(workers=1, max_retries=0),
+        )  # fmt: skip
     with h5py.File(cache, "r") as f:  # shard 0 finished before the worker died in shard 1
         assert f[fmt.status_path("resnet18", "embedding")][:8].tolist() == [1] * 8
         assert f[fmt.status_path("resnet18", "embedding")][8:16].tolist() == [0] * 8
 
-    resumed = extract(_arrays(), cache, workers=0, **SETTINGS)  # the other engine resumes
+    in_process = {**SETTINGS, "options": RunOptions(**RUN, workers=0)}
+    resumed = extract(_arrays(), cache, **in_process)  # the other engine resumes
     assert 0 < resumed.shards_written < 5
     assert _snapshot(cache) == reference
 
 
 def test_ray_settings_are_checked_before_any_work(ray_cluster, tmp_path):
     dataset = _arrays(8)
-    cuda = {**SETTINGS, "device": "cuda"}
-    with pytest.raises(InvalidArgumentError, match=r"--device cuda with --engine ray needs"):
-        extract_ray(dataset, tmp_path / "a.h5", **cuda)
+    cuda = {**SETTINGS, "options": RunOptions(**{**RUN, "device": "cuda"})}
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^The 'gpus_per_worker' parameter of RayEngine must be > 0 for device 'cuda'",
+    ):
+        extract(dataset, tmp_path / "a.h5", **cuda, engine=RayEngine())
     assert not (tmp_path / "a.h5.d").exists()
-    with pytest.raises(InvalidArgumentError, match=r"--workers must be a positive integer"):
-        extract_ray(dataset, tmp_path / "a.h5", n_workers=0, **SETTINGS)
-    gpus = {**SETTINGS, "device": "auto"}
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^The 'workers' parameter of RayEngine must be an int >= 1. Got 0 instead.$",
+    ):
+        RayEngine(workers=0)
+    gpus = {**SETTINGS, "options": RunOptions(**{**RUN, "device": "auto"})}
     with pytest.raises(InvalidArgumentError, match=r"the Ray cluster has 2 CPUs and 0 GPUs"):
-        extract_ray(dataset, tmp_path / "b.h5", gpus_per_worker=1, **gpus)
+        extract(dataset, tmp_path / "b.h5", **gpus, engine=RayEngine(gpus_per_worker=1))
+
+
+def _dead_temporary(folder, final: str):
+    """A temporary file as a writer killed mid-write leaves it: named after a dead process."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    tag = f"{socket.gethostname()}-{int(child.stdout)}-0123abcd"
+    path = folder / f"{final}.tmp-{tag}"
+    path.write_bytes(b"half a shard")
+    return path
+
+
+@pytest.mark.parametrize("engine", [LocalEngine(), RayEngine(workers=1)], ids=["local", "ray"])
+def test_both_engines_apply_the_same_dtype_rule_and_the_same_cleanup(ray_cluster, tmp_path, engine):
+    cache = tmp_path / "cache.h5"
+    auto = {**SETTINGS, "dtype": "auto"}  # the rule decides, on the device the shards run on
+    first = extract(_arrays(8), cache, **auto, engine=engine)
+    assert first.compute_dtype == resolve_dtype("auto", torch.device("cpu"))
+    with h5py.File(cache, "r") as f:
+        assert f[fmt.features_path("resnet18")].attrs["compute_dtype"] == first.compute_dtype
+
+    model_dir = tmp_path / "cache.h5.d" / "resnet18"
+    leftovers = [
+        _dead_temporary(model_dir, "shard-000000.h5"),
+        _dead_temporary(tmp_path, "cache.h5"),
+    ]
+    hit = extract(_arrays(8), cache, **auto, engine=engine)
+    assert hit.hit and not any(path.exists() for path in leftovers)
+
+    cache.unlink()  # a stale (here: missing) index is rebuilt from the shard files on a hit
+    leftovers = [_dead_temporary(model_dir, "shard-000000.h5")]
+    again = extract(_arrays(8), cache, **auto, engine=engine)
+    assert again.hit and cache.exists() and not leftovers[0].exists()
+    with h5py.File(cache, "r") as f:
+        assert f[fmt.status_path("resnet18", "embedding")][:].tolist() == [1] * 8
 
 
 def _results(out) -> tuple[pd.DataFrame, dict[str, bytes]]:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from _workers import SETTINGS, make_images, one_torch_thread, read_layers, temporaries
+from _workers import (
+    SETTINGS,
+    make_images,
+    one_torch_thread,
+    read_layers,
+    run_options,
+    temporaries,
+)
 
 from featurecache import extract
 from featurecache.cache import _format as fmt
@@ -21,7 +28,8 @@ from featurecache.engines._runner import ShardRunner
 from featurecache.exceptions import BatchError
 
 LAYERS = ["layer2", "embedding"]
-OPTIONS = {**SETTINGS, "layers": LAYERS, "shard_size": 4, "batch_size": 2}
+RUN = {"shard_size": 4, "batch_size": 2}
+OPTIONS = {**SETTINGS, "layers": LAYERS, "options": run_options(**RUN)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,9 +100,10 @@ def test_failed_batch_commits_nothing_of_its_shard_and_keeps_earlier_ones(
     images, reference, tmp_path, monkeypatch, kind, locking, named, message
 ):
     cache = tmp_path / "c.h5"
+    arguments = {**OPTIONS, "options": run_options(**RUN, locking=locking)}
     _inject(monkeypatch, kind)
     with pytest.raises(BatchError, match=message) as caught:
-        extract(images, cache, locking=locking, **OPTIONS)
+        extract(images, cache, **arguments)
     ids = read_ids(cache)
     text = str(caught.value)
     assert all(ids[row] in text for row in named), text
@@ -110,7 +119,7 @@ def test_failed_batch_commits_nothing_of_its_shard_and_keeps_earlier_ones(
     assert shards == ["shard-000000.h5"] and not temporaries(tmp_path)
 
     monkeypatch.undo()
-    result = extract(images, cache, locking=locking, **OPTIONS)
+    result = extract(images, cache, **arguments)
     assert (result.shards_written, result.n_ok) == (2, 12)
     for layer, (X, status) in read_layers(cache, "resnet18", LAYERS).items():
         assert X.tobytes() == reference[layer][0].tobytes() and (status == 1).all(), layer

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 from _workers import (
@@ -21,16 +22,18 @@ from _workers import (
     read_layers,
     run_cli,
     run_extract,
+    run_options,
     snapshot,
     start,
     temporaries,
 )
 
+from featurecache.cache import _format as fmt
 from pipelines import open_cache
 
 pytestmark = pytest.mark.slow
 
-BASE = {"layers": ["layer1"], "shard_size": 4, "batch_size": 4}
+BASE = {"layers": ["layer1"], "options": run_options(shard_size=4, batch_size=4)}
 MORE = {**BASE, "layers": ["layer4"]}
 HINT = (
     "nothing of it was committed and the cache is as it was. Free space (or raise the file "
@@ -38,8 +41,8 @@ HINT = (
 )
 
 
-def _run(data, cache, options, result, fsize=None) -> dict:
-    child = start(run_extract, data, cache, options, result, fsize=fsize)
+def _run(data, cache, arguments, result, fsize=None) -> dict:
+    child = start(run_extract, data, cache, arguments, result, fsize=fsize)
     child.join()
     return {"exitcode": child.exitcode, **(outcome(result) or {})}
 
@@ -92,27 +95,37 @@ def test_full_disk_while_writing_a_shard_from_the_cli(base, tmp_path):
 
 
 def test_full_disk_while_writing_the_index_keeps_the_old_index(base, tmp_path):
-    """The shard fits under the limit, the index does not: the shard is committed, the old
-    index stays in place, and the re-run lists the shard instead of recomputing it."""
+    """The shards fit under the limit, the index (written at the end of the run) does not:
+    both shards are committed (their lines appended to the model's log), the old index
+    stays in place, readers see every committed row through the folder, and the re-run
+    writes the index without computing anything."""
     data, base_cache, full = base
     shard = max(p.stat().st_size for p in full.parent.glob("c.h5.d/*/p-*/shard-*.h5"))
     index = full.stat().st_size
     assert shard < index, "this test needs an index larger than a shard file"
     cache = _copy(base_cache, tmp_path)
     before = snapshot(cache.parent)
+    log = cache.parent / "c.h5.d" / "resnet18" / "commits.jsonl"
+    logged = log.read_bytes()
 
     result = _run(data, cache, MORE, tmp_path / "r.json", fsize=(shard + index) // 2)
     assert result["exitcode"] == 1 and result["error"] == "OutOfSpaceError"
     assert result["message"] == f"out of disk space while writing '{cache}'; " + HINT
     after = snapshot(cache.parent)
     new = sorted(set(after) - set(before))
-    assert {k: after[k] for k in before} == before and not temporaries(tmp_path)
-    assert len(new) == 1 and new[0].endswith("shard-000000.h5")  # committed, not yet listed
-    assert after[new[0]] == snapshot(full.parent)[new[0]]
-    assert [e.layer for e in open_cache(cache).entries] == ["layer1"]
+    grown = log.read_bytes()  # the log only grew, by the two committed shards' lines
+    assert grown.startswith(logged) and grown[len(logged) :].count(b"\n") == 2
+    unchanged = {k: after[k] for k in before if not k.endswith("commits.jsonl")}
+    assert unchanged == {k: v for k, v in before.items() if not k.endswith("commits.jsonl")}
+    assert not temporaries(tmp_path)
+    assert [name.rsplit("/", 1)[1] for name in new] == ["shard-000000.h5", "shard-000001.h5"]
+    assert all(after[name] == snapshot(full.parent)[name] for name in new)
+    assert [e.layer for e in open_cache(cache).entries] == ["layer1", "layer4"]
+    with h5py.File(cache, "r") as f:  # plain h5py: the old index, as it was
+        assert fmt.features_path("resnet18", "layer4") not in f
 
     result = _run(data, cache, MORE, tmp_path / "again.json")
-    assert (result["shards_written"], result["n_ok"]) == (1, 8)  # only shard 1 was left
+    assert (result["shards_written"], result["n_ok"]) == (0, 8)  # nothing computed again
     assert_same_features(cache, full, ["layer1", "layer4"])
 
 

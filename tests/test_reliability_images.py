@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-from _workers import SETTINGS, one_torch_thread, read_layers
+from _workers import SETTINGS, one_torch_thread, read_layers, run_options
 from PIL import Image
 
 from featurecache import extract
@@ -118,7 +118,12 @@ def cache(manifest, tmp_path_factory):
     with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(Image, "open", open_image)
         cache = tmp_path_factory.mktemp("cache") / "c.h5"
-        result = extract(manifest, cache, layers=["embedding"], shard_size=8, **SETTINGS)
+        result = extract(
+            manifest,
+            cache,
+            layers=["embedding"],
+            **{**SETTINGS, "options": run_options(shard_size=8)},
+        )
     failed = sum(reason is not None for _, reason in EXPECTED.values())
     assert (result.n_ok, result.n_failed, result.n_samples) == (12 + 13 - failed, failed, 25)
     return cache

@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from _workers import SETTINGS, make_images, one_torch_thread, read_layers, snapshot
+from _workers import SETTINGS, make_images, one_torch_thread, read_layers, run_options, snapshot
 
 from featurecache import _extract, extract
 from featurecache.exceptions import ConfigMismatchError
 
-BASE = {**SETTINGS, "layers": ["layer1"], "shard_size": 4, "batch_size": 4}
+RUN = {"shard_size": 4, "batch_size": 4}
+BASE = {**SETTINGS, "layers": ["layer1"], "options": run_options(**RUN)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,14 +120,14 @@ HITS = {
 def test_an_execution_setting_is_a_hit(base, cache, forward_calls, tmp_path, change):
     root, _, _ = base
     manifest = root / ("shuffled.csv" if change == "file order" else "manifest.csv")
-    options = {**BASE, **HITS[change]}
+    arguments = {**BASE, "options": run_options(**{**RUN, **HITS[change]})}
     before = snapshot(cache.parent)
-    result = extract(manifest, cache, **options)
+    result = extract(manifest, cache, **arguments)
     assert result.hit and not forward_calls and result.n_ok == 8
     assert snapshot(cache.parent) == before
 
     fresh = tmp_path / "fresh.h5"  # the same setting on an empty cache agrees with the hit
-    extract(manifest, fresh, **options)
+    extract(manifest, fresh, **arguments)
     (cached,) = (X for X, _ in read_layers(cache, "resnet18", ["layer1"]).values())
     (recomputed,) = (X for X, _ in read_layers(fresh, "resnet18", ["layer1"]).values())
     np.testing.assert_allclose(recomputed, cached, rtol=1e-5, atol=1e-6)

@@ -41,16 +41,19 @@ def _dataset(n=10):
     )
 
 
-def _write(store, shard, start, n, value, layers=("l1",), failed=()):
+def _write(store, shard, start, n, value, layers=("l1",), failed=(), publish=True):
     status = np.ones(n, np.int8)
     reasons = [""] * n
     for row in failed:
         status[row - start] = 2
         reasons[row - start] = "broken image"
     features = {layer: np.full((n, 3), value, np.float32) for layer in layers}
-    store.write_shard(
+    meta = store.write_shard(
         "toy", shard, start, status, reasons, features, dict.fromkeys(layers, ATTRS), CONFIG
     )
+    if publish:
+        store.publish("toy", [meta])
+    return meta
 
 
 @pytest.fixture
@@ -94,10 +97,39 @@ def test_index_is_current_detects_unlisted_shard(store):
     _write(store, 0, 0, 4, 1.0)
     store.rebuild_index()
     assert store.index_is_current()
-    _write(store, 1, 4, 4, 1.0)  # committed, but the writer died before listing it
+    _write(store, 1, 4, 4, 1.0, publish=False)  # written, but the writer died before logging it
+    assert store.index_is_current() and store.done_layers("toy") == {0: {"l1"}}
+    with store.lock_model("toy"):  # the next writer logs it: finished work is not lost
+        assert store.done_layers("toy") == {0: {"l1"}, 1: {"l1"}}
     assert not store.index_is_current()
     store.rebuild_index()
     assert store.index_is_current()
+
+
+def test_a_log_line_cut_short_is_not_committed_and_the_next_writer_repairs_it(store):
+    _write(store, 0, 0, 4, 1.0)
+    meta = _write(store, 1, 4, 4, 2.0, publish=False)
+    log = store.model_dir("toy") / "commits.jsonl"
+    whole = log.read_bytes()
+    log.write_bytes(whole + meta.to_line().encode()[:40])  # a crash in the middle of the append
+    assert store.done_layers("toy") == {0: {"l1"}}  # readers pass over the cut line
+    with store.lock_model("toy"):
+        pass
+    lines = log.read_text().splitlines()
+    assert log.read_text().endswith("\n") and len(lines) == 2
+    assert store.done_layers("toy") == {0: {"l1"}, 1: {"l1"}}
+
+
+def test_commit_cost_does_not_read_earlier_shards(store, monkeypatch):
+    for shard in range(3):
+        _write(store, shard, 4 * shard, 4 if shard < 2 else 2, 1.0)
+    opened = []
+    original = store._open
+    monkeypatch.setattr(
+        store, "_open", lambda path, mode="r": opened.append(path) or original(path, mode)
+    )
+    assert sorted(store.done_layers("toy")) == [0, 1, 2]
+    assert opened == []  # the plan comes from the log alone
 
 
 def test_config_mismatch_names_the_difference(store):

@@ -12,6 +12,7 @@ import numpy as np
 
 from featurecache._data import Dataset, load_dataset
 from featurecache._extract import ExtractResult, extract
+from featurecache.engines._options import RunOptions
 from featurecache.exceptions import InvalidArgumentError
 
 __all__ = [
@@ -111,7 +112,7 @@ def run_demo(
         model=model,
         layers=layers,
         image_size=image_size or defaults.image_size,
-        progress=progress,
+        options=RunOptions(progress=progress),
     )
     pipelines.fit(
         cache_path, results_dir, models=[extraction.model], layers=list(extraction.layers),

@@ -68,7 +68,9 @@ def predict(
         )
     layer = record.layer
     infos = {info.name: info for info in backbone.layers if info.name == layer}
-    runner = ShardRunner(backbone, infos, config.pooling, config, resolve_device(device))
+    runner = ShardRunner(
+        backbone, infos, config.pooling, config, resolve_device(device, owner="predict")
+    )
     plan = Plan(len(dataset), len(dataset), ((0, (layer,)),))
     result = next(runner.run(dataset, plan, batch_size, resolve_loader_workers(workers, dataset)))
     ok = result.status == STATUS_OK

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 
 from featurecache import __version__
 from featurecache._validation import ParameterError
+from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEVICES, STORE_DTYPES
 from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["main", "build_parser"]
@@ -46,18 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Map each parameter name (argparse ``dest``) to what the user types: ``--batch-size``, ``CACHE``."""
-    return {
+    """Map each parameter name (argparse ``dest``) to what the user types: ``--batch-size``, ``CACHE``.
+
+    A subcommand's ``owner_flags`` default adds ``"Owner.parameter"`` keys for parameters
+    whose name means another flag (RayEngine's ``workers`` is ``--ray-workers``).
+    """
+    flags = {
         action.dest: action.option_strings[-1] if action.option_strings else action.dest.upper()
         for action in parser._actions
         if action.dest != "help"
     }
+    return {**flags, **(parser.get_default("owner_flags") or {})}
 
 
 def _message(error: FeatureCacheError, flags: dict[str, str]) -> str:
     """The error's line, with a parameter's name turned into the flag the user typed."""
-    if isinstance(error, ParameterError) and error.parameter in flags:
-        return error.render(flags[error.parameter], cli=True)
+    if isinstance(error, ParameterError):
+        flag = flags.get(f"{error.owner}.{error.parameter}") or flags.get(error.parameter)
+        if flag:
+            return error.render(flag, cli=True)
     return str(error)
 
 
@@ -191,16 +199,13 @@ def _add_extract(sub) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
-        "--workers",
-        type=_workers,
-        default="auto",
-        help="data-loading processes; with --engine ray, Ray workers",
+        "--workers", type=_workers, default=None, help="data-loading processes (default: auto)"
     )
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument(
-        "--dtype", default="auto", help="autocast dtype: auto|float32|bfloat16|float16"
+        "--dtype", default="auto", choices=("auto", *COMPUTE_DTYPE_NAMES), help="autocast dtype"
     )
-    parser.add_argument("--store-dtype", default="float32", help="float32|float16")
+    parser.add_argument("--store-dtype", default="float32", choices=STORE_DTYPES)
     parser.add_argument(
         "--name", default=None, help="name of the model in the cache (default: the backbone)"
     )
@@ -214,53 +219,39 @@ def _add_extract(sub) -> None:
         action="store_true",
         help="no file locks (network file systems); also FEATURECACHE_NO_LOCKING=1",
     )
-    parser.add_argument("--engine", default="local", help="local|ray")
-    parser.add_argument("--address", default=None, help="Ray cluster address (with --engine ray)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--engine", default="local", choices=("local", "ray"))
+    ray = parser.add_argument_group("with --engine ray")
+    ray.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    ray.add_argument(
+        "--ray-workers", type=int, default=None, help="Ray actors, one backbone each (default: 2)"
+    )
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=_run_extract)
+    # RayEngine's 'workers' is --ray-workers; RunOptions' is --workers.
+    parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
 
 
 def _run_extract(args) -> int:
     from featurecache._extract import extract
 
-    options = dict(
-        cache=args.cache,
+    _read_deprecated_workers(args)
+    result = extract(
+        args.data,
+        args.cache,
         model=args.model,
         weights=args.weights,
         layers=_csv_list(args.layers),
         pool=args.pool,
         image_size=args.image_size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
         dtype=args.dtype,
         store_dtype=args.store_dtype,
         name=args.name,
         split=args.split,
         seed=args.seed,
-        shard_size=args.shard_size,
-        locking=False if args.no_locking else None,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        options=_run_options(args),
+        engine=_engine(args),
     )
-    if args.engine == "ray":
-        from featurecache.engines._ray import extract_ray
-
-        n_workers = 2 if args.workers == "auto" else args.workers
-        options["workers"] = 0
-        result = extract_ray(
-            args.data,
-            address=args.address,
-            n_workers=n_workers,
-            gpus_per_worker=args.gpus_per_worker,
-            **options,
-        )
-    elif args.engine == "local":
-        result = extract(args.data, **options)
-    else:
-        from featurecache.exceptions import InvalidArgumentError
-
-        raise InvalidArgumentError(f"--engine must be local or ray; got {args.engine!r}.")
     if result.hit:
         print(
             f"cache hit: {result.model} layers {','.join(result.layers)} already in {result.cache} (no forward pass)"
@@ -273,6 +264,47 @@ def _run_extract(args) -> int:
         )
     print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
     return 0
+
+
+def _read_deprecated_workers(args) -> None:
+    """``--workers N --engine ray`` meant N Ray actors; for one release it still does."""
+    if args.engine != "ray" or args.workers is None or args.ray_workers is not None:
+        return
+    args.ray_workers = 2 if args.workers == "auto" else args.workers
+    args.workers = None
+    print(
+        "featurecache: warning: --workers with --engine ray will mean data-loading processes "
+        f"in the next release; use --ray-workers {args.ray_workers} for Ray workers.",
+        file=sys.stderr,
+    )
+
+
+def _run_options(args):
+    from featurecache.engines._options import RunOptions
+
+    return RunOptions(
+        batch_size=args.batch_size,
+        workers="auto" if args.workers is None else args.workers,
+        device=args.device,
+        shard_size=args.shard_size,
+        locking=False if args.no_locking else None,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+
+
+def _engine(args):
+    if args.engine == "local":
+        from featurecache.engines._local import LocalEngine
+
+        return LocalEngine()
+    from featurecache.engines._ray import RayEngine
+
+    return RayEngine(
+        address=args.address,
+        workers=2 if args.ray_workers is None else args.ray_workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
 
 
 # -- ls -------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from featurecache.cache._format import (
     locking_enabled,
     samples_digest,
 )
+from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
-from featurecache.cache._writer import ShardMeta, Store, check_config
+from featurecache.cache._writer import Store, check_config
 
 __all__ = [
     "Cache",

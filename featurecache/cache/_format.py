@@ -32,6 +32,7 @@ __all__ = [
     "samples_file",
     "model_dir",
     "config_file",
+    "commit_log",
     "shard_file",
     "sample_path",
     "features_path",
@@ -98,6 +99,11 @@ def model_dir(index: Path, model: str) -> Path:
 
 def config_file(index: Path, model: str) -> Path:
     return model_dir(index, model) / "config.json"
+
+
+def commit_log(index: Path, model: str) -> Path:
+    """The model's append-only commit log: one JSON line per committed shard file."""
+    return model_dir(index, model) / "commits.jsonl"
 
 
 def shard_file(index: Path, model: str, shard: int, layers: Sequence[str]) -> Path:

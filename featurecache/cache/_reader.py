@@ -18,6 +18,14 @@ import h5py
 import numpy as np
 
 from featurecache.cache import _format as fmt
+from featurecache.cache._folder import (
+    FolderView,
+    config_provenance,
+    has_folder,
+    plain_attrs,
+    read_chunks,
+    verify,
+)
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.exceptions import (
     CacheCorruptError,
@@ -94,9 +102,12 @@ class Cache:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._check_path()
+        folder = has_folder(self.path) and not self.path.is_dir()
+        self._folder = FolderView(self.path, self._open) if folder else None
+        if self._folder is None:
+            self._check_path()
         try:
-            with self._open() as f:
+            with self._open_samples() as f:
                 self._read_samples(f)
         except CacheCorruptError:
             raise
@@ -129,11 +140,15 @@ class Cache:
                 f"CACHE must be a featurecache HDF5 file; {str(self.path)!r} is not HDF5; {fix}."
             )
 
+    def _open_samples(self):
+        return self._open() if self._folder is None else self._folder.samples_group()
+
     def _read_samples(self, f: h5py.File) -> None:
         found = _decode(f.attrs.get("format", fmt.FORMAT))
         version = int(f.attrs.get("format_version", fmt.FORMAT_VERSION))
         missing = [k for k in fmt.SAMPLE_FIELDS if fmt.sample_path(k) not in f]
-        if found != fmt.FORMAT or missing or fmt.features_path() not in f:
+        no_features = self._folder is None and fmt.features_path() not in f
+        if found != fmt.FORMAT or missing or no_features:
             what = (
                 f"format {found!r}"
                 if found != fmt.FORMAT
@@ -181,17 +196,23 @@ class Cache:
     @property
     def models(self) -> list[str]:
         """Model names, sorted."""
+        if self._folder is not None:
+            return self._folder.models()
         with self._open() as f:
             return sorted(f[fmt.features_path()].keys())
 
     def layers(self, model: str) -> list[str]:
         """Layer names of ``model``, from input to output (by ``depth`` where present)."""
+        if self._folder is not None:
+            return _order(self._folder_layers(model))
         with self._open() as f:
             return _layer_order(self._model_group(f, model))
 
     @property
     def entries(self) -> list[Entry]:
         """Every ``(model, layer)`` matrix with its shape, row counts and provenance."""
+        if self._folder is not None:
+            return [self._folder_entry(m, layer) for m in self.models for layer in self.layers(m)]
         with self._open() as f:
             return [
                 self._entry(f, model, layer)
@@ -201,6 +222,9 @@ class Cache:
 
     def entry(self, model: str, layer: str) -> Entry:
         """The :class:`Entry` of one ``(model, layer)``."""
+        if self._folder is not None:
+            self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
+            return self._folder_entry(model, layer)
         with self._open() as f:
             self._dataset(f, model, layer)  # raises UnknownNameError with suggestions
             return self._entry(f, model, layer)
@@ -227,6 +251,9 @@ class Cache:
 
     def failures(self, model: str) -> list[tuple[str, str]]:
         """``(id, reason)`` of each sample that failed for ``model``."""
+        if self._folder is not None:
+            self._folder_layers(model)
+            return [(str(self.ids[row]), reason) for row, reason in self._folder.failures(model)]
         with self._open() as f:
             self._model_group(f, model)
             if fmt.failures_path(model, "row") not in f:
@@ -276,6 +303,11 @@ class Cache:
         """Features of the ok rows among ``wanted`` (a boolean mask) and their row indices."""
         if wanted is None:
             wanted = np.ones(self.n_samples, dtype=bool)
+        if self._folder is not None:
+            meta = self._folder_layer(model, layer)
+            shards = self._folder.shards(model, layer)
+            status = self._folder.status(model, layer, self.n_samples)
+            return self._read_shards(model, layer, shards, meta.n_features[layer], wanted, status)
         with self._open() as f:
             dataset = self._dataset(f, model, layer)
             n_features = int(dataset.shape[1])
@@ -297,6 +329,11 @@ class Cache:
         models = self.models if model is None else [model]
         for name in models:
             for layer in self.layers(name):
+                if self._folder is not None:
+                    n_features = self._folder_layer(name, layer).n_features[layer]
+                    for shard in self._folder.shards(name, layer):
+                        self._read_shard(name, layer, shard, n_features, force=True)
+                    continue
                 with self._open() as f:
                     dataset = self._dataset(f, name, layer)
                     n_features = int(dataset.shape[1])
@@ -401,17 +438,31 @@ class Cache:
             raise self._corrupt(model, layer, shard, f"its status has shape {status.shape}")
         return status
 
-    def _read_shard(self, model: str, layer: str, shard: _Shard, n_features: int) -> np.ndarray:
-        """Features of one shard as stored, after checking their SHA-256."""
+    def _read_shard(
+        self, model: str, layer: str, shard, n_features: int, force: bool = False
+    ) -> np.ndarray:
+        """Features of one shard as stored, after checking their SHA-256.
+
+        A shard logged with its chunk offsets is read without opening it as HDF5, and its
+        digest is checked once per file and process (``force`` checks it again).
+        """
+        chunks = getattr(shard, "chunks", ())
         try:
-            with self._open(shard.file) as g:
-                data = np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
-        except (OSError, KeyError) as error:
+            if chunks:
+                data = read_chunks(shard, n_features)
+            else:
+                with self._open(shard.file) as g:
+                    data = np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
+        except (OSError, KeyError, ValueError) as error:
             raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
         if data.shape != (shard.stop - shard.start, n_features):
             raise self._corrupt(model, layer, shard, f"layer {layer!r} has shape {data.shape}")
-        digest = hashlib.sha256(data.tobytes()).hexdigest()
-        if digest != shard.sha256:
+        if chunks and not force:
+            digest = verify(shard, layer, data)
+        else:
+            digest = hashlib.sha256(data.tobytes()).hexdigest()
+            digest = None if digest == shard.sha256 else digest
+        if digest is not None:
             raise self._corrupt(
                 model,
                 layer,
@@ -422,12 +473,16 @@ class Cache:
         return data
 
     def _read_shards(
-        self, model: str, layer: str, shards: list[_Shard], n_features: int, wanted: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, model: str, layer: str, shards: list, n_features: int, wanted: np.ndarray,
+        status: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         # Two passes: statuses first (small), so the output is allocated once.
         keep = []
         for shard in shards:
-            ok = self._shard_status(model, layer, shard) == STATUS_OK
+            if status is None:
+                ok = self._shard_status(model, layer, shard) == STATUS_OK
+            else:
+                ok = status[shard.start : shard.stop] == STATUS_OK
             keep.append(ok & wanted[shard.start : shard.stop])
         n_rows = int(sum(int(k.sum()) for k in keep))
         X = np.empty((n_rows, n_features), dtype=np.float32)
@@ -474,12 +529,62 @@ class Cache:
         _check_finite(X, dataset.name.removeprefix("/features/"), self.path)
         return X, rows
 
+    def _folder_layers(self, model: str) -> dict:
+        models = self._folder.models()
+        if model not in models:
+            raise UnknownNameError(
+                f"model {model!r} is not in cache {str(self.path)!r}; it has "
+                f"{', '.join(models) or 'no models'}.{suggest(model, models)} "
+                f"Hint: {_LS_HINT.format(path=self.path)}."
+            )
+        return self._folder.layers(model)
+
+    def _folder_layer(self, model: str, layer: str):
+        layers = self._folder_layers(model)
+        if layer not in layers:
+            names = _order(layers)
+            raise UnknownNameError(
+                f"layer {layer!r} of model {model!r} is not in cache {str(self.path)!r}; it has "
+                f"{', '.join(names) or 'no layers'}.{suggest(layer, names)} "
+                f"Hint: {_LS_HINT.format(path=self.path)}."
+            )
+        return layers[layer]
+
+    def _folder_entry(self, model: str, layer: str) -> Entry:
+        meta = self._folder_layer(model, layer)
+        status = self._folder.status(model, layer, self.n_samples)
+        attrs = plain_attrs(meta.layer_attrs[layer])
+        provenance = {**config_provenance(self._folder.config(model)), **attrs, "layer": layer}
+        depth = provenance.get("depth")
+        return Entry(
+            model=model,
+            layer=layer,
+            n_features=int(meta.n_features[layer]),
+            dtype=meta.dtypes.get(layer, "float32"),
+            n_ok=int(np.sum(status == STATUS_OK)),
+            n_failed=int(np.sum(status == STATUS_FAILED)),
+            n_pending=int(np.sum(status == STATUS_PENDING)),
+            depth=None if depth is None else float(depth),
+            provenance=provenance,
+        )
+
     def _corrupt(self, model: str, layer: str, shard: _Shard, what: str) -> CacheCorruptError:
         return CacheCorruptError(
             f"shard file {str(shard.file)!r} of {model}/{layer} is corrupt: {what}; delete "
             f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
             "recompute it."
         )
+
+
+def _order(layers: dict) -> list[str]:
+    """Layer names of a folder view, from input to output."""
+
+    def key(name: str) -> tuple:
+        attrs = layers[name].layer_attrs[name]
+        depth, index = attrs.get("depth"), attrs.get("depth_index")
+        return (depth is None, float(depth or 0.0), int(index or 0), name)
+
+    return sorted(layers, key=key)
 
 
 def _layer_order(group: h5py.Group) -> list[str]:

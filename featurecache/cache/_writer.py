@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -33,6 +33,7 @@ from featurecache.cache._atomic import (
 )
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
+from featurecache.cache._log import ShardMeta, append_log, read_log, repair_log, rewrite_log
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
@@ -40,33 +41,20 @@ from featurecache.exceptions import (
     DatasetChangedError,
 )
 
-__all__ = ["Store", "ShardMeta", "check_config"]
+__all__ = ["Store", "check_config"]
 
 logger = logging.getLogger(__name__)
 
 _STR = h5py.string_dtype()
+#: The index is rebuilt at most this often during a run (and always at its end) ...
+INDEX_MIN_SECONDS = 5.0
+#: ... and never sooner than this many times its own last cost (under 1/40 of the run).
+INDEX_COST_RATIO = 40.0
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 _NO_LOCKS_HINT = (
     "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
     f"--no-locking, or {fmt.LOCKING_ENV}=1), and run one writer per model."
 )
-
-
-@dataclass(frozen=True)
-class ShardMeta:
-    """What the index needs to know about one committed shard file."""
-
-    file: str  # relative to the index's folder
-    shard: int
-    start: int
-    stop: int
-    layers: tuple[str, ...]
-    n_features: Mapping[str, int]
-    digests: Mapping[str, str]
-    layer_attrs: Mapping[str, Mapping]
-    status: np.ndarray
-    reasons: tuple[tuple[int, str], ...]  # (row, reason) of failed rows
-    config_digest: str
 
 
 class Store:
@@ -88,6 +76,8 @@ class Store:
         self.data_dir = fmt.data_dir(self.path)
         self.samples_path = fmt.samples_file(self.path)
         self._meta_memo: dict[str, ShardMeta] = {}
+        self._index_written = time.monotonic()  # no rebuild in a run's first seconds
+        self._index_seconds = 0.0
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "locking": self.locking}
@@ -221,6 +211,7 @@ class Store:
     def lock_model(self, model: str) -> Iterator[None]:
         """Hold the model's writer lock; raise :class:`CacheLockedError` if another writer has it."""
         if not self.locking:
+            self.recover(model)  # one writer per model by contract
             yield
             return
         path = self.model_dir(model) / ".writer.lock"
@@ -239,6 +230,7 @@ class Store:
                 handle.truncate(0)
                 handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
                 handle.flush()
+                self.recover(model)
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -266,16 +258,17 @@ class Store:
         layer_attrs: Mapping[str, Mapping],
         config: FeatureConfig,
         provenance: Mapping[str, str] | None = None,
-    ) -> Path:
-        """Write one shard file atomically and return its path.
+    ) -> ShardMeta:
+        """Write one shard file atomically and return what the commit log records of it.
 
         ``features[layer]`` has shape ``(n_rows, n_features)`` in the stored dtype;
         rows are ``start .. start + n_rows``. ``provenance`` (library versions) is
-        recorded on the file.
+        recorded on the file. The shard counts once :meth:`publish` logs it.
         """
         layers = tuple(sorted(features))
         final = self.shard_path(model, shard, layers)
         n_rows = len(status)
+        chunks: dict[str, tuple] = {}
 
         def write(tmp: Path) -> None:
             with new_h5(tmp) as f:
@@ -294,13 +287,90 @@ class Store:
                 f.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=_STR)
                 for layer in layers:
                     _write_layer(f, layer, features[layer], layer_attrs[layer])
+                f.flush()  # the file image's layout is final: record where each chunk lies
+                chunks.update({layer: _chunk_table(f[fmt.shard_features_path(layer)])
+                               for layer in layers})  # fmt: skip
 
-        return atomic_write(final, write)
+        atomic_write(final, write)
+        size = final.stat().st_size
+        status = np.asarray(status, dtype=np.int8)
+        failed = np.flatnonzero(status == STATUS_FAILED)
+        versions = {"featurecache_version": __version__, **dict(provenance or {})}
+        return ShardMeta(
+            file=os.path.relpath(final, self.path.parent),
+            shard=shard,
+            start=start,
+            stop=start + n_rows,
+            layers=layers,
+            n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
+            digests={layer: _sha256(features[layer]) for layer in layers},
+            layer_attrs={
+                layer: {
+                    **dict(layer_attrs[layer]),
+                    **versions,
+                    "dtype_stored": str(np.asarray(features[layer]).dtype),
+                }
+                for layer in layers
+            },  # fmt: skip
+            status=status,
+            reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
+            config_digest=config.digest(),
+            dtypes={layer: str(np.asarray(features[layer]).dtype) for layer in layers},
+            chunks=chunks,
+            size=size,
+        )
+
+    def publish(self, model: str, metas: Sequence[ShardMeta]) -> None:
+        """Commit written shards: append them to the model's log (the writer lock's holder only)."""
+        append_log(fmt.commit_log(self.path, model), metas)
+
+    def recover(self, model: str) -> None:
+        """Make the log whole again after a crash (the writer lock's holder only).
+
+        A last line cut short is removed, and shard files written but never logged are
+        logged, so no finished work is lost and nothing is computed twice.
+        """
+        log = fmt.commit_log(self.path, model)
+        if log.exists():
+            repair_log(log)
+        logged = read_log(log)
+        present = [meta for meta in logged if self._check_size(meta)]
+        if len(present) < len(logged):  # files deleted on purpose: recompute their rows
+            rewrite_log(log, present)
+        listed = {meta.file for meta in present}
+        unlisted = [
+            path
+            for path in self._shard_files(model)
+            if os.path.relpath(path, self.path.parent) not in listed
+        ]
+        append_log(log, [read_shard_meta(p, self.path.parent, self._open) for p in unlisted])
+
+    def _check_size(self, meta: ShardMeta) -> bool:
+        """False for a logged shard file that is gone; raise if its size changed."""
+        path = self.path.parent / meta.file
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return False
+        if meta.size and size != meta.size:
+            raise CacheCorruptError(
+                f"shard file {str(path)!r} cannot be read (truncated file: {size} bytes, the "
+                f"commit log records {meta.size}); delete it and re-run the same "
+                "`featurecache extract` command to recompute it."
+            )
+        return True
+
+    def _shard_files(self, model: str) -> list[Path]:
+        folder = self.model_dir(model)
+        return sorted(p for p in folder.glob(fmt.SHARD_GLOB) if TMP_MARK not in p.name)
 
     def _scan_shards(self, model: str) -> list[ShardMeta]:
-        folder = self.model_dir(model)
-        files = sorted(p for p in folder.glob(fmt.SHARD_GLOB) if TMP_MARK not in p.name)
-        metas = [self._shard_meta(p) for p in files]
+        """The committed shards of ``model``: its log, or (caches written before logs) its files."""
+        log = fmt.commit_log(self.path, model)
+        if log.exists():
+            metas = read_log(log)
+        else:
+            metas = [self._shard_meta(p) for p in self._shard_files(model)]
         if metas:
             _check_shard_configs(model, metas, self.read_config(model), self.path.parent)
         return metas
@@ -341,8 +411,28 @@ class Store:
             return []
         return sorted(p.parent.name for p in self.data_dir.glob("*/config.json"))
 
+    def rebuild_index_if_due(self) -> bool:
+        """Rebuild the index when enough time has passed for its cost to stay small.
+
+        Commits cost the same at shard 10 and at shard 10,000; the index, which lists every
+        shard, is rebuilt at most every ``INDEX_MIN_SECONDS`` and never more often than
+        keeps its cost under ``1 / INDEX_COST_RATIO`` of the run. Readers do not wait for
+        it: they read the commit logs.
+        """
+        waited = time.monotonic() - self._index_written
+        if waited < max(INDEX_MIN_SECONDS, INDEX_COST_RATIO * self._index_seconds):
+            return False
+        self.rebuild_index()
+        return True
+
     def rebuild_index(self) -> None:
-        """Rebuild ``CACHE.h5`` from the files on disk and rename it into place."""
+        """Rebuild ``CACHE.h5`` from the commit logs and rename it into place."""
+        started = time.monotonic()
+        self._rebuild_index()
+        self._index_written = time.monotonic()
+        self._index_seconds = self._index_written - started
+
+    def _rebuild_index(self) -> None:
         with self._index_lock():
             self.remove_stale_temporaries()
             for _ in range(100):
@@ -469,13 +559,15 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
             for k, v in f.attrs.items()
             if k.endswith("_version") and k != "format_version"
         }
-        layer_attrs, n_features, digests = {}, {}, {}
+        layer_attrs, n_features, digests, dtypes, chunks = {}, {}, {}, {}, {}
         for layer in layers:
             dataset = f[fmt.shard_features_path(layer)]
             attrs = {k: v for k, v in dataset.attrs.items() if k != "sha256"}
             layer_attrs[layer] = {**attrs, **versions, "dtype_stored": str(dataset.dtype)}
             n_features[layer] = int(dataset.shape[1])
             digests[layer] = str(dataset.attrs["sha256"])
+            dtypes[layer] = str(dataset.dtype)
+            chunks[layer] = _chunk_table(dataset)
         return ShardMeta(
             file=os.path.relpath(path, base),
             shard=int(f.attrs["shard"]),
@@ -488,7 +580,26 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
             status=status,
             reasons=tuple((start + int(i), str(r)) for i, r in zip(failed, reasons, strict=True)),
             config_digest=str(f.attrs.get("config_digest", "")),
+            dtypes=dtypes,
+            chunks=chunks,
+            size=path.stat().st_size,
         )
+
+
+def _chunk_table(dataset: h5py.Dataset) -> tuple[tuple[int, int, int], ...]:
+    """``(byte offset, stored bytes, rows)`` of each chunk of a 2-D dataset, in row order."""
+    n_rows = dataset.shape[0]
+    table = []
+    for i in range(dataset.id.get_num_chunks()):
+        info = dataset.id.get_chunk_info(i)
+        first = int(info.chunk_offset[0])
+        rows = min(dataset.chunks[0], n_rows - first)
+        table.append((first, int(info.byte_offset), int(info.size), rows))
+    return tuple((offset, size, rows) for _, offset, size, rows in sorted(table))
+
+
+def _sha256(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
 def _write_layer(f: h5py.File, layer: str, values: np.ndarray, attrs: Mapping) -> None:
@@ -503,7 +614,7 @@ def _write_layer(f: h5py.File, layer: str, values: np.ndarray, attrs: Mapping) -
         fletcher32=True,
     )
     dataset.attrs.update(dict(attrs))
-    dataset.attrs["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
+    dataset.attrs["sha256"] = _sha256(data)
 
 
 def _write_model_index(
@@ -535,7 +646,7 @@ def _write_model_index(
             )
             table.append((meta.file, layer, meta.start, meta.stop, meta.digests[layer]))
         dataset = group.create_virtual_dataset(layer, features, fillvalue=np.nan)
-        attrs = dict(first.layer_attrs[layer])
+        attrs = {k: v for k, v in first.layer_attrs[layer].items() if v is not None}
         attrs.pop("dtype_stored", None)
         dataset.attrs.update({**config_attrs(config), **attrs, "layer": layer})
         f.create_virtual_dataset(fmt.status_path(model, layer), status, fillvalue=STATUS_PENDING)

@@ -1,311 +1,216 @@
-"""Extraction on a Ray cluster: one actor per worker, one shard per task, commits on the driver.
+"""The Ray engine: one actor per worker, one shard per task, the index on the driver.
 
-Every actor loads the frozen backbone once and builds the same :class:`ShardRunner` as the
-in-process engine, so a shard is computed the same way everywhere. An actor writes its shard
-with :meth:`Store.write_shard` (temporary file, then rename) and returns the shard's index;
-the driver holds the model's writer lock and lists each finished shard in the index. A shard
-is the unit of retry: Ray restarts a killed actor and re-runs its task, and writing the same
-shard twice is harmless.
+Every actor receives the driver's :class:`Job` without its loaded backbone, loads the
+backbone once and builds the same :class:`ShardRunner` as the in-process engine, so a
+shard is computed the same way everywhere. An actor writes its shard with
+:meth:`Job.write` (temporary file, then rename) and returns the shard's index; the
+driver holds the model's writer lock and lists finished shards with :meth:`Job.publish`.
+A shard is the unit of retry: Ray restarts a killed actor and re-runs its task, and
+writing the same shard twice is harmless.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 import re
-import socket
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from featurecache._data import Dataset
-from featurecache._extract import (
-    DEFAULT_MODEL,
-    ExtractResult,
-    Job,
-    Plan,
-    ShardRunner,
-    feature_config,
-    prepare,
-)
-from featurecache.cache import FeatureConfig, Store
-from featurecache.exceptions import (
-    ConfigMismatchError,
-    FeatureCacheError,
-    InvalidArgumentError,
-)
-from featurecache.models._layers import LayerInfo
-from featurecache.models._registry import load_backbone
+from featurecache._validation import ParameterError, check_float, check_int
+from featurecache.cache import FeatureConfig, ShardMeta
+from featurecache.engines._job import Job
+from featurecache.engines._options import RunOptions
+from featurecache.engines._runner import Plan, resolve_dtype, resolve_loader_workers
+from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
-__all__ = ["extract_ray"]
+__all__ = ["RayEngine"]
 
 logger = logging.getLogger(__name__)
 
-#: How often Ray restarts a dead worker, and re-runs the task it was running.
-DEFAULT_MAX_RETRIES = 3
+_OWNER = "RayEngine"
+#: Tasks in flight per actor: the next shard is queued while the driver publishes.
 TASKS_PER_WORKER = 2
 
 
-def extract_ray(
-    data: str | os.PathLike | Dataset,
-    cache: str | os.PathLike,
-    *,
-    address: str | None = None,
-    n_workers: int = 2,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    model: str = DEFAULT_MODEL,
-    weights: str | None = None,
-    layers: Sequence[str] | None = None,
-    pool: str | None = None,
-    image_size: int | None = None,
-    batch_size: int = 64,
-    workers: int | str = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    store_dtype: str = "float32",
-    name: str | None = None,
-    split: str | None = None,
-    seed: int = 0,
-    shard_size: int = 1024,
-    locking: bool | None = None,
-    progress: bool = False,
-) -> ExtractResult:
-    """Extract features like :func:`featurecache.extract`, with the shards computed by Ray actors.
+@dataclass(frozen=True)
+class RayEngine:
+    """Compute shards on Ray actors, in this machine or on a cluster.
 
-    The cache written is the one :func:`featurecache.extract` writes for the same arguments;
-    on the CPU in float32 it is equal bit for bit.
+    The cache written is the one :class:`LocalEngine` writes for the same arguments; on
+    the CPU in float32 it is equal bit for bit. The data and the cache must be reachable
+    under the same paths on every node (shared storage).
 
     Parameters
     ----------
-    data, cache, model, weights, layers, pool, image_size, batch_size, dtype, store_dtype, \
-name, split, seed, shard_size, locking, progress
-        As for :func:`featurecache.extract`. ``data`` and ``cache`` must be reachable under
-        the same paths on every node (shared storage).
     address : str, optional
         Address of a running Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``).
-        Without it (and without ``RAY_ADDRESS``) a local Ray instance is started for this call
-        and shut down at its end. An already initialised Ray is used as it is.
-    n_workers : int
+        Without it (and without ``RAY_ADDRESS``) a local Ray instance is started for the
+        call and shut down at its end. An already initialised Ray is used as it is.
+    workers : int
         Ray actors, each holding one copy of the backbone (at most one per shard).
-    gpus_per_worker, cpus_per_worker : float
+        Data-loading processes inside each actor are ``RunOptions.workers``.
+    cpus_per_worker, gpus_per_worker : float
         Resources each actor reserves. With GPUs the actors compute on ``cuda``.
     max_retries : int
         How often Ray restarts a dead actor and re-runs its task before the run fails.
-    workers : int or "auto"
-        Data-loading processes inside each actor (``auto``: ``cpus_per_worker - 1``, 0 for
-        in-memory arrays).
-    device : {"auto", "cpu", "cuda"}
-        Device of the actors; ``auto`` is ``cuda`` when ``gpus_per_worker > 0``.
 
-    Returns
-    -------
-    ExtractResult
-        ``device`` reads like ``ray 2 x cpu``.
-
-    Raises
-    ------
-    InvalidArgumentError, UnknownNameError, ConfigMismatchError, DatasetChangedError
-        Before any work, when the arguments, dataset, cache or cluster do not fit.
-    BatchError
-        When a batch raises or yields NaN/Inf in a worker; committed shards are kept.
-    CacheLockedError
-        When another process writes the same model into the same cache.
-    FeatureCacheError
-        When a worker died more than ``max_retries`` times; committed shards are kept.
+    Notes
+    -----
+    ``RunOptions.device`` is the actors' device: ``auto`` is ``cuda`` when
+    ``gpus_per_worker > 0``, else ``cpu``. ``dtype="auto"`` is resolved by a Ray task
+    that reserves the actors' resources, since the best dtype depends on the workers'
+    hardware, not the driver's. ``ExtractResult.device`` reads like ``ray 2 x cpu``.
     """
-    started = time.perf_counter()
-    _check_ray_settings(n_workers, gpus_per_worker, cpus_per_worker, max_retries, workers)
-    worker_device = _worker_device(device, gpus_per_worker)
-    compute_dtype = _compute_dtype(dtype, worker_device, cache, name or model, locking)
-    # The driver validates and registers on the CPU; the actors compute on worker_device.
-    job = prepare(
-        data, cache, model=model, weights=weights, layers=layers, pool=pool, image_size=image_size,
-        device="cpu", dtype=compute_dtype, store_dtype=store_dtype, name=name, split=split,
-        seed=seed, shard_size=shard_size, locking=locking, batch_size=batch_size, workers=0,
-    )  # fmt: skip
-    n_actors = 0
-    with job.store.lock_model(job.model):
-        plan = job.plan()
-        written = 0
-        if plan.work:
-            spec = _WorkerSpec.from_job(
-                job, weights, plan, worker_device, batch_size, workers, cpus_per_worker
+
+    address: str | None = None
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if not (self.address is None or isinstance(self.address, str)):
+            raise ParameterError("address", _OWNER, "None or a Ray address (str)", self.address)
+        check_int(self.workers, "workers", _OWNER, low=1)
+        check_float(self.cpus_per_worker, "cpus_per_worker", _OWNER, low=0)
+        check_float(self.gpus_per_worker, "gpus_per_worker", _OWNER, low=0)
+        check_int(self.max_retries, "max_retries", _OWNER, low=0)
+
+    @contextlib.contextmanager
+    def session(self, options: RunOptions) -> Iterator[_RaySession]:
+        session = _RaySession(self, options, _worker_device(options.device, self.gpus_per_worker))
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+class _RaySession:
+    """One extraction on Ray: connects on first need, shuts down a Ray it started."""
+
+    def __init__(self, engine: RayEngine, options: RunOptions, device: torch.device) -> None:
+        self.engine = engine
+        self.options = options
+        self.device = device
+        self.n_actors = 0
+        self._ray = None
+        self._started = False
+
+    def resolve_dtype(self, dtype: str, previous: FeatureConfig | None) -> str:
+        if dtype == "auto" and previous is None:  # the answer depends on the workers' hardware
+            ray = self._connect()
+            _n_actors(ray, self.engine, 1)  # raise, rather than wait, if no worker fits
+            task = ray.remote(resolve_dtype).options(
+                num_cpus=self.engine.cpus_per_worker, num_gpus=self.engine.gpus_per_worker
             )
-            ray = _import_ray()
-            started_ray = _connect(ray, address, n_workers, cpus_per_worker)
-            try:
-                n_actors = _n_actors(
-                    ray, n_workers, len(plan.work), gpus_per_worker, cpus_per_worker
-                )
-                written = _run(
-                    ray, job, plan, spec, n_actors, gpus_per_worker, cpus_per_worker,
-                    max_retries, progress,
-                )  # fmt: skip
-            finally:
-                if started_ray:
-                    ray.shutdown()
-        elif not job.store.index_is_current():
-            job.store.rebuild_index()
-    result = job.result(plan, written, time.perf_counter() - started)
-    return dataclasses.replace(result, device=f"ray {n_actors} x {worker_device}")
+            return ray.get(task.remote(dtype, self.device, previous))
+        return resolve_dtype(dtype, self.device, previous)
 
+    def run(self, job: Job, plan: Plan) -> int:
+        ray = self._connect()
+        self.n_actors = _n_actors(ray, self.engine, len(plan.work))
+        return _run(ray, job, plan, self)
 
-@dataclass(frozen=True)
-class _WorkerSpec:
-    """Everything an actor needs to rebuild the driver's :class:`ShardRunner` (picklable)."""
+    def describe(self) -> str:
+        return f"ray {self.n_actors} x {self.device}"
 
-    store: Store
-    model: str
-    backbone: str
-    weights: str | None
-    seed: int
-    image_size: int
-    infos: dict[str, LayerInfo]
-    pooling: str
-    config: FeatureConfig
-    device: str
-    compute_dtype: str
-    shard_size: int
-    batch_size: int
-    workers: int | str
-    cpus: float
+    def _connect(self):
+        if self._ray is None:
+            self._ray = _import_ray()
+            self._started = _connect(self._ray, self.engine)
+        return self._ray
 
-    @classmethod
-    def from_job(
-        cls, job: Job, weights: str | None, plan: Plan, device: str, batch_size: int,
-        workers: int | str, cpus: float,
-    ) -> _WorkerSpec:  # fmt: skip
-        recorded = job.config.weights
-        if recorded.startswith("file:"):
-            weights = recorded  # an absolute path: the worker's working folder may differ
-        return cls(
-            store=job.store,
-            model=job.model,
-            backbone=job.config.backbone,
-            weights=weights,
-            seed=job.config.seed,
-            image_size=job.config.image_size,
-            infos=dict(job.infos),
-            pooling=job.pooling,
-            config=job.config,
-            device=device,
-            compute_dtype=job.compute_dtype,
-            shard_size=plan.shard_size,
-            batch_size=batch_size,
-            workers=workers,
-            cpus=cpus,
-        )
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
 
 
 class _ShardWorker:
     """A Ray actor: loads the backbone once, then computes and writes one shard per call."""
 
-    def __init__(self, spec: _WorkerSpec, dataset: Dataset) -> None:
-        self.spec = spec
-        self.dataset = dataset
+    def __init__(self, job: Job, options: RunOptions, device: str, cpus: float) -> None:
+        self.job = job
+        self.options = options
         self.error: FeatureCacheError | None = None
         try:
-            self.runner = _build_runner(spec)
+            self.runner = job.runner(torch.device(device))
         except FeatureCacheError as error:
             # Raised from compute(), so the driver gets the error itself (Ray keeps only the
             # text of an error raised in __init__), and Ray does not retry it.
             self.error = error
-        self.loader_workers = _loader_workers(spec.workers, dataset, spec.cpus)
+        self.loaders = resolve_loader_workers(options.workers, job.dataset, cpus)
 
-    def compute(self, shard: int, layers: tuple[str, ...]) -> tuple[int, int]:
-        """Compute one shard, write its file atomically, and return ``(shard, n_rows)``."""
+    def compute(self, part: Plan) -> list[ShardMeta]:
+        """Compute one shard, write its file atomically, and return what the log records."""
         if self.error is not None:
             raise self.error
-        spec = self.spec
-        plan = Plan(spec.shard_size, len(self.dataset), ((shard, layers),))
-        n_rows = 0
-        for result in self.runner.run(self.dataset, plan, spec.batch_size, self.loader_workers):
-            spec.store.write_shard(
-                spec.model, result.shard, result.start, result.status, result.reasons,
-                result.features, self.runner.layer_attrs, spec.config, self.runner.provenance,
-            )  # fmt: skip
-            n_rows += len(result.status)
-        return shard, n_rows
+        results = self.runner.run(self.job.dataset, part, self.options.batch_size, self.loaders)
+        return [self.job.write(result, self.runner) for result in results]
 
 
-def _build_runner(spec: _WorkerSpec) -> ShardRunner:
-    """Load the backbone on this node and check it is the driver's, number for number."""
-    backbone = load_backbone(
-        spec.backbone, spec.weights, seed=spec.seed, image_size=spec.image_size
-    )
-    config = feature_config(backbone, spec.pooling, spec.config.dtype, spec.compute_dtype)
-    differences = spec.config.differences(config)
-    if differences:
-        raise ConfigMismatchError(
-            f"the Ray worker on {socket.gethostname()} built {spec.backbone} with another "
-            f"configuration than the driver ({'; '.join(differences)}); install the same "
-            "featurecache, torch, torchvision and weights files on every node."
-        )
-    device = torch.device(spec.device)
-    return ShardRunner(backbone, spec.infos, spec.pooling, spec.config, device)
-
-
-def _run(
-    ray, job: Job, plan: Plan, spec: _WorkerSpec, n_actors: int, gpus: float, cpus: float,
-    max_retries: int, progress: bool,
-) -> int:  # fmt: skip
-    """Run the plan on ``n_actors`` actors; list each finished shard in the index."""
+def _run(ray, job: Job, plan: Plan, session: _RaySession) -> int:
+    """Run the plan on the session's actors; publish finished shards as they come."""
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    actor_class = ray.remote(_ShardWorker).options(
-        num_cpus=cpus,
-        num_gpus=gpus,
-        max_restarts=max_retries,
-        max_task_retries=max_retries,
-    )
-    dataset_ref = ray.put(job.dataset)
-    actors = [actor_class.remote(spec, dataset_ref) for _ in range(n_actors)]
-    # Two tasks in flight per actor: the next shard is queued while the driver commits.
+    actors = _start_actors(ray, job, session)
     pool = ActorPool([actor for actor in actors for _ in range(TASKS_PER_WORKER)])
-    for shard, layers in plan.work:
-        pool.submit(lambda actor, work: actor.compute.remote(*work), (shard, layers))
+    for part in plan.parts():
+        pool.submit(lambda actor, part: actor.compute.remote(part), part)
     logger.info(
         "extracting %d shards of %s on %d Ray workers (%s)",
-        len(plan.work), job.model, n_actors, spec.device,
+        len(plan.work), job.model, len(actors), session.device,
     )  # fmt: skip
+    progress = session.options.progress
     bar = tqdm(total=plan.n_rows, unit="img", desc=f"{job.model} (ray)", disable=not progress)
-    written = rows = 0
-    started = time.perf_counter()
+    written = 0
     try:
         while pool.has_next():
-            finished = [_next(ray, pool, timeout=None)]
-            while pool.has_next():  # list every shard that is ready in one index rebuild
-                try:
-                    finished.append(_next(ray, pool, timeout=0))
-                except TimeoutError:
-                    break
-            job.store.rebuild_index()
-            for shard, n_rows in finished:
-                written += 1
-                rows += n_rows
-                bar.update(n_rows)
-                logger.info(
-                    "committed shard %d of %s (%d/%d shards, %.1f img/s)",
-                    shard, job.model, written, len(plan.work),
-                    rows / max(time.perf_counter() - started, 1e-9),
-                )  # fmt: skip
+            finished = [meta for metas in _finished(ray, pool) for meta in metas]
+            job.publish(finished)  # every shard that is ready, in one append
+            written += len(finished)
+            bar.update(sum(meta.stop - meta.start for meta in finished))
     except BaseException:
-        _stop(ray, actors)
-        with contextlib.suppress(Exception):  # the error that stopped the run matters more
-            job.store.rebuild_index()  # list the shards written before it
+        _stop(ray, actors)  # shards written but not returned are logged by the next run
         raise
     finally:
         bar.close()
         _stop(ray, actors)
     return written
+
+
+def _start_actors(ray, job: Job, session: _RaySession) -> list:
+    """``session.n_actors`` actors, each sent the job (without its backbone) once."""
+    engine = session.engine
+    actor_class = ray.remote(_ShardWorker).options(
+        num_cpus=engine.cpus_per_worker,
+        num_gpus=engine.gpus_per_worker,
+        max_restarts=engine.max_retries,
+        max_task_retries=engine.max_retries,
+    )
+    job_ref = ray.put(job.portable())
+    device = str(session.device)
+    return [
+        actor_class.remote(job_ref, session.options, device, engine.cpus_per_worker)
+        for _ in range(session.n_actors)
+    ]
+
+
+def _finished(ray, pool) -> list[list[ShardMeta]]:
+    """Wait for the next finished task, then take every other one that is ready."""
+    finished = [_next(ray, pool, timeout=None)]
+    while pool.has_next():
+        try:
+            finished.append(_next(ray, pool, timeout=0))
+        except TimeoutError:
+            break
+    return finished
 
 
 def _stop(ray, actors) -> None:
@@ -340,35 +245,38 @@ def _import_ray():
         import ray
     except ImportError as error:
         raise InvalidArgumentError(
-            "--engine ray needs Ray, which is not installed; install it on every node with "
+            "RayEngine needs Ray, which is not installed; install it on every node with "
             "pip install 'featurecache[ray]'."
         ) from error
     return ray
 
 
-def _connect(ray, address: str | None, n_workers: int, cpus_per_worker: float) -> bool:
+def _connect(ray, engine: RayEngine) -> bool:
     """Initialise Ray unless it already is; return whether this call started it."""
     if ray.is_initialized():
         return False
+    address = engine.address
     if (address and address != "local") or (address is None and os.environ.get("RAY_ADDRESS")):
         try:
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, SystemExit) as error:  # Ray exits when GCS never answers
-            where = address or os.environ.get("RAY_ADDRESS")
-            raise InvalidArgumentError(
-                f"--address {where!r}: no Ray cluster answered ({_first_line(error)}); start one "
-                "with `ray start --head` or leave --address out for a local instance."
-            ) from error
+            raise ParameterError(
+                "address", _OWNER,
+                f"the address of a running Ray cluster (none answered: {_first_line(error)})",
+                address or os.environ.get("RAY_ADDRESS"),
+                "Start one with `ray start --head`, or leave the address out for a local instance.",
+            ) from error  # fmt: skip
     else:
-        cpus = max(os.cpu_count() or 1, math.ceil(n_workers * cpus_per_worker))
+        cpus = max(os.cpu_count() or 1, math.ceil(engine.workers * engine.cpus_per_worker))
         ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     return True
 
 
-def _n_actors(ray, n_workers: int, n_shards: int, gpus: float, cpus: float) -> int:
+def _n_actors(ray, engine: RayEngine, n_shards: int) -> int:
     """As many actors as asked for, at most one per shard and no more than the cluster holds."""
     total = ray.cluster_resources()
-    fits = [n_workers, n_shards]
+    cpus, gpus = engine.cpus_per_worker, engine.gpus_per_worker
+    fits = [engine.workers, n_shards]
     if cpus > 0:
         fits.append(int(total.get("CPU", 0) // cpus))
     if gpus > 0:
@@ -377,68 +285,32 @@ def _n_actors(ray, n_workers: int, n_shards: int, gpus: float, cpus: float) -> i
     if n_actors < 1:
         raise InvalidArgumentError(
             f"the Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; "
-            f"one worker needs {cpus:g} CPUs and {gpus:g} GPUs. Lower --gpus-per-worker, or "
-            "connect to a cluster with GPUs (--address)."
+            f"one worker needs {cpus:g} CPUs and {gpus:g} GPUs. Lower gpus_per_worker or "
+            "cpus_per_worker, or connect to a cluster with GPUs (address)."
         )
-    if n_actors < min(n_workers, n_shards):
+    if n_actors < min(engine.workers, n_shards):
         logger.warning(
             "the Ray cluster holds only %d of the %d requested workers (%g CPUs, %g GPUs)",
-            n_actors, n_workers, total.get("CPU", 0), total.get("GPU", 0),
+            n_actors, engine.workers, total.get("CPU", 0), total.get("GPU", 0),
         )  # fmt: skip
     return n_actors
 
 
-def _worker_device(device: str, gpus_per_worker: float) -> str:
+def _worker_device(device: str, gpus_per_worker: float) -> torch.device:
+    """The actors' device: ``cuda`` exactly when they reserve GPUs (Ray hides the others)."""
     if device == "auto":
-        return "cuda" if gpus_per_worker > 0 else "cpu"
+        return torch.device("cuda" if gpus_per_worker > 0 else "cpu")
     if device == "cuda" and gpus_per_worker <= 0:
-        raise InvalidArgumentError(
-            "--device cuda with --engine ray needs --gpus-per-worker > 0 (Ray hides the GPUs "
-            f"from workers that reserve none); got --gpus-per-worker {gpus_per_worker:g}."
-        )
+        raise ParameterError(
+            "gpus_per_worker", _OWNER,
+            "> 0 for device 'cuda' (Ray hides the GPUs from workers that reserve none)",
+            gpus_per_worker,
+        )  # fmt: skip
     if device == "cpu" and gpus_per_worker > 0:
-        raise InvalidArgumentError(
-            f"--device cpu with --gpus-per-worker {gpus_per_worker:g} would reserve GPUs that "
-            "are never used; drop --gpus-per-worker or use --device auto."
-        )
+        raise ParameterError(
+            "gpus_per_worker", _OWNER, "0 for device 'cpu' (reserved GPUs would go unused)",
+            gpus_per_worker, "Leave it at 0, or use device 'auto'.",
+        )  # fmt: skip
     if device not in ("cpu", "cuda"):
-        raise InvalidArgumentError(
-            f"--device must be auto, cpu or cuda with --engine ray; got {device!r}."
-        )
-    return device
-
-
-def _compute_dtype(
-    dtype: str, worker_device: str, cache, model_name: str, locking: bool | None
-) -> str:
-    """Resolve ``auto`` for the workers' device, not the driver's."""
-    if dtype != "auto":
-        return dtype
-    store = Store(cache, locking=locking)
-    previous = store.read_config(model_name) if store.has_samples() else None
-    if previous is not None:
-        return previous.compute_dtype
-    if worker_device == "cuda":
-        return "bfloat16"
-    return "auto"  # CPU workers: prepare() decides as on one machine
-
-
-def _loader_workers(workers: int | str, dataset: Dataset, cpus_per_worker: float) -> int:
-    if workers != "auto":
-        return int(workers)
-    if dataset.arrays is not None:
-        return 0  # nothing to decode
-    return max(0, min(8, int(cpus_per_worker) - 1))
-
-
-def _check_ray_settings(n_workers, gpus, cpus, max_retries, workers) -> None:
-    checks = [
-        (isinstance(n_workers, int) and not isinstance(n_workers, bool) and n_workers > 0, f"--workers must be a positive integer with --engine ray; got {n_workers!r}."),
-        (isinstance(gpus, (int, float)) and gpus >= 0, f"--gpus-per-worker must be a number >= 0; got {gpus!r}."),
-        (isinstance(cpus, (int, float)) and cpus >= 0, f"The 'cpus_per_worker' parameter must be a number >= 0; got {cpus!r}."),
-        (isinstance(max_retries, int) and max_retries >= 0, f"The 'max_retries' parameter must be an integer >= 0; got {max_retries!r}."),
-        (workers == "auto" or (isinstance(workers, int) and workers >= 0), f"The 'workers' parameter (data-loading processes per Ray worker) must be 'auto' or an integer >= 0; got {workers!r}."),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            raise InvalidArgumentError(message)
+        raise ParameterError("device", "RunOptions", "'auto', 'cpu' or 'cuda' on Ray", device)
+    return torch.device(device)

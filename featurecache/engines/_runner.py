@@ -2,8 +2,8 @@
 
 :class:`ShardRunner` turns a :class:`Plan` (which shards, which layers) into
 :class:`ShardResult` objects in memory: decode, preprocess, forward with hooks, pool,
-check finiteness. Engines decide only where it runs and commit its results through
-:meth:`featurecache.cache.Store.write_shard`.
+check finiteness. Engines decide only where it runs; every engine commits its results
+through :class:`featurecache.engines._job.Job`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from featurecache._data import Dataset
+from featurecache._validation import ParameterError
 from featurecache.cache import STATUS_FAILED, STATUS_OK, FeatureConfig
-from featurecache.exceptions import BatchError, InvalidArgumentError
+from featurecache.engines._options import COMPUTE_DTYPE_NAMES
+from featurecache.exceptions import BatchError
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
     POOL_METHODS,
@@ -40,7 +42,7 @@ __all__ = [
     "resolve_loader_workers",
 ]
 
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPUTE_DTYPES = {name: getattr(torch, name) for name in COMPUTE_DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class Plan:
     @property
     def n_rows(self) -> int:
         return sum(len(self.rows(shard)) for shard, _ in self.work)
+
+    def parts(self) -> tuple[Plan, ...]:
+        """One plan per shard of the work: the unit an engine hands to a worker."""
+        return tuple(Plan(self.shard_size, self.n_samples, (item,)) for item in self.work)
 
 
 @dataclass(frozen=True)
@@ -305,29 +311,39 @@ def _pool_for(info: LayerInfo, pooling: str) -> str:
     return pooling if pooling in POOL_METHODS[info.kind] else default_pool(info.kind)
 
 
-def resolve_device(device: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|mps`` into a device, checking it is available."""
+def resolve_device(device: str, owner: str = "RunOptions") -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` into a device of this process, checking it is available.
+
+    ``owner`` names the function or class whose ``device`` parameter this is, for the message.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(
-            "--device cuda was requested but no CUDA device is available; use --device cpu or auto."
-        )
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if (device == "cuda" and not torch.cuda.is_available()) or (
+        device == "mps" and not _mps_available()
     ):
-        raise InvalidArgumentError(
-            "--device mps was requested but MPS is not available; use --device cpu or auto."
-        )
+        raise ParameterError(
+            "device", owner, f"a device this machine has ({device} is not available here)",
+            device, "Use 'cpu' or 'auto'.",
+        )  # fmt: skip
     return torch.device(device)
 
 
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def resolve_dtype(dtype: str, device: torch.device, previous: FeatureConfig | None = None) -> str:
-    """Resolve ``auto``: the cached model's dtype, else bfloat16 where supported, else float32."""
+    """The compute dtype: the one asked for, else the cached model's, else the device's best.
+
+    This is the one rule every engine applies; an engine whose shards run elsewhere
+    evaluates it where they run, since the best dtype depends on the hardware: bfloat16
+    on a CUDA device that supports it (else float16) and on CPUs with fast bfloat16,
+    float32 elsewhere.
+    """
     if dtype != "auto":
         return dtype
     if previous is not None:
@@ -349,9 +365,12 @@ def cpu_has_fast_bfloat16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-def resolve_loader_workers(workers: int | str, dataset: Dataset) -> int:
+def resolve_loader_workers(workers: int | str, dataset: Dataset, cpus: float | None = None) -> int:
+    """Data-loading processes: ``auto`` is one fewer than ``cpus`` (this machine's by default),
+    at most 8, and 0 for in-memory arrays, which need no decoding."""
     if workers != "auto":
         return int(workers)
     if dataset.arrays is not None:
-        return 0  # nothing to decode
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+        return 0
+    available = (os.cpu_count() or 2) if cpus is None else int(cpus)
+    return max(0, min(8, available - 1))

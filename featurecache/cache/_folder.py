@@ -1,0 +1,219 @@
+"""Reading a cache from its folder: the sample table, each model's config and commit log.
+
+The folder ``CACHE.h5.d/`` is the truth; the index ``CACHE.h5`` is derived from it for
+plain h5py and may lag behind a running (or killed) extraction. Readers therefore take
+the folder whenever a cache has one: a cache is visible from the moment its sample table
+exists, and every committed shard counts from the moment its log line is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featurecache.cache import _format as fmt
+from featurecache.cache._config import FeatureConfig
+from featurecache.cache._log import ShardMeta, read_log
+from featurecache.exceptions import CacheCorruptError
+
+__all__ = ["FolderView", "ShardData", "has_folder", "read_chunks"]
+
+#: Files verified in this process: (path, inode, size, mtime, layer) -> SHA-256 they matched.
+_VERIFIED: dict[tuple, str] = {}
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """Where one layer of one committed shard lies, and its digest."""
+
+    file: Path
+    name: str  # as the log lists it, for messages
+    start: int
+    stop: int
+    sha256: str
+    dtype: str = "float32"
+    chunks: tuple[tuple[int, int, int], ...] = ()  # (byte offset, stored bytes, rows)
+
+
+def has_folder(index: Path) -> bool:
+    """True when the cache's folder can be read on its own.
+
+    Caches written before commit logs existed are read through their index: a model with
+    shard files but no log, beside an index, is one of those. Without an index, shard
+    files not in a log are simply not committed yet.
+    """
+    if not fmt.samples_file(index).is_file():
+        return False
+    if not index.exists():
+        return True
+    data_dir = fmt.data_dir(index)
+    for config in data_dir.glob("*/config.json"):
+        model = config.parent.name
+        if not fmt.commit_log(index, model).exists() and any(config.parent.glob(fmt.SHARD_GLOB)):
+            return False  # written before commit logs: read through its index
+    return True
+
+
+class FolderView:
+    """The folder's answers to what a reader asks; each call reads the current files."""
+
+    def __init__(self, index: Path, opener) -> None:
+        self.index = index
+        self._open = opener
+
+    def root_attrs(self) -> dict:
+        with self._open(fmt.samples_file(self.index)) as f:
+            return dict(f.attrs)
+
+    def samples_group(self):
+        """An open handle on the sample table's file (a context manager)."""
+        return self._open(fmt.samples_file(self.index))
+
+    def models(self) -> list[str]:
+        folder = fmt.data_dir(self.index)
+        return sorted(p.parent.name for p in folder.glob("*/config.json"))
+
+    def config(self, model: str) -> FeatureConfig:
+        path = fmt.config_file(self.index, model)
+        try:
+            return FeatureConfig.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CacheCorruptError(
+                f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
+                "extracted. Restore it, or extract into a new cache."
+            ) from error
+
+    def metas(self, model: str) -> list[ShardMeta]:
+        try:
+            return read_log(fmt.commit_log(self.index, model))
+        except (ValueError, KeyError, TypeError) as error:
+            raise CacheCorruptError(
+                f"the commit log of model {model!r} in {str(self.index)!r} cannot be read "
+                f"({error}); re-run the same `featurecache extract` command to repair it."
+            ) from error
+
+    def layers(self, model: str) -> dict[str, ShardMeta]:
+        """Each committed layer with the first shard that holds it (its attributes)."""
+        first: dict[str, ShardMeta] = {}
+        for meta in self.metas(model):
+            for layer in meta.layers:
+                first.setdefault(layer, meta)
+        return first
+
+    def status(self, model: str, layer: str, n_samples: int) -> np.ndarray:
+        status = np.zeros(n_samples, dtype=np.int8)
+        for meta in self._holding(model, layer):
+            status[meta.start : meta.stop] = meta.status
+        return status
+
+    def shards(self, model: str, layer: str) -> list[ShardData]:
+        return [
+            ShardData(
+                file=self.index.parent / meta.file,
+                name=meta.file,
+                start=meta.start,
+                stop=meta.stop,
+                sha256=meta.digests[layer],
+                dtype=meta.dtypes.get(layer, "float32"),
+                chunks=tuple(meta.chunks.get(layer, ())),
+            )
+            for meta in self._holding(model, layer)
+        ]
+
+    def failures(self, model: str) -> list[tuple[int, str]]:
+        found: dict[int, str] = {}
+        for meta in self.metas(model):
+            for row, reason in meta.reasons:
+                found.setdefault(row, reason)
+        return sorted(found.items())
+
+    def _holding(self, model: str, layer: str) -> list[ShardMeta]:
+        """The shards holding ``layer``, one per shard index (the first logged wins)."""
+        seen, found = set(), []
+        for meta in self.metas(model):
+            if layer in meta.layers and meta.shard not in seen:
+                seen.add(meta.shard)
+                found.append(meta)
+        return found
+
+
+def read_chunks(shard: ShardData, n_features: int) -> np.ndarray:
+    """A layer's rows of one shard, read from the recorded chunk offsets (no HDF5 open).
+
+    Each chunk holds full-size rows followed by its 4-byte Fletcher-32 checksum; the
+    last chunk of a shard may hold fewer valid rows than its size.
+    """
+    dtype = np.dtype(shard.dtype)
+    row_bytes = n_features * dtype.itemsize
+    out = np.empty((shard.stop - shard.start, n_features), dtype=dtype)
+    at = 0
+    fd = os.open(shard.file, os.O_RDONLY)
+    try:
+        for offset, size, rows in shard.chunks:
+            raw = os.pread(fd, size, offset)
+            if len(raw) != size or (size - 4) % row_bytes or rows * row_bytes > size - 4:
+                raise ValueError(f"truncated file: chunk at byte {offset} is cut short")
+            out[at : at + rows] = np.frombuffer(raw, dtype=dtype, count=rows * n_features).reshape(
+                rows, n_features
+            )
+            at += rows
+    finally:
+        os.close(fd)
+    if at != len(out):
+        raise ValueError(f"the log lists {at} rows in chunks for {len(out)} rows")
+    return out
+
+
+def verify(shard: ShardData, layer: str, data: np.ndarray) -> str | None:
+    """``None`` if ``data`` matches the shard's SHA-256 (checked once per file and process)."""
+    stat = shard.file.stat()
+    key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, layer)
+    if _VERIFIED.get(key) == shard.sha256:
+        return None
+    digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    if digest != shard.sha256:
+        return digest
+    _VERIFIED[key] = digest
+    return None
+
+
+def read_h5_layer(shard: ShardData, layer: str, opener) -> np.ndarray:
+    """A layer of one shard through HDF5 (shards logged without chunk offsets)."""
+    with opener(shard.file) as g:
+        return np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
+
+
+def decode(value):
+    """HDF5 attribute value -> plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [decode(v) for v in value.tolist()]
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def config_provenance(config: FeatureConfig) -> dict:
+    """The provenance a reader reports for a model: as the index's model group records it."""
+    values = config.to_dict()
+    found = {
+        k: (fmt.canonical_json(v) if isinstance(v, (Mapping, list, tuple)) else v)
+        for k, v in values.items()
+        if v is not None
+    }
+    found["config"] = fmt.canonical_json(values)
+    found["config_digest"] = config.digest()
+    return found
+
+
+def plain_attrs(attrs: Mapping) -> dict:
+    return {k: decode(v) for k, v in attrs.items() if k != "dtype_stored"}

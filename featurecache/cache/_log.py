@@ -1,0 +1,170 @@
+"""The commit log of a model: what its committed shard files hold, one JSON line each.
+
+A shard file is written first (temporary name, then renamed); it is *committed* once its
+line is appended to ``CACHE.h5.d/<model>/commits.jsonl``. A commit costs one append,
+whatever the number of shards already committed, and a reader learns everything it needs
+(rows, layers, widths, SHA-256 digests, failed rows, where each chunk's bytes lie) from
+the log without opening a shard file. A line cut short by a crash has no newline yet:
+readers pass over it, and the next writer of the model cuts it off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featurecache.cache._atomic import atomic_write, fsync_file
+from featurecache.cache._format import STATUS_FAILED, STATUS_OK
+
+__all__ = ["ShardMeta", "append_log", "read_log", "repair_log", "rewrite_log"]
+
+_LOG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """What the index and the readers need to know about one committed shard file.
+
+    ``chunks[layer]`` lists ``(byte offset, stored bytes, rows)`` of each HDF5 chunk of
+    the layer in the file (each ends with its 4-byte Fletcher-32 checksum), so a reader
+    can read the numbers without opening the file as HDF5.
+    """
+
+    file: str  # relative to the index's folder
+    shard: int
+    start: int
+    stop: int
+    layers: tuple[str, ...]
+    n_features: Mapping[str, int]
+    digests: Mapping[str, str]
+    layer_attrs: Mapping[str, Mapping]
+    status: np.ndarray = field(repr=False)
+    reasons: tuple[tuple[int, str], ...]  # (row, reason) of failed rows
+    config_digest: str
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    chunks: Mapping[str, tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+    size: int = 0  # bytes of the shard file, so a cut file is seen without opening it
+
+    def to_line(self) -> str:
+        record = {
+            "v": _LOG_VERSION,
+            "file": self.file,
+            "shard": self.shard,
+            "start": self.start,
+            "stop": self.stop,
+            "layers": list(self.layers),
+            "n_features": dict(self.n_features),
+            "sha256": dict(self.digests),
+            "dtype": dict(self.dtypes),
+            "chunks": {k: [list(c) for c in v] for k, v in self.chunks.items()},
+            "attrs": {k: _jsonable(v) for k, v in self.layer_attrs.items()},
+            "failed": [[row, reason] for row, reason in self.reasons],
+            "config_digest": self.config_digest,
+            "size": self.size,
+        }
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_line(cls, line: str) -> ShardMeta:
+        record = json.loads(line)
+        start, stop = int(record["start"]), int(record["stop"])
+        reasons = tuple((int(row), str(reason)) for row, reason in record["failed"])
+        status = np.full(stop - start, STATUS_OK, dtype=np.int8)
+        status[[row - start for row, _ in reasons]] = STATUS_FAILED
+        return cls(
+            file=record["file"],
+            shard=int(record["shard"]),
+            start=start,
+            stop=stop,
+            layers=tuple(record["layers"]),
+            n_features={k: int(v) for k, v in record["n_features"].items()},
+            digests=dict(record["sha256"]),
+            layer_attrs=dict(record["attrs"]),
+            status=status,
+            reasons=reasons,
+            config_digest=str(record["config_digest"]),
+            dtypes=dict(record.get("dtype", {})),
+            chunks={
+                k: tuple(tuple(int(x) for x in c) for c in v) for k, v in record["chunks"].items()
+            },
+            size=int(record.get("size", 0)),
+        )
+
+
+def append_log(path: Path, metas: Iterable[ShardMeta]) -> None:
+    """Append one line per shard and flush them to disk: the commit."""
+    text = "".join(meta.to_line() for meta in metas)
+    if not text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = text.encode()
+        while data:  # one write in practice; a short write continues where it stopped
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rewrite_log(path: Path, metas: Iterable[ShardMeta]) -> None:
+    """Replace the log with ``metas`` in one atomic step (recovery only)."""
+    text = "".join(meta.to_line() for meta in metas)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_log(path: Path) -> list[ShardMeta]:
+    """Every complete line of the log, in commit order; the first line of a file wins."""
+    try:
+        text = path.read_bytes().decode()
+    except FileNotFoundError:
+        return []
+    metas, seen = [], set()
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # cut short by a crash: not committed
+        meta = ShardMeta.from_line(line)
+        if meta.file not in seen:
+            seen.add(meta.file)
+            metas.append(meta)
+    return metas
+
+
+def repair_log(path: Path) -> None:
+    """Cut off a last line that a crash left without its newline (writers only)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        keep = handle.read().rfind(b"\n") + 1
+        handle.truncate(keep)
+    fsync_file(path)
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

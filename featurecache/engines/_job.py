@@ -1,0 +1,155 @@
+"""A validated extraction request, and the one way every engine commits its shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from featurecache._data import Dataset
+from featurecache.cache import FeatureConfig, ShardMeta, Store
+from featurecache.engines._runner import Plan, ShardResult, ShardRunner
+from featurecache.exceptions import ConfigMismatchError
+from featurecache.models._layers import LayerInfo
+from featurecache.models._registry import LoadedBackbone, load_backbone
+
+__all__ = ["Job", "feature_config"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything an engine needs to compute and commit a model's shards, checked before any work.
+
+    A job travels to other processes (Ray workers) without its loaded backbone
+    (:meth:`portable`); :meth:`runner` loads the backbone again there and refuses one
+    whose configuration differs from ``config``.
+
+    Attributes
+    ----------
+    store : Store
+        The cache, for writing.
+    dataset : Dataset
+    model : str
+        The model's name in the cache.
+    layers : tuple of str
+        The requested layers.
+    infos : mapping of str to LayerInfo
+        Every capturable layer of the backbone.
+    pooling : str
+    config : FeatureConfig
+        The cache key of the model's features, compute dtype resolved.
+    weights : str or None
+        What :func:`featurecache.load_backbone` needs to build the same backbone again
+        (a weights file as an absolute ``file:`` path).
+    backbone : LoadedBackbone, optional
+        The backbone loaded in this process; ``None`` in a portable job.
+    """
+
+    store: Store
+    dataset: Dataset
+    model: str
+    layers: tuple[str, ...]
+    infos: Mapping[str, LayerInfo]
+    pooling: str
+    config: FeatureConfig
+    weights: str | None
+    backbone: LoadedBackbone | None = field(default=None, repr=False, compare=False)
+
+    def plan(self) -> Plan:
+        """The shards whose requested layers are not all committed yet."""
+        shard_size = int(self.store.read_root_attrs()["shard_size"])
+        done = self.store.done_layers(self.model)
+        n_samples = len(self.dataset)
+        work = []
+        for shard in range(-(-n_samples // shard_size)):
+            missing = tuple(sorted(set(self.layers) - done.get(shard, set())))
+            if missing:
+                work.append((shard, missing))
+        return Plan(shard_size, n_samples, tuple(work))
+
+    def portable(self) -> Job:
+        """This job without its loaded backbone, to send to another process."""
+        return dataclasses.replace(self, backbone=None)
+
+    def runner(self, device: torch.device) -> ShardRunner:
+        """The :class:`ShardRunner` that computes this job's shards on ``device``."""
+        backbone = self.backbone if self.backbone is not None else self._load_backbone()
+        return ShardRunner(backbone, self.infos, self.pooling, self.config, device)
+
+    def _load_backbone(self) -> LoadedBackbone:
+        """Load the backbone in this process and check it is the driver's, number for number."""
+        config = self.config
+        backbone = load_backbone(
+            config.backbone, self.weights, seed=config.seed, image_size=config.image_size
+        )
+        rebuilt = feature_config(backbone, self.pooling, config.dtype, config.compute_dtype)
+        differences = config.differences(rebuilt)
+        if differences:
+            raise ConfigMismatchError(
+                f"the worker on {socket.gethostname()} built {config.backbone} with another "
+                f"configuration than the driver ({'; '.join(differences)}); install the same "
+                "featurecache, torch, torchvision and weights files on every node."
+            )
+        return backbone
+
+    def write(self, result: ShardResult, runner: ShardRunner) -> ShardMeta:
+        """Write one shard's file atomically and return what the commit log will record.
+
+        Any process may write (a Ray worker writes its own shards); a written shard counts
+        once :meth:`publish` logs it.
+        """
+        return self.store.write_shard(
+            self.model, result.shard, result.start, result.status, result.reasons,
+            result.features, runner.layer_attrs, self.config, runner.provenance,
+        )  # fmt: skip
+
+    def publish(self, metas: Sequence[ShardMeta]) -> None:
+        """Commit written shards: one append to the model's log, whatever the cache's size.
+
+        Only the process holding the model's writer lock publishes. The index follows at
+        most every few seconds and at :meth:`finish`.
+        """
+        self.store.publish(self.model, metas)
+        self.store.rebuild_index_if_due()
+        for meta in metas:
+            logger.info(
+                "committed shard %d of %s (%d rows)", meta.shard, self.model, meta.stop - meta.start
+            )
+
+    def commit(self, result: ShardResult, runner: ShardRunner) -> None:
+        """Write one shard and log it: the in-process form of write + publish."""
+        self.publish([self.write(result, runner)])
+
+    def finish(self) -> None:
+        """At the end of a run, finished or failed: bring the index up to the log."""
+        self.store.rebuild_index()
+
+    def refresh(self) -> None:
+        """On a cache hit: rebuild a stale index, and remove temporaries of dead writers."""
+        if self.store.index_is_current():
+            self.store.remove_stale_temporaries()
+        else:
+            self.store.rebuild_index()  # also removes temporaries of dead writers
+
+
+def feature_config(
+    backbone: LoadedBackbone, pooling: str, store_dtype: str, compute_dtype: str
+) -> FeatureConfig:
+    """The cache key of a loaded backbone's features, with its provenance."""
+    return FeatureConfig(
+        backbone=backbone.name,
+        weights_sha256=backbone.weights_sha256,
+        preprocessing=backbone.preprocess.to_dict(),
+        pooling=pooling,
+        dtype=store_dtype,
+        compute_dtype=compute_dtype,
+        weights=backbone.weights,
+        seed=backbone.seed,
+        image_size=backbone.image_size,
+    )

@@ -1,0 +1,63 @@
+"""How one extraction runs: settings that never change the stored numbers (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featurecache._validation import ParameterError, check_choice, check_int, check_workers
+
+__all__ = ["RunOptions", "DEVICES", "COMPUTE_DTYPE_NAMES", "STORE_DTYPES"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Names the command line offers without importing torch.
+COMPUTE_DTYPE_NAMES = ("float32", "bfloat16", "float16")
+STORE_DTYPES = ("float32", "float16")
+_OWNER = "RunOptions"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Execution settings of :func:`featurecache.extract`; none of them enters the cache key.
+
+    Two runs that differ only in these settings write the same numbers, so a cache
+    extracted with one set is a hit for any other.
+
+    Parameters
+    ----------
+    batch_size : int
+        Images per forward pass.
+    workers : int or "auto"
+        Data-loading processes (of this process, or of each Ray worker). ``auto``: one fewer
+        than the CPUs available, at most 8, and 0 for in-memory arrays.
+    device : {"auto", "cpu", "cuda", "mps"}
+        Where the forward pass runs; ``auto`` picks CUDA, then MPS, then the CPU (on Ray,
+        ``cuda`` when the workers reserve GPUs).
+    shard_size : int
+        Rows per shard (unit of commit) for a new cache; an existing cache keeps its own.
+    locking : bool, optional
+        File locks; ``None`` reads ``FEATURECACHE_NO_LOCKING``.
+    progress : bool
+        Show a progress bar on stderr.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When a setting is out of range (``batch_size=True`` included: a bool is no int).
+    """
+
+    batch_size: int = 64
+    workers: int | str = "auto"
+    device: str = "auto"
+    shard_size: int = 1024
+    locking: bool | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_int(self.batch_size, "batch_size", _OWNER, low=1)
+        check_workers(self.workers, "workers", _OWNER)
+        check_choice(self.device, "device", _OWNER, DEVICES)
+        check_int(self.shard_size, "shard_size", _OWNER, low=1)
+        if not (self.locking is None or isinstance(self.locking, bool)):
+            raise ParameterError("locking", _OWNER, "None, True or False", self.locking)
+        if not isinstance(self.progress, bool):
+            raise ParameterError("progress", _OWNER, "True or False", self.progress)
