@@ -26,6 +26,8 @@ demo: install
 	$(VENV)/bin/featurecache demo
 
 test: install
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		>/dev/null 2>&1 || echo "no chromium (needs apt-get as root): the report's browser test is skipped"
 	$(VENV)/bin/ruff check featurecache pipelines tests benchmarks
 	$(PY) -m pytest -q
 

@@ -173,6 +173,8 @@ class Cache:
             self.class_names = [str(k) for k in range(n_classes)]
         else:
             self.class_names = [str(_decode(n)) for n in np.asarray(names).tolist()]
+        # Where the images came from ("folder:/abs/root", "builtin:digits", ...); "" if unknown.
+        self.source = str(_decode(samples.attrs.get("root", "")))
         digest = f.attrs.get("samples_digest")
         self.samples_digest = (
             str(_decode(digest))
