@@ -74,7 +74,7 @@ def test_unknown_backbone_suggests_close_names():
         UnknownNameError,
         match=r"^Unknown backbone 'resnet19'\. Did you mean 'resnet18', .*\? "
         r"Hint: run `featurecache backbones` to list the 83 built-in backbones; other sources are "
-            r"named timm:NAME, open_clip:ARCH/PRETRAINED, hf:REPO_ID\.$",
+        r"named timm:NAME, open_clip:ARCH/PRETRAINED, hf:REPO_ID\.$",
     ):
         get_backbone("resnet19")
 

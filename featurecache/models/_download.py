@@ -46,9 +46,7 @@ def download_checkpoint(url: str, label: str) -> str:
         "or give a local state-dict file as the weights."
     )
     if offline():
-        raise DownloadError(
-            f"Weights {label} are not in the torch hub cache and {_OFF}. {manual}"
-        )
+        raise DownloadError(f"Weights {label} are not in the torch hub cache and {_OFF}. {manual}")
     match = torch.hub.HASH_REGEX.search(filename)
     os.makedirs(folder, exist_ok=True)
     try:
@@ -89,22 +87,22 @@ def hf_hub_file(
     for filename in filenames:
         try:
             path = hub.hf_hub_download(repo_id, filename, local_files_only=offline())
-        except (errors.EntryNotFoundError, errors.RemoteEntryNotFoundError) as exc:
-            reason = reason or f"{type(exc).__name__}: {first_line(exc)}"
-            continue  # the repository has the weights under another name
         except errors.LocalEntryNotFoundError as exc:
             if offline():
                 raise DownloadError(
-                    f"Weights {label} ({repo_id}) are not in the Hugging Face hub cache and "
+                    f"The weights of {label} ({repo_id}) are not in the Hugging Face hub cache and "
                     f"{_OFF}. {manual}"
                 ) from exc
             reason = f"{type(exc).__name__}: {first_line(exc)}"
             break
+        except (errors.EntryNotFoundError, errors.RemoteEntryNotFoundError) as exc:
+            reason = reason or f"{type(exc).__name__}: {first_line(exc)}"
+            continue  # the repository has the weights under another name
         except Exception as exc:  # HTTP, proxy, gated or missing repositories alike
             reason = f"{type(exc).__name__}: {first_line(exc)}"
             break
         return path, os.path.basename(os.path.dirname(path))
     raise DownloadError(
-        f"Could not download weights {label} ({repo_id}, one of {', '.join(filenames)}) "
+        f"Could not download the weights of {label} ({repo_id}: {' or '.join(filenames)}) "
         f"through {library}'s Hugging Face hub cache ({reason}). {manual}"
     )

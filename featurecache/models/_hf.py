@@ -21,6 +21,4 @@ def record(name: str) -> Backbone:
     raise NotImplementedError
 
 
-SOURCE = Source(
-    prefix=PREFIX, extra="hf", record=record, names=names, syntax="hf:REPO_ID"
-)
+SOURCE = Source(prefix=PREFIX, extra="hf", record=record, names=names, syntax="hf:REPO_ID")

@@ -18,7 +18,7 @@ from torch import nn
 
 from featurecache.exceptions import UnknownNameError, suggest
 from featurecache.models._download import hf_hub_file
-from featurecache.models._layers import LayerInfo, last_per_resolution, spread, spatial_key
+from featurecache.models._layers import LayerInfo, last_per_resolution, spatial_key, spread
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, require
 
@@ -81,13 +81,15 @@ class _Catalog:
         if key.upper() != "DEFAULT":
             return None
         repo = getattr(self.cfg, "hf_hub_id", None) if self.cfg is not None else None
-        label = f"of timm:{self.name}"
+        label = f"timm:{self.name}"
         if not repo:
             raise UnknownNameError(
                 f"timm has no pretrained weights on the Hugging Face hub for {self.name!r}. "
                 "Pass a local state-dict file, or 'none' for random weights."
             )
-        files = (self.cfg.hf_hub_filename,) if getattr(self.cfg, "hf_hub_filename", None) else _FILES
+        files = (
+            (self.cfg.hf_hub_filename,) if getattr(self.cfg, "hf_hub_filename", None) else _FILES
+        )
         path, revision = hf_hub_file(repo, files, label, "timm", "timm")
         return Resolved(id=f"hf:{repo}", pretrained=path, revision=revision)
 

@@ -15,8 +15,8 @@ from typing import Any
 import torchvision
 from torch import nn
 
-from featurecache.models._layers import default_rule_for
 from featurecache.models._download import download_checkpoint, terminal
+from featurecache.models._layers import default_rule_for
 from featurecache.models._record import Backbone, Resolved
 
 __all__ = ["TorchvisionCatalog", "backbones"]
