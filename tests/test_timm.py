@@ -89,7 +89,9 @@ def test_class_token_pooling_is_refused_without_a_class_token():
 def test_preprocessing_equals_timms_own_transform_on_a_pil_image(name, image_size):
     backbone = get_backbone(f"timm:{name}")
     preprocess = backbone.preprocess(None, image_size)
-    cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+    cfg = timm.data.resolve_data_config(
+        pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict()
+    )
     if image_size is not None:
         cfg["input_size"] = (3, image_size, image_size)
     transform = timm.data.create_transform(**cfg)
@@ -132,3 +134,26 @@ def test_a_missing_library_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'featurecache\[timm\]'`\.$"):
         get_backbone("timm:some_model_not_cached")
+
+
+def test_cli_lists_timm_names_and_shows_stages_with_the_default_set(capsys):
+    from featurecache.app.cli import main
+
+    assert main(["backbones", "--source", "timm", "--filter", "dinov2"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "timm:vit_small_patch14_dinov2" in names and all("dinov2" in n for n in names)
+    assert main(["layers", "timm:resnet18", "--image-size", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line.strip()}
+    assert rows["act1"] == ["64x32x32", "0.03", "stage"]
+    assert rows["layer4"] == ["512x2x2", "0.96", "*", "stage"]
+    assert rows["embedding"] == ["512", "1.00", "*"]
+
+
+def test_timm_weights_from_a_state_dict_file(tmp_path):
+    reference = _reference("resnet18", None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    loaded = load_backbone("timm:resnet18", tmp_path / "r18.pth", seed=5, image_size=64)
+    random = load_backbone("timm:resnet18", "none", seed=0, image_size=64)
+    assert loaded.weights == f"file:{tmp_path / 'r18.pth'}"
+    assert loaded.weights_sha256 == random.weights_sha256  # the same tensors as seed 0
