@@ -157,3 +157,40 @@ def test_timm_weights_from_a_state_dict_file(tmp_path):
     random = load_backbone("timm:resnet18", "none", seed=0, image_size=64)
     assert loaded.weights == f"file:{tmp_path / 'r18.pth'}"
     assert loaded.weights_sha256 == random.weights_sha256  # the same tensors as seed 0
+
+
+@pytest.mark.slow
+def test_extract_fit_report_end_to_end_with_a_random_dinov2(tmp_path, capsys):
+    """`extract --model timm:vit_small_patch14_dinov2 --weights none --image-size 98`, then fit and report."""
+    from featurecache.app.cli import main
+    from featurecache.cache import open_cache
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, colour in (("red", 0), ("blue", 2)):
+            folder = data / split / label
+            folder.mkdir(parents=True)
+            for i in range(6 if split == "train" else 3):
+                pixels = rng.integers(0, 80, (20, 24, 3), dtype=np.uint8)
+                pixels[..., colour] += 170
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cache = tmp_path / "c.h5"
+    argv = ["extract", str(data), "--cache", str(cache), "--model", "timm:vit_small_patch14_dinov2",
+            "--weights", "none", "--image-size", "98", "--layers", "blocks.5,embedding",
+            "--pool", "cls+mean", "--device", "cpu", "--workers", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    opened = open_cache(cache)
+    assert opened.models == ["timm:vit_small_patch14_dinov2"]
+    features, _, _ = opened.load("timm:vit_small_patch14_dinov2", "blocks.5")
+    assert features.shape == (18, 768)  # cls (384) + mean of the 49 patch tokens (384)
+    out = tmp_path / "results"
+    assert (
+        main(
+            ["fit", str(cache), "--out", str(out), "--heads", "logreg", "--cv", "2", "--jobs", "1"]
+        )
+        == 0
+    )
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert "timm:vit_small_patch14_dinov2" in (tmp_path / "report" / "report.md").read_text()

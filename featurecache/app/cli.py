@@ -199,7 +199,8 @@ def _add_extract(sub) -> None:
     parser.add_argument(
         "--weights",
         default=None,
-        help="DEFAULT, a torchvision weights name, none, or a state-dict file",
+        help="DEFAULT (downloaded unless --offline), a torchvision weights name, none, or a "
+        "state-dict file",
     )
     parser.add_argument(
         "--layers",
@@ -207,7 +208,9 @@ def _add_extract(sub) -> None:
         help="comma-separated layer names (see `featurecache layers MODEL`)",
     )
     parser.add_argument(
-        "--pool", default=None, help="avg|max|avgmax|flatten for conv maps; cls|mean for tokens"
+        "--pool",
+        default=None,
+        help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens",
     )
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
