@@ -326,10 +326,11 @@ def load_backbone(
                 f"Could not build {backbone.name} with weights {resolved.id} at image size "
                 f"{image_size}: {first_line(exc)}"
             ) from exc
-    classifier = backbone.classifier or _classifier_path(model)
+    # "" declares a model without classifier (an image tower)
+    classifier = _classifier_path(model) if backbone.classifier is None else backbone.classifier
     if resolved.path is not None:
         _load_file(model, backbone, resolved.path, classifier, keep_classifier)
-    if not keep_classifier and classifier in dict(model.named_modules()):
+    if not keep_classifier and classifier and classifier in dict(model.named_modules()):
         model.set_submodule(classifier, nn.Identity())
     model.eval()
     model.requires_grad_(False)
@@ -467,7 +468,7 @@ def _load_file(
         state_dict = backbone.adapt_state_dict(state_dict)
     prefix = classifier + "."
     expected = set(model.state_dict())
-    if not keep_classifier:
+    if not keep_classifier and classifier:
         # The classifier is replaced anyway; its size may differ (a fine-tuned model).
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         expected = {k for k in expected if not k.startswith(prefix)}
