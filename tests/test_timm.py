@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -184,6 +186,12 @@ def test_extract_fit_report_end_to_end_with_a_random_dinov2(tmp_path, capsys):
     assert opened.models == ["timm:vit_small_patch14_dinov2"]
     features, _, _ = opened.load("timm:vit_small_patch14_dinov2", "blocks.5")
     assert features.shape == (18, 768)  # cls (384) + mean of the 49 patch tokens (384)
+    provenance = opened.entry("timm:vit_small_patch14_dinov2", "blocks.5").provenance
+    assert provenance["source"] == "timm"
+    assert provenance["library"] == f"timm {timm.__version__}"
+    assert json.loads(provenance["preprocessing"])["backend"] == "pil"
+    assert main(["ls", str(cache)]) == 0
+    assert f"source timm (timm {timm.__version__})" in capsys.readouterr().out
     out = tmp_path / "results"
     assert (
         main(

@@ -359,6 +359,9 @@ def _run_ls(args) -> int:
         print(
             f"  sha256 {str(config.get('weights_sha256', '?'))[:16]}…  preprocessing {config.get('preprocessing', '?')}"
         )
+        if config.get("source"):
+            revision = f" revision {config['revision']}" if config.get("revision") else ""
+            print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
         print(
             f"  {'layer':32s} {'features':>9s} {'dtype':8s} {'ok':>7s} {'failed':>7s} {'pending':>8s}"
         )
