@@ -244,6 +244,8 @@ def reproduce_command(args) -> str:
 
 def write_comparison(report: Path, table, subsampled: list[dict], args) -> None:
     """comparison.md: our best heads beside the published raw-pixel figures."""
+    import pipelines
+
     lines = [
         "# Fashion-MNIST: frozen features against the published raw-pixel baselines",
         "",
@@ -261,7 +263,7 @@ def write_comparison(report: Path, table, subsampled: list[dict], args) -> None:
     ]
     lines += [f"| {name} | {acc:.3f} |" for name, acc in PUBLISHED]
     for model, group in table.groupby("model"):
-        best = group.sort_values("cv_mean", ascending=False).iloc[0]
+        best = pipelines.best(group)
         lines.append(
             f"| **{model}** @ {args.image_size}px, {best['layer']} + {best['head']} (best layer and head by CV on 60,000) | **{best['test_accuracy']:.3f}** |"
         )
@@ -277,7 +279,7 @@ def write_comparison(report: Path, table, subsampled: list[dict], args) -> None:
         "| --- | --- | --- | --- | --- |",
     ]
     for (model, layer), group in table.groupby(["model", "layer"], sort=False):
-        best = group.sort_values("cv_mean", ascending=False).iloc[0]
+        best = pipelines.best(group)
         lines.append(
             f"| {model} | {layer} | {best['head']} | {best['cv_mean']:.4f} | {best['test_accuracy']:.4f} |"
         )

@@ -7,6 +7,7 @@ sorted by id, so the order files are listed in never changes the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
@@ -20,9 +21,36 @@ from featurecache._validation import ParameterError
 from featurecache.cache import samples_digest
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
-__all__ = ["Dataset", "load_dataset", "list_builtins", "SPLITS", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "list_builtins",
+    "list_images",
+    "is_image",
+    "SPLITS",
+    "SPLIT_NAMES",
+    "IMAGE_EXTENSIONS",
+]
 
 SPLITS = ("train", "val", "test")
+#: Folder names (compared case-insensitively) and manifest values read as each split.
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+#: Kinds of entries a folder scan passes over, as :attr:`Dataset.skipped` names them.
+SKIPPED_KINDS = {
+    "hidden": "hidden files or folders",
+    "not_image": "files that are not images",
+    "empty_class": "class folders without images",
+    "wrong_level": "images outside a class folder",
+}
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -48,6 +76,7 @@ class Dataset:
     class_names: tuple[str, ...]
     paths: np.ndarray | None = None
     arrays: np.ndarray | None = field(default=None, repr=False)
+    skipped: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -66,6 +95,21 @@ class Dataset:
     def samples_digest(self) -> str:
         """SHA-256 over ids, labels and splits (the cache records it)."""
         return samples_digest(self.ids, self.labels, self.splits)
+
+    def summary(self) -> str:
+        """One line: classes, images per split, and what the scan passed over by kind."""
+        counts = {name or "(no split)": int(np.sum(self.splits == name)) for name in
+                  dict.fromkeys(sorted(self.splits.tolist(), key=_split_rank))}  # fmt: skip
+        per_split = ", ".join(f"{name} {n}" for name, n in counts.items())
+        skipped = ", ".join(
+            f"{len(entries)} {SKIPPED_KINDS[kind]}"
+            for kind, entries in self.skipped.items()
+            if entries
+        )
+        return (
+            f"{len(self.class_names)} classes, {len(self)} images ({per_split}); "
+            f"skipped: {skipped or 'nothing'}"
+        )
 
     def load_image(self, index: int):
         """Return sample ``index`` as a uint8 tensor ``(C, H, W)``; raises on a bad image."""
@@ -110,7 +154,11 @@ def list_builtins() -> list[str]:
 
 
 def load_dataset(
-    data: str | os.PathLike | Dataset, split: str | None = None, seed: int = 0
+    data: str | os.PathLike | Dataset,
+    split: str | None = None,
+    seed: int = 0,
+    *,
+    resplit: bool = False,
 ) -> Dataset:
     """Resolve the DATA argument into a :class:`Dataset`.
 
@@ -121,9 +169,13 @@ def load_dataset(
         a CSV manifest with columns ``path,label[,split]``, or ``builtin:NAME``.
     split : str, optional
         ``random:FRACTION`` assigns a seeded, stratified test split of that fraction to
-        datasets that have none; ``none`` keeps every sample unsplit.
+        datasets that have none; ``none`` keeps every sample unsplit. Data with its own
+        splits (split folders, a manifest's split column, Fashion-MNIST) refuses it unless
+        ``resplit`` is set.
     seed : int
         Seed of the random split.
+    resplit : bool
+        Replace the data's own splits with the ``split`` asked for.
 
     Raises
     ------
@@ -132,6 +184,16 @@ def load_dataset(
     """
     if isinstance(data, Dataset):
         return data
+    if split is not None and not isinstance(split, str):
+        _parse_random_split(split)  # raises with the template, and a hint for 0.2
+    if not isinstance(resplit, bool):
+        raise ParameterError("resplit", "load_dataset", "a bool", resplit)
+    dataset = _load(data, split, seed)
+    return _apply_split(dataset, split, seed, resplit)
+
+
+def _load(data: str | os.PathLike, split: str | None, seed: int) -> Dataset:
+    """The dataset with its own splits (``""`` where it has none)."""
     text = str(data)
     if text.startswith("builtin:"):
         name = text.split(":", 1)[1]
@@ -140,7 +202,7 @@ def load_dataset(
                 f"unknown built-in dataset {text!r}; expected one of "
                 f"{', '.join('builtin:' + b for b in list_builtins())}." + suggest(name, _BUILTINS)
             )
-        return _BUILTINS[name](split, seed)
+        return _BUILTINS[name]()
     path = Path(text).expanduser()
     if not path.exists():
         raise InvalidArgumentError(
@@ -148,58 +210,148 @@ def load_dataset(
             f"{text!r} does not exist."
         )
     if path.is_dir():
-        return _load_folder(path.resolve(), split, seed)
+        return _load_folder(path.resolve())
     if path.suffix.lower() == ".csv":
-        return _load_csv(path.resolve(), split, seed)
+        return _load_csv(path.resolve())
     raise InvalidArgumentError(
         f"DATA must be a folder of class sub-folders, a CSV manifest (.csv) or builtin:NAME; "
         f"got the file {text!r}."
     )
 
 
-def _is_image(path: Path) -> bool:
+def is_image(path: Path) -> bool:
+    """The one rule for which files are images, for extract and predict alike."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _scan_classes(root: Path) -> dict[str, list[Path]]:
-    classes = {}
+def list_images(folder: Path) -> list[Path]:
+    """Every image below ``folder``, sorted, outside hidden folders."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and is_image(p) and not _hidden(p.relative_to(folder))
+    )
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+class _Scan:
+    """What a folder scan found, and what it passed over by kind."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.rows: list[tuple[str, str, str, Path]] = []  # id, class, split, path
+        self.skipped: dict[str, list[str]] = {kind: [] for kind in SKIPPED_KINDS}
+
+    def skip(self, kind: str, path: Path) -> None:
+        self.skipped[kind].append(path.relative_to(self.root).as_posix())
+
+    def loose_files(self, folder: Path) -> None:
+        """Files directly in ``folder``, where only class folders belong."""
+        for child in sorted(folder.iterdir()):
+            if child.is_file():
+                self.skip(_kind_of_file(child) or "wrong_level", child)
+
+    def classes(self, folder: Path, split: str) -> None:
+        for child in sorted(folder.iterdir()):
+            if not child.is_dir():
+                continue
+            if child.name.startswith("."):
+                self.skip("hidden", child)
+                continue
+            found = 0
+            for path in sorted(child.rglob("*")):
+                relative = path.relative_to(child)
+                if _hidden(relative):
+                    if relative.name.startswith(".") and not _hidden(relative.parent):
+                        self.skip("hidden", path)
+                    continue
+                if path.is_dir():
+                    continue
+                kind = _kind_of_file(path)
+                if kind:
+                    self.skip(kind, path)
+                    continue
+                self.rows.append((path.relative_to(self.root).as_posix(), child.name, split, path))
+                found += 1
+            if not found:
+                self.skip("empty_class", child)
+
+
+def _kind_of_file(path: Path) -> str | None:
+    """Why a file is not a sample (``hidden``, ``not_image``), or None for an image."""
+    if path.name.startswith("."):
+        return "hidden"
+    return None if is_image(path) else "not_image"
+
+
+def _split_folders(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Top-level folders read as splits, by split; and the other visible folders."""
+    splits: dict[str, Path] = {}
+    others = []
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith("."):
-            files = sorted(p for p in child.rglob("*") if _is_image(p) and not p.is_dir())
-            if files:
-                classes[child.name] = files
-    return classes
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        split = SPLIT_NAMES.get(child.name.lower())
+        if split is None:
+            others.append(child)
+        elif split in splits:
+            raise InvalidArgumentError(
+                f"DATA folder {str(root)!r} has two folders for the {split} split "
+                f"({splits[split].name}/ and {child.name}/); merge them into one."
+            )
+        else:
+            splits[split] = child
+    return splits, others
 
 
-def _load_folder(root: Path, split: str | None, seed: int) -> Dataset:
-    top = {p.name for p in root.iterdir() if p.is_dir()}
-    split_dirs = [s for s in SPLITS if s in top]
-    rows: list[tuple[str, str, str, Path]] = []  # id, class, split, path
-    if split_dirs and top <= set(SPLITS):
-        for split_name in split_dirs:
-            for class_name, files in _scan_classes(root / split_name).items():
-                rows += [(p.relative_to(root).as_posix(), class_name, split_name, p) for p in files]
+def _load_folder(root: Path) -> Dataset:
+    splits, others = _split_folders(root)
+    if splits and others:
+        shown = ", ".join(f"{p.name}/" for p in others[:5]) + (" ..." if len(others) > 5 else "")
+        raise InvalidArgumentError(
+            f"DATA folder {str(root)!r} mixes split folders "
+            f"({', '.join(f'{p.name}/' for p in splits.values())}) with class folders ({shown}) "
+            "at the same level; put every class folder inside a split folder, or rename the "
+            "folders that are classes."
+        )
+    scan = _Scan(root)
+    scan.loose_files(root)
+    if splits:
+        for split, folder in sorted(splits.items(), key=lambda item: _split_rank(item[0])):
+            scan.loose_files(folder)
+            scan.classes(folder, split)
     else:
-        for class_name, files in _scan_classes(root).items():
-            rows += [(p.relative_to(root).as_posix(), class_name, "", p) for p in files]
-    if not rows:
+        scan.classes(root, "")
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") and child.is_dir():
+            scan.skip("hidden", child)
+    if not scan.rows:
         raise InvalidArgumentError(
             f"DATA folder {str(root)!r} holds no images; expected class sub-folders of images "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}), optionally under train/, val/, test/."
         )
-    rows.sort(key=lambda row: row[0])
+    rows = sorted(scan.rows, key=lambda row: row[0])
     class_names = tuple(sorted({row[1] for row in rows}))
-    ids = np.array([r[0] for r in rows], dtype=object)
-    labels = np.array([class_names.index(r[1]) for r in rows], dtype=np.int64)
-    splits = np.array([r[2] for r in rows], dtype=object)
-    paths = np.array([str(r[3]) for r in rows], dtype=object)
     _check_classes(class_names, f"folder {str(root)!r}")
-    if not split_dirs or not top <= set(SPLITS):
-        splits = _assign_split(labels, splits, split, seed)
-    return Dataset(f"folder:{root}", ids, labels, splits, class_names, paths=paths)
+    return Dataset(
+        f"folder:{root}",
+        ids=np.array([r[0] for r in rows], dtype=object),
+        labels=np.array([class_names.index(r[1]) for r in rows], dtype=np.int64),
+        splits=np.array([r[2] for r in rows], dtype=object),
+        class_names=class_names,
+        paths=np.array([str(r[3]) for r in rows], dtype=object),
+        skipped={kind: tuple(sorted(entries)) for kind, entries in scan.skipped.items()},
+    )
 
 
-def _load_csv(csv_path: Path, split: str | None, seed: int) -> Dataset:
+def _split_rank(split: str) -> tuple[int, str]:
+    return ({"train": 0, "val": 1, "test": 2}.get(split, 3), split)
+
+
+def _load_csv(csv_path: Path) -> Dataset:
     import pandas as pd
 
     try:
@@ -221,12 +373,16 @@ def _load_csv(csv_path: Path, split: str | None, seed: int) -> Dataset:
             f"(first at line {int(empty[0]) + 2}); every row needs a path."
         )
     if "split" in table.columns:
-        bad = sorted(set(table["split"]) - set(SPLITS) - {""})
+        known = {name: split for name, split in SPLIT_NAMES.items()}
+        values = table["split"].str.strip()
+        bad = sorted({v for v in values if v and v.lower() not in known})
         if bad:
             raise InvalidArgumentError(
-                f"CSV manifest {str(csv_path)!r}: split must be one of train, val, test or empty; "
+                f"CSV manifest {str(csv_path)!r}: split must be one of train, val, test or empty "
+                f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case); "
                 f"got {', '.join(map(repr, bad))}."
             )
+        table = table.assign(split=[known[v.lower()] if v else "" for v in values])
         _check_labels_outside_test(table, csv_path)
     table = table.assign(id=table["path"].map(lambda p: Path(p).as_posix()))
     duplicated = table["id"][table["id"].duplicated()]
@@ -244,8 +400,6 @@ def _load_csv(csv_path: Path, split: str | None, seed: int) -> Dataset:
         table["split"] if "split" in table.columns else [""] * len(table), dtype=object
     )
     paths = np.array([str((csv_path.parent / p).absolute()) for p in table["path"]], dtype=object)
-    if "split" not in table.columns or not any(splits):
-        splits = _assign_split(labels, splits, split, seed)
     ids = np.array(table["id"], dtype=object)
     return Dataset(f"csv:{csv_path}", ids, labels, splits, class_names, paths=paths)
 
@@ -267,11 +421,28 @@ def _check_classes(class_names: tuple[str, ...], where: str) -> None:
         )
 
 
-def _assign_split(
-    labels: np.ndarray, splits: np.ndarray, split: str | None, seed: int
-) -> np.ndarray:
-    if split is None or split == "none":
-        return splits
+def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) -> Dataset:
+    """Give a dataset without splits the random split asked for; never silently replace its own."""
+    has_own = bool(np.any(dataset.splits != ""))
+    default = _DEFAULT_SPLITS.get(dataset.source.split(" ")[0])
+    if split is None:
+        split = None if has_own else default
+        if split is None:
+            return dataset
+    elif has_own and not resplit:
+        raise ParameterError(
+            "split", "load_dataset", "left out for data that has its own splits", split,
+            "Leave it out, or pass resplit=True to replace the data's splits.",
+            cli_hint="Leave it out, or add --resplit to replace the data's splits.",
+        )  # fmt: skip
+    if split == "none":
+        splits = np.full(len(dataset), "", dtype=object)
+    else:
+        splits = _random_split(dataset.labels, split, seed)
+    return dataclasses.replace(dataset, splits=splits)
+
+
+def _random_split(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
     fraction = _parse_random_split(split)
     from sklearn.model_selection import train_test_split
 
@@ -307,15 +478,13 @@ def _parse_random_split(split: str) -> float:
     return fraction
 
 
-def _load_digits(split: str | None, seed: int) -> Dataset:
+def _load_digits() -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (n_samples, 8, 8)
     labels = bunch.target.astype(np.int64)
-    splits = _assign_split(
-        labels, np.full(len(labels), "", dtype=object), split or "random:0.2", seed
-    )
+    splits = np.full(len(labels), "", dtype=object)  # "random:0.2" unless asked otherwise
     ids = np.array([str(i) for i in range(len(labels))], dtype=object)
     names = tuple(str(n) for n in bunch.target_names)
     return Dataset("builtin:digits", ids, labels, splits, names, arrays=images)
@@ -345,7 +514,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _load_fashion_mnist(split: str | None, seed: int) -> Dataset:
+def _load_fashion_mnist() -> Dataset:
     folder = find_fashion_mnist()
     if folder is None:
         raise InvalidArgumentError(FASHION_MNIST_HINT)
@@ -371,3 +540,5 @@ def _load_fashion_mnist(split: str | None, seed: int) -> Dataset:
 
 
 _BUILTINS = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist}
+#: The split a built-in without its own splits gets when none is asked for.
+_DEFAULT_SPLITS = {"builtin:digits": "random:0.2"}

@@ -36,24 +36,31 @@ class ParameterError(InvalidArgumentError):
         What the parameter accepts, as a phrase (``an int >= 1``).
     got : object
         The value that was given.
-    hint : str
-        How to fix it, or ``""``.
+    hint, cli_hint : str
+        How to fix it, or ``""``; ``cli_hint`` is the same advice in flags.
     """
 
-    def __init__(self, parameter: str, owner: str, expected: str, got: Any, hint: str = "") -> None:
-        self.parameter, self.owner, self.expected, self.got, self.hint = (
-            parameter,
-            owner,
-            expected,
-            got,
-            hint,
-        )
+    def __init__(
+        self,
+        parameter: str,
+        owner: str,
+        expected: str,
+        got: Any,
+        hint: str = "",
+        *,
+        cli_hint: str | None = None,
+    ) -> None:
+        self.parameter, self.owner, self.expected, self.got = parameter, owner, expected, got
+        self.hint, self.cli_hint = hint, hint if cli_hint is None else cli_hint
         super().__init__(self.render(f"The {parameter!r} parameter of {owner}"))
 
-    def render(self, subject: str) -> str:
-        """The message with ``subject`` (a parameter phrase or a flag) in front."""
-        hint = f" {self.hint}" if self.hint else ""
-        return f"{subject} must be {self.expected}. Got {self.got!r} instead.{hint}"
+    def render(self, subject: str, *, cli: bool = False) -> str:
+        """The message with ``subject`` (a parameter phrase or a flag) in front.
+
+        ``cli`` picks the hint written for the command line (naming flags, not parameters).
+        """
+        hint = self.cli_hint if cli else self.hint
+        return f"{subject} must be {self.expected}. Got {self.got!r} instead.{' ' + hint if hint else ''}"
 
 
 class UnknownChoiceError(ParameterError, UnknownNameError):

@@ -2,7 +2,9 @@
 
 Read a cache (:func:`open_cache`), choose a head's hyper-parameters honestly
 (:func:`search`), fit every (model, layer, head) into a results folder
-(:func:`fit`) and write a comparison report (:func:`report`).
+(:func:`fit`), pick the best of them (:func:`best`, :func:`best_combination`) and
+write a comparison report (:func:`report`). :func:`load_head` reads a fitted head
+back with the feature configuration it needs.
 
 Names load on first use, so ``import pipelines`` (and the ``featurecache``
 command line, which registers ``fit`` and ``report``) does not import
@@ -25,7 +27,9 @@ _LAZY = {
     "SearchResult": "pipelines._search",
     "search": "pipelines._search",
     "fit": "pipelines._fit",
-    "load_head": "pipelines._fit",
+    "HeadRecord": "pipelines._results",
+    "best": "pipelines._results",
+    "load_head": "pipelines._results",
     "report": "pipelines._report",
     "best_combination": "pipelines._report",
 }

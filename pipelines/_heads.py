@@ -50,7 +50,7 @@ class Head:
     Attributes
     ----------
     name : str
-        What ``--heads`` accepts.
+        What ``heads`` of :func:`~pipelines.fit` accepts.
     make_classifier : callable
         ``make_classifier(seed) -> estimator``, the unfitted classifier with the
         head's fixed settings.

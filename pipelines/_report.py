@@ -1,9 +1,10 @@
 """Write a comparison report of a results folder: ``report.md`` and a self-contained ``report.html``.
 
-The overall best combination is the one with the best CV score (ties: the
-smaller CV spread, then model, depth and head order); test accuracy is shown
-for every combination but never used to choose one. Plots are drawn with
-matplotlib's Agg canvas (no pyplot, no global backend change).
+The best combination, overall and in each cell, is the one
+:func:`pipelines._results.best` picks (the highest CV mean, then the lowest CV std,
+then fewer features, then the names); test accuracy is shown for every
+combination but never used to choose one. Plots are drawn with matplotlib's Agg
+canvas (no pyplot, no global backend change).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import math
 import os
@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featurecache.exceptions import InvalidArgumentError
-from pipelines._fit import FLOAT_COLUMNS, _atomic_write, _ResultsFolder
-from pipelines._heads import list_heads
+from featurecache.cache import atomic_write
+from pipelines._results import ResultsFolder, best, best_per, frame
 
 __all__ = ["report"]
 
@@ -66,30 +65,28 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     InvalidArgumentError
         ``results`` is not a results folder, or holds no finished combination.
     """
-    root = Path(results)
-    run_path = root / "run.json"
-    if not run_path.is_file():
-        raise InvalidArgumentError(
-            f"RESULTS must be a folder written by `featurecache fit`; {str(root)!r} has no "
-            "run.json; run `featurecache fit CACHE --out RESULTS` first."
-        )
-    run = json.loads(run_path.read_text())
-    records, table = _finished(root)
-    best = _best(table)
-    predictions = _predictions(root, best)
-    blocks = _blocks(run, table, records, best, predictions)
+    folder = ResultsFolder(results)
+    run = folder.read_run("report")
+    records = folder.finished()
+    table = _table(records)
+    chosen = best(table)
+    blocks = _blocks(run, table, records, chosen, _predictions(folder.root, chosen))
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    _write(out, blocks)
+    logger.info("report written to %s", out)
+    return out
+
+
+def _write(out: Path, blocks: list) -> None:
+    """The figures, then ``report.md`` and ``report.html``."""
     for block in blocks:
         if isinstance(block, _Figure):
-            _atomic_write(
+            atomic_write(
                 out / "figures" / f"{block.name}.png", lambda p, b=block: p.write_bytes(b.png)
             )
     markdown, page = _markdown(blocks), _html(blocks)
-    _atomic_write(out / "report.md", lambda p: p.write_text(markdown))
-    _atomic_write(out / "report.html", lambda p: p.write_text(page))
-    logger.info("report written to %s", out)
-    return out
+    atomic_write(out / "report.md", lambda p: p.write_text(markdown))
+    atomic_write(out / "report.html", lambda p: p.write_text(page))
 
 
 def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
@@ -98,63 +95,37 @@ def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
     Returns
     -------
     best : dict
-        The row of ``results.csv`` with the best CV score (test plays no part).
+        The combination :func:`pipelines._results.best` picks (test plays no part):
+        its record, with ``params_text``.
     recommendation : str
         The report's plain recommendation, in markdown.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``results`` holds no finished combination.
     """
-    _, table = _finished(Path(results))
-    best = _best(table)
-    return best.to_dict(), recommendation(table, best)
+    table = _table(ResultsFolder(results).finished())
+    chosen = best(table)
+    return chosen.to_dict(), recommendation(table, chosen)
 
 
 # -- data -----------------------------------------------------------------------------
 
 
-def _finished(root: Path) -> tuple[list[dict], pd.DataFrame]:
-    """The finished combinations of a results folder, as records and as a sorted table."""
-    records = _ResultsFolder(root).records()
-    if not records:
-        raise InvalidArgumentError(
-            f"RESULTS {str(root)!r} holds no finished combination yet; run `featurecache fit` "
-            "(it resumes where it stopped)."
-        )
-    return records, _table(records)
-
-
 def _table(records: list[dict]) -> pd.DataFrame:
-    table = pd.DataFrame(records)
-    for column in FLOAT_COLUMNS:
-        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
-    order = {name: i for i, name in enumerate(list_heads())}
-    table["head_order"] = table["head"].map(lambda h: order.get(h, len(order)))
-    table["depth_sort"] = table["depth"].fillna(math.inf)
-    table["params_text"] = table["params"].map(_params_text)
-    return table.sort_values(["model", "depth_sort", "layer", "head_order", "head"]).reset_index(
-        drop=True
-    )
-
-
-def _best(table: pd.DataFrame) -> pd.Series:
-    """The combination with the best CV score; test scores play no part."""
-    ranked = table.assign(neg_mean=-table["cv_mean"], std=table["cv_std"].fillna(0.0))
-    ranked = ranked.sort_values(
-        ["neg_mean", "std", "model", "depth_sort", "layer", "head_order"], kind="stable"
-    )
-    return ranked.iloc[0]
+    """The records in display order, with the chosen hyper-parameters as text."""
+    table = frame(records)
+    return table.assign(params_text=table["params"].map(_params_text))
 
 
 def _best_per_layer(table: pd.DataFrame) -> pd.DataFrame:
-    """For each (model, layer), the head with the best CV score."""
-    ranked = table.sort_values(["cv_mean", "head_order"], ascending=[False, True], kind="stable")
-    return (
-        ranked.groupby(["model", "layer"], sort=False)
-        .head(1)
-        .sort_values(["model", "depth_sort", "layer"])
-    )
+    """For each (model, layer), the best head (by :func:`~pipelines._results.best`)."""
+    return best_per(table, ["model", "layer"])
 
 
-def _predictions(root: Path, best: pd.Series) -> pd.DataFrame | None:
-    name = best.get("predictions_file") or ""
+def _predictions(root: Path, chosen: pd.Series) -> pd.DataFrame | None:
+    name = chosen.get("predictions_file") or ""
     path = root / name
     if not name or not path.is_file():
         return None
@@ -170,18 +141,20 @@ def _has_test(table: pd.DataFrame) -> bool:
 # -- content --------------------------------------------------------------------------
 
 
-def _blocks(run: dict, table, records, best, predictions) -> list:
+def _blocks(run: dict, table, records, chosen, predictions) -> list:
     has_test = _has_test(table)
     class_names = run["data"]["class_names"]
     blocks: list = [("h1", "featurecache report")]
-    blocks += [("h2", "Recommendation"), ("p", recommendation(table, best))]
+    blocks += [("h2", "Recommendation"), ("p", recommendation(table, chosen))]
     blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
     blocks += [("h2", "Data"), _data_table(run), ("p", _failed_text(run))]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += [("h2", "Model × layer"), _heatmap(table, has_test)]
     blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
     blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
-    blocks += [("h2", f"Best combination: {best['model']} / {best['layer']} / {best['head']}")]
+    blocks += [
+        ("h2", f"Best combination: {chosen['model']} / {chosen['layer']} / {chosen['head']}")
+    ]
     if predictions is not None and len(predictions):
         matrix = _confusion(predictions, len(class_names))
         blocks += [_confusion_plot(matrix, class_names), _confused_pairs(matrix, class_names)]
@@ -189,44 +162,53 @@ def _blocks(run: dict, table, records, best, predictions) -> list:
         blocks += [
             ("p", "No test split, so no confusion matrix: nothing was scored on held-out data.")
         ]
-    blocks += [("h3", "Candidates of the best combination"), _candidates_table(best)]
+    blocks += [("h3", "Candidates of the best combination"), _candidates_table(chosen)]
     blocks += [("h2", "All combinations and chosen hyper-parameters"), _all_table(table)]
     blocks += [("h2", "Fit times"), ("p", _fit_time_text(table)), _fit_time_table(table)]
     blocks += [("h2", "Provenance of the features")] + _provenance(records)
     return blocks
 
 
-def recommendation(table: pd.DataFrame, best: pd.Series) -> str:
-    """One plain paragraph: best backbone, layer and head, and earlier layer versus ``embedding``."""
+def recommendation(table: pd.DataFrame, chosen: pd.Series) -> str:
+    """One plain paragraph: the chosen backbone, layer and head, and whether an earlier layer
+    beat the penultimate ``embedding``."""
     test = (
-        f", test accuracy {best['test_accuracy']:.3f}"
-        if _finite(best["test_accuracy"])
+        f", test accuracy {chosen['test_accuracy']:.3f}"
+        if _finite(chosen["test_accuracy"])
         else " (no test split: CV only)"
     )
     text = (
-        f"Use backbone **{best['model']}**, layer **{best['layer']}** and head **{best['head']}** "
-        f"({best['params_text']}): CV accuracy {best['cv_mean']:.3f} ± {_fmt(best['cv_std'])}{test}."
+        f"Use backbone **{chosen['model']}**, layer **{chosen['layer']}** and head "
+        f"**{chosen['head']}** ({chosen['params_text']}): CV accuracy {chosen['cv_mean']:.3f} ± "
+        f"{_fmt(chosen['cv_std'])}{test}."
     )
-    model_rows = table[table["model"] == best["model"]]
+    model_rows = table[table["model"] == chosen["model"]]
     penultimate = model_rows[model_rows["layer"] == PENULTIMATE]
     if penultimate.empty:
         return text + (
-            f" No layer named `{PENULTIMATE}` was fitted for {best['model']}, so the penultimate "
-            "layer cannot be compared."
+            f" No layer named `{PENULTIMATE}` was fitted for {chosen['model']}, so the "
+            "penultimate layer cannot be compared."
         )
-    top = penultimate.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
-    if best["layer"] == PENULTIMATE:
-        others = model_rows[model_rows["layer"] != PENULTIMATE]
-        if others.empty:
-            return text + f" Only the penultimate layer `{PENULTIMATE}` was fitted."
-        runner = others.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
-        gap = best["cv_mean"] - runner["cv_mean"]
-        return text + (
-            f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
-            f"layer, `{runner['layer']}`, scored {gap:.3f} lower in CV accuracy."
-        )
-    gap = best["cv_mean"] - top["cv_mean"]
-    spread = max(_num(best["cv_std"]), _num(top["cv_std"]))
+    if chosen["layer"] == PENULTIMATE:
+        return text + _penultimate_won(chosen, model_rows[model_rows["layer"] != PENULTIMATE])
+    return text + _earlier_won(chosen, best(penultimate))
+
+
+def _penultimate_won(chosen: pd.Series, earlier: pd.DataFrame) -> str:
+    if earlier.empty:
+        return f" Only the penultimate layer `{PENULTIMATE}` was fitted."
+    runner = best(earlier)
+    gap = chosen["cv_mean"] - runner["cv_mean"]
+    return (
+        f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
+        f"layer, `{runner['layer']}`, scored {gap:.3f} lower in CV accuracy."
+    )
+
+
+def _earlier_won(chosen: pd.Series, top: pd.Series) -> str:
+    """How far the chosen earlier layer beat the best head on the penultimate one."""
+    gap = chosen["cv_mean"] - top["cv_mean"]
+    spread = max(_num(chosen["cv_std"]), _num(top["cv_std"]))
     if spread > 0:
         ratio = gap / spread
         verdict = (
@@ -240,9 +222,10 @@ def recommendation(table: pd.DataFrame, best: pd.Series) -> str:
         size = f"{ratio:.1f}× the CV spread (± {spread:.3f}): {verdict}"
     else:
         size = "and the CV spread is zero"
-    return text + (
-        f" An earlier layer beat the penultimate one: `{best['layer']}` scored {gap:.3f} higher "
-        f"in CV accuracy than `{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']}), {size}."
+    return (
+        f" An earlier layer beat the penultimate one: `{chosen['layer']}` scored {gap:.3f} "
+        f"higher in CV accuracy than `{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']}), "
+        f"{size}."
     )
 
 
@@ -292,7 +275,7 @@ def _failed_text(run: dict) -> str:
 def _heads_table(table: pd.DataFrame) -> _Table:
     rows = []
     for _, group in table.groupby("head_order", sort=True):
-        top = group.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
+        top = best(group)
         rows.append(
             (
                 top["head"],
@@ -343,7 +326,7 @@ def _all_table(table: pd.DataFrame) -> _Table:
     return _Table(header, rows)
 
 
-def _candidates_table(best: pd.Series) -> _Table:
+def _candidates_table(chosen: pd.Series) -> _Table:
     rows = tuple(
         (
             _params_text(c["params"]),
@@ -351,7 +334,7 @@ def _candidates_table(best: pd.Series) -> _Table:
             _fmt(c["std"], 4),
             " ".join(f"{s:.3f}" for s in c["scores"]),
         )
-        for c in best["candidates"]
+        for c in chosen["candidates"]
     )
     return _Table(("candidate", "CV mean", "CV std", "per fold"), rows)
 

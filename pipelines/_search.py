@@ -38,6 +38,7 @@ from sklearn.model_selection import ParameterGrid, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from featurecache._validation import check_int
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._heads import PCA_KEY, Head, get_head, make_pca
 
@@ -89,8 +90,7 @@ def stratified_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarra
     InvalidArgumentError
         ``cv < 2``, or a class with fewer than ``cv`` rows.
     """
-    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise InvalidArgumentError(f"cv must be an integer >= 2; got {cv!r}.")
+    cv = check_int(int(cv) if isinstance(cv, np.integer) else cv, "cv", "search", low=2)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         raise InvalidArgumentError(

@@ -108,8 +108,9 @@ def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
             r"labels only in the test split",
         ),
         (
-            lambda p: _csv(p, "path,label,split\na.png,x,dev\nb.png,y,train\n"),
-            r"split must be one of train, val, test or empty; got 'dev'",
+            lambda p: _csv(p, "path,label,split\na.png,x,holdout\nb.png,y,train\n"),
+            r"split must be one of train, val, test or empty \(also training, valid, "
+            r"validation, dev, testing, in any case\); got 'holdout'",
         ),
     ],
     ids=[

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,11 @@ from _synthetic import write_cache
 
 import pipelines
 import pipelines._fit as fit_module
+import pipelines._results as results_module
+from featurecache._validation import ParameterError
 from featurecache.app._fit_commands import register
+from featurecache.app.cli import main
+from featurecache.cache import FeatureConfig
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError, UnknownNameError
 
@@ -68,7 +73,7 @@ def test_one_row_per_requested_combination(tmp_path):
     assert len(table) == len(on_disk) == 2 * 2 * 2
     assert not on_disk.duplicated(["model", "layer", "head"]).any()
     assert set(on_disk["layer"]) == {"informative", "embedding"}
-    for column in fit_module.RESULT_COLUMNS:
+    for column in results_module.RESULT_COLUMNS:
         assert column in on_disk.columns
     row = on_disk.iloc[0]
     assert (row["n_train"], row["n_test"], row["n_features"]) == (60, 30, 16)
@@ -129,15 +134,19 @@ def test_saved_head_predicts_like_the_one_in_memory(tmp_path, monkeypatch):
     cache = pipelines.open_cache(cache_path)
     X, y, ids = cache.load("toy", "embedding", split="test")
     for name in ("logreg", "svm"):
-        record = pipelines.load_head(out / "heads" / "toy" / "embedding" / f"{name}.joblib")
-        assert set(fit_module.HEAD_KEYS) <= set(record)
-        assert (record["model"], record["layer"], record["head"]) == ("toy", "embedding", name)
-        assert record["class_names"] == cache.class_names
-        assert record["samples_digest"] == cache.samples_digest
-        assert record["provenance"]["layer"] == "embedding"
-        assert json.loads(record["provenance"]["config"])["backbone"] == "toy"
-        assert record["featurecache_version"]
-        estimator = record["estimator"]
+        path = out / "heads" / "toy" / "embedding" / f"{name}.joblib"
+        assert set(results_module.HEAD_KEYS) <= set(joblib.load(path))
+        record = pipelines.load_head(path)
+        assert isinstance(record, pipelines.HeadRecord)
+        assert (record.model, record.layer, record.head) == ("toy", "embedding", name)
+        assert record.class_names == tuple(cache.class_names)
+        assert record.samples_digest == cache.samples_digest
+        assert record.provenance["layer"] == "embedding"
+        assert json.loads(record.provenance["config"])["backbone"] == "toy"
+        assert record.config == FeatureConfig.from_dict(json.loads(record.provenance["config"]))
+        assert record.config.backbone == "toy" and record.config.pooling == "avg"
+        assert record.featurecache_version
+        estimator = record.estimator
         assert estimator.steps[0][0] == "scale"
         np.testing.assert_array_equal(estimator.predict(X), kept[name].predict(X))
         np.testing.assert_array_equal(
@@ -149,8 +158,6 @@ def test_saved_head_predicts_like_the_one_in_memory(tmp_path, monkeypatch):
 
 
 def test_load_head_rejects_other_files(tmp_path):
-    import joblib
-
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         pipelines.load_head(tmp_path / "none.joblib")
     joblib.dump({"estimator": None}, tmp_path / "x.joblib")
@@ -159,6 +166,17 @@ def test_load_head_rejects_other_files(tmp_path):
     (tmp_path / "y.joblib").write_text("not a pickle")
     with pytest.raises(InvalidArgumentError, match="cannot be loaded as a head file"):
         pipelines.load_head(tmp_path / "y.joblib")
+    keys = dict.fromkeys(results_module.HEAD_KEYS, "")
+    joblib.dump(
+        {**keys, "estimator": _Predicts(), "provenance": {"layer": "x"}}, tmp_path / "z.joblib"
+    )
+    with pytest.raises(InvalidArgumentError, match="records no usable feature configuration"):
+        pipelines.load_head(tmp_path / "z.joblib")
+
+
+class _Predicts:
+    def predict(self, X):
+        return X
 
 
 def test_results_folder_of_another_cache_is_refused(tmp_path):
@@ -176,12 +194,23 @@ def test_results_folder_of_another_cache_is_refused(tmp_path):
     ("kwargs", "cache_kwargs", "error", "match"),
     [
         ({"heads": ["logreg", "svn"]}, {}, UnknownNameError, "Did you mean 'svm'"),
-        ({"cv": 1}, {}, InvalidArgumentError, "cv must be an integer >= 2; got 1"),
+        ({"cv": 1}, {}, ParameterError, r"The 'cv' parameter of fit must be an int >= 2\. Got 1 "),
+        (
+            {"cv": True},
+            {},
+            ParameterError,
+            r"The 'cv' parameter of fit must be an int >= 2\. Got T",
+        ),
+        ({"seed": -1}, {}, ParameterError, r"The 'seed' parameter of fit must be an int in the"),
+        ({"n_jobs": 0}, {}, ParameterError, r"'n_jobs' parameter of fit must be None or a nonzero"),
+        ({"heads": "logreg"}, {}, ParameterError, r"Write \['logreg'\] for one name"),
+        ({"layers": "embedding"}, {}, ParameterError, r"'layers' parameter of fit must be a non-e"),
+        ({"models": "toy"}, {}, ParameterError, r"'models' parameter of fit must be a non-empty"),
         ({"cv": 30}, {}, InvalidArgumentError, "cv=30 needs at least 30 train rows per class"),
         ({"models": ["toyy"]}, {}, UnknownNameError, "Did you mean 'toy'"),
         ({"layers": ["embeding"]}, {}, UnknownNameError, "Did you mean 'embedding'"),
-        ({"backend": "spark"}, {}, UnknownNameError, "backend must be one of"),
-        ({"pca": 0}, {}, InvalidArgumentError, "pca must be a positive number"),
+        ({"backend": "spark"}, {}, UnknownNameError, "'backend' parameter of fit must be one of"),
+        ({"pca": 0}, {}, ParameterError, "'pca' parameter of fit must be None or an int >= 1"),
         ({}, {"n_classes": 1}, InvalidArgumentError, "holds one class"),
         ({}, {"n_per_class": {"test": 10}}, InvalidArgumentError, "labeled rows in split 'train'"),
     ],
@@ -239,7 +268,7 @@ def test_val_split_selects_on_val_and_refits_on_train_plus_val(tmp_path):
     assert all(len(c["scores"]) == 1 for c in record["candidates"])
     assert record["protocol"]["refit"] == "train + val"
     head = pipelines.load_head(out / row["head_file"])
-    assert head["estimator"].named_steps["scale"].n_samples_seen_ == 90
+    assert head.estimator.named_steps["scale"].n_samples_seen_ == 90
 
 
 def test_backends_give_identical_results(tmp_path):
@@ -280,6 +309,24 @@ def test_cli_fit_and_report(tmp_path, capsys):
     assert len(pd.read_csv(out / "results.csv")) == 2
     assert _cli(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.html").is_file()
-    with pytest.raises(FeatureCacheError, match="cv must be") as error:
+    with pytest.raises(FeatureCacheError, match="The 'cv' parameter of fit must be") as error:
         _cli([*argv, "--cv", "1"])
     assert error.value.exit_code == 2
+
+
+def test_cli_names_the_flags_python_names_the_parameters(tmp_path, capsys):
+    cache = write_cache(tmp_path / "c.h5")
+    argv = ["fit", str(cache), "--out", str(tmp_path / "r"), "--heads", "logreg"]
+    assert main([*argv, "--jobs", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "featurecache: error: --jobs must be None or a nonzero int (-1: all cores). "
+        "Got 0 instead.\n"
+    )
+    assert main([*argv, "--cv", "1"]) == 2
+    assert "error: --cv must be an int >= 2. Got 1 instead." in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["fit", str(cache), "--out", str(tmp_path / "file")]) == 2
+    assert "error: --out must be a new folder or a results folder. Got" in capsys.readouterr().err
+    with pytest.raises(ParameterError, match="The 'out' parameter of fit must be a new folder"):
+        pipelines.fit(cache, tmp_path / "file")
+    assert not (tmp_path / "r").exists()

@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 import pytest
-from _synthetic import write_cache
+from _synthetic import LAYERS, write_cache
 
 import pipelines
 from featurecache.exceptions import InvalidArgumentError
@@ -19,7 +19,11 @@ GRID = {"logreg": {"C": [0.01, 1.0]}, "linsvm": {"C": [0.01, 0.1]}}
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    cache = write_cache(root / "c.h5", models=("a", "b"), n_per_class={"train": 30, "test": 15})
+    # a weak embedding, so that the informative earlier layer wins outright, not on a tie
+    layers = (*LAYERS[:2], ("embedding", 12, 0.4))
+    cache = write_cache(
+        root / "c.h5", models=("a", "b"), layers=layers, n_per_class={"train": 30, "test": 15}
+    )
     pipelines.fit(cache, root / "results", heads=["logreg", "linsvm"], grid=GRID, cv=3)
     out = pipelines.report(root / "results", root / "reports" / "demo")
     return root / "results", out
@@ -60,7 +64,7 @@ def test_report_files_exist_and_html_is_self_contained(fitted):
 def test_recommendation_names_the_best_combination_by_cv(fitted):
     results, out = fitted
     table = pd.read_csv(results / "results.csv")
-    best = table.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
+    best = pipelines.best(table)
     markdown = (out / "report.md").read_text()
     sentence = markdown.split("## Recommendation\n\n", 1)[1].split("\n", 1)[0]
     assert (
@@ -79,7 +83,7 @@ def _frame(rows):
 
 
 def test_recommendation_wording_for_each_case():
-    base = {"model": "m", "head": "logreg", "test_accuracy": 0.9, "cv_std": 0.01}
+    base = {"model": "m", "head": "logreg", "test_accuracy": 0.9, "cv_std": 0.01, "n_features": 8}
     earlier = {**base, "layer": "layer3", "cv_mean": 0.95}
     embedding = {**base, "layer": "embedding", "cv_mean": 0.90}
     text = recommendation(_frame([earlier, embedding]), _frame([earlier]).iloc[0])
@@ -107,5 +111,5 @@ def test_report_without_test_split_says_so(tmp_path):
 
 
 def test_report_of_a_non_results_folder(tmp_path):
-    with pytest.raises(InvalidArgumentError, match="has no run.json"):
+    with pytest.raises(InvalidArgumentError, match="'results' parameter of report .* no run.json"):
         pipelines.report(tmp_path, tmp_path / "out")

@@ -145,7 +145,10 @@ def test_convergence_warnings_are_counted_not_raised(data):
 
 def test_bad_cv_and_tiny_classes(data):
     X, y = data
-    with pytest.raises(InvalidArgumentError, match="cv must be an integer >= 2; got 1"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"The 'cv' parameter of search must be an int >= 2\. Got 1 instead",
+    ):
         pipelines.search("logreg", X, y, cv=1)
     with pytest.raises(InvalidArgumentError, match="cv=5 needs at least 5 training rows per class"):
         pipelines.search("logreg", X[:12], np.r_[np.zeros(9, int), np.ones(3, int)], cv=5)

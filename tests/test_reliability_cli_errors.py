@@ -123,11 +123,12 @@ CASES = {
     "results of another cache": (
         ["fit", "other.h5", "--out", "results", "--heads", "logreg", "--cv", "2"],
         r"results folder 'results' was made from other samples \(samples digest \w+…, "
-        r"cache 'other.h5' has \w+…\); write into a new --out folder",
+        r"cache 'other.h5' has \w+…\); write into a new results folder",
     ),
     "report of no results": (
         ["report", "empty", "--out", "new-report"],
-        r"RESULTS must be a folder written by `featurecache fit`; 'empty' has no run.json",
+        r"RESULTS must be a results folder written by fit\. Got 'empty' instead\. It has no "
+        r"run.json",
     ),
     "ls of a directory": (
         ["ls", "empty"],

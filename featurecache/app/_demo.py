@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from featurecache._data import Dataset, load_dataset
 from featurecache._extract import ExtractResult, extract
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["run_demo", "summarize", "DemoSummary", "DemoDefaults", "DEMO_DEFAULTS"]
+__all__ = [
+    "run_demo", "best_found", "summarize", "DemoSummary", "DemoDefaults", "DEMO_DEFAULTS",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,21 +118,27 @@ def run_demo(
         heads=list(heads or defaults.heads), n_jobs=jobs,
     )  # fmt: skip
     pipelines.report(results_dir, report_dir)
-    best, recommendation = pipelines.best_combination(results_dir)
-    earlier = best["layer"] != "embedding"
+    best, recommendation = best_found(results_dir)
     return DemoSummary(
         dataset=dataset,
         extraction=extraction,
         results=results_dir,
         report=report_dir,
-        best={
-            k: best[k]
-            for k in ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
-        },
-        recommendation=recommendation.replace("**", "").replace("`", ""),
-        earlier_layer_won=bool(earlier),
+        best=best,
+        recommendation=recommendation,
+        earlier_layer_won=best["layer"] != "embedding",
         seconds=time.perf_counter() - started,
     )
+
+
+def best_found(results: str | os.PathLike) -> tuple[dict, str]:
+    """The best combination of a results folder (by :func:`pipelines.best_combination`, so by
+    :func:`pipelines.best`) as the summary shows it, and the recommendation as plain text."""
+    import pipelines
+
+    best, recommendation = pipelines.best_combination(results)
+    shown = ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
+    return {k: best[k] for k in shown}, recommendation.replace("**", "").replace("`", "")
 
 
 def summarize(summary: DemoSummary) -> str:

@@ -49,7 +49,11 @@ def register(subparsers) -> None:
     fit.add_argument("--grid", default=None, help="JSON/YAML file: {head: {param: [values]}}")
     fit.add_argument("--cv", type=int, default=5, help="CV folds on train (default: 5)")
     fit.add_argument(
-        "--jobs", type=int, default=-1, help="parallel workers (default: -1, all cores)"
+        "--jobs",
+        dest="n_jobs",
+        type=int,
+        default=-1,
+        help="parallel workers (default: -1, all cores)",
     )
     fit.add_argument("--seed", type=int, default=0, help="seeds folds and estimators (default: 0)")
     fit.add_argument("--pca", type=int, default=None, help="PCA to N components on wider layers")
@@ -71,6 +75,7 @@ def register(subparsers) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from pipelines._fit import DEFAULT_HEADS, fit
+    from pipelines._results import best
 
     table = fit(
         args.cache,
@@ -81,21 +86,24 @@ def run_fit(args: argparse.Namespace) -> int:
         grid=args.grid,
         cv=args.cv,
         seed=args.seed,
-        n_jobs=args.jobs,
+        n_jobs=args.n_jobs,
         pca=args.pca,
         backend=args.backend,
         address=args.address,
     )
     print(f"{len(table)} combinations in {Path(args.out) / 'results.csv'}")
     if len(table):
-        best = table.sort_values("cv_mean", ascending=False, kind="stable").iloc[0]
-        test = best["test_accuracy"]
-        test_text = "no test split" if test != test else f"test {test:.3f}"
-        print(
-            f"best by CV: {best['model']} / {best['layer']} / {best['head']} "
-            f"(CV {best['cv_mean']:.3f} ± {best['cv_std']:.3f}, {test_text})"
-        )
+        print(_best_line(best(table)))
     return 0
+
+
+def _best_line(chosen) -> str:
+    test = chosen["test_accuracy"]
+    test_text = "no test split" if test != test else f"test {test:.3f}"
+    return (
+        f"best by CV: {chosen['model']} / {chosen['layer']} / {chosen['head']} "
+        f"(CV {chosen['cv_mean']:.3f} ± {chosen['cv_std']:.3f}, {test_text})"
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._data import IMAGE_EXTENSIONS, Dataset
+from featurecache._data import IMAGE_EXTENSIONS, Dataset, list_images
+from featurecache._validation import ParameterError
+from featurecache.cache import STATUS_OK, FeatureConfig, atomic_write
 from featurecache.exceptions import InvalidArgumentError
 
 __all__ = ["predict", "write_predictions"]
@@ -43,7 +45,6 @@ def predict(
     """
     import pandas as pd
 
-    from featurecache.cache import FeatureConfig
     from featurecache.engines._runner import (
         Plan,
         ShardRunner,
@@ -54,29 +55,23 @@ def predict(
     from pipelines import load_head
 
     record = load_head(head)
-    config = _head_config(record, head)
-    dataset = _image_list(Path(images), tuple(record["class_names"]))
+    config = record.config
+    dataset = _image_list(Path(images), record.class_names)
     backbone = load_backbone(
-        config["backbone"],
-        _weights_for(config),
-        seed=int(config.get("seed", 0)),
-        image_size=int(config["image_size"]),
+        config.backbone, _weights_for(config), seed=config.seed, image_size=config.image_size
     )
-    if backbone.weights_sha256 != config["weights_sha256"]:
+    if backbone.weights_sha256 != config.weights_sha256:
         raise InvalidArgumentError(
-            f"the head {str(head)!r} was trained on {config['backbone']} weights with SHA-256 "
-            f"{config['weights_sha256'][:16]}…, but {config['weights']} resolves to "
+            f"the head {str(head)!r} was trained on {config.backbone} weights with SHA-256 "
+            f"{config.weights_sha256[:16]}…, but {config.weights} resolves to "
             f"{backbone.weights_sha256[:16]}…; provide the original weights file."
         )
-    layer = record["layer"]
+    layer = record.layer
     infos = {info.name: info for info in backbone.layers if info.name == layer}
-    torch_device = resolve_device(device)
-    runner = ShardRunner(
-        backbone, infos, config["pooling"], FeatureConfig.from_dict(config), torch_device
-    )
+    runner = ShardRunner(backbone, infos, config.pooling, config, resolve_device(device))
     plan = Plan(len(dataset), len(dataset), ((0, (layer,)),))
     result = next(runner.run(dataset, plan, batch_size, resolve_loader_workers(workers, dataset)))
-    ok = result.status == 1
+    ok = result.status == STATUS_OK
     table = pd.DataFrame(
         {
             "id": dataset.ids,
@@ -86,51 +81,39 @@ def predict(
             "prediction": "",
         }
     )
-    estimator = record["estimator"]
     if ok.any():
-        X = result.features[layer][ok].astype(np.float32)
-        predicted = estimator.predict(X)
-        table.loc[ok, "prediction"] = [record["class_names"][int(k)] for k in predicted]
-        if hasattr(estimator, "predict_proba"):
-            proba = estimator.predict_proba(X)
-            classes = [record["class_names"][int(k)] for k in estimator.classes_]
-            for j, name in enumerate(classes):
-                table.loc[ok, f"proba_{name}"] = proba[:, j]
+        _fill_predictions(table, ok, record, result.features[layer][ok].astype(np.float32))
     return table
 
 
-def write_predictions(table, path: str | os.PathLike) -> None:
-    """Write the predictions CSV atomically."""
-    target = Path(path)
+def _fill_predictions(table, ok: np.ndarray, record, X: np.ndarray) -> None:
+    """Class names (and ``proba_<class>`` where the head has them) of the ``ok`` rows."""
+    estimator = record.estimator
+    table.loc[ok, "prediction"] = [record.class_names[int(k)] for k in estimator.predict(X)]
+    if hasattr(estimator, "predict_proba"):
+        proba = estimator.predict_proba(X)
+        for j, k in enumerate(estimator.classes_):
+            table.loc[ok, f"proba_{record.class_names[int(k)]}"] = proba[:, j]
+
+
+def write_predictions(table, out: str | os.PathLike) -> Path:
+    """Write the predictions CSV atomically.
+
+    Raises
+    ------
+    ParameterError
+        ``out`` is a directory.
+    """
+    target = Path(out)
     if target.is_dir():
-        raise InvalidArgumentError(
-            f"--out must be a CSV file path; {str(target)!r} is a directory."
+        raise ParameterError(
+            "out", "write_predictions", "a CSV file path", str(target), "It is a directory."
         )
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return atomic_write(target, lambda p: table.to_csv(p, index=False))
 
 
-def _head_config(record: dict, head) -> dict:
-    import json
-
-    provenance = record.get("provenance") or {}
-    config = provenance.get("config")
-    if isinstance(config, str):
-        config = json.loads(config)
-    if not isinstance(config, dict) or "backbone" not in config:
-        raise InvalidArgumentError(
-            f"the head {str(head)!r} records no backbone configuration; it must come from "
-            "`featurecache fit` on a cache written by `featurecache extract`."
-        )
-    return config
-
-
-def _weights_for(config: dict) -> str:
-    weights = str(config["weights"])
+def _weights_for(config: FeatureConfig) -> str:
+    weights = str(config.weights)
     if weights.startswith("file:"):
         return weights[len("file:") :]
     if weights.startswith("efficientnet-lite"):
@@ -140,9 +123,7 @@ def _weights_for(config: dict) -> str:
 
 def _image_list(images: Path, class_names: tuple[str, ...]) -> Dataset:
     if images.is_dir():
-        paths = sorted(
-            p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
-        )
+        paths = list_images(images)  # the same rule as extract: no hidden files or folders
         ids = [p.relative_to(images).as_posix() for p in paths]
     elif images.suffix.lower() == ".csv" and images.is_file():
         import pandas as pd

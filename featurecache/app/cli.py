@@ -64,7 +64,7 @@ def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 def _message(error: FeatureCacheError, flags: dict[str, str]) -> str:
     """The error's line, with a parameter's name turned into the flag the user typed."""
     if isinstance(error, ParameterError) and error.parameter in flags:
-        return error.render(flags[error.parameter])
+        return error.render(flags[error.parameter], cli=True)
     return str(error)
 
 

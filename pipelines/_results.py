@@ -1,0 +1,542 @@
+"""The results folder: its schema, every write to it, reading it back, and the one ranking.
+
+:func:`~pipelines.fit` writes a results folder; :func:`~pipelines.report`, the
+``featurecache`` command line, the demo and :func:`~pipelines.best_combination`
+read it. This module is the only code that knows its layout::
+
+    RESULTS/
+      run.json                               the run: cache, samples digest, arguments,
+                                             protocol, data summary
+      results.csv                            one row per finished (model, layer, head)
+      combos/<model>/<layer>/<head>.json     the full record of one combination (written last)
+      heads/<model>/<layer>/<head>.joblib    the fitted head and its provenance
+      predictions/<model>/<layer>/<head>.csv test predictions, one row per sample
+
+Every file is written through :func:`featurecache.cache.atomic_write` (a temporary
+name in the same folder, renamed into place). A combination is finished when its
+record in ``combos/`` exists, its head file exists, and its ``key`` (a digest of the
+features, grid, folds and seed) matches; a re-run skips it.
+
+``results.csv`` has the columns :data:`RESULT_COLUMNS`:
+
+- ``model``, ``layer``, ``head``: the combination; ``depth``: the layer's depth
+  (0 = input, 1 = penultimate embedding; empty when unknown);
+- ``params``: the chosen hyper-parameters (JSON); ``selection``: ``val`` or ``k-fold CV``;
+- ``cv_mean``, ``cv_std``: the chosen candidate's score on training data;
+- ``test_accuracy``, ``test_balanced_accuracy``, ``test_macro_f1``: scored once on
+  ``test`` (empty without a test split);
+- ``fit_seconds``: CV folds and refit, summed; ``n_train``, ``n_val``, ``n_test``;
+  ``n_features``: the layer's width; ``n_not_converged``: fits that hit ``max_iter``;
+- ``head_file``, ``predictions_file``: paths relative to the folder.
+
+A head file holds a dict with :data:`HEAD_KEYS`; :func:`load_head` returns it as a
+:class:`HeadRecord`. A predictions file has the columns :data:`PREDICTION_COLUMNS`.
+
+The best combination
+--------------------
+:func:`best` is the one ranking of combinations. The tie rule: the highest CV mean,
+then the lowest CV std, then fewer features (``n_features``), then the names
+``model``, ``layer`` and ``head`` in ascending order. A missing value ranks last. Test
+scores play no part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from featurecache import __version__
+from featurecache._validation import ParameterError
+from featurecache.cache import Cache, FeatureConfig, atomic_write
+from featurecache.exceptions import InvalidArgumentError
+from pipelines._heads import list_heads
+
+__all__ = [
+    "HeadRecord",
+    "ResultsFolder",
+    "load_head",
+    "best",
+    "best_per",
+    "rank",
+    "frame",
+    "jsonable",
+    "RANKING",
+    "RESULT_COLUMNS",
+    "FLOAT_COLUMNS",
+    "HEAD_KEYS",
+    "PREDICTION_COLUMNS",
+    "RECORD_VERSION",
+]
+
+#: Bumped when a combination's record changes meaning: older records are refitted.
+RECORD_VERSION = 1
+HEAD_KEYS = (
+    "estimator",
+    "model",
+    "layer",
+    "head",
+    "params",
+    "class_names",
+    "samples_digest",
+    "provenance",
+    "featurecache_version",
+)
+RESULT_COLUMNS = (
+    "model",
+    "layer",
+    "depth",
+    "head",
+    "params",
+    "selection",
+    "cv_mean",
+    "cv_std",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "fit_seconds",
+    "n_train",
+    "n_val",
+    "n_test",
+    "n_features",
+    "n_not_converged",
+    "head_file",
+    "predictions_file",
+)
+FLOAT_COLUMNS = (
+    "depth",
+    "cv_mean",
+    "cv_std",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "fit_seconds",
+)
+PREDICTION_COLUMNS = ("id", "y_true", "y_pred", "true_class", "pred_class")
+#: The ranking of :func:`best`: column and whether it ascends.
+RANKING = (
+    ("cv_mean", False),
+    ("cv_std", True),
+    ("n_features", True),
+    ("model", True),
+    ("layer", True),
+    ("head", True),
+)
+
+
+# -- ranking --------------------------------------------------------------------------
+
+
+def rank(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` ordered best first by :data:`RANKING` (see the module docstring).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows of ``results.csv`` (or any subset): at least the columns ``cv_mean``,
+        ``cv_std``, ``n_features``, ``model``, ``layer`` and ``head``.
+    """
+    columns = [column for column, _ in RANKING]
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise InvalidArgumentError(
+            f"ranking needs the columns {', '.join(columns)}; the table lacks {', '.join(missing)}."
+        )
+    return table.sort_values(
+        columns,
+        ascending=[ascending for _, ascending in RANKING],
+        na_position="last",
+        kind="mergesort",
+    )
+
+
+def best(table: pd.DataFrame) -> pd.Series:
+    """The best combination of ``table``: highest CV mean, then lowest CV std, then
+    fewer features, then model, layer and head names ascending. Test plays no part.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``table`` has no rows, or lacks a ranking column.
+    """
+    if len(table) == 0:
+        raise InvalidArgumentError("there is no combination to choose from: the table is empty.")
+    return rank(table).iloc[0]
+
+
+def best_per(table: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The :func:`best` row of each group of ``by`` (e.g. the best head of each model and
+    layer), in the order of ``table``."""
+    winners = rank(table).groupby(list(by), sort=False).head(1).index
+    return table.loc[table.index.isin(winners)]
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def frame(records: Sequence[Mapping]) -> pd.DataFrame:
+    """Combination records as a table in display order (model, depth, layer, head order).
+
+    Float columns are numbers (``NaN`` where a record has ``null``). Two helper columns
+    hold the display order: ``head_order`` (a head's place in
+    :func:`~pipelines.list_heads`) and ``depth_sort`` (``depth``, unknown last).
+    """
+    order = _head_order()
+    table = pd.DataFrame(sorted(records, key=lambda r: _display_key(r, order)))
+    if table.empty:
+        table = pd.DataFrame(columns=[*RESULT_COLUMNS])
+    for column in FLOAT_COLUMNS:  # JSON null (no test split, no depth) -> NaN
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    table["head_order"] = table["head"].map(lambda h: order.get(h, len(order)))
+    table["depth_sort"] = table["depth"].fillna(math.inf)
+    return table.reset_index(drop=True)
+
+
+def _head_order() -> dict[str, int]:
+    return {name: i for i, name in enumerate(list_heads())}
+
+
+def _display_key(record: Mapping, order: Mapping[str, int]) -> tuple:
+    depth = record.get("depth")
+    return (
+        record["model"],
+        depth if depth is not None else math.inf,
+        record["layer"],
+        order.get(record["head"], len(order)),
+        record["head"],
+    )
+
+
+# -- head files -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """A fitted head, as :func:`load_head` reads it from a head file.
+
+    Attributes
+    ----------
+    estimator : sklearn.pipeline.Pipeline
+        The fitted ``scale -> [pca] -> clf`` pipeline; ``predict`` returns class indices.
+    model, layer, head : str
+        The combination it was fitted on.
+    params : dict
+        The chosen hyper-parameters.
+    class_names : tuple of str
+        Class index -> name.
+    samples_digest : str
+        Digest of the samples of the cache it was fitted on.
+    config : FeatureConfig
+        The configuration of the features it reads: backbone, weights digest,
+        preprocessing, pooling, dtypes.
+    provenance : mapping
+        Every attribute of the cached layer (``depth``, ``raw_shape``, versions…).
+    featurecache_version : str
+        The version that fitted it.
+    """
+
+    estimator: Any
+    model: str
+    layer: str
+    head: str
+    params: Mapping[str, Any]
+    class_names: tuple[str, ...]
+    samples_digest: str
+    config: FeatureConfig
+    provenance: Mapping[str, Any]
+    featurecache_version: str
+
+
+def load_head(path: str | os.PathLike) -> HeadRecord:
+    """Load a head file written by :func:`~pipelines.fit`.
+
+    Only load files you trust: a ``.joblib`` file is a pickle.
+
+    Parameters
+    ----------
+    path : str or path
+        ``RESULTS/heads/<model>/<layer>/<head>.joblib``.
+
+    Returns
+    -------
+    HeadRecord
+
+    Raises
+    ------
+    InvalidArgumentError
+        The file is missing, is not a head file, or records no feature configuration.
+    """
+    path = Path(path)
+    stored = _read_head_file(path)
+    missing = [k for k in HEAD_KEYS if not isinstance(stored, dict) or k not in stored]
+    if missing:
+        raise InvalidArgumentError(
+            f"head file {str(path)!r} is not a head file: it lacks {', '.join(missing)}; pass a "
+            ".joblib file written by `featurecache fit`."
+        )
+    if not hasattr(stored["estimator"], "predict"):
+        raise InvalidArgumentError(
+            f"head file {str(path)!r} holds no fitted estimator; re-run `featurecache fit`."
+        )
+    return HeadRecord(
+        estimator=stored["estimator"],
+        model=str(stored["model"]),
+        layer=str(stored["layer"]),
+        head=str(stored["head"]),
+        params=dict(stored["params"]),
+        class_names=tuple(str(name) for name in stored["class_names"]),
+        samples_digest=str(stored["samples_digest"]),
+        config=_head_config(stored["provenance"], path),
+        provenance=dict(stored["provenance"]),
+        featurecache_version=str(stored["featurecache_version"]),
+    )
+
+
+def _read_head_file(path: Path) -> Any:
+    if not path.is_file():
+        raise InvalidArgumentError(
+            f"head file {str(path)!r} does not exist; heads are in "
+            "RESULTS/heads/<model>/<layer>/<head>.joblib, written by `featurecache fit`."
+        )
+    try:
+        return joblib.load(path)
+    except Exception as error:  # a pickle can fail in many ways; all mean "not a head file"
+        raise InvalidArgumentError(
+            f"head file {str(path)!r} cannot be loaded as a head file ({type(error).__name__}: "
+            f"{error}); pass a .joblib file written by `featurecache fit`."
+        ) from error
+
+
+def _head_config(provenance: Mapping, path: Path) -> FeatureConfig:
+    """The layer's :class:`FeatureConfig`, which the cache records as JSON in ``config``."""
+    config = provenance.get("config") if isinstance(provenance, Mapping) else None
+    try:
+        values = json.loads(config) if isinstance(config, str) else config
+        return FeatureConfig.from_dict(values)
+    except (TypeError, ValueError, KeyError) as error:
+        raise InvalidArgumentError(
+            f"head file {str(path)!r} records no usable feature configuration ({error}); it must "
+            "come from `featurecache fit` on a cache written by `featurecache extract`."
+        ) from error
+
+
+# -- the folder -----------------------------------------------------------------------
+
+
+class ResultsFolder:
+    """One results folder: the only writer and reader of its files.
+
+    Parameters
+    ----------
+    root : str or path
+        The folder; nothing is created until something is written.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # -- run.json
+
+    def check(self, cache: Cache) -> None:
+        """Refuse a file, a foreign folder, or a results folder made from other samples.
+
+        Raises
+        ------
+        ParameterError
+            ``root`` (``fit``'s ``out``) is a file or a non-empty folder without ``run.json``.
+        InvalidArgumentError
+            ``run.json`` is unreadable, or records another samples digest than ``cache``'s.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise ParameterError(
+                "out", "fit", "a new folder or a results folder", str(self.root), "It is a file."
+            )
+        if self.root.is_dir() and any(self.root.iterdir()) and not self._run_path.is_file():
+            raise ParameterError(
+                "out", "fit", "a new folder or a results folder", str(self.root),
+                "It is a non-empty folder without run.json; choose a new or empty folder.",
+            )  # fmt: skip
+        if not self._run_path.is_file():
+            return
+        recorded = self.read_run().get("samples_digest")
+        if recorded != cache.samples_digest:
+            raise InvalidArgumentError(
+                f"results folder {str(self.root)!r} was made from other samples (samples "
+                f"digest {str(recorded)[:12]}…, cache {str(cache.path)!r} has "
+                f"{cache.samples_digest[:12]}…); write into a new results folder."
+            )
+
+    @property
+    def _run_path(self) -> Path:
+        return self.root / "run.json"
+
+    def write_run(self, record: Mapping) -> None:
+        """Write ``run.json``."""
+        text = json.dumps(jsonable(record), indent=1)
+        atomic_write(self._run_path, lambda p: p.write_text(text))
+
+    def read_run(self, owner: str = "report") -> dict:
+        """``run.json``; ``owner`` is the function whose ``results`` parameter names the folder.
+
+        Raises
+        ------
+        ParameterError
+            The folder has no ``run.json`` (it is not a results folder).
+        InvalidArgumentError
+            ``run.json`` is unreadable.
+        """
+        if not self._run_path.is_file():
+            raise ParameterError(
+                "results", owner, "a results folder written by fit", str(self.root),
+                "It has no run.json; run `featurecache fit CACHE --out RESULTS` first.",
+            )  # fmt: skip
+        try:
+            return json.loads(self._run_path.read_text())
+        except ValueError as error:
+            raise InvalidArgumentError(
+                f"{str(self._run_path)!r} is unreadable ({error}); choose a new results folder."
+            ) from error
+
+    # -- combinations
+
+    def path(self, kind: str, model: str, layer: str, head: str) -> Path:
+        """``root/<kind>/<model>/<layer>/<head><suffix>`` for ``combos``, ``heads`` or
+        ``predictions``."""
+        suffix = {"combos": ".json", "heads": ".joblib", "predictions": ".csv"}[kind]
+        return self.root / kind / _safe(model) / _safe(layer) / f"{_safe(head)}{suffix}"
+
+    def is_done(self, model: str, layer: str, head: str, key: str) -> bool:
+        """True when the combination's record has ``key`` and its head file exists."""
+        record = self.path("combos", model, layer, head)
+        if not record.is_file():
+            return False
+        try:
+            data = json.loads(record.read_text())
+        except ValueError:
+            return False
+        return data.get("key") == key and (self.root / data.get("head_file", "")).is_file()
+
+    def write_head(
+        self, *, estimator: Any, model: str, layer: str, head: str, params: Mapping[str, Any],
+        class_names: Sequence[str], samples_digest: str, provenance: Mapping[str, Any],
+    ) -> str:  # fmt: skip
+        """Write a head file (a dict with :data:`HEAD_KEYS`) and return its path relative to
+        the folder. ``provenance`` holds the cached layer's attributes, its ``config`` among
+        them."""
+        stored = {
+            "estimator": estimator,
+            "model": model,
+            "layer": layer,
+            "head": head,
+            "params": dict(params),
+            "class_names": list(class_names),
+            "samples_digest": samples_digest,
+            "provenance": dict(provenance),
+            "featurecache_version": str(__version__),
+        }
+        path = self.path("heads", model, layer, head)
+        atomic_write(path, lambda p: joblib.dump(stored, p))
+        return str(path.relative_to(self.root))
+
+    def write_predictions(
+        self,
+        model: str,
+        layer: str,
+        head: str,
+        *,
+        ids: np.ndarray,
+        y_true: np.ndarray,
+        y_pred: np.ndarray,
+        class_names: Sequence[str],
+    ) -> str:
+        """Write the test predictions of a combination and return the path relative to the
+        folder, or ``""`` when there are none (no test split)."""
+        if len(y_true) == 0:
+            return ""
+        names = np.asarray(class_names, dtype=object)
+        columns = (ids, y_true, y_pred, names[y_true], names[y_pred])
+        table = pd.DataFrame(dict(zip(PREDICTION_COLUMNS, columns, strict=True)))
+        path = self.path("predictions", model, layer, head)
+        atomic_write(path, lambda p: table.to_csv(p, index=False))
+        return str(path.relative_to(self.root))
+
+    def write_combo(self, record: Mapping[str, Any]) -> None:
+        """Write a combination's record (``key`` and every :data:`RESULT_COLUMNS`, plus
+        anything else worth keeping); written last, it marks the combination finished."""
+        _require(record, ("key", *RESULT_COLUMNS), "combination record")
+        text = json.dumps(jsonable(record), indent=1)
+        path = self.path("combos", record["model"], record["layer"], record["head"])
+        atomic_write(path, lambda p: p.write_text(text))
+
+    def records(self) -> list[dict]:
+        """Every readable combination record (unreadable ones are skipped)."""
+        folder = self.root / "combos"
+        found = []
+        for path in sorted(folder.glob("*/*/*.json")) if folder.is_dir() else []:
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(path.read_text()))
+        return found
+
+    def finished(self) -> list[dict]:
+        """:meth:`records`, refusing a folder with none.
+
+        Raises
+        ------
+        InvalidArgumentError
+            No combination is finished yet.
+        """
+        records = self.records()
+        if not records:
+            raise InvalidArgumentError(
+                f"results folder {str(self.root)!r} holds no finished combination yet; run "
+                "`featurecache fit` (it resumes where it stopped)."
+            )
+        return records
+
+    # -- results.csv
+
+    def write_table(self) -> pd.DataFrame:
+        """Rewrite ``results.csv`` from the records and return its rows."""
+        table = frame(self.records())[list(RESULT_COLUMNS)]
+        table = table.assign(params=table["params"].map(lambda p: json.dumps(p, sort_keys=True)))
+        atomic_write(self.root / "results.csv", lambda p: table.to_csv(p, index=False))
+        return table
+
+
+def _require(record: Mapping, keys: Sequence[str], what: str) -> None:
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise KeyError(f"the {what} lacks {', '.join(missing)}")
+
+
+def _safe(name: str) -> str:
+    """A path component for a model, layer or head name."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return "_" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python values and non-finite floats as
+    ``None``, ready for :func:`json.dumps`."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
