@@ -18,6 +18,8 @@ __all__ = [
     "ConfigMismatchError",
     "DatasetChangedError",
     "WeightsNotFoundError",
+    "DownloadError",
+    "MissingExtraError",
     "CacheLockedError",
     "CacheCorruptError",
     "BatchError",
@@ -52,6 +54,16 @@ class DatasetChangedError(InvalidArgumentError):
 
 class WeightsNotFoundError(InvalidArgumentError, FileNotFoundError):
     """Weights that are neither in the torch hub cache nor a readable local file."""
+
+
+class DownloadError(WeightsNotFoundError):
+    """Weights that could not be downloaded (offline, no network, a proxy, a bad hash)."""
+
+
+class MissingExtraError(FeatureCacheError, ImportError):
+    """A backbone source whose optional library is not installed (CLI exit code 2)."""
+
+    exit_code = 2
 
 
 class CacheLockedError(FeatureCacheError):

@@ -152,4 +152,7 @@ def feature_config(
         weights=backbone.weights,
         seed=backbone.seed,
         image_size=backbone.image_size,
+        source=backbone.source,
+        library=backbone.library,
+        revision=backbone.revision,
     )
