@@ -344,7 +344,8 @@ class Cache:
 
     @contextmanager
     def _open(self, path: Path | None = None) -> Iterator[h5py.File]:
-        kwargs = {} if fmt.locking_enabled() else {"locking": False}
+        # best-effort: a cache on a read-only disk (or one whose locks fail) is still read.
+        kwargs = {"locking": "best-effort"} if fmt.locking_enabled() else {"locking": False}
         with h5py.File(self.path if path is None else path, "r", **kwargs) as f:
             yield f
 
