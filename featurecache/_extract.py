@@ -143,8 +143,12 @@ def extract(
             with job.store.lock_model(job.model):  # which also logs shards a crash left out
                 plan = job.plan()
                 if plan.work:
+                    began = time.perf_counter()
                     _run(session, job, plan)
                     written = len(plan.work)
+                    job.store.record_run(
+                        job.model, plan.n_rows, time.perf_counter() - began, session.describe()
+                    )
         if not written:
             job.refresh()
     return _result(job, plan, written, time.perf_counter() - started, session.describe())

@@ -27,6 +27,7 @@ from featurecache.cache._folder import (
     read_layer,
 )
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
+from featurecache.cache._log import read_runs
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -548,7 +549,13 @@ class Cache:
         meta = self._folder_layer(model, layer)
         status = self._folder.status(model, layer, self.n_samples)
         attrs = plain_attrs(meta.layer_attrs[layer])
-        provenance = {**config_provenance(self._folder.config(model)), **attrs, "layer": layer}
+        runs = read_runs(fmt.run_log(self.path, model))
+        provenance = {
+            **config_provenance(self._folder.config(model)),
+            **runs,
+            **attrs,
+            "layer": layer,
+        }
         depth = provenance.get("depth")
         return Entry(
             model=model,

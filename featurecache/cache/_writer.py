@@ -33,7 +33,15 @@ from featurecache.cache._atomic import (
 )
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
-from featurecache.cache._log import ShardMeta, append_log, read_log, repair_log, rewrite_log
+from featurecache.cache._log import (
+    ShardMeta,
+    append_log,
+    append_text,
+    read_log,
+    read_runs,
+    repair_log,
+    rewrite_log,
+)
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
@@ -347,6 +355,11 @@ class Store:
         """Commit written shards: append them to the model's log (the writer lock's holder only)."""
         append_log(fmt.commit_log(self.path, model), metas)
 
+    def record_run(self, model: str, rows: int, seconds: float, device: str) -> None:
+        """Log one extraction's throughput (the report's cost table reads it)."""
+        line = json.dumps({"rows": int(rows), "seconds": float(seconds), "device": device})
+        append_text(fmt.run_log(self.path, model), line + "\n")
+
     def recover(self, model: str) -> None:
         """Make the log whole again after a crash (the writer lock's holder only).
 
@@ -484,6 +497,9 @@ class Store:
                     metas = self._scan_shards(model)
                     listing.append((model, tuple(meta.file for meta in metas)))
                     _write_model_index(f, model, self.read_config(model), metas, n_samples)
+                    runs = read_runs(fmt.run_log(self.path, model))
+                    if runs and fmt.features_path(model) in f:
+                        f[fmt.features_path(model)].attrs.update(runs)
 
         atomic_write(self.path, write)
         return tuple(listing)
