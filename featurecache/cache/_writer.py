@@ -323,33 +323,10 @@ class Store:
                                for layer in layers})  # fmt: skip
 
         atomic_write(final, write)
-        size = final.stat().st_size
-        status = np.asarray(status, dtype=np.int8)
-        failed = np.flatnonzero(status == STATUS_FAILED)
-        versions = {"featurecache_version": __version__, **dict(provenance or {})}
-        return ShardMeta(
-            file=os.path.relpath(final, self.path.parent),
-            shard=shard,
-            start=start,
-            stop=start + n_rows,
-            layers=layers,
-            n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
-            digests={layer: _sha256(features[layer]) for layer in layers},
-            layer_attrs={
-                layer: {
-                    **dict(layer_attrs[layer]),
-                    **versions,
-                    "dtype_stored": str(np.asarray(features[layer]).dtype),
-                }
-                for layer in layers
-            },  # fmt: skip
-            status=status,
-            reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
-            config_digest=config.digest(),
-            dtypes={layer: str(np.asarray(features[layer]).dtype) for layer in layers},
-            chunks=chunks,
-            size=size,
-        )
+        return _written_meta(
+            final, self.path.parent, shard, start, status, reasons, features, layer_attrs,
+            config, {"featurecache_version": __version__, **dict(provenance or {})}, chunks,
+        )  # fmt: skip
 
     def publish(self, model: str, metas: Sequence[ShardMeta]) -> None:
         """Commit written shards: append them to the model's log (the writer lock's holder only)."""
@@ -624,6 +601,36 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
             chunks=chunks,
             size=path.stat().st_size,
         )
+
+
+def _written_meta(
+    final: Path, base: Path, shard: int, start: int, status, reasons, features: Mapping,
+    layer_attrs: Mapping, config: FeatureConfig, versions: Mapping, chunks: Mapping,
+) -> ShardMeta:  # fmt: skip
+    """What the commit log records of a shard file just written, from what was written."""
+    status = np.asarray(status, dtype=np.int8)
+    failed = np.flatnonzero(status == STATUS_FAILED)
+    layers = tuple(sorted(features))
+    dtypes = {layer: str(np.asarray(features[layer]).dtype) for layer in layers}
+    return ShardMeta(
+        file=os.path.relpath(final, base),
+        shard=shard,
+        start=start,
+        stop=start + len(status),
+        layers=layers,
+        n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
+        digests={layer: _sha256(features[layer]) for layer in layers},
+        layer_attrs={
+            layer: {**dict(layer_attrs[layer]), **versions, "dtype_stored": dtypes[layer]}
+            for layer in layers
+        },
+        status=status,
+        reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
+        config_digest=config.digest(),
+        dtypes=dtypes,
+        chunks=chunks,
+        size=final.stat().st_size,
+    )
 
 
 def _chunk_table(dataset: h5py.Dataset) -> tuple[tuple[int, int, int], ...]:
