@@ -26,6 +26,9 @@ from featurecache.cache._folder import (
     plain_attrs,
     read_layer,
 )
+from featurecache.cache._folder import (
+    decode as _decode,
+)
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._log import read_runs
 from featurecache.exceptions import (
@@ -613,16 +616,3 @@ def _check_finite(X: np.ndarray, name: str, path: Path) -> None:
             f"{int(bad.sum())} rows of {name} in {str(path)!r} are marked ok but hold NaN or "
             "Inf; re-run the same `featurecache extract` command to recompute them."
         )
-
-
-def _decode(value):
-    """HDF5 attribute value -> plain Python (str, int, float, bool, list)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_decode(v) for v in value.tolist()]
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -727,16 +727,8 @@ def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
 
 
 def config_attrs(config: FeatureConfig) -> dict:
-    """The index attributes of a model group: each config field, its JSON and its digest."""
-    values = config.to_dict()
-    attrs = {
-        key: (fmt.canonical_json(value) if isinstance(value, (Mapping, list, tuple)) else value)
-        for key, value in values.items()
-        if value is not None
-    }
-    attrs["config"] = fmt.canonical_json(values)
-    attrs["config_digest"] = config.digest()
-    return attrs
+    """The index attributes of a model group (see :meth:`FeatureConfig.attrs`)."""
+    return config.attrs()
 
 
 def _flock(handle, flags: int, path: Path) -> None:
