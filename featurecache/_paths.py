@@ -14,9 +14,12 @@ The checks:
 - the path itself: an existing path is accepted only when featurecache wrote it (each
   caller says how it recognises its own output) or when ``force`` is set.
 
-Errors are :class:`~featurecache._validation.ParameterError` (exit code 2): the path is the
-user's input. A write that fails later anyway (a pseudo file system that accepts the checks
-but refuses files, a disk that fills up) is an ``OSError`` of the environment (exit code 1).
+Errors are :class:`~featurecache._validation.ParameterError` naming the parameter: exit
+code 2 for a path that is wrong (a name too long, a file where a folder must be, a file
+featurecache did not write), and :class:`~featurecache._validation.UnwritablePathError`,
+exit code 1, for a folder that cannot be written (read-only disk, no permission, a pseudo
+file system): the environment fails, as for a read-only cache (``CacheReadOnlyError``). A
+write that fails later anyway (a disk that fills up) is an ``OSError`` of the environment.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from featurecache._validation import ParameterError
+from featurecache._validation import ParameterError, UnwritablePathError
 from featurecache.cache._atomic import temporary_path
 
 __all__ = [
@@ -148,7 +151,7 @@ def check_writable(target: Path, parameter: str, owner: str, *, probe: bool = Fa
     if reason is None and probe:
         reason = _probe(folder, target)
     if reason:
-        raise ParameterError(
+        raise UnwritablePathError(
             parameter, owner, "a path in a folder that can be written", str(target),
             f"{str(folder)!r} {reason}; choose another location.",
         )  # fmt: skip

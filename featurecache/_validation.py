@@ -16,6 +16,7 @@ from featurecache.exceptions import InvalidArgumentError, UnknownNameError, sugg
 
 __all__ = [
     "ParameterError",
+    "UnwritablePathError",
     "AdviceError",
     "check_int",
     "check_float",
@@ -63,6 +64,13 @@ class ParameterError(InvalidArgumentError):
         """
         hint = self.cli_hint if cli else self.hint
         return f"{subject} must be {self.expected}. Got {self.got!r} instead.{' ' + hint if hint else ''}"
+
+
+class UnwritablePathError(ParameterError):
+    """An output path in a folder that cannot be written: a read-only disk, no permission, a
+    pseudo file system. The path may be right; the environment fails (CLI exit code 1)."""
+
+    exit_code = 1
 
 
 class AdviceError(InvalidArgumentError):

@@ -197,12 +197,17 @@ CASES = {
         ["extract", "data", "--cache", "readonly/c.h5", *EXTRACT],
         r"--cache must be a path in a folder that can be written.*readonly' cannot be written",
         read_only=("readonly",),
+        code=1,
     ),
     "cache on a read-only file system": Case(
-        ["extract", "data", "--cache", "/proc/sys/c.h5", *EXTRACT], r"'/proc/sys' cannot be"
+        ["extract", "data", "--cache", "/proc/sys/c.h5", *EXTRACT],
+        r"'/proc/sys' cannot be",
+        code=1,
     ),
     "cache where files cannot be made": Case(
-        ["extract", "data", "--cache", "/proc/c.h5", *EXTRACT], r"'/proc' refuses new files"
+        ["extract", "data", "--cache", "/proc/c.h5", *EXTRACT],
+        r"'/proc' refuses new files",
+        code=1,
     ),
     "cache under a file": Case(
         ["extract", "data", "--cache", "notes.txt/c.h5", *EXTRACT], r"is a file, not a folder"
@@ -285,12 +290,15 @@ CASES = {
     ),
     "out name too long": Case(["fit", "data.h5", "--out", LONG], r"names have at most"),
     "out on a read-only file system": Case(
-        ["fit", "data.h5", "--out", "/proc/sys/r"], r"'/proc/sys' cannot be written"
+        ["fit", "data.h5", "--out", "/proc/sys/r"],
+        r"'/proc/sys' cannot be written",
+        code=1,
     ),
     "out in a read-only folder": Case(
         ["fit", "data.h5", "--out", "readonly/r"],
         r"'readonly' cannot be written",
         read_only=("readonly",),
+        code=1,
     ),  # fmt: skip
     # -- report
     "report of a user folder": Case(["report", "mine", "--out", "new-report"], r"no run.json"),
@@ -307,7 +315,9 @@ CASES = {
         ["report", "results", "--out", "mine"], r"non-empty folder that featurecache did not"
     ),
     "report out read-only": Case(
-        ["report", "results", "--out", "/proc/sys/r"], r"'/proc/sys' cannot be written"
+        ["report", "results", "--out", "/proc/sys/r"],
+        r"'/proc/sys' cannot be written",
+        code=1,
     ),
     "report out name too long": Case(["report", "results", "--out", LONG], r"at most"),
     # -- predict
@@ -321,9 +331,11 @@ CASES = {
         _predict(out="notes.txt"), r"It is a file that featurecache did not write.*--force"
     ),
     "predictions onto a folder": Case(_predict(out="mine"), r"It is a folder; name a file"),
-    "predictions read-only": Case(_predict(out="/proc/sys/p.csv"), r"cannot be written"),
+    "predictions read-only": Case(_predict(out="/proc/sys/p.csv"), r"cannot be written", code=1),
     "predictions where files cannot be made": Case(
-        _predict(out="/proc/p.csv"), r"'/proc' refuses new files"
+        _predict(out="/proc/p.csv"),
+        r"'/proc' refuses new files",
+        code=1,
     ),
     "predictions name too long": Case(_predict(out=f"{LONG}.csv"), r"at most"),
     "predict batch size zero": Case(_predict("--batch-size", "0"), r"--batch-size must be an"),

@@ -60,7 +60,7 @@ def register(subparsers) -> None:
         "--heads",
         type=_csv,
         default=None,
-        help="comma-separated heads: logreg, linsvm, svm, mlp (default: logreg,linsvm; "
+        help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn (default: logreg,linsvm; "
         "see docs/heads.md)",
     )
     fit.add_argument(
@@ -90,6 +90,12 @@ def register(subparsers) -> None:
         "--address", default=None,
         help="dask scheduler or ray cluster address (default: a local one)",
     )  # fmt: skip
+    fit.add_argument(
+        "--shots", default=None,
+        help="few-shot learning curves: training images per class, e.g. 1,5,10,25,all, "
+        "written to RESULTS/curves.csv (default: none)",
+    )  # fmt: skip
+    fit.add_argument("--draws", type=int, default=5, help="seeded draws per number of shots, >= 1")
     fit.set_defaults(func=run_fit)
 
     report = add_command(
@@ -127,6 +133,8 @@ def run_fit(args: argparse.Namespace) -> int:
         pca=args.pca,
         backend=args.backend,
         address=args.address,
+        shots=args.shots,
+        draws=args.draws,
         allow_partial=args.allow_partial,
         force=args.force,
     )

@@ -48,6 +48,10 @@ class FeatureConfig:
         Version of the cache format the features were written in.
     weights, seed, image_size, featurecache_version
         Provenance.
+    source, library, revision
+        Provenance: the backbone's source (``torchvision``, ``timm``, ``open_clip``, ``hf``…),
+        the library defining the model with its version (``timm 1.0.31``), and the hub
+        revision of downloaded weights.
     """
 
     backbone: str
@@ -61,6 +65,9 @@ class FeatureConfig:
     seed: int = field(default=0, compare=False)
     image_size: int = field(default=0, compare=False)
     featurecache_version: str = field(default_factory=_version, compare=False)
+    source: str = field(default="", compare=False)
+    library: str = field(default="", compare=False)
+    revision: str = field(default="", compare=False)
 
     #: The fields that make the key, in the order differences are reported.
     KEY = (
@@ -83,6 +90,18 @@ class FeatureConfig:
     def digest(self) -> str:
         """SHA-256 of :meth:`key`: equal exactly when two configs store the same numbers."""
         return hashlib.sha256(canonical_json(self.key()).encode()).hexdigest()
+
+    def attrs(self) -> dict[str, Any]:
+        """The HDF5 attributes of a model: each field (mappings as JSON), the JSON, the digest."""
+        values = self.to_dict()
+        found = {
+            key: (canonical_json(value) if isinstance(value, (Mapping, list, tuple)) else value)
+            for key, value in values.items()
+            if value is not None
+        }
+        found["config"] = canonical_json(values)
+        found["config_digest"] = self.digest()
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, key and provenance, as ``config.json`` records it."""

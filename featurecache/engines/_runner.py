@@ -217,6 +217,7 @@ class ShardRunner:
                     outputs[layer],
                     _pool_for(self.infos[layer], self.pooling),
                     self.infos[layer].kind,
+                    self.infos[layer].prefix_tokens,
                 )
                 for layer in layers
             }
