@@ -425,6 +425,8 @@ def _run_extract(args) -> int:
         dtype=args.dtype, store_dtype=args.store_dtype, name=args.name, layers=layers,
         image_size=args.image_size, seed=args.seed, resplit=args.resplit,
     )  # fmt: skip
+    with engine.session(options):  # the engine refuses what it cannot run (a device without
+        pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
     check_cache(args.cache, options.locking)  # before the data is read
     dataset = load_dataset(args.data, split=args.split, seed=args.seed, resplit=args.resplit)
     print(f"data: {dataset.summary()}", flush=True)
