@@ -133,8 +133,10 @@ def fit(
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
     )  # fmt: skip
     results = ResultsFolder(out)
-    results.check(cache)
     _check_backend(plan.backend)
+    changed = results.check(cache)
+    if changed:
+        logger.warning(changed)
     results.write_run(plan.run_record(cache))
     with _parallel_backend(plan.backend, plan.address):
         for model, layer in plan.combos:
@@ -249,7 +251,7 @@ class _Plan:
 
 def _data_summary(cache: Cache, models: list[str]) -> dict:
     """Classes, labeled rows per split and class, and the rows that failed extraction."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     counts = {}
     rank = {"train": 0, "val": 1, "test": 2}
     for split in sorted(set(cache.splits.tolist()), key=lambda s: (rank.get(s, 3), s)):
@@ -318,7 +320,7 @@ def _check_extracted(cache: Cache, combos: list[tuple[str, str]]) -> None:
 def _selection(cache: Cache, cv: int) -> str:
     """``"val"`` or ``"cv"``: how hyper-parameters are chosen, after checking the labels."""
     _check_classes(cache)
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     if (labeled & (cache.splits == "val")).any():
         return "val"
     counts = np.bincount(cache.labels[labeled & (cache.splits == "train")])
@@ -333,7 +335,7 @@ def _selection(cache: Cache, cv: int) -> str:
 
 def _check_classes(cache: Cache) -> None:
     """Train holds at least 2 classes, and every class of val and test."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     where = f"cache {str(cache.path)!r}"
     train = labeled & (cache.splits == "train")
     if not train.any():
@@ -427,7 +429,9 @@ class _LayerData:
 
     @classmethod
     def load(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
-        wanted = (cache.labels >= 0) & np.isin(cache.splits, ["train", "val", "test"])
+        wanted = (
+            (cache.labels >= 0) & ~cache.removed & np.isin(cache.splits, ["train", "val", "test"])
+        )
         X, rows = cache.load_rows(entry.model, entry.layer, wanted)
         y, ids, split = cache.labels[rows], cache.ids[rows], cache.splits[rows]
         fit_rows = (split == "train") | (split == "val") if plan.uses_val else split == "train"

@@ -56,6 +56,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,8 +379,12 @@ class ResultsFolder:
 
     # -- run.json
 
-    def check(self, cache: Cache) -> None:
-        """Refuse a file, a foreign folder, or a results folder made from other samples.
+    def check(self, cache: Cache) -> str:
+        """Refuse a file, a foreign folder, or a results folder made from another cache.
+
+        A results folder made from this same cache before its samples changed (a dataset
+        that grew or changed) is accepted: its combinations are dropped, so every one is
+        fitted again on the new samples, and the returned sentence says why ("" otherwise).
 
         Raises
         ------
@@ -398,14 +403,22 @@ class ResultsFolder:
                 "It is a non-empty folder without run.json; choose a new or empty folder.",
             )  # fmt: skip
         if not self._run_path.is_file():
-            return
-        recorded = self.read_run().get("samples_digest")
+            return ""
+        run = self.read_run()
+        recorded = run.get("samples_digest")
+        if recorded != cache.samples_digest and run.get("cache") == str(Path(cache.path).resolve()):
+            shutil.rmtree(self.root / "combos", ignore_errors=True)  # stale: never reused
+            return (
+                f"the samples of cache {str(cache.path)!r} changed since {str(self.root)!r} was "
+                "fitted (the dataset grew or changed): every combination is fitted again."
+            )
         if recorded != cache.samples_digest:
             raise InvalidArgumentError(
                 f"results folder {str(self.root)!r} was made from other samples (samples "
                 f"digest {str(recorded)[:12]}…, cache {str(cache.path)!r} has "
                 f"{cache.samples_digest[:12]}…); write into a new results folder."
             )
+        return ""
 
     @property
     def _run_path(self) -> Path:
