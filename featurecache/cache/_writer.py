@@ -333,9 +333,13 @@ class Store:
         return fmt.shard_file(self.path, model, shard, layers)
 
     def done_layers(self, model: str) -> dict[int, set[str]]:
-        """Map each shard index to the layers committed for it."""
+        """Map each shard index to the layers committed for it.
+
+        Each logged file is checked with one ``stat``: a file deleted by hand is not done
+        (its rows are computed again), a file whose size changed is refused.
+        """
         done: dict[int, set[str]] = {}
-        for meta in self._scan_shards(model):
+        for meta in filter(self._check_size, self._scan_shards(model)):
             done.setdefault(meta.shard, set()).update(meta.layers)
         return done
 
