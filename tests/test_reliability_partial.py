@@ -62,9 +62,9 @@ def _extract_until(data, cache, events, low: int) -> None:
 
 
 def _copy(cache, to):
-    to.mkdir()
-    shutil.copy2(cache, to / cache.name)
-    shutil.copytree(fmt.data_dir(cache), fmt.data_dir(to / cache.name))
+    """Copy the killed cache as it is: its index may not exist yet (it is written at the
+    end of a run and at most every few seconds during it); readers take the folder."""
+    shutil.copytree(cache.parent, to)
     return to / cache.name
 
 
