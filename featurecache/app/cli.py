@@ -622,7 +622,10 @@ def _add_predict(sub) -> None:
 def _run_predict(args) -> int:
     from featurecache.app._predict import check_predictions_path, predict, write_predictions
 
-    out = check_predictions_path(args.out, force=args.force, probe=True)
+    inputs = {"the head file": args.head}
+    if os.path.isfile(args.images):
+        inputs["the IMAGES CSV"] = args.images
+    out = check_predictions_path(args.out, force=args.force, probe=True, inputs=inputs)
     table = predict(
         args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
     )
