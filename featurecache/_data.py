@@ -113,6 +113,50 @@ class Dataset:
             f"skipped: {skipped or 'nothing'}"
         )
 
+    @property
+    def fingerprints(self) -> np.ndarray | None:
+        """``size:mtime_ns`` of each image file (None for images in memory).
+
+        With the file name, it recognises a file moved to another class or split folder,
+        so the cache keeps the row and its features under the new id.
+        """
+        if self.paths is None:
+            return None
+        found = []
+        for path in self.paths:
+            try:
+                stat = os.stat(path)
+                found.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                found.append("")
+        return np.array(found, dtype=object)
+
+    def aligned_to(self, table) -> Dataset:
+        """This dataset in the row order of a cache's sample table (see ``SampleTable``).
+
+        Rows the dataset no longer has (removed) keep the table's labels and splits and
+        cannot be loaded; they are never computed again.
+        """
+        where = {sample_id: i for i, sample_id in enumerate(self.ids.tolist())}
+        index = np.array([where.get(i, -1) for i in table.ids.tolist()], dtype=np.int64)
+        present = index >= 0
+        paths = arrays = None
+        if self.paths is not None:
+            paths = np.where(present, self.paths[np.maximum(index, 0)], "").astype(object)
+        else:
+            arrays = self.arrays[np.maximum(index, 0)]
+            arrays[~present] = 0
+        return Dataset(
+            self.source,
+            ids=np.asarray(table.ids, dtype=object),
+            labels=np.asarray(table.labels, dtype=np.int64),
+            splits=np.asarray(table.splits, dtype=object),
+            class_names=tuple(table.class_names),
+            paths=paths,
+            arrays=arrays,
+            skipped=self.skipped,
+        )
+
     def load_image(self, index: int):
         """Return sample ``index`` as a uint8 tensor ``(C, H, W)``; raises on a bad image."""
         import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -28,6 +29,8 @@ from featurecache.engines._options import COMPUTE_DTYPE_NAMES, STORE_DTYPES, Run
 from featurecache.engines._runner import Plan
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._registry import load_backbone
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "extract", "prepare", "check_arguments", "check_cache", "feature_config", "ExtractResult", "DEFAULT_MODEL",
@@ -84,6 +87,7 @@ def extract(
     split: str | None = None,
     seed: int = 0,
     resplit: bool = False,
+    frozen_samples: bool = False,
     options: RunOptions | None = None,
     engine: Engine | None = None,
 ) -> ExtractResult:
@@ -128,6 +132,11 @@ def extract(
     resplit : bool
         Replace the splits of data that has its own (split folders, a split column) with
         ``split``; without it such data refuses ``split``.
+    frozen_samples : bool
+        Refuse a dataset that differs from the cache's samples. By default a grown or
+        changed dataset updates the cache: new samples are appended and only they are
+        computed, removed samples are marked removed, changed labels and splits are
+        updated, and existing rows and their features are left untouched.
     options : RunOptions, optional
         Batch size, data-loading workers, device, shard size, locking, progress:
         settings that never change the stored numbers. ``RunOptions()`` by default.
@@ -154,7 +163,8 @@ def extract(
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
             image_size=image_size, dtype=dtype, store_dtype=store_dtype, name=name, split=split,
-            seed=seed, resplit=resplit, options=options, session=session,
+            seed=seed, resplit=resplit, frozen_samples=frozen_samples, options=options,
+            session=session,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -187,6 +197,7 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 def prepare(
     data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
     seed, options: RunOptions, session: Session, resplit: bool = False,
+    frozen_samples: bool = False,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table and register the model.
 
@@ -197,10 +208,13 @@ def prepare(
         dtype=dtype, store_dtype=store_dtype, name=name, layers=layers, image_size=image_size,
         seed=seed, resplit=resplit,
     )  # fmt: skip
+    if not isinstance(frozen_samples, bool):
+        raise ParameterError("frozen_samples", "extract", "a bool", frozen_samples)
     store = check_cache(cache, options.locking)
     dataset = load_dataset(data, split=split, seed=seed, resplit=resplit)
-    if store.has_samples():
-        store.check_dataset(dataset)
+    changes = store.read_samples().changes_to(dataset) if store.has_samples() else None
+    if changes and frozen_samples:
+        store.sync_samples(dataset, frozen=True)  # raises, naming the differences
     backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
     infos = {info.name: info for info in backbone.layers}
     requested = tuple(dict.fromkeys(layers or backbone.default_layers))
@@ -211,15 +225,29 @@ def prepare(
     config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
     if previous is not None:
         check_config(model_name, previous, config, store.path)
-    if previous is None:
-        store.check_writable()  # a new cache or a new model: before any work
-    store.create_samples(dataset, options.shard_size)
+    if previous is None or changes:
+        store.check_writable()  # a new cache, a new model or new samples: before any work
+    if changes is None:
+        store.create_samples(dataset, options.shard_size)
+    elif changes:
+        store.sync_samples(dataset)
+        logger.info("%s: %s since the cache was made", dataset.source, changes.describe())
     store.register_model(model_name, config)
+    dataset = _aligned(dataset, store)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.
     portable_weights = config.weights if config.weights.startswith("file:") else weights
     return Job(
         store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone
     )
+
+
+def _aligned(dataset: Dataset, store: Store) -> Dataset:
+    """The dataset in the cache's row order (the same order unless the dataset changed)."""
+    table = store.read_samples()
+    same = len(table) == len(dataset) and not table.removed_mask.any()
+    if same and table.ids.tolist() == dataset.ids.tolist():
+        return dataset
+    return dataset.aligned_to(table)
 
 
 def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> ExtractResult:

@@ -281,7 +281,7 @@ class _Plan:
 
 def _data_summary(cache: Cache, models: list[str]) -> dict:
     """Classes, labeled rows per split and class, and the rows that failed extraction."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     counts = {}
     rank = {"train": 0, "val": 1, "test": 2}
     for split in sorted(set(cache.splits.tolist()), key=lambda s: (rank.get(s, 3), s)):
@@ -360,7 +360,7 @@ def _check_extracted(cache: Cache, combos: list[tuple[str, str]]) -> None:
 def _selection(cache: Cache) -> str:
     """``"val"`` or ``"cv"``: how hyper-parameters are chosen, after checking the labels."""
     _check_classes(cache)
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     return "val" if (labeled & (cache.splits == "val")).any() else "cv"
 
 
@@ -413,7 +413,7 @@ def _pending_text(cache: Cache, partial: dict[tuple[str, str], RowStatus]) -> st
 def _check_usable(cache: Cache, status: RowStatus, selection: str, cv: int) -> None:
     """Refuse a combination whose usable (ok, labeled) rows leave a class without training
     rows, the val split empty, or a class with fewer rows than CV folds."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     usable = labeled & status.ok
     where = f"{status.model}/{status.layer} of cache {str(cache.path)!r}"
     train_all = labeled & (cache.splits == "train")
@@ -457,7 +457,8 @@ def _check_usable(cache: Cache, status: RowStatus, selection: str, cv: int) -> N
 
 def _lost_text(cache: Cache, status: RowStatus, lost: list[int], where: str) -> str:
     names = ", ".join(repr(cache.class_names[k]) for k in lost)
-    rows = (cache.labels >= 0) & (cache.splits == "train") & np.isin(cache.labels, lost)
+    rows = (cache.labels >= 0) & ~cache.removed & (cache.splits == "train")
+    rows &= np.isin(cache.labels, lost)
     plural = "es" if len(lost) > 1 else ""
     return (
         f"class{plural} {names} {'have' if plural else 'has'} no usable train rows in {where}: "
@@ -502,7 +503,7 @@ def _rows_summary(cache: Cache, rows: dict[tuple[str, str], RowStatus], allow_pa
 
 def _check_classes(cache: Cache) -> None:
     """Train holds at least 2 classes, and every class of val and test."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     where = f"cache {str(cache.path)!r}"
     train = labeled & (cache.splits == "train")
     if not train.any():
@@ -596,7 +597,9 @@ class _LayerData:
 
     @classmethod
     def load(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
-        wanted = (cache.labels >= 0) & np.isin(cache.splits, ["train", "val", "test"])
+        wanted = (
+            (cache.labels >= 0) & ~cache.removed & np.isin(cache.splits, ["train", "val", "test"])
+        )
         X, rows = cache.load_rows(entry.model, entry.layer, wanted)
         y, ids, split = cache.labels[rows], cache.ids[rows], cache.splits[rows]
         fit_rows = (split == "train") | (split == "val") if plan.uses_val else split == "train"

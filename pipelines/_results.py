@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -72,6 +73,8 @@ from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import Cache, FeatureConfig, atomic_write
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._heads import list_heads
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "HeadRecord",
@@ -401,10 +404,15 @@ class ResultsFolder:
     def check(self, cache: Cache, *, force: bool = False) -> bool:
         """Refuse a results folder made from other samples than ``cache``'s, unless ``force``.
 
+        A results folder made from this same cache before its samples changed (a dataset
+        that grew or changed) is accepted: its results are removed so every combination is
+        fitted again on the new samples, and a warning says why.
+
         Returns
         -------
         bool
-            True when the folder's results must be removed first (other samples, ``force``).
+            True when the folder's results must be removed first (other samples: the same
+            cache after its dataset changed, or ``force``).
 
         Raises
         ------
@@ -413,10 +421,17 @@ class ResultsFolder:
         """
         if not self._run_path.is_file():
             return False
-        recorded = self.read_run("fit").get("samples_digest")
+        run = self.read_run("fit")
+        recorded = run.get("samples_digest")
         if recorded == cache.samples_digest:
             return False
         if force:
+            return True
+        if run.get("cache") == str(Path(cache.path).resolve()):
+            logger.warning(
+                "the samples of cache %r changed since %r was fitted (the dataset grew or "
+                "changed): every combination is fitted again.", str(cache.path), str(self.root),
+            )  # fmt: skip
             return True
         raise AdviceError(
             AdviceError.literal(

@@ -389,6 +389,12 @@ def _add_extract(sub) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of --split and of --weights none, 0 to 2**32-1"
     )
+    parser.add_argument(
+        "--frozen-samples",
+        action="store_true",
+        help="refuse a dataset that differs from the cache's samples (default: new samples "
+        "are appended and computed, removed ones marked removed, labels and splits updated)",
+    )
     parser.add_argument("--shard-size", type=int, default=1024, help="rows per committed shard")
     parser.add_argument(
         "--no-locking",
@@ -439,6 +445,7 @@ def _run_extract(args) -> int:
         store_dtype=args.store_dtype,
         name=args.name,
         seed=args.seed,
+        frozen_samples=args.frozen_samples,
         options=options,
         engine=engine,
     )
@@ -543,6 +550,7 @@ def _run_ls(args) -> int:
                         "n_ok",
                         "n_failed",
                         "n_pending",
+                        "n_removed",
                         "depth",
                     )
                 },
@@ -552,18 +560,24 @@ def _run_ls(args) -> int:
         ]
         print(
             json.dumps(
-                {"cache": str(cache.path), "n_samples": len(cache.ids), "entries": entries},
+                {
+                    "cache": str(cache.path),
+                    "n_samples": int((~cache.removed).sum()),
+                    "n_removed": int(cache.removed.sum()),
+                    "entries": entries,
+                },
                 default=str,
                 indent=1,
             )
         )
         return 0
-    splits = {
-        name: int((cache.splits == name).sum()) for name in dict.fromkeys(cache.splits.tolist())
-    }
+    active = cache.splits[~cache.removed]
+    splits = {name: int((active == name).sum()) for name in dict.fromkeys(active.tolist())}
     split_text = ", ".join(f"{name or '(none)'} {count}" for name, count in splits.items())
+    removed = f", {int(cache.removed.sum())} removed" if cache.removed.any() else ""
     print(
-        f"{cache.path}: {len(cache.ids)} samples ({split_text}), {len(cache.class_names)} classes"
+        f"{cache.path}: {len(active)} samples ({split_text}){removed}, "
+        f"{len(cache.class_names)} classes"
     )
     for model in cache.models:
         entries = [e for e in cache.entries if e.model == model]
