@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from _synthetic import write_cache
-from _workers import make_images, run_extract, run_options, start
+from _workers import make_images, one_torch_thread, run_extract, run_options, start
 
+from featurecache import extract
 from featurecache._validation import AdviceError
 from featurecache.app.cli import main
 from featurecache.cache import _format as fmt
@@ -202,3 +203,23 @@ def test_too_many_folds_suggests_the_most_that_work(tmp_path, capsys):
     assert main(argv) == 2
     assert "--cv 5 needs at least 5 train rows" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_removed_samples_are_counted_in_the_report(tmp_path):
+    """Three images deleted from a dataset and the cache extracted again: their rows are
+    marked removed, left out of the fit, and stated in the report."""
+    data = tmp_path / "data"
+    make_images(data / "train", n_per_class=6)
+    make_images(data / "test", n_per_class=3, seed=1)
+    cache = tmp_path / "c.h5"
+    arguments = dict(model="resnet18", weights="none", layers=["embedding"], image_size=32,
+                     dtype="float32", options=run_options())  # fmt: skip
+    with one_torch_thread():
+        extract(data, cache, **arguments)
+        for path in sorted((data / "train" / "bee").glob("*.png"))[:3]:
+            path.unlink()
+        extract(data, cache, **arguments)
+    fit(cache, tmp_path / "r", heads=["logreg"], cv=2, n_jobs=1)
+    text = (report(tmp_path / "r", tmp_path / "report") / "report.md").read_text()
+    assert "resnet18 (layer embedding): 15 of 18 rows ok, 0 pending, 0 failed, 3 removed." in text
+    assert pd.read_csv(tmp_path / "r" / "results.csv")["n_train"].tolist() == [9]
