@@ -63,8 +63,11 @@ def _extract_until(data, cache, events, low: int) -> None:
 
 
 def _copy(cache, to):
+    """A copy of the cache: its folder, and its index if a run wrote one before the kill
+    (readers take the folder as the truth either way)."""
     to.mkdir()
-    shutil.copy2(cache, to / cache.name)
+    if cache.exists():
+        shutil.copy2(cache, to / cache.name)
     shutil.copytree(fmt.data_dir(cache), fmt.data_dir(to / cache.name))
     return to / cache.name
 
