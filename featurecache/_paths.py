@@ -34,7 +34,8 @@ from featurecache._validation import ParameterError, UnwritablePathError
 from featurecache.cache._atomic import temporary_path
 
 __all__ = [
-    "check_output", "check_new_path", "check_name", "check_writable", "nearest_existing",
+    "check_output", "check_new_path", "check_name", "check_writable", "check_not_input",
+    "nearest_existing",
 ]  # fmt: skip
 
 _NAME_MAX = 255
@@ -155,6 +156,21 @@ def check_writable(target: Path, parameter: str, owner: str, *, probe: bool = Fa
             parameter, owner, "a path in a folder that can be written", str(target),
             f"{str(folder)!r} {reason}; choose another location.",
         )  # fmt: skip
+
+
+def check_not_input(
+    target: Path, inputs: dict[str, str | os.PathLike], parameter: str, owner: str
+) -> None:
+    """Refuse an output that is one of the command's inputs (``{what: path}``), or lies
+    inside one that is a folder featurecache owns, even with ``force``."""
+    where = os.path.realpath(target)
+    for what, path in inputs.items():
+        source = os.path.realpath(path)
+        if where == source or where.startswith(source + os.sep):
+            raise ParameterError(
+                parameter, owner, "a path that is not an input of this command", str(target),
+                f"It is {what} ({str(path)!r}); choose another path.",
+            )  # fmt: skip
 
 
 def nearest_existing(path: Path) -> Path:

@@ -30,6 +30,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
 
 from featurecache import __version__
+from featurecache._paths import check_not_input
 from featurecache._validation import (
     AdviceError,
     ParameterError,
@@ -40,6 +41,7 @@ from featurecache._validation import (
     check_optional_int,
 )
 from featurecache.cache import Cache, Entry, open_cache
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
@@ -53,7 +55,7 @@ from pipelines._search import (
 )
 from pipelines._shots import ALL, learning_curve, parse_shots
 
-__all__ = ["fit", "DEFAULT_HEADS", "BACKENDS"]
+__all__ = ["fit", "check_n_jobs", "DEFAULT_HEADS", "BACKENDS", "LOCAL_BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,8 @@ def fit(
     seed : int
         Seeds the folds and the estimators (0 to 2**32 - 1).
     n_jobs : int or None
-        joblib workers (``-1``: all cores; 0 is refused).
+        joblib workers (``-1``: all cores; 0 is refused, and so is more than 4 per CPU, at
+        least 32, on the loky, threading and multiprocessing backends).
     pca : int, optional
         Add a PCA step with this many components (>= 1) to layers wider than that.
     backend : {"loky", "threading", "multiprocessing", "dask", "ray"}
@@ -146,6 +149,10 @@ def fit(
     results = ResultsFolder(out)
     results.check_path(force=force)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    check_not_input(
+        results.root, {"the cache": cache.path, "the cache's folder": fmt.data_dir(cache.path)},
+        "out", "fit",
+    )  # fmt: skip
     plan = _Plan.build(
         cache, out, models=models, layers=layers, heads=heads, grid=grid, cv=cv, seed=seed,
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
@@ -199,8 +206,8 @@ class _Plan:
         grids = resolve_grids(head_names, user_grid, pca=pca)
         cv = check_int(cv, "cv", "fit", low=2)
         seed = check_int(seed, "seed", "fit", low=0, high=2**32 - 1)
-        n_jobs = _check_n_jobs(n_jobs)
         backend = check_choice(backend, "backend", "fit", BACKENDS)
+        n_jobs = check_n_jobs(n_jobs, backend)
         models = check_names(models, "models", "fit")
         layers = check_names(layers, "layers", "fit")
         combos = _combos(cache, models, layers)
@@ -293,10 +300,20 @@ def _data_summary(cache: Cache, models: list[str]) -> dict:
     }
 
 
-def _check_n_jobs(n_jobs: Any) -> int | None:
-    value = check_optional_int(n_jobs, "n_jobs", "fit")
-    if value == 0:
-        raise ParameterError("n_jobs", "fit", "None or a nonzero int (-1: all cores)", n_jobs)
+#: Backends whose workers are processes or threads of this machine.
+LOCAL_BACKENDS = ("loky", "threading", "multiprocessing")
+
+
+def check_n_jobs(n_jobs: Any, backend: str = "loky", owner: str = "fit") -> int | None:
+    """``None`` or a nonzero int; on this machine's backends at most 4 workers per CPU (at
+    least 32): joblib would otherwise start every one of 100,000 workers asked for."""
+    value = check_optional_int(n_jobs, "n_jobs", owner)
+    most = max(32, 4 * (os.cpu_count() or 1)) if backend in LOCAL_BACKENDS else None
+    if value == 0 or (most is not None and value is not None and value > most):
+        limit = f", at most {most} here (4 per CPU)" if most is not None else ""
+        raise ParameterError(
+            "n_jobs", owner, f"None or a nonzero int (-1: all cores{limit})", n_jobs
+        )
     return value
 
 

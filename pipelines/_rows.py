@@ -1,8 +1,8 @@
 """Which rows of a cache a fit can use: the status of each row of a (model, layer), by split.
 
 A row is ``ok`` (features committed), ``failed`` (its image could not be read; never
-computed again) or ``pending`` (not computed yet: an extraction still running or stopped).
-Fits use ok rows only; :func:`~pipelines.fit` refuses pending rows unless asked, and the
+computed again), ``pending`` (not computed yet: an extraction still running or stopped) or
+``removed`` (its sample left the dataset; never read). Fits use ok rows only; :func:`~pipelines.fit` refuses pending rows unless asked, and the
 run's record states every count, which the report prints.
 """
 
@@ -14,9 +14,11 @@ import numpy as np
 
 from featurecache.cache import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Cache, Entry
 
-__all__ = ["RowStatus", "row_status", "SPLIT_ORDER"]
+__all__ = ["RowStatus", "row_status", "SPLIT_ORDER", "REMOVED"]
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+#: The status of a removed sample's row here (not a status the cache stores).
+REMOVED = -1
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class RowStatus:
     ----------
     model, layer : str
     status : ndarray of shape (n_samples,), int8
-        ``STATUS_OK``, ``STATUS_FAILED`` or ``STATUS_PENDING`` per row.
+        ``STATUS_OK``, ``STATUS_FAILED``, ``STATUS_PENDING`` or :data:`REMOVED` per row.
     """
 
     model: str
@@ -39,16 +41,12 @@ class RowStatus:
         return self.status == STATUS_OK
 
     def counts(self) -> dict[str, int]:
-        """``{"ok": n, "failed": n, "pending": n, "removed": 0}`` over every row.
-
-        ``removed`` stays 0 until the cache can mark samples removed (a cache holds one fixed
-        list of samples today).
-        """
+        """``{"ok": n, "failed": n, "pending": n, "removed": n}`` over every row."""
         return {
             "ok": int(np.sum(self.status == STATUS_OK)),
             "failed": int(np.sum(self.status == STATUS_FAILED)),
             "pending": int(np.sum(self.status == STATUS_PENDING)),
-            "removed": 0,
+            "removed": int(np.sum(self.status == REMOVED)),
         }
 
     def by_split(self, splits: np.ndarray) -> dict[str, dict[str, int]]:
@@ -66,17 +64,18 @@ def row_status(cache: Cache, entry: Entry) -> RowStatus:
     A complete entry costs nothing; one with failed rows only reads the failure list; one
     with pending rows reads the row indices of its ok rows (and so its features once).
     """
-    n = cache.n_samples
-    status = np.full(n, STATUS_OK, dtype=np.int8)
-    if entry.n_ok == n:
+    removed = cache.removed
+    status = np.full(cache.n_samples, STATUS_OK, dtype=np.int8)
+    status[removed] = REMOVED
+    if entry.n_ok == int(np.sum(~removed)):
         return RowStatus(entry.model, entry.layer, status)
     failed_ids = [sample_id for sample_id, _ in cache.failures(entry.model)]
-    failed = np.isin(cache.ids, np.asarray(failed_ids, dtype=cache.ids.dtype))
+    failed = np.isin(cache.ids, np.asarray(failed_ids, dtype=cache.ids.dtype)) & ~removed
     if entry.n_pending == 0 and int(failed.sum()) == entry.n_failed:
         status[failed] = STATUS_FAILED
         return RowStatus(entry.model, entry.layer, status)
-    _, rows = cache.load_rows(entry.model, entry.layer)
-    status[:] = STATUS_PENDING
+    _, rows = cache.load_rows(entry.model, entry.layer)  # never the removed rows
+    status[~removed] = STATUS_PENDING
     status[failed] = STATUS_FAILED
     status[rows] = STATUS_OK
     return RowStatus(entry.model, entry.layer, status)

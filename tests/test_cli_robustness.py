@@ -255,6 +255,7 @@ CASES = {
         _fit("--cv", "50"), r"--cv 50 needs at least 50 train rows per class; .* Use --cv \d"
     ),
     "jobs zero": Case(_fit("--jobs", "0"), r"--jobs must be None or a nonzero int"),
+    "jobs huge": Case(_fit("--jobs", "100000"), r"at most \d+ here \(4 per CPU\)\)\. Got 100000"),
     "fit seed negative": Case(_fit("--seed", "-1"), r"--seed must be an int in the range"),
     "pca zero": Case(_fit("--pca", "0"), r"--pca must be None or an int >= 1"),
     "pca negative": Case(_fit("--pca", "-3"), r"Got -3 instead"),
@@ -278,6 +279,12 @@ CASES = {
     "fit a text file": Case(["fit", "text.h5", "--out", "new-results"], r"is not HDF5"),
     "fit a folder": Case(["fit", "empty", "--out", "new-results"], r"not a directory"),
     "fit a foreign HDF5": Case(["fit", "foreign.h5", "--out", "new-results"], r"featurecache"),
+    "out the cache, forced": Case(
+        ["fit", "data.h5", "--out", "data.h5", "--force"], r"It is the cache \('.*data\.h5'\)"
+    ),
+    "out inside the cache's folder": Case(
+        ["fit", "data.h5", "--out", "data.h5.d/results", "--force"], r"the cache's folder"
+    ),
     "out a user file": Case(
         ["fit", "data.h5", "--out", "notes.txt"], r"It is a file that featurecache did not wr"
     ),
@@ -331,6 +338,9 @@ CASES = {
         _predict(out="notes.txt"), r"It is a file that featurecache did not write.*--force"
     ),
     "predictions onto a folder": Case(_predict(out="mine"), r"It is a folder; name a file"),
+    "predictions onto the head, forced": Case(
+        _predict("--force", out=HEAD), r"--out must be a path that is not an input.*the head file"
+    ),
     "predictions read-only": Case(_predict(out="/proc/sys/p.csv"), r"cannot be written", code=1),
     "predictions where files cannot be made": Case(
         _predict(out="/proc/p.csv"),
@@ -364,6 +374,7 @@ CASES = {
     "layers image size huge": Case(["layers", "resnet18", "--image-size", "99999"], r"4096"),
     "demo limit one": Case(["demo", "--limit", "1"], r"--limit must be None or an int >= 2"),
     "demo jobs zero": Case(["demo", "--jobs", "0"], r"--jobs must be None or a nonzero int"),
+    "demo jobs huge": Case(["demo", "--jobs", "100000"], r"--jobs must be None or a nonzero"),
     "demo dataset unknown": Case(["demo", "--dataset", "builtin:x"], r"invalid choice"),
     "demo head unknown": Case(["demo", "--heads", "forest"], r"head 'forest' is not registered"),
     "demo out a user folder": Case(["demo", "--out", "mine"], r"non-empty folder"),

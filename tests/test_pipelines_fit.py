@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 import joblib
@@ -321,9 +322,10 @@ def test_cli_names_the_flags_python_names_the_parameters(tmp_path, capsys):
     cache = write_cache(tmp_path / "c.h5")
     argv = ["fit", str(cache), "--out", str(tmp_path / "r"), "--heads", "logreg"]
     assert main([*argv, "--jobs", "0"]) == 2
+    most = max(32, 4 * (os.cpu_count() or 1))
     assert capsys.readouterr().err == (
-        "featurecache: error: --jobs must be None or a nonzero int (-1: all cores). "
-        "Got 0 instead.\n"
+        "featurecache: error: --jobs must be None or a nonzero int (-1: all cores, at most "
+        f"{most} here (4 per CPU)). Got 0 instead.\n"
     )
     assert main([*argv, "--cv", "1"]) == 2
     assert "error: --cv must be an int >= 2. Got 1 instead." in capsys.readouterr().err

@@ -154,8 +154,12 @@ def _check_choices(heads, layers, limit, jobs) -> None:
         pipelines.get_head(head)
     check_names(layers, "layers", "run_demo")
     check_optional_int(limit, "limit", "run_demo", low=2)
-    if check_optional_int(jobs, "jobs", "run_demo") == 0:
-        raise ParameterError("jobs", "run_demo", "None or a nonzero int (-1: all cores)", jobs)
+    from pipelines._fit import check_n_jobs
+
+    try:
+        check_n_jobs(jobs)
+    except ParameterError as error:  # the demo's parameter is 'jobs'
+        raise ParameterError("jobs", "run_demo", error.expected, jobs) from None
 
 
 def best_found(results: str | os.PathLike) -> tuple[dict, str]:

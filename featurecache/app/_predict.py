@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from featurecache._data import IMAGE_EXTENSIONS, Dataset, is_image, list_images, read_table
-from featurecache._paths import check_output
+from featurecache._paths import check_not_input, check_output
 from featurecache._validation import (
     ParameterError,
     check_bool,
@@ -135,7 +135,12 @@ def write_predictions(table, out: str | os.PathLike, *, force: bool = False) -> 
 
 
 def check_predictions_path(
-    out: str | os.PathLike, *, force: bool = False, probe: bool = False, owner: str = "predict"
+    out: str | os.PathLike,
+    *,
+    force: bool = False,
+    probe: bool = False,
+    owner: str = "predict",
+    inputs: dict[str, str | os.PathLike] | None = None,
 ) -> Path:
     """Check a predictions CSV path before any work and return it.
 
@@ -143,7 +148,8 @@ def check_predictions_path(
     ``force``), a folder, a folder that cannot be written, and an existing file whose first
     line is not a predictions header (:data:`COLUMNS`) unless ``force``. ``probe`` also
     creates and removes a temporary file in the target's folder: prediction runs for minutes
-    before it writes.
+    before it writes. ``inputs`` (``{what: path}``: the head file, an IMAGES CSV) are refused
+    as ``out`` even with ``force``.
     """
     force = check_bool(force, "force", owner)
     if isinstance(out, (str, os.PathLike)) and is_image(Path(os.fspath(out))):
@@ -151,10 +157,12 @@ def check_predictions_path(
             "out", owner, "a CSV file path", os.fspath(out),
             "It names an image; predictions are CSV text, write them to a .csv file.",
         )  # fmt: skip
-    return check_output(
+    target = check_output(
         out, "out", owner, kind="file", ours=_is_predictions, force=force, probe=probe,
         expected="a new file path or a predictions CSV",
     )  # fmt: skip
+    check_not_input(target, inputs or {}, "out", owner)
+    return target
 
 
 def _is_predictions(path: Path) -> bool:

@@ -421,7 +421,6 @@ def _add_extract(sub) -> None:
 
 
 def _run_extract(args) -> int:
-    from featurecache._data import SKIPPED_KINDS, load_dataset
     from featurecache._extract import check_arguments, check_cache, extract
 
     _read_deprecated_workers(args)
@@ -434,14 +433,8 @@ def _run_extract(args) -> int:
     with engine.session(options):  # the engine refuses what it cannot run (a device without
         pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
     check_cache(args.cache, options.locking)  # before the data is read
-    dataset = load_dataset(args.data, split=args.split, seed=args.seed, resplit=args.resplit)
-    print(f"data: {dataset.summary()}", flush=True)
-    if args.verbose:
-        for kind, entries in dataset.skipped.items():
-            for entry in entries:
-                print(f"  skipped ({SKIPPED_KINDS[kind]}): {entry}")
     result = extract(
-        dataset,
+        _understood(args),
         args.cache,
         model=args.model,
         weights=args.weights,
@@ -468,6 +461,20 @@ def _run_extract(args) -> int:
         )
     print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
     return 0
+
+
+def _understood(args):
+    """DATA as a Dataset, after printing what was understood of it (``-v``: every skipped
+    entry), before any compute."""
+    from featurecache._data import SKIPPED_KINDS, load_dataset
+
+    dataset = load_dataset(args.data, split=args.split, seed=args.seed, resplit=args.resplit)
+    print(f"data: {dataset.summary()}", flush=True)
+    if args.verbose:
+        for kind, entries in dataset.skipped.items():
+            for entry in entries:
+                print(f"  skipped ({SKIPPED_KINDS[kind]}): {entry}")
+    return dataset
 
 
 def _read_deprecated_workers(args) -> None:
@@ -636,7 +643,10 @@ def _add_predict(sub) -> None:
 def _run_predict(args) -> int:
     from featurecache.app._predict import check_predictions_path, predict, write_predictions
 
-    out = check_predictions_path(args.out, force=args.force, probe=True)
+    inputs = {"the head file": args.head}
+    if os.path.isfile(args.images):
+        inputs["the IMAGES CSV"] = args.images
+    out = check_predictions_path(args.out, force=args.force, probe=True, inputs=inputs)
     table = predict(
         args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
     )
