@@ -19,12 +19,14 @@ from featurecache.engines._local import LocalEngine
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, STORE_DTYPES, RunOptions
 from featurecache.engines._runner import Plan
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
+from featurecache.models._preprocess import RESIZE_MODES
 from featurecache.models._registry import load_backbone
 
-__all__ = ["extract", "prepare", "feature_config", "ExtractResult", "DEFAULT_MODEL"]
+__all__ = ["extract", "prepare", "cache_name", "feature_config", "ExtractResult", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+:-]+")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def extract(
     layers: Sequence[str] | None = None,
     pool: str | None = None,
     image_size: int | None = None,
+    resize: str | None = None,
     dtype: str = "auto",
     store_dtype: str = "float32",
     name: str | None = None,
@@ -98,13 +101,20 @@ def extract(
         (default) or ``mean`` for token outputs.
     image_size : int, optional
         Crop size S; the backbone's default when omitted.
+    resize : {"crop", "squash", "pad"}, optional
+        How an image becomes an S x S input: ``crop`` resizes the short side and
+        centre-crops, ``squash`` resizes to S x S, ``pad`` letterboxes to S x S with the mean
+        colour. The model's own preprocessing when omitted (``crop`` for torchvision and
+        EfficientNet-Lite). Part of the cache key.
     dtype : {"auto", "float32", "bfloat16", "float16"}
         Autocast dtype of the forward pass. ``auto`` keeps the cached model's, else
         bfloat16 where the engine's device supports it and float32 elsewhere.
     store_dtype : {"float32", "float16"}
         Dtype of the stored features.
     name : str, optional
-        Name of the model in the cache; the backbone name by default.
+        Name of the model in the cache; by default the backbone name with each ``/`` written
+        ``--`` (:func:`cache_name`: ``hf:facebook/dinov2-small`` is stored as
+        ``hf:facebook--dinov2-small``).
     split : str, optional
         ``random:FRACTION`` or ``none`` for datasets without their own split.
     seed : int
@@ -134,8 +144,8 @@ def extract(
     with engine.session(options) as session:
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
-            image_size=image_size, dtype=dtype, store_dtype=store_dtype, name=name, split=split,
-            seed=seed, options=options, session=session,
+            image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype, name=name,
+            split=split, seed=seed, options=options, session=session,
         )  # fmt: skip
         with job.store.lock_model(job.model):
             plan = job.plan()
@@ -160,26 +170,26 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 
 def prepare(
-    data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
-    seed, options: RunOptions, session: Session,
+    data, cache, *, model, weights, layers, pool, image_size, resize, dtype, store_dtype, name,
+    split, seed, options: RunOptions, session: Session,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table and register the model.
 
     The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
     written unless every check passes.
     """
-    _check_settings(dtype, store_dtype, name)
+    _check_settings(dtype, store_dtype, name, resize)
     store = Store(cache, locking=options.locking)
     store.check_path()
     dataset = load_dataset(data, split=split, seed=seed)
     if store.has_samples():
         store.check_dataset(dataset)
-    backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
+    backbone = load_backbone(model, weights, seed=seed, image_size=image_size, resize=resize)
     infos = {info.name: info for info in backbone.layers}
     requested = tuple(dict.fromkeys(layers or backbone.default_layers))
     check_layers(list(infos.values()), requested, model=model)
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
-    model_name = name or model
+    model_name = name or cache_name(model)
     previous = store.read_config(model_name) if store.has_samples() else None
     config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
     if previous is not None:
@@ -211,16 +221,35 @@ def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> 
     )
 
 
+def cache_name(model: str) -> str:
+    """The default name of a backbone's features in a cache: one folder, one HDF5 group.
+
+    Hub ids and local folders (``open_clip:ViT-B-32/openai``, ``hf:facebook/dinov2-small``)
+    hold ``/``; each run of characters a folder name cannot hold becomes ``--``, as in the
+    Hugging Face hub cache.
+    """
+    return _UNSAFE.sub("--", str(model)).strip("-") or "model"
+
+
 def _resolve_pool(pool: str | None, infos: Sequence[LayerInfo]) -> str:
     kinds = {info.kind for info in infos}
+    # SigLIP-style token outputs: no class token to take
+    no_class_token = any(info.kind == "tokens" and info.prefix_tokens == 0 for info in infos)
     if pool is None:
-        return default_pool("tokens" if kinds in ({"tokens"}, {"tokens", "vector"}) else "map")
+        if kinds not in ({"tokens"}, {"tokens", "vector"}):
+            return default_pool("map")
+        return "mean" if no_class_token else default_pool("tokens")
     accepted = {kind: POOL_METHODS[kind] for kind in ("map", "tokens")}  # vectors take no --pool
     if not any(pool in accepted.get(kind, ()) for kind in kinds):
         options = sorted({m for kind in kinds for m in accepted.get(kind, ())}) or ["none needed"]
         raise ParameterError(
             "pool", "extract",
             f"one of {', '.join(options)} for the requested layers ({', '.join(sorted(kinds))} outputs)",
+            pool,
+        )  # fmt: skip
+    if no_class_token and "cls" in pool.split("+"):
+        raise ParameterError(
+            "pool", "extract", "'mean' for the token outputs of a model without a class token",
             pool,
         )  # fmt: skip
     return pool
@@ -241,8 +270,10 @@ def _check_execution(
     return options, engine
 
 
-def _check_settings(dtype, store_dtype, name) -> None:
+def _check_settings(dtype, store_dtype, name, resize) -> None:
     check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
+    if resize is not None:
+        check_choice(resize, "resize", "extract", RESIZE_MODES)
     check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
     if name is not None and not (isinstance(name, str) and _NAME.match(name)):
         raise ParameterError(

@@ -45,6 +45,7 @@ def predict(
     """
     import pandas as pd
 
+    from featurecache.engines._job import resize_mode
     from featurecache.engines._runner import (
         Plan,
         ShardRunner,
@@ -58,7 +59,11 @@ def predict(
     config = record.config
     dataset = _image_list(Path(images), record.class_names)
     backbone = load_backbone(
-        config.backbone, _weights_for(config), seed=config.seed, image_size=config.image_size
+        config.backbone,
+        _weights_for(config),
+        seed=config.seed,
+        image_size=config.image_size,
+        resize=resize_mode(config),
     )
     if backbone.weights_sha256 != config.weights_sha256:
         raise InvalidArgumentError(

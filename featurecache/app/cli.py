@@ -221,6 +221,7 @@ def _add_extract(sub) -> None:
         help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens",
     )
     parser.add_argument("--image-size", type=int, default=None)
+    _add_resize(parser, "the model's own preprocessing (crop for torchvision)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--workers", type=_workers, default=None, help="data-loading processes (default: auto)"
@@ -268,6 +269,7 @@ def _run_extract(args) -> int:
         layers=_csv_list(args.layers),
         pool=args.pool,
         image_size=args.image_size,
+        resize=args.resize,
         dtype=args.dtype,
         store_dtype=args.store_dtype,
         name=args.name,
@@ -288,6 +290,16 @@ def _run_extract(args) -> int:
         )
     print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
     return 0
+
+
+def _add_resize(parser: argparse.ArgumentParser, default: str) -> None:
+    # Checked by extract (no choices here: the modes live with the torch-side preprocessing).
+    parser.add_argument(
+        "--resize",
+        default=None,
+        help="crop|squash|pad. crop: resize the short side, then centre-crop; squash: resize "
+        f"to SxS; pad: letterbox to SxS (default: {default})",
+    )
 
 
 def _read_deprecated_workers(args) -> None:
@@ -470,6 +482,7 @@ def _add_demo(sub) -> None:
         default=None,
         help="input size S (default: the backbone's on digits; 96 on fashion-mnist)",
     )
+    _add_resize(parser, "crop on digits; squash on fashion-mnist")
     parser.add_argument(
         "--cache", default=None, help="cache file (default: data/cache/demo-<dataset>.h5)"
     )
@@ -488,6 +501,7 @@ def _run_demo(args) -> int:
         heads=_csv_list(args.heads),
         limit=args.limit,
         image_size=args.image_size,
+        resize=args.resize,
         cache=args.cache,
         out=args.out,
         jobs=args.jobs,

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featurecache._validation import check_choice
 from featurecache.exceptions import (
     InvalidArgumentError,
     UnknownNameError,
@@ -31,7 +32,7 @@ from featurecache.exceptions import (
 from featurecache.models import _hf, _lite, _open_clip, _timm, _torchvision
 from featurecache.models._layers import DefaultRule, LayerInfo, default_rule_for, discover_layers
 from featurecache.models._lite import EfficientNetLite
-from featurecache.models._preprocess import Preprocess
+from featurecache.models._preprocess import RESIZE_MODES, Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, first_line, library_version
 
 __all__ = [
@@ -268,6 +269,7 @@ def load_backbone(
     *,
     seed: int = 0,
     image_size: int | None = None,
+    resize: str | None = None,
     keep_classifier: bool = False,
 ) -> LoadedBackbone:
     """Build a frozen feature extractor.
@@ -286,6 +288,10 @@ def load_backbone(
     image_size : int, optional
         Input side ``S``. Defaults to the named weights' crop size, else the backbone's
         native size (224; EfficientNet-Lite1 240, Lite2 260).
+    resize : {'crop', 'squash', 'pad'}, optional
+        How an image becomes a square (:data:`featurecache.models.RESIZE_MODES`); the
+        model's own preprocessing when omitted (``crop`` for torchvision and
+        EfficientNet-Lite).
     keep_classifier : bool
         Keep the classifier (the module then returns logits).
 
@@ -313,6 +319,10 @@ def load_backbone(
         )
     resolved = _resolve_weights(backbone, weights)
     preprocess = _preprocess(backbone, resolved, image_size)
+    if resize is not None:
+        preprocess = preprocess.with_resize(
+            check_choice(resize, "resize", "load_backbone", RESIZE_MODES)
+        )
     image_size = preprocess.crop_size
 
     with torch.random.fork_rng(devices=[]):
