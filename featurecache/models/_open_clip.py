@@ -107,9 +107,11 @@ class _Catalog:
 class ImageTower(nn.Module):
     """An OpenCLIP image tower: ``forward`` gives the pooled embedding before the projection.
 
-    ``embedding.proj`` runs the projection on it (``encode_image``'s output), so both are
-    captured in one pass. Towers without a separable projection return ``encode_image``'s
-    output as the embedding and have no ``embedding.proj``.
+    ``embedding.proj`` runs the projection on it (``encode_image``'s output), and
+    ``embedding.proj.l2`` is that output L2-normalised (``encode_image(normalize=True)``, what
+    CLIP compares with text embeddings); all are captured in one pass. Towers without a
+    separable projection return ``encode_image``'s output as the embedding and have no
+    ``embedding.proj``.
     """
 
     def __init__(self, visual: nn.Module) -> None:
@@ -132,9 +134,17 @@ class _Projection(nn.Module):
     def __init__(self, weight: torch.nn.Parameter) -> None:
         super().__init__()
         self.weight = weight
+        self.l2 = _L2Normalize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight
+        projected = x @ self.weight
+        self.l2(projected)  # a tap: captured when asked for, never fed forward
+        return projected
+
+
+class _L2Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, dim=-1)
 
 
 def _build(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
