@@ -147,14 +147,20 @@ def extract(
             image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype, name=name,
             split=split, seed=seed, options=options, session=session,
         )  # fmt: skip
-        with job.store.lock_model(job.model):
-            plan = job.plan()
-            written = 0
-            if plan.work:
-                _run(session, job, plan)
-                written = len(plan.work)
-            else:
-                job.refresh()
+        plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
+        if plan.work:
+            job.store.check_writable(job.model)  # before any compute
+            with job.store.lock_model(job.model):  # which also logs shards a crash left out
+                plan = job.plan()
+                if plan.work:
+                    began = time.perf_counter()
+                    _run(session, job, plan)
+                    written = len(plan.work)
+                    job.store.record_run(
+                        job.model, plan.n_rows, time.perf_counter() - began, session.describe()
+                    )
+        if not written:
+            job.refresh()
     return _result(job, plan, written, time.perf_counter() - started, session.describe())
 
 
@@ -194,6 +200,8 @@ def prepare(
     config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
     if previous is not None:
         check_config(model_name, previous, config, store.path)
+    if previous is None:
+        store.check_writable()  # a new cache or a new model: before any work
     store.create_samples(dataset, options.shard_size)
     store.register_model(model_name, config)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.

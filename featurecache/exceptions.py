@@ -22,6 +22,7 @@ __all__ = [
     "MissingExtraError",
     "CacheLockedError",
     "CacheCorruptError",
+    "CacheReadOnlyError",
     "BatchError",
     "OutOfSpaceError",
     "suggest",
@@ -68,6 +69,10 @@ class MissingExtraError(FeatureCacheError, ImportError):
 
 class CacheLockedError(FeatureCacheError):
     """Another process is writing the same model into the same cache."""
+
+
+class CacheReadOnlyError(FeatureCacheError, PermissionError):
+    """An extraction would have to write into a cache that this user cannot write."""
 
 
 class CacheCorruptError(FeatureCacheError, OSError):

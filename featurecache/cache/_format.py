@@ -33,6 +33,7 @@ __all__ = [
     "model_dir",
     "config_file",
     "commit_log",
+    "run_log",
     "shard_file",
     "sample_path",
     "features_path",
@@ -104,6 +105,11 @@ def config_file(index: Path, model: str) -> Path:
 def commit_log(index: Path, model: str) -> Path:
     """The model's append-only commit log: one JSON line per committed shard file."""
     return model_dir(index, model) / "commits.jsonl"
+
+
+def run_log(index: Path, model: str) -> Path:
+    """The model's runs: rows computed and seconds taken by each extraction, one JSON line each."""
+    return model_dir(index, model) / "runs.jsonl"
 
 
 def shard_file(index: Path, model: str, shard: int, layers: Sequence[str]) -> Path:

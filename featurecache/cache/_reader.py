@@ -26,7 +26,11 @@ from featurecache.cache._folder import (
     plain_attrs,
     read_layer,
 )
+from featurecache.cache._folder import (
+    decode as _decode,
+)
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
+from featurecache.cache._log import read_runs
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -344,7 +348,8 @@ class Cache:
 
     @contextmanager
     def _open(self, path: Path | None = None) -> Iterator[h5py.File]:
-        kwargs = {} if fmt.locking_enabled() else {"locking": False}
+        # best-effort: a cache on a read-only disk (or one whose locks fail) is still read.
+        kwargs = {"locking": "best-effort"} if fmt.locking_enabled() else {"locking": False}
         with h5py.File(self.path if path is None else path, "r", **kwargs) as f:
             yield f
 
@@ -547,7 +552,13 @@ class Cache:
         meta = self._folder_layer(model, layer)
         status = self._folder.status(model, layer, self.n_samples)
         attrs = plain_attrs(meta.layer_attrs[layer])
-        provenance = {**config_provenance(self._folder.config(model)), **attrs, "layer": layer}
+        runs = read_runs(fmt.run_log(self.path, model))
+        provenance = {
+            **config_provenance(self._folder.config(model)),
+            **runs,
+            **attrs,
+            "layer": layer,
+        }
         depth = provenance.get("depth")
         return Entry(
             model=model,
@@ -605,16 +616,3 @@ def _check_finite(X: np.ndarray, name: str, path: Path) -> None:
             f"{int(bad.sum())} rows of {name} in {str(path)!r} are marked ok but hold NaN or "
             "Inf; re-run the same `featurecache extract` command to recompute them."
         )
-
-
-def _decode(value):
-    """HDF5 attribute value -> plain Python (str, int, float, bool, list)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_decode(v) for v in value.tolist()]
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -33,10 +33,19 @@ from featurecache.cache._atomic import (
 )
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
-from featurecache.cache._log import ShardMeta, append_log, read_log, repair_log, rewrite_log
+from featurecache.cache._log import (
+    ShardMeta,
+    append_log,
+    append_text,
+    read_log,
+    read_runs,
+    repair_log,
+    rewrite_log,
+)
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
+    CacheReadOnlyError,
     ConfigMismatchError,
     DatasetChangedError,
 )
@@ -203,9 +212,31 @@ class Store:
 
     def register_model(self, model: str, config: FeatureConfig) -> None:
         """Record the model's configuration once; raise if it differs from the recorded one."""
+        recorded = self.read_config(model)
+        if recorded is not None:  # a cache hit writes nothing
+            check_config(model, recorded, config, self.path)
+            return
         text = json.dumps(config.to_dict(), sort_keys=True, indent=1)
         if not create_once(fmt.config_file(self.path, model), lambda p: p.write_text(text)):
             check_config(model, self.read_config(model), config, self.path)
+
+    def check_writable(self, model: str | None = None) -> None:
+        """Raise :class:`CacheReadOnlyError` if writing this cache (or model) would fail.
+
+        Called before any compute, so a read-only cache costs a one-line error, not a
+        forward pass that cannot be stored.
+        """
+        folders = [self.data_dir if self.data_dir.exists() else self.path.parent]
+        if model is not None and self.model_dir(model).exists():
+            folders.append(self.model_dir(model))
+            folders += sorted(p for p in self.model_dir(model).glob("p-*") if p.is_dir())
+        for folder in folders:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise CacheReadOnlyError(
+                    f"the cache {str(self.path)!r} needs new files in {str(folder)!r}, which "
+                    "this user cannot write (a read-only disk or folder); extract into a cache "
+                    "on a writable disk, or copy this one there first."
+                )
 
     @contextlib.contextmanager
     def lock_model(self, model: str) -> Iterator[None]:
@@ -292,37 +323,19 @@ class Store:
                                for layer in layers})  # fmt: skip
 
         atomic_write(final, write)
-        size = final.stat().st_size
-        status = np.asarray(status, dtype=np.int8)
-        failed = np.flatnonzero(status == STATUS_FAILED)
-        versions = {"featurecache_version": __version__, **dict(provenance or {})}
-        return ShardMeta(
-            file=os.path.relpath(final, self.path.parent),
-            shard=shard,
-            start=start,
-            stop=start + n_rows,
-            layers=layers,
-            n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
-            digests={layer: _sha256(features[layer]) for layer in layers},
-            layer_attrs={
-                layer: {
-                    **dict(layer_attrs[layer]),
-                    **versions,
-                    "dtype_stored": str(np.asarray(features[layer]).dtype),
-                }
-                for layer in layers
-            },  # fmt: skip
-            status=status,
-            reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
-            config_digest=config.digest(),
-            dtypes={layer: str(np.asarray(features[layer]).dtype) for layer in layers},
-            chunks=chunks,
-            size=size,
-        )
+        return _written_meta(
+            final, self.path.parent, shard, start, status, reasons, features, layer_attrs,
+            config, {"featurecache_version": __version__, **dict(provenance or {})}, chunks,
+        )  # fmt: skip
 
     def publish(self, model: str, metas: Sequence[ShardMeta]) -> None:
         """Commit written shards: append them to the model's log (the writer lock's holder only)."""
         append_log(fmt.commit_log(self.path, model), metas)
+
+    def record_run(self, model: str, rows: int, seconds: float, device: str) -> None:
+        """Log one extraction's throughput (the report's cost table reads it)."""
+        line = json.dumps({"rows": int(rows), "seconds": float(seconds), "device": device})
+        append_text(fmt.run_log(self.path, model), line + "\n")
 
     def recover(self, model: str) -> None:
         """Make the log whole again after a crash (the writer lock's holder only).
@@ -461,6 +474,9 @@ class Store:
                     metas = self._scan_shards(model)
                     listing.append((model, tuple(meta.file for meta in metas)))
                     _write_model_index(f, model, self.read_config(model), metas, n_samples)
+                    runs = read_runs(fmt.run_log(self.path, model))
+                    if runs and fmt.features_path(model) in f:
+                        f[fmt.features_path(model)].attrs.update(runs)
 
         atomic_write(self.path, write)
         return tuple(listing)
@@ -492,7 +508,8 @@ class Store:
                 if folder == self.path.parent and not tmp.name.startswith(prefix):
                     continue
                 if owner_is_dead(tmp.name):
-                    tmp.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # a read-only cache keeps its litter
+                        tmp.unlink(missing_ok=True)
 
     def _open(self, path: Path, mode: str = "r") -> h5py.File:
         try:
@@ -584,6 +601,36 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
             chunks=chunks,
             size=path.stat().st_size,
         )
+
+
+def _written_meta(
+    final: Path, base: Path, shard: int, start: int, status, reasons, features: Mapping,
+    layer_attrs: Mapping, config: FeatureConfig, versions: Mapping, chunks: Mapping,
+) -> ShardMeta:  # fmt: skip
+    """What the commit log records of a shard file just written, from what was written."""
+    status = np.asarray(status, dtype=np.int8)
+    failed = np.flatnonzero(status == STATUS_FAILED)
+    layers = tuple(sorted(features))
+    dtypes = {layer: str(np.asarray(features[layer]).dtype) for layer in layers}
+    return ShardMeta(
+        file=os.path.relpath(final, base),
+        shard=shard,
+        start=start,
+        stop=start + len(status),
+        layers=layers,
+        n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
+        digests={layer: _sha256(features[layer]) for layer in layers},
+        layer_attrs={
+            layer: {**dict(layer_attrs[layer]), **versions, "dtype_stored": dtypes[layer]}
+            for layer in layers
+        },
+        status=status,
+        reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
+        config_digest=config.digest(),
+        dtypes=dtypes,
+        chunks=chunks,
+        size=final.stat().st_size,
+    )
 
 
 def _chunk_table(dataset: h5py.Dataset) -> tuple[tuple[int, int, int], ...]:
@@ -680,16 +727,8 @@ def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
 
 
 def config_attrs(config: FeatureConfig) -> dict:
-    """The index attributes of a model group: each config field, its JSON and its digest."""
-    values = config.to_dict()
-    attrs = {
-        key: (fmt.canonical_json(value) if isinstance(value, (Mapping, list, tuple)) else value)
-        for key, value in values.items()
-        if value is not None
-    }
-    attrs["config"] = fmt.canonical_json(values)
-    attrs["config_digest"] = config.digest()
-    return attrs
+    """The index attributes of a model group (see :meth:`FeatureConfig.attrs`)."""
+    return config.attrs()
 
 
 def _flock(handle, flags: int, path: Path) -> None:
