@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -12,17 +13,27 @@ from pathlib import Path
 
 from featurecache._data import Dataset, load_dataset
 from featurecache._validation import ParameterError, check_choice
-from featurecache.cache import Store, check_config
+from featurecache.cache import (
+    Store,
+    StoredClassifier,
+    check_config,
+    read_classifiers,
+    write_classifier,
+)
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
 from featurecache.engines._local import LocalEngine
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, STORE_DTYPES, RunOptions
 from featurecache.engines._runner import Plan
+from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._preprocess import RESIZE_MODES
-from featurecache.models._registry import load_backbone
+from featurecache.models._prompts import check_prompts
+from featurecache.models._registry import LoadedBackbone, load_backbone
 
 __all__ = ["extract", "prepare", "cache_name", "feature_config", "ExtractResult", "DEFAULT_MODEL"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -73,6 +84,7 @@ def extract(
     name: str | None = None,
     split: str | None = None,
     seed: int = 0,
+    prompts: Sequence[str] | None = None,
     options: RunOptions | None = None,
     engine: Engine | None = None,
 ) -> ExtractResult:
@@ -119,6 +131,12 @@ def extract(
         ``random:FRACTION`` or ``none`` for datasets without their own split.
     seed : int
         Seed of the random split and of ``weights="none"``.
+    prompts : sequence of str, optional
+        Models with a text tower (OpenCLIP): the templates of the zero-shot classifier
+        stored beside the features, each holding ``{}`` where a class name goes; the
+        default is :data:`featurecache.models.DEFAULT_PROMPTS`. Not part of the key: the
+        features do not depend on it. Backbones whose classifier is removed store it too
+        (see :meth:`featurecache.cache.Cache.classifiers`).
     options : RunOptions, optional
         Batch size, data-loading workers, device, shard size, locking, progress:
         settings that never change the stored numbers. ``RunOptions()`` by default.
@@ -145,7 +163,7 @@ def extract(
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
             image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype, name=name,
-            split=split, seed=seed, options=options, session=session,
+            split=split, seed=seed, prompts=prompts, options=options, session=session,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -177,14 +195,16 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 def prepare(
     data, cache, *, model, weights, layers, pool, image_size, resize, dtype, store_dtype, name,
-    split, seed, options: RunOptions, session: Session,
+    split, seed, options: RunOptions, session: Session, prompts=None,
 ) -> Job:  # fmt: skip
-    """Validate every argument, then create the sample table and register the model.
+    """Validate every argument, then create the sample table, register the model and store
+    its fixed classifiers.
 
     The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
     written unless every check passes.
     """
     _check_settings(dtype, store_dtype, name, resize)
+    prompts = check_prompts(prompts, "extract")
     store = Store(cache, locking=options.locking)
     store.check_path()
     dataset = load_dataset(data, split=split, seed=seed)
@@ -200,15 +220,58 @@ def prepare(
     config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
     if previous is not None:
         check_config(model_name, previous, config, store.path)
+    zeroshot = _zeroshot(store, model_name, backbone, dataset.class_names, prompts)
     if previous is None:
         store.check_writable()  # a new cache or a new model: before any work
     store.create_samples(dataset, options.shard_size)
     store.register_model(model_name, config)
+    _store_classifiers(store, model_name, [backbone.imagenet, zeroshot])
     # Another process rebuilds the backbone from this: a weights file by its absolute path.
     portable_weights = config.weights if config.weights.startswith("file:") else weights
     return Job(
         store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone
     )
+
+
+def _zeroshot(
+    store: Store, model: str, backbone: LoadedBackbone, class_names: Sequence[str], prompts
+) -> StoredClassifier | None:
+    """The zero-shot classifier to store, or None (no text tower, or already stored).
+
+    A stored one of other prompts or class names is refused here, before anything is written.
+    """
+    if backbone.zeroshot is None:
+        return None
+    class_names = tuple(class_names)
+    stored = read_classifiers(store.path, model).get("zeroshot")
+    if stored is not None and (stored.prompts, stored.class_names) == (prompts, class_names):
+        return None
+    if stored is not None:
+        differs = "prompts" if stored.prompts != prompts else "class names"
+        shown = "; ".join(stored.prompts if differs == "prompts" else stored.class_names)
+        raise ConfigMismatchError(
+            f"model {model!r} in {str(store.path)!r} stores a zero-shot classifier of other "
+            f"{differs} ({shown[:120]}); pass another model name (name=, or --name) to store "
+            "this one beside it."
+        )
+    logger.info("%s: building the zero-shot classifier of %d classes", model, len(class_names))
+    return backbone.zeroshot(tuple(class_names), prompts)
+
+
+def _store_classifiers(
+    store: Store, model: str, classifiers: Sequence[StoredClassifier | None]
+) -> None:
+    """Write the fixed classifiers once; a read-only cache keeps what it has."""
+    classifiers = [c for c in classifiers if c is not None]
+    if not classifiers:
+        return
+    try:
+        store.check_writable(model)
+    except CacheReadOnlyError:
+        logger.info("%s: read-only cache, its classifiers are not stored", model)
+        return
+    for classifier in classifiers:
+        write_classifier(store.path, model, classifier)
 
 
 def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> ExtractResult:

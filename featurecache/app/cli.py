@@ -238,6 +238,13 @@ def _add_extract(sub) -> None:
         "--split", default=None, help="random:FRACTION or none, for data without splits"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="OpenCLIP models: prompt templates of the stored zero-shot classifier, one per "
+        "line with {} for the class name (default: featurecache.DEFAULT_PROMPTS)",
+    )
     parser.add_argument("--shard-size", type=int, default=1024, help="rows per committed shard")
     parser.add_argument(
         "--no-locking",
@@ -259,6 +266,7 @@ def _add_extract(sub) -> None:
 
 def _run_extract(args) -> int:
     from featurecache._extract import extract
+    from featurecache.models._prompts import read_prompts
 
     _read_deprecated_workers(args)
     result = extract(
@@ -275,6 +283,7 @@ def _run_extract(args) -> int:
         name=args.name,
         split=args.split,
         seed=args.seed,
+        prompts=read_prompts(args.prompts) if args.prompts else None,
         options=_run_options(args),
         engine=_engine(args),
     )
@@ -425,12 +434,33 @@ def _run_ls(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    parser = sub.add_parser("predict", help="predict new images with a fitted head")
-    parser.add_argument("images", help="a folder of images or a CSV with a path column")
+    parser = sub.add_parser(
+        "predict",
+        help="predict new images with a fitted head, or with the backbone's own ImageNet classes",
+    )
     parser.add_argument(
-        "--head",
-        required=True,
-        help="a head file from `featurecache fit` (RESULTS/heads/...joblib)",
+        "images",
+        nargs="?",
+        default=None,
+        help="a folder of images or a CSV with a path column (with --imagenet: optional, the "
+        "cached samples by default)",
+    )
+    parser.add_argument(
+        "--head", default=None, help="a head file from `featurecache fit` (RESULTS/heads/...joblib)"
+    )
+    parser.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="the backbone's own ImageNet classes, from the classifier stored in --cache",
+    )
+    parser.add_argument("--cache", default=None, help="with --imagenet: the cache")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="with --imagenet: the model in the cache (default: the only one)",
+    )
+    parser.add_argument(
+        "--top", type=int, default=5, help="with --imagenet: classes listed per image"
     )
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -440,14 +470,30 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from featurecache.app._predict import predict, write_predictions
+    from featurecache.app._predict import predict, predict_imagenet, write_predictions
+    from featurecache.exceptions import InvalidArgumentError
 
-    table = predict(
-        args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
-    )
+    if args.imagenet == (args.head is not None):
+        raise InvalidArgumentError("predict takes either --head FILE or --imagenet --cache CACHE.")
+    if args.imagenet and args.cache is None:
+        raise InvalidArgumentError(
+            "predict --imagenet needs --cache: the cache that stores the classifier."
+        )
+    if args.head is not None and args.images is None:
+        raise InvalidArgumentError(
+            "predict --head needs IMAGES: a folder or a CSV with a path column."
+        )
+    options = dict(batch_size=args.batch_size, device=args.device, workers=args.workers)
+    if args.imagenet:
+        table = predict_imagenet(args.images, args.cache, model=args.model, top=args.top, **options)
+    else:
+        table = predict(args.images, args.head, **options)
     write_predictions(table, args.out)
     n_failed = int((table["status"] != "ok").sum())
     print(f"predicted {len(table) - n_failed} images ({n_failed} unreadable) -> {args.out}")
+    if args.imagenet and len(table) <= 20:
+        for row in table.itertuples():
+            print(f"  {row.id}: {row.top}")
     return 0
 
 
