@@ -390,7 +390,23 @@ def _run_ls(args) -> int:
         ]
         print(
             json.dumps(
-                {"cache": str(cache.path), "n_samples": len(cache.ids), "entries": entries},
+                {
+                    "cache": str(cache.path),
+                    "n_samples": len(cache.ids),
+                    "entries": entries,
+                    "classifiers": {
+                        model: {
+                            kind: {
+                                "layer": c.layer,
+                                "n_classes": len(c.class_names),
+                                "prompts": list(c.prompts),
+                                "source": c.source,
+                            }
+                            for kind, c in cache.classifiers(model).items()
+                        }
+                        for model in cache.models
+                    },
+                },
                 default=str,
                 indent=1,
             )
@@ -415,6 +431,13 @@ def _run_ls(args) -> int:
         if config.get("source"):
             revision = f" revision {config['revision']}" if config.get("revision") else ""
             print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
+        for kind, stored in cache.classifiers(model).items():
+            prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
+            use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"
+            print(
+                f"  {kind} classifier: reads {stored.layer}, {len(stored.class_names)} classes"
+                f"{prompts} (featurecache {use})"
+            )
         print(
             f"  {'layer':32s} {'features':>9s} {'dtype':8s} {'ok':>7s} {'failed':>7s} {'pending':>8s}"
         )
