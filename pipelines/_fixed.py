@@ -150,12 +150,14 @@ def _require_layer(cache: Cache, model: str, classifier: StoredClassifier) -> No
 
 
 def _rows(cache: Cache, model: str, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ok rows of a layer, their ids and their row numbers in the cache."""
+    """The ok rows of a layer (removed samples left out), their ids and row numbers."""
     entry = cache.entry(model, layer)
     if entry.n_ok == 0:
         raise InvalidArgumentError(
             f"{model}/{layer} of cache {str(cache.path)!r} holds no extracted rows yet; "
             "finish `featurecache extract` first."
         )
-    X, rows = cache.load_rows(model, layer, np.ones(cache.n_samples, dtype=bool))
+    X, rows = cache.load_rows(
+        model, layer, ~cache.removed
+    )  # samples gone from the dataset stay out
     return X, cache.ids[rows], rows

@@ -55,6 +55,11 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "fail
 
 #: The per-sample columns of ``/samples``, aligned with the rows of every feature matrix.
 SAMPLE_FIELDS = ("ids", "labels", "splits")
+#: Optional columns: ``removed`` (1 for a sample no longer in the dataset), ``fingerprint``
+#: (``size:mtime_ns`` of the image file, to recognise a file moved to another class folder).
+SAMPLE_EXTRA_FIELDS = ("removed", "fingerprint")
+#: Where each shard starts, once a dataset has grown (else shards are ``shard_size`` rows).
+LAYOUT_STARTS = "layout/starts"
 
 #: Marks a file being written: ``NAME.tmp-HOST-PID-RANDOM``, renamed into place when complete.
 TMP_MARK = ".tmp-"

@@ -64,6 +64,7 @@ class Entry:
     n_failed: int
     n_pending: int
     depth: float | None
+    n_removed: int = 0
     provenance: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -169,6 +170,7 @@ class Cache:
                 f"version {fmt.FORMAT_VERSION}; upgrade featurecache."
             )
         samples = f["samples"]
+        removed = samples["removed"][:] if "removed" in samples else None
         self.ids = samples["ids"].asstr()[:].astype(str)
         self.labels = samples["labels"][:].astype(np.int64)
         self.splits = samples["splits"].asstr()[:].astype(str)
@@ -186,7 +188,9 @@ class Cache:
             if digest is not None
             else fmt.samples_digest(self.ids, self.labels, self.splits)
         )
-        if not (len(self.ids) == len(self.labels) == len(self.splits)):
+        #: Samples the dataset no longer has: kept in the table, left out of every read.
+        self.removed = np.zeros(len(self.ids), bool) if removed is None else removed.astype(bool)
+        if not (len(self.ids) == len(self.labels) == len(self.splits) == len(self.removed)):
             raise CacheCorruptError(
                 f"the sample table of {str(self.path)!r} is inconsistent: {len(self.ids)} ids, "
                 f"{len(self.labels)} labels, {len(self.splits)} splits."
@@ -247,11 +251,12 @@ class Cache:
             layer=layer,
             n_features=int(dataset.shape[1]),
             dtype=str(dataset.dtype),
-            n_ok=int(np.sum(status == STATUS_OK)),
-            n_failed=int(np.sum(status == STATUS_FAILED)),
-            n_pending=int(np.sum(status == STATUS_PENDING)),
+            n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
+            n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
+            n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
             depth=None if depth is None else float(depth),
             provenance=provenance,
+            n_removed=int(self.removed.sum()),
         )
 
     def failures(self, model: str) -> list[tuple[str, str]]:
@@ -308,6 +313,7 @@ class Cache:
         """Features of the ok rows among ``wanted`` (a boolean mask) and their row indices."""
         if wanted is None:
             wanted = np.ones(self.n_samples, dtype=bool)
+        wanted = wanted & ~self.removed  # removed samples are never read
         if self._folder is not None:
             return self._read_folder(model, layer, wanted)
         with self._open() as f:
@@ -566,11 +572,12 @@ class Cache:
             layer=layer,
             n_features=int(meta.n_features[layer]),
             dtype=meta.dtypes.get(layer, "float32"),
-            n_ok=int(np.sum(status == STATUS_OK)),
-            n_failed=int(np.sum(status == STATUS_FAILED)),
-            n_pending=int(np.sum(status == STATUS_PENDING)),
+            n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
+            n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
+            n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
             depth=None if depth is None else float(depth),
             provenance=provenance,
+            n_removed=int(self.removed.sum()),
         )
 
     def _corrupt(self, model: str, layer: str, shard: _Shard, what: str) -> CacheCorruptError:

@@ -42,6 +42,7 @@ from featurecache.cache._log import (
     repair_log,
     rewrite_log,
 )
+from featurecache.cache._samples import SampleChanges, SampleTable, write_samples
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
@@ -136,17 +137,7 @@ class Store:
 
         def write(tmp: Path) -> None:
             with new_h5(tmp) as f:
-                group = f.create_group("samples")
-                ids, labels, splits = (
-                    np.asarray(dataset.ids, dtype=object),
-                    np.asarray(dataset.labels, dtype=np.int64),
-                    np.asarray(dataset.splits, dtype=object),
-                )
-                group.create_dataset("ids", data=ids, dtype=_STR)
-                group.create_dataset("labels", data=labels)
-                group.create_dataset("splits", data=splits, dtype=_STR)
-                group.attrs["class_names"] = np.array(dataset.class_names, dtype=object)
-                group.attrs["root"] = dataset.source
+                write_samples(f, dataset)
                 f.attrs.update(self._root_attrs(dataset, shard_size))
 
         if not create_once(self.samples_path, write):  # another writer got there first
@@ -191,6 +182,76 @@ class Store:
             f"the dataset {dataset.source} has {detail} compared with the cache {str(self.path)!r}; "
             "extract it into a new cache path (a cache holds one fixed list of samples)."
         )
+
+    # -- growing datasets -------------------------------------------------------------
+
+    def read_samples(self) -> SampleTable:
+        """The sample table as stored, with removed rows, fingerprints and shard starts."""
+        with self._open(self.samples_path) as f:
+            group = f["samples"]
+            n = len(group["ids"])
+            extra = {
+                name: group[name][:] if name in group else None for name in fmt.SAMPLE_EXTRA_FIELDS
+            }
+            fingerprints = extra["fingerprint"]
+            return SampleTable(
+                ids=group["ids"].asstr()[:].astype(object),
+                labels=group["labels"][:].astype(np.int64),
+                splits=group["splits"].asstr()[:].astype(object),
+                class_names=tuple(str(_text(c)) for c in group.attrs["class_names"]),
+                source=str(_text(group.attrs.get("root", ""))),
+                removed=None if extra["removed"] is None else extra["removed"].astype(bool),
+                fingerprints=None
+                if fingerprints is None
+                else np.array([_text(v) for v in fingerprints], dtype=object),
+                starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
+                shard_size=int(f.attrs.get("shard_size", max(n, 1))),
+            )
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` of every shard, in shard order."""
+        return self.read_samples().shard_ranges()
+
+    def sync_samples(self, dataset, frozen: bool = False) -> SampleChanges:
+        """Bring the sample table up to ``dataset``; features are never touched.
+
+        New samples are appended as new rows (new shards), samples no longer in the dataset
+        are marked removed, changed labels and splits are updated, and a file moved to
+        another class folder (same name, size and modification time) keeps its row and its
+        features under its new id. With ``frozen``, any difference is refused instead.
+        """
+        table = self.read_samples()
+        changes = table.changes_to(dataset)
+        if not changes:
+            return changes
+        if frozen:
+            raise DatasetChangedError(
+                f"the dataset {dataset.source} has {changes.describe()} compared with the cache "
+                f"{str(self.path)!r}, and the sample table is frozen; extract it into a new cache "
+                "path, or drop frozen_samples (--frozen-samples) to update the cache."
+            )
+        self.check_writable()
+        with self._index_lock():
+            current = self.read_samples()  # another writer may have updated it meanwhile
+            if current.changes_to(dataset):
+                grown = current.updated_to(dataset)
+                atomic_write(self.samples_path, lambda tmp: self._write_table(tmp, grown))
+        return changes
+
+    def _write_table(self, tmp: Path, table: SampleTable) -> None:
+        with new_h5(tmp) as f:
+            write_samples(f, table)
+            f.attrs.update(
+                format=fmt.FORMAT,
+                format_version=fmt.FORMAT_VERSION,
+                shard_size=int(table.shard_size),
+                n_samples=len(table),
+                dataset=table.source,
+                samples_digest=table.samples_digest,
+                featurecache_version=__version__,
+            )
+            if table.starts is not None:
+                f.create_dataset(fmt.LAYOUT_STARTS, data=np.asarray(table.starts, np.int64))
 
     # -- models ---------------------------------------------------------------------
 
@@ -272,9 +333,13 @@ class Store:
         return fmt.shard_file(self.path, model, shard, layers)
 
     def done_layers(self, model: str) -> dict[int, set[str]]:
-        """Map each shard index to the layers committed for it."""
+        """Map each shard index to the layers committed for it.
+
+        Each logged file is checked with one ``stat``: a file deleted by hand is not done
+        (its rows are computed again), a file whose size changed is refused.
+        """
         done: dict[int, set[str]] = {}
-        for meta in self._scan_shards(model):
+        for meta in filter(self._check_size, self._scan_shards(model)):
             done.setdefault(meta.shard, set()).update(meta.layers)
         return done
 
@@ -729,6 +794,10 @@ def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
 def config_attrs(config: FeatureConfig) -> dict:
     """The index attributes of a model group (see :meth:`FeatureConfig.attrs`)."""
     return config.attrs()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _flock(handle, flags: int, path: Path) -> None:
