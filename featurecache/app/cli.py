@@ -659,13 +659,16 @@ def _add_predict(sub) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--head", default=None,
-        help="a head file from `featurecache fit`, RESULTS/heads/MODEL/LAYER/HEAD.joblib",
+        help="a head file from `featurecache fit`, RESULTS/heads/MODEL/LAYER/HEAD.joblib "
+        "(this or --imagenet, no default)",
     )  # fmt: skip
     parser.add_argument(
         "--imagenet", action="store_true",
         help="the backbone's own ImageNet classes, from the classifier stored in --cache",
     )  # fmt: skip
-    parser.add_argument("--cache", default=None, help="with --imagenet: the cache")
+    parser.add_argument(
+        "--cache", default=None, help="with --imagenet: the cache (required with it, no default)"
+    )
     parser.add_argument(
         "--model", default=None,
         help="with --imagenet: the model in the cache (default: the only one storing it)",
