@@ -29,6 +29,8 @@ _LAZY = {
     "predict": "featurecache.app._predict",
     "FeatureConfig": "featurecache.cache._config",
     "open_cache": "featurecache.cache._reader",
+    "StoredClassifier": "featurecache.cache._classifiers",
+    "DEFAULT_PROMPTS": "featurecache.models._prompts",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])

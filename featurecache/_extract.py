@@ -21,26 +21,36 @@ from featurecache._validation import (
     check_names,
     check_optional_int,
 )
-from featurecache.cache import Store, check_config
+from featurecache.cache import (
+    Store,
+    StoredClassifier,
+    check_config,
+    read_classifiers,
+    write_classifier,
+)
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
 from featurecache.engines._local import LocalEngine
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, STORE_DTYPES, RunOptions
 from featurecache.engines._runner import Plan
+from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
-from featurecache.models._registry import load_backbone
+from featurecache.models._preprocess import RESIZE_MODES
+from featurecache.models._prompts import check_prompts
+from featurecache.models._registry import LoadedBackbone, load_backbone
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "extract", "prepare", "check_arguments", "check_cache", "feature_config", "ExtractResult", "DEFAULT_MODEL",
-    "MAX_IMAGE_SIZE",
+    "extract", "prepare", "check_arguments", "check_cache", "cache_name", "feature_config",
+    "ExtractResult", "DEFAULT_MODEL", "MAX_IMAGE_SIZE",
 ]  # fmt: skip
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The largest ``image_size``: beyond it the dummy forward pass alone needs gigabytes.
 MAX_IMAGE_SIZE = 4096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+:-]+")
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ def extract(
     layers: Sequence[str] | None = None,
     pool: str | None = None,
     image_size: int | None = None,
+    resize: str | None = None,
     dtype: str = "auto",
     store_dtype: str = "float32",
     name: str | None = None,
@@ -88,6 +99,7 @@ def extract(
     seed: int = 0,
     resplit: bool = False,
     frozen_samples: bool = False,
+    prompts: Sequence[str] | None = None,
     options: RunOptions | None = None,
     engine: Engine | None = None,
 ) -> ExtractResult:
@@ -118,6 +130,11 @@ def extract(
         (default) or ``mean`` for token outputs.
     image_size : int, optional
         Crop size S (1 to ``MAX_IMAGE_SIZE``, 4096); the backbone's default when omitted.
+    resize : {"crop", "squash", "pad"}, optional
+        How an image becomes an S x S input: ``crop`` resizes the short side and
+        centre-crops, ``squash`` resizes to S x S, ``pad`` letterboxes to S x S with the mean
+        colour. The model's own preprocessing when omitted (``crop`` for torchvision and
+        EfficientNet-Lite). Part of the cache key.
     dtype : {"auto", "float32", "bfloat16", "float16"}
         Autocast dtype of the forward pass. ``auto`` keeps the cached model's, else
         bfloat16 where the engine's device supports it and float32 elsewhere.
@@ -137,6 +154,12 @@ def extract(
         changed dataset updates the cache: new samples are appended and only they are
         computed, removed samples are marked removed, changed labels and splits are
         updated, and existing rows and their features are left untouched.
+    prompts : sequence of str, optional
+        Models with a text tower (OpenCLIP): the templates of the zero-shot classifier
+        stored beside the features, each holding ``{}`` where a class name goes; the
+        default is :data:`featurecache.models.DEFAULT_PROMPTS`. Not part of the key: the
+        features do not depend on it. Backbones whose classifier is removed store it too
+        (see :meth:`featurecache.cache.Cache.classifiers`).
     options : RunOptions, optional
         Batch size, data-loading workers, device, shard size, locking, progress:
         settings that never change the stored numbers. ``RunOptions()`` by default.
@@ -162,9 +185,9 @@ def extract(
     with engine.session(options) as session:
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
-            image_size=image_size, dtype=dtype, store_dtype=store_dtype, name=name, split=split,
-            seed=seed, resplit=resplit, frozen_samples=frozen_samples, options=options,
-            session=session,
+            image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype, name=name,
+            split=split, seed=seed, resplit=resplit, frozen_samples=frozen_samples,
+            prompts=prompts, options=options, session=session,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -197,17 +220,19 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 def prepare(
     data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
     seed, options: RunOptions, session: Session, resplit: bool = False,
-    frozen_samples: bool = False,
+    frozen_samples: bool = False, resize: str | None = None, prompts=None,
 ) -> Job:  # fmt: skip
-    """Validate every argument, then create the sample table and register the model.
+    """Validate every argument, then create the sample table, register the model and store
+    its fixed classifiers.
 
     The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
     written unless every check passes.
     """
     check_arguments(
         dtype=dtype, store_dtype=store_dtype, name=name, layers=layers, image_size=image_size,
-        seed=seed, resplit=resplit,
+        seed=seed, resplit=resplit, resize=resize,
     )  # fmt: skip
+    prompts = check_prompts(prompts, "extract")
     if not isinstance(frozen_samples, bool):
         raise ParameterError("frozen_samples", "extract", "a bool", frozen_samples)
     store = check_cache(cache, options.locking)
@@ -215,16 +240,17 @@ def prepare(
     changes = store.read_samples().changes_to(dataset) if store.has_samples() else None
     if changes and frozen_samples:
         store.sync_samples(dataset, frozen=True)  # raises, naming the differences
-    backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
+    backbone = load_backbone(model, weights, seed=seed, image_size=image_size, resize=resize)
     infos = {info.name: info for info in backbone.layers}
     requested = tuple(dict.fromkeys(layers or backbone.default_layers))
     check_layers(list(infos.values()), requested, model=model)
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
-    model_name = name or model
+    model_name = name or cache_name(model)
     previous = store.read_config(model_name) if store.has_samples() else None
     config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
     if previous is not None:
         check_config(model_name, previous, config, store.path)
+    zeroshot = _zeroshot(store, model_name, backbone, dataset.class_names, prompts)
     if previous is None or changes:
         store.check_writable()  # a new cache, a new model or new samples: before any work
     if changes is None:
@@ -233,12 +259,64 @@ def prepare(
         store.sync_samples(dataset)
         logger.info("%s: %s since the cache was made", dataset.source, changes.describe())
     store.register_model(model_name, config)
+    _store_classifiers(store, model_name, [backbone.imagenet, zeroshot])
     dataset = _aligned(dataset, store)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.
     portable_weights = config.weights if config.weights.startswith("file:") else weights
     return Job(
         store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone
     )
+
+
+def cache_name(model: str) -> str:
+    """The default name of a backbone's features in a cache: one folder, one HDF5 group.
+
+    Hub ids and local folders (``open_clip:ViT-B-32/openai``, ``hf:facebook/dinov2-small``)
+    hold ``/``; each run of characters a folder name cannot hold becomes ``--``, as in the
+    Hugging Face hub cache.
+    """
+    return _UNSAFE.sub("--", str(model)).strip("-") or "model"
+
+
+def _zeroshot(
+    store: Store, model: str, backbone: LoadedBackbone, class_names: Sequence[str], prompts
+) -> StoredClassifier | None:
+    """The zero-shot classifier to store, or None (no text tower, or already stored).
+
+    A stored one of other prompts or class names is refused here, before anything is written.
+    """
+    if backbone.zeroshot is None:
+        return None
+    class_names = tuple(class_names)
+    stored = read_classifiers(store.path, model).get("zeroshot")
+    if stored is not None and (stored.prompts, stored.class_names) == (prompts, class_names):
+        return None
+    if stored is not None:
+        differs = "prompts" if stored.prompts != prompts else "class names"
+        shown = "; ".join(stored.prompts if differs == "prompts" else stored.class_names)
+        raise ConfigMismatchError(
+            f"model {model!r} in {str(store.path)!r} stores a zero-shot classifier of other "
+            f"{differs} ({shown[:120]}); pass another model name (name=, or --name) to store "
+            "this one beside it."
+        )
+    logger.info("%s: building the zero-shot classifier of %d classes", model, len(class_names))
+    return backbone.zeroshot(class_names, prompts)
+
+
+def _store_classifiers(
+    store: Store, model: str, classifiers: Sequence[StoredClassifier | None]
+) -> None:
+    """Write the fixed classifiers once; a read-only cache keeps what it has."""
+    classifiers = [c for c in classifiers if c is not None]
+    if not classifiers:
+        return
+    try:
+        store.check_writable(model)
+    except CacheReadOnlyError:
+        logger.info("%s: read-only cache, its classifiers are not stored", model)
+        return
+    for classifier in classifiers:
+        write_classifier(store.path, model, classifier)
 
 
 def _aligned(dataset: Dataset, store: Store) -> Dataset:
@@ -270,14 +348,23 @@ def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> 
 
 def _resolve_pool(pool: str | None, infos: Sequence[LayerInfo]) -> str:
     kinds = {info.kind for info in infos}
+    # SigLIP-style token outputs: no class token to take
+    no_class_token = any(info.kind == "tokens" and info.prefix_tokens == 0 for info in infos)
     if pool is None:
-        return default_pool("tokens" if kinds in ({"tokens"}, {"tokens", "vector"}) else "map")
+        if kinds not in ({"tokens"}, {"tokens", "vector"}):
+            return default_pool("map")
+        return "mean" if no_class_token else default_pool("tokens")
     accepted = {kind: POOL_METHODS[kind] for kind in ("map", "tokens")}  # vectors take no --pool
     if not any(pool in accepted.get(kind, ()) for kind in kinds):
         options = sorted({m for kind in kinds for m in accepted.get(kind, ())}) or ["none needed"]
         raise ParameterError(
             "pool", "extract",
             f"one of {', '.join(options)} for the requested layers ({', '.join(sorted(kinds))} outputs)",
+            pool,
+        )  # fmt: skip
+    if no_class_token and "cls" in pool.split("+"):
+        raise ParameterError(
+            "pool", "extract", "'mean' for the token outputs of a model without a class token",
             pool,
         )  # fmt: skip
     return pool
@@ -318,10 +405,12 @@ def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
 
 def check_arguments(
     *, dtype="auto", store_dtype="float32", name=None, layers=None, image_size=None, seed=0,
-    resplit=False,
+    resplit=False, resize=None,
 ) -> None:  # fmt: skip
     """Refuse the arguments of :func:`extract` that are wrong whatever the data and model."""
     check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
+    if resize is not None:
+        check_choice(resize, "resize", "extract", RESIZE_MODES)
     check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
     check_names(layers, "layers", "extract")
     if check_optional_int(image_size, "image_size", "extract", low=1) is not None:

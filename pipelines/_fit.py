@@ -18,7 +18,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,9 +40,10 @@ from featurecache._validation import (
     check_names,
     check_optional_int,
 )
-from featurecache.cache import Cache, Entry, open_cache
+from featurecache.cache import Cache, Entry, StoredClassifier, open_cache
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from pipelines._fixed import FIXED_HEADS, fixed_pipeline, stored_classifier
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
 from pipelines._rows import RowStatus, row_status
@@ -97,7 +98,10 @@ def fit(
         applies to every model that has it. A plain string is refused: write
         ``["embedding"]`` for one name.
     heads : list of str
-        Names from :func:`~pipelines.list_heads`.
+        Names from :func:`~pipelines.list_heads`, and ``zeroshot``: the zero-shot
+        classifier stored with a model that has a text tower (OpenCLIP), fitted on
+        nothing, scored on the same folds and on test, recorded with
+        ``selection = "fixed"`` (see :mod:`pipelines._fixed`).
     grid : mapping or path, optional
         ``{head: {param: [values]}}`` (or a JSON/YAML file of it) updating the
         default grids.
@@ -163,7 +167,10 @@ def fit(
     with results.writing(plan.run_record(cache), replace=replace):
         with _parallel_backend(plan.backend, plan.address):
             for model, layer in plan.combos:
-                _fit_layer(cache, plan, results, model, layer)
+                if plan.heads:
+                    _fit_layer(cache, plan, results, model, layer)
+                for name in plan.fixed.get((model, layer), ()):
+                    _score_fixed(cache, plan, results, model, layer, name)
         table = results.write_table()
         results.write_curves()
     chosen = best(table)
@@ -194,16 +201,18 @@ class _Plan:
     shots: tuple[int, ...] = ()
     draws: int = 5
     allow_partial: bool = False
+    fixed: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
               backend, address, shots=None, draws=5, allow_partial=False) -> _Plan:  # fmt: skip
         head_names = check_names(heads, "heads", "fit", allow_none=False)
-        head_objects = [get_head(name) for name in head_names]
+        fitted = [name for name in head_names if name not in FIXED_HEADS]
+        head_objects = [get_head(name) for name in fitted]
         grid_source = str(grid) if isinstance(grid, (str, os.PathLike)) else None
         user_grid = load_grid(grid) if grid_source is not None else grid
         pca = check_optional_int(pca, "pca", "fit", low=1)
-        grids = resolve_grids(head_names, user_grid, pca=pca)
+        grids = resolve_grids(fitted, user_grid, pca=pca)
         cv = check_int(cv, "cv", "fit", low=2)
         seed = check_int(seed, "seed", "fit", low=0, high=2**32 - 1)
         backend = check_choice(backend, "backend", "fit", BACKENDS)
@@ -211,6 +220,9 @@ class _Plan:
         models = check_names(models, "models", "fit")
         layers = check_names(layers, "layers", "fit")
         combos = _combos(cache, models, layers)
+        fixed = _fixed_combos(cache, combos, [n for n in head_names if n in FIXED_HEADS])
+        if not fitted:  # fixed heads alone: only the layers they read
+            combos = [combo for combo in combos if combo in fixed]
         _check_extracted(cache, combos)
         draws = check_int(draws, "draws", "fit", low=1)
         few = tuple(k for k in parse_shots(shots) if k != ALL) if shots is not None else ()
@@ -233,6 +245,7 @@ class _Plan:
             draws=draws,
             rows=rows,
             allow_partial=allow_partial,
+            fixed=fixed,
         )
 
     def run_record(self, cache: Cache) -> dict:
@@ -244,7 +257,8 @@ class _Plan:
             "arguments": {
                 "models": sorted({m for m, _ in self.combos}),
                 "layers": list(dict.fromkeys(layer for _, layer in self.combos)),
-                "heads": [h.name for h in self.heads],
+                "heads": [h.name for h in self.heads]
+                + sorted({n for names in self.fixed.values() for n in names}),
                 "grid": jsonable(self.grids),
                 "grid_file": self.grid_source,
                 "cv": self.cv,
@@ -345,6 +359,30 @@ def _combos(
                 f"Hint: run `featurecache ls {cache.path}`."
             )
     return [(m, layer) for m in chosen for layer in by_model[m] if layer in layers]
+
+
+def _fixed_combos(
+    cache: Cache, combos: list[tuple[str, str]], names: list[str]
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The (model, layer) pairs each fixed head applies to: the layer its classifier reads."""
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for name in names:
+        kind = FIXED_HEADS[name]
+        readers = {model: cache.classifiers(model).get(kind) for model in {m for m, _ in combos}}
+        pairs = [(m, layer) for m, layer in combos if readers[m] and readers[m].layer == layer]
+        if not pairs:
+            stored = sorted(m for m, c in readers.items() if c is not None)
+            reads = f" (reading {readers[stored[0]].layer})" if stored else ""
+            raise InvalidArgumentError(
+                f"head {name!r} needs a stored {kind} classifier and its layer; "
+                + (f"models {', '.join(stored)} store one{reads}, which is not among the "
+                   "layers to fit." if stored else
+                   f"no model of cache {str(cache.path)!r} stores one: extract an OpenCLIP "
+                   "model (open_clip:ARCH/PRETRAINED) with its embedding.proj layer.")
+            )  # fmt: skip
+        for pair in pairs:
+            found[pair] = (*found.get(pair, ()), name)
+    return found
 
 
 def _check_extracted(cache: Cache, combos: list[tuple[str, str]]) -> None:
@@ -670,6 +708,74 @@ def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, la
     results.write_table()
 
 
+def _score_fixed(
+    cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str, name: str
+) -> None:
+    """Score a fixed head like a fitted one: on the selection folds, then once on test."""
+    entry = cache.entry(model, layer)
+    classifier = stored_classifier(cache, model, FIXED_HEADS[name])
+    key = _fixed_key(cache, plan, entry, name, classifier)
+    if results.is_done(model, layer, name, key):
+        logger.info("%s/%s: %s already scored, reusing", model, layer, name)
+        return
+    data = _LayerData.load(cache, plan, entry)
+    estimator = fixed_pipeline(classifier)
+    start = time.perf_counter()
+    fold_scores = [
+        float(np.mean(estimator.predict(data.X_fit[score]) == data.y_fit[score]))
+        for _, score in data.splits
+    ]
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    y_pred = estimator.predict(data.X_test) if len(data.X_test) else np.zeros(0, dtype=np.int64)
+    per_1000 = (time.perf_counter() - start) * 1000 / len(data.X_test) if len(data.X_test) else None
+    found = SearchResult(
+        head=name, params={}, cv_mean=float(np.mean(fold_scores)),
+        cv_std=float(np.std(fold_scores)) if len(fold_scores) > 1 else _binomial_se(
+            fold_scores[0], len(data.splits[0][1])),
+        candidates=({"params": {}, "scores": fold_scores, "mean": float(np.mean(fold_scores)),
+                     "std": float(np.std(fold_scores))},),
+        n_splits=len(fold_scores), n_not_converged=0, seconds=seconds, warnings=(),
+    )  # fmt: skip
+    refit = _Refit(
+        estimator, np.asarray(y_pred, dtype=np.int64), 0.0, True,
+        confidence(estimator, data.X_test), per_1000,
+    )  # fmt: skip
+    _write_combo(results, cache, plan, entry, data, _Named(name), key, found, refit, [],
+                 selection="fixed")  # fmt: skip
+    results.write_table()
+
+
+class _Named(NamedTuple):
+    name: str
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / n) if n else math.nan
+
+
+def _fixed_key(
+    cache: Cache, plan: _Plan, entry: Entry, name: str, classifier: StoredClassifier
+) -> str:
+    """Everything that changes a fixed head's scores, hashed."""
+    provenance = entry.provenance
+    features = provenance.get("config_digest") or json.dumps(jsonable(provenance), sort_keys=True)
+    key = {
+        "version": RECORD_VERSION,
+        "samples_digest": cache.samples_digest,
+        "model": entry.model,
+        "layer": entry.layer,
+        "features": features,
+        "n_ok": entry.n_ok,
+        "head": name,
+        "classifier": classifier.digest(),
+        "selection": plan.selection,
+        "cv": plan.cv if plan.selection == "cv" else None,
+        "seed": plan.seed,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 @single_blas_thread
 def _refit(
     head: Head, params: dict, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int
@@ -718,6 +824,7 @@ def _curve(plan: _Plan, head: Head, data: _LayerData) -> list[dict]:
 def _write_combo(
     results: ResultsFolder, cache: Cache, plan: _Plan, entry: Entry, data: _LayerData,
     head: Head, key: str, found: SearchResult, refit: _Refit, curve: list[dict],
+    selection: str | None = None,
 ) -> None:  # fmt: skip
     """Write the head, its test predictions, and last the record that marks it finished."""
     model, layer = entry.model, entry.layer
@@ -737,7 +844,7 @@ def _write_combo(
             "layer": layer,
             "depth": entry.depth,
             "head": head.name,
-            "selection": "val" if plan.uses_val else f"{plan.cv}-fold CV",
+            "selection": selection or ("val" if plan.uses_val else f"{plan.cv}-fold CV"),
             "protocol": plan.protocol,
             **_scores(found, refit, data.y_test),
             **data.counts,

@@ -42,6 +42,7 @@ from pipelines._figures import (
     project_2d,
     thumbnail,
 )
+from pipelines._fixed import imagenet_view
 from pipelines._results import ResultsFolder, best, best_per, frame
 from pipelines._rows import SPLIT_ORDER
 from pipelines._shots import curve_summary
@@ -233,6 +234,7 @@ def _blocks(run: dict, table, records, chosen, predictions, folder: ResultsFolde
     blocks += [("h3", "Candidates of the best combination"), _candidates_table(chosen)]
     blocks += _curves(folder, table, chosen)
     blocks += _baselines(table)
+    blocks += _imagenet_views(run, table)
     blocks += [("h2", "All combinations and chosen hyper-parameters"), _all_table(table)]
     blocks += _cost(table, records, chosen)
     blocks += [("h2", "Fit times"), ("p", _fit_time_text(table)), _fit_time_table(table)]
@@ -1049,6 +1051,32 @@ def _baselines(table: pd.DataFrame) -> list:
     return [("h2", "Baselines"),
             ("p", "Heads with a fixed classifier (nothing fitted on these samples):"),
             _Table(("model", "layer", "head", "test"), rows)]  # fmt: skip
+
+
+def _imagenet_views(run: dict, table: pd.DataFrame) -> list:
+    """For each model that stores its ImageNet classifier: the ImageNet classes it sees most
+    often in each dataset class (top-1 of every labeled sample, from the cached embedding)."""
+    cache = _open_run_cache(run)
+    if cache is None:
+        return []
+    blocks = []
+    for model in dict.fromkeys(table["model"]):
+        if model not in cache.models:
+            continue
+        classifier = cache.classifiers(model).get("imagenet")
+        if classifier is None or classifier.layer not in cache.layers(model):
+            continue
+        view = imagenet_view(cache, model)
+        if view.empty:
+            continue
+        rows = tuple((str(r["class"]), str(r["n"]), str(r["seen_as"])) for _, r in view.iterrows())
+        blocks += [("p", f"{model}: its own classifier ({classifier.source}), on the cached "
+                         f"{classifier.layer}; the top-1 class of every labeled sample, and the "
+                         "share of the class it takes."),
+                   _Table(("class", "samples", "ImageNet classes seen"), rows)]  # fmt: skip
+    if not blocks:
+        return []
+    return [("h2", "What the pretrained network sees"), *blocks]
 
 
 def _warnings(table: pd.DataFrame) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -214,6 +215,40 @@ def test_config_mismatch_fails_and_writes_nothing(images, tmp_path):
     _small(
         images, cache, layers=["layer1"], pool="max", name="resnet18-max"
     )  # under another name it is fine
+
+
+def test_resize_mode_is_part_of_the_key_and_squash_equals_a_plain_forward(images, tmp_path):
+    from featurecache.models import load_backbone
+
+    cache = tmp_path / "c.h5"
+    _small(images, cache, layers=["embedding"])
+    crop = open_cache(cache).entry("resnet18", "embedding").provenance
+    assert "resize" not in json.loads(crop["preprocessing"])  # older caches keep their key
+    with pytest.raises(
+        ConfigMismatchError, match=r"preprocessing.resize: cached \(unset\), requested squash"
+    ):
+        _small(images, cache, layers=["embedding"], resize="squash")
+    _small(images, cache, layers=["embedding"], resize="squash", name="squashed")
+    squashed = open_cache(cache)
+    assert (
+        json.loads(squashed.entry("squashed", "embedding").provenance["preprocessing"])["resize"]
+        == "squash"
+    )
+    X, status, ids = _read(cache, "squashed", "embedding")
+    model = load_backbone("resnet18", "none", image_size=SIZE).module
+    batch = []
+    for sample in ids:
+        x = F.pil_to_tensor(Image.open(images / sample).convert("RGB"))
+        batch.append(
+            F.normalize(F.resize(x, [SIZE, SIZE], antialias=True).float() / 255, MEAN, STD)
+        )
+    with torch.no_grad():
+        expected = model(torch.stack(batch)).numpy()
+    _assert_close(X, expected, "embedding")
+    with pytest.raises(
+        InvalidArgumentError, match=r"^The 'resize' parameter of extract must be one of 'crop'"
+    ):
+        _small(images, cache, layers=["embedding"], resize="stretch")
 
 
 def test_changed_dataset_is_refused(images, tmp_path):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from featurecache import open_cache
+from featurecache.models import _hf
 from featurecache.models._layers import capture, pool
+from featurecache.models._record import Resolved
 from featurecache.models._registry import load_backbone
 
 transformers = pytest.importorskip("transformers")
@@ -46,3 +51,64 @@ def test_every_hidden_state_and_the_pooled_output_equal_the_model(tiny_dinov2):
     torch.testing.assert_close(out["embedding"], expected.pooler_output, rtol=1e-5, atol=1e-5)
     mean = pool(out["hidden_states.3"], "mean", "tokens", 1)
     torch.testing.assert_close(mean, expected.hidden_states[3][:, 1:].mean(dim=1))
+
+
+def _processors():
+    """Both transformers backends and the three resize conventions of hub processors."""
+    crop = {"size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}}
+    yield transformers.BitImageProcessor(**crop, do_center_crop=True)
+    yield transformers.BitImageProcessorPil(**crop, do_center_crop=True)
+    yield transformers.ConvNextImageProcessor(size={"shortest_edge": 28})
+    yield transformers.SiglipImageProcessor(size={"height": 28, "width": 28})
+
+
+@pytest.mark.parametrize("processor", list(_processors()), ids=lambda p: type(p).__name__)
+def test_preprocessing_equals_the_image_processor(processor):
+    preprocess = _hf._preprocess(processor, Resolved(id="none"), None)
+    rng = np.random.default_rng(0)
+    for height, width in ((45, 61), (70, 37)):  # odd crop margins, both orientations
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        got = preprocess(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous())
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_the_record_uses_the_repositorys_processor(tiny_dinov2):
+    folder, _ = tiny_dinov2
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    expected = _hf._preprocess(processor, Resolved(id="none"), None)
+    assert load_backbone(f"hf:{folder}", "none").preprocess == expected
+    assert expected.crop_offset == "floor" and expected.resize_size == 32
+
+
+def test_a_model_without_class_token_pools_mean_and_refuses_cls(tmp_path):
+    from featurecache import RunOptions, extract
+    from featurecache.exceptions import InvalidArgumentError
+
+    folder = tmp_path / "siglip"
+    transformers.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=28, patch_size=14,
+    ).save_pretrained(folder)  # fmt: skip
+    transformers.SiglipImageProcessor(size={"height": 28, "width": 28}).save_pretrained(folder)
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / label / f"{i}.png")
+    common = dict(model=f"hf:{folder}", weights="none", layers=["hidden_states.2"], split="none")
+    options = RunOptions(workers=0)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^The 'pool' parameter of extract must be 'mean' for the token outputs of a model "
+        r"without a class token. Got 'cls' instead.$",
+    ):
+        extract(images, tmp_path / "c.h5", pool="cls", options=options, **common)
+    result = extract(images, tmp_path / "c.h5", options=options, **common)
+    assert result.n_ok == 4 and result.model == f"hf:{str(folder).replace('/', '--')}"
+    assert (
+        open_cache(tmp_path / "c.h5").entry(result.model, "hidden_states.2").provenance["pooling"]
+        == "mean"
+    )

@@ -24,13 +24,17 @@ def test_embedding_before_and_after_the_projection_equal_encode_image():
         torch.manual_seed(0)
         reference = open_clip.create_model("ViT-B-32", force_image_size=64).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(), capture(backbone.module, ["embedding", "embedding.proj"]) as out:
+    assert "embedding.proj.l2" in names and "embedding.proj.l2" not in backbone.default_layers
+    taps = ["embedding", "embedding.proj", "embedding.proj.l2"]
+    with torch.inference_mode(), capture(backbone.module, taps) as out:
         backbone.module(x)
     with torch.inference_mode():
+        normalized = reference.encode_image(x, normalize=True)
         projected = reference.encode_image(x)
         reference.visual.proj, proj = None, reference.visual.proj
         pooled = reference.visual(x)
     torch.testing.assert_close(out["embedding.proj"], projected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["embedding.proj.l2"], normalized, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["embedding"], pooled, rtol=1e-5, atol=1e-5)
     assert out["embedding"].shape == (2, 768) and proj.shape == (768, 512)
 

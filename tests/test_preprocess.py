@@ -73,6 +73,44 @@ def test_call_normalises_after_scaling_to_unit_range():
     torch.testing.assert_close(out[:, 0, 0], expected)
 
 
+def test_squash_resizes_both_sides_and_pad_letterboxes_with_the_mean_colour():
+    from torchvision.transforms.v2 import functional as F
+
+    image = _random_uint8((3, 20, 40))
+    crop = Preprocess.imagenet(32)
+    squash = crop.with_resize("squash")
+    assert (squash.resize, squash.resize_size, squash.crop_size) == ("squash", 32, 32)
+    expected = F.normalize(
+        F.resize(image, [32, 32], antialias=True).float() / 255, list(crop.mean), list(crop.std)
+    )
+    torch.testing.assert_close(squash(image), expected)
+    padded = crop.with_resize("pad")(image)  # 20x40 -> 16x32, 8 mean-coloured rows above and below
+    assert padded.shape == (3, 32, 32)
+    mean_colour = torch.tensor([round(255 * m) for m in crop.mean]) / 255 - torch.tensor(crop.mean)
+    mean_colour = mean_colour / torch.tensor(crop.std)
+    for rows in (padded[:, :8], padded[:, 24:]):
+        torch.testing.assert_close(rows, mean_colour[:, None, None].expand_as(rows))
+    assert padded[:, 8:24].std() > 0.5
+    assert crop.with_resize("crop") is crop
+
+
+def test_resize_and_crop_offset_at_their_defaults_keep_the_old_key():
+    p = Preprocess.imagenet(32)
+    assert "resize" not in p.to_dict() and "crop_offset" not in p.to_dict()
+    assert p.with_resize("squash").to_dict()["resize"] == "squash"
+    with pytest.raises(InvalidArgumentError, match=r"'resize' parameter .* Got 'crap'.*'crop'"):
+        p.with_resize("crap")
+
+
+def test_floor_crop_offset_starts_an_odd_margin_one_pixel_earlier():
+    image = torch.arange(9, dtype=torch.uint8).repeat(3, 9, 1) * 20  # columns 0..8
+    for offset, first in (("round", 2), ("floor", 1)):  # margin 9 - 6 = 3: round(1.5) = 2
+        p = Preprocess(resize_size=9, crop_size=6, resize="squash", crop_offset=offset)
+        out = p(image)
+        expected = (first * 20 / 255 - p.mean[0]) / p.std[0]
+        assert out[0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
+
+
 def test_one_channel_is_repeated():
     grey = _random_uint8((1, 40, 40))
     p = Preprocess.imagenet(32)

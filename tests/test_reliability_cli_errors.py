@@ -70,6 +70,23 @@ CASES = {
         ["extract", "data", "--cache", "new.h5", *EXTRACT, "--split", "halves"],
         r"--split must be 'random:FRACTION' with 0 < FRACTION < 1, or 'none'. Got 'halves' instead.",
     ),
+    "unknown resize mode": (
+        ["extract", "data", "--cache", "new.h5", *EXTRACT, "--resize", "stretch"],
+        r"--resize must be one of 'crop', 'squash', 'pad'\. Got 'stretch' instead\.",
+    ),
+    "prompts without {}": (
+        ["extract", "data", "--cache", "new.h5", *EXTRACT, "--prompts", "columns.csv"],
+        r"the prompts file 'columns.csv' must hold one template per line, each with \{\} once",
+    ),
+    "predict with neither head nor imagenet": (
+        ["predict", "data", "--out", "p.csv"],
+        r"predict takes either --head FILE or --imagenet --cache CACHE\.",
+    ),
+    "zeroshot without a text tower": (
+        ["fit", "data.h5", "--out", "new-results", "--heads", "zeroshot"],
+        r"head 'zeroshot' needs a stored zeroshot classifier and its layer; no model of cache "
+        r"'data.h5' stores one",
+    ),
     "empty folder": (
         ["extract", "empty", "--cache", "new.h5", *EXTRACT],
         r"DATA folder '.*/empty' holds no images; expected class sub-folders of images",

@@ -72,8 +72,8 @@ def _bicubic(monkeypatch) -> None:
 MISSES = {
     "weights": ({"weights": "WEIGHTS"}, r"weights_sha256: cached [0-9a-f]{64}, requested [0-9a-f]{64}"),
     "pooling": ({"pool": "avgmax"}, r"pooling: cached avg, requested avgmax"),
-    "preprocessing": ({}, r"preprocessing: cached .*\"bilinear\".*requested .*\"bicubic\""),
-    "image size": ({"image_size": 40}, r"preprocessing: cached .*\"crop_size\":32.*, requested .*\"crop_size\":40"),
+    "preprocessing": ({}, r"preprocessing.interpolation: cached bilinear, requested bicubic"),
+    "image size": ({"image_size": 40}, r"preprocessing.crop_size: cached 32, requested 40; preprocessing.resize_size: cached 37, requested 46"),
     "store dtype": ({"store_dtype": "float16"}, r"dtype: cached float32, requested float16"),
     "compute dtype": ({"dtype": "bfloat16"}, r"compute_dtype: cached float32, requested bfloat16"),
 }  # fmt: skip

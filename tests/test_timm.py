@@ -23,14 +23,16 @@ def _image(seed: int = 0, size: tuple[int, int] = (90, 70)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8), mode="RGB")
 
 
-def _reference(name: str, image_size: int | None) -> torch.nn.Module:
-    """timm's own model with the same random initialisation as load_backbone(seed=0)."""
-    kwargs = {"num_classes": 0}
-    if image_size is not None:
-        kwargs["img_size"] = image_size
+def _reference(name: str, image_size: int | None, classifier: bool = False) -> torch.nn.Module:
+    """timm's own model with the same random initialisation as load_backbone(seed=0): built
+    with its classifier, which ``reset_classifier(0)`` takes off unless ``classifier``."""
+    kwargs = {} if image_size is None else {"img_size": image_size}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return timm.create_model(name, **kwargs).eval()
+        model = timm.create_model(name, **kwargs).eval()
+    if not classifier:
+        model.reset_classifier(0)
+    return model
 
 
 def _run(backbone, x, layers):

@@ -32,6 +32,7 @@ class DemoDefaults:
 
     image_size: int | None  # None: the backbone's own input size
     heads: tuple[str, ...]
+    resize: str | None = None  # None: the backbone's own preprocessing
 
 
 DEMO_DEFAULTS = {
@@ -42,9 +43,12 @@ DEMO_DEFAULTS = {
     # 70,000 images: 96 px keeps extraction near ten minutes on 2 CPU cores. On 60,000 train rows
     # logreg takes minutes per layer, while LinearSVC took 20 min on a 320-wide layer and the RBF
     # SVM grows with the square of the rows, so both are left to benchmarks/fashion_mnist.py.
+    # The crop cuts the edges of every 28x28 garment; squashing the whole image measured better
+    # (benchmarks/README.md, "Resize modes").
     "builtin:fashion-mnist": DemoDefaults(
         image_size=96,
         heads=("logreg",),
+        resize="squash",
     ),
 }
 
@@ -71,6 +75,7 @@ def run_demo(
     heads: Sequence[str] | None = None,
     limit: int | None = None,
     image_size: int | None = None,
+    resize: str | None = None,
     cache: str | None = None,
     out: str | None = None,
     force: bool = False,
@@ -83,9 +88,9 @@ def run_demo(
     ----------
     dataset : str
         ``builtin:digits`` or ``builtin:fashion-mnist``.
-    layers, heads, image_size : optional
-        By default the backbone's default layers, and the heads and input size of
-        ``DEMO_DEFAULTS[dataset]``.
+    layers, heads, image_size, resize : optional
+        By default the backbone's default layers, and the heads, input size and resize mode
+        of ``DEMO_DEFAULTS[dataset]``.
     limit : int, optional
         Keep the first ``limit`` samples of each split (quick runs and tests).
     cache, out : str, optional
@@ -126,6 +131,7 @@ def run_demo(
         model=model,
         layers=layers,
         image_size=image_size or defaults.image_size,
+        resize=resize or defaults.resize,
         options=RunOptions(progress=progress),
     )
     pipelines.fit(

@@ -25,7 +25,7 @@ from featurecache.cache import STATUS_OK, FeatureConfig, atomic_write
 from featurecache.engines._options import DEVICES
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["predict", "write_predictions", "check_predictions_path", "COLUMNS"]
+__all__ = ["predict", "predict_imagenet", "write_predictions", "check_predictions_path", "COLUMNS"]
 
 #: The first columns of every predictions CSV; a file whose header starts so is one predict
 #: wrote, and may be replaced.
@@ -55,8 +55,120 @@ def predict(
         One row per image: ``id``, ``path``, ``status`` (``ok`` or ``failed``),
         ``reason``, ``prediction`` and ``proba_<class>`` columns when available.
     """
+    from pipelines import load_head
+
+    _check_run(batch_size, device, workers, "predict")
+    record = load_head(head)
+    dataset = _image_list(Path(images), record.class_names)
+    table, ok, X = _features(
+        dataset, record.config, record.layer, f"the head {str(head)!r}", batch_size, device,
+        workers,
+    )  # fmt: skip
+    table["prediction"] = ""
+    if ok.any():
+        _fill_predictions(table, ok, record, X)
+    return table
+
+
+def predict_imagenet(
+    images: str | os.PathLike | None,
+    cache: str | os.PathLike,
+    *,
+    model: str | None = None,
+    top: int = 5,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int | str = "auto",
+):
+    """What the pretrained network sees: its own ImageNet classes, from the cache's classifier.
+
+    Parameters
+    ----------
+    images : str, path or None
+        New images (a folder or a CSV with a ``path`` column), run through the cached model's
+        backbone; ``None`` predicts every sample already in the cache, without torch.
+    cache : str or path
+        A cache whose ``model`` stores its ``imagenet`` classifier (``featurecache extract``
+        stores it for torchvision, timm and EfficientNet-Lite backbones).
+    model : str, optional
+        The model in the cache; by default the only one that stores an ImageNet classifier.
+    top : int
+        Classes listed per image.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per image: :data:`COLUMNS` (``path`` empty for cached samples; ``prediction``
+        the top ImageNet class), ``imagenet_index``, ``confidence`` (its softmax probability)
+        and ``top`` (the ``top`` classes with their probabilities); cached samples also
+        have ``split`` and ``true_class``.
+    """
+    from pipelines import open_cache
+    from pipelines._fixed import imagenet_predictions, stored_classifier
+
+    top = check_int(top, "top", "predict_imagenet", low=1)
+    _check_run(batch_size, device, workers, "predict_imagenet")
+    opened = open_cache(cache)
+    model = _imagenet_model(opened, model)
+    if images is None:
+        table = imagenet_predictions(opened, model, top=top).assign(path="", status="ok", reason="")
+        return table[[*COLUMNS, *(c for c in table.columns if c not in COLUMNS)]]
+    classifier = stored_classifier(opened, model, "imagenet")
+    config = FeatureConfig.from_dict(opened.entry(model, classifier.layer).provenance)
+    dataset = _image_list(Path(images), opened.class_names)
+    table, ok, X = _features(
+        dataset, config, classifier.layer, f"model {model!r} of {str(cache)!r}", batch_size,
+        device, workers,
+    )  # fmt: skip
+    for column in ("prediction", "imagenet_index", "confidence", "top"):
+        table[column] = "" if column in ("prediction", "top") else np.nan
+    if ok.any():
+        from scipy.special import softmax
+
+        proba = softmax(classifier.logits(X).astype(np.float64), axis=1)
+        order = np.argsort(-proba, axis=1, kind="stable")[:, :top]
+        names = classifier.class_names
+        table.loc[ok, "prediction"] = [names[k] for k in order[:, 0]]
+        table.loc[ok, "imagenet_index"] = order[:, 0]
+        table.loc[ok, "confidence"] = proba[np.arange(len(order)), order[:, 0]]
+        table.loc[ok, "top"] = [
+            "; ".join(f"{names[k]} ({p[k]:.2f})" for k in best)
+            for best, p in zip(order, proba, strict=True)
+        ]
+    return table
+
+
+def _check_run(batch_size, device, workers, owner: str) -> None:
+    check_int(batch_size, "batch_size", owner, low=1)
+    check_choice(device, "device", owner, DEVICES)
+    check_workers(workers, "workers", owner)
+
+
+def _imagenet_model(cache, model: str | None) -> str:
+    if model is not None:
+        return model
+    stored = [m for m in cache.models if "imagenet" in cache.classifiers(m)]
+    if len(stored) != 1:
+        raise ParameterError(
+            "model", "predict_imagenet",
+            f"one of {', '.join(repr(m) for m in stored)}" if stored else
+            "a model that stores an ImageNet classifier (extract a torchvision, timm or "
+            "EfficientNet-Lite backbone)",
+            model,
+        )  # fmt: skip
+    return stored[0]
+
+
+def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, batch_size: int,
+              device: str, workers: int | str):  # fmt: skip
+    """Run the backbone of ``config`` over new images: the table, the ok rows and their features.
+
+    The backbone is rebuilt exactly (weights, image size, resize mode); weights whose digest
+    differs from ``config``'s are refused.
+    """
     import pandas as pd
 
+    from featurecache.engines._job import resize_mode
     from featurecache.engines._runner import (
         Plan,
         ShardRunner,
@@ -64,24 +176,20 @@ def predict(
         resolve_loader_workers,
     )
     from featurecache.models._registry import load_backbone
-    from pipelines import load_head
 
-    check_int(batch_size, "batch_size", "predict", low=1)
-    check_choice(device, "device", "predict", DEVICES)
-    check_workers(workers, "workers", "predict")
-    record = load_head(head)
-    config = record.config
-    dataset = _image_list(Path(images), record.class_names)
     backbone = load_backbone(
-        config.backbone, _weights_for(config), seed=config.seed, image_size=config.image_size
+        config.backbone,
+        _weights_for(config),
+        seed=config.seed,
+        image_size=config.image_size,
+        resize=resize_mode(config),
     )
     if backbone.weights_sha256 != config.weights_sha256:
         raise InvalidArgumentError(
-            f"the head {str(head)!r} was trained on {config.backbone} weights with SHA-256 "
+            f"{what} was trained on {config.backbone} weights with SHA-256 "
             f"{config.weights_sha256[:16]}…, but {config.weights} resolves to "
             f"{backbone.weights_sha256[:16]}…; provide the original weights file."
         )
-    layer = record.layer
     infos = {info.name: info for info in backbone.layers if info.name == layer}
     runner = ShardRunner(
         backbone, infos, config.pooling, config, resolve_device(device, owner="predict")
@@ -95,12 +203,9 @@ def predict(
             "path": dataset.paths,
             "status": np.where(ok, "ok", "failed"),
             "reason": result.reasons,
-            "prediction": "",
         }
     )
-    if ok.any():
-        _fill_predictions(table, ok, record, result.features[layer][ok].astype(np.float32))
-    return table
+    return table, ok, result.features[layer][ok].astype(np.float32)
 
 
 def _fill_predictions(table, ok: np.ndarray, record, X: np.ndarray) -> None:

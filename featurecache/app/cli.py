@@ -354,6 +354,7 @@ def _add_extract(sub) -> None:
         "--image-size", type=int, default=None,
         help="crop size S, 1 to 4096 (default: the weights' or the backbone's own)",
     )  # fmt: skip
+    _add_resize(parser, "the model's own preprocessing, crop for torchvision")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
         "--workers", type=workers, default=None,
@@ -390,6 +391,11 @@ def _add_extract(sub) -> None:
         "--seed", type=int, default=0, help="seed of --split and of --weights none, 0 to 2**32-1"
     )
     parser.add_argument(
+        "--prompts", default=None, metavar="FILE",
+        help="OpenCLIP models: prompt templates of the stored zero-shot classifier, one per "
+        "line with {} for the class name (default: featurecache.DEFAULT_PROMPTS)",
+    )  # fmt: skip
+    parser.add_argument(
         "--frozen-samples",
         action="store_true",
         help="refuse a dataset that differs from the cache's samples (default: new samples "
@@ -420,16 +426,28 @@ def _add_extract(sub) -> None:
     parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
 
 
+def _add_resize(parser: argparse.ArgumentParser, default: str) -> None:
+    # Checked by extract (no choices here: the modes live with the torch-side preprocessing).
+    parser.add_argument(
+        "--resize",
+        default=None,
+        help="crop|squash|pad. crop: resize the short side, then centre-crop; squash: resize "
+        f"to SxS; pad: letterbox to SxS (default: {default})",
+    )
+
+
 def _run_extract(args) -> int:
     from featurecache._extract import check_arguments, check_cache, extract
+    from featurecache.models._prompts import read_prompts
 
     _read_deprecated_workers(args)
     options, engine = _run_options(args), _engine(args)
     layers = csv_list(args.layers)
     check_arguments(
         dtype=args.dtype, store_dtype=args.store_dtype, name=args.name, layers=layers,
-        image_size=args.image_size, seed=args.seed, resplit=args.resplit,
+        image_size=args.image_size, seed=args.seed, resplit=args.resplit, resize=args.resize,
     )  # fmt: skip
+    prompts = read_prompts(args.prompts) if args.prompts else None
     with engine.session(options):  # the engine refuses what it cannot run (a device without
         pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
     check_cache(args.cache, options.locking)  # before the data is read
@@ -441,11 +459,13 @@ def _run_extract(args) -> int:
         layers=layers,
         pool=args.pool,
         image_size=args.image_size,
+        resize=args.resize,
         dtype=args.dtype,
         store_dtype=args.store_dtype,
         name=args.name,
         seed=args.seed,
         frozen_samples=args.frozen_samples,
+        prompts=prompts,
         options=options,
         engine=engine,
     )
@@ -565,6 +585,18 @@ def _run_ls(args) -> int:
                     "n_samples": int((~cache.removed).sum()),
                     "n_removed": int(cache.removed.sum()),
                     "entries": entries,
+                    "classifiers": {
+                        model: {
+                            kind: {
+                                "layer": c.layer,
+                                "n_classes": len(c.class_names),
+                                "prompts": list(c.prompts),
+                                "source": c.source,
+                            }
+                            for kind, c in cache.classifiers(model).items()
+                        }
+                        for model in cache.models
+                    },
                 },
                 default=str,
                 indent=1,
@@ -591,6 +623,13 @@ def _run_ls(args) -> int:
         if config.get("source"):
             revision = f" revision {config['revision']}" if config.get("revision") else ""
             print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
+        for kind, stored in cache.classifiers(model).items():
+            prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
+            use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"
+            print(
+                f"  {kind} classifier: reads {stored.layer}, {len(stored.class_names)} classes"
+                f"{prompts} (featurecache {use})"
+            )
         print(
             f"  {'layer':32s} {'features':>9s} {'dtype':8s} {'ok':>7s} {'failed':>7s} {'pending':>8s}"
         )
@@ -611,18 +650,39 @@ def _run_ls(args) -> int:
 
 def _add_predict(sub) -> None:
     parser = add_command(
-        sub, "predict", help="predict new images with a fitted head",
+        sub, "predict",
+        help="predict new images with a fitted head, or with the backbone's own ImageNet classes",
         description="Predict new images with a head written by `featurecache fit`: the head "
         "records the backbone, weights digest, preprocessing, pooling and layer it was fitted "
         "on, and exactly that is rebuilt. Writes a CSV: id, path, status, reason, prediction "
-        "and proba_<class> columns.",
+        "and proba_<class> columns. With --imagenet, the classifier the backbone was trained "
+        "with (stored in --cache by extract) gives its own ImageNet classes: of every cached "
+        "sample (without torch), or of IMAGES through the same backbone.",
     )  # fmt: skip
-    parser.add_argument("images", help="a folder of images or a CSV with a path column")
     parser.add_argument(
-        "--head", required=True,
-        help="a head file from `featurecache fit`, RESULTS/heads/MODEL/LAYER/HEAD.joblib "
-        "(required)",
+        "images", nargs="?", default=None,
+        help="a folder of images or a CSV with a path column (optional with --imagenet: the "
+        "cached samples by default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--head", default=None,
+        help="a head file from `featurecache fit`, RESULTS/heads/MODEL/LAYER/HEAD.joblib "
+        "(this or --imagenet, no default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--imagenet", action="store_true",
+        help="the backbone's own ImageNet classes, from the classifier stored in --cache",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache", default=None, help="with --imagenet: the cache (required with it, no default)"
+    )
+    parser.add_argument(
+        "--model", default=None,
+        help="with --imagenet: the model in the cache (default: the only one storing it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--top", type=int, default=5, help="with --imagenet: classes listed per image"
+    )
     parser.add_argument(
         "--out", required=True,
         help="output CSV; an existing file is replaced only if it holds featurecache "
@@ -641,18 +701,40 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from featurecache.app._predict import check_predictions_path, predict, write_predictions
-
-    inputs = {"the head file": args.head}
-    if os.path.isfile(args.images):
-        inputs["the IMAGES CSV"] = args.images
-    out = check_predictions_path(args.out, force=args.force, probe=True, inputs=inputs)
-    table = predict(
-        args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
+    from featurecache.app._predict import (
+        check_predictions_path,
+        predict,
+        predict_imagenet,
+        write_predictions,
     )
+    from featurecache.exceptions import InvalidArgumentError
+
+    if args.imagenet == (args.head is not None):
+        raise InvalidArgumentError("predict takes either --head FILE or --imagenet --cache CACHE.")
+    if args.imagenet and args.cache is None:
+        raise InvalidArgumentError(
+            "predict --imagenet needs --cache: the cache that stores the classifier."
+        )
+    if args.head is not None and args.images is None:
+        raise InvalidArgumentError(
+            "predict --head needs IMAGES: a folder or a CSV with a path column."
+        )
+    inputs = {"the head file": args.head, "the cache": args.cache}
+    if args.images is not None and os.path.isfile(args.images):
+        inputs["the IMAGES CSV"] = args.images
+    inputs = {name: path for name, path in inputs.items() if path is not None}
+    out = check_predictions_path(args.out, force=args.force, probe=True, inputs=inputs)
+    options = dict(batch_size=args.batch_size, device=args.device, workers=args.workers)
+    if args.imagenet:
+        table = predict_imagenet(args.images, args.cache, model=args.model, top=args.top, **options)
+    else:
+        table = predict(args.images, args.head, **options)
     write_predictions(table, out, force=args.force)
     n_failed = int((table["status"] != "ok").sum())
     print(f"predicted {len(table) - n_failed} images ({n_failed} unreadable) -> {args.out}")
+    if args.imagenet and len(table) <= 20:
+        for row in table.itertuples():
+            print(f"  {row.id}: {row.top}")
     return 0
 
 
@@ -691,6 +773,7 @@ def _add_demo(sub) -> None:
         default=None,
         help="input size S (default: the backbone's on digits; 96 on fashion-mnist)",
     )
+    _add_resize(parser, "crop on digits; squash on fashion-mnist")
     parser.add_argument(
         "--cache", default=None,
         help="cache file (default: data/cache/demo-<dataset>.h5, its folder created)",
@@ -715,6 +798,7 @@ def _run_demo(args) -> int:
         heads=csv_list(args.heads),
         limit=args.limit,
         image_size=args.image_size,
+        resize=args.resize,
         cache=args.cache,
         out=args.out,
         force=args.force,

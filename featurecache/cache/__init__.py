@@ -7,6 +7,7 @@ layout is spelled in :mod:`featurecache.cache._format` and nowhere else.
 
 from featurecache.cache._arrays import write_arrays
 from featurecache.cache._atomic import atomic_write, create_once
+from featurecache.cache._classifiers import StoredClassifier, read_classifiers, write_classifier
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import (
     FORMAT,
@@ -39,11 +40,14 @@ __all__ = [
     "SampleTable",
     "ShardMeta",
     "Store",
+    "StoredClassifier",
     "atomic_write",
     "check_config",
     "create_once",
     "locking_enabled",
     "open_cache",
+    "read_classifiers",
     "samples_digest",
     "write_arrays",
+    "write_classifier",
 ]

@@ -122,11 +122,22 @@ class FeatureConfig:
     def differences(self, other: FeatureConfig) -> list[str]:
         """``"key: self's, other's"`` for every key field that differs."""
         mine, theirs = self.key(), other.key()
-        return [
-            f"{name}: cached {_short(mine[name])}, requested {_short(theirs[name])}"
-            for name in self.KEY
-            if mine[name] != theirs[name]
-        ]
+        out = []
+        for name in self.KEY:
+            if mine[name] == theirs[name]:
+                continue
+            if isinstance(mine[name], Mapping) and isinstance(theirs[name], Mapping):
+                # one line per differing entry: "preprocessing.resize: cached crop, requested pad"
+                for key in sorted(set(mine[name]) | set(theirs[name])):
+                    a, b = mine[name].get(key, _UNSET), theirs[name].get(key, _UNSET)
+                    if a != b:
+                        out.append(f"{name}.{key}: cached {_short(a)}, requested {_short(b)}")
+            else:
+                out.append(f"{name}: cached {_short(mine[name])}, requested {_short(theirs[name])}")
+        return out
+
+
+_UNSET = "(unset)"
 
 
 def _plain(value: Any) -> Any:

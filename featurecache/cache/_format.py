@@ -35,6 +35,9 @@ __all__ = [
     "commit_log",
     "run_log",
     "shard_file",
+    "classifier_file",
+    "CLASSIFIER_KINDS",
+    "classifier_path",
     "sample_path",
     "features_path",
     "status_path",
@@ -125,6 +128,15 @@ def shard_file(index: Path, model: str, shard: int, layers: Sequence[str]) -> Pa
 
 SHARD_GLOB = "p-*/shard-*.h5"
 
+#: Classifiers stored beside a model's features: ``imagenet`` (the backbone's own classifier,
+#: removed for extraction) and ``zeroshot`` (text embeddings of the dataset's class names).
+CLASSIFIER_KINDS = ("imagenet", "zeroshot")
+
+
+def classifier_file(index: Path, model: str, kind: str) -> Path:
+    """``CACHE.h5.d/<model>/classifiers/<kind>.h5``: one write-once file per classifier."""
+    return model_dir(index, model) / "classifiers" / f"{kind}.h5"
+
 
 # -- paths inside the HDF5 files ----------------------------------------------------------
 
@@ -151,6 +163,11 @@ def failures_path(model: str, column: str) -> str:
 def shards_path(model: str, column: str | None = None) -> str:
     """``/shards/<model>`` or one of its columns (``file``, ``layer``, ``start``, ``stop``, ``sha256``)."""
     return f"shards/{model}" if column is None else f"shards/{model}/{column}"
+
+
+def classifier_path(field: str) -> str:
+    """A dataset of a classifier file: ``weight``, ``bias`` or ``class_names``."""
+    return f"classifier/{field}"
 
 
 def shard_features_path(layer: str) -> str:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from featurecache.cache import _format as fmt
+from featurecache.cache._classifiers import StoredClassifier, read_classifiers
 from featurecache.cache._folder import (
     FolderView,
     ShardReadError,
@@ -585,6 +586,22 @@ class Cache:
             f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
             "recompute it."
         )
+
+    # -- stored classifiers (issue 11) ------------------------------------------------
+
+    def classifiers(self, model: str) -> dict[str, StoredClassifier]:
+        """The fixed classifiers stored beside ``model``'s features, by kind.
+
+        ``imagenet``: the backbone's own classifier (reads ``embedding``); ``zeroshot``: the
+        text embeddings of the class names (reads ``embedding.proj``). Empty when none.
+        See :class:`featurecache.cache.StoredClassifier`.
+        """
+        if model not in self.models:
+            raise UnknownNameError(
+                f"model {model!r} is not in cache {str(self.path)!r}; it has "
+                f"{', '.join(self.models) or 'no models'}.{suggest(model, self.models)}"
+            )
+        return read_classifiers(self.path, model)
 
 
 def _order(layers: dict) -> list[str]:

@@ -15,9 +15,10 @@ from featurecache.cache import FeatureConfig, ShardMeta, Store
 from featurecache.engines._runner import Plan, ShardResult, ShardRunner
 from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
 from featurecache.models._layers import LayerInfo
+from featurecache.models._preprocess import Preprocess
 from featurecache.models._registry import LoadedBackbone, load_backbone
 
-__all__ = ["Job", "feature_config"]
+__all__ = ["Job", "feature_config", "resize_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,11 @@ class Job:
         """Load the backbone in this process and check it is the driver's, number for number."""
         config = self.config
         backbone = load_backbone(
-            config.backbone, self.weights, seed=config.seed, image_size=config.image_size
+            config.backbone,
+            self.weights,
+            seed=config.seed,
+            image_size=config.image_size,
+            resize=resize_mode(config),
         )
         rebuilt = feature_config(backbone, self.pooling, config.dtype, config.compute_dtype)
         differences = config.differences(rebuilt)
@@ -145,6 +150,11 @@ class Job:
             logger.warning("the index of read-only cache %s lags its folder", self.store.path)
             return
         self.store.rebuild_index()  # also removes temporaries of dead writers
+
+
+def resize_mode(config: FeatureConfig) -> str:
+    """The resize mode a config's features were computed with (``crop`` when unrecorded)."""
+    return Preprocess.from_dict(dict(config.preprocessing)).resize
 
 
 def feature_config(

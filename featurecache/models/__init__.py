@@ -2,6 +2,7 @@
 
 from featurecache.models._layers import LayerInfo, capture, discover_layers
 from featurecache.models._preprocess import Preprocess
+from featurecache.models._prompts import DEFAULT_PROMPTS
 from featurecache.models._registry import (
     Backbone,
     LoadedBackbone,
@@ -13,6 +14,7 @@ from featurecache.models._registry import (
 )
 
 __all__ = [
+    "DEFAULT_PROMPTS",
     "Backbone",
     "LayerInfo",
     "LoadedBackbone",

@@ -131,21 +131,36 @@ def _n_states(config: Any) -> int:
 
 
 def _crop(processor: Any) -> int:
-    crop = getattr(processor, "crop_size", None)
-    if getattr(processor, "do_center_crop", False) and crop and crop.get("height"):
-        return int(crop["height"])
-    size = processor.size
-    return int(size.get("height") or size.get("shortest_edge") or 224)
+    return _geometry(processor)[1]
+
+
+def _geometry(processor: Any) -> tuple[int, int, str]:
+    """``(resize_size, crop_size, mode)`` of the processor's resize and centre crop.
+
+    Three conventions: resize the short side then crop (``do_center_crop`` with
+    ``shortest_edge``); ConvNeXT's ``crop_pct`` (short side to ``shortest_edge / crop_pct``,
+    then a crop of ``shortest_edge``, below 384 px); or resize to ``height`` x ``width``
+    (then crop, when ``do_center_crop``).
+    """
+    size = dict(processor.size or {})
+    crop = dict(getattr(processor, "crop_size", None) or {})
+    center = bool(getattr(processor, "do_center_crop", False)) and bool(crop.get("height"))
+    edge = size.get("shortest_edge")
+    if edge and center:
+        return int(edge), int(crop["height"]), "crop"
+    if edge and getattr(processor, "crop_pct", None) and edge < 384:
+        return int(edge / processor.crop_pct), int(edge), "crop"
+    side = int(size.get("height") or edge or 224)
+    return side, int(crop["height"]) if center else side, "squash"
 
 
 def _preprocess(processor: Any, resolved: Resolved, image_size: int | None) -> Preprocess:
-    """The processor's resize, centre crop and normalisation; ``image_size`` keeps the ratio."""
-    crop = _crop(processor)
-    size = processor.size
-    if getattr(processor, "do_center_crop", False) and size.get("shortest_edge"):
-        resize, mode = int(size["shortest_edge"]), "crop"
-    else:  # resized to height x width, no crop
-        resize, mode = crop, "squash"
+    """The processor's resize, centre crop and normalisation; ``image_size`` keeps the ratio.
+
+    Processors on transformers' torchvision backend resize uint8 tensors (antialiased);
+    the others resize with PIL. Both start an odd centre-crop margin at ``(H - S) // 2``.
+    """
+    resize, crop, mode = _geometry(processor)
     if image_size is not None and image_size != crop:
         resize, crop = round(image_size * resize / crop), image_size
     resample = getattr(processor, "resample", 2)
@@ -156,8 +171,17 @@ def _preprocess(processor: Any, resolved: Resolved, image_size: int | None) -> P
         std=tuple(processor.image_std),
         interpolation=_RESAMPLE.get(int(resample), "bilinear"),
         resize=mode,
-        backend="pil",
+        backend="tensor" if _torchvision_backend(processor) else "pil",
+        crop_offset="floor",
     )
+
+
+def _torchvision_backend(processor: Any) -> bool:
+    """transformers 5 names its backend; in 4.x the torchvision processors are ``...Fast``."""
+    backend = getattr(processor, "backend", None)
+    if isinstance(backend, str):
+        return backend == "torchvision"
+    return type(processor).__name__.endswith("Fast")
 
 
 def _stages(model: nn.Module) -> list[str]:

@@ -4,22 +4,27 @@ The image tower is wrapped so that its output, the ``embedding``, is the pooled 
 the projection, and ``embedding.proj`` is the projected (CLIP-space) embedding that
 ``encode_image`` returns. Layers are the trunk's residual blocks; preprocessing is the model's
 own ``preprocess_cfg``. Pretrained weights download through the Hugging Face hub cache.
+The text tower gives the zero-shot classifier of a dataset's class names (:func:`_zeroshot`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from featurecache.exceptions import UnknownNameError, suggest
+from featurecache.cache import StoredClassifier
+from featurecache.exceptions import DownloadError, UnknownNameError, suggest
 from featurecache.models._download import hf_hub_file
 from featurecache.models._layers import LayerInfo, spread
 from featurecache.models._preprocess import Preprocess
-from featurecache.models._record import Backbone, Resolved, Source, require
+from featurecache.models._prompts import prompt_texts
+from featurecache.models._record import Backbone, Resolved, Source, first_line, require
 
 __all__ = ["SOURCE", "ImageTower"]
 
@@ -69,6 +74,7 @@ def record(name: str) -> Backbone:
         classifier="",
         stages=_stages,
         prefix_tokens=_prefix_tokens,
+        zeroshot=partial(_zeroshot, arch),
     )
 
 
@@ -107,9 +113,11 @@ class _Catalog:
 class ImageTower(nn.Module):
     """An OpenCLIP image tower: ``forward`` gives the pooled embedding before the projection.
 
-    ``embedding.proj`` runs the projection on it (``encode_image``'s output), so both are
-    captured in one pass. Towers without a separable projection return ``encode_image``'s
-    output as the embedding and have no ``embedding.proj``.
+    ``embedding.proj`` runs the projection on it (``encode_image``'s output), and
+    ``embedding.proj.l2`` is that output L2-normalised (``encode_image(normalize=True)``, what
+    CLIP compares with text embeddings); all are captured in one pass. Towers without a
+    separable projection return ``encode_image``'s output as the embedding and have no
+    ``embedding.proj``.
     """
 
     def __init__(self, visual: nn.Module) -> None:
@@ -132,16 +140,78 @@ class _Projection(nn.Module):
     def __init__(self, weight: torch.nn.Parameter) -> None:
         super().__init__()
         self.weight = weight
+        self.l2 = _L2Normalize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight
+        projected = x @ self.weight
+        self.l2(projected)  # a tap: captured when asked for, never fed forward
+        return projected
+
+
+class _L2Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, dim=-1)
 
 
 def _build(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
+    return ImageTower(_clip(arch, image_size, resolved).visual)
+
+
+def _clip(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
     open_clip = _open_clip()
     kwargs: dict[str, Any] = {"pretrained": resolved.pretrained} if resolved.pretrained else {}
-    model = open_clip.create_model(arch, force_image_size=image_size, **kwargs)
-    return ImageTower(model.visual)
+    return open_clip.create_model(arch, force_image_size=image_size, **kwargs)
+
+
+_CLASSES_PER_BATCH = 32
+
+
+def _zeroshot(
+    arch: str,
+    resolved: Resolved,
+    image_size: int,
+    seed: int,
+    class_names: Sequence[str],
+    prompts: Sequence[str],
+) -> StoredClassifier:
+    """The zero-shot classifier of ``class_names``: OpenCLIP's ``build_zero_shot_classifier``.
+
+    The CLIP model is built as :func:`load_backbone` built its image tower (the same weights,
+    or the same seed), so the classifier and the cached ``embedding.proj`` agree.
+    """
+    open_clip = _open_clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _clip(arch, image_size, resolved).eval()
+    try:
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as exc:
+        raise DownloadError(
+            f"Could not load the tokenizer of open_clip:{arch} ({first_line(exc)}). To work "
+            "offline, download it once into the Hugging Face hub cache (HF_HOME)."
+        ) from exc
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(class_names), _CLASSES_PER_BATCH):
+            batch = class_names[start : start + _CLASSES_PER_BATCH]
+            texts = [text for name in batch for text in prompt_texts(name, prompts)]
+            embedded = model.encode_text(tokenizer(texts), normalize=True)
+            mean = embedded.reshape(len(batch), len(prompts), -1).mean(dim=1)
+            rows.append(torch.nn.functional.normalize(mean, dim=-1))
+        scale = float(model.logit_scale.exp())
+        bias = getattr(model, "logit_bias", None)
+        bias = float(bias) if bias is not None else 0.0
+    return StoredClassifier(
+        kind="zeroshot",
+        layer="embedding.proj",
+        weight=torch.cat(rows).float().numpy(),
+        bias=np.full(len(class_names), bias, dtype=np.float32),
+        class_names=tuple(class_names),
+        normalize=True,
+        scale=scale,
+        prompts=tuple(prompts),
+        source=f"open_clip:{arch} text tower, weights {resolved.id}",
+    )
 
 
 def _preprocess(arch: str, tag: str, resolved: Resolved, image_size: int | None) -> Preprocess:

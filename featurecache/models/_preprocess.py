@@ -20,7 +20,15 @@ from torchvision.transforms.v2 import functional as F
 
 from featurecache.exceptions import InvalidArgumentError, suggest
 
-__all__ = ["BACKENDS", "Preprocess", "RESIZE_MODES", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "BACKENDS",
+    "CROP_OFFSETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Preprocess",
+    "RESIZE_MODES",
+    "load_image",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,8 +41,12 @@ _INTERPOLATIONS = tuple(mode.value for mode in InterpolationMode)
 #: colour.
 RESIZE_MODES = ("crop", "squash", "pad")
 #: ``tensor``: torchvision's antialiased tensor resize; ``pil``: PIL's resize, as timm, OpenCLIP
-#: and Hugging Face image processors do, so features equal the library's own transform.
+#: and Hugging Face's PIL image processors do, so features equal the library's own transform.
 BACKENDS = ("tensor", "pil")
+#: Where the centre crop starts when the margin is odd: ``round``, torchvision's
+#: ``round((H - S) / 2)`` (timm and OpenCLIP use it too); ``floor``, Hugging Face image
+#: processors' ``(H - S) // 2``.
+CROP_OFFSETS = ("round", "floor")
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,12 @@ class Preprocess:
         See :data:`RESIZE_MODES`.
     backend : {'tensor', 'pil'}
         See :data:`BACKENDS`.
+    crop_offset : {'round', 'floor'}
+        See :data:`CROP_OFFSETS`.
 
-    Fields at their defaults (``resize='crop'``, ``backend='tensor'``) are left out of
-    :meth:`to_dict`, so caches written before these fields existed keep their key.
+    Fields at their defaults (``resize='crop'``, ``backend='tensor'``, ``crop_offset='round'``)
+    are left out of :meth:`to_dict`, so caches written before these fields existed keep their
+    key.
     """
 
     resize_size: int
@@ -70,6 +85,7 @@ class Preprocess:
     antialias: bool = True
     resize: str = "crop"
     backend: str = "tensor"
+    crop_offset: str = "round"
 
     def __post_init__(self) -> None:
         for name in ("resize_size", "crop_size"):
@@ -98,7 +114,11 @@ class Preprocess:
             )
         object.__setattr__(self, "interpolation", interpolation)
         object.__setattr__(self, "antialias", bool(self.antialias))
-        for name, choices in (("resize", RESIZE_MODES), ("backend", BACKENDS)):
+        for name, choices in (
+            ("resize", RESIZE_MODES),
+            ("backend", BACKENDS),
+            ("crop_offset", CROP_OFFSETS),
+        ):
             value = getattr(self, name)
             if value not in choices:
                 raise InvalidArgumentError(
@@ -213,7 +233,7 @@ class Preprocess:
         x = self._resize(x)
         if self.resize == "pad":
             x = self._pad(x)
-        x = F.center_crop(x, [self.crop_size, self.crop_size])
+        x = self._center_crop(x)
         if self.backend == "pil":
             x = F.pil_to_tensor(x)
         x = F.to_dtype(x, torch.float32, scale=True)
@@ -232,6 +252,13 @@ class Preprocess:
             x, size, interpolation=InterpolationMode(self.interpolation), antialias=self.antialias
         )
 
+    def _center_crop(self, x: Any) -> Any:
+        height, width = F.get_size(x)
+        size = self.crop_size
+        if self.crop_offset == "round" or height < size or width < size:
+            return F.center_crop(x, [size, size])
+        return F.crop(x, (height - size) // 2, (width - size) // 2, size, size)
+
     def _pad(self, x: Any) -> Any:
         """Letterbox to the crop size with the mean colour (zero after normalisation)."""
         height, width = F.get_size(x)
@@ -243,7 +270,7 @@ class Preprocess:
 
 
 #: Fields left out of :meth:`Preprocess.to_dict` at their defaults.
-_OPTIONAL = ("resize", "backend")
+_OPTIONAL = ("resize", "backend", "crop_offset")
 
 
 def _single(size: Any) -> int:

@@ -129,6 +129,16 @@ class Backbone:
     prefix_tokens : callable, optional
         ``prefix_tokens(model) -> int``: class and register tokens before the patch tokens of
         the model's token outputs, so ``mean`` pooling averages patch tokens only.
+    remove_classifier : callable, optional
+        ``remove_classifier(model) -> module or None``: takes the classifier off the model
+        the library's own way (timm's ``reset_classifier(0)``) and returns it; ``None``
+        replaces the module at ``classifier`` by ``Identity``.
+    class_names : callable, optional
+        ``class_names(resolved, n_outputs) -> names or None``: the classes of the removed
+        classifier; ``None`` means ImageNet's 1,000 when it has 1,000 outputs.
+    zeroshot : callable, optional
+        ``zeroshot(resolved, image_size, seed, class_names, prompts) -> StoredClassifier``:
+        the zero-shot classifier of a model with a text tower (OpenCLIP).
     """
 
     name: str
@@ -147,6 +157,13 @@ class Backbone:
     classifier: str | None = None
     stages: Callable[[nn.Module], list[str]] | None = field(default=None, repr=False)
     prefix_tokens: Callable[[nn.Module], int] | None = field(default=None, repr=False)
+    remove_classifier: Callable[[nn.Module], nn.Module | None] | None = field(
+        default=None, repr=False
+    )
+    class_names: Callable[[Resolved, int], tuple[str, ...] | None] | None = field(
+        default=None, repr=False
+    )
+    zeroshot: Callable[..., Any] | None = field(default=None, repr=False)
 
     def weights_names(self) -> tuple[str, ...]:
         """Named weights, plus ``none``; a path to a state-dict file is also accepted."""

@@ -15,13 +15,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from featurecache._validation import check_choice
+from featurecache.cache import StoredClassifier
 from featurecache.exceptions import (
     InvalidArgumentError,
     UnknownNameError,
@@ -29,9 +32,15 @@ from featurecache.exceptions import (
     suggest,
 )
 from featurecache.models import _hf, _lite, _open_clip, _timm, _torchvision
-from featurecache.models._layers import DefaultRule, LayerInfo, default_rule_for, discover_layers
+from featurecache.models._layers import (
+    EMBEDDING,
+    DefaultRule,
+    LayerInfo,
+    default_rule_for,
+    discover_layers,
+)
 from featurecache.models._lite import EfficientNetLite
-from featurecache.models._preprocess import Preprocess
+from featurecache.models._preprocess import RESIZE_MODES, Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, first_line, library_version
 
 __all__ = [
@@ -40,6 +49,7 @@ __all__ = [
     "LoadedBackbone",
     "SOURCES",
     "get_backbone",
+    "imagenet_class_names",
     "list_backbones",
     "list_layers",
     "load_backbone",
@@ -238,6 +248,12 @@ class LoadedBackbone:
         Every capturable layer at ``image_size`` (see :func:`featurecache.list_layers`).
     classifier : str
         Module path of the classifier (replaced by ``Identity`` unless kept).
+    imagenet : StoredClassifier, optional
+        The removed classifier (its ``Linear``, with ImageNet's class names), which reads
+        ``embedding``; ``None`` when kept, absent, or not loaded from a weights file.
+    zeroshot : callable, optional
+        ``zeroshot(class_names, prompts) -> StoredClassifier``: the zero-shot classifier of
+        models with a text tower (OpenCLIP), built from the same weights.
     source : str
         ``torchvision``, ``embedded``, ``timm``, ``open_clip``, ``hf`` (or ``user``).
     library : str
@@ -260,6 +276,10 @@ class LoadedBackbone:
     source: str = "torchvision"
     library: str = ""
     revision: str = ""
+    imagenet: StoredClassifier | None = field(default=None, repr=False)
+    zeroshot: Callable[[Sequence[str], Sequence[str]], StoredClassifier] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 def load_backbone(
@@ -268,6 +288,7 @@ def load_backbone(
     *,
     seed: int = 0,
     image_size: int | None = None,
+    resize: str | None = None,
     keep_classifier: bool = False,
 ) -> LoadedBackbone:
     """Build a frozen feature extractor.
@@ -286,6 +307,10 @@ def load_backbone(
     image_size : int, optional
         Input side ``S``. Defaults to the named weights' crop size, else the backbone's
         native size (224; EfficientNet-Lite1 240, Lite2 260).
+    resize : {'crop', 'squash', 'pad'}, optional
+        How an image becomes a square (:data:`featurecache.models.RESIZE_MODES`); the
+        model's own preprocessing when omitted (``crop`` for torchvision and
+        EfficientNet-Lite).
     keep_classifier : bool
         Keep the classifier (the module then returns logits).
 
@@ -313,6 +338,10 @@ def load_backbone(
         )
     resolved = _resolve_weights(backbone, weights)
     preprocess = _preprocess(backbone, resolved, image_size)
+    if resize is not None:
+        preprocess = preprocess.with_resize(
+            check_choice(resize, "resize", "load_backbone", RESIZE_MODES)
+        )
     image_size = preprocess.crop_size
 
     with torch.random.fork_rng(devices=[]):
@@ -328,10 +357,14 @@ def load_backbone(
             ) from exc
     # "" declares a model without classifier (an image tower)
     classifier = _classifier_path(model) if backbone.classifier is None else backbone.classifier
+    head_loaded = True
     if resolved.path is not None:
-        _load_file(model, backbone, resolved.path, classifier, keep_classifier)
-    if not keep_classifier and classifier and classifier in dict(model.named_modules()):
-        model.set_submodule(classifier, nn.Identity())
+        head_loaded = _load_file(model, backbone, resolved.path, classifier, keep_classifier)
+    imagenet = None
+    if not keep_classifier:
+        head = _remove_classifier(backbone, model, classifier)
+        if head_loaded:  # a file without the classifier's tensors leaves it random
+            imagenet = _imagenet_classifier(backbone, resolved, head, classifier)
     model.eval()
     model.requires_grad_(False)
 
@@ -353,7 +386,56 @@ def load_backbone(
         if backbone.library
         else "",
         revision=resolved.revision,
+        imagenet=imagenet,
+        zeroshot=partial(backbone.zeroshot, resolved, image_size, seed)
+        if backbone.zeroshot is not None
+        else None,
     )
+
+
+def _remove_classifier(backbone: Backbone, model: nn.Module, classifier: str) -> nn.Module | None:
+    """Take the classifier off (the library's way, else ``Identity`` in its place); return it."""
+    if backbone.remove_classifier is not None:
+        return backbone.remove_classifier(model)
+    modules = dict(model.named_modules())
+    if not classifier or classifier not in modules:
+        return None
+    model.set_submodule(classifier, nn.Identity())
+    return modules[classifier]
+
+
+def _imagenet_classifier(
+    backbone: Backbone, resolved: Resolved, head: nn.Module | None, path: str
+) -> StoredClassifier | None:
+    """The removed ``Linear`` as a stored classifier of ``embedding``, when its classes are known."""
+    if not isinstance(head, nn.Linear):
+        return None
+    n_outputs = head.out_features
+    names_of = backbone.class_names or imagenet_class_names
+    names = names_of(resolved, n_outputs)
+    if names is None:
+        return None
+    bias = head.bias if head.bias is not None else torch.zeros(n_outputs)
+    return StoredClassifier(
+        kind="imagenet",
+        layer=EMBEDDING,
+        weight=head.weight.detach().float().cpu().numpy(),
+        bias=bias.detach().float().cpu().numpy(),
+        class_names=names,
+        source=f"{backbone.name} {path or 'classifier'}, weights {resolved.id}",
+    )
+
+
+def imagenet_class_names(resolved: Resolved, n_outputs: int) -> tuple[str, ...] | None:
+    """The categories of torchvision weights; ImageNet-1k's for any other 1,000-way classifier."""
+    if resolved.enum is not None:
+        categories = resolved.enum.meta.get("categories") or ()
+        return tuple(categories) if len(categories) == n_outputs else None
+    if n_outputs != 1000:
+        return None
+    import torchvision
+
+    return tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def _preprocess(backbone: Backbone, resolved: Resolved, image_size: int | None) -> Preprocess:
@@ -461,17 +543,30 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 def _load_file(
     model: nn.Module, backbone: Backbone, path: str, classifier: str, keep_classifier: bool
-) -> None:
-    """Load a state dict, with or without the classifier's keys, into the full model."""
+) -> bool:
+    """Load a state dict, with or without the classifier's keys, into the full model.
+
+    Returns whether the classifier's tensors were loaded (a file may lack them, or hold a
+    classifier of another size, when the classifier is not kept).
+    """
     state_dict = _read_state_dict(path)
     if backbone.adapt_state_dict is not None:
         state_dict = backbone.adapt_state_dict(state_dict)
     prefix = classifier + "."
     expected = set(model.state_dict())
+    head_loaded = True
     if not keep_classifier and classifier:
-        # The classifier is replaced anyway; its size may differ (a fine-tuned model).
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-        expected = {k for k in expected if not k.startswith(prefix)}
+        # The classifier is removed anyway; its size may differ (a fine-tuned model).
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        theirs = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        head_loaded = (
+            bool(own)
+            and set(own) == set(theirs)
+            and all(theirs[k].shape == v.shape for k, v in own.items())
+        )
+        if not head_loaded:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+            expected = {k for k in expected if not k.startswith(prefix)}
     missing = sorted(expected - set(state_dict))
     unexpected = sorted(set(state_dict) - set(model.state_dict()))
     if missing or unexpected:
@@ -488,6 +583,7 @@ def _load_file(
         raise InvalidArgumentError(
             f"The weights file {path} does not fit {backbone.name}: {detail[:300]}"
         ) from exc
+    return head_loaded
 
 
 def state_dict_sha256(module: nn.Module) -> str:

@@ -1,7 +1,8 @@
 """The timm source: ``timm:NAME`` for any name of ``timm.list_models()`` (tags allowed).
 
-The model is built with ``num_classes=0``, so its output is ``forward_head(x, pre_logits=True)``
-(the ``embedding``). Preprocessing is the model's ``pretrained_cfg`` through timm's data config;
+The model is built with its classifier, which is kept as the stored ImageNet classifier and
+taken off with ``reset_classifier(0)`` (the model ``num_classes=0`` builds), so its output is
+``forward_head(x, pre_logits=True)`` (the ``embedding``). Preprocessing is the model's ``pretrained_cfg`` through timm's data config;
 the stages are the modules of its ``feature_info`` (what ``forward_intermediates`` returns).
 Pretrained weights download through the Hugging Face hub cache. timm is imported only when a
 ``timm:`` name is used (the ``[timm]`` extra).
@@ -64,7 +65,30 @@ def record(name: str) -> Backbone:
         classifier=(cfg.classifier if cfg is not None else None) or "head",
         stages=_stages,
         prefix_tokens=_prefix_tokens,
+        remove_classifier=_remove_classifier,
+        class_names=partial(_class_names, cfg),
     )
+
+
+def _remove_classifier(model: nn.Module) -> nn.Module | None:
+    head = model.get_classifier()
+    model.reset_classifier(0)
+    return head
+
+
+def _class_names(cfg: Any, resolved: Resolved, n_outputs: int) -> tuple[str, ...] | None:
+    """The ImageNet subset timm infers from the pretrained config (1k, 22k…), if it has ``n_outputs``."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(cfg) if cfg is not None else None
+    if subset is None and n_outputs == 1000:
+        subset = "imagenet-1k"
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    if info.num_classes() != n_outputs:
+        return None
+    return tuple(info.label_descriptions())
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,7 @@ def _native_size(cfg: Any) -> int:
 
 
 def _build(name: str, fixed_size: bool, image_size: int, resolved: Resolved) -> nn.Module:
-    kwargs: dict[str, Any] = {"num_classes": 0}
+    kwargs: dict[str, Any] = {}
     if fixed_size:
         kwargs["img_size"] = image_size  # position embeddings: resampled from the weights
     if resolved.pretrained:
