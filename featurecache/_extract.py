@@ -16,8 +16,13 @@ from featurecache.cache import Store, check_config
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
 from featurecache.engines._local import LocalEngine
-from featurecache.engines._options import COMPUTE_DTYPE_NAMES, STORE_DTYPES, RunOptions
-from featurecache.engines._runner import Plan
+from featurecache.engines._options import (
+    COMPUTE_DTYPE_NAMES,
+    DECODE_MODES,
+    STORE_DTYPES,
+    RunOptions,
+)
+from featurecache.engines._runner import Plan, resolve_decode
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._registry import load_backbone
 
@@ -67,6 +72,7 @@ def extract(
     image_size: int | None = None,
     dtype: str = "auto",
     store_dtype: str = "float32",
+    decode: str = "auto",
     name: str | None = None,
     split: str | None = None,
     seed: int = 0,
@@ -103,6 +109,12 @@ def extract(
         bfloat16 where the engine's device supports it and float32 elsewhere.
     store_dtype : {"float32", "float16"}
         Dtype of the stored features.
+    decode : {"auto", "exact", "fast", "gpu"}
+        How image files become pixels. ``exact`` decodes at full size; ``fast`` decodes a
+        JPEG at least twice the resize target at 1/2, 1/4 or 1/8 scale in the DCT domain
+        first (faster; pixels change slightly); ``gpu`` decodes JPEG batches with nvJPEG on
+        a CUDA device, other images as ``exact``. ``auto`` keeps the cached model's, else
+        ``DEFAULT_DECODE``. Arrays in memory are never decoded.
     name : str, optional
         Name of the model in the cache; the backbone name by default.
     split : str, optional
@@ -134,8 +146,8 @@ def extract(
     with engine.session(options) as session:
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
-            image_size=image_size, dtype=dtype, store_dtype=store_dtype, name=name, split=split,
-            seed=seed, options=options, session=session,
+            image_size=image_size, dtype=dtype, store_dtype=store_dtype, decode=decode, name=name,
+            split=split, seed=seed, options=options, session=session,
         )  # fmt: skip
         with job.store.lock_model(job.model):
             plan = job.plan()
@@ -160,15 +172,15 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 
 def prepare(
-    data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
-    seed, options: RunOptions, session: Session,
+    data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, decode, name,
+    split, seed, options: RunOptions, session: Session,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table and register the model.
 
     The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
     written unless every check passes.
     """
-    _check_settings(dtype, store_dtype, name)
+    _check_settings(dtype, store_dtype, decode, name)
     store = Store(cache, locking=options.locking)
     store.check_path()
     dataset = load_dataset(data, split=split, seed=seed)
@@ -181,7 +193,10 @@ def prepare(
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
     model_name = name or model
     previous = store.read_config(model_name) if store.has_samples() else None
-    config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
+    config = feature_config(
+        backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous),
+        resolve_decode(decode, session.device, previous, files=dataset.paths is not None),
+    )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
     store.create_samples(dataset, options.shard_size)
@@ -241,9 +256,10 @@ def _check_execution(
     return options, engine
 
 
-def _check_settings(dtype, store_dtype, name) -> None:
+def _check_settings(dtype, store_dtype, decode, name) -> None:
     check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
     check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
+    check_choice(decode, "decode", "extract", ("auto", *DECODE_MODES))
     if name is not None and not (isinstance(name, str) and _NAME.match(name)):
         raise ParameterError(
             "name", "extract", "letters, digits and _.+- (it names a folder)", name

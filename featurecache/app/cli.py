@@ -17,7 +17,13 @@ from collections.abc import Iterator, Sequence
 
 from featurecache import __version__
 from featurecache._validation import ParameterError
-from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEVICES, STORE_DTYPES
+from featurecache.engines._options import (
+    COMPUTE_DTYPE_NAMES,
+    DECODE_MODES,
+    DEFAULT_DECODE,
+    DEVICES,
+    STORE_DTYPES,
+)
 from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["main", "build_parser"]
@@ -207,6 +213,14 @@ def _add_extract(sub) -> None:
     )
     parser.add_argument("--store-dtype", default="float32", choices=STORE_DTYPES)
     parser.add_argument(
+        "--decode",
+        default="auto",
+        choices=("auto", *DECODE_MODES),
+        help="how JPEG files become pixels: exact, fast (DCT-domain downscaling of large "
+        "JPEGs), gpu (nvJPEG on a CUDA device); auto keeps the cached model's, else "
+        f"{DEFAULT_DECODE}. Part of the cache key",
+    )
+    parser.add_argument(
         "--name", default=None, help="name of the model in the cache (default: the backbone)"
     )
     parser.add_argument(
@@ -246,6 +260,7 @@ def _run_extract(args) -> int:
         image_size=args.image_size,
         dtype=args.dtype,
         store_dtype=args.store_dtype,
+        decode=args.decode,
         name=args.name,
         split=args.split,
         seed=args.seed,

@@ -88,7 +88,9 @@ class Job:
         backbone = load_backbone(
             config.backbone, self.weights, seed=config.seed, image_size=config.image_size
         )
-        rebuilt = feature_config(backbone, self.pooling, config.dtype, config.compute_dtype)
+        rebuilt = feature_config(
+            backbone, self.pooling, config.dtype, config.compute_dtype, config.decode
+        )
         differences = config.differences(rebuilt)
         if differences:
             raise ConfigMismatchError(
@@ -139,7 +141,11 @@ class Job:
 
 
 def feature_config(
-    backbone: LoadedBackbone, pooling: str, store_dtype: str, compute_dtype: str
+    backbone: LoadedBackbone,
+    pooling: str,
+    store_dtype: str,
+    compute_dtype: str,
+    decode: str = "exact",
 ) -> FeatureConfig:
     """The cache key of a loaded backbone's features, with its provenance."""
     return FeatureConfig(
@@ -149,6 +155,7 @@ def feature_config(
         pooling=pooling,
         dtype=store_dtype,
         compute_dtype=compute_dtype,
+        decode=decode,
         weights=backbone.weights,
         seed=backbone.seed,
         image_size=backbone.image_size,

@@ -6,12 +6,23 @@ from dataclasses import dataclass
 
 from featurecache._validation import ParameterError, check_choice, check_int, check_workers
 
-__all__ = ["RunOptions", "DEVICES", "COMPUTE_DTYPE_NAMES", "STORE_DTYPES"]
+__all__ = [
+    "RunOptions",
+    "DEVICES",
+    "COMPUTE_DTYPE_NAMES",
+    "STORE_DTYPES",
+    "DECODE_MODES",
+    "DEFAULT_DECODE",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Names the command line offers without importing torch.
 COMPUTE_DTYPE_NAMES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
+#: How image files become pixels (:mod:`featurecache.models._decode`); part of the cache key.
+DECODE_MODES = ("exact", "fast", "gpu")
+#: The decode mode of a new model when ``decode="auto"``.
+DEFAULT_DECODE = "exact"
 _OWNER = "RunOptions"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -138,6 +139,12 @@ class Preprocess:
             )
         return cls(**data)
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` of an image of this size after the resize, before the crop."""
+        short, long = sorted((height, width))
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Preprocess one image.
 
@@ -182,7 +189,9 @@ def _single(size: Any) -> int:
     return int(size)
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike, reduce_to: Callable[[int, int], tuple[int, int]] | None = None
+) -> torch.Tensor:
     """Read an image file as an RGB ``uint8`` tensor of shape ``(3, H, W)``.
 
     Greyscale, palette, CMYK and other modes are converted to RGB; 16- and 32-bit integer
@@ -190,6 +199,21 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     (RGBA, LA, palette with transparency) are composited on white. Animated images give their
     first frame. PIL's decompression-bomb limit applies and truncated files are refused.
     EXIF orientation is not applied (like torchvision's ``ImageFolder`` loader).
+
+    Parameters
+    ----------
+    path : str or path
+    reduce_to : callable, optional
+        ``(width, height) -> (width, height)``: the smallest size the caller needs. A JPEG
+        file is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's
+        ``Image.draft``), the largest reduction that stays at least that size; other
+        formats decode at full size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``uint8`` of shape ``(3, H, W)``, stored channels-last (a view of the decoded
+        ``(H, W, 3)`` pixels, which the antialiased resize reads fastest).
 
     Raises
     ------
@@ -208,11 +232,14 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.seek(0)
+            if reduce_to is not None:
+                img.draft(None, reduce_to(*img.size))  # a no-op for formats other than JPEG
             img.load()
             rgb = _to_rgb(img)
+            pixels = np.array(rgb, dtype=np.uint8)
     except Exception as exc:  # any decoder failure is a reason to skip this sample
         raise InvalidArgumentError(_reason(exc)) from exc
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -227,7 +254,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 _REASONS = (

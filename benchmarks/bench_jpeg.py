@@ -1,0 +1,196 @@
+"""Extraction from a folder of JPEG photos against its two limits: decoding and the forward pass.
+
+Interleaved, best of ``--repeats``, on a deterministic folder of photo-sized JPEGs
+(``jpeg_folder.py``: crops and rescales of scikit-learn's sample photos, 400-1,200 px a
+side, quality 90):
+
+(a) ``featurecache.extract`` from the folder, everything included (model set-up, decoding,
+    preprocessing, forward, pooling, shard files, index);
+(b) decode + preprocess alone: the extractor's own data loader with the same number of
+    processes, no forward;
+(c) the bare forward (``model(x)``, channels_last, the compute dtype ``--dtype`` resolves to)
+    on tensors preprocessed beforehand.
+
+The limit: on the CPU, decoding and the forward share the same cores, so an image costs the
+time of both, limit = 1 / (1/b + 1/c), with (b) measured on every core (``--cpus``); on a
+GPU host decoding runs on other cores than the forward, limit = min(b, c). The figure of merit
+is (a) / limit.
+
+    python benchmarks/bench_jpeg.py --n-images 256 --model resnet18
+    python benchmarks/bench_jpeg.py --n-images 1536 --decode fast --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from jpeg_folder import make_jpeg_folder
+
+from featurecache import RunOptions, extract, load_backbone, load_dataset
+from featurecache.engines._runner import (
+    COMPUTE_DTYPES,
+    data_loader,
+    resolve_device,
+    resolve_dtype,
+    resolve_loader_workers,
+)
+
+
+def time_extract(folder: Path, args, workers: int | str) -> float:
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        extract(
+            folder, Path(cache) / "bench.h5", model=args.model, weights=args.weights,
+            image_size=args.image_size, dtype=args.dtype, decode=args.decode, split="none",
+            options=RunOptions(batch_size=args.batch_size, workers=workers, device=args.device),
+        )  # fmt: skip
+        return time.perf_counter() - started
+
+
+def time_decode(dataset, preprocess, decode: str, batch_size: int, workers: int) -> float:
+    """Decode + preprocess every image through the extractor's loader, nothing else."""
+    started = time.perf_counter()
+    for _ in data_loader(dataset, preprocess, decode, batch_size, workers, pin_memory=False):
+        pass
+    return time.perf_counter() - started
+
+
+def time_forward(model, batches, device: torch.device, dtype: torch.dtype) -> float:
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    started = time.perf_counter()
+    with torch.inference_mode(), autocast:
+        for x in batches:
+            model(x.to(device, non_blocking=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def preprocessed_batches(dataset, preprocess, decode: str, batch_size: int, device):
+    batches = []
+    for _, images, ok, reasons, _, _ in data_loader(
+        dataset, preprocess, decode, batch_size, 0, pin_memory=False
+    ):
+        if not ok.all():
+            raise RuntimeError(f"undecodable benchmark image: {reasons}")
+        x = images.contiguous(memory_format=torch.channels_last)
+        batches.append(x.pin_memory() if device.type == "cuda" else x)
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--weights", default="none", help="random weights by default")
+    parser.add_argument("--n-images", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
+    parser.add_argument("--decode", default="exact", help="exact|fast|gpu")
+    parser.add_argument("--workers", default="auto", help="extract's loader processes")
+    parser.add_argument(
+        "--cpus", type=int, default=len(os.sched_getaffinity(0)), help="cores for the CPU limit"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="best of N (after a warm-up)")
+    parser.add_argument("--folder", default=None, help="keep the JPEG folder here (reused)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    workers = args.workers if args.workers == "auto" else int(args.workers)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = make_jpeg_folder(Path(args.folder or scratch) / "jpegs", args.n_images)
+        figures = run(folder, args, workers)
+    report(figures, args)
+
+
+def run(folder: Path, args, workers: int | str) -> dict:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    backbone = load_backbone(args.model, args.weights, image_size=args.image_size)
+    dataset = load_dataset(folder, split="none")
+    n_loaders = resolve_loader_workers(workers, dataset, device=device)
+    preprocess = backbone.preprocess
+    decode_cpu = "exact" if args.decode == "gpu" else args.decode
+    model = backbone.module.eval().to(device).to(memory_format=torch.channels_last)
+    batches = preprocessed_batches(dataset, preprocess, decode_cpu, args.batch_size, device)
+
+    methods = {
+        "(a) featurecache extract": lambda: time_extract(folder, args, workers),
+        f"(b) decode + preprocess, {n_loaders} processes": lambda: time_decode(
+            dataset, preprocess, decode_cpu, args.batch_size, n_loaders
+        ),
+        "(c) bare forward, preprocessed tensors": lambda: time_forward(
+            model, batches, device, COMPUTE_DTYPES[dtype]
+        ),
+    }
+    if device.type == "cpu" and args.cpus != n_loaders:
+        methods[f"(b) decode + preprocess, {args.cpus} processes"] = lambda: time_decode(
+            dataset, preprocess, decode_cpu, args.batch_size, args.cpus
+        )
+    for fn in methods.values():
+        fn()  # warm-up: page cache, loader start-up, kernels
+    timings = {name: [] for name in methods}
+    for _ in range(args.repeats):  # round robin: every method sees the same machine load
+        for name, fn in methods.items():
+            timings[name].append(fn())
+    rates = {name: len(dataset) / min(values) for name, values in timings.items()}
+    forward = rates["(c) bare forward, preprocessed tensors"]
+    if device.type == "cpu":
+        decode = rates[[name for name in rates if name.endswith(f" {args.cpus} processes")][0]]
+        limit, rule = 1 / (1 / decode + 1 / forward), "1 / (1/decode + 1/forward), shared cores"
+    else:
+        decode = rates[f"(b) decode + preprocess, {n_loaders} processes"]
+        limit, rule = min(decode, forward), "min(decode, forward), decoding on other cores"
+    return {
+        "rates": rates,
+        "limit": limit,
+        "limit_rule": rule,
+        "ratio": rates["(a) featurecache extract"] / limit,
+        "device": str(device),
+        "compute_dtype": dtype,
+        "loaders": n_loaders,
+        "n_images": len(dataset),
+        "megapixels": _megapixels(dataset),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _megapixels(dataset) -> float:
+    from PIL import Image
+
+    total = 0
+    for path in dataset.paths:
+        with Image.open(path) as image:
+            total += image.width * image.height
+    return total / len(dataset) / 1e6
+
+
+def report(figures: dict, args) -> None:
+    print(
+        f"\n{args.model} ({args.weights} weights), {figures['n_images']} JPEGs "
+        f"({figures['megapixels']:.2f} MP on average), {args.image_size}px, batch "
+        f"{args.batch_size}, decode {args.decode}, {figures['compute_dtype']} on "
+        f"{figures['device']} ({platform.processor() or platform.machine()}, "
+        f"{figures['threads']} threads), {figures['loaders']} loader processes"
+    )
+    print(f"{'step':48s} {'img/s':>8s}")
+    for name, rate in figures["rates"].items():
+        print(f"{name:48s} {rate:8.1f}")
+    print(f"{'limit: ' + figures['limit_rule']:48s} {figures['limit']:8.1f}")
+    print(f"\nextract / limit = {figures['ratio']:.2f}  (target >= 0.91, i.e. <= 1.1x the time)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), **figures}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""How image files become pixels: the decode modes of a feature configuration.
+
+- ``exact``: the full-size decode of :func:`load_image` (what every cache written before
+  decode modes existed used).
+- ``fast``: a JPEG file at least twice the resize target in both directions is decoded at
+  1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled IDCT, PIL's ``Image.draft``),
+  then resized exactly as ``exact`` does. Pixels change slightly (the reduction averages
+  8x8 blocks where the resize would filter), so the mode is part of the cache key. Smaller
+  JPEGs and other formats decode as ``exact``.
+- ``gpu``: loader processes only read JPEG bytes; each batch is decoded with nvJPEG on the
+  CUDA device (``torchvision.io.decode_jpeg``) and preprocessed there. Files the GPU path
+  cannot take (not a baseline or progressive 8-bit JPEG with 1 or 3 YCbCr components:
+  CMYK, Adobe RGB, 12-bit, arithmetic-coded, truncated or trailing data; or any image
+  nvJPEG refuses) decode as ``exact`` on the CPU, and fail there with its reasons.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+
+from featurecache.models._preprocess import Preprocess, load_image
+
+__all__ = ["read_image", "read_jpeg_bytes", "gpu_decodable", "decode_jpegs"]
+
+#: Start-of-frame markers nvJPEG decodes: baseline, extended (8-bit) and progressive Huffman.
+_GPU_FRAMES = (0xC0, 0xC1, 0xC2)
+_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every SOFn marker
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}
+
+
+def read_image(path: str | os.PathLike, preprocess: Preprocess, decode: str) -> torch.Tensor:
+    """Decode ``path`` as ``decode`` asks (``exact``, or ``fast`` for large JPEGs).
+
+    ``gpu`` reads as ``exact``: it is the CPU fall-back of the GPU path.
+    """
+    if decode == "fast":
+        return load_image(path, reduce_to=partial(_draft_size, preprocess))
+    return load_image(path)
+
+
+def _draft_size(preprocess: Preprocess, width: int, height: int) -> tuple[int, int]:
+    """The size the resize produces: the decode may shrink the image down to it, not below."""
+    new_height, new_width = preprocess.resized_size(height, width)
+    return max(1, new_width), max(1, new_height)
+
+
+def read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
+    """The file's bytes as a ``uint8`` tensor when the GPU can decode it, else ``None``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None  # the CPU path reports the reason
+    if not gpu_decodable(data):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def gpu_decodable(data: bytes) -> bool:
+    """Whether nvJPEG decodes this JPEG as PIL would, judged from its markers.
+
+    True for a complete (ends with the EOI marker) baseline or progressive 8-bit JPEG
+    with 1 or 3 components, and no Adobe marker declaring RGB or CMYK components.
+    """
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return False
+    position, adobe_transform = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _STANDALONE:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position + 4 : position + 2 + length]
+        if marker == 0xEE and segment[:5] == b"Adobe" and len(segment) >= 12:
+            adobe_transform = segment[11]
+        if marker in _FRAMES:
+            if len(segment) < 6:
+                return False
+            precision, components = segment[0], segment[5]
+            if marker not in _GPU_FRAMES or precision != 8 or components not in (1, 3):
+                return False
+            return not (components == 3 and adobe_transform == 0)  # Adobe RGB, not YCbCr
+        position += 2 + length
+    return False
+
+
+def decode_jpegs(
+    encoded: Sequence[torch.Tensor], device: torch.device
+) -> list[torch.Tensor | Exception]:
+    """Decode JPEG bytes on ``device`` as RGB ``uint8 (3, H, W)`` tensors.
+
+    The batch is decoded in one call; when that call fails, each image is decoded alone,
+    so one bad image costs only itself. A failed image's entry is its exception.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not encoded:
+        return []
+    decode = partial(decode_jpeg, mode=ImageReadMode.RGB, device=device)
+    try:
+        return list(decode(list(encoded)))
+    except Exception:  # one bad image fails the whole call: find it
+        results: list[torch.Tensor | Exception] = []
+        for data in encoded:
+            try:
+                results.append(decode(data))
+            except Exception as error:
+                results.append(error)
+        return results
