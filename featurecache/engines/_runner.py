@@ -142,11 +142,15 @@ class ShardRunner:
         if layers not in self._models:
             size = self.backbone.image_size
             generator = torch.Generator().manual_seed(0)
-            probe = torch.randn(2, 3, size, size, generator=generator).to(self.device)
+            probe = torch.randn(1, 3, size, size, generator=generator).to(self.device)
             if self.device.type in ("cpu", "cuda"):
                 probe = probe.contiguous(memory_format=torch.channels_last)
-            self._models[layers] = fuse_conv_bn(self.module, layers, probe)
+            self._models[layers] = fuse_conv_bn(self.module, layers, probe, stop=self._stop(layers))
         return self._models[layers]
+
+    def _stop(self, layers: Iterable[str]) -> str | None:
+        """The layer after which forward passes end: the deepest requested, with early exit."""
+        return deepest(self.infos[layer] for layer in layers) if self.early_exit else None
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -223,7 +227,7 @@ class ShardRunner:
         shard_iter = iter(shards)
         current = None
         module = self.model_for(tuple(layers))
-        stop = deepest(self.infos[layer] for layer in layers) if self.early_exit else None
+        stop = self._stop(layers)
         with (
             torch.inference_mode(),
             capture(module, layers) as outputs,

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from functools import partial
 
@@ -30,6 +31,7 @@ __all__ = ["read_image", "read_jpeg_bytes", "gpu_decodable", "decode_jpegs"]
 _GPU_FRAMES = (0xC0, 0xC1, 0xC2)
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every SOFn marker
 _STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}
+_DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
 def read_image(path: str | os.PathLike, preprocess: Preprocess, decode: str) -> torch.Tensor:
@@ -102,18 +104,25 @@ def decode_jpegs(
     The batch is decoded in one call; when that call fails, each image is decoded alone,
     so one bad image costs only itself. A failed image's entry is its exception.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     if not encoded:
         return []
-    decode = partial(decode_jpeg, mode=ImageReadMode.RGB, device=device)
     try:
-        return list(decode(list(encoded)))
+        return list(_decode_jpeg(list(encoded), device))
     except Exception:  # one bad image fails the whole call: find it
         results: list[torch.Tensor | Exception] = []
         for data in encoded:
             try:
-                results.append(decode(data))
+                results.append(_decode_jpeg(data, device))
             except Exception as error:
                 results.append(error)
         return results
+
+
+def _decode_jpeg(data, device: torch.device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; until
+        # featurecache depends on TorchCodec, torchvision's nvJPEG binding is the one we test.
+        warnings.filterwarnings("ignore", _DEPRECATED, DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
