@@ -19,13 +19,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(CONSTRAINTS) $(TORCH_PINS)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,ray,dask]" $(TORCH_PINS)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,ray,dask,timm,clip,hf]" $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: install
 	$(VENV)/bin/featurecache demo
 
 test: install
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		>/dev/null 2>&1 || echo "no chromium (needs apt-get as root): the report's browser test is skipped"
 	$(VENV)/bin/ruff check featurecache pipelines tests benchmarks
 	$(PY) -m pytest -q
 

@@ -13,6 +13,10 @@ Both use the same estimator settings, folds and number of workers. The target
 is a speed-up of at least 2x while the C chosen by pipelines has a CV score
 (as measured by the plain search) within 0.002 of the plain search's best.
 
+Then the fast probes on the same folds and workers (skip them with ``--skip-probes``):
+``pipelines.search("ridge", ...)`` (exact CV over its 19 alphas) and
+``pipelines.search("knn", ...)`` (24 (k, T) pairs), each with its default grid.
+
     python benchmarks/bench_heads.py                     # 60,000 x 1,280
     python benchmarks/bench_heads.py --n-samples 12000    # quicker
 """
@@ -90,6 +94,26 @@ def plain_search(X, y, grid, cv, seed, jobs):
     return search
 
 
+def time_probes(X, y, args) -> dict:
+    """Seconds, chosen parameters and CV score of ridge and knn with their default grids."""
+    import pipelines
+
+    figures = {}
+    print(f"\n{'probe':<8} {'candidates':>10} {'seconds':>9} {'best CV':>9}  chosen")
+    for name in ("ridge", "knn"):
+        start = time.perf_counter()
+        found = pipelines.search(name, X, y, cv=args.cv, seed=args.seed, n_jobs=args.jobs)
+        seconds = time.perf_counter() - start
+        chosen = {k: v for k, v in found.params.items() if k != "pca"}
+        print(
+            f"{name:<8} {len(found.candidates):>10} {seconds:9.1f} {found.cv_mean:9.4f}  {chosen}"
+        )
+        for doubt in found.warnings:
+            print(f"         warning: {doubt}")
+        figures[name] = {"seconds": seconds, "cv_mean": found.cv_mean, "params": chosen}
+    return figures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-samples", type=int, default=60_000)
@@ -99,6 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-plain", action="store_true", help="time pipelines.search only")
+    parser.add_argument("--skip-probes", action="store_true", help="no ridge and knn rows")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -155,6 +180,7 @@ def main(argv=None) -> int:
             )
         )
     print(f"fits that stopped at max_iter (pipelines): {ours.n_not_converged}")
+    probes = {} if args.skip_probes else time_probes(X, y, args)
     if args.json and plain is not None:
         import json
 
@@ -163,6 +189,7 @@ def main(argv=None) -> int:
             "seconds": {"GridSearchCV (plain)": plain_seconds, "pipelines.search": ours_seconds},
             "speedup": speedup,
             "cv_gap": gap,
+            "probes": probes,
         }
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0

@@ -149,14 +149,16 @@ def extract(
             image_size=image_size, dtype=dtype, store_dtype=store_dtype, decode=decode, name=name,
             split=split, seed=seed, options=options, session=session,
         )  # fmt: skip
-        with job.store.lock_model(job.model):
-            plan = job.plan()
-            written = 0
-            if plan.work:
-                _run(session, job, plan)
-                written = len(plan.work)
-            else:
-                job.refresh()
+        plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
+        if plan.work:
+            job.store.check_writable(job.model)  # before any compute
+            with job.store.lock_model(job.model):  # which also logs shards a crash left out
+                plan = job.plan()
+                if plan.work:
+                    _run(session, job, plan)
+                    written = len(plan.work)
+        if not written:
+            job.refresh()
     return _result(job, plan, written, time.perf_counter() - started, session.describe())
 
 
@@ -195,10 +197,15 @@ def prepare(
     previous = store.read_config(model_name) if store.has_samples() else None
     config = feature_config(
         backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous),
-        resolve_decode(decode, session.device, previous, files=dataset.paths is not None),
+        resolve_decode(
+            decode, session.device, previous, files=dataset.paths is not None,
+            backend=backbone.preprocess.backend,
+        ),
     )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
+    if previous is None:
+        store.check_writable()  # a new cache or a new model: before any work
     store.create_samples(dataset, options.shard_size)
     store.register_model(model_name, config)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.

@@ -18,8 +18,11 @@ __all__ = [
     "ConfigMismatchError",
     "DatasetChangedError",
     "WeightsNotFoundError",
+    "DownloadError",
+    "MissingExtraError",
     "CacheLockedError",
     "CacheCorruptError",
+    "CacheReadOnlyError",
     "BatchError",
     "OutOfSpaceError",
     "suggest",
@@ -54,8 +57,22 @@ class WeightsNotFoundError(InvalidArgumentError, FileNotFoundError):
     """Weights that are neither in the torch hub cache nor a readable local file."""
 
 
+class DownloadError(WeightsNotFoundError):
+    """Weights that could not be downloaded (offline, no network, a proxy, a bad hash)."""
+
+
+class MissingExtraError(FeatureCacheError, ImportError):
+    """A backbone source whose optional library is not installed (CLI exit code 2)."""
+
+    exit_code = 2
+
+
 class CacheLockedError(FeatureCacheError):
     """Another process is writing the same model into the same cache."""
+
+
+class CacheReadOnlyError(FeatureCacheError, PermissionError):
+    """An extraction would have to write into a cache that this user cannot write."""
 
 
 class CacheCorruptError(FeatureCacheError, OSError):

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from scipy.special import softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
 
@@ -47,6 +48,7 @@ from pipelines._search import (
     single_blas_thread,
     stratified_splits,
 )
+from pipelines._shots import ALL, learning_curve, parse_shots
 
 __all__ = ["fit", "DEFAULT_HEADS", "BACKENDS"]
 
@@ -70,6 +72,8 @@ def fit(
     pca: int | None = None,
     backend: str = "loky",
     address: str | None = None,
+    shots: str | Sequence[int | str] | None = None,
+    draws: int = 5,
 ) -> pd.DataFrame:
     """Choose, refit and score every (model, layer, head) and write ``out``.
 
@@ -103,11 +107,19 @@ def fit(
         Results do not depend on the backend.
     address : str, optional
         Scheduler (dask) or cluster (ray) address.
+    shots : list of int and "all", or str, optional
+        Few-shot learning curves (``[1, 5, 10, 25, "all"]`` or ``"1,5,10,25,all"``):
+        for each number of training rows per class, ``draws`` seeded draws from
+        ``train``, hyper-parameters chosen inside each draw, the refit scored on
+        ``test`` (see :mod:`pipelines._shots`); written to ``curves.csv``.
+        ``"all"`` is the full fit itself.
+    draws : int
+        Draws per number of shots (>= 1).
 
     Returns
     -------
     pandas.DataFrame
-        The rows of ``results.csv``; :func:`~pipelines.best` picks the best (logged).
+        The rows of ``results.csv`` (the full training data); :func:`~pipelines.best` picks the best (logged).
 
     Raises
     ------
@@ -118,7 +130,7 @@ def fit(
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     plan = _Plan.build(
         cache, out, models=models, layers=layers, heads=heads, grid=grid, cv=cv, seed=seed,
-        pca=pca, n_jobs=n_jobs, backend=backend, address=address,
+        pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
     )  # fmt: skip
     results = ResultsFolder(out)
     results.check(cache)
@@ -128,6 +140,7 @@ def fit(
         for model, layer in plan.combos:
             _fit_layer(cache, plan, results, model, layer)
     table = results.write_table()
+    results.write_curves()
     chosen = best(table)
     logger.info("best by CV: %s / %s / %s", chosen["model"], chosen["layer"], chosen["head"])
     return table
@@ -152,10 +165,12 @@ class _Plan:
     combos: list[tuple[str, str]]
     selection: str  # "val" or "cv"
     out: str
+    shots: tuple[int, ...] = ()
+    draws: int = 5
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
-              backend, address) -> _Plan:  # fmt: skip
+              backend, address, shots=None, draws=5) -> _Plan:  # fmt: skip
         head_names = check_names(heads, "heads", "fit", allow_none=False)
         head_objects = [get_head(name) for name in head_names]
         grid_source = str(grid) if isinstance(grid, (str, os.PathLike)) else None
@@ -170,6 +185,8 @@ class _Plan:
         layers = check_names(layers, "layers", "fit")
         combos = _combos(cache, models, layers)
         _check_extracted(cache, combos)
+        draws = check_int(draws, "draws", "fit", low=1)
+        few = tuple(k for k in parse_shots(shots) if k != ALL) if shots is not None else ()
         return cls(
             heads=head_objects,
             grids=grids,
@@ -183,6 +200,8 @@ class _Plan:
             combos=combos,
             selection=_selection(cache, cv),
             out=str(out),
+            shots=few,
+            draws=draws,
         )
 
     def run_record(self, cache: Cache) -> dict:
@@ -203,6 +222,8 @@ class _Plan:
                 "n_jobs": self.n_jobs,
                 "backend": self.backend,
                 "address": self.address,
+                "shots": list(self.shots),
+                "draws": self.draws if self.shots else None,
             },
             "protocol": self.protocol,
             "data": _data_summary(cache, sorted({m for m, _ in self.combos})),
@@ -402,6 +423,7 @@ class _LayerData:
     y_test: np.ndarray
     ids_test: np.ndarray
     counts: dict[str, int]
+    train_rows: np.ndarray  # rows of X_fit in the train split: the pool of few-shot draws
 
     @classmethod
     def load(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
@@ -423,6 +445,7 @@ class _LayerData:
                 "n_test": int(np.sum(test)),
                 "n_features": int(entry.n_features),
             },
+            train_rows=np.flatnonzero(split[fit_rows] == "train"),
         )
 
 
@@ -444,6 +467,8 @@ class _Refit(NamedTuple):
     y_pred: np.ndarray
     seconds: float
     converged: bool
+    confidence: np.ndarray
+    predict_seconds_per_1000: float | None
 
 
 def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str) -> None:
@@ -467,8 +492,9 @@ def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, la
         for head in pending
     )  # fmt: skip
     for head, refit in zip(pending, refits, strict=True):
+        curve = _curve(plan, head, data)
         _write_combo(results, cache, plan, entry, data, head, keys[head.name], found[head.name],
-                     refit)  # fmt: skip
+                     refit, curve)  # fmt: skip
     results.write_table()
 
 
@@ -481,13 +507,45 @@ def _refit(
         warnings.simplefilter("ignore", ConvergenceWarning)
         estimator = build_pipeline(head, params, X, y, seed=seed)
     seconds = time.perf_counter() - start
+    start = time.perf_counter()
     y_pred = estimator.predict(X_test) if len(X_test) else np.zeros(0, dtype=np.int64)
-    return _Refit(estimator, np.asarray(y_pred, dtype=np.int64), seconds, converged(estimator[-1]))
+    per_1000 = (time.perf_counter() - start) * 1000 / len(X_test) if len(X_test) else None
+    return _Refit(
+        estimator, np.asarray(y_pred, dtype=np.int64), seconds, converged(estimator[-1]),
+        confidence(estimator, X_test), per_1000,
+    )  # fmt: skip
+
+
+def confidence(estimator, X: np.ndarray) -> np.ndarray:
+    """The predicted class's probability; the softmax of the decision scores without one."""
+    if len(X) == 0:
+        return np.zeros(0)
+    if hasattr(estimator, "predict_proba"):
+        with contextlib.suppress(AttributeError):  # SVC(probability=False) has the name only
+            return np.max(estimator.predict_proba(X), axis=1)
+    scores = np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if scores.ndim == 1:
+        scores = np.column_stack([np.zeros_like(scores), scores])
+    return np.max(softmax(scores, axis=1), axis=1)
+
+
+def _curve(plan: _Plan, head: Head, data: _LayerData) -> list[dict]:
+    """The few-shot learning curve of one head on one layer (empty without ``shots``)."""
+    if not plan.shots or len(data.y_test) == 0:
+        return []
+    pool = data.train_rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return learning_curve(
+            head, plan.grids[head.name], data.X_fit[pool], data.y_fit[pool], data.X_test,
+            data.y_test, shots=plan.shots, draws=plan.draws, cv=plan.cv, seed=plan.seed,
+            n_jobs=plan.n_jobs,
+        )  # fmt: skip
 
 
 def _write_combo(
     results: ResultsFolder, cache: Cache, plan: _Plan, entry: Entry, data: _LayerData,
-    head: Head, key: str, found: SearchResult, refit: _Refit,
+    head: Head, key: str, found: SearchResult, refit: _Refit, curve: list[dict],
 ) -> None:  # fmt: skip
     """Write the head, its test predictions, and last the record that marks it finished."""
     model, layer = entry.model, entry.layer
@@ -498,7 +556,7 @@ def _write_combo(
     )  # fmt: skip
     predictions_file = results.write_predictions(
         model, layer, head.name, ids=data.ids_test, y_true=data.y_test, y_pred=refit.y_pred,
-        class_names=cache.class_names,
+        class_names=cache.class_names, confidence=refit.confidence,
     )  # fmt: skip
     results.write_combo(
         {
@@ -514,6 +572,7 @@ def _write_combo(
             "head_file": head_file,
             "predictions_file": predictions_file,
             "provenance": entry.provenance,
+            "curve": curve,
         }
     )
 
@@ -531,6 +590,8 @@ def _scores(found: SearchResult, refit: _Refit, y_test: np.ndarray) -> dict[str,
         "test_macro_f1": metrics["macro_f1"],
         "fit_seconds": found.seconds + refit.seconds,
         "n_not_converged": found.n_not_converged + (0 if refit.converged else 1),
+        "warnings": " ".join(found.warnings),
+        "predict_seconds_per_1000": refit.predict_seconds_per_1000,
     }
 
 
@@ -553,6 +614,8 @@ def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head) -> str:
         "cv": plan.cv if plan.selection == "cv" else None,
         "seed": plan.seed,
     }
+    if plan.shots:  # without a curve the key stays what it was
+        key["shots"], key["draws"] = list(plan.shots), plan.draws
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

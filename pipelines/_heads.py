@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.model_selection import ParameterGrid
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -28,6 +28,8 @@ from sklearn.svm import SVC, LinearSVC
 
 from featurecache._validation import ParameterError
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from pipelines._knn import CosineKNNClassifier, knn_grid_predictions
+from pipelines._ridge import ridge_path_predictions
 
 __all__ = [
     "Head",
@@ -65,6 +67,14 @@ class Head:
     resolve : callable or None
         ``resolve(params, X) -> params``: turns grid values that depend on the
         scaled training features into concrete values (``svm``'s ``"2*scale"``).
+    score_grid : callable or None
+        ``score_grid(candidates, X, y, X_test) -> predictions`` of shape
+        ``(len(candidates), n_test)``: every candidate of one fold at once, exactly
+        what fitting each candidate would predict (``ridge`` from one eigendecomposition,
+        ``knn`` from one nearest-neighbour pass). ``None``: one fit per candidate.
+    edge_params : tuple of str
+        Numeric parameters whose chosen value at either end of a grid of 3 or more
+        values is reported as a warning (the grid may not reach the optimum).
     """
 
     name: str
@@ -73,6 +83,8 @@ class Head:
     description: str
     path_param: str | None = None
     resolve: Callable[[dict, np.ndarray], dict] | None = field(default=None, repr=False)
+    score_grid: Callable[..., np.ndarray] | None = field(default=None, repr=False)
+    edge_params: tuple[str, ...] = ()
 
     def classifier(self, params: Mapping[str, Any], X: np.ndarray, *, seed: int) -> BaseEstimator:
         """The unfitted classifier for ``params`` (without ``pca``) on scaled ``X``."""
@@ -135,6 +147,8 @@ def register_head(
     description: str,
     path_param: str | None = None,
     resolve: Callable[[dict, np.ndarray], dict] | None = None,
+    score_grid: Callable[..., np.ndarray] | None = None,
+    edge_params: Sequence[str] = (),
 ) -> Callable:
     """Register ``make_classifier(seed)`` as the head ``name`` (used as a decorator)."""
 
@@ -148,6 +162,8 @@ def register_head(
             description=description,
             path_param=path_param,
             resolve=resolve,
+            score_grid=score_grid,
+            edge_params=tuple(edge_params),
         )
         return make_classifier
 
@@ -235,6 +251,38 @@ def _mlp(seed: int) -> MLPClassifier:
     return MLPClassifier(
         hidden_layer_sizes=(256,), activation="relu", max_iter=100, random_state=seed
     )
+
+
+def _ridge_grid(candidates: list[dict], X, y, X_test) -> np.ndarray:
+    return ridge_path_predictions(X, y, X_test, [float(c["alpha"]) for c in candidates])
+
+
+@register_head(
+    "ridge",
+    default_grid={"alpha": tuple(float(a) for a in np.logspace(-3, 6, 19))},
+    description="one-vs-all least squares (RidgeClassifier), exact CV over alpha",
+    score_grid=_ridge_grid,
+    edge_params=("alpha",),
+)
+def _ridge(seed: int) -> RidgeClassifier:
+    return RidgeClassifier(alpha=1.0)
+
+
+def _knn_grid(candidates: list[dict], X, y, X_test) -> np.ndarray:
+    pairs = [(int(c["n_neighbors"]), float(c["temperature"])) for c in candidates]
+    block_size = int(candidates[0].get("block_size", CosineKNNClassifier().block_size))
+    return knn_grid_predictions(X, y, X_test, pairs, block_size=block_size)
+
+
+@register_head(
+    "knn",
+    default_grid={"n_neighbors": (1, 5, 10, 20, 50, 100), "temperature": (0.03, 0.07, 0.2, 1.0)},
+    description="cosine kNN on standardised features, votes weighted by exp(s / T) (DINO)",
+    score_grid=_knn_grid,
+    edge_params=("n_neighbors",),
+)
+def _knn(seed: int) -> CosineKNNClassifier:
+    return CosineKNNClassifier(n_neighbors=20, temperature=0.07)
 
 
 # -- grids and pipelines --------------------------------------------------------------

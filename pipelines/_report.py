@@ -10,6 +10,7 @@ canvas (no pyplot, no global backend change).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import logging
@@ -22,8 +23,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featurecache.cache import atomic_write
+from featurecache.cache import Cache, atomic_write, open_cache
+from pipelines._figures import (
+    confidently_wrong,
+    depth_figure,
+    gallery_figure,
+    gap_verdict,
+    layer_names_differ,
+    learning_curve_figure,
+    map_figure,
+    per_class_accuracy,
+    project_2d,
+    thumbnail,
+)
 from pipelines._results import ResultsFolder, best, best_per, frame
+from pipelines._shots import curve_summary
 
 __all__ = ["report"]
 
@@ -70,7 +84,7 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     records = folder.finished()
     table = _table(records)
     chosen = best(table)
-    blocks = _blocks(run, table, records, chosen, _predictions(folder.root, chosen))
+    blocks = _blocks(run, table, records, chosen, _predictions(folder.root, chosen), folder)
     out = Path(out)
     _write(out, blocks)
     logger.info("report written to %s", out)
@@ -110,6 +124,12 @@ def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
     return chosen.to_dict(), recommendation(table, chosen)
 
 
+def earlier_layer_outcome(results: str | os.PathLike) -> str:
+    """:func:`earlier_layer_verdict` of the best combination of a results folder."""
+    table = _table(ResultsFolder(results).finished())
+    return earlier_layer_verdict(table, best(table))
+
+
 # -- data -----------------------------------------------------------------------------
 
 
@@ -141,7 +161,7 @@ def _has_test(table: pd.DataFrame) -> bool:
 # -- content --------------------------------------------------------------------------
 
 
-def _blocks(run: dict, table, records, chosen, predictions) -> list:
+def _blocks(run: dict, table, records, chosen, predictions, folder: ResultsFolder) -> list:
     has_test = _has_test(table)
     class_names = run["data"]["class_names"]
     blocks: list = [("h1", "featurecache report")]
@@ -149,7 +169,8 @@ def _blocks(run: dict, table, records, chosen, predictions) -> list:
     blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
     blocks += [("h2", "Data"), _data_table(run), ("p", _failed_text(run))]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
-    blocks += [("h2", "Model × layer"), _heatmap(table, has_test)]
+    blocks += _warnings(table)
+    blocks += [("h2", "Model × layer")] + _comparison(table, has_test)
     blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
     blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
     blocks += [
@@ -158,12 +179,16 @@ def _blocks(run: dict, table, records, chosen, predictions) -> list:
     if predictions is not None and len(predictions):
         matrix = _confusion(predictions, len(class_names))
         blocks += [_confusion_plot(matrix, class_names), _confused_pairs(matrix, class_names)]
+        blocks += _best_details(run, chosen, predictions)
     else:
         blocks += [
             ("p", "No test split, so no confusion matrix: nothing was scored on held-out data.")
         ]
     blocks += [("h3", "Candidates of the best combination"), _candidates_table(chosen)]
+    blocks += _curves(folder, table, chosen)
+    blocks += _baselines(table)
     blocks += [("h2", "All combinations and chosen hyper-parameters"), _all_table(table)]
+    blocks += _cost(table, records, chosen)
     blocks += [("h2", "Fit times"), ("p", _fit_time_text(table)), _fit_time_table(table)]
     blocks += [("h2", "Provenance of the features")] + _provenance(records)
     return blocks
@@ -199,33 +224,64 @@ def _penultimate_won(chosen: pd.Series, earlier: pd.DataFrame) -> str:
         return f" Only the penultimate layer `{PENULTIMATE}` was fitted."
     runner = best(earlier)
     gap = chosen["cv_mean"] - runner["cv_mean"]
+    if gap_verdict(gap, 0.0)[0] == "tie":
+        return (
+            f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
+            f"layer, `{runner['layer']}`, tied with it in CV accuracy ({gap:.3f} apart; the tie "
+            "rule ranked the penultimate layer first)."
+        )
     return (
         f" No earlier layer beat the penultimate layer `{PENULTIMATE}`; the best earlier "
         f"layer, `{runner['layer']}`, scored {gap:.3f} lower in CV accuracy."
     )
 
 
+def earlier_layer_verdict(table: pd.DataFrame, chosen: pd.Series) -> str:
+    """Did an earlier layer beat the penultimate one? ``"yes"``, ``"no"``, ``"tie"`` or
+    ``"not reliably"`` (higher, by less than the CV spread): the recommendation's own words."""
+    model_rows = table[table["model"] == chosen["model"]]
+    penultimate = model_rows[model_rows["layer"] == PENULTIMATE]
+    if penultimate.empty or chosen["layer"] == PENULTIMATE:
+        return "no"
+    top = best(penultimate)
+    spread = max(_num(chosen["cv_std"]), _num(top["cv_std"]))
+    outcome, judgement = gap_verdict(chosen["cv_mean"] - top["cv_mean"], spread)
+    if outcome == "tie":
+        return "tie"
+    return "not reliably" if judgement == "not a reliable difference" else "yes"
+
+
 def _earlier_won(chosen: pd.Series, top: pd.Series) -> str:
-    """How far the chosen earlier layer beat the best head on the penultimate one."""
+    """How the chosen earlier layer compares with the best head on the penultimate one."""
     gap = chosen["cv_mean"] - top["cv_mean"]
     spread = max(_num(chosen["cv_std"]), _num(top["cv_std"]))
-    if spread > 0:
-        ratio = gap / spread
-        verdict = (
-            "larger than the CV spread, so the gain is likely real"
-            if ratio >= 2
-            else "comparable to the CV spread, so the gain is suggestive only"
-            if ratio >= 1
-            else "smaller than the CV spread, so it is not a reliable difference; the "
-            "penultimate layer is as good a choice"
+    outcome, judgement = gap_verdict(gap, spread)
+    against = f"`{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']})"
+    if outcome == "tie":
+        return (
+            f" An earlier layer tied with the penultimate one: `{chosen['layer']}` and {against} "
+            f"differ by {gap:.3f} in CV accuracy, so it ranks first only by the tie rule (lower "
+            "CV std, then fewer features, then the names); either layer is as good a choice."
         )
-        size = f"{ratio:.1f}× the CV spread (± {spread:.3f}): {verdict}"
-    else:
+    if spread <= 0:
         size = "and the CV spread is zero"
+    else:
+        size = f"{gap / spread:.1f}× the CV spread (± {spread:.3f})"
+    if judgement == "not a reliable difference":
+        return (
+            f" An earlier layer scored higher than the penultimate one, but not reliably: "
+            f"`{chosen['layer']}` scored {gap:.3f} higher in CV accuracy than {against}, {size}: "
+            "smaller than the CV spread, so it is not a reliable difference; the penultimate "
+            "layer is as good a choice."
+        )
+    verdict = (
+        "larger than the CV spread, so the gain is likely real"
+        if judgement == "likely real"
+        else "comparable to the CV spread, so the gain is suggestive only"
+    )
     return (
         f" An earlier layer beat the penultimate one: `{chosen['layer']}` scored {gap:.3f} "
-        f"higher in CV accuracy than `{PENULTIMATE}` ({top['cv_mean']:.3f} with {top['head']}), "
-        f"{size}."
+        f"higher in CV accuracy than {against}, {size}" + (f": {verdict}." if spread > 0 else ".")
     )
 
 
@@ -670,3 +726,242 @@ def _finite(value) -> bool:
 
 def _fmt(value, digits: int = 3) -> str:
     return f"{float(value):.{digits}f}" if _finite(value) else "–"
+
+
+# -- the decision sections: depth-aligned comparison, curves, map, gallery, cost ------
+
+
+def _comparison(table: pd.DataFrame, has_test: bool) -> list:
+    """The heatmap when every model has the same layers; else a depth-aligned figure."""
+    cells = _best_per_layer(table)
+    if not layer_names_differ(cells):
+        return [_heatmap(table, has_test)]
+    score = "test_accuracy" if has_test else "cv_mean"
+    what = "test accuracy" if has_test else "CV accuracy"
+    winners = best_per(cells, ["model"]).sort_values("model")
+    figure = _Figure(
+        "depth_aligned",
+        f"{what} of the best head (by CV) at each layer, layers placed on their relative depth "
+        "in the backbone: the models have different layer names, so they are compared by depth. "
+        "Each backbone's best layer by CV is ringed.",
+        depth_figure(
+            cells, score, what, dict(zip(winners["model"], winners["layer"], strict=True))
+        ),
+    )
+    rows = []
+    for _, r in winners.iterrows():
+        depth = f"{r['depth']:.2f}" if _finite(r["depth"]) else "unknown"
+        rows.append((r["model"], r["layer"], depth, r["head"], _fmt(r["cv_mean"]),
+                     _fmt(r["test_accuracy"])))  # fmt: skip
+    header = ("backbone", "best layer", "depth", "head", "CV", "test")
+    return [figure, ("p", "The best layer of each backbone (by CV):"), _Table(header, tuple(rows))]
+
+
+def _curves(folder: ResultsFolder, table: pd.DataFrame, chosen: pd.Series) -> list:
+    """Learning curves of the best combination and of the best combination of each head."""
+    curves = folder.curves()
+    if curves.empty:
+        return []
+    lines = {}
+    picks = [chosen, *[r for _, r in best_per(table, ["head"]).iterrows()]]
+    for pick in picks:
+        label = f"{pick['model']} / {pick['layer']} / {pick['head']}"
+        mine = curves[(curves["model"] == pick["model"]) & (curves["layer"] == pick["layer"])
+                      & (curves["head"] == pick["head"])]  # fmt: skip
+        if mine.empty or label in lines:
+            continue
+        points = [(k, *curve_summary(group["test_accuracy"].tolist()))
+                  for k, group in mine.groupby("shots")]  # fmt: skip
+        if _finite(pick["test_accuracy"]):  # the full training set, as the last point
+            n_classes = mine["n_train"].iloc[0] / mine["shots"].iloc[0]
+            points.append((float(pick["n_train"]) / n_classes, float(pick["test_accuracy"]), 0.0))
+        lines[label] = points
+    if not lines:
+        return []
+    rows = tuple(
+        (label, *(f"{k:g}: {m:.3f} ± {h:.3f}" for k, m, h in sorted(points)))
+        for label, points in lines.items()
+    )
+    width = max(len(r) for r in rows)
+    rows = tuple(r + ("",) * (width - len(r)) for r in rows)
+    draws = int(curves["draw"].max()) + 1
+    figure = _Figure(
+        "learning_curve",
+        f"Test accuracy against training images per class (mean of {draws} draws, 95 % "
+        "interval); hyper-parameters chosen inside each draw. The last point of each line is "
+        "the full training set.",
+        learning_curve_figure(lines),
+    )
+    header = ("combination", *[f"point {i + 1}" for i in range(width - 1)])
+    return [("h2", "Learning curves"), figure, _Table(header, rows)]
+
+
+def _open_run_cache(run: dict) -> Cache | None:
+    path = Path(run.get("cache", ""))
+    if not path.is_file():
+        return None
+    try:
+        return open_cache(path)
+    except Exception as error:  # the report still has everything else to say
+        logger.warning("cannot open cache %s for the map and gallery: %s", path, error)
+        return None
+
+
+def _best_details(run: dict, chosen: pd.Series, predictions: pd.DataFrame) -> list:
+    """Per-class accuracy, a 2-D map of the best layer, the most confidently wrong images."""
+    class_names = run["data"]["class_names"]
+    y_true = predictions["y_true"].to_numpy(int)
+    y_pred = predictions["y_pred"].to_numpy(int)
+    rows = tuple((name, str(n), f"{acc:.3f}") for name, n, acc in
+                 per_class_accuracy(y_true, y_pred, class_names))  # fmt: skip
+    blocks: list = [("h3", "Per-class accuracy (test, worst first)"),
+                    _Table(("class", "test rows", "accuracy"), rows)]  # fmt: skip
+    cache = _open_run_cache(run)
+    if cache is None:
+        return blocks + [("p", f"The cache `{run.get('cache')}` is not readable here, so the "
+                               "map and the gallery are left out.")]  # fmt: skip
+    X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
+    where = pd.Series(np.arange(len(ids)), index=pd.Index(ids.astype(str)))
+    order = where.reindex(predictions["id"].astype(str)).to_numpy()
+    if np.isnan(order.astype(float)).any():
+        return blocks
+    X = X[order.astype(int)]
+    wrong = y_true != y_pred
+    blocks.append(("h3", "Map of the best layer"))
+    for method, coords in project_2d(X, seed=int(run["arguments"].get("seed", 0))):
+        blocks.append(_Figure(
+            f"map_{method.lower()}",
+            f"{method} of the test features of {chosen['model']} / {chosen['layer']} (fitted on "
+            f"the test rows, a picture only), coloured by true class; crosses mark the "
+            f"{int(wrong.sum())} test images the head got wrong.",
+            map_figure(coords, y_true, wrong, class_names, method),
+        ))  # fmt: skip
+    return blocks + _gallery(cache, predictions, class_names)
+
+
+def _gallery(cache: Cache, predictions: pd.DataFrame, class_names) -> list:
+    if "confidence" not in predictions:
+        return []
+    top = confidently_wrong(predictions.assign(
+        confidence=pd.to_numeric(predictions["confidence"], errors="coerce")))  # fmt: skip
+    blocks: list = [("h3", "Most confidently wrong test images")]
+    if top.empty:
+        return blocks + [("p", "The best head got every test image right.")]
+    rows = tuple((str(r["id"]), r["true_class"], r["pred_class"], f"{r['confidence']:.3f}")
+                 for _, r in top.iterrows())  # fmt: skip
+    images, captions = [], []
+    for _, r in top.iterrows():
+        picture = _thumbnail(cache.source, str(r["id"]))
+        if picture is not None:
+            images.append(picture)
+            captions.append(f"true {r['true_class']}\npred {r['pred_class']}")
+    if images:
+        blocks.append(_Figure(
+            "gallery",
+            "Test images the best head got wrong with the highest confidence (probability or "
+            "vote share of the predicted class), most confident first.",
+            gallery_figure(images, captions),
+        ))  # fmt: skip
+    else:
+        blocks.append(("p", f"No thumbnails: the images of `{cache.source or 'this cache'}` "
+                            "are not readable from here."))  # fmt: skip
+    table = _Table(("id", "true class", "predicted class", "confidence"), rows)
+    return blocks + [table]
+
+
+def _thumbnail(source: str, sample_id: str) -> np.ndarray | None:
+    """The image of a sample: a file under a folder dataset, a built-in array, or a path id."""
+    try:
+        if source.startswith("folder:"):
+            return thumbnail(Path(source[len("folder:") :]) / sample_id)
+        if source.split(" ")[0] == "builtin:digits":
+            return thumbnail(_digits()[int(sample_id)])
+        if Path(sample_id).is_file():
+            return thumbnail(Path(sample_id))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@functools.cache
+def _digits() -> np.ndarray:
+    """scikit-learn's digits as the built-in dataset stores them (uint8, 8 x 8)."""
+    from sklearn.datasets import load_digits
+
+    return np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+
+
+def _cost(table: pd.DataFrame, records: list[dict], chosen: pd.Series) -> list:
+    """Extraction, feature width, fit and prediction cost; a cheaper near-equal combination."""
+    extraction = {}
+    for record in records:
+        provenance = record.get("provenance") or {}
+        seconds = provenance.get("extract_seconds")
+        rate = provenance.get("images_per_second")
+        extraction[record["model"]] = (
+            f"{rate:.0f} img/s, {seconds:.0f} s" if _finite(rate) and _finite(seconds)
+            else "not recorded"
+        )  # fmt: skip
+    rows = []
+    for _, r in table.iterrows():
+        rows.append((r["model"], r["layer"], r["head"], str(int(r["n_features"])),
+                     extraction.get(r["model"], "not recorded"), _fmt(r["fit_seconds"], 2),
+                     _fmt(r["predict_seconds_per_1000"], 4), _fmt(r["cv_mean"])))  # fmt: skip
+    header = ("model", "layer", "head", "features", "extraction", "fit s",
+              "predict s / 1,000", "CV")  # fmt: skip
+    return [("h2", "Cost"), ("p", _cheaper_text(table, chosen)), _Table(header, tuple(rows))]
+
+
+def _cheaper_text(table: pd.DataFrame, chosen: pd.Series) -> str:
+    """Name the cheapest combination whose CV mean is within the best's CV spread."""
+    floor = chosen["cv_mean"] - _num(chosen["cv_std"])
+    near = table[(table["cv_mean"] >= floor) & ~((table["model"] == chosen["model"])
+                 & (table["layer"] == chosen["layer"]) & (table["head"] == chosen["head"]))]  # fmt: skip
+    cheaper = [r for _, r in near.iterrows() if _cheaper(r, chosen)]
+    if not cheaper:
+        return ("No combination within the CV spread of the best is cheaper to fit and run; "
+                "the recommendation stands.")  # fmt: skip
+    pick = min(cheaper, key=_cost_key)
+    return (
+        f"A cheaper choice within the CV spread of the best (CV ≥ {floor:.3f}): "
+        f"**{pick['model']} / {pick['layer']} / {pick['head']}**, CV {pick['cv_mean']:.3f}, "
+        f"{int(pick['n_features'])} features, fit {_fmt(pick['fit_seconds'], 2)} s and "
+        f"{_fmt(pick['predict_seconds_per_1000'], 4)} s per 1,000 predictions, against "
+        f"{int(chosen['n_features'])} features, {_fmt(chosen['fit_seconds'], 2)} s and "
+        f"{_fmt(chosen['predict_seconds_per_1000'], 4)} s for the best."
+    )
+
+
+_COSTS = ("n_features", "predict_seconds_per_1000", "fit_seconds")
+
+
+def _cost_key(row: pd.Series) -> tuple:
+    """Feature width, then prediction time, then fit time: the order "cheaper" weighs them."""
+    return tuple(_num(row[c], math.inf) for c in _COSTS)
+
+
+def _cheaper(row: pd.Series, than: pd.Series) -> bool:
+    """No dearer on width, prediction or fit time, and cheaper on at least one of them."""
+    mine, theirs = _cost_key(row), _cost_key(than)
+    return all(a <= b for a, b in zip(mine, theirs, strict=True)) and mine != theirs
+
+
+def _baselines(table: pd.DataFrame) -> list:
+    """Fixed-classifier heads (zero-shot, out-of-the-box ImageNet...): shown, not searched."""
+    fixed = table[table["selection"] == "fixed"]
+    if fixed.empty:
+        return []
+    rows = tuple((r["model"], r["layer"], r["head"], _fmt(r["test_accuracy"]))
+                 for _, r in fixed.iterrows())  # fmt: skip
+    return [("h2", "Baselines"),
+            ("p", "Heads with a fixed classifier (nothing fitted on these samples):"),
+            _Table(("model", "layer", "head", "test"), rows)]  # fmt: skip
+
+
+def _warnings(table: pd.DataFrame) -> list:
+    doubts = table[table["warnings"].fillna("").astype(str).str.len() > 0]
+    if doubts.empty:
+        return []
+    rows = tuple((r["model"], r["layer"], r["head"], str(r["warnings"]))
+                 for _, r in doubts.iterrows())  # fmt: skip
+    return [("h2", "Warnings"), _Table(("model", "layer", "head", "warning"), rows)]

@@ -11,6 +11,8 @@ read it. This module is the only code that knows its layout::
       combos/<model>/<layer>/<head>.json     the full record of one combination (written last)
       heads/<model>/<layer>/<head>.joblib    the fitted head and its provenance
       predictions/<model>/<layer>/<head>.csv test predictions, one row per sample
+      curves.csv                             few-shot learning curves (fit --shots): one row
+                                             per (model, layer, head, shots, draw)
 
 Every file is written through :func:`featurecache.cache.atomic_write` (a temporary
 name in the same folder, renamed into place). A combination is finished when its
@@ -25,9 +27,16 @@ features, grid, folds and seed) matches; a re-run skips it.
 - ``cv_mean``, ``cv_std``: the chosen candidate's score on training data;
 - ``test_accuracy``, ``test_balanced_accuracy``, ``test_macro_f1``: scored once on
   ``test`` (empty without a test split);
-- ``fit_seconds``: CV folds and refit, summed; ``n_train``, ``n_val``, ``n_test``;
-  ``n_features``: the layer's width; ``n_not_converged``: fits that hit ``max_iter``;
+- ``fit_seconds``: CV folds and refit, summed; ``predict_seconds_per_1000``: the
+  refitted head's prediction time per 1,000 test rows; ``n_train``, ``n_val``,
+  ``n_test``; ``n_features``: the layer's width; ``n_not_converged``: fits that hit
+  ``max_iter``;
+- ``warnings``: doubts about the choice (a chosen value at the end of its grid), one
+  sentence each, or empty;
 - ``head_file``, ``predictions_file``: paths relative to the folder.
+
+``curves.csv`` has the columns :data:`CURVE_COLUMNS`; the best combination is still
+chosen from ``results.csv`` (the full training data) only.
 
 A head file holds a dict with :data:`HEAD_KEYS`; :func:`load_head` returns it as a
 :class:`HeadRecord`. A predictions file has the columns :data:`PREDICTION_COLUMNS`.
@@ -76,6 +85,7 @@ __all__ = [
     "FLOAT_COLUMNS",
     "HEAD_KEYS",
     "PREDICTION_COLUMNS",
+    "CURVE_COLUMNS",
     "RECORD_VERSION",
 ]
 
@@ -110,6 +120,8 @@ RESULT_COLUMNS = (
     "n_test",
     "n_features",
     "n_not_converged",
+    "warnings",
+    "predict_seconds_per_1000",
     "head_file",
     "predictions_file",
 )
@@ -121,8 +133,24 @@ FLOAT_COLUMNS = (
     "test_balanced_accuracy",
     "test_macro_f1",
     "fit_seconds",
+    "predict_seconds_per_1000",
 )
-PREDICTION_COLUMNS = ("id", "y_true", "y_pred", "true_class", "pred_class")
+#: ``confidence``: the predicted class's probability (or vote share); for heads without
+#: probabilities, the softmax of their decision scores.
+PREDICTION_COLUMNS = ("id", "y_true", "y_pred", "true_class", "pred_class", "confidence")
+CURVE_COLUMNS = (
+    "model",
+    "layer",
+    "head",
+    "shots",
+    "draw",
+    "params",
+    "selection",
+    "cv_mean",
+    "test_accuracy",
+    "n_train",
+    "fit_seconds",
+)
 #: The ranking of :func:`best`: column and whether it ascends.
 RANKING = (
     ("cv_mean", False),
@@ -195,6 +223,9 @@ def frame(records: Sequence[Mapping]) -> pd.DataFrame:
     table = pd.DataFrame(sorted(records, key=lambda r: _display_key(r, order)))
     if table.empty:
         table = pd.DataFrame(columns=[*RESULT_COLUMNS])
+    for column in ("warnings", "predict_seconds_per_1000"):  # records written before them
+        if column not in table:
+            table[column] = "" if column == "warnings" else math.nan
     for column in FLOAT_COLUMNS:  # JSON null (no test split, no depth) -> NaN
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
     table["head_order"] = table["head"].map(lambda h: order.get(h, len(order)))
@@ -458,13 +489,16 @@ class ResultsFolder:
         y_true: np.ndarray,
         y_pred: np.ndarray,
         class_names: Sequence[str],
+        confidence: np.ndarray | None = None,
     ) -> str:
         """Write the test predictions of a combination and return the path relative to the
         folder, or ``""`` when there are none (no test split)."""
         if len(y_true) == 0:
             return ""
         names = np.asarray(class_names, dtype=object)
-        columns = (ids, y_true, y_pred, names[y_true], names[y_pred])
+        if confidence is None:
+            confidence = np.full(len(y_true), np.nan)
+        columns = (ids, y_true, y_pred, names[y_true], names[y_pred], confidence)
         table = pd.DataFrame(dict(zip(PREDICTION_COLUMNS, columns, strict=True)))
         path = self.path("predictions", model, layer, head)
         atomic_write(path, lambda p: table.to_csv(p, index=False))
@@ -502,6 +536,30 @@ class ResultsFolder:
                 "`featurecache fit` (it resumes where it stopped)."
             )
         return records
+
+    # -- curves.csv
+
+    def curves(self) -> pd.DataFrame:
+        """Every learning-curve row of the finished combinations (:data:`CURVE_COLUMNS`)."""
+        rows = [
+            {"model": r["model"], "layer": r["layer"], "head": r["head"], **point}
+            for r in self.records()
+            for point in r.get("curve") or ()
+        ]
+        table = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+        for column in ("cv_mean", "test_accuracy", "fit_seconds"):
+            table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+        return table
+
+    def write_curves(self) -> pd.DataFrame:
+        """Rewrite ``curves.csv`` (only when some combination has a curve)."""
+        table = self.curves()
+        if not table.empty:
+            table = table.assign(
+                params=table["params"].map(lambda p: json.dumps(p, sort_keys=True))
+            )
+            atomic_write(self.root / "curves.csv", lambda p: table.to_csv(p, index=False))
+        return table
 
     # -- results.csv
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy.special import log_softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
@@ -70,6 +70,9 @@ class SearchResult:
         Fits that stopped at ``max_iter``.
     seconds : float
         Time spent in the folds, summed over workers.
+    warnings : tuple of str
+        Doubts about the choice, one sentence each: a chosen value of one of the
+        head's ``edge_params`` at either end of its grid.
     """
 
     head: str
@@ -80,6 +83,7 @@ class SearchResult:
     n_splits: int
     n_not_converged: int
     seconds: float
+    warnings: tuple[str, ...] = ()
 
 
 def stratified_splits(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -155,32 +159,88 @@ def search_heads(
     seed: int,
     n_jobs: int | None,
 ) -> dict[str, SearchResult]:
-    """Search several heads on the same data; every (head, fold) is one joblib task."""
-    tasks = [(head, train, test) for head in heads for train, test in splits]
-    outputs = Parallel(n_jobs=n_jobs)(
-        delayed(fold_scores)(head, grids[head.name], X, y, train, test, seed)
-        for head, train, test in tasks
-    )
+    """Search several heads on the same data; every (head, fold) is one joblib task.
+
+    When the tasks do not fill the last round of workers (5 folds on 2 workers), the
+    folds of that round are cut along the ``path_param`` chain into pieces that keep
+    every worker busy: the first piece runs as usual, each later piece starts from
+    the solution of an earlier fold (of the same head, at the preceding grid value)
+    instead of its own. The optimum of each fit is unchanged; only the solver's
+    starting point is, so scores can differ within the solver's tolerance between
+    numbers of workers. The cuts balance the solver iterations each candidate took on the
+    earlier folds (not their times, so the same call cuts the same way every run).
+    """
+    tasks = [(h, f) for h in range(len(heads)) for f in range(len(splits))]
+    n_workers = effective_n_jobs(n_jobs)
+    tail = len(tasks) % n_workers if len(tasks) > n_workers else 0
+    if not any(head.path_param for head in heads):
+        tail = 0
+    first, last = tasks[: len(tasks) - tail], tasks[len(tasks) - tail :]
+
+    def run(task, only=None, starts=None):
+        head = heads[task[0]]
+        train, test = splits[task[1]]
+        return delayed(fold_scores)(
+            head, grids[head.name], X, y, train, test, seed, only=only, starts=starts
+        )
+
+    runs = dict(zip(first, Parallel(n_jobs=n_jobs)(run(t) for t in first), strict=True))
+    if last:
+        pieces = [
+            (task, only, starts)
+            for task in last
+            for only, starts in _pieces(heads[task[0]], grids, task, runs, n_workers // tail)
+        ]
+        outputs = Parallel(n_jobs=n_jobs)(run(t, only, starts) for t, only, starts in pieces)
+        for task in last:
+            parts = [o for (t, _, _), o in zip(pieces, outputs, strict=True) if t == task]
+            runs[task] = FoldRun.merge(parts)
     results = {}
-    n_splits = len(splits)
     for h, head in enumerate(heads):
-        chunk = outputs[h * n_splits : (h + 1) * n_splits]
-        scores = np.array([c[0] for c in chunk])  # (n_splits, n_candidates)
-        n_val = len(splits[0][1])
+        chunk = [runs[(h, f)] for f in range(len(splits))]
         results[head.name] = _summarize(
-            head.name,
-            list(ParameterGrid(grids[head.name])),
-            scores,
-            n_val=n_val,
-            n_not_converged=sum(c[1] for c in chunk),
-            seconds=sum(c[2] for c in chunk),
+            head,
+            grids[head.name],
+            np.array([c.scores for c in chunk]),  # (n_splits, n_candidates)
+            n_val=len(splits[0][1]),
+            n_not_converged=sum(c.n_not_converged for c in chunk),
+            seconds=sum(c.seconds for c in chunk),
         )
     return results
 
 
+def _pieces(head: Head, grids, task, runs, n_pieces: int) -> list[tuple[set | None, dict]]:
+    """``(only, starts)`` of each piece of a last-round fold: ``[(None, {})]`` when whole."""
+    donors = [run for (h, _), run in runs.items() if h == task[0]]
+    if head.path_param is None or n_pieces < 2 or not donors:
+        return [(None, {})]
+    candidates = list(ParameterGrid(grids[head.name]))
+    chains = [
+        c for members in _by_pca(candidates).values() for c in _chains(head, candidates, members)
+    ]
+    order = [i for chain in chains for i in chain]
+    if len(order) < 2:
+        return [(None, {})]
+    previous = {chain[j]: chain[j - 1] for chain in chains for j in range(1, len(chain))}
+    cost = np.array([np.mean([d.costs[i] for d in donors]) for i in order])
+    cumulative = np.cumsum(cost)
+    targets = cumulative[-1] * np.arange(1, n_pieces) / n_pieces
+    cuts = sorted({int(np.argmin(np.abs(cumulative[:-1] - t))) + 1 for t in targets})
+    pieces = []
+    for segment in np.split(np.array(order), cuts):
+        first = int(segment[0])
+        starts = {}
+        if first in previous:
+            before = previous[first]
+            value = float(candidates[before][head.path_param])
+            starts[first] = (value, *donors[0].solutions[before])
+        pieces.append(({int(i) for i in segment}, starts))
+    return pieces
+
+
 def _summarize(
-    name: str,
-    candidates: list[dict],
+    head: Head,
+    grid: Mapping[str, list],
     scores: np.ndarray,
     *,
     n_val: int,
@@ -193,9 +253,14 @@ def _summarize(
     else:
         stds = np.sqrt(np.clip(means * (1 - means), 0, None) / max(n_val, 1))
     # Round so that means equal up to float noise tie, then the first in grid order wins.
+    candidates = list(ParameterGrid(grid))
+    name = head.name
     best = int(np.argmax(np.round(means, 12)))
     if n_not_converged:
         logger.info("%s: %d fits stopped at max_iter", name, n_not_converged)
+    doubts = edge_warnings(head, grid, candidates, np.round(means, 12), best)
+    for doubt in doubts:
+        logger.info("%s: %s", name, doubt)
     return SearchResult(
         head=name,
         params=candidates[best],
@@ -213,7 +278,38 @@ def _summarize(
         n_splits=int(scores.shape[0]),
         n_not_converged=int(n_not_converged),
         seconds=float(seconds),
+        warnings=doubts,
     )
+
+
+def edge_warnings(
+    head: Head, grid: Mapping[str, list], candidates: list[dict], means: np.ndarray, best: int
+) -> tuple[str, ...]:
+    """A sentence for each of ``head.edge_params`` chosen at the end of a grid of 3+ values
+    and strictly better there than at the next value inwards (a tied plateau is no doubt)."""
+    chosen = candidates[best]
+    doubts = []
+    for key in head.edge_params:
+        values = sorted(float(v) for v in grid.get(key, ()))
+        if len(values) < 3:
+            continue
+        value = float(chosen[key])
+        end = "lowest" if value == values[0] else "highest" if value == values[-1] else None
+        if end is None:
+            continue
+        inward = values[1] if end == "lowest" else values[-2]
+        neighbour = next(
+            i
+            for i, c in enumerate(candidates)
+            if float(c[key]) == inward and all(c[k] == v for k, v in chosen.items() if k != key)
+        )
+        if means[neighbour] >= means[best]:
+            continue
+        doubts.append(
+            f"{key}={value:g} is the {end} value of the grid ({values[0]:g} to "
+            f"{values[-1]:g}): the best {key} may lie beyond it; extend the grid."
+        )
+    return tuple(doubts)
 
 
 def single_blas_thread(function: Callable) -> Callable:
@@ -232,6 +328,32 @@ def single_blas_thread(function: Callable) -> Callable:
     return wrapper
 
 
+@dataclass(frozen=True)
+class FoldRun:
+    """What :func:`fold_scores` measured on one fold (NaN for candidates it skipped)."""
+
+    scores: list[float]
+    n_not_converged: int
+    seconds: float
+    costs: dict[int, float]  # solver iterations of each candidate (+1): its cost, deterministic
+    solutions: dict[int, tuple[np.ndarray, np.ndarray]]
+
+    @staticmethod
+    def merge(parts: Sequence[FoldRun]) -> FoldRun:
+        """One fold's run from the runs of its pieces."""
+        scores = [
+            next((p.scores[i] for p in parts if not math.isnan(p.scores[i])), math.nan)
+            for i in range(len(parts[0].scores))
+        ]
+        return FoldRun(
+            scores=scores,
+            n_not_converged=sum(p.n_not_converged for p in parts),
+            seconds=sum(p.seconds for p in parts),
+            costs={i: c for p in parts for i, c in p.costs.items()},
+            solutions={i: w for p in parts for i, w in p.solutions.items()},
+        )
+
+
 @single_blas_thread
 def fold_scores(
     head: Head,
@@ -241,49 +363,73 @@ def fold_scores(
     train: np.ndarray,
     test: np.ndarray,
     seed: int,
-) -> tuple[list[float], int, float]:
+    *,
+    only: set[int] | None = None,
+    starts: Mapping[int, tuple[float, np.ndarray, np.ndarray]] | None = None,
+) -> FoldRun:
     """Accuracy of every candidate (grid order) on one fold.
 
-    Returns ``(scores, n_not_converged, seconds)``.
+    ``only`` restricts the fits to these candidate indices (the others score NaN);
+    ``starts[i] = (path value, coef, intercept)`` starts candidate ``i``'s fit from
+    that solution when ``i`` opens a run of its chain.
     """
     start = time.perf_counter()
+    starts = starts or {}
     candidates = list(ParameterGrid(grid))
     scores = [math.nan] * len(candidates)
+    costs: dict[int, float] = {}
+    solutions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     not_converged = 0
     X_train = np.ascontiguousarray(X[train], dtype=np.float32)  # a copy: scaled in place
     scaler = StandardScaler(copy=False).fit(X_train)
     X_train = scaler.transform(X_train)
     X_test = scaler.transform(np.ascontiguousarray(X[test], dtype=np.float32))
     y_train, y_test = y[train], y[test]
-    by_pca: dict[Any, list[int]] = {}
-    for i, c in enumerate(candidates):
-        by_pca.setdefault(c[PCA_KEY], []).append(i)
     with warnings.catch_warnings():
         # Counted below instead: a grid deliberately includes barely regularised fits.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for n_components, members in by_pca.items():
+        for n_components, members in _by_pca(candidates).items():
+            members = [i for i in members if only is None or i in only]
+            if not members:
+                continue
             pca = make_pca(n_components, X_train.shape[0], X_train.shape[1], seed)
             A = pca.fit_transform(X_train) if pca is not None else X_train
             B = pca.transform(X_test) if pca is not None else X_test
+            if head.score_grid is not None:
+                predicted = head.score_grid([candidates[i] for i in members], A, y_train, B)
+                for i, y_pred in zip(members, predicted, strict=True):
+                    scores[i] = float(np.mean(y_pred == y_test))
+                continue
             for chain in _chains(head, candidates, members):
                 estimator = None
                 history: list[tuple[float, np.ndarray, np.ndarray]] = []
                 for i in chain:
-                    estimator = _next_estimator(
-                        head, candidates[i], A, y_train, seed, estimator, history
-                    )
+                    if estimator is None and i in starts:
+                        history = [starts[i]]
+                        estimator = head.classifier(candidates[i], A, seed=seed)
+                        estimator.set_params(warm_start=True)
+                        estimator.coef_, estimator.intercept_ = (w.copy() for w in starts[i][1:])
+                    else:
+                        estimator = _next_estimator(
+                            head, candidates[i], A, y_train, seed, estimator, history
+                        )
                     estimator.fit(A, y_train)
                     scores[i] = float(np.mean(estimator.predict(B) == y_test))
                     not_converged += not converged(estimator)
                     if head.path_param is not None:
-                        history.append(
-                            (
-                                float(candidates[i][head.path_param]),
-                                estimator.coef_.copy(),
-                                estimator.intercept_.copy(),
-                            )
-                        )
-    return scores, not_converged, time.perf_counter() - start
+                        solution = (estimator.coef_.copy(), estimator.intercept_.copy())
+                        history.append((float(candidates[i][head.path_param]), *solution))
+                        solutions[i] = solution
+                    costs[i] = 1.0 + float(np.max(getattr(estimator, "n_iter_", 0)))
+    return FoldRun(scores, not_converged, time.perf_counter() - start, costs, solutions)
+
+
+def _by_pca(candidates: list[dict]) -> dict[Any, list[int]]:
+    """Candidate indices grouped by their ``pca`` value, in grid order."""
+    groups: dict[Any, list[int]] = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(c[PCA_KEY], []).append(i)
+    return groups
 
 
 def _chains(head: Head, candidates: list[dict], members: list[int]) -> list[list[int]]:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from featurecache.cache import (
     STATUS_FAILED,
@@ -26,7 +27,7 @@ from featurecache.cache import (
     write_arrays,
 )
 
-__all__ = ["LAYERS", "write_cache", "samples_digest"]
+__all__ = ["LAYERS", "LAYOUT", "write_cache", "write_folder_cache", "samples_digest"]
 
 _REASON = "unreadable image"
 
@@ -147,3 +148,43 @@ def _write_sharded(path, samples, features, configs, attrs, state, shard_size) -
                 model, shard, start, status, reasons, values, attrs, configs[model], provenance
             )
     store.rebuild_index()
+
+
+# Two backbones of different depth whose layer names differ (but for the embedding).
+LAYOUT = {
+    "shallow": [("stage1", 0.3, 0.2), ("stage2", 0.6, 0.7), ("embedding", 1.0, 0.5)],
+    "deep": [("blocks.2", 0.2, 0.1), ("blocks.7", 0.5, 0.4), ("blocks.11", 0.8, 0.8),
+             ("embedding", 1.0, 0.6)],
+}  # fmt: skip
+
+
+def write_folder_cache(root, n_train=20, n_test=12, n_classes=3):
+    """A cache of a folder dataset, two backbones with different layer names (:data:`LAYOUT`):
+    every id is a PNG under ``root/images``; the classes overlap, so heads make mistakes."""
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.repeat(np.arange(n_classes), n_train),
+                        np.repeat(np.arange(n_classes), n_test)])  # fmt: skip
+    split = np.array(["train"] * (n_train * n_classes) + ["test"] * (n_test * n_classes), object)
+    images = root / "images"
+    ids = []
+    for i, label in enumerate(y):
+        name = f"c{label}/img{i:04d}.png"
+        (images / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), (80 * label, 40, 200 - 60 * label)).save(images / name)
+        ids.append(name)
+    samples = SampleTable(np.array(ids, dtype=object), y.astype(np.int64), split,
+                          tuple(f"class_{k}" for k in range(n_classes)),
+                          source=f"folder:{images}")  # fmt: skip
+    features, attrs = {}, {}
+    for model, layers in LAYOUT.items():
+        centroids = {name: rng.normal(size=(n_classes, 10)) for name, _, _ in layers}
+        features[model] = {
+            name: (signal * centroids[name][y] + rng.normal(size=(len(y), 10))).astype(np.float32)
+            for name, _, signal in layers
+        }
+        attrs[model] = {name: {"depth": depth, "depth_index": i}
+                        for i, (name, depth, _) in enumerate(layers)}  # fmt: skip
+    path = root / "c.h5"
+    configs = {model: _config(model, "float32") for model in LAYOUT}
+    write_arrays(path, samples, features, configs, layer_attrs=attrs)
+    return path

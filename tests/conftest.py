@@ -19,3 +19,9 @@ def forward_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(ShardRunner, "_forward", forward)
     return calls
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch) -> None:
+    """Tests never touch the network: downloads are off unless a test turns them on."""
+    monkeypatch.setenv("FEATURECACHE_OFFLINE", "1")

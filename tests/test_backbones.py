@@ -13,7 +13,12 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 import featurecache
-from featurecache.exceptions import InvalidArgumentError, UnknownNameError, WeightsNotFoundError
+from featurecache.exceptions import (
+    DownloadError,
+    InvalidArgumentError,
+    UnknownNameError,
+    WeightsNotFoundError,
+)
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._registry import (
     get_backbone,
@@ -68,7 +73,8 @@ def test_unknown_backbone_suggests_close_names():
     with pytest.raises(
         UnknownNameError,
         match=r"^Unknown backbone 'resnet19'\. Did you mean 'resnet18', .*\? "
-        r"Hint: run `featurecache backbones` to list the 83 available backbones\.$",
+        r"Hint: run `featurecache backbones` to list the 83 built-in backbones; other sources are "
+        r"named timm:NAME, open_clip:ARCH/PRETRAINED, hf:REPO_ID\.$",
     ):
         get_backbone("resnet19")
 
@@ -193,14 +199,14 @@ def test_weights_of_another_architecture_do_not_fit(tmp_path):
 
 
 def test_named_weights_missing_from_the_hub_cache_fail_offline(empty_torch_home):
-    cached = empty_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    folder = empty_torch_home / "hub" / "checkpoints"
     message = (
-        f"Weights ResNet18_Weights.IMAGENET1K_V1 of resnet18 are not in the torch hub cache "
-        f"({cached} does not exist) and featurecache never downloads. Set TORCH_HOME to a "
-        "folder whose hub/checkpoints holds resnet18-f37072fd.pth, or give a local state-dict file "
-        "as the weights."
+        "Weights ResNet18_Weights.IMAGENET1K_V1 of resnet18 are not in the torch hub cache and "
+        "downloads are off (--offline, FEATURECACHE_OFFLINE or HF_HUB_OFFLINE). To work offline, "
+        f"put resnet18-f37072fd.pth into {folder} (set TORCH_HOME to choose the folder), or give "
+        "a local state-dict file as the weights."
     )
-    with pytest.raises(WeightsNotFoundError, match=f"^{re.escape(message)}$"):
+    with pytest.raises(DownloadError, match=f"^{re.escape(message)}$"):
         load_backbone("resnet18", "IMAGENET1K_V1")
     with pytest.raises(WeightsNotFoundError, match=f"^{re.escape(message)}$"):
         load_backbone("resnet18")  # DEFAULT

@@ -37,7 +37,9 @@ def dask_cluster():
 
 def results(out: Path) -> tuple[pd.DataFrame, dict[str, bytes]]:
     """``results.csv`` without its timings, and every prediction file's bytes."""
-    table = pd.read_csv(out / "results.csv").drop(columns=["fit_seconds"])
+    table = pd.read_csv(out / "results.csv").drop(
+        columns=["fit_seconds", "predict_seconds_per_1000"]
+    )
     predictions = {
         str(path.relative_to(out)): path.read_bytes()
         for path in sorted((out / "predictions").rglob("*.csv"))

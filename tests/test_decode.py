@@ -122,7 +122,7 @@ def test_exact_is_left_out_of_the_key_so_older_caches_keep_their_digest():
 def test_gpu_decoding_is_refused_on_a_cpu_run(photos, tmp_path):
     with pytest.raises(
         InvalidArgumentError,
-        match=r"^The 'decode' parameter of extract must be 'exact' or 'fast' on this device. "
+        match=r"^The 'decode' parameter of extract must be 'exact' or 'fast' here. "
         r"Got 'gpu' instead. 'gpu' decodes on a CUDA device; this run computes on cpu.$",
     ):
         _extract(photos, tmp_path / "c.h5", decode="gpu")

@@ -84,7 +84,10 @@ def test_one_row_per_requested_combination(tmp_path):
     assert run["data"]["counts"]["train"] == {"class_0": 20, "class_1": 20, "class_2": 20}
     for model in ("a", "b"):
         predictions = pd.read_csv(out / "predictions" / model / "embedding" / "logreg.csv")
-        assert list(predictions.columns) == ["id", "y_true", "y_pred", "true_class", "pred_class"]
+        assert list(predictions.columns) == [
+            "id", "y_true", "y_pred", "true_class", "pred_class", "confidence"
+        ]  # fmt: skip
+        assert predictions["confidence"].between(1 / 3, 1).all()  # the top class's probability
         assert len(predictions) == 30
     assert not list(out.rglob("*.tmp-*"))
 
@@ -330,3 +333,30 @@ def test_cli_names_the_flags_python_names_the_parameters(tmp_path, capsys):
     with pytest.raises(ParameterError, match="The 'out' parameter of fit must be a new folder"):
         pipelines.fit(cache, tmp_path / "file")
     assert not (tmp_path / "r").exists()
+
+
+def test_fit_with_shots_writes_learning_curves_and_keeps_the_full_fit(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", models=("a",))
+    out = tmp_path / "r"
+    table = _fit(cache, out, heads=["ridge", "knn"], layers=["embedding"], shots="1,3,all", draws=2)
+    assert len(table) == 2 and set(table["n_train"]) == {60}  # results.csv: the full train split
+    curves = pd.read_csv(out / "curves.csv")
+    assert list(curves.columns) == list(results_module.CURVE_COLUMNS)
+    assert curves[["head", "shots", "draw"]].values.tolist() == [
+        [head, shots, draw] for head in ("knn", "ridge") for shots in (1, 3) for draw in (0, 1)
+    ]
+    assert (curves["n_train"] == curves["shots"] * 3).all()
+    assert set(curves["selection"]) == {"defaults", "3-fold CV"}  # cv=3: 3 shots is enough
+    assert curves["test_accuracy"].between(0, 1).all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["arguments"]["shots"] == [1, 3] and run["arguments"]["draws"] == 2
+    assert "predict_seconds_per_1000" in table and (table["predict_seconds_per_1000"] > 0).all()
+
+
+def test_a_grid_end_choice_is_a_warning_in_results(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", models=("a",))
+    out = tmp_path / "r"
+    grid = {"ridge": {"alpha": [1.0, 30.0, 1000.0]}}  # CV 0.817, 0.85, 0.867: rising at the end
+    table = _fit(cache, out, heads=["ridge"], layers=["embedding"], grid=grid)
+    assert table["warnings"].iloc[0].startswith("alpha=1000 is the highest value of the grid")
+    assert pd.read_csv(out / "results.csv")["warnings"].iloc[0] == table["warnings"].iloc[0]

@@ -11,7 +11,7 @@ from _synthetic import LAYERS, write_cache
 
 import pipelines
 from featurecache.exceptions import InvalidArgumentError
-from pipelines._report import recommendation
+from pipelines._report import earlier_layer_verdict, recommendation
 
 GRID = {"logreg": {"C": [0.01, 1.0]}, "linsvm": {"C": [0.01, 0.1]}}
 
@@ -34,7 +34,7 @@ def test_report_files_exist_and_html_is_self_contained(fitted):
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    assert len(images) == 4  # heatmap, depth, heads, confusion
+    assert len(images) == 5  # heatmap, depth, heads, confusion, PCA map of the best layer
     for src in images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -90,7 +90,11 @@ def test_recommendation_wording_for_each_case():
     assert "scored 0.050 higher" in text and "5.0× the CV spread" in text and "likely real" in text
     close = {**embedding, "cv_mean": 0.945}
     text = recommendation(_frame([earlier, close]), _frame([earlier]).iloc[0])
-    assert "not a reliable difference" in text
+    assert "not a reliable difference" in text and "beat" not in text  # words agree
+    tied = {**embedding, "cv_mean": 0.95, "cv_std": 0.02}
+    text = recommendation(_frame([earlier, tied]), _frame([earlier]).iloc[0])
+    assert "tied with the penultimate one" in text and "beat" not in text
+    assert "differ by 0.000" in text
     best = {**embedding, "cv_mean": 0.97}
     text = recommendation(_frame([earlier, best]), _frame([best]).iloc[0])
     assert "No earlier layer beat the penultimate layer `embedding`" in text
@@ -113,3 +117,15 @@ def test_report_without_test_split_says_so(tmp_path):
 def test_report_of_a_non_results_folder(tmp_path):
     with pytest.raises(InvalidArgumentError, match="'results' parameter of report .* no run.json"):
         pipelines.report(tmp_path, tmp_path / "out")
+
+
+def test_earlier_layer_verdict_agrees_with_the_recommendation():
+    base = {"model": "m", "head": "logreg", "test_accuracy": 0.9, "cv_std": 0.01, "n_features": 8}
+    earlier = {**base, "layer": "layer3", "cv_mean": 0.95}
+    cases = {0.90: "yes", 0.945: "not reliably", 0.95: "tie", 0.9498: "tie"}
+    for embedding_mean, expected in cases.items():
+        embedding = {**base, "layer": "embedding", "cv_mean": embedding_mean}
+        table = _frame([earlier, embedding])
+        assert earlier_layer_verdict(table, _frame([earlier]).iloc[0]) == expected
+    table = _frame([earlier, {**base, "layer": "embedding", "cv_mean": 0.99}])
+    assert earlier_layer_verdict(table, table.iloc[1]) == "no"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_registry_lists_heads_and_suggests():
     head = pipelines.get_head("logreg")
     assert head.path_param == "C" and list(head.default_grid["C"]) == sorted(head.default_grid["C"])
     with pytest.raises(
-        UnknownNameError, match=r"head 'logrge'.*Did you mean 'logreg'\?.*list_heads"
+        UnknownNameError, match=r"head 'logrge'.*Did you mean 'logreg'.*\?.*list_heads"
     ):
         pipelines.get_head("logrge")
 
@@ -230,3 +231,34 @@ def test_search_with_pca_candidates(data):
     result = pipelines.search("logreg", X, y, grid={"C": [0.1, 1.0], "pca": [None, 4]}, cv=3)
     assert len(result.candidates) == 4
     assert {c["params"]["pca"] for c in result.candidates} == {None, 4}
+
+
+def test_last_round_folds_are_cut_to_keep_every_worker_busy(data, monkeypatch):
+    """5 folds on 2 workers: the fifth fold runs as two pieces, the later one started from
+    an earlier fold's solution; the scores agree with one worker within the solver tolerance."""
+    import pipelines._search as search_module
+
+    X, y = data
+    calls = []
+    real = search_module.fold_scores
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("only"), kwargs.get("starts")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "fold_scores", spy)
+    with parallel_config(backend="threading"):
+        two = pipelines.search("logreg", X, y, cv=5, seed=0, n_jobs=2)
+    monkeypatch.undo()
+    one = pipelines.search("logreg", X, y, cv=5, seed=0, n_jobs=1)
+    with parallel_config(backend="threading"):
+        again = pipelines.search("logreg", X, y, cv=5, seed=0, n_jobs=2)
+    assert again.candidates == two.candidates  # the cuts do not depend on timings
+    pieces = [c for c in calls if c[0] is not None]
+    assert len(calls) == 4 + 2 and len(pieces) == 2
+    assert sorted(i for only, _ in pieces for i in only) == list(range(6))  # every C once
+    assert [bool(starts) for _, starts in pieces] == [False, True]
+    np.testing.assert_allclose(
+        [c["mean"] for c in two.candidates], [c["mean"] for c in one.candidates], atol=0.02
+    )
+    assert not any(math.isnan(s) for c in two.candidates for s in c["scores"])

@@ -91,7 +91,7 @@ def test_rewritten_numbers_with_valid_hdf5_checksums_fail_the_sha256(copy, prist
     with pytest.raises(
         CacheCorruptError,
         match=rf"shard file '{shard}' of resnet18/embedding is corrupt: the SHA-256 of layer "
-        r"'embedding' is \w+…, the index records \w+…; delete",
+        r"'embedding' is \w+…, the commit log records \w+…; delete",
     ):
         open_cache(cache).load("resnet18", "embedding")
     _recompute(data, cache, shard, pristine[1])

@@ -53,7 +53,7 @@ class DemoSummary:
     report: Path
     best: dict
     recommendation: str
-    earlier_layer_won: bool
+    earlier_layer: str  # "yes", "no", "tie" or "not reliably", as the recommendation says
     seconds: float
 
 
@@ -127,7 +127,7 @@ def run_demo(
         report=report_dir,
         best=best,
         recommendation=recommendation,
-        earlier_layer_won=best["layer"] != "embedding",
+        earlier_layer=earlier_layer(results_dir),
         seconds=time.perf_counter() - started,
     )
 
@@ -140,6 +140,14 @@ def best_found(results: str | os.PathLike) -> tuple[dict, str]:
     best, recommendation = pipelines.best_combination(results)
     shown = ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
     return {k: best[k] for k in shown}, recommendation.replace("**", "").replace("`", "")
+
+
+def earlier_layer(results: str | os.PathLike) -> str:
+    """Whether an earlier layer beat the penultimate one, in the recommendation's own terms:
+    ``"yes"``, ``"no"``, ``"tie"`` (a CV difference of 0.000) or ``"not reliably"``."""
+    from pipelines._report import earlier_layer_outcome
+
+    return earlier_layer_outcome(results)
 
 
 def summarize(summary: DemoSummary) -> str:
@@ -157,8 +165,7 @@ def summarize(summary: DemoSummary) -> str:
             f"layers {', '.join(extraction.layers)} ({source})",
             f"best: backbone {best['model']}, layer {best['layer']}, head {best['head']} "
             f"-> test accuracy {best['test_accuracy']:.4f} (CV {best['cv_mean']:.4f} ± {best['cv_std']:.4f})",
-            "earlier layer beat the penultimate one: "
-            + ("yes" if summary.earlier_layer_won else "no"),
+            f"earlier layer beat the penultimate one: {summary.earlier_layer}",
             summary.recommendation,
             f"report: {summary.report / 'report.html'} (and report.md); took {summary.seconds:.0f}s",
         ]

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
         "--heads",
         type=_csv,
         default=None,
-        help="comma-separated heads: logreg, linsvm, svm, mlp (default: logreg,linsvm; "
+        help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn (default: logreg,linsvm; "
         "see docs/heads.md)",
     )
     fit.add_argument("--grid", default=None, help="JSON/YAML file: {head: {param: [values]}}")
@@ -61,6 +61,15 @@ def register(subparsers) -> None:
         "--backend", default="loky", help="joblib backend: loky (default), dask or ray"
     )
     fit.add_argument("--address", default=None, help="dask scheduler or ray cluster address")
+    fit.add_argument(
+        "--shots",
+        default=None,
+        help="few-shot learning curves: training images per class, e.g. 1,5,10,25,all "
+        "(written to RESULTS/curves.csv)",
+    )
+    fit.add_argument(
+        "--draws", type=int, default=5, help="seeded draws per number of shots (default: 5)"
+    )
     fit.set_defaults(func=run_fit)
 
     report = subparsers.add_parser(
@@ -90,6 +99,8 @@ def run_fit(args: argparse.Namespace) -> int:
         pca=args.pca,
         backend=args.backend,
         address=args.address,
+        shots=args.shots,
+        draws=args.draws,
     )
     print(f"{len(table)} combinations in {Path(args.out) / 'results.csv'}")
     if len(table):

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     _add_predict(sub)
     _add_demo(sub)
+    for name in ("layers", "extract", "predict", "demo"):
+        sub.choices[name].add_argument(
+            "--offline",
+            action="store_true",
+            help="never download weights (also FEATURECACHE_OFFLINE=1 or HF_HUB_OFFLINE=1)",
+        )
     for command in sub.choices.values():
         command.set_defaults(flags=_flag_names(command))
     return parser
@@ -82,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "offline", False):
+        os.environ["FEATURECACHE_OFFLINE"] = "1"  # also read by loader workers and Ray actors
     try:
         with _sigterm_interrupts():
             return int(args.func(args) or 0)
@@ -136,13 +145,23 @@ def _workers(text: str) -> int | str:
 
 def _add_backbones(sub) -> None:
     parser = sub.add_parser("backbones", help="list the backbones that can be extracted")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="torchvision, timm, open_clip or hf (default: the built-in backbones)",
+    )
+    parser.add_argument("--filter", default=None, help="names containing this (* wildcards)")
     parser.set_defaults(func=_run_backbones)
 
 
 def _run_backbones(args) -> int:
     from featurecache.models._registry import get_backbone, list_backbones
 
-    for name in list_backbones():
+    names = list_backbones(args.source, args.filter)
+    if args.source not in (None, "torchvision", "builtin"):
+        print("\n".join(names))  # building every record would import and inspect each model
+        return 0
+    for name in names:
         backbone = get_backbone(name)
         print(f"{name:32s} {backbone.family:16s} default weights: {backbone.default_weights}")
     return 0
@@ -163,15 +182,17 @@ def _add_layers(sub) -> None:
 
 
 def _run_layers(args) -> int:
-    from featurecache.models._layers import list_layers
+    from featurecache.models._registry import list_layers
 
     infos = list_layers(args.model, image_size=args.image_size)
-    print(f"{'layer':40s} {'output shape':20s} {'depth':>6s}  default")
+    print(f"{'layer':40s} {'output shape':20s} {'depth':>6s}  default  stage")
     for info in infos:
         shape = "x".join(str(s) for s in info.shape)
-        print(f"{info.name:40s} {shape:20s} {info.depth:6.2f}  {'*' if info.default else ''}")
+        default, stage = "*" if info.default else "", "stage" if info.stage else ""
+        print(f"{info.name:40s} {shape:20s} {info.depth:6.2f}  {default:7s}  {stage}")
     print(
-        f"\n* = default set; choose others with `featurecache extract DATA --model {args.model} --layers a,b,c`."
+        f"\n* = default set; stage = exposed by the library itself (forward_intermediates); "
+        f"choose others with `featurecache extract DATA --model {args.model} --layers a,b,c`."
     )
     return 0
 
@@ -192,7 +213,8 @@ def _add_extract(sub) -> None:
     parser.add_argument(
         "--weights",
         default=None,
-        help="DEFAULT, a torchvision weights name, none, or a state-dict file",
+        help="DEFAULT (downloaded unless --offline), a torchvision weights name, none, or a "
+        "state-dict file",
     )
     parser.add_argument(
         "--layers",
@@ -200,7 +222,9 @@ def _add_extract(sub) -> None:
         help="comma-separated layer names (see `featurecache layers MODEL`)",
     )
     parser.add_argument(
-        "--pool", default=None, help="avg|max|avgmax|flatten for conv maps; cls|mean for tokens"
+        "--pool",
+        default=None,
+        help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens",
     )
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -382,6 +406,9 @@ def _run_ls(args) -> int:
         print(
             f"  sha256 {str(config.get('weights_sha256', '?'))[:16]}…  preprocessing {config.get('preprocessing', '?')}"
         )
+        if config.get("source"):
+            revision = f" revision {config['revision']}" if config.get("revision") else ""
+            print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
         print(
             f"  {'layer':32s} {'features':>9s} {'dtype':8s} {'ok':>7s} {'failed':>7s} {'pending':>8s}"
         )

@@ -53,6 +53,10 @@ class FeatureConfig:
         Version of the cache format the features were written in.
     weights, seed, image_size, featurecache_version
         Provenance.
+    source, library, revision
+        Provenance: the backbone's source (``torchvision``, ``timm``, ``open_clip``, ``hf``…),
+        the library defining the model with its version (``timm 1.0.31``), and the hub
+        revision of downloaded weights.
     """
 
     backbone: str
@@ -67,6 +71,9 @@ class FeatureConfig:
     seed: int = field(default=0, compare=False)
     image_size: int = field(default=0, compare=False)
     featurecache_version: str = field(default_factory=_version, compare=False)
+    source: str = field(default="", compare=False)
+    library: str = field(default="", compare=False)
+    revision: str = field(default="", compare=False)
 
     #: The fields that make the key, in the order differences are reported.
     KEY = (

@@ -22,7 +22,7 @@ from featurecache.cache._config import FeatureConfig
 from featurecache.cache._log import ShardMeta, read_log
 from featurecache.exceptions import CacheCorruptError
 
-__all__ = ["FolderView", "ShardData", "has_folder", "read_chunks"]
+__all__ = ["FolderView", "ShardData", "ShardReadError", "has_folder", "read_layer"]
 
 #: Files verified in this process: (path, inode, size, mtime, layer) -> SHA-256 they matched.
 _VERIFIED: dict[tuple, str] = {}
@@ -39,6 +39,7 @@ class ShardData:
     sha256: str
     dtype: str = "float32"
     chunks: tuple[tuple[int, int, int], ...] = ()  # (byte offset, stored bytes, rows)
+    layer: str = ""
 
 
 def has_folder(index: Path) -> bool:
@@ -122,6 +123,7 @@ class FolderView:
                 sha256=meta.digests[layer],
                 dtype=meta.dtypes.get(layer, "float32"),
                 chunks=tuple(meta.chunks.get(layer, ())),
+                layer=layer,
             )
             for meta in self._holding(model, layer)
         ]
@@ -143,40 +145,17 @@ class FolderView:
         return found
 
 
-def read_chunks(shard: ShardData, n_features: int) -> np.ndarray:
-    """A layer's rows of one shard, read from the recorded chunk offsets (no HDF5 open).
+def verify(shard: ShardData, data: np.ndarray, *, force: bool = False) -> str | None:
+    """``None`` if ``data`` matches the shard's SHA-256 (checked once per file and process).
 
-    Each chunk holds full-size rows followed by its 4-byte Fletcher-32 checksum; the
-    last chunk of a shard may hold fewer valid rows than its size.
+    Otherwise the digest found. A file is known by path, inode, size and modification
+    time: shard files are never written again, so a change means damage.
     """
-    dtype = np.dtype(shard.dtype)
-    row_bytes = n_features * dtype.itemsize
-    out = np.empty((shard.stop - shard.start, n_features), dtype=dtype)
-    at = 0
-    fd = os.open(shard.file, os.O_RDONLY)
-    try:
-        for offset, size, rows in shard.chunks:
-            raw = os.pread(fd, size, offset)
-            if len(raw) != size or (size - 4) % row_bytes or rows * row_bytes > size - 4:
-                raise ValueError(f"truncated file: chunk at byte {offset} is cut short")
-            out[at : at + rows] = np.frombuffer(raw, dtype=dtype, count=rows * n_features).reshape(
-                rows, n_features
-            )
-            at += rows
-    finally:
-        os.close(fd)
-    if at != len(out):
-        raise ValueError(f"the log lists {at} rows in chunks for {len(out)} rows")
-    return out
-
-
-def verify(shard: ShardData, layer: str, data: np.ndarray) -> str | None:
-    """``None`` if ``data`` matches the shard's SHA-256 (checked once per file and process)."""
     stat = shard.file.stat()
-    key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, layer)
-    if _VERIFIED.get(key) == shard.sha256:
+    key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, shard.layer)
+    if not force and _VERIFIED.get(key) == shard.sha256:
         return None
-    digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
     if digest != shard.sha256:
         return digest
     _VERIFIED[key] = digest
@@ -217,3 +196,93 @@ def config_provenance(config: FeatureConfig) -> dict:
 
 def plain_attrs(attrs: Mapping) -> dict:
     return {k: decode(v) for k, v in attrs.items() if k != "dtype_stored"}
+
+
+class ShardReadError(Exception):
+    """One shard could not be read or does not match its digest (``what`` says how)."""
+
+    def __init__(self, shard: ShardData, what: str) -> None:
+        super().__init__(what)
+        self.shard, self.what = shard, what
+
+
+def read_layer(
+    shards: list[ShardData],
+    n_features: int,
+    keep: np.ndarray,
+    *,
+    force: bool = False,
+    threads: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept rows of one layer over ``shards``, as float32, with their row numbers.
+
+    ``keep`` is a boolean mask over every row of the cache. Only shards holding a kept
+    row are read; each one straight into one buffer (no copy per chunk), its SHA-256
+    checked once per file and process (``force``: again). Reads and digests run on
+    ``threads`` threads: both release the GIL.
+
+    Raises
+    ------
+    ShardReadError
+        For the first shard (in row order) that cannot be read or does not match.
+    """
+    chosen = [s for s in shards if keep[s.start : s.stop].any()]
+    dtype = np.dtype(chosen[0].dtype) if chosen else np.dtype(np.float32)
+    offsets = np.cumsum([0] + [s.stop - s.start for s in chosen])
+    buffer = np.empty((int(offsets[-1]), n_features), dtype=dtype)
+    jobs = [(s, buffer[offsets[i] : offsets[i + 1]]) for i, s in enumerate(chosen)]
+    if threads > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+            errors = list(pool.map(lambda job: _fill(*job, n_features, force), jobs))
+    else:
+        errors = [_fill(shard, out, n_features, force) for shard, out in jobs]
+    for error in errors:
+        if error is not None:
+            raise error
+    rows = (
+        np.concatenate([np.arange(s.start, s.stop) for s in chosen])
+        if chosen
+        else np.zeros(0, np.int64)
+    )
+    mask = keep[rows]
+    X = buffer if mask.all() else buffer[mask]
+    return X.astype(np.float32, copy=False), rows[mask]
+
+
+def _fill(shard: ShardData, out: np.ndarray, n_features: int, force: bool) -> ShardReadError | None:
+    """Read one shard's layer into ``out`` and check it; return the error instead of raising."""
+    try:
+        _read_into(shard, out, n_features)
+    except (OSError, ValueError) as error:
+        return ShardReadError(shard, f"it cannot be read ({error})")
+    digest = verify(shard, out, force=force)
+    if digest is not None:
+        return ShardReadError(
+            shard,
+            f"the SHA-256 of layer {shard.layer!r} is {digest[:12]}…, the commit log records "
+            f"{shard.sha256[:12]}…",
+        )
+    return None
+
+
+def _read_into(shard: ShardData, out: np.ndarray, n_features: int) -> None:
+    row_bytes = n_features * out.dtype.itemsize
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    at = 0
+    fd = os.open(shard.file, os.O_RDONLY)
+    try:
+        for offset, size, rows in shard.chunks:
+            wanted = rows * row_bytes
+            if (size - 4) % row_bytes or wanted > size - 4:
+                raise ValueError(f"chunk at byte {offset} does not hold {rows} rows")
+            scratch = bytearray(size - wanted)  # padding of an edge chunk, and the checksum
+            got = os.preadv(fd, [view[at : at + wanted], scratch], offset)
+            if got != size:
+                raise ValueError(f"truncated file: chunk at byte {offset} is cut short")
+            at += wanted
+    finally:
+        os.close(fd)
+    if at != len(view):
+        raise ValueError(f"the log lists {at // row_bytes} rows in chunks for {len(out)} rows")

@@ -120,20 +120,51 @@ def rewrite_log(path: Path, metas: Iterable[ShardMeta]) -> None:
 
 
 def read_log(path: Path) -> list[ShardMeta]:
-    """Every complete line of the log, in commit order; the first line of a file wins."""
+    """Every complete line of the log, in commit order; the first line of a file wins.
+
+    A log only grows between recoveries, so what was parsed is kept per file (and per
+    inode: a recovery replaces the file) and only the lines appended since are parsed.
+    """
     try:
-        text = path.read_bytes().decode()
+        stat = path.stat()
     except FileNotFoundError:
         return []
-    metas, seen = [], set()
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # cut short by a crash: not committed
+    with open(path, "rb") as handle:
+        head = handle.read(_HEAD)
+        parsed = _PARSED.get(str(path))
+        if parsed is None or (parsed.inode, parsed.head) != (stat.st_ino, head[: len(parsed.head)]) \
+                or parsed.offset > stat.st_size:  # fmt: skip
+            parsed = _Parsed(stat.st_ino, head)
+            _PARSED[str(path)] = parsed
+        if stat.st_size <= parsed.offset:
+            return list(parsed.metas)
+        handle.seek(parsed.offset)
+        tail = handle.read()
+    end = tail.rfind(b"\n") + 1  # a last line without its newline is not committed yet
+    for line in tail[:end].decode().splitlines():
         meta = ShardMeta.from_line(line)
-        if meta.file not in seen:
-            seen.add(meta.file)
-            metas.append(meta)
-    return metas
+        if meta.file not in parsed.seen:
+            parsed.seen.add(meta.file)
+            parsed.metas.append(meta)
+    parsed.offset += end
+    if len(parsed.head) < _HEAD:
+        parsed.head = head  # the head grows with the first lines: compare what was read
+    return list(parsed.metas)
+
+
+_HEAD = 256  # bytes compared to tell a log from another one that took its inode
+
+
+@dataclass
+class _Parsed:
+    inode: int
+    head: bytes
+    offset: int = 0
+    metas: list = field(default_factory=list)
+    seen: set = field(default_factory=set)
+
+
+_PARSED: dict[str, _Parsed] = {}
 
 
 def repair_log(path: Path) -> None:

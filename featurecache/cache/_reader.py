@@ -20,11 +20,11 @@ import numpy as np
 from featurecache.cache import _format as fmt
 from featurecache.cache._folder import (
     FolderView,
+    ShardReadError,
     config_provenance,
     has_folder,
     plain_attrs,
-    read_chunks,
-    verify,
+    read_layer,
 )
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.exceptions import (
@@ -173,6 +173,8 @@ class Cache:
             self.class_names = [str(k) for k in range(n_classes)]
         else:
             self.class_names = [str(_decode(n)) for n in np.asarray(names).tolist()]
+        # Where the images came from ("folder:/abs/root", "builtin:digits", ...); "" if unknown.
+        self.source = str(_decode(samples.attrs.get("root", "")))
         digest = f.attrs.get("samples_digest")
         self.samples_digest = (
             str(_decode(digest))
@@ -302,10 +304,7 @@ class Cache:
         if wanted is None:
             wanted = np.ones(self.n_samples, dtype=bool)
         if self._folder is not None:
-            meta = self._folder_layer(model, layer)
-            shards = self._folder.shards(model, layer)
-            status = self._folder.status(model, layer, self.n_samples)
-            return self._read_shards(model, layer, shards, meta.n_features[layer], wanted, status)
+            return self._read_folder(model, layer, wanted)
         with self._open() as f:
             dataset = self._dataset(f, model, layer)
             n_features = int(dataset.shape[1])
@@ -328,9 +327,7 @@ class Cache:
         for name in models:
             for layer in self.layers(name):
                 if self._folder is not None:
-                    n_features = self._folder_layer(name, layer).n_features[layer]
-                    for shard in self._folder.shards(name, layer):
-                        self._read_shard(name, layer, shard, n_features, force=True)
+                    self._read_folder(name, layer, None, force=True)
                     continue
                 with self._open() as f:
                     dataset = self._dataset(f, name, layer)
@@ -347,7 +344,8 @@ class Cache:
 
     @contextmanager
     def _open(self, path: Path | None = None) -> Iterator[h5py.File]:
-        kwargs = {} if fmt.locking_enabled() else {"locking": False}
+        # best-effort: a cache on a read-only disk (or one whose locks fail) is still read.
+        kwargs = {"locking": "best-effort"} if fmt.locking_enabled() else {"locking": False}
         with h5py.File(self.path if path is None else path, "r", **kwargs) as f:
             yield f
 
@@ -436,31 +434,17 @@ class Cache:
             raise self._corrupt(model, layer, shard, f"its status has shape {status.shape}")
         return status
 
-    def _read_shard(
-        self, model: str, layer: str, shard, n_features: int, force: bool = False
-    ) -> np.ndarray:
-        """Features of one shard as stored, after checking their SHA-256.
-
-        A shard logged with its chunk offsets is read without opening it as HDF5, and its
-        digest is checked once per file and process (``force`` checks it again).
-        """
-        chunks = getattr(shard, "chunks", ())
+    def _read_shard(self, model: str, layer: str, shard: _Shard, n_features: int) -> np.ndarray:
+        """Features of one shard as stored, after checking their SHA-256."""
         try:
-            if chunks:
-                data = read_chunks(shard, n_features)
-            else:
-                with self._open(shard.file) as g:
-                    data = np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
-        except (OSError, KeyError, ValueError) as error:
+            with self._open(shard.file) as g:
+                data = np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
+        except (OSError, KeyError) as error:
             raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
         if data.shape != (shard.stop - shard.start, n_features):
             raise self._corrupt(model, layer, shard, f"layer {layer!r} has shape {data.shape}")
-        if chunks and not force:
-            digest = verify(shard, layer, data)
-        else:
-            digest = hashlib.sha256(data.tobytes()).hexdigest()
-            digest = None if digest == shard.sha256 else digest
-        if digest is not None:
+        digest = hashlib.sha256(data.tobytes()).hexdigest()
+        if digest != shard.sha256:
             raise self._corrupt(
                 model,
                 layer,
@@ -471,16 +455,12 @@ class Cache:
         return data
 
     def _read_shards(
-        self, model: str, layer: str, shards: list, n_features: int, wanted: np.ndarray,
-        status: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        self, model: str, layer: str, shards: list[_Shard], n_features: int, wanted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Two passes: statuses first (small), so the output is allocated once.
         keep = []
         for shard in shards:
-            if status is None:
-                ok = self._shard_status(model, layer, shard) == STATUS_OK
-            else:
-                ok = status[shard.start : shard.stop] == STATUS_OK
+            ok = self._shard_status(model, layer, shard) == STATUS_OK
             keep.append(ok & wanted[shard.start : shard.stop])
         n_rows = int(sum(int(k.sum()) for k in keep))
         X = np.empty((n_rows, n_features), dtype=np.float32)
@@ -525,6 +505,22 @@ class Cache:
             X[at : at + n] = chunk[mask]
             at += n
         _check_finite(X, dataset.name.removeprefix("/features/"), self.path)
+        return X, rows
+
+    def _read_folder(
+        self, model: str, layer: str, wanted: np.ndarray | None, force: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        meta = self._folder_layer(model, layer)
+        keep = self._folder.status(model, layer, self.n_samples) == STATUS_OK
+        if wanted is not None:
+            keep &= wanted
+        try:
+            X, rows = read_layer(
+                self._folder.shards(model, layer), meta.n_features[layer], keep, force=force
+            )
+        except ShardReadError as error:
+            raise self._corrupt(model, layer, error.shard, error.what) from error
+        # No NaN check: every shard matched the digest of what the writer checked was finite.
         return X, rows
 
     def _folder_layers(self, model: str) -> dict:

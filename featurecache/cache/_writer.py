@@ -37,6 +37,7 @@ from featurecache.cache._log import ShardMeta, append_log, read_log, repair_log,
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
+    CacheReadOnlyError,
     ConfigMismatchError,
     DatasetChangedError,
 )
@@ -203,9 +204,31 @@ class Store:
 
     def register_model(self, model: str, config: FeatureConfig) -> None:
         """Record the model's configuration once; raise if it differs from the recorded one."""
+        recorded = self.read_config(model)
+        if recorded is not None:  # a cache hit writes nothing
+            check_config(model, recorded, config, self.path)
+            return
         text = json.dumps(config.to_dict(), sort_keys=True, indent=1)
         if not create_once(fmt.config_file(self.path, model), lambda p: p.write_text(text)):
             check_config(model, self.read_config(model), config, self.path)
+
+    def check_writable(self, model: str | None = None) -> None:
+        """Raise :class:`CacheReadOnlyError` if writing this cache (or model) would fail.
+
+        Called before any compute, so a read-only cache costs a one-line error, not a
+        forward pass that cannot be stored.
+        """
+        folders = [self.data_dir if self.data_dir.exists() else self.path.parent]
+        if model is not None and self.model_dir(model).exists():
+            folders.append(self.model_dir(model))
+            folders += sorted(p for p in self.model_dir(model).glob("p-*") if p.is_dir())
+        for folder in folders:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise CacheReadOnlyError(
+                    f"the cache {str(self.path)!r} needs new files in {str(folder)!r}, which "
+                    "this user cannot write (a read-only disk or folder); extract into a cache "
+                    "on a writable disk, or copy this one there first."
+                )
 
     @contextlib.contextmanager
     def lock_model(self, model: str) -> Iterator[None]:
@@ -492,7 +515,8 @@ class Store:
                 if folder == self.path.parent and not tmp.name.startswith(prefix):
                     continue
                 if owner_is_dead(tmp.name):
-                    tmp.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # a read-only cache keeps its litter
+                        tmp.unlink(missing_ok=True)
 
     def _open(self, path: Path, mode: str = "r") -> h5py.File:
         try:

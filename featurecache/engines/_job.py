@@ -13,7 +13,7 @@ import torch
 from featurecache._data import Dataset
 from featurecache.cache import FeatureConfig, ShardMeta, Store
 from featurecache.engines._runner import Plan, ShardResult, ShardRunner
-from featurecache.exceptions import ConfigMismatchError
+from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
 from featurecache.models._layers import LayerInfo
 from featurecache.models._registry import LoadedBackbone, load_backbone
 
@@ -133,11 +133,20 @@ class Job:
         self.store.rebuild_index()
 
     def refresh(self) -> None:
-        """On a cache hit: rebuild a stale index, and remove temporaries of dead writers."""
+        """On a cache hit: rebuild a stale index, and remove temporaries of dead writers.
+
+        A current index and no litter mean nothing is written at all; a read-only cache
+        with a stale index is left as it is (readers take its folder anyway).
+        """
         if self.store.index_is_current():
             self.store.remove_stale_temporaries()
-        else:
-            self.store.rebuild_index()  # also removes temporaries of dead writers
+            return
+        try:
+            self.store.check_writable()
+        except CacheReadOnlyError:
+            logger.warning("the index of read-only cache %s lags its folder", self.store.path)
+            return
+        self.store.rebuild_index()  # also removes temporaries of dead writers
 
 
 def feature_config(
@@ -159,4 +168,7 @@ def feature_config(
         weights=backbone.weights,
         seed=backbone.seed,
         image_size=backbone.image_size,
+        source=backbone.source,
+        library=backbone.library,
+        revision=backbone.revision,
     )

@@ -294,6 +294,7 @@ class ShardRunner:
                     outputs[layer],
                     _pool_for(self.infos[layer], self.pooling),
                     self.infos[layer].kind,
+                    self.infos[layer].prefix_tokens,
                 )
                 for layer in layers
             }
@@ -523,24 +524,28 @@ def resolve_decode(
     device: torch.device,
     previous: FeatureConfig | None = None,
     files: bool = True,
+    backend: str = "tensor",
     owner: str = "extract",
 ) -> str:
     """The decode mode: the one asked for, else the cached model's, else the default.
 
     The default is :data:`DEFAULT_DECODE` for image files and ``exact`` for arrays in
     memory (``files=False``), which are never decoded. ``gpu`` needs the shards to compute
-    on a CUDA device.
+    on a CUDA device and a preprocessing that resizes tensors (``backend``).
     """
+    mode = decode
     if decode == "auto":
-        if previous is not None:
-            return previous.decode
-        return DEFAULT_DECODE if files else "exact"
-    if decode == "gpu" and device.type != "cuda":
-        raise ParameterError(
-            "decode", owner, "'exact' or 'fast' on this device", decode,
-            f"'gpu' decodes on a CUDA device; this run computes on {device.type}.",
-        )  # fmt: skip
-    return decode
+        mode = previous.decode if previous is not None else DEFAULT_DECODE if files else "exact"
+    if mode != "gpu":
+        return mode
+    cached = " (the cached model's mode)" if decode == "auto" else ""
+    if device.type != "cuda":
+        why = f"'gpu'{cached} decodes on a CUDA device; this run computes on {device.type}."
+    elif backend != "tensor":
+        why = f"'gpu'{cached} resizes on the device; this backbone's preprocessing uses {backend}."
+    else:
+        return mode
+    raise ParameterError("decode", owner, "'exact' or 'fast' here", decode, why)
 
 
 def cpu_has_fast_bfloat16() -> bool:

@@ -35,6 +35,9 @@ __all__ = [
     "default_rule_for",
     "pool",
     "pooled_size",
+    "last_per_resolution",
+    "spatial_key",
+    "spread",
 ]
 
 EMBEDDING = "embedding"
@@ -42,7 +45,7 @@ EMBEDDING = "embedding"
 #: Pooling methods per layer kind; the first one is the default.
 POOL_METHODS: dict[str, tuple[str, ...]] = {
     "map": ("avg", "max", "avgmax", "flatten"),
-    "tokens": ("cls", "mean"),
+    "tokens": ("cls", "mean", "cls+mean"),
     "vector": ("none",),
 }
 
@@ -78,6 +81,13 @@ class LayerInfo:
         Position in forward execution order (0-based); the embedding is last.
     default : bool
         Whether the layer is in the backbone's default set.
+    stage : bool
+        Whether the library itself exposes the layer as a stage or block (timm's
+        ``feature_info``, what ``forward_intermediates`` returns).
+    prefix_tokens : int, optional
+        For ``tokens`` layers of models that declare it: the class and register tokens
+        before the patch tokens. ``mean`` then averages patch tokens only. ``None`` (unknown,
+        torchvision's ViT) averages every token, as featurecache always has.
     """
 
     name: str
@@ -86,20 +96,27 @@ class LayerInfo:
     depth: float
     depth_index: int
     default: bool = False
+    stage: bool = False
+    prefix_tokens: int | None = None
 
 
 # ---------------------------------------------------------------- discovery
 
 
 def discover_layers(
-    module: nn.Module, image_size: int, default_rule: DefaultRule | None = None
+    module: nn.Module,
+    image_size: int,
+    default_rule: DefaultRule | None = None,
+    stages: Sequence[str] = (),
+    prefix_tokens: int | None = None,
 ) -> list[LayerInfo]:
     """Run one dummy forward pass (batch 1, zeros) with hooks on every submodule.
 
     Modules that run more than once per forward pass, never run, or return something other
     than one tensor of 1 to 3 dimensions per sample are not capturable and are left out.
     ``default_rule`` (a backbone record's) marks the default layers besides the embedding;
-    without one, the generic rule does.
+    without one, the generic rule does. ``stages`` are marked as the library's own stages;
+    ``prefix_tokens`` is recorded on every ``tokens`` layer.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise InvalidArgumentError(
@@ -166,8 +183,18 @@ def discover_layers(
     ]
     rule = default_rule or _generic_defaults
     defaults = set(rule(infos[:-1], modules)) | {EMBEDDING}
+    staged = set(stages)
     return [
-        LayerInfo(i.name, i.shape, i.kind, i.depth, i.depth_index, i.name in defaults)
+        LayerInfo(
+            i.name,
+            i.shape,
+            i.kind,
+            i.depth,
+            i.depth_index,
+            default=i.name in defaults,
+            stage=i.name in staged,
+            prefix_tokens=prefix_tokens if i.kind == "tokens" else None,
+        )
         for i in infos
     ]
 
@@ -259,27 +286,27 @@ def _parent(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def _spatial_key(info: LayerInfo) -> tuple[int, ...]:
+def spatial_key(info: LayerInfo) -> tuple[int, ...]:
     if info.kind == "map":
         return _spatial(info.shape)
     return info.shape[:1]  # tokens: the sequence length
 
 
-def _last_per_resolution(infos: list[LayerInfo], k: int = 4) -> list[str]:
+def last_per_resolution(infos: list[LayerInfo], k: int = 4) -> list[str]:
     """The last layer at each resolution, for the ``k`` deepest resolutions.
 
     This is the end of each stage (ResNet's layer1..layer4, the feature-pyramid levels).
     """
     ends: list[LayerInfo] = []
     for info in infos:
-        if ends and _spatial_key(ends[-1]) == _spatial_key(info):
+        if ends and spatial_key(ends[-1]) == spatial_key(info):
             ends[-1] = info
         else:
             ends.append(info)
     return [i.name for i in ends[-k:]]
 
 
-def _spread(infos: list[LayerInfo], k: int = 3) -> list[str]:
+def spread(infos: list[LayerInfo], k: int = 3) -> list[str]:
     """``k`` layers at 1/(k+1), 2/(k+1)… of the sequence (its last layer is left to the embedding)."""
     n = len(infos)
     picks = sorted({max(0, round(n * (j + 1) / (k + 1)) - 1) for j in range(k)})
@@ -305,22 +332,22 @@ def _vgg_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list
 @_default_rule("efficientnet", "mobilenetv2", "mobilenetv3")
 def _features_stages_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
     # features.0 is the stem and features[-1] the 1x1 head convolution.
-    return _last_per_resolution(_children(infos, "features")[1:-1])
+    return last_per_resolution(_children(infos, "features")[1:-1])
 
 
 @_default_rule("convnext", "swin_transformer")
 def _features_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
-    return _last_per_resolution(_children(infos, "features"))
+    return last_per_resolution(_children(infos, "features"))
 
 
 @_default_rule("efficientnet_lite")
 def _lite_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
-    return _last_per_resolution(_children(infos, "blocks"))
+    return last_per_resolution(_children(infos, "blocks"))
 
 
 @_default_rule("vision_transformer")
 def _vit_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
-    return _spread(_children(infos, "encoder.layers"))
+    return spread(_children(infos, "encoder.layers"))
 
 
 def _generic_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
@@ -336,10 +363,10 @@ def _generic_defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> 
     if not by_parent:
         return []
     # The trunk spans the most resolutions (its children are stages, not blocks of one stage).
-    trunk = max(by_parent.values(), key=lambda c: (len({_spatial_key(i) for i in c}), len(c)))
-    if len({_spatial_key(i) for i in trunk}) > 1:
-        return _last_per_resolution(trunk)
-    return _spread(trunk)
+    trunk = max(by_parent.values(), key=lambda c: (len({spatial_key(i) for i in c}), len(c)))
+    if len({spatial_key(i) for i in trunk}) > 1:
+        return last_per_resolution(trunk)
+    return spread(trunk)
 
 
 # ---------------------------------------------------------------- capture
@@ -467,7 +494,9 @@ def _check_method(method: str, kind: str) -> None:
         )
 
 
-def pool(tensor: torch.Tensor, method: str, kind: str) -> torch.Tensor:
+def pool(
+    tensor: torch.Tensor, method: str, kind: str, prefix_tokens: int | None = None
+) -> torch.Tensor:
     """Pool a batch of layer outputs into one row per sample.
 
     Parameters
@@ -478,8 +507,12 @@ def pool(tensor: torch.Tensor, method: str, kind: str) -> torch.Tensor:
         ``(N, D)`` for ``vector``.
     method : str
         ``map``: ``avg``, ``max``, ``avgmax`` (``[avg, max]`` concatenated), ``flatten``;
-        ``tokens``: ``cls`` (token 0), ``mean`` (over all tokens); ``vector``: ``none``.
+        ``tokens``: ``cls`` (token 0), ``mean`` (over the patch tokens), ``cls+mean`` (both
+        concatenated); ``vector``: ``none``.
     kind : {'map', 'tokens', 'vector'}
+    prefix_tokens : int, optional
+        Class and register tokens before the patch tokens (:attr:`LayerInfo.prefix_tokens`);
+        ``None`` averages every token.
 
     Returns
     -------
@@ -502,7 +535,7 @@ def pool(tensor: torch.Tensor, method: str, kind: str) -> torch.Tensor:
     if kind == "vector":
         out = x
     elif kind == "tokens":
-        out = x[:, 0] if method == "cls" else x.mean(dim=1)
+        out = _pool_tokens(x, method, prefix_tokens)
     elif method == "flatten":
         out = x.flatten(1)
         if out.shape[1] > _FLATTEN_WARN:
@@ -524,6 +557,20 @@ def pool(tensor: torch.Tensor, method: str, kind: str) -> torch.Tensor:
     return out.contiguous()
 
 
+def _pool_tokens(x: torch.Tensor, method: str, prefix_tokens: int | None) -> torch.Tensor:
+    if prefix_tokens == 0 and method != "mean":
+        raise InvalidArgumentError(
+            f"The pooling method {method!r} needs a class token, and this model has none; "
+            "use 'mean'."
+        )
+    parts = []
+    if method in ("cls", "cls+mean"):
+        parts.append(x[:, 0])
+    if method in ("mean", "cls+mean"):
+        parts.append(x[:, prefix_tokens or 0 :].mean(dim=1))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
 def _channels_last(shape: Sequence[int]) -> bool:
     """``(H, W, C)`` rather than ``(C, H, W)``: inputs are square, so H == W."""
     d1, d2, d3 = shape
@@ -540,6 +587,6 @@ def pooled_size(info: LayerInfo, method: str) -> int:
     if info.kind == "vector" or method == "flatten":
         return math.prod(info.shape)
     if info.kind == "tokens":
-        return info.shape[-1]
+        return info.shape[-1] * (2 if method == "cls+mean" else 1)
     channels = info.shape[-1] if _channels_last(info.shape) else info.shape[0]
     return 2 * channels if method == "avgmax" else channels

@@ -10,7 +10,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -21,17 +21,26 @@ from torchvision.transforms.v2 import functional as F
 
 from featurecache.exceptions import InvalidArgumentError, suggest
 
-__all__ = ["Preprocess", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["BACKENDS", "Preprocess", "RESIZE_MODES", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATIONS = tuple(mode.value for mode in InterpolationMode)
 
+#: How an image becomes a square: ``crop`` resizes the short side to ``resize_size`` and
+#: centre-crops; ``squash`` resizes both sides to ``resize_size`` (no aspect ratio kept), then
+#: centre-crops; ``pad`` resizes the long side to ``resize_size`` and letterboxes with the mean
+#: colour.
+RESIZE_MODES = ("crop", "squash", "pad")
+#: ``tensor``: torchvision's antialiased tensor resize; ``pil``: PIL's resize, as timm, OpenCLIP
+#: and Hugging Face image processors do, so features equal the library's own transform.
+BACKENDS = ("tensor", "pil")
+
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side, center-crop, scale to [0, 1] and normalise.
+    """Resize (``crop``, ``squash`` or ``pad``), center-crop, scale to [0, 1] and normalise.
 
     Parameters
     ----------
@@ -44,7 +53,14 @@ class Preprocess:
     interpolation : str
         A :class:`torchvision.transforms.InterpolationMode` value (``"bilinear"``, ``"bicubic"``…).
     antialias : bool
-        Whether the resize is antialiased.
+        Whether the resize is antialiased (tensor backend; PIL always filters).
+    resize : {'crop', 'squash', 'pad'}
+        See :data:`RESIZE_MODES`.
+    backend : {'tensor', 'pil'}
+        See :data:`BACKENDS`.
+
+    Fields at their defaults (``resize='crop'``, ``backend='tensor'``) are left out of
+    :meth:`to_dict`, so caches written before these fields existed keep their key.
     """
 
     resize_size: int
@@ -53,6 +69,8 @@ class Preprocess:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     antialias: bool = True
+    resize: str = "crop"
+    backend: str = "tensor"
 
     def __post_init__(self) -> None:
         for name in ("resize_size", "crop_size"):
@@ -81,6 +99,29 @@ class Preprocess:
             )
         object.__setattr__(self, "interpolation", interpolation)
         object.__setattr__(self, "antialias", bool(self.antialias))
+        for name, choices in (("resize", RESIZE_MODES), ("backend", BACKENDS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise InvalidArgumentError(
+                    f"The {name!r} parameter of Preprocess must be one of {choices}. "
+                    f"Got {value!r} instead.{suggest(str(value), choices)}"
+                )
+
+    def with_resize(self, mode: str) -> Preprocess:
+        """The same preprocessing with another resize mode.
+
+        ``squash`` and ``pad`` resize to the crop size, so the whole image reaches the model;
+        ``crop`` keeps this preprocessing's resize size (its own crop ratio).
+        """
+        if mode not in RESIZE_MODES:
+            raise InvalidArgumentError(
+                f"The 'resize' parameter must be one of {RESIZE_MODES}. Got {mode!r} instead."
+                f"{suggest(str(mode), RESIZE_MODES)}"
+            )
+        if mode == self.resize:
+            return self
+        size = self.resize_size if mode == "crop" else self.crop_size
+        return replace(self, resize=mode, resize_size=size)
 
     @classmethod
     def imagenet(cls, image_size: int = 224) -> Preprocess:
@@ -122,6 +163,9 @@ class Preprocess:
         out = asdict(self)
         out["mean"] = list(self.mean)
         out["std"] = list(self.std)
+        for f in fields(self):
+            if f.name in _OPTIONAL and out[f.name] == f.default:
+                del out[f.name]
         return out
 
     def to_json(self) -> str:
@@ -132,16 +176,22 @@ class Preprocess:
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         """Inverse of :meth:`to_dict`."""
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
+        if not isinstance(data, dict) or not (names - set(_OPTIONAL) <= set(data) <= names):
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise InvalidArgumentError(
-                f"A preprocessing dict must have exactly the keys {sorted(names)}. Got {got} instead."
+                f"A preprocessing dict must have the keys {sorted(names)} ({', '.join(_OPTIONAL)} "
+                f"optional). Got {got} instead."
             )
         return cls(**data)
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """``(height, width)`` of an image of this size after the resize, before the crop."""
-        short, long = sorted((height, width))
+        if self.resize == "squash":
+            return self.resize_size, self.resize_size
+        if self.resize == "pad":  # the long side becomes resize_size
+            scale = self.resize_size / max(height, width)
+            return max(1, round(height * scale)), max(1, round(width * scale))
+        short, long = sorted((height, width))  # crop: the short side, as torchvision rounds
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         return (new_short, new_long) if height <= width else (new_long, new_short)
 
@@ -169,17 +219,39 @@ class Preprocess:
                 "Preprocess expects a uint8 tensor of shape (C, H, W) with C in {1, 3}. "
                 f"Got shape {tuple(image.shape)} instead."
             )
-        x = F.resize(
-            image,
-            [self.resize_size],
-            interpolation=InterpolationMode(self.interpolation),
-            antialias=self.antialias,
-        )
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        x = F.to_pil_image(image.contiguous()) if self.backend == "pil" else image
+        x = self._resize(x)
+        if self.resize == "pad":
+            x = self._pad(x)
         x = F.center_crop(x, [self.crop_size, self.crop_size])
-        if x.shape[0] == 1:
-            x = x.expand(3, -1, -1)
+        if self.backend == "pil":
+            x = F.pil_to_tensor(x)
         x = F.to_dtype(x, torch.float32, scale=True)
         return F.normalize(x, list(self.mean), list(self.std))
+
+    def _resize(self, x: Any) -> Any:
+        if self.resize == "crop":
+            size = [self.resize_size]
+        else:
+            size = list(self.resized_size(*F.get_size(x)))
+        return F.resize(
+            x, size, interpolation=InterpolationMode(self.interpolation), antialias=self.antialias
+        )
+
+    def _pad(self, x: Any) -> Any:
+        """Letterbox to the crop size with the mean colour (zero after normalisation)."""
+        height, width = F.get_size(x)
+        dh, dw = max(0, self.crop_size - height), max(0, self.crop_size - width)
+        if not (dh or dw):
+            return x
+        fill = [round(255 * v) for v in self.mean]
+        return F.pad(x, [dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2], fill=fill)
+
+
+#: Fields left out of :meth:`Preprocess.to_dict` at their defaults.
+_OPTIONAL = ("resize", "backend")
 
 
 def _single(size: Any) -> int:

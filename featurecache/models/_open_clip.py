@@ -1,0 +1,190 @@
+"""The OpenCLIP source: ``open_clip:ARCH/PRETRAINED`` image towers (the ``[clip]`` extra).
+
+The image tower is wrapped so that its output, the ``embedding``, is the pooled token before
+the projection, and ``embedding.proj`` is the projected (CLIP-space) embedding that
+``encode_image`` returns. Layers are the trunk's residual blocks; preprocessing is the model's
+own ``preprocess_cfg``. Pretrained weights download through the Hugging Face hub cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from featurecache.exceptions import UnknownNameError, suggest
+from featurecache.models._download import hf_hub_file
+from featurecache.models._layers import LayerInfo, spread
+from featurecache.models._preprocess import Preprocess
+from featurecache.models._record import Backbone, Resolved, Source, require
+
+__all__ = ["SOURCE", "ImageTower"]
+
+PREFIX = "open_clip"
+_RESIZE = {"shortest": "crop", "squash": "squash", "longest": "pad"}
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _open_clip() -> Any:
+    return require("open_clip", "clip", "An open_clip: backbone")
+
+
+def names(pattern: str | None = None) -> list[str]:
+    """``ARCH/PRETRAINED`` for every pretrained pair of ``open_clip.list_pretrained()``."""
+    import fnmatch
+
+    pairs = [f"{arch}/{tag}" for arch, tag in _open_clip().list_pretrained()]
+    if not pattern:
+        return pairs
+    pattern = pattern if "*" in pattern else f"*{pattern}*"
+    return [name for name in pairs if fnmatch.fnmatch(name, pattern)]
+
+
+def record(name: str) -> Backbone:
+    """The record of ``open_clip:ARCH/PRETRAINED`` (``open_clip:ARCH`` has no named weights)."""
+    open_clip = _open_clip()
+    arch, _, tag = name.partition("/")
+    if arch not in open_clip.list_models():
+        raise UnknownNameError(
+            f"Unknown OpenCLIP architecture {arch!r}.{suggest(arch, open_clip.list_models())} "
+            "Hint: run `featurecache backbones --source open_clip` to list them."
+        )
+    cfg = open_clip.get_model_config(arch) or {}
+    image_size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return Backbone(
+        name=f"{PREFIX}:{name}",
+        family="open_clip",
+        builder=partial(_build, arch),
+        catalog=_Catalog(arch, tag),
+        image_size=int(image_size if isinstance(image_size, int) else image_size[-1]),
+        default_weights="DEFAULT" if tag else "none",
+        default_layers=_defaults,
+        source=PREFIX,
+        library="open_clip_torch",
+        preprocess=partial(_preprocess, arch, tag),
+        classifier="",
+        stages=_stages,
+        prefix_tokens=_prefix_tokens,
+    )
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    arch: str
+    tag: str
+
+    def names(self) -> tuple[str, ...]:
+        return ("DEFAULT", self.tag) if self.tag else ()
+
+    def resolve(self, key: str) -> Resolved | None:
+        if not self.tag or key not in ("DEFAULT", self.tag):
+            return None
+        cfg = _open_clip().get_pretrained_cfg(self.arch, self.tag)
+        if not cfg:
+            raise UnknownNameError(
+                f"OpenCLIP has no pretrained weights {self.tag!r} for {self.arch}. Hint: run "
+                "`featurecache backbones --source open_clip` to list the pairs."
+            )
+        repo = (cfg.get("hf_hub") or "").strip("/")
+        if not repo:
+            raise UnknownNameError(
+                f"The OpenCLIP weights {self.arch}/{self.tag} are not on the Hugging Face hub; "
+                "give a local weights file."
+            )
+        path, revision = hf_hub_file(
+            repo, _FILES, f"open_clip:{self.arch}/{self.tag}", "open_clip", "clip"
+        )
+        return Resolved(id=f"hf:{repo}", pretrained=path, revision=revision)
+
+    def default_name(self) -> str:
+        return self.tag or "none"
+
+
+class ImageTower(nn.Module):
+    """An OpenCLIP image tower: ``forward`` gives the pooled embedding before the projection.
+
+    ``embedding.proj`` runs the projection on it (``encode_image``'s output), so both are
+    captured in one pass. Towers without a separable projection return ``encode_image``'s
+    output as the embedding and have no ``embedding.proj``.
+    """
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        proj = getattr(visual, "proj", None)
+        self.trunk = visual
+        self.embedding = nn.Module()
+        if isinstance(proj, torch.nn.Parameter):
+            visual.proj = None
+            self.embedding.proj = _Projection(proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.trunk(x)
+        if hasattr(self.embedding, "proj"):
+            self.embedding.proj(pooled)
+        return pooled
+
+
+class _Projection(nn.Module):
+    def __init__(self, weight: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+def _build(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
+    open_clip = _open_clip()
+    kwargs: dict[str, Any] = {"pretrained": resolved.pretrained} if resolved.pretrained else {}
+    model = open_clip.create_model(arch, force_image_size=image_size, **kwargs)
+    return ImageTower(model.visual)
+
+
+def _preprocess(arch: str, tag: str, resolved: Resolved, image_size: int | None) -> Preprocess:
+    """The model's preprocess_cfg, overridden by its pretrained weights' (as open_clip does)."""
+    open_clip = _open_clip()
+    model_cfg = open_clip.get_model_config(arch) or {}
+    native = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    size = image_size or int(native if isinstance(native, int) else native[-1])
+    pre = dict(model_cfg.get("preprocess_cfg", {}))
+    if tag:
+        pretrained = open_clip.get_pretrained_cfg(arch, tag) or {}
+        pre.update({k: v for k, v in pretrained.items() if k in _PREPROCESS_KEYS})
+    mean = pre.get("mean", open_clip.OPENAI_DATASET_MEAN)
+    std = pre.get("std", open_clip.OPENAI_DATASET_STD)
+    return Preprocess(
+        resize_size=size,
+        crop_size=size,
+        mean=tuple(mean),
+        std=tuple(std),
+        interpolation=pre.get("interpolation", "bicubic"),
+        resize=_RESIZE.get(pre.get("resize_mode", "shortest"), "crop"),
+        backend="pil",
+    )
+
+
+def _stages(model: nn.Module) -> list[str]:
+    blocks = getattr(getattr(model.trunk, "transformer", None), "resblocks", None)
+    if blocks is None:
+        return []
+    return [f"trunk.transformer.resblocks.{i}" for i in range(len(blocks))]
+
+
+def _prefix_tokens(model: nn.Module) -> int:
+    return 1 if getattr(model.trunk, "class_embedding", None) is not None else 0
+
+
+def _defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
+    found = {info.name: info for info in infos}
+    stages = [found[name] for name in _stages(modules[""]) if name in found]
+    extra = ["embedding.proj"] if "embedding.proj" in found else []
+    return spread(stages or infos) + extra
+
+
+SOURCE = Source(
+    prefix=PREFIX, extra="clip", record=record, names=names, syntax="open_clip:ARCH/PRETRAINED"
+)

