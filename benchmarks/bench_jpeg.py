@@ -13,11 +13,13 @@ side, quality 90):
 
 The limit: on the CPU, decoding and the forward share the same cores, so an image costs the
 time of both, limit = 1 / (1/b + 1/c), with (b) measured on every core (``--cpus``); on a
-GPU host decoding runs on other cores than the forward, limit = min(b, c). The figure of merit
-is (a) / limit.
+GPU host decoding runs on other cores than the forward, limit = min(b, c), except with
+``--decode gpu``, where decoding shares the GPU with the forward: 1 / (1/b + 1/c) again.
+The figure of merit is (a) / limit.
 
-    python benchmarks/bench_jpeg.py --n-images 256 --model resnet18
-    python benchmarks/bench_jpeg.py --n-images 1536 --decode fast --repeats 5
+    python benchmarks/bench_jpeg.py --n-images 256 --model resnet18 --decode exact fast
+    python benchmarks/bench_jpeg.py --n-images 1536 --device cuda --model resnet50 \
+        --decode exact fast gpu --workers auto 8
 """
 
 from __future__ import annotations
@@ -41,24 +43,33 @@ from featurecache.engines._runner import (
     resolve_dtype,
     resolve_loader_workers,
 )
+from featurecache.models._decode import decode_jpegs
 
 
-def time_extract(folder: Path, args, workers: int | str) -> float:
+def time_extract(folder: Path, args, decode: str, workers: int | str) -> float:
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
         extract(
             folder, Path(cache) / "bench.h5", model=args.model, weights=args.weights,
-            image_size=args.image_size, dtype=args.dtype, decode=args.decode, split="none",
+            image_size=args.image_size, dtype=args.dtype, decode=decode, split="none",
             options=RunOptions(batch_size=args.batch_size, workers=workers, device=args.device),
         )  # fmt: skip
         return time.perf_counter() - started
 
 
-def time_decode(dataset, preprocess, decode: str, batch_size: int, workers: int) -> float:
-    """Decode + preprocess every image through the extractor's loader, nothing else."""
+def time_decode(dataset, preprocess, decode: str, batch_size: int, workers: int, device) -> float:
+    """Decode + preprocess every image through the extractor's loader, nothing else.
+
+    With ``decode="gpu"`` the loader reads bytes and the batches decode on ``device``.
+    """
     started = time.perf_counter()
-    for _ in data_loader(dataset, preprocess, decode, batch_size, workers, pin_memory=False):
-        pass
+    pin = decode == "gpu" and device.type == "cuda"
+    for batch in data_loader(dataset, preprocess, decode, batch_size, workers, pin_memory=pin):
+        if decode == "gpu":
+            decoded = decode_jpegs(batch[5], device)
+            torch.stack([preprocess(image) for image in decoded if isinstance(image, torch.Tensor)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
@@ -96,7 +107,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
-    parser.add_argument("--decode", default="exact", help="exact|fast|gpu")
+    parser.add_argument(
+        "--decode", nargs="+", default=["exact", "fast"], help="exact|fast|gpu (each timed)"
+    )
     parser.add_argument(
         "--workers", nargs="+", default=["auto"], help="extract's loader processes (each timed)"
     )
@@ -111,38 +124,36 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = make_jpeg_folder(Path(args.folder or scratch) / "jpegs", args.n_images)
-        figures = run(folder, args, workers)
+        figures = run(folder, args, workers, args.decode)
     report(figures, args)
 
 
-def run(folder: Path, args, workers: list[int | str]) -> dict:
+def run(folder: Path, args, workers: list[int | str], modes: list[str]) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     backbone = load_backbone(args.model, args.weights, image_size=args.image_size)
     dataset = load_dataset(folder, split="none")
-    loaders = {value: resolve_loader_workers(value, dataset, device=device) for value in workers}
+    loaders = {value: resolve_loader_workers(value, dataset) for value in workers}
     n_loaders = loaders[workers[0]]
     preprocess = backbone.preprocess
-    decode_cpu = "exact" if args.decode == "gpu" else args.decode
     model = backbone.module.eval().to(device).to(memory_format=torch.channels_last)
-    batches = preprocessed_batches(dataset, preprocess, decode_cpu, args.batch_size, device)
+    cpu_mode = next((mode for mode in modes if mode != "gpu"), "exact")
+    batches = preprocessed_batches(dataset, preprocess, cpu_mode, args.batch_size, device)
+    processes = sorted({n_loaders, args.cpus} if device.type == "cpu" else {n_loaders})
 
     methods = {
-        _extract_name(value, n): lambda value=value: time_extract(folder, args, value)
+        _extract_name(mode, value, n): lambda mode=mode, value=value: time_extract(
+            folder, args, mode, value
+        )
+        for mode in modes
         for value, n in loaders.items()
     }
-    methods |= {
-        f"(b) decode + preprocess, {n_loaders} processes": lambda: time_decode(
-            dataset, preprocess, decode_cpu, args.batch_size, n_loaders
-        ),
-        "(c) bare forward, preprocessed tensors": lambda: time_forward(
-            model, batches, device, COMPUTE_DTYPES[dtype]
-        ),
-    }
-    if device.type == "cpu" and args.cpus != n_loaders:
-        methods[f"(b) decode + preprocess, {args.cpus} processes"] = lambda: time_decode(
-            dataset, preprocess, decode_cpu, args.batch_size, args.cpus
-        )
+    for mode in modes:
+        for n in [n_loaders] if mode == "gpu" else processes:
+            methods[_decode_name(mode, n)] = lambda mode=mode, n=n: time_decode(
+                dataset, preprocess, mode, args.batch_size, n, device
+            )
+    methods[FORWARD] = lambda: time_forward(model, batches, device, COMPUTE_DTYPES[dtype])
     for fn in methods.values():
         fn()  # warm-up: page cache, loader start-up, kernels
     timings = {name: [] for name in methods}
@@ -150,31 +161,41 @@ def run(folder: Path, args, workers: list[int | str]) -> dict:
         for name, fn in methods.items():
             timings[name].append(fn())
     rates = {name: len(dataset) / min(values) for name, values in timings.items()}
-    forward = rates["(c) bare forward, preprocessed tensors"]
-    if device.type == "cpu":
-        decode = rates[[name for name in rates if name.endswith(f" {args.cpus} processes")][0]]
-        limit, rule = 1 / (1 / decode + 1 / forward), "1 / (1/decode + 1/forward), shared cores"
-    else:
-        decode = rates[f"(b) decode + preprocess, {n_loaders} processes"]
-        limit, rule = min(decode, forward), "min(decode, forward), decoding on other cores"
-    extracts = {name: rate for name, rate in rates.items() if name.startswith("(a)")}
+    forward = rates[FORWARD]
+    limits, ratios = {}, {}
+    for mode in modes:
+        if device.type == "cpu" or mode == "gpu":  # decoding shares the forward's hardware
+            decode = rates[_decode_name(mode, args.cpus if mode != "gpu" else n_loaders)]
+            limits[mode] = (1 / (1 / decode + 1 / forward), "1 / (1/decode + 1/forward)")
+        else:
+            decode = rates[_decode_name(mode, n_loaders)]
+            limits[mode] = (min(decode, forward), "min(decode, forward)")
+        for value, n in loaders.items():
+            name = _extract_name(mode, value, n)
+            ratios[name] = rates[name] / limits[mode][0]
     return {
         "rates": rates,
-        "limit": limit,
-        "limit_rule": rule,
-        "ratios": {name: rate / limit for name, rate in extracts.items()},
-        "ratio": extracts[_extract_name(workers[0], n_loaders)] / limit,
+        "limits": limits,
+        "ratios": ratios,
         "device": str(device),
         "compute_dtype": dtype,
-        "loaders": n_loaders,
         "n_images": len(dataset),
         "megapixels": _megapixels(dataset),
         "threads": torch.get_num_threads(),
     }
 
 
-def _extract_name(workers: int | str, n: int) -> str:
-    return f"(a) featurecache extract, workers={workers}" + (f" ({n})" if workers == "auto" else "")
+FORWARD = "(c) bare forward, preprocessed tensors"
+
+
+def _extract_name(mode: str, workers: int | str, n: int) -> str:
+    shown = f"{workers} ({n})" if workers == "auto" else str(workers)
+    return f"(a) extract, decode {mode}, workers {shown}"
+
+
+def _decode_name(mode: str, processes: int) -> str:
+    where = " + device" if mode == "gpu" else ""
+    return f"(b) decode {mode} + preprocess, {processes} processes{where}"
 
 
 def _megapixels(dataset) -> float:
@@ -191,14 +212,15 @@ def report(figures: dict, args) -> None:
     print(
         f"\n{args.model} ({args.weights} weights), {figures['n_images']} JPEGs "
         f"({figures['megapixels']:.2f} MP on average), {args.image_size}px, batch "
-        f"{args.batch_size}, decode {args.decode}, {figures['compute_dtype']} on "
-        f"{figures['device']} ({platform.processor() or platform.machine()}, "
-        f"{figures['threads']} threads), decoding measured with {figures['loaders']} processes"
+        f"{args.batch_size}, {figures['compute_dtype']} on {figures['device']} "
+        f"({platform.processor() or platform.machine()}, {figures['threads']} threads), "
+        f"best of {args.repeats} interleaved"
     )
-    print(f"{'step':48s} {'img/s':>8s}")
+    print(f"{'step':52s} {'img/s':>8s}")
     for name, rate in figures["rates"].items():
-        print(f"{name:48s} {rate:8.1f}")
-    print(f"{'limit: ' + figures['limit_rule']:48s} {figures['limit']:8.1f}")
+        print(f"{name:52s} {rate:8.1f}")
+    for mode, (limit, rule) in figures["limits"].items():
+        print(f"{'limit, decode ' + mode + ': ' + rule:52s} {limit:8.1f}")
     print()
     for name, ratio in figures["ratios"].items():
         print(f"{name[4:]} / limit = {ratio:.2f}  (target >= 0.91: at most 1.1x the time)")

@@ -15,7 +15,8 @@ from featurecache.cache import FeatureConfig
 from featurecache.engines._job import feature_config
 from featurecache.engines._runner import Plan, ShardRunner
 from featurecache.exceptions import ConfigMismatchError, InvalidArgumentError
-from featurecache.models._decode import decode_jpegs, gpu_decodable, read_image
+from featurecache.models._decode import decode_jpegs, read_image
+from featurecache.models._jpeg import plain_jpeg
 from featurecache.models._layers import default_pool
 from featurecache.models._preprocess import Preprocess, load_image
 from featurecache.models._registry import load_backbone
@@ -34,7 +35,7 @@ def _photo(path, width=1600, height=1200, **save):
         [128 + 100 * np.sin(9 * x + 3 * y), 128 + 100 * np.cos(7 * y - 2 * x), 255 * x * y], -1
     )
     image += np.random.default_rng(0).normal(0, 8, image.shape)
-    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=90, **save)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, **{"quality": 90, **save})
     return path
 
 
@@ -165,9 +166,9 @@ def _variants(folder):
     return files
 
 
-def test_gpu_decodable_reads_the_jpeg_markers(tmp_path):
+def test_plain_jpeg_reads_the_jpeg_markers(tmp_path):
     for name, expected in _variants(tmp_path).items():
-        assert gpu_decodable((tmp_path / name).read_bytes()) is expected, name
+        assert plain_jpeg((tmp_path / name).read_bytes()) is expected, name
 
 
 def test_decode_jpegs_isolates_a_bad_image_of_the_batch(tmp_path):
@@ -282,3 +283,65 @@ def test_gpu_decode_on_cuda_is_close_to_exact(photos, tmp_path):
     assert results["gpu"].n_ok == 7
     X_exact, X_gpu = (opened.load(mode, "layer2")[0] for mode in results)
     np.testing.assert_allclose(X_gpu, X_exact, rtol=0.05, atol=0.05 * np.abs(X_exact).max())
+
+
+# ---------------------------------------------------------------- simplejpeg gives PIL's pixels
+
+
+def _pil_pixels(path, reduce_to=None) -> torch.Tensor:
+    with Image.open(path) as image:
+        if reduce_to is not None:
+            image.draft(None, reduce_to(*image.size))
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "save",
+    [{"subsampling": 2}, {"subsampling": 1}, {"subsampling": 0}, {"progressive": True},
+     {"quality": 50, "restart_marker_blocks": 3}, {"grey": True}],
+    ids=["420", "422", "444", "progressive", "restarts", "grey"],
+)  # fmt: skip
+def test_plain_jpegs_decode_to_the_pixels_pil_gives(tmp_path, save):
+    pytest.importorskip("simplejpeg")
+    from featurecache.models import _jpeg
+
+    save = dict(save)
+    path = _photo(tmp_path / "p.jpg", 801, 603, **{k: v for k, v in save.items() if k != "grey"})
+    if save.pop("grey", False):
+        Image.open(path).convert("L").save(path, quality=90)
+    assert _jpeg.jpeg_decoder_available() and plain_jpeg(path.read_bytes())
+    preprocess = Preprocess.imagenet(112)
+    for target in (None, (700, 500), (300, 200), (150, 100), (60, 40)):  # scales 1, 1, 2, 4, 8
+        reduce_to = None if target is None else (lambda w, h, t=target: t)
+        assert torch.equal(load_image(path, reduce_to), _pil_pixels(path, reduce_to)), target
+    assert torch.equal(read_image(path, preprocess, "fast"), _pil_pixels(path, _draft(preprocess)))
+
+
+def _draft(preprocess):
+    def reduce_to(width, height):
+        new_height, new_width = preprocess.resized_size(height, width)
+        return new_width, new_height
+
+    return reduce_to
+
+
+def test_other_files_and_refusals_go_through_pil(tmp_path, monkeypatch):
+    from featurecache.models import _jpeg
+
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (40, 30), (0, 0, 0, 0)).save(cmyk)
+    calls = []
+    monkeypatch.setattr(_jpeg, "decode_plain_jpeg", lambda *a: calls.append(a) or None)
+    assert torch.equal(load_image(cmyk), _pil_pixels(cmyk))
+    path = _photo(tmp_path / "p.jpg", 90, 60)
+    assert torch.equal(load_image(path), _pil_pixels(path))  # simplejpeg "refused": PIL decodes
+    monkeypatch.undo()
+    monkeypatch.setattr(_jpeg, "_checked", False)  # as where simplejpeg gives other pixels
+    assert torch.equal(load_image(path), _pil_pixels(path))
+
+
+def test_a_large_jpeg_still_meets_the_decompression_bomb_limit(tmp_path, monkeypatch):
+    path = _photo(tmp_path / "bomb.jpg", 64, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InvalidArgumentError, match=r"^decompression bomb: Image size \(4096"):
+        load_image(path)

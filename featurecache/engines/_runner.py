@@ -136,6 +136,7 @@ class ShardRunner:
         if device.type in ("cpu", "cuda"):
             self.module = self.module.to(memory_format=torch.channels_last)
         self._models: dict[tuple[str, ...], torch.nn.Module] = {}
+        self._persistent: tuple | None = None  # dataset, workers, loader, its batches
 
     def model_for(self, layers: tuple[str, ...]) -> torch.nn.Module:
         """The module to run for these layers: BatchNorm folded into convs where verified."""
@@ -216,10 +217,7 @@ class ShardRunner:
             list(rows[i : i + batch_size]) for shard in shards for rows in [plan.rows(shard)]
             for i in range(0, len(rows), batch_size)
         ]  # fmt: skip
-        loader = data_loader(
-            dataset, self.backbone.preprocess, self.decode, batches, workers,
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        loader = self._loader(dataset, workers, batches)
         dims = {
             layer: pooled_size(self.infos[layer], _pool_for(self.infos[layer], self.pooling))
             for layer in layers
@@ -246,6 +244,22 @@ class ShardRunner:
                 if current.complete:
                     yield current.result()
                     current = None
+
+    def _loader(self, dataset: Dataset, workers: int, batches: list[list[int]]):
+        """This pass's loader: with workers, one per runner and dataset, whose processes
+        persist from pass to pass (a Ray actor runs one pass per shard)."""
+        if workers == 0:
+            return data_loader(dataset, self.backbone.preprocess, self.decode, batches, 0)
+        if self._persistent is None or self._persistent[:2] != (dataset, workers):
+            sampler = _Batches()
+            loader = data_loader(
+                dataset, self.backbone.preprocess, self.decode, sampler, workers,
+                pin_memory=self.device.type == "cuda", persistent=True,
+            )  # fmt: skip
+            self._persistent = (dataset, workers, loader, sampler)
+        _, _, loader, sampler = self._persistent
+        sampler.batches = batches
+        return loader
 
     def _inputs(self, batch, dataset) -> tuple[np.ndarray, torch.Tensor | None, np.ndarray, list]:
         """The batch's images preprocessed on the device; GPU-decoded ones joined in row order."""
@@ -391,9 +405,10 @@ def data_loader(
     dataset: Dataset,
     preprocess: Preprocess,
     decode: str,
-    batches: int | list[list[int]],
+    batches: int | Iterable[list[int]],
     workers: int,
     pin_memory: bool = False,
+    persistent: bool = False,
 ) -> torch.utils.data.DataLoader:
     """The loader every run reads: ``(rows, images, ok, reasons, positions, encoded)`` batches.
 
@@ -402,7 +417,8 @@ def data_loader(
     not decoded: ``encoded`` holds their bytes and ``positions`` their places in the batch.
     ``batches`` is a batch size (every row in order) or the rows of each batch.
 
-    Each worker process keeps ``PREFETCH`` batches ready.
+    Each worker process keeps ``PREFETCH`` batches ready; ``persistent`` keeps the processes
+    alive between passes over the loader.
     """
     images = _Images(dataset, preprocess, decode)
     if isinstance(batches, int):
@@ -415,7 +431,21 @@ def data_loader(
         collate_fn=_collate,
         pin_memory=pin_memory,
         prefetch_factor=PREFETCH if workers else None,
+        persistent_workers=persistent and workers > 0,
     )
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The rows of each batch of the current pass, set before each pass of a persistent loader."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -558,12 +588,7 @@ def cpu_has_fast_bfloat16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-def resolve_loader_workers(
-    workers: int | str,
-    dataset: Dataset,
-    cpus: float | None = None,
-    device: torch.device | None = None,
-) -> int:
+def resolve_loader_workers(workers: int | str, dataset: Dataset, cpus: float | None = None) -> int:
     """Data-loading processes: ``auto`` scales with the cores.
 
     One fewer than ``cpus`` (the CPUs this process may use by default), at least 1 and at

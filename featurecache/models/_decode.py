@@ -9,9 +9,9 @@
   JPEGs and other formats decode as ``exact``.
 - ``gpu``: loader processes only read JPEG bytes; each batch is decoded with nvJPEG on the
   CUDA device (``torchvision.io.decode_jpeg``) and preprocessed there. Files the GPU path
-  cannot take (not a baseline or progressive 8-bit JPEG with 1 or 3 YCbCr components:
-  CMYK, Adobe RGB, 12-bit, arithmetic-coded, truncated or trailing data; or any image
-  nvJPEG refuses) decode as ``exact`` on the CPU, and fail there with its reasons.
+  cannot take (not a plain JPEG, :func:`featurecache.models._jpeg.plain_jpeg`: CMYK, Adobe
+  RGB, 12-bit, arithmetic-coded, truncated; or any image nvJPEG refuses) decode as
+  ``exact`` on the CPU, and fail there with its reasons.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ from functools import partial
 
 import torch
 
+from featurecache.models._jpeg import plain_jpeg
 from featurecache.models._preprocess import Preprocess, load_image
 
-__all__ = ["read_image", "read_jpeg_bytes", "gpu_decodable", "decode_jpegs"]
+__all__ = ["read_image", "read_jpeg_bytes", "decode_jpegs"]
 
-#: Start-of-frame markers nvJPEG decodes: baseline, extended (8-bit) and progressive Huffman.
-_GPU_FRAMES = (0xC0, 0xC1, 0xC2)
-_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every SOFn marker
-_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}
 _DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
@@ -57,43 +54,9 @@ def read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
             data = handle.read()
     except OSError:
         return None  # the CPU path reports the reason
-    if not gpu_decodable(data):
+    if not plain_jpeg(data):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def gpu_decodable(data: bytes) -> bool:
-    """Whether nvJPEG decodes this JPEG as PIL would, judged from its markers.
-
-    True for a complete (ends with the EOI marker) baseline or progressive 8-bit JPEG
-    with 1 or 3 components, and no Adobe marker declaring RGB or CMYK components.
-    """
-    if len(data) < 4 or data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return False
-    position, adobe_transform = 2, None
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return False
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker in _STANDALONE:
-            position += 2
-            continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        segment = data[position + 4 : position + 2 + length]
-        if marker == 0xEE and segment[:5] == b"Adobe" and len(segment) >= 12:
-            adobe_transform = segment[11]
-        if marker in _FRAMES:
-            if len(segment) < 6:
-                return False
-            precision, components = segment[0], segment[5]
-            if marker not in _GPU_FRAMES or precision != 8 or components not in (1, 3):
-                return False
-            return not (components == 3 and adobe_transform == 0)  # Adobe RGB, not YCbCr
-        position += 2 + length
-    return False
 
 
 def decode_jpegs(

@@ -20,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from featurecache.exceptions import InvalidArgumentError, suggest
+from featurecache.models._jpeg import decode_plain_jpeg, jpeg_decoder_available
 
 __all__ = ["BACKENDS", "Preprocess", "RESIZE_MODES", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -266,6 +267,8 @@ def load_image(
 ) -> torch.Tensor:
     """Read an image file as an RGB ``uint8`` tensor of shape ``(3, H, W)``.
 
+    A plain JPEG decodes through simplejpeg where it is installed (the same pixels as PIL,
+    faster: :mod:`featurecache.models._jpeg`), anything else through PIL.
     Greyscale, palette, CMYK and other modes are converted to RGB; 16- and 32-bit integer
     greyscale (``I;16``, ``I``) is scaled from 0..65535 to 0..255; transparent images
     (RGBA, LA, palette with transparency) are composited on white. Animated images give their
@@ -301,6 +304,9 @@ def load_image(
         raise InvalidArgumentError(_reason(exc)) from exc
     if size == 0:
         raise InvalidArgumentError("file is empty (0 bytes)")
+    pixels = _plain_jpeg_pixels(path, reduce_to)
+    if pixels is not None:
+        return torch.from_numpy(pixels).permute(2, 0, 1)
     try:
         with Image.open(path) as img:
             img.seek(0)
@@ -312,6 +318,18 @@ def load_image(
     except Exception as exc:  # any decoder failure is a reason to skip this sample
         raise InvalidArgumentError(_reason(exc)) from exc
     return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _plain_jpeg_pixels(path, reduce_to) -> np.ndarray | None:
+    """A plain JPEG's pixels through simplejpeg (the same as PIL's); else ``None``, for PIL."""
+    if not jpeg_decoder_available():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None  # PIL reports the reason
+    return decode_plain_jpeg(data, Image.MAX_IMAGE_PIXELS, reduce_to)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
