@@ -266,9 +266,8 @@ class ShardRunner:
         rows, images, ok, reasons, positions, encoded = batch
         non_blocking = self.device.type == "cuda"
         x = None if images is None else images.to(self.device, non_blocking=non_blocking)
-        if self.gpu_decode:
-            on_cpu = ~np.isin(np.arange(len(rows)), positions)
-            self.fallbacks["not a JPEG the GPU decodes"] += int(np.sum(on_cpu))
+        if self.gpu_decode and dataset.paths is not None:
+            self.fallbacks["not a JPEG the GPU decodes"] += len(rows) - len(positions)
         if len(positions):
             x = self._decode_on_device(rows, x, ok, reasons, positions, encoded, dataset)
         if x is not None and self.device.type in ("cpu", "cuda"):
@@ -278,7 +277,8 @@ class ShardRunner:
     def _decode_on_device(self, rows, x, ok, reasons, positions, encoded, dataset) -> torch.Tensor:
         """Decode and preprocess ``encoded`` on the device; a failure falls back to the CPU."""
         preprocess = self.backbone.preprocess
-        done = [i for i in range(len(rows)) if ok[i] and i not in set(positions.tolist())]
+        on_device = set(positions.tolist())
+        done = [i for i in range(len(rows)) if ok[i] and i not in on_device]
         parts = dict(zip(done, [] if x is None else x, strict=True))
         for i, image in zip(positions.tolist(), decode_jpegs(encoded, self.device), strict=True):
             try:
