@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "list_builtins",
     "list_images",
     "is_image",
+    "read_table",
     "SPLITS",
     "SPLIT_NAMES",
     "IMAGE_EXTENSIONS",
@@ -109,6 +111,50 @@ class Dataset:
         return (
             f"{len(self.class_names)} classes, {len(self)} images ({per_split}); "
             f"skipped: {skipped or 'nothing'}"
+        )
+
+    @property
+    def fingerprints(self) -> np.ndarray | None:
+        """``size:mtime_ns`` of each image file (None for images in memory).
+
+        With the file name, it recognises a file moved to another class or split folder,
+        so the cache keeps the row and its features under the new id.
+        """
+        if self.paths is None:
+            return None
+        found = []
+        for path in self.paths:
+            try:
+                stat = os.stat(path)
+                found.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                found.append("")
+        return np.array(found, dtype=object)
+
+    def aligned_to(self, table) -> Dataset:
+        """This dataset in the row order of a cache's sample table (see ``SampleTable``).
+
+        Rows the dataset no longer has (removed) keep the table's labels and splits and
+        cannot be loaded; they are never computed again.
+        """
+        where = {sample_id: i for i, sample_id in enumerate(self.ids.tolist())}
+        index = np.array([where.get(i, -1) for i in table.ids.tolist()], dtype=np.int64)
+        present = index >= 0
+        paths = arrays = None
+        if self.paths is not None:
+            paths = np.where(present, self.paths[np.maximum(index, 0)], "").astype(object)
+        else:
+            arrays = self.arrays[np.maximum(index, 0)]
+            arrays[~present] = 0
+        return Dataset(
+            self.source,
+            ids=np.asarray(table.ids, dtype=object),
+            labels=np.asarray(table.labels, dtype=np.int64),
+            splits=np.asarray(table.splits, dtype=object),
+            class_names=tuple(table.class_names),
+            paths=paths,
+            arrays=arrays,
+            skipped=self.skipped,
         )
 
     def load_image(self, index: int):
@@ -351,13 +397,32 @@ def _split_rank(split: str) -> tuple[int, str]:
     return ({"train": 0, "val": 1, "test": 2}.get(split, 3), split)
 
 
-def _load_csv(csv_path: Path) -> Dataset:
+def read_table(csv_path: Path, what: str = "CSV manifest"):
+    """A CSV file as a table of str, refusing rows with more fields than the header.
+
+    pandas would read such rows with their first fields as the index (every path shifted
+    by a column), so they are an error here. ``what`` names the file in messages.
+    """
+    import warnings
+
     import pandas as pd
 
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(csv_path, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning:
+        reason = "its rows have more fields than its header"
     except (ValueError, OSError, pd.errors.ParserError) as error:
-        raise InvalidArgumentError(f"cannot read CSV manifest {str(csv_path)!r}: {error}") from None
+        reason = " ".join(str(error).split())
+    raise InvalidArgumentError(
+        f"cannot read {what} {str(csv_path)!r}: {reason}; write one header line and the "
+        "same number of comma-separated fields on every row (quote fields holding commas)."
+    )
+
+
+def _load_csv(csv_path: Path) -> Dataset:
+    table = read_table(csv_path)
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
         raise InvalidArgumentError(
@@ -470,12 +535,22 @@ def _parse_random_split(split: str) -> float:
     except ValueError:
         fraction = -1.0
     if kind != "random" or not 0.0 < fraction < 1.0:
-        hint = f"Write 'random:{split}'." if isinstance(split, float) and 0 < split < 1 else ""
+        hint = f"Write 'random:{split}'." if 0 < _as_float(split) < 1 else ""
         raise ParameterError(
             "split", "load_dataset", "'random:FRACTION' with 0 < FRACTION < 1, or 'none'", split,
             hint,
         )  # fmt: skip
     return fraction
+
+
+def _as_float(value) -> float:
+    """``value`` as a float (``0.2``, ``"0.2"``), or NaN."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _load_digits() -> Dataset:

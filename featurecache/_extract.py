@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -11,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featurecache._data import Dataset, load_dataset
-from featurecache._validation import ParameterError, check_choice
+from featurecache._paths import check_name, check_writable
+from featurecache._validation import (
+    ParameterError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_names,
+    check_optional_int,
+)
 from featurecache.cache import Store, check_config
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
@@ -26,9 +35,16 @@ from featurecache.engines._runner import Plan, resolve_decode
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._registry import load_backbone
 
-__all__ = ["extract", "prepare", "feature_config", "ExtractResult", "DEFAULT_MODEL"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "extract", "prepare", "check_arguments", "check_cache", "feature_config", "ExtractResult", "DEFAULT_MODEL",
+    "MAX_IMAGE_SIZE",
+]  # fmt: skip
 
 DEFAULT_MODEL = "efficientnet_lite0"
+#: The largest ``image_size``: beyond it the dummy forward pass alone needs gigabytes.
+MAX_IMAGE_SIZE = 4096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -76,6 +92,8 @@ def extract(
     name: str | None = None,
     split: str | None = None,
     seed: int = 0,
+    resplit: bool = False,
+    frozen_samples: bool = False,
     options: RunOptions | None = None,
     engine: Engine | None = None,
 ) -> ExtractResult:
@@ -90,7 +108,8 @@ def extract(
     data : str, path or Dataset
         See :func:`featurecache.load_dataset`.
     cache : str or path
-        The cache index file (``.h5``); created if missing, resumed if present.
+        The cache index file (``.h5``); created if missing, resumed if present. Its folder
+        must exist.
     model : str
         A name from :func:`featurecache.list_backbones`.
     weights : str, optional
@@ -98,12 +117,13 @@ def extract(
         local state-dict file. Defaults to the backbone's default.
     layers : sequence of str, optional
         Names from :func:`featurecache.list_layers`; all are captured in one forward
-        pass. Defaults to the backbone's default layers.
+        pass. Defaults to the backbone's default layers. A plain string is refused:
+        write ``["layer1"]`` for one layer.
     pool : str, optional
         ``avg`` (default), ``max``, ``avgmax`` or ``flatten`` for conv maps; ``cls``
         (default) or ``mean`` for token outputs.
     image_size : int, optional
-        Crop size S; the backbone's default when omitted.
+        Crop size S (1 to ``MAX_IMAGE_SIZE``, 4096); the backbone's default when omitted.
     dtype : {"auto", "float32", "bfloat16", "float16"}
         Autocast dtype of the forward pass. ``auto`` keeps the cached model's, else
         bfloat16 where the engine's device supports it and float32 elsewhere.
@@ -120,7 +140,15 @@ def extract(
     split : str, optional
         ``random:FRACTION`` or ``none`` for datasets without their own split.
     seed : int
-        Seed of the random split and of ``weights="none"``.
+        Seed of the random split and of ``weights="none"`` (0 to 2**32 - 1).
+    resplit : bool
+        Replace the splits of data that has its own (split folders, a split column) with
+        ``split``; without it such data refuses ``split``.
+    frozen_samples : bool
+        Refuse a dataset that differs from the cache's samples. By default a grown or
+        changed dataset updates the cache: new samples are appended and only they are
+        computed, removed samples are marked removed, changed labels and splits are
+        updated, and existing rows and their features are left untouched.
     options : RunOptions, optional
         Batch size, data-loading workers, device, shard size, locking, progress:
         settings that never change the stored numbers. ``RunOptions()`` by default.
@@ -147,7 +175,8 @@ def extract(
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
             image_size=image_size, dtype=dtype, store_dtype=store_dtype, decode=decode, name=name,
-            split=split, seed=seed, options=options, session=session,
+            split=split, seed=seed, resplit=resplit, frozen_samples=frozen_samples,
+            options=options, session=session,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -155,8 +184,12 @@ def extract(
             with job.store.lock_model(job.model):  # which also logs shards a crash left out
                 plan = job.plan()
                 if plan.work:
+                    began = time.perf_counter()
                     _run(session, job, plan)
                     written = len(plan.work)
+                    job.store.record_run(
+                        job.model, plan.n_rows, time.perf_counter() - began, session.describe()
+                    )
         if not written:
             job.refresh()
     return _result(job, plan, written, time.perf_counter() - started, session.describe())
@@ -174,20 +207,26 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 
 def prepare(
-    data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, decode, name,
-    split, seed, options: RunOptions, session: Session,
+    data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
+    seed, options: RunOptions, session: Session, decode: str = "auto", resplit: bool = False,
+    frozen_samples: bool = False,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table and register the model.
 
     The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
     written unless every check passes.
     """
-    _check_settings(dtype, store_dtype, decode, name)
-    store = Store(cache, locking=options.locking)
-    store.check_path()
-    dataset = load_dataset(data, split=split, seed=seed)
-    if store.has_samples():
-        store.check_dataset(dataset)
+    check_arguments(
+        dtype=dtype, store_dtype=store_dtype, decode=decode, name=name, layers=layers,
+        image_size=image_size, seed=seed, resplit=resplit,
+    )  # fmt: skip
+    if not isinstance(frozen_samples, bool):
+        raise ParameterError("frozen_samples", "extract", "a bool", frozen_samples)
+    store = check_cache(cache, options.locking)
+    dataset = load_dataset(data, split=split, seed=seed, resplit=resplit)
+    changes = store.read_samples().changes_to(dataset) if store.has_samples() else None
+    if changes and frozen_samples:
+        store.sync_samples(dataset, frozen=True)  # raises, naming the differences
     backbone = load_backbone(model, weights, seed=seed, image_size=image_size)
     infos = {info.name: info for info in backbone.layers}
     requested = tuple(dict.fromkeys(layers or backbone.default_layers))
@@ -204,15 +243,29 @@ def prepare(
     )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
-    if previous is None:
-        store.check_writable()  # a new cache or a new model: before any work
-    store.create_samples(dataset, options.shard_size)
+    if previous is None or changes:
+        store.check_writable()  # a new cache, a new model or new samples: before any work
+    if changes is None:
+        store.create_samples(dataset, options.shard_size)
+    elif changes:
+        store.sync_samples(dataset)
+        logger.info("%s: %s since the cache was made", dataset.source, changes.describe())
     store.register_model(model_name, config)
+    dataset = _aligned(dataset, store)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.
     portable_weights = config.weights if config.weights.startswith("file:") else weights
     return Job(
         store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone
     )
+
+
+def _aligned(dataset: Dataset, store: Store) -> Dataset:
+    """The dataset in the cache's row order (the same order unless the dataset changed)."""
+    table = store.read_samples()
+    same = len(table) == len(dataset) and not table.removed_mask.any()
+    if same and table.ids.tolist() == dataset.ids.tolist():
+        return dataset
+    return dataset.aligned_to(table)
 
 
 def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> ExtractResult:
@@ -263,10 +316,37 @@ def _check_execution(
     return options, engine
 
 
-def _check_settings(dtype, store_dtype, decode, name) -> None:
+def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
+    """The cache's :class:`Store`, after checking its path: a name the file system takes
+    (checked first: a name too long makes every later look-up raise), a file that is a
+    featurecache cache or nothing yet, and for a new cache a folder that can be written.
+
+    Raises
+    ------
+    ParameterError
+        About ``cache``, the parameter of :func:`extract`.
+    """
+    check_name(cache, "cache", "extract")
+    store = Store(cache, locking=locking)
+    store.check_path()
+    if not store.path.exists():  # an existing cache is the store's to judge (a hit writes nothing)
+        check_writable(store.path, "cache", "extract", probe=True)
+    return store
+
+
+def check_arguments(
+    *, dtype="auto", store_dtype="float32", decode="auto", name=None, layers=None,
+    image_size=None, seed=0, resplit=False,
+) -> None:  # fmt: skip
+    """Refuse the arguments of :func:`extract` that are wrong whatever the data and model."""
     check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
     check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
     check_choice(decode, "decode", "extract", ("auto", *DECODE_MODES))
+    check_names(layers, "layers", "extract")
+    if check_optional_int(image_size, "image_size", "extract", low=1) is not None:
+        check_int(image_size, "image_size", "extract", low=1, high=MAX_IMAGE_SIZE)
+    check_int(seed, "seed", "extract", low=0, high=2**32 - 1)
+    check_bool(resplit, "resplit", "extract")
     if name is not None and not (isinstance(name, str) and _NAME.match(name)):
         raise ParameterError(
             "name", "extract", "letters, digits and _.+- (it names a folder)", name

@@ -16,12 +16,15 @@ from featurecache.exceptions import InvalidArgumentError, UnknownNameError, sugg
 
 __all__ = [
     "ParameterError",
+    "UnwritablePathError",
+    "AdviceError",
     "check_int",
     "check_float",
     "check_choice",
     "check_names",
     "check_optional_int",
     "check_workers",
+    "check_bool",
 ]
 
 
@@ -63,6 +66,39 @@ class ParameterError(InvalidArgumentError):
         return f"{subject} must be {self.expected}. Got {self.got!r} instead.{' ' + hint if hint else ''}"
 
 
+class UnwritablePathError(ParameterError):
+    """An output path in a folder that cannot be written: a read-only disk, no permission, a
+    pseudo file system. The path may be right; the environment fails (CLI exit code 1)."""
+
+    exit_code = 1
+
+
+class AdviceError(InvalidArgumentError):
+    """An error whose message names parameters with values: ``allow_partial=True`` in Python,
+    ``--allow-partial`` on the command line.
+
+    ``template`` holds ``{field}`` placeholders; each keyword maps a field to a
+    ``(parameter, value)`` pair. ``str(error)`` spells them ``parameter=value``;
+    :meth:`render` as the caller asks (the CLI: the flag, with the value unless it is True).
+    Literal braces in ``template`` are doubled, as for :meth:`str.format`.
+    """
+
+    def __init__(self, template: str, **fields: tuple[str, Any]) -> None:
+        self.template, self.fields = template, fields
+        super().__init__(self.render(lambda parameter, value: f"{parameter}={value!r}"))
+
+    @staticmethod
+    def literal(text: str) -> str:
+        """``text`` with its braces doubled, to put into a template as it is."""
+        return text.replace("{", "{{").replace("}", "}}")
+
+    def render(self, spell) -> str:
+        """The message with each field written as ``spell(parameter, value)``."""
+        return self.template.format(
+            **{field: spell(parameter, value) for field, (parameter, value) in self.fields.items()}
+        )
+
+
 class UnknownChoiceError(ParameterError, UnknownNameError):
     """A name outside a fixed set of choices."""
 
@@ -94,6 +130,13 @@ def check_workers(value: Any, parameter: str, owner: str) -> int | str:
     if value == "auto" or (_is_int(value) and value >= 0):
         return value
     raise ParameterError(parameter, owner, "'auto' or an int >= 0", value)
+
+
+def check_bool(value: Any, parameter: str, owner: str) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (never 0 or 1)."""
+    if isinstance(value, bool):
+        return value
+    raise ParameterError(parameter, owner, "True or False", value)
 
 
 def check_float(value: Any, parameter: str, owner: str, *, low: float | None = None,

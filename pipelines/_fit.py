@@ -31,7 +31,9 @@ from sklearn.metrics import f1_score
 
 from featurecache import __version__
 from featurecache._validation import (
+    AdviceError,
     ParameterError,
+    check_bool,
     check_choice,
     check_int,
     check_names,
@@ -41,6 +43,7 @@ from featurecache.cache import Cache, Entry, open_cache
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
+from pipelines._rows import RowStatus, row_status
 from pipelines._search import (
     SearchResult,
     converged,
@@ -74,6 +77,8 @@ def fit(
     address: str | None = None,
     shots: str | Sequence[int | str] | None = None,
     draws: int = 5,
+    allow_partial: bool = False,
+    force: bool = False,
 ) -> pd.DataFrame:
     """Choose, refit and score every (model, layer, head) and write ``out``.
 
@@ -81,8 +86,10 @@ def fit(
     ----------
     cache : str, path or Cache
     out : str or path
-        The results folder; created, or reused when it was made from the same
-        samples (same ``samples_digest``).
+        The results folder: a new or empty folder (created), or a results folder made
+        from the same samples (same ``samples_digest``), which is resumed. Anything else
+        is refused unless ``force``. Nothing is left in it when ``fit`` refuses, or fails
+        before its first combination is finished.
     models, layers : list of str, optional
         Restrict to these models and layer names (default: all). A layer name
         applies to every model that has it. A plain string is refused: write
@@ -115,6 +122,13 @@ def fit(
         ``"all"`` is the full fit itself.
     draws : int
         Draws per number of shots (>= 1).
+    allow_partial : bool
+        Fit on the rows done when the cache has pending rows (an extraction still running
+        or stopped); without it such a cache is refused with the pending rows per split.
+        ``run.json`` and the report state the counts.
+    force : bool
+        Write into an ``out`` that ``fit`` did not write (a file there is replaced), or
+        start over in a results folder made from other samples (its results are removed).
 
     Returns
     -------
@@ -124,23 +138,27 @@ def fit(
     Raises
     ------
     InvalidArgumentError
-        Bad arguments or data (nothing is written), or ``out`` was made from
-        another cache.
+        Bad arguments or data, pending rows without ``allow_partial``, a class left without
+        usable training rows, or an ``out`` that cannot be used (nothing is written).
     """
+    allow_partial = check_bool(allow_partial, "allow_partial", "fit")
+    force = check_bool(force, "force", "fit")
+    results = ResultsFolder(out)
+    results.check_path(force=force)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     plan = _Plan.build(
         cache, out, models=models, layers=layers, heads=heads, grid=grid, cv=cv, seed=seed,
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
+        allow_partial=allow_partial,
     )  # fmt: skip
-    results = ResultsFolder(out)
-    results.check(cache)
+    replace = results.check(cache, force=force)
     _check_backend(plan.backend)
-    results.write_run(plan.run_record(cache))
-    with _parallel_backend(plan.backend, plan.address):
-        for model, layer in plan.combos:
-            _fit_layer(cache, plan, results, model, layer)
-    table = results.write_table()
-    results.write_curves()
+    with results.writing(plan.run_record(cache), replace=replace):
+        with _parallel_backend(plan.backend, plan.address):
+            for model, layer in plan.combos:
+                _fit_layer(cache, plan, results, model, layer)
+        table = results.write_table()
+        results.write_curves()
     chosen = best(table)
     logger.info("best by CV: %s / %s / %s", chosen["model"], chosen["layer"], chosen["head"])
     return table
@@ -165,12 +183,14 @@ class _Plan:
     combos: list[tuple[str, str]]
     selection: str  # "val" or "cv"
     out: str
+    rows: dict[tuple[str, str], RowStatus]  # the status of each row of each combination
     shots: tuple[int, ...] = ()
     draws: int = 5
+    allow_partial: bool = False
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
-              backend, address, shots=None, draws=5) -> _Plan:  # fmt: skip
+              backend, address, shots=None, draws=5, allow_partial=False) -> _Plan:  # fmt: skip
         head_names = check_names(heads, "heads", "fit", allow_none=False)
         head_objects = [get_head(name) for name in head_names]
         grid_source = str(grid) if isinstance(grid, (str, os.PathLike)) else None
@@ -187,6 +207,8 @@ class _Plan:
         _check_extracted(cache, combos)
         draws = check_int(draws, "draws", "fit", low=1)
         few = tuple(k for k in parse_shots(shots) if k != ALL) if shots is not None else ()
+        selection = _selection(cache)
+        rows = _check_rows(cache, combos, selection, cv, allow_partial)
         return cls(
             heads=head_objects,
             grids=grids,
@@ -198,10 +220,12 @@ class _Plan:
             backend=backend,
             address=address,
             combos=combos,
-            selection=_selection(cache, cv),
+            selection=selection,
             out=str(out),
             shots=few,
             draws=draws,
+            rows=rows,
+            allow_partial=allow_partial,
         )
 
     def run_record(self, cache: Cache) -> dict:
@@ -227,6 +251,7 @@ class _Plan:
             },
             "protocol": self.protocol,
             "data": _data_summary(cache, sorted({m for m, _ in self.combos})),
+            "rows": _rows_summary(cache, self.rows, self.allow_partial),
         }
 
     @property
@@ -249,7 +274,7 @@ class _Plan:
 
 def _data_summary(cache: Cache, models: list[str]) -> dict:
     """Classes, labeled rows per split and class, and the rows that failed extraction."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     counts = {}
     rank = {"train": 0, "val": 1, "test": 2}
     for split in sorted(set(cache.splits.tolist()), key=lambda s: (rank.get(s, 3), s)):
@@ -315,25 +340,153 @@ def _check_extracted(cache: Cache, combos: list[tuple[str, str]]) -> None:
         )
 
 
-def _selection(cache: Cache, cv: int) -> str:
+def _selection(cache: Cache) -> str:
     """``"val"`` or ``"cv"``: how hyper-parameters are chosen, after checking the labels."""
     _check_classes(cache)
-    labeled = cache.labels >= 0
-    if (labeled & (cache.splits == "val")).any():
-        return "val"
-    counts = np.bincount(cache.labels[labeled & (cache.splits == "train")])
-    counts = counts[counts > 0]
-    if counts.min() < cv:
-        raise InvalidArgumentError(
-            f"cv={cv} needs at least {cv} train rows per class; the smallest class of cache "
-            f"{str(cache.path)!r} has {int(counts.min())}; lower cv."
+    labeled = (cache.labels >= 0) & ~cache.removed
+    return "val" if (labeled & (cache.splits == "val")).any() else "cv"
+
+
+# -- the rows a fit can use: pending, failed, and classes left without training rows ---
+
+
+def _check_rows(
+    cache: Cache, combos: list[tuple[str, str]], selection: str, cv: int, allow_partial: bool
+) -> dict[tuple[str, str], RowStatus]:
+    """The status of each row of each combination, after refusing pending rows (unless
+    ``allow_partial``) and usable rows too few for the selection."""
+    entries = {(e.model, e.layer): e for e in cache.entries}
+    rows = {combo: row_status(cache, entries[combo]) for combo in combos}
+    partial = {combo: status for combo, status in rows.items() if status.counts()["pending"]}
+    if partial and not allow_partial:
+        raise AdviceError(
+            AdviceError.literal(_pending_text(cache, partial))
+            + " Finish the extraction (re-run the same `featurecache extract` command), or pass "
+            "{fix} to fit on the rows done (the report states the counts).",
+            fix=("allow_partial", True),
         )
-    return "cv"
+    for status in rows.values():
+        _check_usable(cache, status, selection, cv)
+    return rows
+
+
+def _pending_text(cache: Cache, partial: dict[tuple[str, str], RowStatus]) -> str:
+    """``cache 'c.h5' has pending rows (...): resnet18 (layers a, b): 44 of 300 (train 30,
+    test 14)``, the layers of a model grouped when their counts agree."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for (model, layer), status in partial.items():
+        by_split = status.by_split(cache.splits)
+        counts = ", ".join(
+            f"{split or '(no split)'} {n['pending']}"
+            for split, n in by_split.items()
+            if n["pending"]
+        )
+        text = f"{status.counts()['pending']} of {cache.n_samples} rows ({counts})"
+        groups.setdefault((model, text), []).append(layer)
+    parts = [
+        f"{model} (layer{'s' if len(layers) > 1 else ''} {', '.join(layers)}): {text}"
+        for (model, text), layers in groups.items()
+    ]
+    return (
+        f"cache {str(cache.path)!r} has pending rows, not extracted yet (an extraction still "
+        f"running or stopped): {'; '.join(parts)}."
+    )
+
+
+def _check_usable(cache: Cache, status: RowStatus, selection: str, cv: int) -> None:
+    """Refuse a combination whose usable (ok, labeled) rows leave a class without training
+    rows, the val split empty, or a class with fewer rows than CV folds."""
+    labeled = (cache.labels >= 0) & ~cache.removed
+    usable = labeled & status.ok
+    where = f"{status.model}/{status.layer} of cache {str(cache.path)!r}"
+    train_all = labeled & (cache.splits == "train")
+    train = usable & train_all
+    lost = sorted(set(cache.labels[train_all].tolist()) - set(cache.labels[train].tolist()))
+    if lost:
+        raise InvalidArgumentError(_lost_text(cache, status, lost, where))
+    if selection == "val":
+        val = labeled & (cache.splits == "val")
+        if not (usable & val).any():
+            raise InvalidArgumentError(
+                f"the val split of {where} has no usable rows ({_why(status, val)}); "
+                f"{_fix(status, val)}"
+            )
+        return
+    counts = np.bincount(cache.labels[train], minlength=len(cache.class_names))
+    present = np.flatnonzero(counts)
+    k = int(present[np.argmin(counts[present])])
+    n = int(counts[k])
+    if n >= cv:
+        return
+    name = cache.class_names[k]
+    rows_text = f"{n} usable train row{'s' if n != 1 else ''}"
+    missing = train_all & (cache.labels == k) & ~status.ok
+    also = f" ({_why(status, missing)})" if missing.any() else ""
+    if n >= 2:
+        detail = f" needs at least {cv} train rows per class; class {name!r} has {rows_text} in "
+        raise AdviceError(
+            "{asked}" + AdviceError.literal(f"{detail}{where}{also}. Use ") + "{fix} (or fewer "
+            "folds), " + AdviceError.literal(f"add training images of {name!r}, or leave the "
+                                             "class out."),
+            asked=("cv", cv), fix=("cv", n),
+        )  # fmt: skip
+    raise InvalidArgumentError(
+        f"class {name!r} has {rows_text} in {where}{also}, and cross-validation needs at least "
+        f"2 per class (fewer than 2 folds is impossible): add training images of {name!r}, "
+        "leave the class out, or give the data a val split (a val/ folder or a split column) "
+        "to choose hyper-parameters on."
+    )
+
+
+def _lost_text(cache: Cache, status: RowStatus, lost: list[int], where: str) -> str:
+    names = ", ".join(repr(cache.class_names[k]) for k in lost)
+    rows = (cache.labels >= 0) & ~cache.removed & (cache.splits == "train")
+    rows &= np.isin(cache.labels, lost)
+    plural = "es" if len(lost) > 1 else ""
+    return (
+        f"class{plural} {names} {'have' if plural else 'has'} no usable train rows in {where}: "
+        f"{'their' if plural else 'its'} {int(rows.sum())} train rows are {_why(status, rows)}; "
+        f"a head cannot learn {'them' if plural else 'it'}. {_fix(status, rows)}"
+    )
+
+
+def _why(status: RowStatus, rows: np.ndarray) -> str:
+    """``3 pending, 1 failed`` for the non-ok rows among ``rows``."""
+    counts = RowStatus(status.model, status.layer, status.status[rows]).counts()
+    parts = [f"{counts[kind]} {kind}" for kind in ("pending", "failed") if counts[kind]]
+    return ", ".join(parts) or "0 usable"
+
+
+def _fix(status: RowStatus, rows: np.ndarray) -> str:
+    counts = RowStatus(status.model, status.layer, status.status[rows]).counts()
+    if counts["pending"]:
+        return "Finish the extraction (re-run the same `featurecache extract` command) first."
+    return (
+        "Replace the unreadable images (`featurecache ls CACHE` lists them with their reason) "
+        "and extract into a new cache, or leave the class out."
+    )
+
+
+def _rows_summary(cache: Cache, rows: dict[tuple[str, str], RowStatus], allow_partial: bool):
+    """What ``run.json`` records of the rows each combination could use, split by split."""
+    return {
+        "allow_partial": allow_partial,
+        "combinations": [
+            {
+                "model": model,
+                "layer": layer,
+                "n_samples": int(cache.n_samples),
+                **status.counts(),
+                "splits": status.by_split(cache.splits),
+            }
+            for (model, layer), status in rows.items()
+        ],
+    }
 
 
 def _check_classes(cache: Cache) -> None:
     """Train holds at least 2 classes, and every class of val and test."""
-    labeled = cache.labels >= 0
+    labeled = (cache.labels >= 0) & ~cache.removed
     where = f"cache {str(cache.path)!r}"
     train = labeled & (cache.splits == "train")
     if not train.any():
@@ -427,7 +580,9 @@ class _LayerData:
 
     @classmethod
     def load(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
-        wanted = (cache.labels >= 0) & np.isin(cache.splits, ["train", "val", "test"])
+        wanted = (
+            (cache.labels >= 0) & ~cache.removed & np.isin(cache.splits, ["train", "val", "test"])
+        )
         X, rows = cache.load_rows(entry.model, entry.layer, wanted)
         y, ids, split = cache.labels[rows], cache.ids[rows], cache.splits[rows]
         fit_rows = (split == "train") | (split == "val") if plan.uses_val else split == "train"

@@ -302,7 +302,8 @@ def load_grid(path: str | os.PathLike) -> dict[str, dict[str, list]]:
     expected = "a JSON or YAML file mapping head names to parameter grids"
     example = 'For example {"logreg": {"C": [0.01, 0.1, 1]}}.'
     if not path.is_file():
-        raise ParameterError("grid", "fit", expected, str(path), "The file does not exist.")
+        what = "It is a folder." if path.is_dir() else "The file does not exist."
+        raise ParameterError("grid", "fit", expected, str(path), what)
     try:
         text = path.read_text()
         grid = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)

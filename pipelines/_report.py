@@ -10,12 +10,15 @@ canvas (no pyplot, no global backend change).
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import html
 import io
+import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featurecache import __version__
+from featurecache._paths import check_output
+from featurecache._validation import check_bool
 from featurecache.cache import Cache, atomic_write, open_cache
 from pipelines._figures import (
     confidently_wrong,
@@ -37,13 +43,17 @@ from pipelines._figures import (
     thumbnail,
 )
 from pipelines._results import ResultsFolder, best, best_per, frame
+from pipelines._rows import SPLIT_ORDER
 from pipelines._shots import curve_summary
 
-__all__ = ["report"]
+__all__ = ["report", "is_report_folder", "MARKER"]
 
 logger = logging.getLogger(__name__)
 
 PENULTIMATE = "embedding"
+TITLE = "featurecache report"
+#: Written last into every report folder: how a later report knows it may write there.
+MARKER = ".featurecache-report"
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class _Table:
     rows: tuple[tuple[str, ...], ...]
 
 
-def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
+def report(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png``.
 
     Parameters
@@ -67,7 +77,11 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     results : str or path
         A results folder written by :func:`~pipelines.fit`.
     out : str or path
-        The report folder (created).
+        The report folder: new (created), empty, or one a report was written into
+        (:func:`is_report_folder`); anything else is refused unless ``force``.
+    force : bool
+        Write into an ``out`` that report did not write (files of the same names are
+        replaced, others left alone; a file at ``out`` is replaced by the folder).
 
     Returns
     -------
@@ -77,30 +91,62 @@ def report(results: str | os.PathLike, out: str | os.PathLike) -> Path:
     Raises
     ------
     InvalidArgumentError
-        ``results`` is not a results folder, or holds no finished combination.
+        ``results`` is not a results folder, or holds no finished combination, or ``out``
+        cannot be used. Nothing is written then.
     """
+    force = check_bool(force, "force", "report")
+    out = check_output(
+        out, "out", "report", kind="folder", ours=is_report_folder, force=force,
+        expected="a new or empty folder, or a report folder",
+    )  # fmt: skip
     folder = ResultsFolder(results)
     run = folder.read_run("report")
     records = folder.finished()
     table = _table(records)
     chosen = best(table)
     blocks = _blocks(run, table, records, chosen, _predictions(folder.root, chosen), folder)
-    out = Path(out)
-    _write(out, blocks)
+    _write(
+        out, blocks, {"results": str(folder.root.resolve()), "featurecache_version": __version__}
+    )
     logger.info("report written to %s", out)
     return out
 
 
-def _write(out: Path, blocks: list) -> None:
-    """The figures, then ``report.md`` and ``report.html``."""
-    for block in blocks:
-        if isinstance(block, _Figure):
-            atomic_write(
-                out / "figures" / f"{block.name}.png", lambda p, b=block: p.write_bytes(b.png)
-            )
-    markdown, page = _markdown(blocks), _html(blocks)
-    atomic_write(out / "report.md", lambda p: p.write_text(markdown))
-    atomic_write(out / "report.html", lambda p: p.write_text(page))
+def is_report_folder(path: Path) -> bool:
+    """True for an empty folder, or one a report was written into: it holds :data:`MARKER`,
+    or (reports older than the marker) a ``report.md`` whose first line is the title."""
+    if not path.is_dir():
+        return False
+    if (path / MARKER).is_file() or not any(path.iterdir()):
+        return True
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(path / "report.md", encoding="utf-8") as stream:
+            return stream.readline().rstrip("\n") == f"# {TITLE}"
+    return False
+
+
+def _write(out: Path, blocks: list, marker: dict) -> None:
+    """The figures, then ``report.md`` and ``report.html``, then the marker. If a write fails,
+    what this call wrote is removed (the whole folder when it created it)."""
+    if out.exists() and not out.is_dir():
+        out.unlink()  # a file in the way, accepted under force by check_output
+    created = not out.exists()
+    files = {out / "figures" / f"{b.name}.png": b.png for b in blocks if isinstance(b, _Figure)}
+    files[out / "report.md"] = _markdown(blocks).encode()
+    files[out / "report.html"] = _html(blocks).encode()
+    files[out / MARKER] = json.dumps(marker, indent=1).encode()
+    new = [path for path in files if not path.exists()]
+    try:
+        for path, data in files.items():
+            atomic_write(path, lambda p, d=data: p.write_bytes(d))
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error that stopped the report matters more
+            if created:
+                shutil.rmtree(out)
+            else:
+                for path in new:
+                    path.unlink(missing_ok=True)
+        raise
 
 
 def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
@@ -164,10 +210,10 @@ def _has_test(table: pd.DataFrame) -> bool:
 def _blocks(run: dict, table, records, chosen, predictions, folder: ResultsFolder) -> list:
     has_test = _has_test(table)
     class_names = run["data"]["class_names"]
-    blocks: list = [("h1", "featurecache report")]
+    blocks: list = [("h1", TITLE)]
     blocks += [("h2", "Recommendation"), ("p", recommendation(table, chosen))]
     blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
-    blocks += [("h2", "Data"), _data_table(run), ("p", _failed_text(run))]
+    blocks += [("h2", "Data"), _data_table(run)] + [("p", text) for text in _rows_text(run)]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += _warnings(table)
     blocks += [("h2", "Model × layer")] + _comparison(table, has_test)
@@ -313,6 +359,53 @@ def _data_table(run: dict) -> _Table:
     rows = [(name, *[str(counts[s].get(name, 0)) for s in splits]) for name in data["class_names"]]
     rows.append(("**total**", *[str(sum(counts[s].values())) for s in splits]))
     return _Table(header, tuple(rows))
+
+
+def _rows_text(run: dict) -> list[str]:
+    """Paragraphs stating the rows the fits could not use, with exact counts: pending (not
+    extracted when fit ran), failed (unreadable images) and removed, by model and layer."""
+    rows = run.get("rows")
+    if rows is None:  # a results folder written before fit recorded row counts
+        return [_failed_text(run)]
+    groups: dict[tuple, list[str]] = {}
+    for combo in rows["combinations"]:
+        pending = ", ".join(
+            f"{split or '(no split)'} {n['pending']}"
+            for split, n in sorted(combo["splits"].items(), key=lambda kv: _split_key(kv[0]))
+            if n["pending"]
+        )
+        key = (combo["model"], combo["n_samples"], combo["ok"], combo["failed"],
+               combo["pending"], combo["removed"], pending)  # fmt: skip
+        groups.setdefault(key, []).append(combo["layer"])
+    if all(key[3] == key[4] == key[5] == 0 for key in groups):
+        n = next(iter(groups))[1] if groups else run["data"]["n_samples"]
+        return [
+            f"Rows: every sample was extracted for every model and layer fitted ({n} ok of "
+            f"{n}); 0 failed, 0 pending, 0 removed."
+        ]
+    parts = []
+    for (model, n, ok, failed, pending, removed, by_split), layers in groups.items():
+        where = f"{model} (layer{'s' if len(layers) > 1 else ''} {', '.join(layers)})"
+        split_text = f" ({by_split})" if by_split else ""
+        parts.append(
+            f"{where}: {ok} of {n} rows ok, {pending} pending{split_text}, {failed} failed, "
+            f"{removed} removed"
+        )
+    texts = ["Rows the fits used and left out: " + "; ".join(parts) + "."]
+    if any(key[4] for key in groups):
+        texts.append(
+            "**The cache was partial when fit ran** (fit was asked to go ahead: "
+            "`allow_partial=True`, `--allow-partial`): pending rows had not been extracted yet "
+            "and are in no fit, so every number in this report comes from part of the data. "
+            "Finish the extraction and re-run fit for the full result."
+        )
+    if any(key[3] for key in groups):
+        texts.append(_failed_text(run))
+    return texts
+
+
+def _split_key(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.get(split, 3), split)
 
 
 def _failed_text(run: dict) -> str:

@@ -54,9 +54,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +68,13 @@ import numpy as np
 import pandas as pd
 
 from featurecache import __version__
-from featurecache._validation import ParameterError
+from featurecache._paths import check_output
+from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import Cache, FeatureConfig, atomic_write
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._heads import list_heads
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "HeadRecord",
@@ -378,34 +383,103 @@ class ResultsFolder:
 
     # -- run.json
 
-    def check(self, cache: Cache) -> None:
-        """Refuse a file, a foreign folder, or a results folder made from other samples.
+    def is_ours(self) -> bool:
+        """True when ``root`` is an empty folder or holds ``run.json``: a folder fit may use."""
+        return self.root.is_dir() and (self._run_path.is_file() or not any(self.root.iterdir()))
+
+    def check_path(self, *, force: bool = False) -> None:
+        """Refuse, before any work, a root fit cannot write, or did not write (unless ``force``).
 
         Raises
         ------
         ParameterError
-            ``root`` (``fit``'s ``out``) is a file or a non-empty folder without ``run.json``.
+            About ``out`` (``fit``'s parameter): a name too long, a folder that cannot be
+            written, a file, or a non-empty folder without ``run.json``.
+        """
+        check_output(
+            self.root, "out", "fit", kind="folder", ours=lambda _: self.is_ours(), force=force,
+            expected="a new or empty folder, or a results folder",
+        )  # fmt: skip
+
+    def check(self, cache: Cache, *, force: bool = False) -> bool:
+        """Refuse a results folder made from other samples than ``cache``'s, unless ``force``.
+
+        A results folder made from this same cache before its samples changed (a dataset
+        that grew or changed) is accepted: its results are removed so every combination is
+        fitted again on the new samples, and a warning says why.
+
+        Returns
+        -------
+        bool
+            True when the folder's results must be removed first (other samples: the same
+            cache after its dataset changed, or ``force``).
+
+        Raises
+        ------
         InvalidArgumentError
             ``run.json`` is unreadable, or records another samples digest than ``cache``'s.
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise ParameterError(
-                "out", "fit", "a new folder or a results folder", str(self.root), "It is a file."
-            )
-        if self.root.is_dir() and any(self.root.iterdir()) and not self._run_path.is_file():
-            raise ParameterError(
-                "out", "fit", "a new folder or a results folder", str(self.root),
-                "It is a non-empty folder without run.json; choose a new or empty folder.",
-            )  # fmt: skip
         if not self._run_path.is_file():
-            return
-        recorded = self.read_run().get("samples_digest")
-        if recorded != cache.samples_digest:
-            raise InvalidArgumentError(
+            return False
+        run = self.read_run("fit")
+        recorded = run.get("samples_digest")
+        if recorded == cache.samples_digest:
+            return False
+        if force:
+            return True
+        if run.get("cache") == str(Path(cache.path).resolve()):
+            logger.warning(
+                "the samples of cache %r changed since %r was fitted (the dataset grew or "
+                "changed): every combination is fitted again.", str(cache.path), str(self.root),
+            )  # fmt: skip
+            return True
+        raise AdviceError(
+            AdviceError.literal(
                 f"results folder {str(self.root)!r} was made from other samples (samples "
                 f"digest {str(recorded)[:12]}…, cache {str(cache.path)!r} has "
-                f"{cache.samples_digest[:12]}…); write into a new results folder."
+                f"{cache.samples_digest[:12]}…); write into a new results folder, or pass "
             )
+            + "{fix} to replace its results.",
+            fix=("force", True),
+        )
+
+    @contextlib.contextmanager
+    def writing(self, run: Mapping, *, replace: bool = False) -> Iterator[None]:
+        """Write ``run.json`` (after removing the old results when ``replace``), then run the
+        block. If the block fails before any combination is finished, the folder is left as
+        it was found: a folder this call created is removed, and so is every file it wrote.
+        """
+        created = not self.root.exists()
+        if self.root.exists() and not self.root.is_dir():
+            self.root.unlink()  # a file in the way, replaced under force (checked by check_path)
+            created = True
+        if replace:
+            self.clear()
+        before = {name for name in _OWNED if (self.root / name).exists()}
+        previous_run = self._run_path.read_bytes() if self._run_path.is_file() else None
+        try:
+            self.write_run(run)
+            yield
+        except BaseException:
+            if not self.records():
+                self._undo(created, before, previous_run)
+            raise
+
+    def clear(self) -> None:
+        """Remove every file and folder fit writes here (and nothing else)."""
+        for name in _OWNED:
+            _remove(self.root / name)
+
+    def _undo(self, created: bool, before: set[str], previous_run: bytes | None) -> None:
+        with contextlib.suppress(OSError):  # the error that stopped the fit matters more
+            if created:
+                shutil.rmtree(self.root)
+                return
+            for name in _OWNED:
+                if name not in before:
+                    _remove(self.root / name)
+            if previous_run is not None:
+                atomic_write(self._run_path, lambda p: p.write_bytes(previous_run))
 
     @property
     def _run_path(self) -> Path:
@@ -569,6 +643,17 @@ class ResultsFolder:
         table = table.assign(params=table["params"].map(lambda p: json.dumps(p, sort_keys=True)))
         atomic_write(self.root / "results.csv", lambda p: table.to_csv(p, index=False))
         return table
+
+
+#: Every name fit writes at the top of a results folder.
+_OWNED = ("run.json", "results.csv", "curves.csv", "combos", "heads", "predictions")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _require(record: Mapping, keys: Sequence[str], what: str) -> None:

@@ -27,6 +27,7 @@ CORE = (
     "featurecache.cache",
     "featurecache.exceptions",
     "featurecache._validation",
+    "featurecache._paths",
     "featurecache._lazy",
 )
 STAGE1 = (

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _workers import make_images, one_torch_thread, run_options
 
-from featurecache import extract
+from featurecache import extract, open_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(model="resnet18", weights="none", layers=["layer1", "embedding"], image_size=32)
@@ -136,3 +136,5 @@ def test_a_cache_hit_writes_nothing_at_all(tmp_path, forward_calls):
         )
     assert result.hit and not forward_calls
     assert _snapshot(tmp_path) == before
+    provenance = open_cache(cache).entry("resnet18", "embedding").provenance
+    assert provenance["images_per_second"] > 0 and provenance["extract_seconds"] > 0

@@ -227,9 +227,11 @@ def test_changed_dataset_is_refused(images, tmp_path):
     shutil.copy(images / "ant" / "0.png", data / "bee" / "new.png")
     shutil.copy(images / "ant" / "1.png", data / "bee" / "new2.png")
     with pytest.raises(
-        DatasetChangedError, match=r"has 2 new and 1 missing samples compared with the cache"
+        DatasetChangedError,
+        match=r"has 2 new, 1 removed samples compared with the cache .*, and the sample table "
+        r"is frozen",
     ):
-        _small(data, cache, layers=["layer1"])
+        _small(data, cache, layers=["layer1"], frozen_samples=True)
 
 
 def test_unknown_model_and_layer_suggest_close_names(images, tmp_path):

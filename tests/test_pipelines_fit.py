@@ -329,8 +329,13 @@ def test_cli_names_the_flags_python_names_the_parameters(tmp_path, capsys):
     assert "error: --cv must be an int >= 2. Got 1 instead." in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["fit", str(cache), "--out", str(tmp_path / "file")]) == 2
-    assert "error: --out must be a new folder or a results folder. Got" in capsys.readouterr().err
-    with pytest.raises(ParameterError, match="The 'out' parameter of fit must be a new folder"):
+    assert (
+        "error: --out must be a new or empty folder, or a results folder. Got"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(
+        ParameterError, match="The 'out' parameter of fit must be a new or empty folder"
+    ):
         pipelines.fit(cache, tmp_path / "file")
     assert not (tmp_path / "r").exists()
 

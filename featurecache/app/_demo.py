@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from featurecache._data import Dataset, load_dataset
-from featurecache._extract import ExtractResult, extract
+from featurecache._extract import ExtractResult, check_cache, extract
+from featurecache._paths import check_output
+from featurecache._validation import (
+    ParameterError,
+    check_choice,
+    check_names,
+    check_optional_int,
+)
 from featurecache.engines._options import RunOptions
-from featurecache.exceptions import InvalidArgumentError
 
 __all__ = [
     "run_demo", "best_found", "summarize", "DemoSummary", "DemoDefaults", "DEMO_DEFAULTS",
@@ -67,6 +73,7 @@ def run_demo(
     image_size: int | None = None,
     cache: str | None = None,
     out: str | None = None,
+    force: bool = False,
     jobs: int = -1,
     progress: bool = False,
 ) -> DemoSummary:
@@ -84,28 +91,35 @@ def run_demo(
     cache, out : str, optional
         Cache file and report folder; by default ``data/cache/demo-<dataset>.h5`` and
         ``reports/demo`` (``reports/demo-<dataset>`` for other datasets).
+    force : bool
+        Write the report into an ``out`` that :func:`~pipelines.report` did not write.
 
     Returns
     -------
     DemoSummary
     """
     import pipelines
+    from pipelines._report import is_report_folder
+    from pipelines._results import ResultsFolder
 
     started = time.perf_counter()
-    if dataset not in DEMO_DEFAULTS:
-        raise InvalidArgumentError(
-            f"--dataset must be a built-in dataset ({' or '.join(DEMO_DEFAULTS)}); got {dataset!r}."
-        )
+    check_choice(dataset, "dataset", "run_demo", DEMO_DEFAULTS)
     defaults = DEMO_DEFAULTS[dataset]
-    data = _limited(load_dataset(dataset), limit)
+    _check_choices(heads, layers, limit, jobs)
     stem = dataset.split(":", 1)[1] + (f"-first{limit}" if limit else "")
+    report_dir = check_output(
+        out or ("reports/demo" if dataset == "builtin:digits" and not limit
+                else f"reports/demo-{stem}"),
+        "out", "run_demo", kind="folder", ours=is_report_folder, force=force,
+        expected="a new or empty folder, or a report folder",
+    )  # fmt: skip
     cache_path = Path(cache or f"data/cache/demo-{stem}.h5")
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    report_dir = Path(
-        out
-        or ("reports/demo" if dataset == "builtin:digits" and not limit else f"reports/demo-{stem}")
-    )
+    if cache is None:  # the default's folder is the demo's to create
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+    check_cache(cache_path)
     results_dir = cache_path.with_name(cache_path.stem + "-results")
+    ResultsFolder(results_dir).check_path()
+    data = _limited(load_dataset(dataset), limit)
     extraction = extract(
         data,
         cache_path,
@@ -118,7 +132,7 @@ def run_demo(
         cache_path, results_dir, models=[extraction.model], layers=list(extraction.layers),
         heads=list(heads or defaults.heads), n_jobs=jobs,
     )  # fmt: skip
-    pipelines.report(results_dir, report_dir)
+    pipelines.report(results_dir, report_dir, force=force)
     best, recommendation = best_found(results_dir)
     return DemoSummary(
         dataset=dataset,
@@ -130,6 +144,18 @@ def run_demo(
         earlier_layer=earlier_layer(results_dir),
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_choices(heads, layers, limit, jobs) -> None:
+    """Every argument the later steps would refuse, refused before the extraction."""
+    import pipelines
+
+    for head in check_names(heads, "heads", "run_demo") or ():
+        pipelines.get_head(head)
+    check_names(layers, "layers", "run_demo")
+    check_optional_int(limit, "limit", "run_demo", low=2)
+    if check_optional_int(jobs, "jobs", "run_demo") == 0:
+        raise ParameterError("jobs", "run_demo", "None or a nonzero int (-1: all cores)", jobs)
 
 
 def best_found(results: str | os.PathLike) -> tuple[dict, str]:
@@ -175,8 +201,6 @@ def summarize(summary: DemoSummary) -> str:
 def _limited(data: Dataset, limit: int | None) -> Dataset:
     if limit is None:
         return data
-    if limit < 2:
-        raise InvalidArgumentError(f"--limit must be at least 2 samples per split; got {limit}.")
     keep = np.concatenate(
         [
             np.flatnonzero(data.splits == split)[:limit]

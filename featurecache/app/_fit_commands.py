@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from featurecache.app._argparse import add_command
+
 __all__ = ["register"]
 
 
@@ -28,17 +30,32 @@ def register(subparsers) -> None:
 
     Nothing heavy is imported here: scikit-learn loads when a subcommand runs.
     """
-    fit = subparsers.add_parser(
-        "fit",
+    fit = add_command(
+        subparsers, "fit",
         help="choose and fit heads on every (model, layer) of a cache; write a results folder",
         description="Hyper-parameters are chosen by stratified k-fold CV on train (or on the "
         "val split when there is one), the chosen head is refitted on train(+val) and scored "
-        "once on test. Re-running with the same arguments reuses finished combinations.",
-    )
+        "once on test. Re-running with the same arguments reuses finished combinations. A "
+        "cache with pending rows (an extraction still running or stopped) is refused unless "
+        "--allow-partial is given; nothing is written when fit refuses or fails before its "
+        "first combination.",
+    )  # fmt: skip
     fit.add_argument("cache", help="the CACHE.h5 index written by `featurecache extract`")
-    fit.add_argument("--out", required=True, help="results folder (created or resumed)")
-    fit.add_argument("--models", nargs="+", default=None, help="models to fit (default: all)")
-    fit.add_argument("--layers", nargs="+", default=None, help="layers to fit (default: all)")
+    fit.add_argument(
+        "--out", required=True,
+        help="results folder: new, empty, or one fit wrote (resumed) (required)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--force", action="store_true",
+        help="write into an --out that fit did not write, or start over in a results folder "
+        "made from other samples",
+    )  # fmt: skip
+    fit.add_argument(
+        "--models", nargs="+", default=None, help="models to fit (default: all in the cache)"
+    )
+    fit.add_argument(
+        "--layers", nargs="+", default=None, help="layers to fit (default: all of each model)"
+    )
     fit.add_argument(
         "--heads",
         type=_csv,
@@ -46,39 +63,56 @@ def register(subparsers) -> None:
         help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn (default: logreg,linsvm; "
         "see docs/heads.md)",
     )
-    fit.add_argument("--grid", default=None, help="JSON/YAML file: {head: {param: [values]}}")
-    fit.add_argument("--cv", type=int, default=5, help="CV folds on train (default: 5)")
     fit.add_argument(
-        "--jobs",
-        dest="n_jobs",
-        type=int,
-        default=-1,
-        help="parallel workers (default: -1, all cores)",
-    )
-    fit.add_argument("--seed", type=int, default=0, help="seeds folds and estimators (default: 0)")
-    fit.add_argument("--pca", type=int, default=None, help="PCA to N components on wider layers")
+        "--grid", default=None,
+        help="JSON/YAML file {head: {param: [values]}} updating the default grids "
+        "(default: the grids of docs/heads.md)",
+    )  # fmt: skip
+    fit.add_argument("--cv", type=int, default=5, help="CV folds on train, >= 2")
     fit.add_argument(
-        "--backend", default="loky", help="joblib backend: loky (default), dask or ray"
-    )
-    fit.add_argument("--address", default=None, help="dask scheduler or ray cluster address")
+        "--jobs", dest="n_jobs", type=int, default=-1,
+        help="parallel workers (-1: all cores; 0 is refused)",
+    )  # fmt: skip
+    fit.add_argument("--seed", type=int, default=0, help="seeds folds and estimators, 0 to 2**32-1")
     fit.add_argument(
-        "--shots",
-        default=None,
-        help="few-shot learning curves: training images per class, e.g. 1,5,10,25,all "
-        "(written to RESULTS/curves.csv)",
-    )
+        "--pca", type=int, default=None,
+        help="PCA to N components on layers wider than N (default: no PCA)",
+    )  # fmt: skip
     fit.add_argument(
-        "--draws", type=int, default=5, help="seeded draws per number of shots (default: 5)"
-    )
+        "--allow-partial", action="store_true",
+        help="fit on the rows done when the cache has pending rows (the report states them)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--backend", default="loky", help="joblib backend: loky, threading, multiprocessing, "
+        "dask or ray",
+    )  # fmt: skip
+    fit.add_argument(
+        "--address", default=None,
+        help="dask scheduler or ray cluster address (default: a local one)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--shots", default=None,
+        help="few-shot learning curves: training images per class, e.g. 1,5,10,25,all, "
+        "written to RESULTS/curves.csv (default: none)",
+    )  # fmt: skip
+    fit.add_argument("--draws", type=int, default=5, help="seeded draws per number of shots, >= 1")
     fit.set_defaults(func=run_fit)
 
-    report = subparsers.add_parser(
-        "report", help="write report.md and a self-contained report.html from a results folder"
-    )
+    report = add_command(
+        subparsers, "report",
+        help="write report.md and a self-contained report.html from a results folder",
+    )  # fmt: skip
     report.add_argument("results", help="results folder written by `featurecache fit`")
     report.add_argument(
-        "--out", default=None, help="report folder (default: reports/<name of RESULTS>)"
-    )
+        "--out", default=None,
+        help="report folder: new, empty, or one report wrote (default: reports/<name of "
+        "RESULTS>)",
+    )  # fmt: skip
+    report.add_argument(
+        "--force", action="store_true",
+        help="write into an --out that report did not write (files of the same names are "
+        "replaced)",
+    )  # fmt: skip
     report.set_defaults(func=run_report)
 
 
@@ -91,7 +125,7 @@ def run_fit(args: argparse.Namespace) -> int:
         args.out,
         models=_names(args.models),
         layers=_names(args.layers),
-        heads=args.heads or DEFAULT_HEADS,
+        heads=DEFAULT_HEADS if args.heads is None else args.heads,
         grid=args.grid,
         cv=args.cv,
         seed=args.seed,
@@ -101,6 +135,8 @@ def run_fit(args: argparse.Namespace) -> int:
         address=args.address,
         shots=args.shots,
         draws=args.draws,
+        allow_partial=args.allow_partial,
+        force=args.force,
     )
     print(f"{len(table)} combinations in {Path(args.out) / 'results.csv'}")
     if len(table):
@@ -121,6 +157,6 @@ def run_report(args: argparse.Namespace) -> int:
     from pipelines._report import report
 
     out = Path(args.out) if args.out else Path("reports") / Path(args.results).resolve().name
-    folder = report(args.results, out)
+    folder = report(args.results, out, force=args.force)
     print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
     return 0

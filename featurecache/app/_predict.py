@@ -12,12 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._data import IMAGE_EXTENSIONS, Dataset, list_images
-from featurecache._validation import ParameterError
+from featurecache._data import IMAGE_EXTENSIONS, Dataset, is_image, list_images, read_table
+from featurecache._paths import check_output
+from featurecache._validation import (
+    ParameterError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_workers,
+)
 from featurecache.cache import STATUS_OK, FeatureConfig, atomic_write
+from featurecache.engines._options import DEVICES
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["predict", "write_predictions"]
+__all__ = ["predict", "write_predictions", "check_predictions_path", "COLUMNS"]
+
+#: The first columns of every predictions CSV; a file whose header starts so is one predict
+#: wrote, and may be replaced.
+COLUMNS = ("id", "path", "status", "reason", "prediction")
 
 
 def predict(
@@ -54,6 +66,9 @@ def predict(
     from featurecache.models._registry import load_backbone
     from pipelines import load_head
 
+    check_int(batch_size, "batch_size", "predict", low=1)
+    check_choice(device, "device", "predict", DEVICES)
+    check_workers(workers, "workers", "predict")
     record = load_head(head)
     config = record.config
     dataset = _image_list(Path(images), record.class_names)
@@ -98,20 +113,58 @@ def _fill_predictions(table, ok: np.ndarray, record, X: np.ndarray) -> None:
             table.loc[ok, f"proba_{record.class_names[int(k)]}"] = proba[:, j]
 
 
-def write_predictions(table, out: str | os.PathLike) -> Path:
+def write_predictions(table, out: str | os.PathLike, *, force: bool = False) -> Path:
     """Write the predictions CSV atomically.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        What :func:`predict` returned.
+    out : str or path
+        The CSV; see :func:`check_predictions_path`.
+    force : bool
+        Replace an existing file that is not a predictions CSV.
 
     Raises
     ------
     ParameterError
-        ``out`` is a directory.
+        ``out`` cannot be written, or is a file featurecache did not write (without ``force``).
     """
-    target = Path(out)
-    if target.is_dir():
-        raise ParameterError(
-            "out", "write_predictions", "a CSV file path", str(target), "It is a directory."
-        )
+    target = check_predictions_path(out, force=force, owner="write_predictions")
     return atomic_write(target, lambda p: table.to_csv(p, index=False))
+
+
+def check_predictions_path(
+    out: str | os.PathLike, *, force: bool = False, probe: bool = False, owner: str = "predict"
+) -> Path:
+    """Check a predictions CSV path before any work and return it.
+
+    Refused: a name with an image extension (``--out`` aimed at an input image; even with
+    ``force``), a folder, a folder that cannot be written, and an existing file whose first
+    line is not a predictions header (:data:`COLUMNS`) unless ``force``. ``probe`` also
+    creates and removes a temporary file in the target's folder: prediction runs for minutes
+    before it writes.
+    """
+    force = check_bool(force, "force", owner)
+    if isinstance(out, (str, os.PathLike)) and is_image(Path(os.fspath(out))):
+        raise ParameterError(
+            "out", owner, "a CSV file path", os.fspath(out),
+            "It names an image; predictions are CSV text, write them to a .csv file.",
+        )  # fmt: skip
+    return check_output(
+        out, "out", owner, kind="file", ours=_is_predictions, force=force, probe=probe,
+        expected="a new file path or a predictions CSV",
+    )  # fmt: skip
+
+
+def _is_predictions(path: Path) -> bool:
+    """True when ``path`` is a CSV whose header starts with :data:`COLUMNS`."""
+    try:
+        with open(path, "rb") as stream:
+            first = stream.readline(4096)
+    except OSError:
+        return False
+    return first.rstrip(b"\r\n").split(b",")[: len(COLUMNS)] == [c.encode() for c in COLUMNS]
 
 
 def _weights_for(config: FeatureConfig) -> str:
@@ -128,9 +181,7 @@ def _image_list(images: Path, class_names: tuple[str, ...]) -> Dataset:
         paths = list_images(images)  # the same rule as extract: no hidden files or folders
         ids = [p.relative_to(images).as_posix() for p in paths]
     elif images.suffix.lower() == ".csv" and images.is_file():
-        import pandas as pd
-
-        table = pd.read_csv(images, dtype=str, keep_default_na=False)
+        table = read_table(images, "IMAGES CSV")
         if "path" not in table.columns:
             raise InvalidArgumentError(
                 f"IMAGES CSV {str(images)!r} must have a path column; found {','.join(table.columns)}."

@@ -1,23 +1,42 @@
 """The ``featurecache`` command line.
 
-Every subcommand maps onto one public function; errors print one line and exit
-with the error's code (2 for bad input).
+Every subcommand maps onto one public function. Every failure is one line on stderr,
+``featurecache: error: WHAT; HOW TO FIX``, with exit code 2 for bad input (a
+:class:`~featurecache.exceptions.InvalidArgumentError`, a refused command line, a path
+that does not exist or cannot be named) and 1 for a failing environment (a locked or
+corrupt cache, a full disk, a read-only file system met during the work, out of memory,
+and anything unexpected). ``-v``/``--debug``, before or after the subcommand, adds the
+traceback. A reader that closes stdout early (``featurecache ls X | head -1``) ends the
+command quietly with exit code 141, as a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator, Sequence
 
 from featurecache import __version__
-from featurecache._validation import ParameterError
+from featurecache._validation import AdviceError, ParameterError
+from featurecache.app._argparse import (
+    HelpFormatter,
+    Parser,
+    UsageError,
+    add_command,
+    csv_list,
+    verbose_flag,
+    workers,
+)
 from featurecache.engines._options import (
     COMPUTE_DTYPE_NAMES,
     DECODE_MODES,
@@ -29,15 +48,21 @@ from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["main", "build_parser"]
 
+#: Exit code of a command whose stdout was closed by its reader (128 + SIGPIPE).
+CLOSED_PIPE = 141
+#: OS errors about the path the user gave (exit code 2); every other OSError is the environment's.
+_BAD_PATH = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="featurecache",
         description="Extract frozen-backbone features once into an HDF5 cache, then choose "
         "backbone, layer and head on the cache without a GPU.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"featurecache {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    verbose_flag(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_backbones(sub)
     _add_layers(sub)
@@ -79,12 +104,27 @@ def _message(error: FeatureCacheError, flags: dict[str, str]) -> str:
         flag = flags.get(f"{error.owner}.{error.parameter}") or flags.get(error.parameter)
         if flag:
             return error.render(flag, cli=True)
+    if isinstance(error, AdviceError):
+        return error.render(lambda parameter, value: _spelled(flags, parameter, value))
     return str(error)
+
+
+def _spelled(flags: dict[str, str], parameter: str, value) -> str:
+    """``--allow-partial`` for ``allow_partial=True``, ``--cv 3`` for ``cv=3``."""
+    flag = flags.get(parameter)
+    if flag is None:
+        return f"{parameter}={value!r}"
+    return flag if value is True else f"{flag} {value}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        return _fail(str(error), 2)
+    except SystemExit as stop:  # --help and --version print and stop
+        return stop.code if isinstance(stop.code, int) else 0
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -93,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["FEATURECACHE_OFFLINE"] = "1"  # also read by loader workers and Ray actors
     try:
         with _sigterm_interrupts():
-            return int(args.func(args) or 0)
-    except FeatureCacheError as error:
-        print(f"featurecache: error: {_message(error, args.flags)}", file=sys.stderr)
-        return error.exit_code
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not as a message at exit
+            return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt as stop:
         how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
         print(
@@ -104,6 +145,82 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 143 if isinstance(stop, _Terminated) else 130
+    except Exception as error:  # every failure is one line; the traceback only when asked
+        if args.verbose:
+            traceback.print_exc()
+        line, code = _describe(error, args.flags)
+        return _fail(line, code)
+
+
+def _fail(line: str, code: int) -> int:
+    print(f"featurecache: error: {_one_line(line)}", file=sys.stderr)
+    return code
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+def _describe(error: Exception, flags: dict[str, str]) -> tuple[str, int]:
+    """The line and exit code of any error: ours, the OS's, memory, or a bug."""
+    if isinstance(error, FeatureCacheError):
+        return _message(error, flags), error.exit_code
+    if _out_of_memory(error):
+        return (
+            f"out of memory ({_first_line(error)}); lower --batch-size or --image-size, or "
+            "run on a machine with more memory.",
+            1,
+        )
+    if isinstance(error, OSError):
+        return _os_message(error), 2 if error.errno in _BAD_PATH else 1
+    return (
+        f"unexpected {type(error).__name__}: {_first_line(error)}. This is a bug in "
+        "featurecache: re-run with --debug for the traceback and report it.",
+        1,
+    )
+
+
+def _out_of_memory(error: Exception) -> bool:
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or (isinstance(error, RuntimeError) and "allocate memory" in str(error))
+    )
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+_OS_ADVICE = {
+    errno.EROFS: "write somewhere else",
+    errno.EACCES: "choose a location you may write, or fix its permissions",
+    errno.EPERM: "choose another location",
+    errno.ENOSPC: "free space and re-run the same command",
+    errno.EDQUOT: "free space and re-run the same command",
+    errno.EFBIG: "raise the file size limit and re-run the same command",
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.ENOENT: "check that the path exists",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "name a file, not a folder",
+}
+
+
+def _os_message(error: OSError) -> str:
+    """``cannot write 'PATH': REASON; ADVICE`` for an error of the operating system."""
+    where = f" {str(error.filename)!r}" if error.filename else ""
+    reason = error.strerror or _first_line(error)
+    advice = _OS_ADVICE.get(error.errno, "check the path and the file system, then re-run")
+    return f"the operating system refused{where}: {reason}; {advice}."
+
+
+def _closed_pipe() -> int:
+    """stdout was closed by its reader: stop quietly, and keep the interpreter's last flush
+    from reporting it again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return CLOSED_PIPE
 
 
 class _Terminated(KeyboardInterrupt):
@@ -132,25 +249,24 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _csv_list(text: str | None) -> list[str] | None:
-    return [item.strip() for item in text.split(",") if item.strip()] if text else None
-
-
-def _workers(text: str) -> int | str:
-    return text if text == "auto" else int(text)
-
-
 # -- backbones ------------------------------------------------------------------------
 
 
 def _add_backbones(sub) -> None:
-    parser = sub.add_parser("backbones", help="list the backbones that can be extracted")
+    parser = add_command(
+        sub, "backbones", help="list the backbones that can be extracted",
+        description="List every registered backbone: its name (for --model), its family and "
+        "its default weights; with --source, the names a library offers. `featurecache "
+        "layers NAME` lists a backbone's layers.",
+    )  # fmt: skip
     parser.add_argument(
         "--source",
         default=None,
         help="torchvision, timm, open_clip or hf (default: the built-in backbones)",
     )
-    parser.add_argument("--filter", default=None, help="names containing this (* wildcards)")
+    parser.add_argument(
+        "--filter", default=None, help="names containing this, * wildcards (default: all)"
+    )
     parser.set_defaults(func=_run_backbones)
 
 
@@ -171,19 +287,24 @@ def _run_backbones(args) -> int:
 
 
 def _add_layers(sub) -> None:
-    parser = sub.add_parser(
-        "layers", help="list the capturable layers of a backbone with their shapes"
+    parser = add_command(
+        sub, "layers", help="list the capturable layers of a backbone with their shapes"
     )
-    parser.add_argument("model")
+    parser.add_argument("model", help="a backbone name (see `featurecache backbones`)")
     parser.add_argument(
-        "--image-size", type=int, default=None, help="input size S (default: the backbone's)"
-    )
+        "--image-size", type=int, default=None,
+        help="input size S of the dummy forward pass, 1 to 4096 (default: the backbone's)",
+    )  # fmt: skip
     parser.set_defaults(func=_run_layers)
 
 
 def _run_layers(args) -> int:
+    from featurecache._extract import MAX_IMAGE_SIZE
+    from featurecache._validation import check_int
     from featurecache.models._registry import list_layers
 
+    if args.image_size is not None:
+        check_int(args.image_size, "image_size", "list_layers", low=1, high=MAX_IMAGE_SIZE)
     infos = list_layers(args.model, image_size=args.image_size)
     print(f"{'layer':40s} {'output shape':20s} {'depth':>6s}  default  stage")
     for info in infos:
@@ -201,95 +322,152 @@ def _run_layers(args) -> int:
 
 
 def _add_extract(sub) -> None:
-    parser = sub.add_parser("extract", help="extract features of a dataset into the cache")
+    parser = add_command(
+        sub, "extract", help="extract features of a dataset into the cache",
+        description="Extract the features of DATA into a cache: one forward pass captures "
+        "every requested layer; finished shards are kept, so re-running resumes. What was "
+        "understood of DATA (classes, images per split, skipped entries by kind) is printed "
+        "on stdout before any compute; -v lists the skipped entries.",
+    )  # fmt: skip
     parser.add_argument(
         "data",
-        help="folder of class sub-folders, CSV manifest (path,label[,split]) or builtin:NAME",
+        help="folder of class sub-folders (optionally under train/, val/, test/), "
+        "CSV manifest (path,label[,split]) or builtin:NAME",
     )
-    parser.add_argument("--cache", required=True, help="cache file (.h5); created or resumed")
+    parser.add_argument(
+        "--cache", required=True,
+        help="cache file (.h5) in an existing folder; created, or resumed (required)",
+    )  # fmt: skip
     parser.add_argument(
         "--model", default="efficientnet_lite0", help="backbone name (see `featurecache backbones`)"
     )
     parser.add_argument(
-        "--weights",
-        default=None,
-        help="DEFAULT (downloaded unless --offline), a torchvision weights name, none, or a "
-        "state-dict file",
+        "--weights", default=None,
+        help="DEFAULT (downloaded unless --offline), a torchvision weights name, none (seeded "
+        "random), or a state-dict file (default: the backbone's default weights)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--layers", default=None,
+        help="comma-separated layer names, see `featurecache layers MODEL` "
+        "(default: the backbone's default set)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool", default=None,
+        help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens "
+        "(default: avg for maps, cls for tokens)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-size", type=int, default=None,
+        help="crop size S, 1 to 4096 (default: the weights' or the backbone's own)",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument(
+        "--workers", type=workers, default=None,
+        help="data-loading processes: an int >= 0 or auto (default: auto, one fewer than the "
+        "CPUs, at least 1 and at most 32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where the forward pass runs"
     )
     parser.add_argument(
-        "--layers",
-        default=None,
-        help="comma-separated layer names (see `featurecache layers MODEL`)",
+        "--dtype", default="auto", choices=("auto", *COMPUTE_DTYPE_NAMES),
+        help="autocast dtype; auto keeps the cached model's, else the device's best",
+    )  # fmt: skip
+    parser.add_argument(
+        "--store-dtype",
+        default="float32",
+        choices=STORE_DTYPES,
+        help="dtype of the stored features",
     )
     parser.add_argument(
-        "--pool",
-        default=None,
-        help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens",
-    )
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
+        "--decode", default="auto", choices=("auto", *DECODE_MODES),
+        help="how image files become pixels, part of the cache key: exact, fast (large JPEGs "
+        "decoded at 1/2-1/8 scale in the DCT domain), gpu (nvJPEG on a CUDA device) "
+        f"(default: auto, the cached model's, else {DEFAULT_DECODE})",
+    )  # fmt: skip
     parser.add_argument(
-        "--workers", type=_workers, default=None, help="data-loading processes (default: auto)"
-    )
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument(
-        "--dtype", default="auto", choices=("auto", *COMPUTE_DTYPE_NAMES), help="autocast dtype"
-    )
-    parser.add_argument("--store-dtype", default="float32", choices=STORE_DTYPES)
-    parser.add_argument(
-        "--decode",
-        default="auto",
-        choices=("auto", *DECODE_MODES),
-        help="how JPEG files become pixels: exact, fast (DCT-domain downscaling of large "
-        "JPEGs), gpu (nvJPEG on a CUDA device); auto keeps the cached model's, else "
-        f"{DEFAULT_DECODE}. Part of the cache key",
+        "--name", default=None, help="name of the model in the cache (default: the backbone's)"
     )
     parser.add_argument(
-        "--name", default=None, help="name of the model in the cache (default: the backbone)"
+        "--split", default=None,
+        help="random:FRACTION or none, for data without splits (default: the data's own "
+        "splits; builtin:digits random:0.2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resplit", action="store_true",
+        help="let --split replace the splits of data that has its own (split folders, a split "
+        "column)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of --split and of --weights none, 0 to 2**32-1"
     )
     parser.add_argument(
-        "--split", default=None, help="random:FRACTION or none, for data without splits"
+        "--frozen-samples",
+        action="store_true",
+        help="refuse a dataset that differs from the cache's samples (default: new samples "
+        "are appended and computed, removed ones marked removed, labels and splits updated)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, default=1024, help="rows per committed shard")
     parser.add_argument(
         "--no-locking",
         action="store_true",
         help="no file locks (network file systems); also FEATURECACHE_NO_LOCKING=1",
     )
-    parser.add_argument("--engine", default="local", choices=("local", "ray"))
+    parser.add_argument(
+        "--engine", default="local", choices=("local", "ray"), help="where the shards run"
+    )
     ray = parser.add_argument_group("with --engine ray")
-    ray.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    ray.add_argument(
+        "--address", default=None, help="Ray cluster address (default: a local Ray instance)"
+    )
     ray.add_argument(
         "--ray-workers", type=int, default=None, help="Ray actors, one backbone each (default: 2)"
     )
-    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
-    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--no-progress", action="store_true")
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each actor reserves")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each actor reserves")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none without a terminal)"
+    )
     # RayEngine's 'workers' is --ray-workers; RunOptions' is --workers.
     parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
 
 
 def _run_extract(args) -> int:
-    from featurecache._extract import extract
+    from featurecache._data import SKIPPED_KINDS, load_dataset
+    from featurecache._extract import check_arguments, check_cache, extract
 
     _read_deprecated_workers(args)
+    options, engine = _run_options(args), _engine(args)
+    layers = csv_list(args.layers)
+    check_arguments(
+        dtype=args.dtype, store_dtype=args.store_dtype, decode=args.decode, name=args.name,
+        layers=layers, image_size=args.image_size, seed=args.seed, resplit=args.resplit,
+    )  # fmt: skip
+    with engine.session(options):  # the engine refuses what it cannot run (a device without
+        pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
+    check_cache(args.cache, options.locking)  # before the data is read
+    dataset = load_dataset(args.data, split=args.split, seed=args.seed, resplit=args.resplit)
+    print(f"data: {dataset.summary()}", flush=True)
+    if args.verbose:
+        for kind, entries in dataset.skipped.items():
+            for entry in entries:
+                print(f"  skipped ({SKIPPED_KINDS[kind]}): {entry}")
     result = extract(
-        args.data,
+        dataset,
         args.cache,
         model=args.model,
         weights=args.weights,
-        layers=_csv_list(args.layers),
+        layers=layers,
         pool=args.pool,
         image_size=args.image_size,
         dtype=args.dtype,
         store_dtype=args.store_dtype,
         decode=args.decode,
         name=args.name,
-        split=args.split,
         seed=args.seed,
-        options=_run_options(args),
-        engine=_engine(args),
+        frozen_samples=args.frozen_samples,
+        options=options,
+        engine=engine,
     )
     if result.hit:
         print(
@@ -350,10 +528,13 @@ def _engine(args):
 
 
 def _add_ls(sub) -> None:
-    parser = sub.add_parser(
-        "ls", help="show what a cache holds: models, layers, shapes, status, provenance"
-    )
-    parser.add_argument("cache")
+    parser = add_command(
+        sub, "ls", help="show what a cache holds: models, layers, shapes, status, provenance",
+        description="Show what a cache holds: its samples per split and classes, then for each "
+        "model its configuration and, per layer, the width, dtype and rows ok, failed and "
+        "pending (an extraction still running or stopped), and the failed samples with reasons.",
+    )  # fmt: skip
+    parser.add_argument("cache", help="the CACHE.h5 index written by `featurecache extract`")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_run_ls)
 
@@ -375,6 +556,7 @@ def _run_ls(args) -> int:
                         "n_ok",
                         "n_failed",
                         "n_pending",
+                        "n_removed",
                         "depth",
                     )
                 },
@@ -384,18 +566,24 @@ def _run_ls(args) -> int:
         ]
         print(
             json.dumps(
-                {"cache": str(cache.path), "n_samples": len(cache.ids), "entries": entries},
+                {
+                    "cache": str(cache.path),
+                    "n_samples": int((~cache.removed).sum()),
+                    "n_removed": int(cache.removed.sum()),
+                    "entries": entries,
+                },
                 default=str,
                 indent=1,
             )
         )
         return 0
-    splits = {
-        name: int((cache.splits == name).sum()) for name in dict.fromkeys(cache.splits.tolist())
-    }
+    active = cache.splits[~cache.removed]
+    splits = {name: int((active == name).sum()) for name in dict.fromkeys(active.tolist())}
     split_text = ", ".join(f"{name or '(none)'} {count}" for name, count in splits.items())
+    removed = f", {int(cache.removed.sum())} removed" if cache.removed.any() else ""
     print(
-        f"{cache.path}: {len(cache.ids)} samples ({split_text}), {len(cache.class_names)} classes"
+        f"{cache.path}: {len(active)} samples ({split_text}){removed}, "
+        f"{len(cache.class_names)} classes"
     )
     for model in cache.models:
         entries = [e for e in cache.entries if e.model == model]
@@ -428,27 +616,44 @@ def _run_ls(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    parser = sub.add_parser("predict", help="predict new images with a fitted head")
+    parser = add_command(
+        sub, "predict", help="predict new images with a fitted head",
+        description="Predict new images with a head written by `featurecache fit`: the head "
+        "records the backbone, weights digest, preprocessing, pooling and layer it was fitted "
+        "on, and exactly that is rebuilt. Writes a CSV: id, path, status, reason, prediction "
+        "and proba_<class> columns.",
+    )  # fmt: skip
     parser.add_argument("images", help="a folder of images or a CSV with a path column")
     parser.add_argument(
-        "--head",
-        required=True,
-        help="a head file from `featurecache fit` (RESULTS/heads/...joblib)",
+        "--head", required=True,
+        help="a head file from `featurecache fit`, RESULTS/heads/MODEL/LAYER/HEAD.joblib "
+        "(required)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", required=True,
+        help="output CSV; an existing file is replaced only if it holds featurecache "
+        "predictions (required)",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where the forward pass runs"
     )
-    parser.add_argument("--out", required=True, help="output CSV")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=_workers, default="auto")
+    parser.add_argument(
+        "--workers", type=workers, default="auto",
+        help="data-loading processes: an int >= 0 or auto",
+    )  # fmt: skip
     parser.set_defaults(func=_run_predict)
 
 
 def _run_predict(args) -> int:
-    from featurecache.app._predict import predict, write_predictions
+    from featurecache.app._predict import check_predictions_path, predict, write_predictions
 
+    out = check_predictions_path(args.out, force=args.force, probe=True)
     table = predict(
         args.images, args.head, batch_size=args.batch_size, device=args.device, workers=args.workers
     )
-    write_predictions(table, args.out)
+    write_predictions(table, out, force=args.force)
     n_failed = int((table["status"] != "ok").sum())
     print(f"predicted {len(table) - n_failed} images ({n_failed} unreadable) -> {args.out}")
     return 0
@@ -458,11 +663,14 @@ def _run_predict(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    parser = sub.add_parser("demo", help="extract, fit and report on a built-in dataset, offline")
+    parser = add_command(sub, "demo", help="extract, fit and report on a built-in dataset, offline")
     parser.add_argument(
-        "--dataset", default="builtin:digits", help="builtin:digits or builtin:fashion-mnist"
+        "--dataset", default="builtin:digits", choices=("builtin:digits", "builtin:fashion-mnist"),
+        help="the built-in dataset",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model", default="efficientnet_lite0", help="backbone name (see `featurecache backbones`)"
     )
-    parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument(
         "--layers",
         default=None,
@@ -471,13 +679,14 @@ def _add_demo(sub) -> None:
     parser.add_argument(
         "--heads",
         default=None,
-        help="comma-separated heads (default: logreg,linsvm,svm on digits; logreg on fashion-mnist)",
+        help="comma-separated heads (default: logreg,linsvm,svm on digits; logreg on "
+        "fashion-mnist)",
     )
     parser.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="use only the first N samples per split (quick runs)",
+        help="use only the first N (>= 2) samples per split, for quick runs (default: all)",
     )
     parser.add_argument(
         "--image-size",
@@ -486,10 +695,16 @@ def _add_demo(sub) -> None:
         help="input size S (default: the backbone's on digits; 96 on fashion-mnist)",
     )
     parser.add_argument(
-        "--cache", default=None, help="cache file (default: data/cache/demo-<dataset>.h5)"
-    )
+        "--cache", default=None,
+        help="cache file (default: data/cache/demo-<dataset>.h5, its folder created)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="report folder (default: reports/demo)")
-    parser.add_argument("--jobs", type=int, default=-1)
+    parser.add_argument(
+        "--force", action="store_true", help="write the report into an --out report did not write"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=-1, help="parallel fitting workers (-1: all cores)"
+    )
     parser.set_defaults(func=_run_demo)
 
 
@@ -499,12 +714,13 @@ def _run_demo(args) -> int:
     summary = run_demo(
         dataset=args.dataset,
         model=args.model,
-        layers=_csv_list(args.layers),
-        heads=_csv_list(args.heads),
+        layers=csv_list(args.layers),
+        heads=csv_list(args.heads),
         limit=args.limit,
         image_size=args.image_size,
         cache=args.cache,
         out=args.out,
+        force=args.force,
         jobs=args.jobs,
         progress=sys.stderr.isatty(),
     )

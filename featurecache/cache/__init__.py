@@ -5,7 +5,7 @@ Stage 1 (``featurecache.models``, ``featurecache.engines``) writes through
 layout is spelled in :mod:`featurecache.cache._format` and nowhere else.
 """
 
-from featurecache.cache._arrays import SampleTable, write_arrays
+from featurecache.cache._arrays import write_arrays
 from featurecache.cache._atomic import atomic_write, create_once
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import (
@@ -21,6 +21,7 @@ from featurecache.cache._format import (
 )
 from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
+from featurecache.cache._samples import SampleChanges, SampleTable
 from featurecache.cache._writer import Store, check_config
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "STATUS_NAMES",
     "STATUS_OK",
     "STATUS_PENDING",
+    "SampleChanges",
     "SampleTable",
     "ShardMeta",
     "Store",

@@ -1,4 +1,4 @@
-"""A cache from arrays held in memory: a sample table, and a plain index for features made elsewhere.
+"""A plain cache index for features held in memory (made elsewhere).
 
 Stage 1 writes shard files and a derived index (:class:`~featurecache.cache.Store`). A plain
 index holds ordinary datasets instead: every reader in ``pipelines`` accepts it, so features
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -18,41 +17,13 @@ import numpy as np
 from featurecache.cache import _format as fmt
 from featurecache.cache._atomic import create_once
 from featurecache.cache._config import FeatureConfig
+from featurecache.cache._samples import SampleTable, write_samples
 from featurecache.cache._writer import config_attrs, new_h5, write_failures
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["SampleTable", "write_arrays"]
+__all__ = ["write_arrays"]
 
 _STR = h5py.string_dtype()
-
-
-@dataclass(frozen=True, eq=False)
-class SampleTable:
-    """The samples of a cache: one id, label and split per row, and the class names.
-
-    Stage 1's datasets carry the same attributes, so :meth:`Store.create_samples` takes either.
-    """
-
-    ids: np.ndarray
-    labels: np.ndarray
-    splits: np.ndarray
-    class_names: tuple[str, ...]
-    source: str = "arrays"
-
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        if not (len(self.labels) == len(self.splits) == n):
-            raise InvalidArgumentError(
-                f"ids, labels and splits must have the same length; got {n}, "
-                f"{len(self.labels)} and {len(self.splits)}."
-            )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def samples_digest(self) -> str:
-        return fmt.samples_digest(self.ids, self.labels, self.splits)
 
 
 def write_arrays(
@@ -112,7 +83,7 @@ def write_arrays(
                 dataset=samples.source,
                 samples_digest=samples.samples_digest,
             )
-            _write_samples(f, samples)
+            write_samples(f, samples)
             f.create_group(fmt.features_path())
             for model, layers in features.items():
                 _write_model(f, model, layers, configs[model], layer_attrs, status, failures)
@@ -120,17 +91,6 @@ def write_arrays(
     if not create_once(final, write):
         raise InvalidArgumentError(f"{str(final)!r} exists; write_arrays never replaces a file.")
     return final
-
-
-def _write_samples(f: h5py.File, samples: SampleTable) -> None:
-    f.create_dataset(fmt.sample_path("ids"), data=np.asarray(samples.ids, dtype=object), dtype=_STR)
-    f.create_dataset(fmt.sample_path("labels"), data=np.asarray(samples.labels, dtype=np.int64))
-    f.create_dataset(
-        fmt.sample_path("splits"), data=np.asarray(samples.splits, dtype=object), dtype=_STR
-    )
-    group = f["samples"]
-    group.attrs["class_names"] = np.array(samples.class_names, dtype=object)
-    group.attrs["root"] = samples.source
 
 
 def _write_model(f, model, layers, config, layer_attrs, status, failures) -> None:

@@ -54,18 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         The disk or the file size limit ran out; ``path`` is as it was.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(final)
-    try:
-        write(tmp)
-        fsync_file(tmp)
-        os.replace(tmp, final)
-    except OSError as error:
-        raise_if_out_of_space(error, final)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(final.parent)
+    _place(final, write, os.replace)
     return final
 
 
@@ -75,22 +64,29 @@ def create_once(path: str | os.PathLike, write: Callable[[Path], Any]) -> bool:
     The file is linked into place, so of two writers racing for the same path exactly one
     creates it, and the other sees the winner's complete file.
     """
-    final = Path(path)
+    try:
+        _place(Path(path), write, os.link)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _place(final: Path, write: Callable[[Path], Any], move: Callable[[Path, Path], None]) -> None:
+    """Write a temporary file beside ``final``, flush it, ``move`` it into place, flush the folder."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(final)
     try:
         write(tmp)
         fsync_file(tmp)
-        os.link(tmp, final)
+        move(tmp, final)
     except FileExistsError:
-        return False
+        raise
     except OSError as error:
         raise_if_out_of_space(error, final)
         raise
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(final.parent)
-    return True
 
 
 def temporary_path(final: Path) -> Path:

@@ -105,6 +105,18 @@ class FeatureConfig:
         """SHA-256 of :meth:`key`: equal exactly when two configs store the same numbers."""
         return hashlib.sha256(canonical_json(self.key()).encode()).hexdigest()
 
+    def attrs(self) -> dict[str, Any]:
+        """The HDF5 attributes of a model: each field (mappings as JSON), the JSON, the digest."""
+        values = self.to_dict()
+        found = {
+            key: (canonical_json(value) if isinstance(value, (Mapping, list, tuple)) else value)
+            for key, value in values.items()
+            if value is not None
+        }
+        found["config"] = canonical_json(values)
+        found["config_digest"] = self.digest()
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """Every field, key and provenance, as ``config.json`` records it."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

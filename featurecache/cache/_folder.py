@@ -183,15 +183,7 @@ def decode(value):
 
 def config_provenance(config: FeatureConfig) -> dict:
     """The provenance a reader reports for a model: as the index's model group records it."""
-    values = config.to_dict()
-    found = {
-        k: (fmt.canonical_json(v) if isinstance(v, (Mapping, list, tuple)) else v)
-        for k, v in values.items()
-        if v is not None
-    }
-    found["config"] = fmt.canonical_json(values)
-    found["config_digest"] = config.digest()
-    return found
+    return config.attrs()
 
 
 def plain_attrs(attrs: Mapping) -> dict:

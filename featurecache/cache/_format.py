@@ -33,6 +33,7 @@ __all__ = [
     "model_dir",
     "config_file",
     "commit_log",
+    "run_log",
     "shard_file",
     "sample_path",
     "features_path",
@@ -51,6 +52,11 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "fail
 
 #: The per-sample columns of ``/samples``, aligned with the rows of every feature matrix.
 SAMPLE_FIELDS = ("ids", "labels", "splits")
+#: Optional columns: ``removed`` (1 for a sample no longer in the dataset), ``fingerprint``
+#: (``size:mtime_ns`` of the image file, to recognise a file moved to another class folder).
+SAMPLE_EXTRA_FIELDS = ("removed", "fingerprint")
+#: Where each shard starts, once a dataset has grown (else shards are ``shard_size`` rows).
+LAYOUT_STARTS = "layout/starts"
 
 #: Marks a file being written: ``NAME.tmp-HOST-PID-RANDOM``, renamed into place when complete.
 TMP_MARK = ".tmp-"
@@ -104,6 +110,11 @@ def config_file(index: Path, model: str) -> Path:
 def commit_log(index: Path, model: str) -> Path:
     """The model's append-only commit log: one JSON line per committed shard file."""
     return model_dir(index, model) / "commits.jsonl"
+
+
+def run_log(index: Path, model: str) -> Path:
+    """The model's runs: rows computed and seconds taken by each extraction, one JSON line each."""
+    return model_dir(index, model) / "runs.jsonl"
 
 
 def shard_file(index: Path, model: str, shard: int, layers: Sequence[str]) -> Path:

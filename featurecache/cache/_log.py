@@ -22,7 +22,15 @@ import numpy as np
 from featurecache.cache._atomic import atomic_write, fsync_file
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK
 
-__all__ = ["ShardMeta", "append_log", "read_log", "repair_log", "rewrite_log"]
+__all__ = [
+    "ShardMeta",
+    "append_log",
+    "append_text",
+    "read_log",
+    "read_runs",
+    "repair_log",
+    "rewrite_log",
+]
 
 _LOG_VERSION = 1
 
@@ -99,7 +107,11 @@ class ShardMeta:
 
 def append_log(path: Path, metas: Iterable[ShardMeta]) -> None:
     """Append one line per shard and flush them to disk: the commit."""
-    text = "".join(meta.to_line() for meta in metas)
+    append_text(path, "".join(meta.to_line() for meta in metas))
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append whole lines to a log file and flush them to disk."""
     if not text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +177,23 @@ class _Parsed:
 
 
 _PARSED: dict[str, _Parsed] = {}
+
+
+def read_runs(path: Path) -> dict:
+    """Total rows and seconds of a model's extractions, and their rate (``{}`` if none)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    runs = [json.loads(line) for line in lines if line.endswith("}")]
+    rows, seconds = sum(r["rows"] for r in runs), sum(r["seconds"] for r in runs)
+    if not runs or seconds <= 0:
+        return {}
+    return {
+        "extract_seconds": round(seconds, 3),
+        "images_per_second": round(rows / seconds, 2),
+        "extract_device": runs[-1].get("device", ""),
+    }
 
 
 def repair_log(path: Path) -> None:

@@ -26,7 +26,11 @@ from featurecache.cache._folder import (
     plain_attrs,
     read_layer,
 )
+from featurecache.cache._folder import (
+    decode as _decode,
+)
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
+from featurecache.cache._log import read_runs
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -59,6 +63,7 @@ class Entry:
     n_failed: int
     n_pending: int
     depth: float | None
+    n_removed: int = 0
     provenance: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -164,6 +169,7 @@ class Cache:
                 f"version {fmt.FORMAT_VERSION}; upgrade featurecache."
             )
         samples = f["samples"]
+        removed = samples["removed"][:] if "removed" in samples else None
         self.ids = samples["ids"].asstr()[:].astype(str)
         self.labels = samples["labels"][:].astype(np.int64)
         self.splits = samples["splits"].asstr()[:].astype(str)
@@ -181,7 +187,9 @@ class Cache:
             if digest is not None
             else fmt.samples_digest(self.ids, self.labels, self.splits)
         )
-        if not (len(self.ids) == len(self.labels) == len(self.splits)):
+        #: Samples the dataset no longer has: kept in the table, left out of every read.
+        self.removed = np.zeros(len(self.ids), bool) if removed is None else removed.astype(bool)
+        if not (len(self.ids) == len(self.labels) == len(self.splits) == len(self.removed)):
             raise CacheCorruptError(
                 f"the sample table of {str(self.path)!r} is inconsistent: {len(self.ids)} ids, "
                 f"{len(self.labels)} labels, {len(self.splits)} splits."
@@ -242,11 +250,12 @@ class Cache:
             layer=layer,
             n_features=int(dataset.shape[1]),
             dtype=str(dataset.dtype),
-            n_ok=int(np.sum(status == STATUS_OK)),
-            n_failed=int(np.sum(status == STATUS_FAILED)),
-            n_pending=int(np.sum(status == STATUS_PENDING)),
+            n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
+            n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
+            n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
             depth=None if depth is None else float(depth),
             provenance=provenance,
+            n_removed=int(self.removed.sum()),
         )
 
     def failures(self, model: str) -> list[tuple[str, str]]:
@@ -303,6 +312,7 @@ class Cache:
         """Features of the ok rows among ``wanted`` (a boolean mask) and their row indices."""
         if wanted is None:
             wanted = np.ones(self.n_samples, dtype=bool)
+        wanted = wanted & ~self.removed  # removed samples are never read
         if self._folder is not None:
             return self._read_folder(model, layer, wanted)
         with self._open() as f:
@@ -548,18 +558,25 @@ class Cache:
         meta = self._folder_layer(model, layer)
         status = self._folder.status(model, layer, self.n_samples)
         attrs = plain_attrs(meta.layer_attrs[layer])
-        provenance = {**config_provenance(self._folder.config(model)), **attrs, "layer": layer}
+        runs = read_runs(fmt.run_log(self.path, model))
+        provenance = {
+            **config_provenance(self._folder.config(model)),
+            **runs,
+            **attrs,
+            "layer": layer,
+        }
         depth = provenance.get("depth")
         return Entry(
             model=model,
             layer=layer,
             n_features=int(meta.n_features[layer]),
             dtype=meta.dtypes.get(layer, "float32"),
-            n_ok=int(np.sum(status == STATUS_OK)),
-            n_failed=int(np.sum(status == STATUS_FAILED)),
-            n_pending=int(np.sum(status == STATUS_PENDING)),
+            n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
+            n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
+            n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
             depth=None if depth is None else float(depth),
             provenance=provenance,
+            n_removed=int(self.removed.sum()),
         )
 
     def _corrupt(self, model: str, layer: str, shard: _Shard, what: str) -> CacheCorruptError:
@@ -606,16 +623,3 @@ def _check_finite(X: np.ndarray, name: str, path: Path) -> None:
             f"{int(bad.sum())} rows of {name} in {str(path)!r} are marked ok but hold NaN or "
             "Inf; re-run the same `featurecache extract` command to recompute them."
         )
-
-
-def _decode(value):
-    """HDF5 attribute value -> plain Python (str, int, float, bool, list)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_decode(v) for v in value.tolist()]
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -33,7 +33,16 @@ from featurecache.cache._atomic import (
 )
 from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
-from featurecache.cache._log import ShardMeta, append_log, read_log, repair_log, rewrite_log
+from featurecache.cache._log import (
+    ShardMeta,
+    append_log,
+    append_text,
+    read_log,
+    read_runs,
+    repair_log,
+    rewrite_log,
+)
+from featurecache.cache._samples import SampleChanges, SampleTable, write_samples
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
@@ -128,17 +137,7 @@ class Store:
 
         def write(tmp: Path) -> None:
             with new_h5(tmp) as f:
-                group = f.create_group("samples")
-                ids, labels, splits = (
-                    np.asarray(dataset.ids, dtype=object),
-                    np.asarray(dataset.labels, dtype=np.int64),
-                    np.asarray(dataset.splits, dtype=object),
-                )
-                group.create_dataset("ids", data=ids, dtype=_STR)
-                group.create_dataset("labels", data=labels)
-                group.create_dataset("splits", data=splits, dtype=_STR)
-                group.attrs["class_names"] = np.array(dataset.class_names, dtype=object)
-                group.attrs["root"] = dataset.source
+                write_samples(f, dataset)
                 f.attrs.update(self._root_attrs(dataset, shard_size))
 
         if not create_once(self.samples_path, write):  # another writer got there first
@@ -183,6 +182,76 @@ class Store:
             f"the dataset {dataset.source} has {detail} compared with the cache {str(self.path)!r}; "
             "extract it into a new cache path (a cache holds one fixed list of samples)."
         )
+
+    # -- growing datasets -------------------------------------------------------------
+
+    def read_samples(self) -> SampleTable:
+        """The sample table as stored, with removed rows, fingerprints and shard starts."""
+        with self._open(self.samples_path) as f:
+            group = f["samples"]
+            n = len(group["ids"])
+            extra = {
+                name: group[name][:] if name in group else None for name in fmt.SAMPLE_EXTRA_FIELDS
+            }
+            fingerprints = extra["fingerprint"]
+            return SampleTable(
+                ids=group["ids"].asstr()[:].astype(object),
+                labels=group["labels"][:].astype(np.int64),
+                splits=group["splits"].asstr()[:].astype(object),
+                class_names=tuple(str(_text(c)) for c in group.attrs["class_names"]),
+                source=str(_text(group.attrs.get("root", ""))),
+                removed=None if extra["removed"] is None else extra["removed"].astype(bool),
+                fingerprints=None
+                if fingerprints is None
+                else np.array([_text(v) for v in fingerprints], dtype=object),
+                starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
+                shard_size=int(f.attrs.get("shard_size", max(n, 1))),
+            )
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` of every shard, in shard order."""
+        return self.read_samples().shard_ranges()
+
+    def sync_samples(self, dataset, frozen: bool = False) -> SampleChanges:
+        """Bring the sample table up to ``dataset``; features are never touched.
+
+        New samples are appended as new rows (new shards), samples no longer in the dataset
+        are marked removed, changed labels and splits are updated, and a file moved to
+        another class folder (same name, size and modification time) keeps its row and its
+        features under its new id. With ``frozen``, any difference is refused instead.
+        """
+        table = self.read_samples()
+        changes = table.changes_to(dataset)
+        if not changes:
+            return changes
+        if frozen:
+            raise DatasetChangedError(
+                f"the dataset {dataset.source} has {changes.describe()} compared with the cache "
+                f"{str(self.path)!r}, and the sample table is frozen; extract it into a new cache "
+                "path, or drop frozen_samples (--frozen-samples) to update the cache."
+            )
+        self.check_writable()
+        with self._index_lock():
+            current = self.read_samples()  # another writer may have updated it meanwhile
+            if current.changes_to(dataset):
+                grown = current.updated_to(dataset)
+                atomic_write(self.samples_path, lambda tmp: self._write_table(tmp, grown))
+        return changes
+
+    def _write_table(self, tmp: Path, table: SampleTable) -> None:
+        with new_h5(tmp) as f:
+            write_samples(f, table)
+            f.attrs.update(
+                format=fmt.FORMAT,
+                format_version=fmt.FORMAT_VERSION,
+                shard_size=int(table.shard_size),
+                n_samples=len(table),
+                dataset=table.source,
+                samples_digest=table.samples_digest,
+                featurecache_version=__version__,
+            )
+            if table.starts is not None:
+                f.create_dataset(fmt.LAYOUT_STARTS, data=np.asarray(table.starts, np.int64))
 
     # -- models ---------------------------------------------------------------------
 
@@ -264,9 +333,13 @@ class Store:
         return fmt.shard_file(self.path, model, shard, layers)
 
     def done_layers(self, model: str) -> dict[int, set[str]]:
-        """Map each shard index to the layers committed for it."""
+        """Map each shard index to the layers committed for it.
+
+        Each logged file is checked with one ``stat``: a file deleted by hand is not done
+        (its rows are computed again), a file whose size changed is refused.
+        """
         done: dict[int, set[str]] = {}
-        for meta in self._scan_shards(model):
+        for meta in filter(self._check_size, self._scan_shards(model)):
             done.setdefault(meta.shard, set()).update(meta.layers)
         return done
 
@@ -315,37 +388,19 @@ class Store:
                                for layer in layers})  # fmt: skip
 
         atomic_write(final, write)
-        size = final.stat().st_size
-        status = np.asarray(status, dtype=np.int8)
-        failed = np.flatnonzero(status == STATUS_FAILED)
-        versions = {"featurecache_version": __version__, **dict(provenance or {})}
-        return ShardMeta(
-            file=os.path.relpath(final, self.path.parent),
-            shard=shard,
-            start=start,
-            stop=start + n_rows,
-            layers=layers,
-            n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
-            digests={layer: _sha256(features[layer]) for layer in layers},
-            layer_attrs={
-                layer: {
-                    **dict(layer_attrs[layer]),
-                    **versions,
-                    "dtype_stored": str(np.asarray(features[layer]).dtype),
-                }
-                for layer in layers
-            },  # fmt: skip
-            status=status,
-            reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
-            config_digest=config.digest(),
-            dtypes={layer: str(np.asarray(features[layer]).dtype) for layer in layers},
-            chunks=chunks,
-            size=size,
-        )
+        return _written_meta(
+            final, self.path.parent, shard, start, status, reasons, features, layer_attrs,
+            config, {"featurecache_version": __version__, **dict(provenance or {})}, chunks,
+        )  # fmt: skip
 
     def publish(self, model: str, metas: Sequence[ShardMeta]) -> None:
         """Commit written shards: append them to the model's log (the writer lock's holder only)."""
         append_log(fmt.commit_log(self.path, model), metas)
+
+    def record_run(self, model: str, rows: int, seconds: float, device: str) -> None:
+        """Log one extraction's throughput (the report's cost table reads it)."""
+        line = json.dumps({"rows": int(rows), "seconds": float(seconds), "device": device})
+        append_text(fmt.run_log(self.path, model), line + "\n")
 
     def recover(self, model: str) -> None:
         """Make the log whole again after a crash (the writer lock's holder only).
@@ -484,6 +539,9 @@ class Store:
                     metas = self._scan_shards(model)
                     listing.append((model, tuple(meta.file for meta in metas)))
                     _write_model_index(f, model, self.read_config(model), metas, n_samples)
+                    runs = read_runs(fmt.run_log(self.path, model))
+                    if runs and fmt.features_path(model) in f:
+                        f[fmt.features_path(model)].attrs.update(runs)
 
         atomic_write(self.path, write)
         return tuple(listing)
@@ -610,6 +668,36 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
         )
 
 
+def _written_meta(
+    final: Path, base: Path, shard: int, start: int, status, reasons, features: Mapping,
+    layer_attrs: Mapping, config: FeatureConfig, versions: Mapping, chunks: Mapping,
+) -> ShardMeta:  # fmt: skip
+    """What the commit log records of a shard file just written, from what was written."""
+    status = np.asarray(status, dtype=np.int8)
+    failed = np.flatnonzero(status == STATUS_FAILED)
+    layers = tuple(sorted(features))
+    dtypes = {layer: str(np.asarray(features[layer]).dtype) for layer in layers}
+    return ShardMeta(
+        file=os.path.relpath(final, base),
+        shard=shard,
+        start=start,
+        stop=start + len(status),
+        layers=layers,
+        n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
+        digests={layer: _sha256(features[layer]) for layer in layers},
+        layer_attrs={
+            layer: {**dict(layer_attrs[layer]), **versions, "dtype_stored": dtypes[layer]}
+            for layer in layers
+        },
+        status=status,
+        reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
+        config_digest=config.digest(),
+        dtypes=dtypes,
+        chunks=chunks,
+        size=final.stat().st_size,
+    )
+
+
 def _chunk_table(dataset: h5py.Dataset) -> tuple[tuple[int, int, int], ...]:
     """``(byte offset, stored bytes, rows)`` of each chunk of a 2-D dataset, in row order."""
     n_rows = dataset.shape[0]
@@ -704,16 +792,12 @@ def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
 
 
 def config_attrs(config: FeatureConfig) -> dict:
-    """The index attributes of a model group: each config field, its JSON and its digest."""
-    values = config.to_dict()
-    attrs = {
-        key: (fmt.canonical_json(value) if isinstance(value, (Mapping, list, tuple)) else value)
-        for key, value in values.items()
-        if value is not None
-    }
-    attrs["config"] = fmt.canonical_json(values)
-    attrs["config_digest"] = config.digest()
-    return attrs
+    """The index attributes of a model group (see :meth:`FeatureConfig.attrs`)."""
+    return config.attrs()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _flock(handle, flags: int, path: Path) -> None:

@@ -63,15 +63,15 @@ class Job:
 
     def plan(self) -> Plan:
         """The shards whose requested layers are not all committed yet."""
-        shard_size = int(self.store.read_root_attrs()["shard_size"])
+        table = self.store.read_samples()
         done = self.store.done_layers(self.model)
-        n_samples = len(self.dataset)
         work = []
-        for shard in range(-(-n_samples // shard_size)):
+        for shard in range(len(table.shard_ranges())):
             missing = tuple(sorted(set(self.layers) - done.get(shard, set())))
             if missing:
                 work.append((shard, missing))
-        return Plan(shard_size, n_samples, tuple(work))
+        starts = () if table.starts is None else tuple(int(s) for s in table.starts)
+        return Plan(table.shard_size, len(table), tuple(work), starts)
 
     def portable(self) -> Job:
         """This job without its loaded backbone, to send to another process."""

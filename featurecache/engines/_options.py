@@ -39,7 +39,8 @@ class RunOptions:
         Images per forward pass.
     workers : int or "auto"
         Data-loading processes (of this process, or of each Ray worker). ``auto``: one fewer
-        than the CPUs available, at most 8, and 0 for in-memory arrays.
+        than the CPUs available, at least 1 and at most 32, and 0 for in-memory arrays. The
+        processes persist from shard to shard of a run.
     device : {"auto", "cpu", "cuda", "mps"}
         Where the forward pass runs; ``auto`` picks CUDA, then MPS, then the CPU (on Ray,
         ``cuda`` when the workers reserve GPUs).

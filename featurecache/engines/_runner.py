@@ -70,8 +70,12 @@ class Plan:
     shard_size: int
     n_samples: int
     work: tuple[tuple[int, tuple[str, ...]], ...]
+    starts: tuple[int, ...] = ()  # where each shard starts, once the dataset has grown
 
     def rows(self, shard: int) -> range:
+        if self.starts:
+            stop = self.starts[shard + 1] if shard + 1 < len(self.starts) else self.n_samples
+            return range(self.starts[shard], stop)
         start = shard * self.shard_size
         return range(start, min(start + self.shard_size, self.n_samples))
 
@@ -81,7 +85,9 @@ class Plan:
 
     def parts(self) -> tuple[Plan, ...]:
         """One plan per shard of the work: the unit an engine hands to a worker."""
-        return tuple(Plan(self.shard_size, self.n_samples, (item,)) for item in self.work)
+        return tuple(
+            Plan(self.shard_size, self.n_samples, (item,), self.starts) for item in self.work
+        )
 
 
 @dataclass(frozen=True)

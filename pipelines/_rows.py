@@ -1,0 +1,82 @@
+"""Which rows of a cache a fit can use: the status of each row of a (model, layer), by split.
+
+A row is ``ok`` (features committed), ``failed`` (its image could not be read; never
+computed again) or ``pending`` (not computed yet: an extraction still running or stopped).
+Fits use ok rows only; :func:`~pipelines.fit` refuses pending rows unless asked, and the
+run's record states every count, which the report prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from featurecache.cache import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Cache, Entry
+
+__all__ = ["RowStatus", "row_status", "SPLIT_ORDER"]
+
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class RowStatus:
+    """The status of every sample row of one ``(model, layer)``.
+
+    Attributes
+    ----------
+    model, layer : str
+    status : ndarray of shape (n_samples,), int8
+        ``STATUS_OK``, ``STATUS_FAILED`` or ``STATUS_PENDING`` per row.
+    """
+
+    model: str
+    layer: str
+    status: np.ndarray
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.status == STATUS_OK
+
+    def counts(self) -> dict[str, int]:
+        """``{"ok": n, "failed": n, "pending": n, "removed": 0}`` over every row.
+
+        ``removed`` stays 0 until the cache can mark samples removed (a cache holds one fixed
+        list of samples today).
+        """
+        return {
+            "ok": int(np.sum(self.status == STATUS_OK)),
+            "failed": int(np.sum(self.status == STATUS_FAILED)),
+            "pending": int(np.sum(self.status == STATUS_PENDING)),
+            "removed": 0,
+        }
+
+    def by_split(self, splits: np.ndarray) -> dict[str, dict[str, int]]:
+        """:meth:`counts` of each split (``""``: rows without a split), train, val, test first."""
+        names = sorted(set(splits.tolist()), key=lambda s: (SPLIT_ORDER.get(s, 3), s))
+        return {
+            name: RowStatus(self.model, self.layer, self.status[splits == name]).counts()
+            for name in names
+        }
+
+
+def row_status(cache: Cache, entry: Entry) -> RowStatus:
+    """The status of each row of ``entry``, read through the cache's public reader.
+
+    A complete entry costs nothing; one with failed rows only reads the failure list; one
+    with pending rows reads the row indices of its ok rows (and so its features once).
+    """
+    n = cache.n_samples
+    status = np.full(n, STATUS_OK, dtype=np.int8)
+    if entry.n_ok == n:
+        return RowStatus(entry.model, entry.layer, status)
+    failed_ids = [sample_id for sample_id, _ in cache.failures(entry.model)]
+    failed = np.isin(cache.ids, np.asarray(failed_ids, dtype=cache.ids.dtype))
+    if entry.n_pending == 0 and int(failed.sum()) == entry.n_failed:
+        status[failed] = STATUS_FAILED
+        return RowStatus(entry.model, entry.layer, status)
+    _, rows = cache.load_rows(entry.model, entry.layer)
+    status[:] = STATUS_PENDING
+    status[failed] = STATUS_FAILED
+    status[rows] = STATUS_OK
+    return RowStatus(entry.model, entry.layer, status)
