@@ -345,3 +345,26 @@ def test_a_large_jpeg_still_meets_the_decompression_bomb_limit(tmp_path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(InvalidArgumentError, match=r"^decompression bomb: Image size \(4096"):
         load_image(path)
+
+
+def test_cli_passes_decode_and_refuses_unknown_modes(tmp_path, capsys, monkeypatch):
+    import featurecache._extract
+    from featurecache.app.cli import main
+
+    seen = []
+
+    def extract(data, cache, **kwargs):
+        seen.append(kwargs["decode"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(featurecache._extract, "extract", extract)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        _photo(tmp_path / label / "0.jpg", 40, 30)
+    base = ["extract", str(tmp_path), "--cache", str(tmp_path / "c.h5"), "--no-progress"]
+    for flags, expected in (([], "auto"), (["--decode", "fast"], "fast")):
+        with pytest.raises(SystemExit):
+            main([*base, *flags])
+        assert seen[-1] == expected
+    assert main([*base, "--decode", "quick"]) == 2
+    assert "invalid choice: 'quick'" in capsys.readouterr().err

@@ -91,3 +91,19 @@ def test_early_exit_skips_the_layers_after_the_deepest_requested():
         finally:
             handle.remove()
     assert full in calls and early not in calls
+
+
+def test_the_fold_check_runs_only_as_far_as_the_pass():
+    from featurecache.models._fuse import fuse_conv_bn
+
+    backbone = load_backbone("resnet18", "none", image_size=32)
+    ran = []
+    handle = backbone.module.layer4.register_forward_hook(lambda *args: ran.append(1) and None)
+    try:
+        probe = torch.randn(1, 3, 32, 32)
+        fused = fuse_conv_bn(backbone.module.eval(), ["layer1"], probe, stop="layer1")
+        assert fused is not backbone.module and ran == []  # folded, checked up to layer1 only
+        fuse_conv_bn(backbone.module, ["layer1"], probe)
+        assert ran  # without a stop the check compares the model's output too
+    finally:
+        handle.remove()
