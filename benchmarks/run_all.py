@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     args = parser.parse_args()
     extract_args = ["--n-images", "128" if args.quick else "512", "--batch-size", "32"]
-    jpeg_args = ["--n-images", "128" if args.quick else "256", "--batch-size", "32"]
+    jpeg_args = ["--n-images", "128" if args.quick else "1024", "--batch-size", "32"]
     heads_args = ["--n-samples", "12000" if args.quick else "60000"]
     with tempfile.TemporaryDirectory() as folder:
         extraction = run("bench_extract.py", extract_args, Path(folder) / "extract.json")

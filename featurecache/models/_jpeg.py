@@ -2,7 +2,7 @@
 
 PIL and simplejpeg both decode with libjpeg-turbo and give the same pixels (checked once
 per process on a test image, at full size and at every DCT scale), but simplejpeg decodes
-straight into a NumPy array without PIL's chunked reads and copies: 1.4-1.5x the images per
+straight into a NumPy array without PIL's chunked reads and copies: about 1.5x the images per
 second of decode + preprocess on a 2-core machine (benchmarks/README.md). So a plain JPEG
 (:func:`plain_jpeg`) goes through simplejpeg, and everything else, or anything simplejpeg
 refuses, through PIL, whose failure reasons are the recorded ones. Which decoder ran never
