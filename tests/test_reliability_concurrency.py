@@ -92,7 +92,9 @@ def assert_complete(cache, reference, models) -> None:
 @pytest.mark.parametrize("env", [None, NO_LOCKING], ids=["locking", "no-locking"])
 def test_writers_of_different_models_at_once_lose_nothing(data, reference, tmp_path, env):
     cache = tmp_path / "c.h5"
-    runs = _writers(data, cache, list(OPTIONS), tmp_path, env=env)
+    # Commits cost little now: a long pause in each forward pass keeps both writers running
+    # long after the slower one starts, so they overlap even on a loaded machine.
+    runs = _writers(data, cache, list(OPTIONS), tmp_path, env=env, pause=0.6)
     for process, events in runs:
         assert process.exitcode == 0 and outcome(events / "result.json")["n_ok"] == N_ROWS
     started = [(e / "forward").stat().st_mtime for _, e in runs]
