@@ -31,8 +31,13 @@ from featurecache.cache import (
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
 from featurecache.engines._local import LocalEngine
-from featurecache.engines._options import COMPUTE_DTYPE_NAMES, STORE_DTYPES, RunOptions
-from featurecache.engines._runner import Plan
+from featurecache.engines._options import (
+    COMPUTE_DTYPE_NAMES,
+    DECODE_MODES,
+    STORE_DTYPES,
+    RunOptions,
+)
+from featurecache.engines._runner import Plan, resolve_decode
 from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._preprocess import RESIZE_MODES
@@ -94,6 +99,7 @@ def extract(
     resize: str | None = None,
     dtype: str = "auto",
     store_dtype: str = "float32",
+    decode: str = "auto",
     name: str | None = None,
     split: str | None = None,
     seed: int = 0,
@@ -140,6 +146,12 @@ def extract(
         bfloat16 where the engine's device supports it and float32 elsewhere.
     store_dtype : {"float32", "float16"}
         Dtype of the stored features.
+    decode : {"auto", "exact", "fast", "gpu"}
+        How image files become pixels. ``exact`` decodes at full size; ``fast`` decodes a
+        JPEG at least twice the resize target at 1/2, 1/4 or 1/8 scale in the DCT domain
+        first (faster; pixels change slightly); ``gpu`` decodes JPEG batches with nvJPEG on
+        a CUDA device, other images as ``exact``. ``auto`` keeps the cached model's, else
+        ``DEFAULT_DECODE``. Arrays in memory are never decoded.
     name : str, optional
         Name of the model in the cache; the backbone name by default.
     split : str, optional
@@ -185,9 +197,9 @@ def extract(
     with engine.session(options) as session:
         job = prepare(
             data, cache, model=model, weights=weights, layers=layers, pool=pool,
-            image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype, name=name,
-            split=split, seed=seed, resplit=resplit, frozen_samples=frozen_samples,
-            prompts=prompts, options=options, session=session,
+            image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype,
+            decode=decode, name=name, split=split, seed=seed, resplit=resplit,
+            frozen_samples=frozen_samples, prompts=prompts, options=options, session=session,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -219,7 +231,7 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 def prepare(
     data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
-    seed, options: RunOptions, session: Session, resplit: bool = False,
+    seed, options: RunOptions, session: Session, decode: str = "auto", resplit: bool = False,
     frozen_samples: bool = False, resize: str | None = None, prompts=None,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table, register the model and store
@@ -229,8 +241,8 @@ def prepare(
     written unless every check passes.
     """
     check_arguments(
-        dtype=dtype, store_dtype=store_dtype, name=name, layers=layers, image_size=image_size,
-        seed=seed, resplit=resplit, resize=resize,
+        dtype=dtype, store_dtype=store_dtype, decode=decode, name=name, layers=layers,
+        image_size=image_size, seed=seed, resplit=resplit, resize=resize,
     )  # fmt: skip
     prompts = check_prompts(prompts, "extract")
     if not isinstance(frozen_samples, bool):
@@ -247,7 +259,13 @@ def prepare(
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
     model_name = name or cache_name(model)
     previous = store.read_config(model_name) if store.has_samples() else None
-    config = feature_config(backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous))
+    config = feature_config(
+        backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous),
+        resolve_decode(
+            decode, session.device, previous, files=dataset.paths is not None,
+            backend=backbone.preprocess.backend,
+        ),
+    )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
     zeroshot = _zeroshot(store, model_name, backbone, dataset.class_names, prompts)
@@ -404,14 +422,15 @@ def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
 
 
 def check_arguments(
-    *, dtype="auto", store_dtype="float32", name=None, layers=None, image_size=None, seed=0,
-    resplit=False, resize=None,
+    *, dtype="auto", store_dtype="float32", decode="auto", name=None, layers=None,
+    image_size=None, seed=0, resplit=False, resize=None,
 ) -> None:  # fmt: skip
     """Refuse the arguments of :func:`extract` that are wrong whatever the data and model."""
     check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
     if resize is not None:
         check_choice(resize, "resize", "extract", RESIZE_MODES)
     check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
+    check_choice(decode, "decode", "extract", ("auto", *DECODE_MODES))
     check_names(layers, "layers", "extract")
     if check_optional_int(image_size, "image_size", "extract", low=1) is not None:
         check_int(image_size, "image_size", "extract", low=1, high=MAX_IMAGE_SIZE)

@@ -129,7 +129,8 @@ def test_resnet18_every_layer_equals_a_plain_forward(images, resnet_file, tmp_pa
     cache = tmp_path / "c.h5"
     result = extract(
         images, cache, model="resnet18", weights=str(resnet_file), layers=RESNET_LAYERS,
-        image_size=SIZE, dtype="float32", options=RunOptions(batch_size=5, shard_size=4, workers=0),
+        image_size=SIZE, dtype="float32", decode="exact",
+        options=RunOptions(batch_size=5, shard_size=4, workers=0),
     )  # fmt: skip
     assert result.n_ok == 12 and result.n_failed == 0 and result.shards_written == 3
     ids = _read(cache, "resnet18", "layer1")[2]
@@ -149,6 +150,27 @@ def test_resnet18_every_layer_equals_a_plain_forward(images, resnet_file, tmp_pa
         assert attrs["depth"] < f[fmt.features_path("resnet18", "embedding")].attrs["depth"] == 1.0
 
 
+def test_exact_decoding_of_jpegs_equals_a_plain_forward(tmp_path, resnet_file):
+    """Large and small JPEGs, 4:2:0 and progressive: the decoder used never shows."""
+    rng = np.random.default_rng(3)
+    for cls, options in (("ant", {}), ("bee", {"progressive": True})):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i, side in enumerate((48, 300, 700)):
+            pixels = rng.integers(0, 256, (side, side + 20 * i, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.jpg", **options)
+    cache = tmp_path / "c.h5"
+    extract(
+        tmp_path / "data", cache, model="resnet18", weights=str(resnet_file), layers=["layer2"],
+        image_size=SIZE, dtype="float32", decode="exact", split="none",
+        options=RunOptions(batch_size=4, workers=0),
+    )  # fmt: skip
+    X, _, ids = _read(cache, "resnet18", "layer2")
+    expected = _oracle(
+        "resnet18", resnet_file, [tmp_path / "data" / i for i in ids], ["layer2"], "avg"
+    )
+    _assert_close(X, expected["layer2"], "layer2")
+
+
 @pytest.mark.parametrize("pooling", ["max", "avgmax", "flatten"])
 def test_mobilenet_pooling_variants_equal_a_plain_forward(
     images, mobilenet_file, tmp_path, pooling
@@ -157,7 +179,8 @@ def test_mobilenet_pooling_variants_equal_a_plain_forward(
     cache = tmp_path / "c.h5"
     extract(
         images, cache, model="mobilenet_v3_small", weights=str(mobilenet_file), layers=layers,
-        image_size=SIZE, pool=pooling, dtype="float32", options=RunOptions(batch_size=8, workers=0),
+        image_size=SIZE, pool=pooling, dtype="float32", decode="exact",
+        options=RunOptions(batch_size=8, workers=0),
     )  # fmt: skip
     ids = _read(cache, "mobilenet_v3_small", "embedding")[2]
     expected = _oracle(

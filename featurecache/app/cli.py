@@ -37,7 +37,13 @@ from featurecache.app._argparse import (
     verbose_flag,
     workers,
 )
-from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEVICES, STORE_DTYPES
+from featurecache.engines._options import (
+    COMPUTE_DTYPE_NAMES,
+    DECODE_MODES,
+    DEFAULT_DECODE,
+    DEVICES,
+    STORE_DTYPES,
+)
 from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["main", "build_parser"]
@@ -359,7 +365,7 @@ def _add_extract(sub) -> None:
     parser.add_argument(
         "--workers", type=workers, default=None,
         help="data-loading processes: an int >= 0 or auto (default: auto, one fewer than the "
-        "CPUs, at most 8)",
+        "CPUs, at least 1 and at most 32)",
     )  # fmt: skip
     parser.add_argument(
         "--device", default="auto", choices=DEVICES, help="where the forward pass runs"
@@ -374,6 +380,12 @@ def _add_extract(sub) -> None:
         choices=STORE_DTYPES,
         help="dtype of the stored features",
     )
+    parser.add_argument(
+        "--decode", default="auto", choices=("auto", *DECODE_MODES),
+        help="how image files become pixels, part of the cache key: exact, fast (large JPEGs "
+        "decoded at 1/2-1/8 scale in the DCT domain), gpu (nvJPEG on a CUDA device) "
+        f"(default: auto, the cached model's, else {DEFAULT_DECODE})",
+    )  # fmt: skip
     parser.add_argument(
         "--name", default=None, help="name of the model in the cache (default: the backbone's)"
     )
@@ -444,8 +456,9 @@ def _run_extract(args) -> int:
     options, engine = _run_options(args), _engine(args)
     layers = csv_list(args.layers)
     check_arguments(
-        dtype=args.dtype, store_dtype=args.store_dtype, name=args.name, layers=layers,
-        image_size=args.image_size, seed=args.seed, resplit=args.resplit, resize=args.resize,
+        dtype=args.dtype, store_dtype=args.store_dtype, decode=args.decode, name=args.name,
+        layers=layers, image_size=args.image_size, seed=args.seed, resplit=args.resplit,
+        resize=args.resize,
     )  # fmt: skip
     prompts = read_prompts(args.prompts) if args.prompts else None
     with engine.session(options):  # the engine refuses what it cannot run (a device without
@@ -462,6 +475,7 @@ def _run_extract(args) -> int:
         resize=args.resize,
         dtype=args.dtype,
         store_dtype=args.store_dtype,
+        decode=args.decode,
         name=args.name,
         seed=args.seed,
         frozen_samples=args.frozen_samples,

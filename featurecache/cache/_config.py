@@ -44,6 +44,11 @@ class FeatureConfig:
         Stored dtype (``float32`` or ``float16``).
     compute_dtype : str
         Autocast dtype of the forward pass.
+    decode : str
+        How image files become pixels: ``exact`` (full-size decode), ``fast`` (JPEG
+        DCT-domain downscaling before the resize) or ``gpu`` (nvJPEG on the device, the
+        exact CPU decode as a per-image fall-back). Left out of :meth:`key` when ``exact``,
+        so caches written before decode modes existed keep their digest.
     format_version : int
         Version of the cache format the features were written in.
     weights, seed, image_size, featurecache_version
@@ -60,6 +65,7 @@ class FeatureConfig:
     pooling: str
     dtype: str
     compute_dtype: str
+    decode: str = "exact"
     format_version: int = FORMAT_VERSION
     weights: str = field(default="", compare=False)
     seed: int = field(default=0, compare=False)
@@ -77,15 +83,23 @@ class FeatureConfig:
         "pooling",
         "dtype",
         "compute_dtype",
+        "decode",
         "format_version",
     )
+    #: Key fields added after the first caches were written, left out of :meth:`key` at
+    #: their default so that every existing cache keeps its digest.
+    KEY_DEFAULTS = {"decode": "exact"}
 
     def __hash__(self) -> int:
         return hash(self.digest())
 
     def key(self) -> dict[str, Any]:
-        """The compared fields, as plain JSON values."""
-        return {name: _plain(getattr(self, name)) for name in self.KEY}
+        """The compared fields, as plain JSON values (optional ones only off their default)."""
+        return {
+            name: _plain(getattr(self, name))
+            for name in self.KEY
+            if name not in self.KEY_DEFAULTS or getattr(self, name) != self.KEY_DEFAULTS[name]
+        }
 
     def digest(self) -> str:
         """SHA-256 of :meth:`key`: equal exactly when two configs store the same numbers."""
@@ -114,7 +128,8 @@ class FeatureConfig:
         values = dict(values)
         if isinstance(values.get("preprocessing"), str):
             values["preprocessing"] = json.loads(values["preprocessing"])
-        missing = [name for name in cls.KEY[:-1] if name not in values]
+        optional = {"format_version", *cls.KEY_DEFAULTS}
+        missing = [name for name in cls.KEY if name not in values and name not in optional]
         if missing:
             raise KeyError(f"the configuration lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in values.items() if k in known and v is not None})
@@ -124,17 +139,21 @@ class FeatureConfig:
         mine, theirs = self.key(), other.key()
         out = []
         for name in self.KEY:
-            if mine[name] == theirs[name]:
+            if mine.get(name) == theirs.get(name):
                 continue
-            if isinstance(mine[name], Mapping) and isinstance(theirs[name], Mapping):
+            a, b = self._value(name), other._value(name)
+            if isinstance(a, Mapping) and isinstance(b, Mapping):
                 # one line per differing entry: "preprocessing.resize: cached crop, requested pad"
-                for key in sorted(set(mine[name]) | set(theirs[name])):
-                    a, b = mine[name].get(key, _UNSET), theirs[name].get(key, _UNSET)
-                    if a != b:
-                        out.append(f"{name}.{key}: cached {_short(a)}, requested {_short(b)}")
+                for key in sorted(set(a) | set(b)):
+                    x, y = a.get(key, _UNSET), b.get(key, _UNSET)
+                    if x != y:
+                        out.append(f"{name}.{key}: cached {_short(x)}, requested {_short(y)}")
             else:
-                out.append(f"{name}: cached {_short(mine[name])}, requested {_short(theirs[name])}")
+                out.append(f"{name}: cached {_short(a)}, requested {_short(b)}")
         return out
+
+    def _value(self, name: str) -> Any:
+        return _plain(getattr(self, name))
 
 
 _UNSET = "(unset)"

@@ -93,7 +93,9 @@ class Job:
             image_size=config.image_size,
             resize=resize_mode(config),
         )
-        rebuilt = feature_config(backbone, self.pooling, config.dtype, config.compute_dtype)
+        rebuilt = feature_config(
+            backbone, self.pooling, config.dtype, config.compute_dtype, config.decode
+        )
         differences = config.differences(rebuilt)
         if differences:
             raise ConfigMismatchError(
@@ -158,7 +160,11 @@ def resize_mode(config: FeatureConfig) -> str:
 
 
 def feature_config(
-    backbone: LoadedBackbone, pooling: str, store_dtype: str, compute_dtype: str
+    backbone: LoadedBackbone,
+    pooling: str,
+    store_dtype: str,
+    compute_dtype: str,
+    decode: str = "exact",
 ) -> FeatureConfig:
     """The cache key of a loaded backbone's features, with its provenance."""
     return FeatureConfig(
@@ -168,6 +174,7 @@ def feature_config(
         pooling=pooling,
         dtype=store_dtype,
         compute_dtype=compute_dtype,
+        decode=decode,
         weights=backbone.weights,
         seed=backbone.seed,
         image_size=backbone.image_size,

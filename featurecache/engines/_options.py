@@ -6,12 +6,23 @@ from dataclasses import dataclass
 
 from featurecache._validation import ParameterError, check_choice, check_int, check_workers
 
-__all__ = ["RunOptions", "DEVICES", "COMPUTE_DTYPE_NAMES", "STORE_DTYPES"]
+__all__ = [
+    "RunOptions",
+    "DEVICES",
+    "COMPUTE_DTYPE_NAMES",
+    "STORE_DTYPES",
+    "DECODE_MODES",
+    "DEFAULT_DECODE",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Names the command line offers without importing torch.
 COMPUTE_DTYPE_NAMES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
+#: How image files become pixels (:mod:`featurecache.models._decode`); part of the cache key.
+DECODE_MODES = ("exact", "fast", "gpu")
+#: The decode mode of a new model when ``decode="auto"``.
+DEFAULT_DECODE = "exact"
 _OWNER = "RunOptions"
 
 
@@ -28,7 +39,8 @@ class RunOptions:
         Images per forward pass.
     workers : int or "auto"
         Data-loading processes (of this process, or of each Ray worker). ``auto``: one fewer
-        than the CPUs available, at most 8, and 0 for in-memory arrays.
+        than the CPUs available, at least 1 and at most 32, and 0 for in-memory arrays. The
+        processes persist from shard to shard of a run.
     device : {"auto", "cpu", "cuda", "mps"}
         Where the forward pass runs; ``auto`` picks CUDA, then MPS, then the CPU (on Ray,
         ``cuda`` when the workers reserve GPUs).

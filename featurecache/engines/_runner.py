@@ -8,8 +8,11 @@ through :class:`featurecache.engines._job.Job`.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,17 +21,22 @@ import torch
 from featurecache._data import Dataset
 from featurecache._validation import ParameterError
 from featurecache.cache import STATUS_FAILED, STATUS_OK, FeatureConfig
-from featurecache.engines._options import COMPUTE_DTYPE_NAMES
+from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE
 from featurecache.exceptions import BatchError
+from featurecache.models._decode import decode_jpegs, read_image, read_jpeg_bytes
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
     POOL_METHODS,
     LayerInfo,
+    StopForward,
     capture,
+    deepest,
     default_pool,
     pool,
     pooled_size,
+    stop_after,
 )
+from featurecache.models._preprocess import Preprocess
 from featurecache.models._registry import LoadedBackbone
 
 __all__ = [
@@ -38,11 +46,21 @@ __all__ = [
     "COMPUTE_DTYPES",
     "resolve_device",
     "resolve_dtype",
+    "resolve_decode",
     "cpu_has_fast_bfloat16",
     "resolve_loader_workers",
+    "data_loader",
 ]
 
+logger = logging.getLogger(__name__)
+
 COMPUTE_DTYPES = {name: getattr(torch, name) for name in COMPUTE_DTYPE_NAMES}
+#: Most data-loading processes ``workers="auto"`` starts.
+MAX_LOADERS = 32
+#: Batches each loader process keeps ready.
+PREFETCH = 2
+#: The forward waited for data this share of the run or more: the run is decode-bound.
+DECODE_BOUND = 0.2
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,17 @@ class ShardRunner:
 
     The in-process engine and the Ray workers both use it, so every engine
     computes a shard the same way.
+
+    Images decode as ``config.decode`` says (``gpu`` only on a CUDA device; elsewhere,
+    as its CPU fall-back, ``exact``). The forward pass stops after the deepest requested
+    layer (``early_exit``), which gives the same numbers as the full pass.
+
+    Attributes
+    ----------
+    clock : DataClock
+        How long the forward waited for data, over every run of this runner.
+    fallbacks : collections.Counter
+        With GPU decoding: images decoded on the CPU, by reason.
     """
 
     def __init__(
@@ -95,29 +124,40 @@ class ShardRunner:
         pooling: str,
         config: FeatureConfig,
         device: torch.device,
+        early_exit: bool = True,
     ) -> None:
         self.backbone = backbone
         self.infos = dict(infos)
         self.pooling = pooling
         self.config = config
         self.device = device
+        self.gpu_decode = config.decode == "gpu" and device.type == "cuda"
+        self.decode = "exact" if config.decode == "gpu" and not self.gpu_decode else config.decode
+        self.early_exit = early_exit
+        self.clock = DataClock()
+        self.fallbacks: Counter[str] = Counter()
         self.compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
         self.store_dtype = np.dtype(config.dtype)
         self.module = backbone.module.to(device)
         if device.type in ("cpu", "cuda"):
             self.module = self.module.to(memory_format=torch.channels_last)
         self._models: dict[tuple[str, ...], torch.nn.Module] = {}
+        self._persistent: tuple | None = None  # dataset, workers, loader, its batches
 
     def model_for(self, layers: tuple[str, ...]) -> torch.nn.Module:
         """The module to run for these layers: BatchNorm folded into convs where verified."""
         if layers not in self._models:
             size = self.backbone.image_size
             generator = torch.Generator().manual_seed(0)
-            probe = torch.randn(2, 3, size, size, generator=generator).to(self.device)
+            probe = torch.randn(1, 3, size, size, generator=generator).to(self.device)
             if self.device.type in ("cpu", "cuda"):
                 probe = probe.contiguous(memory_format=torch.channels_last)
-            self._models[layers] = fuse_conv_bn(self.module, layers, probe)
+            self._models[layers] = fuse_conv_bn(self.module, layers, probe, stop=self._stop(layers))
         return self._models[layers]
+
+    def _stop(self, layers: Iterable[str]) -> str | None:
+        """The layer after which forward passes end: the deepest requested, with early exit."""
+        return deepest(self.infos[layer] for layer in layers) if self.early_exit else None
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -172,6 +212,9 @@ class ShardRunner:
                 yield from self._run_group(dataset, plan, shards, missing, batch_size, workers, bar)
         finally:
             bar.close()
+            logger.info("%s", self.clock.describe())
+            if self.fallbacks:
+                logger.info("decoded on the CPU instead of the GPU: %s", dict(self.fallbacks))
 
     def _run_group(
         self, dataset, plan, shards, layers, batch_size, workers, bar
@@ -180,14 +223,7 @@ class ShardRunner:
             list(rows[i : i + batch_size]) for shard in shards for rows in [plan.rows(shard)]
             for i in range(0, len(rows), batch_size)
         ]  # fmt: skip
-        loader = torch.utils.data.DataLoader(
-            _Images(dataset, self.backbone.preprocess),
-            batch_sampler=batches,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+        loader = self._loader(dataset, workers, batches)
         dims = {
             layer: pooled_size(self.infos[layer], _pool_for(self.infos[layer], self.pooling))
             for layer in layers
@@ -195,29 +231,84 @@ class ShardRunner:
         shard_iter = iter(shards)
         current = None
         module = self.model_for(tuple(layers))
-        with torch.inference_mode(), capture(module, layers) as outputs:
-            for rows, images, ok, reasons in loader:
+        stop = self._stop(layers)
+        with (
+            torch.inference_mode(),
+            capture(module, layers) as outputs,
+            stop_after(module, stop),
+        ):
+            for batch in self.clock.wrap(loader, bar):
+                rows, x, ok, reasons = self._inputs(batch, dataset)
                 if current is None:
                     shard = next(shard_iter)
                     current = _ShardBuffer(shard, plan.rows(shard), dims, self.store_dtype)
                 features = {}
                 if ok.any():
-                    features = self._forward(module, images, rows[ok], dataset, layers, outputs)
+                    features = self._forward(module, x, rows[ok], dataset, layers, outputs)
                 current.fill(rows, ok, reasons, features)
                 bar.update(len(rows))
                 if current.complete:
                     yield current.result()
                     current = None
 
-    def _forward(self, module, images, rows, dataset, layers, outputs) -> dict[str, np.ndarray]:
+    def _loader(self, dataset: Dataset, workers: int, batches: list[list[int]]):
+        """This pass's loader: with workers, one per runner and dataset, whose processes
+        persist from pass to pass (a Ray actor runs one pass per shard)."""
+        if workers == 0:
+            return data_loader(dataset, self.backbone.preprocess, self.decode, batches, 0)
+        if self._persistent is None or self._persistent[:2] != (dataset, workers):
+            sampler = _Batches()
+            loader = data_loader(
+                dataset, self.backbone.preprocess, self.decode, sampler, workers,
+                pin_memory=self.device.type == "cuda", persistent=True,
+            )  # fmt: skip
+            self._persistent = (dataset, workers, loader, sampler)
+        _, _, loader, sampler = self._persistent
+        sampler.batches = batches
+        return loader
+
+    def _inputs(self, batch, dataset) -> tuple[np.ndarray, torch.Tensor | None, np.ndarray, list]:
+        """The batch's images preprocessed on the device; GPU-decoded ones joined in row order."""
+        rows, images, ok, reasons, positions, encoded = batch
         non_blocking = self.device.type == "cuda"
-        x = images.to(self.device, non_blocking=non_blocking)
-        if self.device.type in ("cpu", "cuda"):
+        x = None if images is None else images.to(self.device, non_blocking=non_blocking)
+        if self.gpu_decode and dataset.paths is not None:
+            self.fallbacks["not a JPEG the GPU decodes"] += len(rows) - len(positions)
+        if len(positions):
+            x = self._decode_on_device(rows, x, ok, reasons, positions, encoded, dataset)
+        if x is not None and self.device.type in ("cpu", "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
+        return rows, x, ok, reasons
+
+    def _decode_on_device(self, rows, x, ok, reasons, positions, encoded, dataset) -> torch.Tensor:
+        """Decode and preprocess ``encoded`` on the device; a failure falls back to the CPU."""
+        preprocess = self.backbone.preprocess
+        on_device = set(positions.tolist())
+        done = [i for i in range(len(rows)) if ok[i] and i not in on_device]
+        parts = dict(zip(done, [] if x is None else x, strict=True))
+        for i, image in zip(positions.tolist(), decode_jpegs(encoded, self.device), strict=True):
+            try:
+                if isinstance(image, Exception):
+                    raise image
+                parts[i] = preprocess(image)
+            except Exception as error:  # the CPU decodes it, or records why it cannot
+                self.fallbacks[f"GPU decode failed: {_reason(error)}"[:200]] += 1
+                logger.debug("decoding %s on the CPU: %s", dataset.ids[rows[i]], error)
+                try:
+                    parts[i] = preprocess(dataset.load_image(rows[i])).to(self.device)
+                except Exception as cpu_error:
+                    ok[i], reasons[i] = False, _reason(cpu_error)
+        order = [i for i in range(len(rows)) if ok[i]]
+        return torch.stack([parts[i] for i in order]) if order else None
+
+    def _forward(self, module, x, rows, dataset, layers, outputs) -> dict[str, np.ndarray]:
         enabled = self.compute_dtype != torch.float32
         try:
             with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled):
-                module(x)
+                try:
+                    module(x)
+                except StopForward:
+                    pass  # every requested layer has run
             pooled = {
                 layer: pool(
                     outputs[layer],
@@ -246,6 +337,45 @@ class ShardRunner:
                 )
             result[layer] = values.numpy()
         return result
+
+
+class DataClock:
+    """How long the forward pass waited for the data loader, as a share of the run."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+        self.total = 0.0
+
+    @property
+    def share(self) -> float:
+        return self.waited / self.total if self.total > 0 else 0.0
+
+    def describe(self) -> str:
+        """``data wait 35% (decode-bound)``; under :data:`DECODE_BOUND`, compute-bound."""
+        return _share(self.waited, self.total)
+
+    def wrap(self, loader: Iterable, bar=None) -> Iterator:
+        """Yield the loader's batches, timing each wait; the bar shows the share so far."""
+        started = time.perf_counter()
+        batches = iter(loader)
+        try:
+            while True:
+                before = time.perf_counter()
+                batch = next(batches, None)
+                self.waited += time.perf_counter() - before
+                if batch is None:
+                    return
+                if bar is not None:
+                    elapsed = self.total + time.perf_counter() - started
+                    bar.set_postfix_str(_share(self.waited, elapsed), refresh=False)
+                yield batch
+        finally:
+            self.total += time.perf_counter() - started
+
+
+def _share(waited: float, elapsed: float) -> str:
+    share = waited / elapsed if elapsed > 0 else 0.0
+    return f"data wait {share:.0%} ({'decode' if share >= DECODE_BOUND else 'compute'}-bound)"
 
 
 class _ShardBuffer:
@@ -277,29 +407,92 @@ class _ShardBuffer:
         return ShardResult(self.shard, self.start, self.status, self.reasons, self.features)
 
 
-class _Images(torch.utils.data.Dataset):
-    """Decodes and preprocesses one sample; a bad image becomes a failed row, not an error."""
+def data_loader(
+    dataset: Dataset,
+    preprocess: Preprocess,
+    decode: str,
+    batches: int | Iterable[list[int]],
+    workers: int,
+    pin_memory: bool = False,
+    persistent: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The loader every run reads: ``(rows, images, ok, reasons, positions, encoded)`` batches.
 
-    def __init__(self, dataset: Dataset, preprocess) -> None:
+    ``images`` stacks the preprocessed images of the ``ok`` rows decoded in the loader
+    (``None`` if there are none). With ``decode="gpu"``, JPEG files the GPU decodes are
+    not decoded: ``encoded`` holds their bytes and ``positions`` their places in the batch.
+    ``batches`` is a batch size (every row in order) or the rows of each batch.
+
+    Each worker process keeps ``PREFETCH`` batches ready; ``persistent`` keeps the processes
+    alive between passes over the loader.
+    """
+    images = _Images(dataset, preprocess, decode)
+    if isinstance(batches, int):
+        rows = range(len(dataset))
+        batches = [list(rows[i : i + batches]) for i in range(0, len(rows), batches)]
+    return torch.utils.data.DataLoader(
+        images,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH if workers else None,
+        persistent_workers=persistent and workers > 0,
+    )
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The rows of each batch of the current pass, set before each pass of a persistent loader."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes and preprocesses one sample; a bad image becomes a failed row, not an error.
+
+    With ``decode="gpu"`` a JPEG the GPU decodes is returned as its bytes instead.
+    """
+
+    def __init__(self, dataset: Dataset, preprocess: Preprocess, decode: str) -> None:
         self.dataset = dataset
         self.preprocess = preprocess
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, row: int):
+        paths = self.dataset.paths
+        if self.decode == "gpu" and paths is not None:
+            encoded = read_jpeg_bytes(paths[row])
+            if encoded is not None:
+                return row, None, "", encoded
         try:
-            return row, self.preprocess(self.dataset.load_image(row)), ""
+            return row, self.preprocess(self._load(row)), "", None
         except Exception as error:  # any decoding failure is recorded, with its reason
-            return row, None, _reason(error)
+            return row, None, _reason(error), None
+
+    def _load(self, row: int) -> torch.Tensor:
+        if self.decode == "fast" and self.dataset.paths is not None:
+            return read_image(self.dataset.paths[row], self.preprocess, self.decode)
+        return self.dataset.load_image(row)  # exact, in-memory arrays, the GPU's fall-back
 
 
 def _collate(items):
-    rows = np.array([row for row, _, _ in items], dtype=np.int64)
-    ok = np.array([image is not None for _, image, _ in items], dtype=bool)
-    images = [image for _, image, _ in items if image is not None]
+    rows = np.array([row for row, _, _, _ in items], dtype=np.int64)
+    ok = np.array([image is not None or data is not None for _, image, _, data in items])
+    images = [image for _, image, _, _ in items if image is not None]
     stacked = torch.stack(images) if images else None
-    return rows, stacked, ok, [reason for _, _, reason in items]
+    positions = np.array([i for i, item in enumerate(items) if item[3] is not None], dtype=int)
+    encoded = [data for _, _, _, data in items if data is not None]
+    return rows, stacked, ok, [reason for _, _, reason, _ in items], positions, encoded
 
 
 def _reason(error: BaseException) -> str:
@@ -362,6 +555,35 @@ def resolve_dtype(dtype: str, device: torch.device, previous: FeatureConfig | No
     return "float32"
 
 
+def resolve_decode(
+    decode: str,
+    device: torch.device,
+    previous: FeatureConfig | None = None,
+    files: bool = True,
+    backend: str = "tensor",
+    owner: str = "extract",
+) -> str:
+    """The decode mode: the one asked for, else the cached model's, else the default.
+
+    The default is :data:`DEFAULT_DECODE` for image files and ``exact`` for arrays in
+    memory (``files=False``), which are never decoded. ``gpu`` needs the shards to compute
+    on a CUDA device and a preprocessing that resizes tensors (``backend``).
+    """
+    mode = decode
+    if decode == "auto":
+        mode = previous.decode if previous is not None else DEFAULT_DECODE if files else "exact"
+    if mode != "gpu":
+        return mode
+    cached = " (the cached model's mode)" if decode == "auto" else ""
+    if device.type != "cuda":
+        why = f"'gpu'{cached} decodes on a CUDA device; this run computes on {device.type}."
+    elif backend != "tensor":
+        why = f"'gpu'{cached} resizes on the device; this backbone's preprocessing uses {backend}."
+    else:
+        return mode
+    raise ParameterError("decode", owner, "'exact' or 'fast' here", decode, why)
+
+
 def cpu_has_fast_bfloat16() -> bool:
     """True on CPUs with AMX or AVX-512 BF16, where bf16 autocast pays off."""
     try:
@@ -373,11 +595,21 @@ def cpu_has_fast_bfloat16() -> bool:
 
 
 def resolve_loader_workers(workers: int | str, dataset: Dataset, cpus: float | None = None) -> int:
-    """Data-loading processes: ``auto`` is one fewer than ``cpus`` (this machine's by default),
-    at most 8, and 0 for in-memory arrays, which need no decoding."""
+    """Data-loading processes: ``auto`` scales with the cores.
+
+    One fewer than ``cpus`` (the CPUs this process may use by default), at least 1 and at
+    most :data:`MAX_LOADERS`; 0 for in-memory arrays, which need no decoding.
+    """
     if workers != "auto":
         return int(workers)
     if dataset.arrays is not None:
         return 0
-    available = (os.cpu_count() or 2) if cpus is None else int(cpus)
-    return max(0, min(8, available - 1))
+    available = _usable_cpus() if cpus is None else int(cpus)
+    return max(1, min(MAX_LOADERS, available - 1))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from featurecache.models._layers import EMBEDDING, capture
+from featurecache.models._layers import EMBEDDING, StopForward, capture, stop_after
 
 __all__ = ["fuse_conv_bn"]
 
@@ -25,7 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 def fuse_conv_bn(
-    module: nn.Module, layers: Sequence[str], probe: torch.Tensor, rtol: float = 1e-4
+    module: nn.Module,
+    layers: Sequence[str],
+    probe: torch.Tensor,
+    rtol: float = 1e-4,
+    stop: str | None = None,
 ) -> nn.Module:
     """Return a copy of ``module`` with Conv2d→BatchNorm2d pairs fused, or ``module`` itself.
 
@@ -39,6 +43,10 @@ def fuse_conv_bn(
         A batch ``(n, 3, S, S)`` on the module's device, to check the fused copy.
     rtol : float
         Largest allowed difference, relative to each layer's largest magnitude.
+    stop : str, optional
+        The layer after which the caller ends its forward passes (:func:`stop_after`): the
+        check then runs as far and compares the requested layers only. Without it, the
+        model's output is compared too.
 
     Returns
     -------
@@ -53,7 +61,7 @@ def fuse_conv_bn(
         conv, bn = fused.get_submodule(conv_name), fused.get_submodule(bn_name)
         fused.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
         fused.set_submodule(bn_name, nn.Identity())
-    if _agrees(module, fused, layers, probe, rtol):
+    if _agrees(module, fused, layers, probe, rtol, stop):
         logger.info("fused %d BatchNorm layers into their convolutions", len(pairs))
         return fused
     logger.info("kept BatchNorm layers unfused: the fused model differs on a probe batch")
@@ -85,14 +93,22 @@ def _conv_bn_pairs(module: nn.Module, protected: set[str]) -> list[tuple[str, st
 
 
 def _agrees(
-    original: nn.Module, fused: nn.Module, layers: Sequence[str], probe: torch.Tensor, rtol: float
+    original: nn.Module,
+    fused: nn.Module,
+    layers: Sequence[str],
+    probe: torch.Tensor,
+    rtol: float,
+    stop: str | None,
 ) -> bool:
-    names = list(dict.fromkeys([*layers, EMBEDDING]))
+    names = list(dict.fromkeys([*layers, *([EMBEDDING] if stop is None else [])]))
     results = []
     with torch.inference_mode():
         for model in (original, fused):
-            with capture(model, names) as outputs:
-                model(probe)
+            with capture(model, names) as outputs, stop_after(model, stop):
+                try:
+                    model(probe)
+                except StopForward:
+                    pass
                 results.append({k: v.float() for k, v in outputs.items()})
     for name in names:
         expected, actual = results[0][name], results[1][name]

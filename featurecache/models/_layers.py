@@ -26,6 +26,9 @@ __all__ = [
     "LayerInfo",
     "capture",
     "check_layers",
+    "deepest",
+    "stop_after",
+    "StopForward",
     "default_pool",
     "discover_layers",
     "DefaultRule",
@@ -413,6 +416,44 @@ def capture(module: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch
             handle.remove()
         for m, flag in flags.items():
             m.training = flag
+
+
+class StopForward(Exception):
+    """Raised by :func:`stop_after`'s hook to end a forward pass; caught by its caller."""
+
+
+@contextmanager
+def stop_after(module: nn.Module, name: str | None) -> Iterator[None]:
+    """End every forward pass run inside the block once layer ``name`` has run.
+
+    The deepest requested layer's forward hook raises :class:`StopForward` after the hooks
+    registered before it (:func:`capture`'s) have stored its output, so the layers after it
+    are never computed. Everything computed is computed as in the full pass, bit for bit.
+    ``None`` or ``embedding`` (the model's own output) stops nothing.
+
+    Raises
+    ------
+    StopForward
+        From ``module(x)`` inside the block, when ``name`` has run.
+    """
+    if name is None or name == EMBEDDING:
+        yield
+        return
+
+    def stop(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+        raise StopForward(name)
+
+    handle = module.get_submodule(name).register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def deepest(infos: Iterable[LayerInfo]) -> str | None:
+    """The requested layer that runs last (highest :attr:`LayerInfo.depth_index`)."""
+    infos = list(infos)
+    return max(infos, key=lambda info: info.depth_index).name if infos else None
 
 
 def _store(captured: dict[str, torch.Tensor], name: str, copy: bool) -> Callable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from featurecache.exceptions import InvalidArgumentError, suggest
+from featurecache.models._jpeg import decode_plain_jpeg, jpeg_decoder_available
 
 __all__ = [
     "BACKENDS",
@@ -203,6 +205,17 @@ class Preprocess:
             )
         return cls(**data)
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` of an image of this size after the resize, before the crop."""
+        if self.resize == "squash":
+            return self.resize_size, self.resize_size
+        if self.resize == "pad":  # the long side becomes resize_size
+            scale = self.resize_size / max(height, width)
+            return max(1, round(height * scale)), max(1, round(width * scale))
+        short, long = sorted((height, width))  # crop: the short side, as torchvision rounds
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Preprocess one image.
 
@@ -240,14 +253,10 @@ class Preprocess:
         return F.normalize(x, list(self.mean), list(self.std))
 
     def _resize(self, x: Any) -> Any:
-        height, width = F.get_size(x)
         if self.resize == "crop":
             size = [self.resize_size]
-        elif self.resize == "squash":
-            size = [self.resize_size, self.resize_size]
-        else:  # pad: the long side becomes resize_size
-            scale = self.resize_size / max(height, width)
-            size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        else:
+            size = list(self.resized_size(*F.get_size(x)))
         return F.resize(
             x, size, interpolation=InterpolationMode(self.interpolation), antialias=self.antialias
         )
@@ -280,14 +289,33 @@ def _single(size: Any) -> int:
     return int(size)
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike, reduce_to: Callable[[int, int], tuple[int, int]] | None = None
+) -> torch.Tensor:
     """Read an image file as an RGB ``uint8`` tensor of shape ``(3, H, W)``.
 
+    A plain JPEG decodes through simplejpeg where it is installed (the same pixels as PIL,
+    faster: :mod:`featurecache.models._jpeg`), anything else through PIL.
     Greyscale, palette, CMYK and other modes are converted to RGB; 16- and 32-bit integer
     greyscale (``I;16``, ``I``) is scaled from 0..65535 to 0..255; transparent images
     (RGBA, LA, palette with transparency) are composited on white. Animated images give their
     first frame. PIL's decompression-bomb limit applies and truncated files are refused.
     EXIF orientation is not applied (like torchvision's ``ImageFolder`` loader).
+
+    Parameters
+    ----------
+    path : str or path
+    reduce_to : callable, optional
+        ``(width, height) -> (width, height)``: the smallest size the caller needs. A JPEG
+        file is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's
+        ``Image.draft``), the largest reduction that stays at least that size; other
+        formats decode at full size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``uint8`` of shape ``(3, H, W)``, stored channels-last (a view of the decoded
+        ``(H, W, 3)`` pixels, which the antialiased resize reads fastest).
 
     Raises
     ------
@@ -303,14 +331,32 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         raise InvalidArgumentError(_reason(exc)) from exc
     if size == 0:
         raise InvalidArgumentError("file is empty (0 bytes)")
+    pixels = _plain_jpeg_pixels(path, reduce_to)
+    if pixels is not None:
+        return torch.from_numpy(pixels).permute(2, 0, 1)
     try:
         with Image.open(path) as img:
             img.seek(0)
+            if reduce_to is not None:
+                img.draft(None, reduce_to(*img.size))  # a no-op for formats other than JPEG
             img.load()
             rgb = _to_rgb(img)
+            pixels = np.array(rgb, dtype=np.uint8)
     except Exception as exc:  # any decoder failure is a reason to skip this sample
         raise InvalidArgumentError(_reason(exc)) from exc
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _plain_jpeg_pixels(path, reduce_to) -> np.ndarray | None:
+    """A plain JPEG's pixels through simplejpeg (the same as PIL's); else ``None``, for PIL."""
+    if not jpeg_decoder_available():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None  # PIL reports the reason
+    return decode_plain_jpeg(data, Image.MAX_IMAGE_PIXELS, reduce_to)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -325,7 +371,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 _REASONS = (
