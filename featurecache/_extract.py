@@ -207,6 +207,7 @@ def extract(
             with job.store.lock_model(job.model):  # which also logs shards a crash left out
                 plan = job.plan()
                 if plan.work:
+                    job.declare()
                     began = time.perf_counter()
                     _run(session, job, plan)
                     written = len(plan.work)
