@@ -207,7 +207,6 @@ def extract(
             with job.store.lock_model(job.model):  # which also logs shards a crash left out
                 plan = job.plan()
                 if plan.work:
-                    job.declare()
                     began = time.perf_counter()
                     _run(session, job, plan)
                     written = len(plan.work)
@@ -220,11 +219,18 @@ def extract(
 
 
 def _run(session: Session, job: Job, plan: Plan) -> None:
-    """Run the plan; whatever happens, the index ends up listing every committed shard."""
+    """Run the plan; whatever happens, the index ends up listing every committed shard.
+
+    The requested layers are recorded first (readers list them from the first second); a
+    run that fails forgets those it committed nothing of, so the cache lists what it did.
+    """
+    declared = job.declare()
     try:
         session.run(job, plan)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped the run matters more
+            job.withdraw(declared)
+        with contextlib.suppress(Exception):
             job.finish()
         raise
     job.finish()

@@ -282,19 +282,36 @@ class Store:
         if not create_once(fmt.config_file(self.path, model), lambda p: p.write_text(text)):
             check_config(model, self.read_config(model), config, self.path)
 
-    def declare_layers(self, model: str, layers: Mapping[str, Mapping]) -> None:
+    def declare_layers(self, model: str, layers: Mapping[str, Mapping]) -> list[str]:
         """Record the layers a run is about to compute, so readers list them (every row
-        pending) before their first shard commits.
+        pending) before their first shard commits; return the names new to the record.
 
         ``layers[name]`` holds ``n_features``, ``dtype`` and the layer's attributes (plain
         JSON values). Called by the writer holding the model's lock; writes nothing when
         every layer is already declared.
         """
         declared = read_declared_layers(self.path, model)
-        if all(name in declared for name in layers):
+        new = [name for name in layers if name not in declared]
+        if new:
+            merged = {**declared, **{name: dict(layers[name]) for name in new}}
+            self._write_declared(model, merged)
+        return new
+
+    def withdraw_layers(self, model: str, names: Sequence[str]) -> None:
+        """Remove from the record those of ``names`` that have no committed shard: a run
+        that failed before committing a layer leaves the cache listing what it listed."""
+        committed = set().union(*self.done_layers(model).values())
+        declared = read_declared_layers(self.path, model)
+        kept = {k: v for k, v in declared.items() if k in committed or k not in names}
+        if kept == declared:
             return
-        merged = {**declared, **{name: dict(value) for name, value in layers.items()}}
-        text = json.dumps(merged, sort_keys=True, indent=1, default=_json_default)
+        if kept:
+            self._write_declared(model, kept)
+        else:
+            fmt.layers_file(self.path, model).unlink(missing_ok=True)
+
+    def _write_declared(self, model: str, declared: Mapping[str, Mapping]) -> None:
+        text = json.dumps(declared, sort_keys=True, indent=1, default=_json_default)
         atomic_write(fmt.layers_file(self.path, model), lambda p: p.write_text(text))
 
     def check_writable(self, model: str | None = None) -> None:

@@ -74,9 +74,10 @@ class Job:
         starts = () if table.starts is None else tuple(int(s) for s in table.starts)
         return Plan(table.shard_size, len(table), tuple(work), starts)
 
-    def declare(self) -> None:
+    def declare(self) -> list[str]:
         """Record the requested layers before the first shard commits: readers list them
-        from the first second of a run (every row pending)."""
+        from the first second of a run (every row pending). Returns the layers new to the
+        record, for :meth:`withdraw`."""
         declared = {}
         for layer in self.layers:
             attrs = layer_attrs(self.infos[layer], self.pooling)
@@ -85,7 +86,11 @@ class Job:
                 "n_features": pooled_size(self.infos[layer], attrs["pooling_applied"]),
                 "dtype": self.config.dtype,
             }
-        self.store.declare_layers(self.model, declared)
+        return self.store.declare_layers(self.model, declared)
+
+    def withdraw(self, layers: Sequence[str]) -> None:
+        """After a failed run: forget those of ``layers`` that have no committed shard."""
+        self.store.withdraw_layers(self.model, layers)
 
     def portable(self) -> Job:
         """This job without its loaded backbone, to send to another process."""
