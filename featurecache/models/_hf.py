@@ -157,6 +157,9 @@ def _model(repo: str, config: Any, resolved: Resolved) -> nn.Module:
 
 
 _CLASSES_PER_BATCH = 32
+#: What ``get_text_features`` takes from a tokenizer's output (a generic fast tokenizer adds
+#: ``token_type_ids``, which CLIP and SigLIP text towers do not accept).
+_TEXT_KEYS = ("input_ids", "attention_mask")
 
 
 def _zeroshot(
@@ -189,7 +192,9 @@ def _zeroshot(
         for start in range(0, len(class_names), _CLASSES_PER_BATCH):
             batch = class_names[start : start + _CLASSES_PER_BATCH]
             texts = [text for name in batch for text in prompt_texts(name, prompts)]
-            embedded = _features(model.get_text_features(**tokenizer(texts, **inputs)))
+            encoded = tokenizer(texts, **inputs)
+            encoded = {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
+            embedded = _features(model.get_text_features(**encoded))
             embedded = torch.nn.functional.normalize(embedded, dim=-1)
             mean = embedded.reshape(len(batch), len(prompts), -1).mean(dim=1)
             rows.append(torch.nn.functional.normalize(mean, dim=-1))
