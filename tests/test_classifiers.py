@@ -1,5 +1,6 @@
-"""Stored classifiers: the removed ImageNet classifier and OpenCLIP's zero-shot classifier,
-written once beside a model's features and used in stage 2 without training."""
+"""Stored classifiers: the removed ImageNet classifier and the zero-shot classifiers of OpenCLIP
+and Hugging Face SigLIP/CLIP models, written once beside a model's features and used in stage 2
+without training."""
 
 from __future__ import annotations
 
