@@ -720,7 +720,7 @@ def _score_fixed(
         logger.info("%s/%s: %s already scored, reusing", model, layer, name)
         return
     data = _LayerData.load(cache, plan, entry)
-    estimator = fixed_pipeline(classifier)
+    estimator = fixed_pipeline(classifier, entry.n_features)
     start = time.perf_counter()
     fold_scores = [
         float(np.mean(estimator.predict(data.X_fit[score]) == data.y_fit[score]))

@@ -17,15 +17,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
-from sklearn.linear_model import LogisticRegression
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featurecache.cache import Cache, StoredClassifier
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
     "FIXED_HEADS",
+    "FixedLinearClassifier",
     "fixed_pipeline",
     "imagenet_predictions",
     "imagenet_view",
@@ -54,26 +56,66 @@ def stored_classifier(cache: Cache, model: str, kind: str) -> StoredClassifier:
     return found[kind]
 
 
-def fixed_pipeline(classifier: StoredClassifier) -> Pipeline:
-    """The classifier as a fitted scikit-learn pipeline whose ``predict`` gives class indices.
+class FixedLinearClassifier(ClassifierMixin, BaseEstimator):
+    """A linear classifier whose weights were made elsewhere: :meth:`fit` learns nothing.
 
-    ``[("l2", Normalizer()),] ("clf", LogisticRegression)`` with ``coef_`` and ``intercept_``
-    set, not fitted: its ``decision_function`` is the classifier's logits (a difference of
-    two for two classes) and ``predict_proba`` their softmax.
+    Its logits are ``scale * X @ weight.T + bias``; ``predict_proba`` is their softmax and
+    ``predict`` their argmax, over the classes ``0 .. n_classes - 1``.
+
+    Parameters
+    ----------
+    weight : ndarray of shape (n_classes, n_features)
+    bias : ndarray of shape (n_classes,)
+    scale : float
+        Multiplies ``X @ weight.T`` (CLIP's logit scale; 1 for a plain linear layer).
     """
-    n_classes, n_features = classifier.weight.shape
-    weight = classifier.scale * classifier.weight.astype(np.float64)
-    bias = classifier.bias.astype(np.float64)
-    clf = LogisticRegression()
-    if n_classes == 2:  # scikit-learn's binary form: one row, class 1 against class 0
-        weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
-    clf.coef_, clf.intercept_ = weight, bias
-    clf.classes_ = np.arange(n_classes)
-    clf.n_features_in_ = n_features
-    clf.n_iter_ = np.zeros(1, dtype=np.int32)
-    dummy = np.zeros((1, n_features))
+
+    def __init__(self, weight, bias, scale=1.0):
+        self.weight = weight
+        self.bias = bias
+        self.scale = scale
+
+    def fit(self, X, y=None):
+        """Check ``X``'s width against ``weight`` and set ``classes_``; nothing is learned.
+
+        ``y``, when given, must hold only the stored classes.
+        """
+        weight = np.asarray(self.weight, dtype=np.float64)
+        X = validate_data(self, X, reset=True)
+        if weight.ndim != 2 or X.shape[1] != weight.shape[1]:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the fixed weights have shape {weight.shape}; "
+                "score the layer the classifier reads."
+            )
+        self.classes_ = np.arange(weight.shape[0])
+        if y is not None and not np.isin(np.unique(y), self.classes_).all():
+            raise ValueError(f"y holds classes outside 0..{weight.shape[0] - 1}.")
+        self.coef_ = float(self.scale) * weight
+        self.intercept_ = np.asarray(self.bias, dtype=np.float64)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """The logits, ``(n_samples, n_classes)``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        return X @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X) -> np.ndarray:
+        return softmax(self.decision_function(X), axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+
+def fixed_pipeline(classifier: StoredClassifier, n_features: int) -> Pipeline:
+    """The stored classifier as a fitted scikit-learn pipeline whose ``predict`` gives class
+    indices: ``[("l2", Normalizer()),] ("clf", FixedLinearClassifier)``.
+
+    Fitting learns nothing (``n_features`` is the width of the layer it reads, checked).
+    """
+    clf = FixedLinearClassifier(classifier.weight, classifier.bias, classifier.scale)
     first = ("l2", Normalizer()) if classifier.normalize else ("identity", FunctionTransformer())
-    return Pipeline([(first[0], first[1].fit(dummy)), ("clf", clf)])
+    return Pipeline([first, ("clf", clf)]).fit(np.zeros((1, n_features)))
 
 
 def imagenet_predictions(cache: Cache, model: str, *, top: int = 5) -> pd.DataFrame:

@@ -335,3 +335,22 @@ def test_an_hf_model_without_tokenizer_fails_in_one_line_and_a_weights_file_stor
     torch.save(trunk.state_dict(), tmp_path / "trunk.pth")
     result = extract(data, tmp_path / "c.h5", weights=str(tmp_path / "trunk.pth"), **common)
     assert result.n_ok == 2 and open_cache(tmp_path / "c.h5").classifiers(result.model) == {}
+
+
+def test_fixed_linear_classifier_learns_nothing_and_applies_the_stored_logits():
+    from sklearn.base import clone
+
+    from pipelines._fixed import FixedLinearClassifier
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((4, 6)), rng.standard_normal(4)
+    X, y = rng.standard_normal((50, 6)), rng.integers(0, 4, 50)
+    clf = FixedLinearClassifier(weight, bias, scale=3.0).fit(X, y)
+    logits = 3.0 * X @ weight.T + bias
+    assert np.allclose(clf.decision_function(X), logits)
+    assert np.array_equal(clf.predict(X), logits.argmax(axis=1))
+    assert np.allclose(clf.predict_proba(X).sum(axis=1), 1.0)
+    refitted = clone(clf).fit(X[:5], y[:5])  # other data: the same classifier
+    assert np.array_equal(refitted.predict(X), clf.predict(X))
+    with pytest.raises(ValueError, match=r"X has 5 features, but the fixed weights have shape"):
+        FixedLinearClassifier(weight, bias).fit(X[:, :5])
