@@ -175,3 +175,16 @@ def test_unreadable_shard_is_corrupt_not_wrong_numbers(tmp_path):
 def test_verify_passes_on_intact_caches(cache_path):
     pipelines.open_cache(cache_path).verify()
     pipelines.open_cache(cache_path).verify("b")
+
+
+def test_ids_and_splits_outside_ascii_read_back_exactly(tmp_path):
+    """ASCII ids take a fast path; any other text is decoded as UTF-8, never mangled."""
+    path = write_cache(tmp_path / "cache.h5")
+    with h5py.File(path, "r+") as f:
+        n = len(f[fmt.sample_path("ids")])
+        ids = np.array([f"été/ü-{i}.png" if i % 2 else f"plain-{i}" for i in range(n)], object)
+        del f[fmt.sample_path("ids")]
+        f.create_dataset(fmt.sample_path("ids"), data=ids, dtype=h5py.string_dtype())
+    cache = pipelines.open_cache(path)
+    assert cache.ids.tolist() == ids.tolist()
+    assert set(cache.splits.tolist()) == {"train", "test"}

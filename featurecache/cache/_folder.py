@@ -195,13 +195,15 @@ class FolderView:
         return found
 
 
-def verify(shard: ShardData, data: np.ndarray, *, force: bool = False) -> str | None:
+def verify(
+    shard: ShardData, data: np.ndarray, stat: os.stat_result, *, force: bool = False
+) -> str | None:
     """``None`` if ``data`` matches the shard's SHA-256 (checked once per file and process).
 
     Otherwise the digest found. A file is known by path, inode, size and modification
-    time: shard files are never written again, so a change means damage.
+    time (``stat``, taken on the descriptor ``data`` was read from): shard files are never
+    written again, so a change means damage.
     """
-    stat = shard.file.stat()
     key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, shard.layer)
     if not force and _VERIFIED.get(key) == shard.sha256:
         return None
@@ -273,14 +275,23 @@ def read_layer(
     offsets = np.cumsum([0] + [s.stop - s.start for s in chosen])
     buffer = np.empty((int(offsets[-1]), n_features), dtype=dtype)
     jobs = [(s, buffer[offsets[i] : offsets[i + 1]]) for i, s in enumerate(chosen)]
-    if threads > 1 and len(jobs) > 1:
+
+    def fill_all(group) -> list[ShardReadError | None]:
+        return [_fill(shard, out, n_features, force) for shard, out in group]
+
+    n_threads = min(threads, len(jobs))
+    if n_threads > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
-            errors = list(pool.map(lambda job: _fill(*job, n_features, force), jobs))
+        # One task per thread over a run of consecutive shards: a task per shard costs more
+        # than reading a small shard.
+        bounds = np.linspace(0, len(jobs), n_threads + 1).astype(int)
+        groups = [jobs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        with ThreadPoolExecutor(n_threads) as pool:
+            errors = [error for found in pool.map(fill_all, groups) for error in found]
     else:
-        errors = [_fill(shard, out, n_features, force) for shard, out in jobs]
-    for error in errors:
+        errors = fill_all(jobs)
+    for error in errors:  # in row order: the first shard that failed is reported
         if error is not None:
             raise error
     rows = (
@@ -296,10 +307,10 @@ def read_layer(
 def _fill(shard: ShardData, out: np.ndarray, n_features: int, force: bool) -> ShardReadError | None:
     """Read one shard's layer into ``out`` and check it; return the error instead of raising."""
     try:
-        _read_into(shard, out, n_features)
+        stat = _read_into(shard, out, n_features)
     except (OSError, ValueError) as error:
         return ShardReadError(shard, f"it cannot be read ({error})")
-    digest = verify(shard, out, force=force)
+    digest = verify(shard, out, stat, force=force)
     if digest is not None:
         return ShardReadError(
             shard,
@@ -309,7 +320,8 @@ def _fill(shard: ShardData, out: np.ndarray, n_features: int, force: bool) -> Sh
     return None
 
 
-def _read_into(shard: ShardData, out: np.ndarray, n_features: int) -> None:
+def _read_into(shard: ShardData, out: np.ndarray, n_features: int) -> os.stat_result:
+    """Read the shard's chunks straight into ``out``; return the file's status as read."""
     row_bytes = n_features * out.dtype.itemsize
     view = memoryview(out.reshape(-1).view(np.uint8))
     at = 0
@@ -324,7 +336,9 @@ def _read_into(shard: ShardData, out: np.ndarray, n_features: int) -> None:
             if got != size:
                 raise ValueError(f"truncated file: chunk at byte {offset} is cut short")
             at += wanted
+        stat = os.fstat(fd)
     finally:
         os.close(fd)
     if at != len(view):
         raise ValueError(f"the log lists {at // row_bytes} rows in chunks for {len(out)} rows")
+    return stat
