@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,8 +26,8 @@ from featurecache.cache import StoredClassifier
 from featurecache.exceptions import DownloadError, UnknownNameError
 from featurecache.models._layers import LayerInfo, spread
 from featurecache.models._preprocess import Preprocess
-from featurecache.models._prompts import prompt_texts
 from featurecache.models._record import Backbone, Resolved, Source, first_line, offline, require
+from featurecache.models._zeroshot import zeroshot_classifier
 
 __all__ = ["SOURCE", "HiddenStates"]
 
@@ -156,7 +155,6 @@ def _model(repo: str, config: Any, resolved: Resolved) -> nn.Module:
         ) from exc
 
 
-_CLASSES_PER_BATCH = 32
 #: What ``get_text_features`` takes from a tokenizer's output (a generic fast tokenizer adds
 #: ``token_type_ids``, which CLIP and SigLIP text towers do not accept).
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -187,31 +185,17 @@ def _zeroshot(
     inputs = dict(_TEXT_INPUTS[config.model_type])
     if inputs["padding"] == "max_length":
         inputs["max_length"] = int(config.text_config.max_position_embeddings)
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(class_names), _CLASSES_PER_BATCH):
-            batch = class_names[start : start + _CLASSES_PER_BATCH]
-            texts = [text for name in batch for text in prompt_texts(name, prompts)]
-            encoded = tokenizer(texts, **inputs)
-            encoded = {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
-            embedded = _features(model.get_text_features(**encoded))
-            embedded = torch.nn.functional.normalize(embedded, dim=-1)
-            mean = embedded.reshape(len(batch), len(prompts), -1).mean(dim=1)
-            rows.append(torch.nn.functional.normalize(mean, dim=-1))
-        scale = float(model.logit_scale.exp())
-        bias = getattr(model, "logit_bias", None)
-        bias = float(bias) if bias is not None else 0.0
-    return StoredClassifier(
-        kind="zeroshot",
+
+    def embed_texts(texts: list[str]) -> torch.Tensor:
+        encoded = tokenizer(texts, **inputs)
+        encoded = {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
+        return _features(model.get_text_features(**encoded))
+
+    return zeroshot_classifier(
+        model, embed_texts, class_names, prompts,
         layer="embedding.proj" if hasattr(model, "visual_projection") else "embedding",
-        weight=torch.cat(rows).float().numpy(),
-        bias=np.full(len(class_names), bias, dtype=np.float32),
-        class_names=tuple(class_names),
-        normalize=True,
-        scale=scale,
-        prompts=tuple(prompts),
         source=f"hf:{repo} text tower ({type(model).__name__}), weights {resolved.id}",
-    )
+    )  # fmt: skip
 
 
 def _tokenizer(repo: str) -> Any:

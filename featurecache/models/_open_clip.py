@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,8 +22,8 @@ from featurecache.exceptions import DownloadError, UnknownNameError, suggest
 from featurecache.models._download import hf_hub_file
 from featurecache.models._layers import LayerInfo, spread
 from featurecache.models._preprocess import Preprocess
-from featurecache.models._prompts import prompt_texts
 from featurecache.models._record import Backbone, Resolved, Source, first_line, require
+from featurecache.models._zeroshot import zeroshot_classifier
 
 __all__ = ["SOURCE", "ImageTower"]
 
@@ -163,9 +162,6 @@ def _clip(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
     return open_clip.create_model(arch, force_image_size=image_size, **kwargs)
 
 
-_CLASSES_PER_BATCH = 32
-
-
 def _zeroshot(
     arch: str,
     resolved: Resolved,
@@ -190,28 +186,10 @@ def _zeroshot(
             f"Could not load the tokenizer of open_clip:{arch} ({first_line(exc)}). To work "
             "offline, download it once into the Hugging Face hub cache (HF_HOME)."
         ) from exc
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(class_names), _CLASSES_PER_BATCH):
-            batch = class_names[start : start + _CLASSES_PER_BATCH]
-            texts = [text for name in batch for text in prompt_texts(name, prompts)]
-            embedded = model.encode_text(tokenizer(texts), normalize=True)
-            mean = embedded.reshape(len(batch), len(prompts), -1).mean(dim=1)
-            rows.append(torch.nn.functional.normalize(mean, dim=-1))
-        scale = float(model.logit_scale.exp())
-        bias = getattr(model, "logit_bias", None)
-        bias = float(bias) if bias is not None else 0.0
-    return StoredClassifier(
-        kind="zeroshot",
-        layer="embedding.proj",
-        weight=torch.cat(rows).float().numpy(),
-        bias=np.full(len(class_names), bias, dtype=np.float32),
-        class_names=tuple(class_names),
-        normalize=True,
-        scale=scale,
-        prompts=tuple(prompts),
-        source=f"open_clip:{arch} text tower, weights {resolved.id}",
-    )
+    return zeroshot_classifier(
+        model, lambda texts: model.encode_text(tokenizer(texts)), class_names, prompts,
+        layer="embedding.proj", source=f"open_clip:{arch} text tower, weights {resolved.id}",
+    )  # fmt: skip
 
 
 def _preprocess(arch: str, tag: str, resolved: Resolved, image_size: int | None) -> Preprocess:
