@@ -515,7 +515,22 @@ def _run_extract(args) -> int:
             f"-> {result.cache}"
         )
     print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
+    if args.views or args.tta:
+        print(_views_line(args.cache, result.model))
     return 0
+
+
+def _views_line(cache, model: str) -> str:
+    """``views: 4 per train and val row (SPEC); test-time views: 2 per row (SPEC)``."""
+    from featurecache.cache import open_cache
+
+    sets = open_cache(cache).views(model)
+    parts = []
+    if sets.k:
+        parts.append(f"views: {sets.k} per train and val row ({sets.augment})")
+    if sets.tta_k:
+        parts.append(f"test-time views: {sets.tta_k} per row ({sets.tta})")
+    return "; ".join(parts)
 
 
 def _understood(args):
