@@ -324,5 +324,9 @@ def test_the_command_line_extracts_views_and_names_its_flags(data, tmp_path, cap
     out = capsys.readouterr().out
     assert "views: 2 per train and val row (flip); test-time views: 2 per row (flip)\n" in out
     assert open_cache(cache).views("resnet18") == ViewSets(2, "flip", 2, "flip", 0)
+    assert main(["ls", str(cache)]) == 0
+    assert "\n  views: 2 per train and val row (flip); test-time views: 2 per row (flip)\n" in (
+        capsys.readouterr().out
+    )
     X, _ = open_cache(cache).load_views("resnet18", "embedding")
     assert X.shape[1:] == (2, 512)

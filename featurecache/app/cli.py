@@ -524,7 +524,10 @@ def _views_line(cache, model: str) -> str:
     """``views: 4 per train and val row (SPEC); test-time views: 2 per row (SPEC)``."""
     from featurecache.cache import open_cache
 
-    sets = open_cache(cache).views(model)
+    return _views_text(open_cache(cache).views(model))
+
+
+def _views_text(sets) -> str:
     parts = []
     if sets.k:
         parts.append(f"views: {sets.k} per train and val row ({sets.augment})")
@@ -647,6 +650,11 @@ def _run_ls(args) -> int:
                         }
                         for model in cache.models
                     },
+                    "views": {
+                        model: sets.to_dict()
+                        for model in cache.models
+                        if (sets := cache.views(model)) is not None
+                    },
                 },
                 default=str,
                 indent=1,
@@ -673,6 +681,8 @@ def _run_ls(args) -> int:
         if config.get("source"):
             revision = f" revision {config['revision']}" if config.get("revision") else ""
             print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
+        if cache.views(model) is not None:
+            print(f"  {_views_text(cache.views(model))}")
         for kind, stored in cache.classifiers(model).items():
             prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
             use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"
