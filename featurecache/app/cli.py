@@ -417,12 +417,12 @@ def _add_extract(sub) -> None:
         "--augment", default=None, metavar="SPEC",
         help="torchvision v2 augmentations of views 1..K-1: rrc[:LO-HI] (RandomResizedCrop "
         "scale), flip[:P], jitter:S (ColorJitter), e.g. flip,rrc:0.35-1,jitter:0.2; each view "
-        "seeded by (sample id, view, --seed)",
+        "seeded by (sample id, view, --seed) (default: none)",
     )  # fmt: skip
     views.add_argument(
         "--tta", default=None, metavar="SPEC",
         help="test-time views of every row: crops:F (five crops of F of each side), flip (the "
-        "mirror of each view), e.g. crops:0.875,flip (12 views with the plain one)",
+        "mirror of each view), e.g. crops:0.875,flip, 12 views with the plain one (default: none)",
     )  # fmt: skip
     parser.add_argument(
         "--frozen-samples",
