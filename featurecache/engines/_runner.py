@@ -183,16 +183,7 @@ class ShardRunner:
 
     @property
     def layer_attrs(self) -> dict[str, dict]:
-        return {
-            name: {
-                "depth": float(info.depth),
-                "depth_index": int(info.depth_index),
-                "raw_shape": np.asarray(info.shape, dtype=np.int64),
-                "kind": info.kind,
-                "pooling_applied": _pool_for(info, self.pooling),
-            }
-            for name, info in self.infos.items()
-        }
+        return {name: layer_attrs(info, self.pooling) for name, info in self.infos.items()}
 
     def run(
         self,
@@ -637,6 +628,17 @@ def _ids(dataset: Dataset, rows: np.ndarray, limit: int = 10) -> str:
     ids = [str(dataset.ids[r]) for r in rows[:limit]]
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(ids) + more
+
+
+def layer_attrs(info: LayerInfo, pooling: str) -> dict:
+    """The attributes stored with a layer's features: depth, raw shape, kind, pooling."""
+    return {
+        "depth": float(info.depth),
+        "depth_index": int(info.depth_index),
+        "raw_shape": np.asarray(info.shape, dtype=np.int64),
+        "kind": info.kind,
+        "pooling_applied": _pool_for(info, pooling),
+    }
 
 
 def _pool_for(info: LayerInfo, pooling: str) -> str:
