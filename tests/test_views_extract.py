@@ -194,6 +194,7 @@ def test_sigkill_then_resume_gives_the_same_views(data, caches, tmp_path):
     cache = tmp_path / "c.h5"
     arguments = dict(layers=LAYERS, options=run_options(shard_size=4, batch_size=3), **VIEWS)
     rng = np.random.default_rng(7)
+    interrupted = []
     for kill in range(3):
         events = tmp_path / f"events-{kill}"
         events.mkdir()
@@ -208,8 +209,10 @@ def test_sigkill_then_resume_gives_the_same_views(data, caches, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
         child.join()
-        if outcome(result) is not None:
+        interrupted.append(outcome(result) is None)
+        if not interrupted[-1]:
             break
+    assert interrupted[0]  # at least 16 forward passes of 0.05 s: the first kill lands mid-run
     child = start(run_extract, data, cache, arguments)
     child.join()
     assert child.exitcode == 0
