@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -331,5 +332,8 @@ def test_the_command_line_extracts_views_and_names_its_flags(data, tmp_path, cap
     assert "\n  views: 2 per train and val row (flip); test-time views: 2 per row (flip)\n" in (
         capsys.readouterr().out
     )
+    assert main(["ls", str(cache), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["views"]
+    assert listed == {"resnet18": {"k": 2, "augment": "flip", "tta_k": 2, "tta": "flip", "seed": 0}}
     X, _ = open_cache(cache).load_views("resnet18", "embedding")
     assert X.shape[1:] == (2, 512)
