@@ -408,6 +408,23 @@ def _add_extract(sub) -> None:
         "zero-shot classifier, one per line with {} for the class name (default: "
         "featurecache.DEFAULT_PROMPTS)",
     )  # fmt: skip
+    views = parser.add_argument_group("augmented and test-time views (docs/views.md)")
+    views.add_argument(
+        "--views", type=int, default=0, metavar="K",
+        help="views per train and val row, view 0 the plain one: 2 to 64, with --augment; "
+        "test rows get view 0 only (default: 0, none). Part of the cache key",
+    )  # fmt: skip
+    views.add_argument(
+        "--augment", default=None, metavar="SPEC",
+        help="torchvision v2 augmentations of views 1..K-1: rrc[:LO-HI] (RandomResizedCrop "
+        "scale), flip[:P], jitter:S (ColorJitter), e.g. flip,rrc:0.35-1,jitter:0.2; each view "
+        "seeded by (sample id, view, --seed) (default: none)",
+    )  # fmt: skip
+    views.add_argument(
+        "--tta", default=None, metavar="SPEC",
+        help="test-time views of every row: crops:F (five crops of F of each side), flip (the "
+        "mirror of each view), e.g. crops:0.875,flip, 12 views with the plain one (default: none)",
+    )  # fmt: skip
     parser.add_argument(
         "--frozen-samples",
         action="store_true",
@@ -450,7 +467,7 @@ def _add_resize(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def _run_extract(args) -> int:
-    from featurecache._extract import check_arguments, check_cache, extract
+    from featurecache._extract import check_arguments, check_cache, check_views, extract
     from featurecache.models._prompts import read_prompts
 
     _read_deprecated_workers(args)
@@ -461,6 +478,7 @@ def _run_extract(args) -> int:
         layers=layers, image_size=args.image_size, seed=args.seed, resplit=args.resplit,
         resize=args.resize,
     )  # fmt: skip
+    check_views(args.views, args.augment, args.tta, args.seed)
     prompts = read_prompts(args.prompts) if args.prompts else None
     with engine.session(options):  # the engine refuses what it cannot run (a device without
         pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
@@ -481,6 +499,9 @@ def _run_extract(args) -> int:
         seed=args.seed,
         frozen_samples=args.frozen_samples,
         prompts=prompts,
+        views=args.views,
+        augment=args.augment,
+        tta=args.tta,
         options=options,
         engine=engine,
     )
@@ -495,7 +516,25 @@ def _run_extract(args) -> int:
             f"-> {result.cache}"
         )
     print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
+    if args.views or args.tta:
+        print(_views_line(args.cache, result.model))
     return 0
+
+
+def _views_line(cache, model: str) -> str:
+    """``views: 4 per train and val row (SPEC); test-time views: 2 per row (SPEC)``."""
+    from featurecache.cache import open_cache
+
+    return _views_text(open_cache(cache).views(model))
+
+
+def _views_text(sets) -> str:
+    parts = []
+    if sets.k:
+        parts.append(f"views: {sets.k} per train and val row ({sets.augment})")
+    if sets.tta_k:
+        parts.append(f"test-time views: {sets.tta_k} per row ({sets.tta})")
+    return "; ".join(parts)
 
 
 def _understood(args):
@@ -612,6 +651,11 @@ def _run_ls(args) -> int:
                         }
                         for model in cache.models
                     },
+                    "views": {
+                        model: sets.to_dict()
+                        for model in cache.models
+                        if (sets := cache.views(model)) is not None
+                    },
                 },
                 default=str,
                 indent=1,
@@ -638,6 +682,8 @@ def _run_ls(args) -> int:
         if config.get("source"):
             revision = f" revision {config['revision']}" if config.get("revision") else ""
             print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
+        if cache.views(model) is not None:
+            print(f"  {_views_text(cache.views(model))}")
         for kind, stored in cache.classifiers(model).items():
             prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
             use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"
