@@ -2,8 +2,11 @@
 
 The best combination, overall and in each cell, is the one
 :func:`pipelines._results.best` picks (the highest CV mean, then the lowest CV std,
-then fewer features, then the names); test accuracy is shown for every
-combination but never used to choose one. Plots are drawn with matplotlib's Agg
+then fewer features, then the names, then the cheaper variant); test accuracy is
+shown for every combination but never used to choose one. When a results folder
+holds variants (heads trained on augmented views, test scored with TTA), every
+section shows the best variant of each (model, layer, head) and one section,
+"Augmented views and test-time augmentation", compares them all. Plots are drawn with matplotlib's Agg
 canvas (no pyplot, no global backend change).
 """
 
@@ -46,6 +49,7 @@ from pipelines._fixed import imagenet_view
 from pipelines._results import ResultsFolder, best, best_per, frame
 from pipelines._rows import SPLIT_ORDER
 from pipelines._shots import curve_summary
+from pipelines._views import PLAIN, Variant
 
 __all__ = ["report", "is_report_folder", "MARKER"]
 
@@ -103,9 +107,11 @@ def report(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
     folder = ResultsFolder(results)
     run = folder.read_run("report")
     records = folder.finished()
-    table = _table(records)
+    full = _table(records)
+    table = _best_variants(full)
     chosen = best(table)
-    blocks = _blocks(run, table, records, chosen, _predictions(folder.root, chosen), folder)
+    predictions = _predictions(folder.root, chosen)
+    blocks = _blocks(run, table, records, chosen, predictions, folder, variants=full)
     _write(
         out, blocks, {"results": str(folder.root.resolve()), "featurecache_version": __version__}
     )
@@ -166,14 +172,14 @@ def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
     InvalidArgumentError
         ``results`` holds no finished combination.
     """
-    table = _table(ResultsFolder(results).finished())
+    table = _best_variants(_table(ResultsFolder(results).finished()))
     chosen = best(table)
     return chosen.to_dict(), recommendation(table, chosen)
 
 
 def earlier_layer_outcome(results: str | os.PathLike) -> str:
     """:func:`earlier_layer_verdict` of the best combination of a results folder."""
-    table = _table(ResultsFolder(results).finished())
+    table = _best_variants(_table(ResultsFolder(results).finished()))
     return earlier_layer_verdict(table, best(table))
 
 
@@ -184,6 +190,19 @@ def _table(records: list[dict]) -> pd.DataFrame:
     """The records in display order, with the chosen hyper-parameters as text."""
     table = frame(records)
     return table.assign(params_text=table["params"].map(_params_text))
+
+
+def _best_variants(table: pd.DataFrame) -> pd.DataFrame:
+    """The best variant (plain, views, TTA) of each (model, layer, head), by
+    :func:`~pipelines._results.best`: one row each, as the other sections expect."""
+    return best_per(table, ["model", "layer", "head"])
+
+
+def _variant(row: pd.Series) -> Variant:
+    """The row's variant; a row without the columns (written before views) is plain."""
+    return Variant(
+        **{column: row.get(column, plain) for column, plain in Variant().columns().items()}
+    )
 
 
 def _best_per_layer(table: pd.DataFrame) -> pd.DataFrame:
@@ -208,7 +227,9 @@ def _has_test(table: pd.DataFrame) -> bool:
 # -- content --------------------------------------------------------------------------
 
 
-def _blocks(run: dict, table, records, chosen, predictions, folder: ResultsFolder) -> list:
+def _blocks(
+    run: dict, table, records, chosen, predictions, folder: ResultsFolder, variants=None
+) -> list:
     has_test = _has_test(table)
     class_names = run["data"]["class_names"]
     blocks: list = [("h1", TITLE)]
@@ -220,8 +241,14 @@ def _blocks(run: dict, table, records, chosen, predictions, folder: ResultsFolde
     blocks += [("h2", "Model × layer")] + _comparison(table, has_test)
     blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
     blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
+    blocks += _views_blocks(variants if variants is not None else table)
+    variant = _variant(chosen)
+    shown = "" if variant.is_plain else f" ({variant.label})"
     blocks += [
-        ("h2", f"Best combination: {chosen['model']} / {chosen['layer']} / {chosen['head']}")
+        (
+            "h2",
+            f"Best combination: {chosen['model']} / {chosen['layer']} / {chosen['head']}{shown}",
+        )
     ]
     if predictions is not None and len(predictions):
         matrix = _confusion(predictions, len(class_names))
@@ -250,9 +277,12 @@ def recommendation(table: pd.DataFrame, chosen: pd.Series) -> str:
         if _finite(chosen["test_accuracy"])
         else " (no test split: CV only)"
     )
+    variant = _variant(chosen)
+    trained = "" if variant.is_plain else f", {variant.label}"
     text = (
         f"Use backbone **{chosen['model']}**, layer **{chosen['layer']}** and head "
-        f"**{chosen['head']}** ({chosen['params_text']}): CV accuracy {chosen['cv_mean']:.3f} ± "
+        f"**{chosen['head']}** ({chosen['params_text']}{trained}): CV accuracy "
+        f"{chosen['cv_mean']:.3f} ± "
         f"{_fmt(chosen['cv_std'])}{test}."
     )
     model_rows = table[table["model"] == chosen["model"]]
@@ -850,6 +880,66 @@ def _comparison(table: pd.DataFrame, has_test: bool) -> list:
                      _fmt(r["test_accuracy"])))  # fmt: skip
     header = ("backbone", "best layer", "depth", "head", "CV", "test")
     return [figure, ("p", "The best layer of each backbone (by CV):"), _Table(header, tuple(rows))]
+
+
+def _views_blocks(table: pd.DataFrame) -> list:
+    """Plain against views, with and without TTA, for each (model, layer, head) with a
+    variant; empty when every combination is plain."""
+    if ((table["views"] == PLAIN) & (table["tta"] == PLAIN)).all():
+        return []
+    rows = []
+    for _, group in table.groupby(["model", "layer", "head"], sort=False):
+        for _, row in group.iterrows():
+            rows.append(_views_row(row, group))
+    text = (
+        "Every variant of a head is selected on the same folds and scores the held-out "
+        "samples on their plain view, so a CV gain of training on views is a paired "
+        "comparison; TTA changes test scoring only, so its gain is a test gain, over the "
+        "same head without TTA. A gain is judged against the CV spread (the larger CV std "
+        "of the two): at least 2× is likely real, 1–2× suggestive, below 1× not a reliable "
+        "difference."
+    )
+    header = ("model", "layer", "head", "variant", "CV mean ± std", "test acc.", "gain",
+              "against the CV spread", "fit s")  # fmt: skip
+    return [("h2", "Augmented views and test-time augmentation"), ("p", text),
+            _Table(header, tuple(rows))]  # fmt: skip
+
+
+def _views_row(row: pd.Series, group: pd.DataFrame) -> tuple[str, ...]:
+    variant = _variant(row)
+    cells = (row["model"], row["layer"], row["head"], variant.label,
+             f"{row['cv_mean']:.3f} ± {_fmt(row['cv_std'])}", _fmt(row["test_accuracy"]))  # fmt: skip
+    gain, verdict = _views_gain(row, variant, group)
+    return (*cells, gain, verdict, _fmt(row["fit_seconds"], 1))
+
+
+def _views_gain(row: pd.Series, variant: Variant, group: pd.DataFrame) -> tuple[str, str]:
+    """``(gain, verdict)`` of a variant over its reference: plain for views (in CV), the
+    same training without TTA for TTA (on test)."""
+    if variant.is_plain:
+        return "reference", ""
+    same = group["tta"] == PLAIN
+    if variant.tta == PLAIN:
+        reference, score, where = group[same & (group["views"] == PLAIN)], "cv_mean", "CV"
+    else:
+        reference = group[same & (group["views"] == variant.views)]
+        if reference.empty:
+            reference = group[same & (group["views"] == PLAIN)]
+        score, where = "test_accuracy", "test"
+    if reference.empty:
+        return "", "no plain fit of this head to compare with: fit without views or tta"
+    ref = reference.iloc[0]
+    if not (_finite(row[score]) and _finite(ref[score])):
+        return "", "no test split to score TTA on"
+    gap = float(row[score] - ref[score])
+    spread = max(_num(row["cv_std"]), _num(ref["cv_std"]))
+    outcome, judgement = gap_verdict(gap, spread)
+    against = f"over {_variant(ref).label}"
+    if outcome == "tie":
+        return f"{gap:+.3f} {where} {against}", "no difference"
+    size = f"{abs(gap) / spread:.1f}× the spread (± {spread:.3f})" if spread > 0 else "spread 0"
+    sense = "gain" if gap > 0 else "loss"
+    return f"{gap:+.3f} {where} {against}", f"{sense} {size}: {judgement}"
 
 
 def _curves(folder: ResultsFolder, table: pd.DataFrame, chosen: pd.Series) -> list:
