@@ -20,9 +20,12 @@ from PIL import Image
 from featurecache.cache import (
     STATUS_FAILED,
     STATUS_OK,
+    STATUS_PENDING,
     FeatureConfig,
     SampleTable,
+    ShardViews,
     Store,
+    ViewSets,
     samples_digest,
     write_arrays,
 )
@@ -50,6 +53,10 @@ def write_cache(
     status: bool = True,
     shuffle_test_labels: bool = False,
     class_names: Sequence[str] | None = None,
+    views: int = 0,
+    tta: int = 0,
+    view_noise: float = 0.1,
+    logged: bool = False,
 ) -> Path:
     """Write a cache and return its path.
 
@@ -59,6 +66,13 @@ def write_cache(
     ``failed_rows`` get status 2 and NaN features.  ``shuffle_test_labels``
     permutes the labels among test rows after the features were drawn, so test
     labels carry no information.
+
+    ``views=K`` adds K training views per train and val row (view 0 the plain features,
+    views 1..K-1 the plain features plus ``view_noise * N(0, 1)``; test rows have none),
+    ``tta=T`` T test-time views per row of every split, made the same way; the models'
+    configs record them (augment spec ``flip``, test-time spec ``flip``, seed 0).
+    ``logged`` (with ``shards``) also commits each shard to the model's log, so readers
+    take the folder (as for a stage-1 cache) rather than the index.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -94,10 +108,11 @@ def write_cache(
     state = np.full(n_samples, STATUS_OK, dtype=np.int8)
     state[list(failed_rows)] = STATUS_FAILED
     samples = SampleTable(ids, y, split, tuple(names), source="synthetic")
-    configs = {model: _config(model, dtype) for model in models}
+    configs = {model: _config(model, dtype, views, tta) for model in models}
+    extra = _views(features, split, views, tta, view_noise, seed) if views or tta else None
     attrs = {name: _layer_attrs(name, i, len(layers)) for i, (name, _, _) in enumerate(layers)}
     if shards:
-        _write_sharded(path, samples, features, configs, attrs, state, shard_size)
+        _write_sharded(path, samples, features, configs, attrs, state, shard_size, extra, logged)
         return path
     write_arrays(
         path,
@@ -107,11 +122,42 @@ def write_cache(
         layer_attrs=dict.fromkeys(models, attrs),
         status=dict.fromkeys(models, state) if status else None,
         failures={m: [(int(r), _REASON) for r in sorted(failed_rows)] for m in models},
+        views=extra,
     )
     return path
 
 
-def _config(model: str, dtype: str) -> FeatureConfig:
+def _views(features, split, k, t, noise, seed) -> dict:
+    """``views[model][layer][kind]``: view 0 plain, the others noisy copies; NaN where none."""
+    rng = np.random.default_rng(seed + 7)
+    out: dict = {}
+    for model, layers in features.items():
+        out[model] = {}
+        for layer, X in layers.items():
+            kinds = {}
+            for kind, count, rows in (
+                ("augment", k, np.isin(split, ["train", "val"])),
+                ("tta", t, np.ones(len(X), bool)),
+            ):
+                if not count:
+                    continue
+                V = X[:, None, :] + noise * rng.normal(size=(X.shape[0], count, X.shape[1]))
+                V = V.astype(X.dtype)
+                V[:, 0] = X
+                V[~rows] = np.nan
+                kinds[kind] = V
+            out[model][layer] = kinds
+    return out
+
+
+def _view_status(values: np.ndarray, state: np.ndarray) -> np.ndarray:
+    status = np.where(np.isfinite(values).all(axis=2), STATUS_OK, STATUS_PENDING).astype(np.int8)
+    status[state == STATUS_FAILED] = STATUS_FAILED
+    return status
+
+
+def _config(model: str, dtype: str, views: int = 0, tta: int = 0) -> FeatureConfig:
+    sets = ViewSets(k=views, augment="flip" if views else "", tta_k=tta, tta="flip" if tta else "")
     return FeatureConfig(
         backbone=model,
         weights="none",
@@ -120,6 +166,7 @@ def _config(model: str, dtype: str) -> FeatureConfig:
         pooling="avg",
         dtype=dtype,
         compute_dtype="float32",
+        views=sets.to_dict() if views or tta else {},
     )
 
 
@@ -133,7 +180,9 @@ def _layer_attrs(name: str, index: int, n_layers: int) -> dict:
     }
 
 
-def _write_sharded(path, samples, features, configs, attrs, state, shard_size) -> None:
+def _write_sharded(
+    path, samples, features, configs, attrs, state, shard_size, views, logged
+) -> None:
     store = Store(path)
     store.create_samples(samples, shard_size)
     provenance = {"torch_version": "synthetic", "torchvision_version": "synthetic"}
@@ -144,9 +193,22 @@ def _write_sharded(path, samples, features, configs, attrs, state, shard_size) -
             status = state[start:stop]
             reasons = [_REASON if s == STATUS_FAILED else "" for s in status]
             values = {name: X[start:stop] for name, X in by_layer.items()}
-            store.write_shard(
-                model, shard, start, status, reasons, values, attrs, configs[model], provenance
-            )
+            extra = {}
+            for kind in ("augment", "tta"):
+                chosen = {
+                    name: kinds[kind][start:stop]
+                    for name, kinds in (views or {}).get(model, {}).items()
+                    if kind in kinds
+                }
+                if chosen:
+                    first = next(iter(chosen.values()))
+                    extra[kind] = ShardViews(_view_status(first, status), chosen)
+            meta = store.write_shard(
+                model, shard, start, status, reasons, values, attrs, configs[model], provenance,
+                views=extra,
+            )  # fmt: skip
+            if logged:
+                store.publish(model, [meta])
     store.rebuild_index()
 
 

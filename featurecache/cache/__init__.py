@@ -8,7 +8,7 @@ layout is spelled in :mod:`featurecache.cache._format` and nowhere else.
 from featurecache.cache._arrays import write_arrays
 from featurecache.cache._atomic import atomic_write, create_once
 from featurecache.cache._classifiers import StoredClassifier, read_classifiers, write_classifier
-from featurecache.cache._config import FeatureConfig
+from featurecache.cache._config import VIEW_KINDS, FeatureConfig, ViewSets
 from featurecache.cache._format import (
     FORMAT,
     FORMAT_VERSION,
@@ -23,7 +23,7 @@ from featurecache.cache._format import (
 from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
 from featurecache.cache._samples import SampleChanges, SampleTable
-from featurecache.cache._writer import Store, check_config
+from featurecache.cache._writer import ShardViews, Store, check_config
 
 __all__ = [
     "Cache",
@@ -39,8 +39,11 @@ __all__ = [
     "SampleChanges",
     "SampleTable",
     "ShardMeta",
+    "ShardViews",
     "Store",
     "StoredClassifier",
+    "VIEW_KINDS",
+    "ViewSets",
     "atomic_write",
     "check_config",
     "create_once",

@@ -11,7 +11,11 @@ from typing import Any
 
 from featurecache.cache._format import FORMAT_VERSION, canonical_json
 
-__all__ = ["FeatureConfig"]
+__all__ = ["FeatureConfig", "ViewSets", "VIEW_KINDS"]
+
+#: The two kinds of extra views a model may hold: ``augment`` (training views of the train
+#: and val rows) and ``tta`` (test-time views of every row).
+VIEW_KINDS = ("augment", "tta")
 
 
 def _version() -> str:
@@ -49,6 +53,12 @@ class FeatureConfig:
         DCT-domain downscaling before the resize) or ``gpu`` (nvJPEG on the device, the
         exact CPU decode as a per-image fall-back). Left out of :meth:`key` when ``exact``,
         so caches written before decode modes existed keep their digest.
+    views : mapping
+        Extra views stored beside the plain features (``docs/cache-format.md``, "Views"):
+        ``{"k": K, "augment": SPEC, "tta_k": T, "tta": SPEC, "seed": SEED}`` with the
+        canonical augmentation specs, or ``{}`` for none. Left out of :meth:`key` when
+        empty, so every cache written before views existed keeps its digest. Read it as a
+        :class:`ViewSets` with :meth:`view_sets`.
     format_version : int
         Version of the cache format the features were written in.
     weights, seed, image_size, featurecache_version
@@ -66,6 +76,7 @@ class FeatureConfig:
     dtype: str
     compute_dtype: str
     decode: str = "exact"
+    views: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     weights: str = field(default="", compare=False)
     seed: int = field(default=0, compare=False)
@@ -84,11 +95,12 @@ class FeatureConfig:
         "dtype",
         "compute_dtype",
         "decode",
+        "views",
         "format_version",
     )
     #: Key fields added after the first caches were written, left out of :meth:`key` at
     #: their default so that every existing cache keeps its digest.
-    KEY_DEFAULTS = {"decode": "exact"}
+    KEY_DEFAULTS = {"decode": "exact", "views": {}}
 
     def __hash__(self) -> int:
         return hash(self.digest())
@@ -126,8 +138,9 @@ class FeatureConfig:
         """Rebuild a config from :meth:`to_dict` (or an index attribute); unknown keys are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = dict(values)
-        if isinstance(values.get("preprocessing"), str):
-            values["preprocessing"] = json.loads(values["preprocessing"])
+        for name in ("preprocessing", "views"):
+            if isinstance(values.get(name), str):
+                values[name] = json.loads(values[name])
         optional = {"format_version", *cls.KEY_DEFAULTS}
         missing = [name for name in cls.KEY if name not in values and name not in optional]
         if missing:
@@ -152,8 +165,58 @@ class FeatureConfig:
                 out.append(f"{name}: cached {_short(a)}, requested {_short(b)}")
         return out
 
+    def view_sets(self) -> ViewSets | None:
+        """The extra views these features come with, or ``None`` when there are none."""
+        return ViewSets.from_mapping(self.views)
+
     def _value(self, name: str) -> Any:
         return _plain(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class ViewSets:
+    """The extra views of a model's features (``FeatureConfig.views``).
+
+    Attributes
+    ----------
+    k : int
+        Training views per train and val row, the plain view 0 included (0: none).
+    augment : str
+        The canonical augmentation spec of views ``1 .. k - 1`` (``""`` when ``k == 0``).
+    tta_k : int
+        Test-time views per row of every split, the plain view 0 included (0: none).
+    tta : str
+        The canonical test-time spec of views ``1 .. tta_k - 1`` (``""`` when none).
+    seed : int
+        Seed of the augmentations' random state (with the sample id and the view index).
+    """
+
+    k: int = 0
+    augment: str = ""
+    tta_k: int = 0
+    tta: str = ""
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ViewSets | None:
+        """``FeatureConfig.views`` as a :class:`ViewSets`; ``None`` for ``{}``."""
+        if not values:
+            return None
+        return cls(
+            k=int(values.get("k", 0)),
+            augment=str(values.get("augment", "")),
+            tta_k=int(values.get("tta_k", 0)),
+            tta=str(values.get("tta", "")),
+            seed=int(values.get("seed", 0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping ``FeatureConfig.views`` holds."""
+        return dataclasses.asdict(self)
+
+    def count(self, kind: str) -> int:
+        """Views of ``kind`` (``augment`` or ``tta``) per row that has them."""
+        return self.k if kind == "augment" else self.tta_k
 
 
 _UNSET = "(unset)"

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,14 @@ from featurecache.cache._config import FeatureConfig
 from featurecache.cache._log import ShardMeta, read_log
 from featurecache.exceptions import CacheCorruptError
 
-__all__ = ["FolderView", "ShardData", "ShardReadError", "has_folder", "read_layer"]
+__all__ = [
+    "FolderView",
+    "ShardData",
+    "ShardReadError",
+    "has_folder",
+    "read_layer",
+    "read_views",
+]
 
 #: Files verified in this process: (path, inode, size, mtime, layer) -> SHA-256 they matched.
 _VERIFIED: dict[tuple, str] = {}
@@ -128,6 +135,21 @@ class FolderView:
             for meta in self._holding(model, layer)
         ]
 
+    def view_shards(self, model: str, layer: str, kind: str) -> list[ShardData]:
+        """The shards holding ``layer``'s views of ``kind``, with those views' SHA-256."""
+        return [
+            ShardData(
+                file=self.index.parent / meta.file,
+                name=meta.file,
+                start=meta.start,
+                stop=meta.stop,
+                sha256=meta.views[kind][layer],
+                layer=layer,
+            )
+            for meta in self._holding(model, layer)
+            if layer in meta.views.get(kind, {})
+        ]
+
     def failures(self, model: str) -> list[tuple[int, str]]:
         found: dict[int, str] = {}
         for meta in self.metas(model):
@@ -166,6 +188,36 @@ def read_h5_layer(shard: ShardData, layer: str, opener) -> np.ndarray:
     """A layer of one shard through HDF5 (shards logged without chunk offsets)."""
     with opener(shard.file) as g:
         return np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
+
+
+def read_views(shard: ShardData, kind: str, opener) -> tuple[np.ndarray, np.ndarray]:
+    """The status ``(n_rows, n_views)`` and the views ``(n_rows, n_views, n_features)`` of
+    ``shard.layer`` in one shard file, after checking their SHA-256 (once per process).
+
+    Raises
+    ------
+    ShardReadError
+        The file cannot be read, or the views do not match their digest.
+    """
+    try:
+        with opener(shard.file) as g:
+            status = g[fmt.shard_view_status_path(kind)][:]
+            values = np.ascontiguousarray(g[fmt.shard_views_path(kind, shard.layer)][:])
+    except (OSError, KeyError) as error:
+        raise ShardReadError(shard, f"its {kind} views cannot be read ({error})") from error
+    rows = shard.stop - shard.start
+    if status.shape[0] != rows or values.shape[:2] != status.shape:
+        raise ShardReadError(
+            shard, f"its {kind} views have shape {values.shape}, their status {status.shape}"
+        )
+    digest = verify(replace(shard, layer=f"{kind}:{shard.layer}"), values)
+    if digest is not None:
+        raise ShardReadError(
+            shard,
+            f"the SHA-256 of the {kind} views of layer {shard.layer!r} is {digest[:12]}…, the "
+            f"commit log records {shard.sha256[:12]}…",
+        )
+    return status, values
 
 
 def decode(value):

@@ -44,6 +44,10 @@ __all__ = [
     "failures_path",
     "shards_path",
     "shard_features_path",
+    "views_path",
+    "view_status_path",
+    "shard_views_path",
+    "shard_view_status_path",
 ]
 
 FORMAT = "featurecache"
@@ -173,3 +177,31 @@ def classifier_path(field: str) -> str:
 def shard_features_path(layer: str) -> str:
     """A layer's matrix inside one shard file."""
     return f"features/{layer}"
+
+
+# -- extra views (augmented and test-time) ----------------------------------------------
+#
+# Kind ``augment`` lives under ``/views``, kind ``tta`` under ``/tta``; each beside a status
+# per (sample, view). The plain view stays in ``/features``.
+
+_VIEW_GROUPS = {"augment": "views", "tta": "tta"}
+
+
+def views_path(kind: str, model: str, layer: str) -> str:
+    """``/views/<model>/<layer>`` (``augment``) or ``/tta/<model>/<layer>``: (n, K, f)."""
+    return f"{_VIEW_GROUPS[kind]}/{model}/{layer}"
+
+
+def view_status_path(kind: str, model: str, layer: str) -> str:
+    """``/views_status/<model>/<layer>`` or ``/tta_status/<model>/<layer>``: (n, K) int8."""
+    return f"{_VIEW_GROUPS[kind]}_status/{model}/{layer}"
+
+
+def shard_views_path(kind: str, layer: str) -> str:
+    """A layer's views inside one shard file: ``views/<layer>`` or ``tta/<layer>``."""
+    return f"{_VIEW_GROUPS[kind]}/{layer}"
+
+
+def shard_view_status_path(kind: str) -> str:
+    """The status per (row, view) inside one shard file: ``views_status`` or ``tta_status``."""
+    return f"{_VIEW_GROUPS[kind]}_status"

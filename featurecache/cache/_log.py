@@ -58,6 +58,9 @@ class ShardMeta:
     dtypes: Mapping[str, str] = field(default_factory=dict)
     chunks: Mapping[str, tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
     size: int = 0  # bytes of the shard file, so a cut file is seen without opening it
+    #: ``views[kind][layer]``: SHA-256 of the layer's extra views of that kind (``augment``,
+    #: ``tta``) as stored in the file; empty for a model without views.
+    views: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def to_line(self) -> str:
         record = {
@@ -76,6 +79,8 @@ class ShardMeta:
             "config_digest": self.config_digest,
             "size": self.size,
         }
+        if self.views:
+            record["views"] = {kind: dict(digests) for kind, digests in self.views.items()}
         return json.dumps(record, separators=(",", ":")) + "\n"
 
     @classmethod
@@ -102,6 +107,7 @@ class ShardMeta:
                 k: tuple(tuple(int(x) for x in c) for c in v) for k, v in record["chunks"].items()
             },
             size=int(record.get("size", 0)),
+            views={kind: dict(v) for kind, v in record.get("views", {}).items()},
         )
 
 

@@ -7,6 +7,7 @@ may replace the index between two calls; every call sees one consistent index.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -17,8 +18,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featurecache._validation import check_choice
 from featurecache.cache import _format as fmt
 from featurecache.cache._classifiers import StoredClassifier, read_classifiers
+from featurecache.cache._config import VIEW_KINDS, ViewSets
 from featurecache.cache._folder import (
     FolderView,
     ShardReadError,
@@ -26,6 +29,7 @@ from featurecache.cache._folder import (
     has_folder,
     plain_attrs,
     read_layer,
+    read_views,
 )
 from featurecache.cache._folder import (
     decode as _decode,
@@ -586,6 +590,124 @@ class Cache:
             f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
             "recompute it."
         )
+
+    # -- extra views (issue 14) -------------------------------------------------------
+
+    def views(self, model: str) -> ViewSets | None:
+        """The extra views stored for ``model`` (counts, specs, seed), or ``None``.
+
+        Raises
+        ------
+        UnknownNameError
+            Unknown model.
+        """
+        return ViewSets.from_mapping(self._view_mapping(model))
+
+    def load_views(
+        self, model: str, layer: str, kind: str = "augment"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every view of the rows that have views of ``kind``, all of them ok.
+
+        Parameters
+        ----------
+        model, layer : str
+            Names as listed by :attr:`entries`.
+        kind : {'augment', 'tta'}
+            ``augment``: the training views of the train and val rows; ``tta``: the
+            test-time views of every split's rows.
+
+        Returns
+        -------
+        X : ndarray of shape (n_rows, n_views, n_features), float32
+            View 0 is the plain view: ``X[:, 0]`` equals :meth:`load_rows` of these rows.
+        rows : ndarray of shape (n_rows,), int64
+            Sample indices (ascending) of rows whose every view of ``kind`` is ok; removed
+            samples are left out.
+
+        Raises
+        ------
+        InvalidArgumentError
+            ``kind`` is not one of ``augment``, ``tta``, or the model has no views of it.
+        UnknownNameError
+            Unknown model or layer.
+        CacheCorruptError
+            A shard file is unreadable or does not match its SHA-256.
+        """
+        check_choice(kind, "kind", "load_views", VIEW_KINDS)
+        sets = self.views(model)
+        count = 0 if sets is None else sets.count(kind)
+        if not count:
+            flags = "--views K --augment SPEC" if kind == "augment" else "--tta SPEC"
+            raise InvalidArgumentError(
+                f"model {model!r} in cache {str(self.path)!r} has no {kind} views; extract them "
+                f"under another model name with `featurecache extract DATA --cache "
+                f"{self.path.name} --model BACKBONE --name NAME {flags}`."
+            )
+        if self._folder is not None:
+            self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
+            X, rows = self._read_folder_views(model, layer, kind, count)
+        else:
+            with self._open() as f:
+                n_features = int(self._dataset(f, model, layer).shape[1])
+                X, rows = self._read_index_views(f, model, layer, kind, count, n_features)
+        _check_finite(X.reshape(len(X), -1), f"{kind} views of {model}/{layer}", self.path)
+        return X, rows
+
+    def _view_mapping(self, model: str) -> dict:
+        """``FeatureConfig.views`` of ``model``, as recorded (``{}`` for none)."""
+        if self._folder is not None:
+            self._folder_layers(model)  # raises UnknownNameError with suggestions
+            return dict(self._folder.config(model).views)
+        with self._open() as f:
+            value = _decode(self._model_group(f, model).attrs.get("views", "{}"))
+        try:
+            return dict(json.loads(value) if isinstance(value, str) else value)
+        except (ValueError, TypeError) as error:
+            raise CacheCorruptError(
+                f"the views attribute of model {model!r} in {str(self.path)!r} is not a JSON "
+                f"object ({error}); re-run the same `featurecache extract` command."
+            ) from error
+
+    def _read_index_views(
+        self, f: h5py.File, model: str, layer: str, kind: str, count: int, n_features: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        path, status_path = (
+            fmt.views_path(kind, model, layer),
+            fmt.view_status_path(kind, model, layer),
+        )
+        if path not in f or status_path not in f:
+            return np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
+        status = f[status_path][:]
+        rows = np.flatnonzero(np.all(status == STATUS_OK, axis=1) & ~self.removed)
+        if not len(rows):
+            return np.zeros((0, count, n_features), np.float32), rows.astype(np.int64)
+        try:
+            X = f[path][rows.min() : rows.max() + 1][rows - rows.min()]
+        except OSError as error:
+            raise CacheCorruptError(
+                f"/{path} in {str(self.path)!r} cannot be read ({error}); recompute it with the "
+                "same `featurecache extract` command, or rewrite the file."
+            ) from error
+        return X.astype(np.float32, copy=False), rows.astype(np.int64)
+
+    def _read_folder_views(
+        self, model: str, layer: str, kind: str, count: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        parts, found = [], []
+        for shard in self._folder.view_shards(model, layer, kind):
+            try:
+                status, values = read_views(shard, kind, self._open)
+            except ShardReadError as error:
+                raise self._corrupt(model, layer, error.shard, error.what) from error
+            keep = np.all(status == STATUS_OK, axis=1) & ~self.removed[shard.start : shard.stop]
+            parts.append(values[keep])
+            found.append(shard.start + np.flatnonzero(keep))
+        n_features = int(self._folder_layer(model, layer).n_features[layer])
+        if not parts:
+            return np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
+        X, rows = np.concatenate(parts), np.concatenate(found).astype(np.int64)
+        order = np.argsort(rows, kind="stable")
+        return X[order].astype(np.float32, copy=False), rows[order]
 
     # -- stored classifiers (issue 11) ------------------------------------------------
 

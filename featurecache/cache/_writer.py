@@ -9,6 +9,7 @@ rebuilt, and a reader never sees a row that was not committed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -18,6 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -31,7 +33,7 @@ from featurecache.cache._atomic import (
     create_once,
     owner_is_dead,
 )
-from featurecache.cache._config import FeatureConfig
+from featurecache.cache._config import VIEW_KINDS, FeatureConfig
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
 from featurecache.cache._log import (
     ShardMeta,
@@ -51,7 +53,7 @@ from featurecache.exceptions import (
     DatasetChangedError,
 )
 
-__all__ = ["Store", "check_config"]
+__all__ = ["ShardViews", "Store", "check_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,24 @@ _NO_LOCKS_HINT = (
     "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
     f"--no-locking, or {fmt.LOCKING_ENV}=1), and run one writer per model."
 )
+
+
+@dataclass(frozen=True)
+class ShardViews:
+    """The extra views of one kind (``augment`` or ``tta``) of one shard's rows.
+
+    Attributes
+    ----------
+    status : ndarray of shape (n_rows, n_views), int8
+        Per (row, view): ``STATUS_OK``, ``STATUS_FAILED``, or ``STATUS_PENDING`` for a row
+        that has no views of this kind (a test row's training views).
+    features : mapping
+        ``features[layer]`` of shape ``(n_rows, n_views, n_features)`` in the stored dtype;
+        NaN where the status is not ok. View 0 is the plain view.
+    """
+
+    status: np.ndarray
+    features: Mapping[str, np.ndarray] = field(repr=False)
 
 
 class Store:
@@ -354,13 +374,17 @@ class Store:
         layer_attrs: Mapping[str, Mapping],
         config: FeatureConfig,
         provenance: Mapping[str, str] | None = None,
+        views: Mapping[str, ShardViews] | None = None,
     ) -> ShardMeta:
         """Write one shard file atomically and return what the commit log records of it.
 
         ``features[layer]`` has shape ``(n_rows, n_features)`` in the stored dtype;
         rows are ``start .. start + n_rows``. ``provenance`` (library versions) is
-        recorded on the file. The shard counts once :meth:`publish` logs it.
+        recorded on the file. ``views[kind]`` holds the rows' extra views of that kind
+        (``augment``, ``tta``) for the same layers. The shard counts once :meth:`publish`
+        logs it.
         """
+        views = dict(views or {})
         layers = tuple(sorted(features))
         final = self.shard_path(model, shard, layers)
         n_rows = len(status)
@@ -383,15 +407,22 @@ class Store:
                 f.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=_STR)
                 for layer in layers:
                     _write_layer(f, layer, features[layer], layer_attrs[layer])
+                for kind, extra in views.items():
+                    _write_views(f, kind, extra)
                 f.flush()  # the file image's layout is final: record where each chunk lies
                 chunks.update({layer: _chunk_table(f[fmt.shard_features_path(layer)])
                                for layer in layers})  # fmt: skip
 
         atomic_write(final, write)
-        return _written_meta(
+        meta = _written_meta(
             final, self.path.parent, shard, start, status, reasons, features, layer_attrs,
             config, {"featurecache_version": __version__, **dict(provenance or {})}, chunks,
         )  # fmt: skip
+        digests = {
+            kind: {layer: _sha256(values) for layer, values in extra.features.items()}
+            for kind, extra in views.items()
+        }
+        return dataclasses.replace(meta, views=digests) if digests else meta
 
     def publish(self, model: str, metas: Sequence[ShardMeta]) -> None:
         """Commit written shards: append them to the model's log (the writer lock's holder only)."""
@@ -650,6 +681,13 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
             digests[layer] = str(dataset.attrs["sha256"])
             dtypes[layer] = str(dataset.dtype)
             chunks[layer] = _chunk_table(dataset)
+        views = {
+            kind: {
+                layer: str(f[fmt.shard_views_path(kind, layer)].attrs["sha256"]) for layer in layers
+            }
+            for kind in VIEW_KINDS
+            if fmt.shard_view_status_path(kind) in f
+        }
         return ShardMeta(
             file=os.path.relpath(path, base),
             shard=int(f.attrs["shard"]),
@@ -665,6 +703,7 @@ def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
             dtypes=dtypes,
             chunks=chunks,
             size=path.stat().st_size,
+            views=views,
         )
 
 
@@ -729,6 +768,27 @@ def _write_layer(f: h5py.File, layer: str, values: np.ndarray, attrs: Mapping) -
     dataset.attrs["sha256"] = _sha256(data)
 
 
+def _write_views(f: h5py.File, kind: str, views: ShardViews) -> None:
+    """A shard's views of one kind: a status per (row, view), and each layer's views,
+    chunked by about 1 MiB with Fletcher-32 and a SHA-256 of their bytes."""
+    status = np.asarray(views.status, dtype=np.int8)
+    f.create_dataset(fmt.shard_view_status_path(kind), data=status)
+    for layer, values in views.features.items():
+        data = np.ascontiguousarray(values)
+        if data.ndim != 3 or data.shape[:2] != status.shape:
+            raise ValueError(
+                f"{kind} views of layer {layer!r} must have shape {status.shape} + (n_features,); "
+                f"got {data.shape}"
+            )
+        row_bytes = max(1, data.shape[1] * data.shape[2] * data.itemsize)
+        rows = max(1, min(len(data), (1 << 20) // row_bytes))
+        dataset = f.create_dataset(
+            fmt.shard_views_path(kind, layer), data=data, chunks=(rows, *data.shape[1:]),
+            fletcher32=True,
+        )  # fmt: skip
+        dataset.attrs["sha256"] = _sha256(data)
+
+
 def _write_model_index(
     f: h5py.File, model: str, config: FeatureConfig, metas: list[ShardMeta], n_samples: int
 ) -> None:
@@ -762,9 +822,38 @@ def _write_model_index(
         attrs.pop("dtype_stored", None)
         dataset.attrs.update({**config_attrs(config), **attrs, "layer": layer})
         f.create_virtual_dataset(fmt.status_path(model, layer), status, fillvalue=STATUS_PENDING)
+        _write_views_index(f, model, layer, config, shards, n_samples, n_features, dtype)
     failures = sorted({row: reason for meta in metas for row, reason in meta.reasons}.items())
     write_failures(f, model, [r for r, _ in failures], [r for _, r in failures])
     write_shard_table(f, model, table)
+
+
+def _write_views_index(
+    f: h5py.File, model: str, layer: str, config: FeatureConfig,
+    shards: Mapping[int, ShardMeta], n_samples: int, n_features: int, dtype: np.dtype,
+) -> None:  # fmt: skip
+    """``/views/<model>/<layer>`` and ``/tta/...`` with their statuses, mapped onto the shards."""
+    sets = config.view_sets()
+    for kind in VIEW_KINDS:
+        count = 0 if sets is None else sets.count(kind)
+        holding = [shards[s] for s in sorted(shards) if layer in shards[s].views.get(kind, {})]
+        if not count or not holding:
+            continue
+        features = h5py.VirtualLayout((n_samples, count, n_features), dtype)
+        status = h5py.VirtualLayout((n_samples, count), np.int8)
+        for meta in holding:
+            rows = meta.stop - meta.start
+            features[meta.start : meta.stop] = h5py.VirtualSource(
+                meta.file, fmt.shard_views_path(kind, layer), shape=(rows, count, n_features),
+                dtype=dtype,
+            )  # fmt: skip
+            status[meta.start : meta.stop] = h5py.VirtualSource(
+                meta.file, fmt.shard_view_status_path(kind), shape=(rows, count), dtype=np.int8
+            )
+        f.create_virtual_dataset(fmt.views_path(kind, model, layer), features, fillvalue=np.nan)
+        f.create_virtual_dataset(
+            fmt.view_status_path(kind, model, layer), status, fillvalue=STATUS_PENDING
+        )
 
 
 def write_failures(f: h5py.File, model: str, rows: Sequence[int], reasons: Sequence[str]) -> None:
