@@ -910,7 +910,7 @@ def _views_row(row: pd.Series, group: pd.DataFrame) -> tuple[str, ...]:
     cells = (row["model"], row["layer"], row["head"], variant.label,
              f"{row['cv_mean']:.3f} ± {_fmt(row['cv_std'])}", _fmt(row["test_accuracy"]))  # fmt: skip
     gain, verdict = _views_gain(row, variant, group)
-    return (*cells, gain, verdict, _fmt(row["fit_seconds"], 1))
+    return (*cells, gain, verdict, _fmt(row["fit_seconds"], 2))
 
 
 def _views_gain(row: pd.Series, variant: Variant, group: pd.DataFrame) -> tuple[str, str]:
@@ -934,12 +934,15 @@ def _views_gain(row: pd.Series, variant: Variant, group: pd.DataFrame) -> tuple[
     gap = float(row[score] - ref[score])
     spread = max(_num(row["cv_std"]), _num(ref["cv_std"]))
     outcome, judgement = gap_verdict(gap, spread)
-    against = f"over {_variant(ref).label}"
+    shown = f"{gap:+.3f} {where}"
+    if where == "CV" and _finite(row["test_accuracy"]) and _finite(ref["test_accuracy"]):
+        shown += f" ({row['test_accuracy'] - ref['test_accuracy']:+.3f} test)"
+    shown += f" over {_variant(ref).label}"
     if outcome == "tie":
-        return f"{gap:+.3f} {where} {against}", "no difference"
+        return shown, "no difference"
     size = f"{abs(gap) / spread:.1f}× the spread (± {spread:.3f})" if spread > 0 else "spread 0"
     sense = "gain" if gap > 0 else "loss"
-    return f"{gap:+.3f} {where} {against}", f"{sense} {size}: {judgement}"
+    return shown, f"{sense} {size}: {judgement}"
 
 
 def _curves(folder: ResultsFolder, table: pd.DataFrame, chosen: pd.Series) -> list:
