@@ -88,7 +88,7 @@ def time_forward(model, batches, device: torch.device, dtype: torch.dtype) -> fl
 
 def preprocessed_batches(dataset, preprocess, decode: str, batch_size: int, device):
     batches = []
-    for _, images, ok, reasons, _, _ in data_loader(
+    for _, images, ok, reasons, *_ in data_loader(
         dataset, preprocess, decode, batch_size, 0, pin_memory=False
     ):
         if not ok.all():

@@ -24,6 +24,7 @@ from featurecache._validation import (
 from featurecache.cache import (
     Store,
     StoredClassifier,
+    ViewSets,
     check_config,
     read_classifiers,
     write_classifier,
@@ -39,6 +40,7 @@ from featurecache.engines._options import (
 )
 from featurecache.engines._runner import Plan, resolve_decode
 from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
+from featurecache.models._augment import MAX_VIEWS, parse_augment, parse_tta
 from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
 from featurecache.models._preprocess import RESIZE_MODES
 from featurecache.models._prompts import check_prompts
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "extract", "prepare", "check_arguments", "check_cache", "cache_name", "feature_config",
-    "ExtractResult", "DEFAULT_MODEL", "MAX_IMAGE_SIZE",
+    "ExtractResult", "DEFAULT_MODEL", "MAX_IMAGE_SIZE", "check_views",
 ]  # fmt: skip
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -106,12 +108,16 @@ def extract(
     resplit: bool = False,
     frozen_samples: bool = False,
     prompts: Sequence[str] | None = None,
+    views: int = 0,
+    augment: str | None = None,
+    tta: str | None = None,
     options: RunOptions | None = None,
     engine: Engine | None = None,
 ) -> ExtractResult:
     """Extract features of ``layers`` of a frozen ``model`` over ``data`` into ``cache``.
 
-    The keyword arguments up to ``seed`` define the features (they make the cache key,
+    The keyword arguments up to ``seed``, and ``views``, ``augment`` and ``tta``, define the
+    features (they make the cache key,
     :class:`featurecache.FeatureConfig`); ``options`` and ``engine`` only say how and
     where they are computed.
 
@@ -172,6 +178,18 @@ def extract(
         default is :data:`featurecache.models.DEFAULT_PROMPTS`. Not part of the key: the
         features do not depend on it. Backbones whose classifier is removed store it too
         (see :meth:`featurecache.cache.Cache.classifiers`).
+    views : int
+        Training views per train and val row (any row not in the test split), view 0 the
+        plain view: 2 to ``MAX_VIEWS`` (64) with ``augment``, 0 (default) for none. Test
+        rows get view 0 only. Part of the key, with ``augment`` and ``seed``.
+    augment : str, optional
+        The augmentation of views ``1 .. views - 1``: torchvision v2 transforms, e.g.
+        ``"flip,rrc:0.35-1,jitter:0.2"`` (grammar in ``docs/views.md``). Each view's random
+        state comes from (sample id, view index, ``seed``), so views are the same for any
+        batch size, worker count, engine and after a resume.
+    tta : str, optional
+        Test-time views for every row of every split, e.g. ``"crops:0.875,flip"`` (the
+        plain view, five crops and the mirror of each: 12 views). Part of the key.
     options : RunOptions, optional
         Batch size, data-loading workers, device, shard size, locking, progress:
         settings that never change the stored numbers. ``RunOptions()`` by default.
@@ -200,6 +218,7 @@ def extract(
             image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype,
             decode=decode, name=name, split=split, seed=seed, resplit=resplit,
             frozen_samples=frozen_samples, prompts=prompts, options=options, session=session,
+            views=views, augment=augment, tta=tta,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -232,7 +251,8 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 def prepare(
     data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
     seed, options: RunOptions, session: Session, decode: str = "auto", resplit: bool = False,
-    frozen_samples: bool = False, resize: str | None = None, prompts=None,
+    frozen_samples: bool = False, resize: str | None = None, prompts=None, views: int = 0,
+    augment: str | None = None, tta: str | None = None,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table, register the model and store
     its fixed classifiers.
@@ -245,6 +265,7 @@ def prepare(
         image_size=image_size, seed=seed, resplit=resplit, resize=resize,
     )  # fmt: skip
     prompts = check_prompts(prompts, "extract")
+    view_sets = check_views(views, augment, tta, seed)
     if not isinstance(frozen_samples, bool):
         raise ParameterError("frozen_samples", "extract", "a bool", frozen_samples)
     store = check_cache(cache, options.locking)
@@ -259,12 +280,19 @@ def prepare(
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
     model_name = name or cache_name(model)
     previous = store.read_config(model_name) if store.has_samples() else None
+    decode_mode = resolve_decode(
+        decode, session.device, previous, files=dataset.paths is not None,
+        backend=backbone.preprocess.backend,
+    )  # fmt: skip
+    if view_sets is not None and decode_mode == "gpu":
+        raise ParameterError(
+            "decode", "extract", "'exact' or 'fast' with views", decode,
+            "Views are made from pixels decoded on the CPU; pass decode='exact'.",
+            cli_hint="Views are made from pixels decoded on the CPU; pass --decode exact.",
+        )  # fmt: skip
     config = feature_config(
-        backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous),
-        resolve_decode(
-            decode, session.device, previous, files=dataset.paths is not None,
-            backend=backbone.preprocess.backend,
-        ),
+        backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous), decode_mode,
+        {} if view_sets is None else view_sets.to_dict(),
     )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
@@ -419,6 +447,43 @@ def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
     if not store.path.exists():  # an existing cache is the store's to judge (a hit writes nothing)
         check_writable(store.path, "cache", "extract", probe=True)
     return store
+
+
+def check_views(views: int, augment: str | None, tta: str | None, seed: int) -> ViewSets | None:
+    """The extra views asked for, with canonical specs; ``None`` when there are none.
+
+    Raises
+    ------
+    ParameterError
+        About ``views``, ``augment`` or ``tta``: a bad count or spec, or one without the other.
+    """
+    check_int(views, "views", "extract", low=0, high=MAX_VIEWS)
+    if views == 1:
+        raise ParameterError(
+            "views", "extract", f"0 or an int from 2 to {MAX_VIEWS}", views,
+            "View 0 is the plain view: views=1 adds nothing; pass views=2 or more with augment.",
+        )  # fmt: skip
+    if views and augment is None:
+        raise ParameterError(
+            "augment", "extract", "a spec when views is given", augment,
+            "Pass e.g. augment='flip,rrc:0.35-1' (see docs/views.md).",
+            cli_hint="Pass e.g. --augment flip,rrc:0.35-1 (see docs/views.md).",
+        )  # fmt: skip
+    if augment is not None and not views:
+        raise ParameterError(
+            "views", "extract", f"an int from 2 to {MAX_VIEWS} when augment is given", views,
+            "Pass views=K, the number of views per training row (view 0 included).",
+            cli_hint="Pass --views K, the number of views per training row (view 0 included).",
+        )  # fmt: skip
+    spec = parse_augment(augment).canonical if views else ""
+    test_time = parse_tta(tta) if tta is not None else None
+    if not views and test_time is None:
+        return None
+    return ViewSets(
+        k=views, augment=spec, seed=seed,
+        tta_k=0 if test_time is None else test_time.n_views,
+        tta="" if test_time is None else test_time.canonical,
+    )  # fmt: skip
 
 
 def check_arguments(

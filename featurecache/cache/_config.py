@@ -232,4 +232,6 @@ def _plain(value: Any) -> Any:
 
 def _short(value: Any) -> str:
     text = canonical_json(value) if isinstance(value, Mapping) else str(value)
+    if text == "":
+        return "''"
     return text if len(text) <= 80 else text[:77] + "..."

@@ -94,8 +94,9 @@ class Job:
             resize=resize_mode(config),
         )
         rebuilt = feature_config(
-            backbone, self.pooling, config.dtype, config.compute_dtype, config.decode
-        )
+            backbone, self.pooling, config.dtype, config.compute_dtype, config.decode,
+            config.views,
+        )  # fmt: skip
         differences = config.differences(rebuilt)
         if differences:
             raise ConfigMismatchError(
@@ -114,6 +115,7 @@ class Job:
         return self.store.write_shard(
             self.model, result.shard, result.start, result.status, result.reasons,
             result.features, runner.layer_attrs, self.config, runner.provenance,
+            views=result.views,
         )  # fmt: skip
 
     def publish(self, metas: Sequence[ShardMeta]) -> None:
@@ -165,8 +167,12 @@ def feature_config(
     store_dtype: str,
     compute_dtype: str,
     decode: str = "exact",
+    views: Mapping | None = None,
 ) -> FeatureConfig:
-    """The cache key of a loaded backbone's features, with its provenance."""
+    """The cache key of a loaded backbone's features, with its provenance.
+
+    ``views`` is :attr:`FeatureConfig.views` (``{}`` or ``None``: no extra views).
+    """
     return FeatureConfig(
         backbone=backbone.name,
         weights_sha256=backbone.weights_sha256,
@@ -175,6 +181,7 @@ def feature_config(
         dtype=store_dtype,
         compute_dtype=compute_dtype,
         decode=decode,
+        views=dict(views or {}),
         weights=backbone.weights,
         seed=backbone.seed,
         image_size=backbone.image_size,

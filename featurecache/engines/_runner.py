@@ -20,9 +20,16 @@ import torch
 
 from featurecache._data import Dataset
 from featurecache._validation import ParameterError
-from featurecache.cache import STATUS_FAILED, STATUS_OK, FeatureConfig
+from featurecache.cache import (
+    STATUS_FAILED,
+    STATUS_OK,
+    VIEW_KINDS,
+    FeatureConfig,
+    ShardViews,
+)
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE
 from featurecache.exceptions import BatchError
+from featurecache.models._augment import ViewMaker
 from featurecache.models._decode import decode_jpegs, read_image, read_jpeg_bytes
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
@@ -97,6 +104,8 @@ class ShardResult:
     status: np.ndarray
     reasons: list[str]
     features: dict[str, np.ndarray] = field(repr=False)
+    #: ``views[kind]``: the shard's extra views (``augment``, ``tta``); empty without views.
+    views: dict[str, ShardViews] = field(default_factory=dict, repr=False)
 
 
 class ShardRunner:
@@ -136,6 +145,9 @@ class ShardRunner:
         self.early_exit = early_exit
         self.clock = DataClock()
         self.fallbacks: Counter[str] = Counter()
+        sets = config.view_sets()
+        #: Makes each row's extra views in the loader; ``None`` for a model without views.
+        self.views = None if sets is None else ViewMaker(sets, backbone.preprocess.interpolation)
         self.compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
         self.store_dtype = np.dtype(config.dtype)
         self.module = backbone.module.to(device)
@@ -238,38 +250,72 @@ class ShardRunner:
             stop_after(module, stop),
         ):
             for batch in self.clock.wrap(loader, bar):
-                rows, x, ok, reasons = self._inputs(batch, dataset)
+                rows, x, ok, reasons, extras = self._inputs(batch, dataset)
                 if current is None:
                     shard = next(shard_iter)
-                    current = _ShardBuffer(shard, plan.rows(shard), dims, self.store_dtype)
+                    current = _ShardBuffer(
+                        shard, plan.rows(shard), dims, self.store_dtype, self._view_rows(dataset)
+                    )
                 features = {}
                 if ok.any():
                     features = self._forward(module, x, rows[ok], dataset, layers, outputs)
                 current.fill(rows, ok, reasons, features)
+                if current.view_rows:
+                    self._forward_views(module, extras, rows, dataset, layers, outputs, current)
                 bar.update(len(rows))
                 if current.complete:
                     yield current.result()
                     current = None
 
+    def _view_rows(self, dataset: Dataset) -> dict[str, np.ndarray] | None:
+        """Per kind, the number of views of each row of the dataset (0: none)."""
+        if self.views is None:
+            return None
+        splits = np.asarray(dataset.splits).astype(str)
+        return {
+            kind: np.array([self.views.count(kind, split) for split in splits], dtype=np.int64)
+            for kind in VIEW_KINDS
+        }
+
+    def _forward_views(self, module, extras, rows, dataset, layers, outputs, buffer) -> None:
+        """The forward passes of a batch's extra views, ``batch size`` images at a time."""
+        x, slots, failed = extras
+        buffer.fail_views(rows, failed)
+        if x is None:
+            return
+        step = max(1, len(rows))
+        for at in range(0, len(x), step):
+            chunk = x[at : at + step].to(self.device, non_blocking=self.device.type == "cuda")
+            if self.device.type in ("cpu", "cuda"):
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+            where = slots[at : at + step]
+            features = self._forward(module, chunk, rows[where[:, 0]], dataset, layers, outputs)
+            buffer.fill_views(rows, where, features)
+
     def _loader(self, dataset: Dataset, workers: int, batches: list[list[int]]):
         """This pass's loader: with workers, one per runner and dataset, whose processes
         persist from pass to pass (a Ray actor runs one pass per shard)."""
+        preprocess = self.backbone.preprocess
         if workers == 0:
-            return data_loader(dataset, self.backbone.preprocess, self.decode, batches, 0)
+            return data_loader(dataset, preprocess, self.decode, batches, 0, views=self.views)
         if self._persistent is None or self._persistent[:2] != (dataset, workers):
             sampler = _Batches()
             loader = data_loader(
-                dataset, self.backbone.preprocess, self.decode, sampler, workers,
-                pin_memory=self.device.type == "cuda", persistent=True,
+                dataset, preprocess, self.decode, sampler, workers,
+                pin_memory=self.device.type == "cuda", persistent=True, views=self.views,
             )  # fmt: skip
             self._persistent = (dataset, workers, loader, sampler)
         _, _, loader, sampler = self._persistent
         sampler.batches = batches
         return loader
 
-    def _inputs(self, batch, dataset) -> tuple[np.ndarray, torch.Tensor | None, np.ndarray, list]:
-        """The batch's images preprocessed on the device; GPU-decoded ones joined in row order."""
-        rows, images, ok, reasons, positions, encoded = batch
+    def _inputs(self, batch, dataset) -> tuple:
+        """The batch's images preprocessed on the device; GPU-decoded ones joined in row order.
+
+        Returns ``(rows, x, ok, reasons, extras)``; ``extras`` are the extra views as the
+        loader made them.
+        """
+        rows, images, ok, reasons, positions, encoded, extras = batch
         non_blocking = self.device.type == "cuda"
         x = None if images is None else images.to(self.device, non_blocking=non_blocking)
         if self.gpu_decode and dataset.paths is not None:
@@ -278,7 +324,7 @@ class ShardRunner:
             x = self._decode_on_device(rows, x, ok, reasons, positions, encoded, dataset)
         if x is not None and self.device.type in ("cpu", "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
-        return rows, x, ok, reasons
+        return rows, x, ok, reasons, extras
 
     def _decode_on_device(self, rows, x, ok, reasons, positions, encoded, dataset) -> torch.Tensor:
         """Decode and preprocess ``encoded`` on the device; a failure falls back to the CPU."""
@@ -381,7 +427,10 @@ def _share(waited: float, elapsed: float) -> str:
 class _ShardBuffer:
     """Preallocated output of one shard, filled batch by batch."""
 
-    def __init__(self, shard: int, rows: range, dims: Mapping[str, int], dtype: np.dtype) -> None:
+    def __init__(
+        self, shard: int, rows: range, dims: Mapping[str, int], dtype: np.dtype,
+        view_rows: Mapping[str, np.ndarray] | None = None,
+    ) -> None:  # fmt: skip
         self.shard, self.start, n = shard, rows.start, len(rows)
         self.status = np.zeros(n, dtype=np.int8)
         self.reasons = [""] * n
@@ -389,6 +438,23 @@ class _ShardBuffer:
             layer: np.full((n, dim), np.nan, dtype=dtype) for layer, dim in dims.items()
         }
         self.filled = 0
+        # Per kind: views of each row of this shard (0: none), their status and features.
+        self.view_rows = {
+            kind: counts[rows.start : rows.stop]
+            for kind, counts in (view_rows or {}).items()
+            if counts[rows.start : rows.stop].any()
+        }
+        self.view_status = {
+            kind: np.zeros((n, int(counts.max())), dtype=np.int8)
+            for kind, counts in self.view_rows.items()
+        }
+        self.view_features = {
+            kind: {
+                layer: np.full((n, int(counts.max()), dim), np.nan, dtype=dtype)
+                for layer, dim in dims.items()
+            }
+            for kind, counts in self.view_rows.items()
+        }
 
     def fill(self, rows: np.ndarray, ok: np.ndarray, reasons: list[str], features: Mapping) -> None:
         local = rows - self.start
@@ -397,14 +463,40 @@ class _ShardBuffer:
             self.reasons[i] = reason
         for layer, values in features.items():
             self.features[layer][local[ok]] = values
+        for kind, counts in self.view_rows.items():  # view 0 is the plain view
+            has = counts[local] > 0
+            self.view_status[kind][local[has & ~ok]] = STATUS_FAILED
+            self.view_status[kind][local[has & ok], 0] = STATUS_OK
+            for layer, values in features.items():
+                self.view_features[kind][layer][local[has & ok], 0] = values[has[ok]]
         self.filled += len(rows)
+
+    def fill_views(self, rows: np.ndarray, slots: np.ndarray, features: Mapping) -> None:
+        """Extra views: ``slots`` rows are (position in the batch, kind index, view)."""
+        local = rows[slots[:, 0]] - self.start
+        for k, kind in enumerate(VIEW_KINDS):
+            mine = slots[:, 1] == k
+            if not mine.any():
+                continue
+            self.view_status[kind][local[mine], slots[mine, 2]] = STATUS_OK
+            for layer, values in features.items():
+                self.view_features[kind][layer][local[mine], slots[mine, 2]] = values[mine]
+
+    def fail_views(self, rows: np.ndarray, failed: np.ndarray) -> None:
+        """Extra views the loader could not make (same slots as :meth:`fill_views`)."""
+        for position, k, view in failed.tolist():
+            self.view_status[VIEW_KINDS[k]][rows[position] - self.start, view] = STATUS_FAILED
 
     @property
     def complete(self) -> bool:
         return self.filled == len(self.status)
 
     def result(self) -> ShardResult:
-        return ShardResult(self.shard, self.start, self.status, self.reasons, self.features)
+        views = {
+            kind: ShardViews(self.view_status[kind], self.view_features[kind])
+            for kind in self.view_rows
+        }
+        return ShardResult(self.shard, self.start, self.status, self.reasons, self.features, views)
 
 
 def data_loader(
@@ -415,18 +507,24 @@ def data_loader(
     workers: int,
     pin_memory: bool = False,
     persistent: bool = False,
+    views: ViewMaker | None = None,
 ) -> torch.utils.data.DataLoader:
-    """The loader every run reads: ``(rows, images, ok, reasons, positions, encoded)`` batches.
+    """The loader every run reads: ``(rows, images, ok, reasons, positions, encoded, extras)``
+    batches.
 
     ``images`` stacks the preprocessed images of the ``ok`` rows decoded in the loader
     (``None`` if there are none). With ``decode="gpu"``, JPEG files the GPU decodes are
     not decoded: ``encoded`` holds their bytes and ``positions`` their places in the batch.
     ``batches`` is a batch size (every row in order) or the rows of each batch.
+    With ``views``, each image is decoded once and its extra views are made from the same
+    pixels: ``extras`` is ``(x, slots, failed)``, the preprocessed views stacked (or
+    ``None``), and for each of them, and for each view that could not be made, its
+    ``(position in the batch, kind index, view)``.
 
     Each worker process keeps ``PREFETCH`` batches ready; ``persistent`` keeps the processes
     alive between passes over the loader.
     """
-    images = _Images(dataset, preprocess, decode)
+    images = _Images(dataset, preprocess, decode, views)
     if isinstance(batches, int):
         rows = range(len(dataset))
         batches = [list(rows[i : i + batches]) for i in range(0, len(rows), batches)]
@@ -460,10 +558,13 @@ class _Images(torch.utils.data.Dataset):
     With ``decode="gpu"`` a JPEG the GPU decodes is returned as its bytes instead.
     """
 
-    def __init__(self, dataset: Dataset, preprocess: Preprocess, decode: str) -> None:
+    def __init__(
+        self, dataset: Dataset, preprocess: Preprocess, decode: str, views: ViewMaker | None = None
+    ) -> None:
         self.dataset = dataset
         self.preprocess = preprocess
         self.decode = decode
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -473,11 +574,30 @@ class _Images(torch.utils.data.Dataset):
         if self.decode == "gpu" and paths is not None:
             encoded = read_jpeg_bytes(paths[row])
             if encoded is not None:
-                return row, None, "", encoded
+                return row, None, "", encoded, ()
         try:
-            return row, self.preprocess(self._load(row)), "", None
+            image = self._load(row)
+            return row, self.preprocess(image), "", None, self._extras(row, image)
         except Exception as error:  # any decoding failure is recorded, with its reason
-            return row, None, _reason(error), None
+            return row, None, _reason(error), None, ()
+
+    def _extras(self, row: int, image: torch.Tensor) -> list[tuple[int, int, torch.Tensor | None]]:
+        """``(kind index, view, preprocessed view or None)`` of the row's extra views, from
+        the pixels already decoded; a view that cannot be made is ``None`` (failed)."""
+        if self.views is None:
+            return []
+        split, sample_id = str(self.dataset.splits[row]), str(self.dataset.ids[row])
+        out = []
+        for k, kind in enumerate(VIEW_KINDS):
+            if self.views.count(kind, split) < 2:
+                continue
+            try:
+                made = [self.preprocess(view) for view in self.views.extra(image, sample_id, kind)]
+            except Exception as error:  # every view of this kind fails, the plain one stands
+                logger.debug("%s views of %s failed: %s", kind, sample_id, error)
+                made = [None] * (self.views.count(kind, split) - 1)
+            out += [(k, view, tensor) for view, tensor in enumerate(made, start=1)]
+        return out
 
     def _load(self, row: int) -> torch.Tensor:
         if self.decode == "fast" and self.dataset.paths is not None:
@@ -486,13 +606,27 @@ class _Images(torch.utils.data.Dataset):
 
 
 def _collate(items):
-    rows = np.array([row for row, _, _, _ in items], dtype=np.int64)
-    ok = np.array([image is not None or data is not None for _, image, _, data in items])
-    images = [image for _, image, _, _ in items if image is not None]
+    rows = np.array([row for row, *_ in items], dtype=np.int64)
+    ok = np.array([image is not None or data is not None for _, image, _, data, _ in items])
+    images = [image for _, image, _, _, _ in items if image is not None]
     stacked = torch.stack(images) if images else None
     positions = np.array([i for i, item in enumerate(items) if item[3] is not None], dtype=int)
-    encoded = [data for _, _, _, data in items if data is not None]
-    return rows, stacked, ok, [reason for _, _, reason, _ in items], positions, encoded
+    encoded = [data for _, _, _, data, _ in items if data is not None]
+    reasons = [reason for _, _, reason, _, _ in items]
+    return rows, stacked, ok, reasons, positions, encoded, _collate_views(items)
+
+
+def _collate_views(items):
+    """``(x, slots, failed)`` of the batch's extra views (``x`` is ``None`` when none)."""
+    made = [(i, k, v, t) for i, item in enumerate(items) for k, v, t in item[4]]
+    good = [(i, k, v) for i, k, v, t in made if t is not None]
+    x = torch.stack([t for *_, t in made if t is not None]) if good else None
+    failed = [(i, k, v) for i, k, v, t in made if t is None]
+    return (
+        x,
+        np.array(good, dtype=np.int64).reshape(-1, 3),
+        np.array(failed, np.int64).reshape(-1, 3),
+    )
 
 
 def _reason(error: BaseException) -> str:
