@@ -51,7 +51,7 @@ from pipelines._rows import SPLIT_ORDER
 from pipelines._shots import curve_summary
 from pipelines._views import PLAIN, Variant
 
-__all__ = ["report", "is_report_folder", "MARKER"]
+__all__ = ["report", "is_report_folder", "views_outcome", "MARKER"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,25 @@ def earlier_layer_outcome(results: str | os.PathLike) -> str:
     """:func:`earlier_layer_verdict` of the best combination of a results folder."""
     table = _best_variants(_table(ResultsFolder(results).finished()))
     return earlier_layer_verdict(table, best(table))
+
+
+def views_outcome(results: str | os.PathLike) -> str:
+    """One line: the best combination trained on views (by CV) against the same
+    combination fitted plainly, with the report's verdict; ``""`` without a views fit."""
+    table = _table(ResultsFolder(results).finished())
+    trained = table[(table["views"] != PLAIN) & (table["tta"] == PLAIN)]
+    if trained.empty:
+        return ""
+    row = best(trained)
+    same = table[(table["model"] == row["model"]) & (table["layer"] == row["layer"])
+                 & (table["head"] == row["head"])]  # fmt: skip
+    gain, verdict = _views_gain(row, _variant(row), same)
+    test = f", test {row['test_accuracy']:.4f}" if _finite(row["test_accuracy"]) else ""
+    return (
+        f"{_variant(row).label}: best {row['model']} / {row['layer']} / {row['head']}, CV "
+        f"{row['cv_mean']:.4f} ± {row['cv_std']:.4f}{test}; {gain}"
+        + (f": {verdict}" if verdict else "")
+    )
 
 
 # -- data -----------------------------------------------------------------------------
