@@ -32,7 +32,7 @@ import pandas as pd
 from featurecache import __version__
 from featurecache._paths import check_output
 from featurecache._validation import check_bool
-from featurecache.cache import Cache, atomic_write, open_cache
+from featurecache.cache import Cache, FeatureConfig, atomic_write, open_cache
 from pipelines._figures import (
     confidently_wrong,
     depth_figure,
@@ -191,8 +191,7 @@ def views_outcome(results: str | os.PathLike) -> str:
     if trained.empty:
         return ""
     row = best(trained)
-    same = table[(table["model"] == row["model"]) & (table["layer"] == row["layer"])
-                 & (table["head"] == row["head"])]  # fmt: skip
+    same = next(group for _, group in _variant_groups(table) if row.name in group.index)
     gain, verdict = _views_gain(row, _variant(row), same)
     test = f", test {row['test_accuracy']:.4f}" if _finite(row["test_accuracy"]) else ""
     return (
@@ -902,26 +901,51 @@ def _comparison(table: pd.DataFrame, has_test: bool) -> list:
 
 
 def _views_blocks(table: pd.DataFrame) -> list:
-    """Plain against views, with and without TTA, for each (model, layer, head) with a
+    """Plain against views, with and without TTA, for each (features, layer, head) with a
     variant; empty when every combination is plain."""
     if ((table["views"] == PLAIN) & (table["tta"] == PLAIN)).all():
         return []
     rows = []
-    for _, group in table.groupby(["model", "layer", "head"], sort=False):
+    for _, group in _variant_groups(table):
         for _, row in group.iterrows():
             rows.append(_views_row(row, group))
     text = (
         "Every variant of a head is selected on the same folds and scores the held-out "
         "samples on their plain view, so a CV gain of training on views is a paired "
         "comparison; TTA changes test scoring only, so its gain is a test gain, over the "
-        "same head without TTA. A gain is judged against the CV spread (the larger CV std "
-        "of the two): at least 2× is likely real, 1–2× suggestive, below 1× not a reliable "
-        "difference."
+        "same head without TTA. Views stored under another model name (the same backbone, "
+        "weights and preprocessing) are compared with the plain model. A gain is judged "
+        "against the CV spread (the larger CV std of the two): at least 2× is likely real, "
+        "1–2× suggestive, below 1× not a reliable difference."
     )
     header = ("model", "layer", "head", "variant", "CV mean ± std", "test acc.", "gain",
               "against the CV spread", "fit s")  # fmt: skip
     return [("h2", "Augmented views and test-time augmentation"), ("p", text),
             _Table(header, tuple(rows))]  # fmt: skip
+
+
+def _variant_groups(table: pd.DataFrame):
+    """``table`` grouped by (features, layer, head), each group plain first: the features
+    are the model's config without its views, so a views model stored under its own name
+    meets the plain model it extends."""
+    keyed = table.assign(_features=[_plain_features(row) for _, row in table.iterrows()])
+    keyed = keyed.sort_values(["n_views", "n_tta", "tta"], kind="mergesort")
+    groups = keyed.groupby(["_features", "layer", "head"], sort=False)
+    order = {key: i for i, key in enumerate(dict.fromkeys(zip(
+        keyed.loc[table.index, "_features"], table["layer"], table["head"], strict=True)))}  # fmt: skip
+    return sorted(groups, key=lambda item: order[item[0]])
+
+
+def _plain_features(row: pd.Series) -> str:
+    """The digest of the row's feature config with its views left out (its model name when
+    the record has no config)."""
+    provenance = row.get("provenance")
+    config = provenance.get("config") if isinstance(provenance, dict) else None
+    try:
+        values = json.loads(config) if isinstance(config, str) else config
+        return FeatureConfig.from_dict({**values, "views": {}}).digest()
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return f"model:{row['model']}"
 
 
 def _views_row(row: pd.Series, group: pd.DataFrame) -> tuple[str, ...]:
@@ -938,12 +962,12 @@ def _views_gain(row: pd.Series, variant: Variant, group: pd.DataFrame) -> tuple[
     if variant.is_plain:
         return "reference", ""
     same = group["tta"] == PLAIN
+    plain = group[same & (group["views"] == PLAIN)]
     if variant.tta == PLAIN:
-        reference, score, where = group[same & (group["views"] == PLAIN)], "cv_mean", "CV"
+        reference, score, where = plain, "cv_mean", "CV"
     else:
-        reference = group[same & (group["views"] == variant.views)]
-        if reference.empty:
-            reference = group[same & (group["views"] == PLAIN)]
+        trained = same & (group["views"] == variant.views) & (group["model"] == row["model"])
+        reference = group[trained] if trained.any() else plain
         score, where = "test_accuracy", "test"
     if reference.empty:
         return "", "no plain fit of this head to compare with: fit without views or tta"
@@ -957,6 +981,7 @@ def _views_gain(row: pd.Series, variant: Variant, group: pd.DataFrame) -> tuple[
     if where == "CV" and _finite(row["test_accuracy"]) and _finite(ref["test_accuracy"]):
         shown += f" ({row['test_accuracy'] - ref['test_accuracy']:+.3f} test)"
     shown += f" over {_variant(ref).label}"
+    shown += f" ({ref['model']})" if ref["model"] != row["model"] else ""
     if outcome == "tie":
         return shown, "no difference"
     size = f"{abs(gap) / spread:.1f}× the spread (± {spread:.3f})" if spread > 0 else "spread 0"

@@ -3,6 +3,7 @@ results folder and the report show them (issue 14, stage 2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold
 
 import pipelines
 from featurecache.app.cli import main
-from featurecache.cache import open_cache
+from featurecache.cache import FeatureConfig, SampleTable, ViewSets, open_cache, write_arrays
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._results import RESULT_COLUMNS, load_head
 from pipelines._search import search, stratified_splits
@@ -334,3 +335,36 @@ def test_cli_fit_with_views_and_tta(views_cache, tmp_path, capsys):
     assert "best by CV: toy / embedding / logreg (views ×3, TTA mean-proba ×4) (CV " in printed
     table = pd.read_csv(tmp_path / "r" / "results.csv")
     assert list(table[["views", "tta"]].iloc[0]) == ["train", "mean-proba"]
+
+
+def test_report_pairs_views_stored_under_another_model_name_with_the_plain_model(tmp_path):
+    """``extract --name net-views3 --views 3`` beside a plain ``net``: same backbone,
+    weights and preprocessing, so the report compares them as plain and views."""
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1, 2], 30)
+    split = np.array((["train"] * 20 + ["test"] * 10) * 3, dtype=object)
+    X = (rng.normal(size=(90, 6)) + 0.8 * np.eye(3, 6)[y]).astype(np.float32)
+    V = X[:, None, :] + 0.5 * rng.normal(size=(90, 3, 6)).astype(np.float32)
+    V[:, 0], V[split == "test"] = X, np.nan
+    plain = FeatureConfig(
+        backbone="net", weights_sha256="0" * 64, preprocessing={"crop_size": 32}, pooling="avg",
+        dtype="float32", compute_dtype="float32",
+    )  # fmt: skip
+    views = dataclasses.replace(plain, views=ViewSets(k=3, augment="flip").to_dict())
+    samples = SampleTable(np.array([f"s{i}" for i in range(90)], dtype=object), y, split,
+                          ("a", "b", "c"), source="synthetic")  # fmt: skip
+    cache = write_arrays(
+        tmp_path / "c.h5", samples, {"net": {"embedding": X}, "net-views3": {"embedding": X}},
+        {"net": plain, "net-views3": views},
+        views={"net-views3": {"embedding": {"augment": V}}},
+    )  # fmt: skip
+    out = tmp_path / "r"
+    _fit(cache, out, models=["net"])
+    _fit(cache, out, models=["net-views3"], views="train")
+    text = (pipelines.report(out, tmp_path / "report") / "report.md").read_text()
+    section = text.split("## Augmented views and test-time augmentation")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| net")]
+    assert [line.split(" | ")[:4] for line in lines] == [
+        ["| net", "embedding", "logreg", "plain"], ["| net-views3", "embedding", "logreg", "views ×3"],
+    ]  # fmt: skip
+    assert "CV (" in lines[1] and "over plain (net) |" in lines[1]
