@@ -20,7 +20,7 @@ import torch
 from _synthetic import write_cache
 from PIL import Image
 
-from featurecache import LocalEngine, RayEngine, RunOptions, extract
+from featurecache import LocalEngine, RayEngine, RunOptions, extract, open_cache
 from featurecache._data import Dataset
 from featurecache.app.cli import main
 from featurecache.cache import _format as fmt
@@ -207,6 +207,20 @@ def test_worker_dying_beyond_retries_keeps_finished_shards_and_resumes(
     resumed = extract(_arrays(), cache, **in_process)  # the other engine resumes
     assert 0 < resumed.shards_written < 5
     assert _snapshot(cache) == reference
+
+
+def test_views_on_ray_equal_the_in_process_views_bit_for_bit(ray_cluster, tmp_path):
+    """Issue 14: each view is seeded by (sample id, view, seed), never by where it runs."""
+    local, remote = _caches(tmp_path)
+    views = dict(views=3, augment="rrc:0.5-1,flip,jitter:0.2", tta="flip")
+    data = _arrays(24)
+    extract(data, local, **SETTINGS, **views, engine=LocalEngine())
+    extract(data, remote, **SETTINGS, **views, engine=RayEngine(workers=2))
+    assert _snapshot(remote) == _snapshot(local)
+    for kind in ("augment", "tta"):
+        got = open_cache(remote).load_views("resnet18", "embedding", kind)
+        want = open_cache(local).load_views("resnet18", "embedding", kind)
+        assert got[0].tobytes() == want[0].tobytes() and got[1].tolist() == want[1].tolist()
 
 
 def test_ray_settings_are_checked_before_any_work(ray_cluster, tmp_path):

@@ -407,6 +407,23 @@ def _add_extract(sub) -> None:
         help="OpenCLIP models: prompt templates of the stored zero-shot classifier, one per "
         "line with {} for the class name (default: featurecache.DEFAULT_PROMPTS)",
     )  # fmt: skip
+    views = parser.add_argument_group("augmented and test-time views (docs/views.md)")
+    views.add_argument(
+        "--views", type=int, default=0, metavar="K",
+        help="views per train and val row, view 0 the plain one: 2 to 64, with --augment; "
+        "test rows get view 0 only (default: 0, none). Part of the cache key",
+    )  # fmt: skip
+    views.add_argument(
+        "--augment", default=None, metavar="SPEC",
+        help="torchvision v2 augmentations of views 1..K-1: rrc[:LO-HI] (RandomResizedCrop "
+        "scale), flip[:P], jitter:S (ColorJitter), e.g. flip,rrc:0.35-1,jitter:0.2; each view "
+        "seeded by (sample id, view, --seed)",
+    )  # fmt: skip
+    views.add_argument(
+        "--tta", default=None, metavar="SPEC",
+        help="test-time views of every row: crops:F (five crops of F of each side), flip (the "
+        "mirror of each view), e.g. crops:0.875,flip (12 views with the plain one)",
+    )  # fmt: skip
     parser.add_argument(
         "--frozen-samples",
         action="store_true",
@@ -449,7 +466,7 @@ def _add_resize(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def _run_extract(args) -> int:
-    from featurecache._extract import check_arguments, check_cache, extract
+    from featurecache._extract import check_arguments, check_cache, check_views, extract
     from featurecache.models._prompts import read_prompts
 
     _read_deprecated_workers(args)
@@ -460,6 +477,7 @@ def _run_extract(args) -> int:
         layers=layers, image_size=args.image_size, seed=args.seed, resplit=args.resplit,
         resize=args.resize,
     )  # fmt: skip
+    check_views(args.views, args.augment, args.tta, args.seed)
     prompts = read_prompts(args.prompts) if args.prompts else None
     with engine.session(options):  # the engine refuses what it cannot run (a device without
         pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
@@ -480,6 +498,9 @@ def _run_extract(args) -> int:
         seed=args.seed,
         frozen_samples=args.frozen_samples,
         prompts=prompts,
+        views=args.views,
+        augment=args.augment,
+        tta=args.tta,
         options=options,
         engine=engine,
     )
