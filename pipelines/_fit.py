@@ -5,8 +5,8 @@ CV on ``train``, or the ``val`` split when the cache has one), the chosen head
 is refitted on ``train`` (+ ``val``) and scored once on ``test``. Nothing is
 selected on ``test``. With ``views="train"`` every training row contributes all its
 augmented views and the folds are grouped by sample; with ``tta`` test rows are scored
-on their test-time views (see :mod:`pipelines._views`). The results folder (its layout, its files, and which
-combination is best) belongs to :mod:`pipelines._results`.
+on their test-time views (see :mod:`pipelines._views`). The results folder (its layout,
+its files, and which combination is best) belongs to :mod:`pipelines._results`.
 """
 
 from __future__ import annotations
