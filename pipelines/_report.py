@@ -252,14 +252,15 @@ def _blocks(
     class_names = run["data"]["class_names"]
     blocks: list = [("h1", TITLE)]
     blocks += [("h2", "Recommendation"), ("p", recommendation(table, chosen))]
-    blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
+    every = variants if variants is not None else table
+    blocks += [("h2", "Protocol"), ("p", _protocol_text(run, every, has_test))]
     blocks += [("h2", "Data"), _data_table(run)] + [("p", text) for text in _rows_text(run)]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += _warnings(table)
     blocks += [("h2", "Model × layer")] + _comparison(table, has_test)
     blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
     blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
-    blocks += _views_blocks(variants if variants is not None else table)
+    blocks += _views_blocks(every)
     variant = _variant(chosen)
     shown = "" if variant.is_plain else f" ({variant.label})"
     blocks += [
@@ -397,6 +398,25 @@ def _protocol_text(run: dict, table: pd.DataFrame, has_test: bool) -> str:
             "not scored on held-out data: **this cache has no test split**, so every number in "
             "this report is a cross-validation (or validation) score, which is optimistic for "
             "the chosen combination."
+        )
+    return text + _variants_text(table)
+
+
+def _variants_text(table: pd.DataFrame) -> str:
+    """What the variants of the folder did, in the protocol's words; ``""`` when all plain."""
+    text = ""
+    if "views" in table and (table["views"] != PLAIN).any():
+        text += (
+            " Combinations marked *views* were trained on every augmented view of every "
+            "training row, their folds drawn per sample (no view of a held-out image in "
+            "training; held-out rows scored on their plain view), and refitted on every view."
+        )
+    if "tta" in table and (table["tta"] != PLAIN).any():
+        text += (
+            " Combinations marked *TTA* scored each test row on the mean over its test-time "
+            "views (`mean-proba`: of the predicted probabilities, or of the decision scores "
+            "for heads without them; `mean-feature`: of the features); their CV is that of "
+            "the same head without TTA."
         )
     return text
 

@@ -249,11 +249,15 @@ def test_report_compares_plain_views_and_tta(tmp_path):
     _fit(views_cache, out, layers=["embedding"])
     plain_report = pipelines.report(out, tmp_path / "plain")
     assert "Augmented views" not in (plain_report / "report.md").read_text()
+    assert "marked *views*" not in (plain_report / "report.md").read_text()
     _fit(views_cache, out, layers=["embedding"], views="train")
     _fit(views_cache, out, layers=["embedding"], tta="mean-feature")
     _fit(views_cache, out, layers=["embedding"], views="train", tta="mean-feature")
     text = (pipelines.report(out, tmp_path / "all") / "report.md").read_text()
     section = text.split("## Augmented views and test-time augmentation")[1].split("\n## ")[0]
+    protocol = text.split("## Protocol")[1].split("\n## ")[0]
+    assert "Combinations marked *views* were trained on every augmented view" in protocol
+    assert "Combinations marked *TTA* scored each test row on the mean" in protocol
     table = pd.read_csv(out / "results.csv")
     lines = [line for line in section.splitlines() if line.startswith("| toy")]
     assert [line.split(" | ")[3] for line in lines] == [
