@@ -194,10 +194,13 @@ def best_found(results: str | os.PathLike) -> tuple[dict, str]:
     """The best combination of a results folder (by :func:`pipelines.best_combination`, so by
     :func:`pipelines.best`) as the summary shows it, and the recommendation as plain text."""
     import pipelines
+    from pipelines._views import Variant
 
     best, recommendation = pipelines.best_combination(results)
     shown = ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
-    return {k: best[k] for k in shown}, recommendation.replace("**", "").replace("`", "")
+    variant = Variant(**{k: best.get(k, v) for k, v in Variant().columns().items()})
+    found = {k: best[k] for k in shown} | {"variant": "" if variant.is_plain else variant.label}
+    return found, recommendation.replace("**", "").replace("`", "")
 
 
 def views_found(results: str | os.PathLike) -> str:
@@ -225,11 +228,12 @@ def summarize(summary: DemoSummary) -> str:
         if extraction.hit
         else f"{extraction.images_per_second:.0f} img/s on {extraction.device}"
     )
+    variant = f" ({best['variant']})" if best.get("variant") else ""
     return "\n".join(
         [
             f"featurecache demo on {summary.dataset}: {extraction.n_samples} images, {extraction.model} "
             f"layers {', '.join(extraction.layers)} ({source})",
-            f"best: backbone {best['model']}, layer {best['layer']}, head {best['head']} "
+            f"best: backbone {best['model']}, layer {best['layer']}, head {best['head']}{variant} "
             f"-> test accuracy {best['test_accuracy']:.4f} (CV {best['cv_mean']:.4f} ± {best['cv_std']:.4f})",
             f"earlier layer beat the penultimate one: {summary.earlier_layer}",
             *([summary.views] if summary.views else []),
