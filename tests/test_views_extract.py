@@ -99,6 +99,31 @@ def test_train_rows_get_views_test_rows_only_tta_and_failures_are_per_view(cache
     assert (status[cache.splits == "test"] == fmt.STATUS_PENDING).all()
 
 
+def test_a_view_that_cannot_be_made_fails_alone(data, caches, tmp_path, monkeypatch):
+    make = ViewMaker.make
+    victim = "train/ant/01.png"
+
+    def failing(self, image, sample_id, kind, view):
+        if sample_id == victim and kind == "augment" and view == 2:
+            raise RuntimeError("no view")
+        return make(self, image, sample_id, kind, view)
+
+    monkeypatch.setattr(ViewMaker, "make", failing)
+    _extract(data, tmp_path / "c.h5", **VIEWS)
+    cache = open_cache(tmp_path / "c.h5")
+    row = int(np.flatnonzero(cache.ids == victim)[0])
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        status = f[fmt.view_status_path("augment", "resnet18", "embedding")][row]
+    assert status.tolist() == [fmt.STATUS_OK, fmt.STATUS_OK, fmt.STATUS_FAILED]
+    want, want_rows = _views(caches[1], "embedding")
+    got, got_rows = _views(tmp_path / "c.h5", "embedding")
+    assert got_rows.tolist() == [r for r in want_rows.tolist() if r != row]
+    assert got.tobytes() == want[want_rows != row].tobytes()
+    assert _views(tmp_path / "c.h5", "embedding", "tta")[1].tolist() == (
+        _views(caches[1], "embedding", "tta")[1].tolist()
+    )  # its test-time views and its plain view stand
+
+
 def test_views_are_the_same_for_any_batch_size_and_loader_workers(data, caches, tmp_path):
     _extract(data, tmp_path / "c.h5", run={"batch_size": 7, "shard_size": 8, "workers": 2},
              **VIEWS)  # fmt: skip
@@ -296,6 +321,12 @@ def test_the_command_line_extracts_views_and_names_its_flags(data, tmp_path, cap
     assert main([*argv, "--augment", "flip"]) == 2
     assert "Pass --views K, the number of views per training row" in capsys.readouterr().err
     assert main([*argv, "--views", "2", "--augment", "flip", "--tta", "flip"]) == 0
+    out = capsys.readouterr().out
+    assert "views: 2 per train and val row (flip); test-time views: 2 per row (flip)\n" in out
     assert open_cache(cache).views("resnet18") == ViewSets(2, "flip", 2, "flip", 0)
+    assert main(["ls", str(cache)]) == 0
+    assert "\n  views: 2 per train and val row (flip); test-time views: 2 per row (flip)\n" in (
+        capsys.readouterr().out
+    )
     X, _ = open_cache(cache).load_views("resnet18", "embedding")
     assert X.shape[1:] == (2, 512)

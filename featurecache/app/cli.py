@@ -417,12 +417,12 @@ def _add_extract(sub) -> None:
         "--augment", default=None, metavar="SPEC",
         help="torchvision v2 augmentations of views 1..K-1: rrc[:LO-HI] (RandomResizedCrop "
         "scale), flip[:P], jitter:S (ColorJitter), e.g. flip,rrc:0.35-1,jitter:0.2; each view "
-        "seeded by (sample id, view, --seed)",
+        "seeded by (sample id, view, --seed) (default: none)",
     )  # fmt: skip
     views.add_argument(
         "--tta", default=None, metavar="SPEC",
         help="test-time views of every row: crops:F (five crops of F of each side), flip (the "
-        "mirror of each view), e.g. crops:0.875,flip (12 views with the plain one)",
+        "mirror of each view), e.g. crops:0.875,flip, 12 views with the plain one (default: none)",
     )  # fmt: skip
     parser.add_argument(
         "--frozen-samples",
@@ -515,7 +515,25 @@ def _run_extract(args) -> int:
             f"-> {result.cache}"
         )
     print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
+    if args.views or args.tta:
+        print(_views_line(args.cache, result.model))
     return 0
+
+
+def _views_line(cache, model: str) -> str:
+    """``views: 4 per train and val row (SPEC); test-time views: 2 per row (SPEC)``."""
+    from featurecache.cache import open_cache
+
+    return _views_text(open_cache(cache).views(model))
+
+
+def _views_text(sets) -> str:
+    parts = []
+    if sets.k:
+        parts.append(f"views: {sets.k} per train and val row ({sets.augment})")
+    if sets.tta_k:
+        parts.append(f"test-time views: {sets.tta_k} per row ({sets.tta})")
+    return "; ".join(parts)
 
 
 def _understood(args):
@@ -632,6 +650,11 @@ def _run_ls(args) -> int:
                         }
                         for model in cache.models
                     },
+                    "views": {
+                        model: sets.to_dict()
+                        for model in cache.models
+                        if (sets := cache.views(model)) is not None
+                    },
                 },
                 default=str,
                 indent=1,
@@ -658,6 +681,8 @@ def _run_ls(args) -> int:
         if config.get("source"):
             revision = f" revision {config['revision']}" if config.get("revision") else ""
             print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
+        if cache.views(model) is not None:
+            print(f"  {_views_text(cache.views(model))}")
         for kind, stored in cache.classifiers(model).items():
             prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
             use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"

@@ -589,14 +589,13 @@ class _Images(torch.utils.data.Dataset):
         split, sample_id = str(self.dataset.splits[row]), str(self.dataset.ids[row])
         out = []
         for k, kind in enumerate(VIEW_KINDS):
-            if self.views.count(kind, split) < 2:
-                continue
-            try:
-                made = [self.preprocess(view) for view in self.views.extra(image, sample_id, kind)]
-            except Exception as error:  # every view of this kind fails, the plain one stands
-                logger.debug("%s views of %s failed: %s", kind, sample_id, error)
-                made = [None] * (self.views.count(kind, split) - 1)
-            out += [(k, view, tensor) for view, tensor in enumerate(made, start=1)]
+            for view in range(1, self.views.count(kind, split)):
+                try:
+                    made = self.preprocess(self.views.make(image, sample_id, kind, view))
+                except Exception as error:  # this view fails; the others and view 0 stand
+                    logger.debug("%s view %d of %s failed: %s", kind, view, sample_id, error)
+                    made = None
+                out.append((k, view, made))
         return out
 
     def _load(self, row: int) -> torch.Tensor:

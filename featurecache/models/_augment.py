@@ -109,21 +109,18 @@ class TestTime:
         """Views per row, the plain one included."""
         return (6 if self.crops is not None else 1) * (2 if self.flip else 1)
 
-    def views(self, image: torch.Tensor, interpolation: str) -> list[torch.Tensor]:
-        """Views ``1 .. n_views - 1`` of a ``uint8 (3, H, W)`` image (view 0 is the image)."""
-        bases = [image]
-        if self.crops is not None:
+    def view(self, image: torch.Tensor, view: int, interpolation: str) -> torch.Tensor:
+        """View ``view`` of a ``uint8 (3, H, W)`` image: the plain image, then the five crops
+        (four corners, then the centre), each followed by its mirror with ``flip``."""
+        base, mirrored = divmod(view, 2) if self.flip else (view, 0)
+        out = image
+        if base:
             height, width = F.get_size(image)
             size = [max(1, round(self.crops * height)), max(1, round(self.crops * width))]
+            crop = F.five_crop(image, size)[base - 1]
             mode = InterpolationMode(interpolation)
-            bases += [
-                F.resize(crop, [height, width], interpolation=mode, antialias=True)
-                for crop in F.five_crop(image, size)
-            ]
-        out = []
-        for base in bases:
-            out += [base, F.horizontal_flip(base)] if self.flip else [base]
-        return out[1:]
+            out = F.resize(crop, [height, width], interpolation=mode, antialias=True)
+        return F.horizontal_flip(out) if mirrored else out
 
 
 class ViewMaker:
@@ -148,16 +145,14 @@ class ViewMaker:
             return self.sets.k if split != "test" else 0
         return self.sets.tta_k
 
-    def extra(self, image: torch.Tensor, sample_id: str, kind: str) -> list[torch.Tensor]:
-        """Views ``1 ..`` of ``kind`` of one decoded ``uint8 (C, H, W)`` image."""
+    def make(self, image: torch.Tensor, sample_id: str, kind: str, view: int) -> torch.Tensor:
+        """View ``view`` (1 or more) of ``kind`` of one decoded ``uint8 (C, H, W)`` image."""
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         if kind == "tta":
-            return self.tta.views(image, self.interpolation)
-        return [
-            self.augment(image, view_generator(sample_id, view, self.sets.seed), self.interpolation)
-            for view in range(1, self.sets.k)
-        ]
+            return self.tta.view(image, view, self.interpolation)
+        generator = view_generator(sample_id, view, self.sets.seed)
+        return self.augment(image, generator, self.interpolation)
 
 
 def view_seed(sample_id: str, view: int, seed: int) -> int:
