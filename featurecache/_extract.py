@@ -238,11 +238,18 @@ def extract(
 
 
 def _run(session: Session, job: Job, plan: Plan) -> None:
-    """Run the plan; whatever happens, the index ends up listing every committed shard."""
+    """Run the plan; whatever happens, the index ends up listing every committed shard.
+
+    The requested layers are recorded first (readers list them from the first second); a
+    run that fails forgets those it committed nothing of, so the cache lists what it did.
+    """
+    declared = job.declare()
     try:
         session.run(job, plan)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped the run matters more
+            job.withdraw(declared)
+        with contextlib.suppress(Exception):
             job.finish()
         raise
     job.finish()

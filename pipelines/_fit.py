@@ -432,8 +432,9 @@ def _fixed_combos(
                 f"head {name!r} needs a stored {kind} classifier and its layer; "
                 + (f"models {', '.join(stored)} store one{reads}, which is not among the "
                    "layers to fit." if stored else
-                   f"no model of cache {str(cache.path)!r} stores one: extract an OpenCLIP "
-                   "model (open_clip:ARCH/PRETRAINED) with its embedding.proj layer.")
+                   f"no model of cache {str(cache.path)!r} stores one: extract a model with "
+                   "a text tower (open_clip:ARCH/PRETRAINED with its embedding.proj layer, or "
+                   "an hf:REPO_ID SigLIP or CLIP repository with its tokenizer).")
             )  # fmt: skip
         for pair in pairs:
             found[pair] = (*found.get(pair, ()), name)

@@ -44,7 +44,8 @@ def stored_classifier(cache: Cache, model: str, kind: str) -> StoredClassifier:
         hint = {
             "imagenet": "backbones whose ImageNet classifier is removed (torchvision, timm, "
             "EfficientNet-Lite) store it",
-            "zeroshot": "models with a text tower (open_clip:ARCH/PRETRAINED) store it",
+            "zeroshot": "models with a text tower (open_clip:ARCH/PRETRAINED; SigLIP and CLIP "
+            "as hf:REPO_ID) store it",
         }[kind]
         raise InvalidArgumentError(
             f"model {model!r} of cache {str(cache.path)!r} stores no {kind} classifier (it "

@@ -178,6 +178,18 @@ def _slow_down(pause: float, events: Path) -> None:
     _atomic.fsync_file = slow_fsync
 
 
+def _stall(events: Path) -> None:
+    """Block the first forward pass for good, after creating ``events/forward``: a kill then
+    lands before the first commit."""
+    from featurecache.engines._runner import ShardRunner
+
+    def stalled_forward(self, *args, **kwargs):
+        (events / "forward").touch()
+        time.sleep(3600)
+
+    ShardRunner._forward = stalled_forward
+
+
 def run_extract(
     data,
     cache,
@@ -189,11 +201,17 @@ def run_extract(
     pause: float = 0.0,
     events: Path | None = None,
     deny_locks: bool = False,
+    stall: bool = False,
 ) -> None:
-    """Run :func:`featurecache.extract` and write its outcome (or its error) to ``result``."""
+    """Run :func:`featurecache.extract` and write its outcome (or its error) to ``result``.
+
+    ``pause`` slows every forward pass and fsync; ``stall`` blocks the first forward pass.
+    """
     _setup(env, fsize, deny_locks)
     if pause:
         _slow_down(pause, events)
+    if stall:
+        _stall(events)
     from featurecache._extract import extract
     from featurecache.exceptions import FeatureCacheError
 

@@ -1,5 +1,6 @@
-"""Stored classifiers: the removed ImageNet classifier and OpenCLIP's zero-shot classifier,
-written once beside a model's features and used in stage 2 without training."""
+"""Stored classifiers: the removed ImageNet classifier and the zero-shot classifiers of OpenCLIP
+and Hugging Face SigLIP/CLIP models, written once beside a model's features and used in stage 2
+without training."""
 
 from __future__ import annotations
 
@@ -206,3 +207,131 @@ def test_the_zeroshot_head_equals_open_clips_own_image_text_argmax(tmp_path, for
     assert extract(data, cache, prompts=prompts, **common).hit and not forward_calls
     with pytest.raises(ConfigMismatchError, match=r"zero-shot classifier of other prompts"):
         extract(data, cache, **common)
+
+
+# ---------------------------------------------------------------- zero-shot (Hugging Face)
+
+
+def _two_tower(folder, kind, *, tokenizer=True, weights=False):
+    """A SigLIP or CLIP repository in ``folder``: config, image processor, a word-level
+    tokenizer over the words of the tests' class names and prompts, and (``weights``) random
+    weights with a logit scale and bias of their own. No network."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = "a photo of the cat dog golden retriever art itap bad origami . ,".split()
+    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
+    vocab.update({word: i for i, word in enumerate(dict.fromkeys(words), start=len(vocab))})
+    text = dict(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=28, patch_size=14,
+    )  # fmt: skip
+    if kind == "siglip":
+        config = transformers.SiglipConfig(text_config=text, vision_config=vision)
+        processor = transformers.SiglipImageProcessor(size={"height": 28, "width": 28})
+    else:
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+        processor = transformers.CLIPImageProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+        )
+    config.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if tokenizer:
+        words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        words.pre_tokenizer = pre_tokenizers.Whitespace()
+        words.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", 3)]
+        )  # CLIP pools its text at the end-of-text token
+        transformers.PreTrainedTokenizerFast(
+            tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token="</s>",
+            model_max_length=16,
+        ).save_pretrained(folder)  # fmt: skip
+    if weights:
+        model = transformers.AutoModel.from_config(config)
+        with torch.no_grad():
+            model.logit_scale.fill_(np.log(10.0))
+            if kind == "siglip":
+                model.logit_bias.fill_(-2.5)
+        model.save_pretrained(folder)
+    return folder, config
+
+
+@pytest.mark.parametrize(
+    ("kind", "layer", "weights"),
+    [("siglip", "embedding", "DEFAULT"), ("clip", "embedding.proj", "none")],
+)
+def test_the_zeroshot_head_equals_the_hf_models_own_logits_per_image(
+    tmp_path, capsys, kind, layer, weights
+):
+    from featurecache.app.cli import main
+
+    transformers = pytest.importorskip("transformers")
+    folder, config = _two_tower(tmp_path / kind, kind, weights=weights != "none")
+    classes = ["cat", "dog", "golden_retriever"]
+    data = _folder(tmp_path / "data", classes, {"train": 2, "test": 2})
+    (tmp_path / "prompts.txt").write_text("a photo of a {}.\n")
+    cache = tmp_path / "c.h5"
+    argv = ["extract", str(data), "--cache", str(cache), "--model", f"hf:{folder}",
+            "--weights", weights, "--layers", layer, "--prompts", str(tmp_path / "prompts.txt"),
+            "--dtype", "float32", "--workers", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    opened = open_cache(cache)
+    (model,) = opened.models
+    stored = opened.classifiers(model)["zeroshot"]
+    assert stored.layer == layer and stored.class_names == tuple(classes)
+    assert stored.prompts == ("a photo of a {}.",)
+    capsys.readouterr()
+    assert main(["ls", str(cache)]) == 0
+    assert f"zeroshot classifier: reads {layer}, 3 classes, 1 prompts" in capsys.readouterr().out
+
+    # transformers' own model (its weights, or the same seed) and processor, same images and texts
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if weights == "none":
+            reference = transformers.AutoModel.from_config(config).eval()
+        else:
+            reference = transformers.AutoModel.from_pretrained(folder).eval()
+            assert stored.scale == pytest.approx(10.0) and stored.bias[0] == -2.5
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    padding = {"padding": "max_length"} if kind == "siglip" else {"padding": True}
+    ids = opened.ids
+    images = [Image.open(data / i).convert("RGB") for i in ids]
+    texts = [f"a photo of a {name.replace('_', ' ')}." for name in classes]
+    inputs = processor(text=texts, images=images, return_tensors="pt", **padding)
+    with torch.inference_mode():
+        logits = reference(**inputs).logits_per_image.numpy()
+    X, _, _ = opened.load(model, layer)
+    np.testing.assert_allclose(stored.logits(X), logits, rtol=1e-4, atol=1e-4)
+
+    table = pipelines.fit(cache, tmp_path / "r", heads=["zeroshot"], cv=2)
+    (row,) = table.itertuples()
+    assert (row.head, row.layer, row.selection) == ("zeroshot", layer, "fixed")
+    predictions = pd.read_csv(tmp_path / "r" / row.predictions_file, dtype={"id": str})
+    expected = dict(zip(ids, logits.argmax(axis=1).tolist(), strict=True))
+    assert predictions["y_pred"].tolist() == [expected[i] for i in predictions["id"]]
+
+
+def test_an_hf_model_without_tokenizer_fails_in_one_line_and_a_weights_file_stores_none(tmp_path):
+    folder, _ = _two_tower(tmp_path / "siglip", "siglip", tokenizer=False)
+    data = _folder(tmp_path / "data", ["cat", "dog"], {"train": 1})
+    common = dict(model=f"hf:{folder}", layers=["embedding"], options=OPTIONS)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=rf"^hf:{folder} has a text tower but transformers could not load its tokenizer, "
+        r"which the zero-shot classifier needs \(.+\)\. Save the model's tokenizer beside its "
+        r"config \(tokenizer\.save_pretrained\(FOLDER\): tokenizer\.json",
+    ) as error:
+        extract(data, tmp_path / "c.h5", weights="none", **common)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.d").exists()
+
+    # A weights file holds the image tower only: no text tower, no zero-shot classifier
+    trunk = load_backbone(f"hf:{folder}", "none").module
+    torch.save(trunk.state_dict(), tmp_path / "trunk.pth")
+    result = extract(data, tmp_path / "c.h5", weights=str(tmp_path / "trunk.pth"), **common)
+    assert result.n_ok == 2 and open_cache(tmp_path / "c.h5").classifiers(result.model) == {}

@@ -112,3 +112,33 @@ def test_a_model_without_class_token_pools_mean_and_refuses_cls(tmp_path):
         open_cache(tmp_path / "c.h5").entry(result.model, "hidden_states.2").provenance["pooling"]
         == "mean"
     )
+    assert open_cache(tmp_path / "c.h5").classifiers(result.model) == {}  # no text tower
+
+
+def test_a_clip_models_projected_embedding_equals_get_image_features(tmp_path):
+    config = transformers.CLIPConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, vocab_size=50),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, image_size=28, patch_size=14),
+        projection_dim=24,
+    )  # fmt: skip
+    config.save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+    ).save_pretrained(tmp_path)
+    backbone = load_backbone(f"hf:{tmp_path}", "none")
+    assert backbone.default_layers[-2:] == ("embedding.proj", "embedding")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reference = transformers.AutoModel.from_config(config).eval()
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), capture(backbone.module, ["embedding", "embedding.proj"]) as out:
+        backbone.module(x)
+    with torch.inference_mode():
+        projected = reference.get_image_features(pixel_values=x)
+        pooled = reference.vision_model(pixel_values=x).pooler_output
+    projected = getattr(projected, "pooler_output", projected)  # transformers 5: an output
+    assert out["embedding.proj"].shape == (2, 24)
+    torch.testing.assert_close(out["embedding.proj"], projected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["embedding"], pooled, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,7 @@ limit resumes and completes.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -115,8 +116,12 @@ def test_full_disk_while_writing_the_index_keeps_the_old_index(base, tmp_path):
     new = sorted(set(after) - set(before))
     grown = log.read_bytes()  # the log only grew, by the two committed shards' lines
     assert grown.startswith(logged) and grown[len(logged) :].count(b"\n") == 2
-    unchanged = {k: after[k] for k in before if not k.endswith("commits.jsonl")}
-    assert unchanged == {k: v for k, v in before.items() if not k.endswith("commits.jsonl")}
+    # The log grew, and the record of the model's layers gained layer4 (it has commits now).
+    grew = ("commits.jsonl", "layers.json")
+    unchanged = {k: after[k] for k in before if not k.endswith(grew)}
+    assert unchanged == {k: v for k, v in before.items() if not k.endswith(grew)}
+    layers = json.loads(fmt.layers_file(cache, "resnet18").read_text())
+    assert sorted(layers) == ["layer1", "layer4"]
     assert not temporaries(tmp_path)
     assert [name.rsplit("/", 1)[1] for name in new] == ["shard-000000.h5", "shard-000001.h5"]
     assert all(after[name] == snapshot(full.parent)[name] for name in new)

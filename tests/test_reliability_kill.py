@@ -14,6 +14,7 @@ equals the uninterrupted run exactly, through plain h5py on the rebuilt index to
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -149,3 +150,41 @@ def test_sigkill_at_random_moments_keeps_every_reported_row(tmp_path, env, n_kil
         listed = set(f[fmt.shards_path(MODEL, "file")].asstr()[:])
     on_disk = {str(p.relative_to(folder)) for p in folder.glob("c.h5.d/*/p-*/shard-*.h5")}
     assert listed == on_disk and len(on_disk) == N_ROWS // 2
+
+
+def test_ls_after_a_kill_before_the_first_commit_shows_every_sample_pending(tmp_path, capsys):
+    """Killed inside its first forward pass: no shard committed, no index written. The
+    cache is visible from its first second: ``ls`` lists the samples, and for every layer
+    0 ok and all of them pending."""
+    from featurecache.app.cli import main
+
+    data = make_images(tmp_path / "data", n_per_class=N_ROWS // 2)
+    cache = tmp_path / "c.h5"
+    events = tmp_path / "events"
+    events.mkdir()
+    child = start(run_extract, data, cache, OPTIONS, stall=True, events=events)
+    _wait_for(lambda: (events / "forward").exists(), child)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert not cache.exists(), "the index is written at the first commit at the earliest"
+    assert not list(fmt.data_dir(cache).glob(f"*/{fmt.SHARD_GLOB}"))
+
+    capsys.readouterr()
+    assert main(["ls", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{cache}: {N_ROWS} samples ((none) {N_ROWS}), 2 classes\n"), out
+    rows = [
+        line.split() for line in out.splitlines() if line.split()[:1] in (["layer2"], ["embedding"])
+    ]
+    assert rows == [
+        [layer, str(n), "float32", "0", "0", str(N_ROWS)]
+        for layer, n in (("layer2", 128), ("embedding", 512))
+    ], out
+
+    assert main(["ls", str(cache), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["n_samples"] == N_ROWS
+    assert {(e["layer"], e["n_ok"], e["n_pending"]) for e in listed["entries"]} == {
+        ("layer2", 0, N_ROWS),
+        ("embedding", 0, N_ROWS),
+    }

@@ -404,8 +404,9 @@ def _add_extract(sub) -> None:
     )
     parser.add_argument(
         "--prompts", default=None, metavar="FILE",
-        help="OpenCLIP models: prompt templates of the stored zero-shot classifier, one per "
-        "line with {} for the class name (default: featurecache.DEFAULT_PROMPTS)",
+        help="OpenCLIP and Hugging Face SigLIP/CLIP models: prompt templates of the stored "
+        "zero-shot classifier, one per line with {} for the class name (default: "
+        "featurecache.DEFAULT_PROMPTS)",
     )  # fmt: skip
     views = parser.add_argument_group("augmented and test-time views (docs/views.md)")
     views.add_argument(

@@ -24,10 +24,12 @@ from featurecache.exceptions import CacheCorruptError
 
 __all__ = [
     "FolderView",
+    "LayerSummary",
     "ShardData",
     "ShardReadError",
     "has_folder",
     "read_layer",
+    "read_declared_layers",
     "read_views",
 ]
 
@@ -47,6 +49,39 @@ class ShardData:
     dtype: str = "float32"
     chunks: tuple[tuple[int, int, int], ...] = ()  # (byte offset, stored bytes, rows)
     layer: str = ""
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """What a reader lists about one layer of a model: its width, stored dtype, attributes."""
+
+    n_features: int
+    dtype: str
+    attrs: Mapping
+
+    @classmethod
+    def of_shard(cls, meta: ShardMeta, layer: str) -> LayerSummary:
+        return cls(
+            int(meta.n_features[layer]), meta.dtypes.get(layer, "float32"), meta.layer_attrs[layer]
+        )
+
+    @classmethod
+    def of_declaration(cls, declared: Mapping) -> LayerSummary:
+        attrs = {k: v for k, v in declared.items() if k not in ("n_features", "dtype")}
+        return cls(int(declared["n_features"]), str(declared["dtype"]), attrs)
+
+
+def read_declared_layers(index: Path, model: str) -> dict[str, dict]:
+    """The layers runs of ``model`` set out to compute (``layers.json``); ``{}`` without one.
+
+    The file only lists layers before their first commit (the log is the truth for the
+    rest), so an unreadable one is taken as empty rather than refusing the cache.
+    """
+    try:
+        declared = json.loads(fmt.layers_file(index, model).read_text())
+    except (OSError, ValueError):
+        return {}
+    return declared if isinstance(declared, dict) else {}
 
 
 def has_folder(index: Path) -> bool:
@@ -106,13 +141,22 @@ class FolderView:
                 f"({error}); re-run the same `featurecache extract` command to repair it."
             ) from error
 
-    def layers(self, model: str) -> dict[str, ShardMeta]:
-        """Each committed layer with the first shard that holds it (its attributes)."""
-        first: dict[str, ShardMeta] = {}
+    def layers(self, model: str) -> dict[str, LayerSummary]:
+        """Each layer of the model: committed ones as their first shard records them, and
+        those a run set out to compute and has not committed yet (every row pending)."""
+        found: dict[str, LayerSummary] = {}
+        for layer, declared in read_declared_layers(self.index, model).items():
+            try:
+                found[layer] = LayerSummary.of_declaration(declared)
+            except (KeyError, TypeError, ValueError):
+                continue  # a declaration only lists a layer early; the log is the truth
+        committed: set[str] = set()
         for meta in self.metas(model):
             for layer in meta.layers:
-                first.setdefault(layer, meta)
-        return first
+                if layer not in committed:
+                    committed.add(layer)
+                    found[layer] = LayerSummary.of_shard(meta, layer)
+        return found
 
     def status(self, model: str, layer: str, n_samples: int) -> np.ndarray:
         status = np.zeros(n_samples, dtype=np.int8)

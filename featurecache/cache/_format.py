@@ -119,6 +119,13 @@ def commit_log(index: Path, model: str) -> Path:
     return model_dir(index, model) / "commits.jsonl"
 
 
+def layers_file(index: Path, model: str) -> Path:
+    """The layers a run of the model set out to compute (``n_features``, ``dtype``, depth),
+    written before its first shard: readers list a layer from the start of its extraction,
+    with every row pending."""
+    return model_dir(index, model) / "layers.json"
+
+
 def run_log(index: Path, model: str) -> Path:
     """The model's runs: rows computed and seconds taken by each extraction, one JSON line each."""
     return model_dir(index, model) / "runs.jsonl"

@@ -525,13 +525,13 @@ class Cache:
     def _read_folder(
         self, model: str, layer: str, wanted: np.ndarray | None, force: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        meta = self._folder_layer(model, layer)
+        summary = self._folder_layer(model, layer)
         keep = self._folder.status(model, layer, self.n_samples) == STATUS_OK
         if wanted is not None:
             keep &= wanted
         try:
             X, rows = read_layer(
-                self._folder.shards(model, layer), meta.n_features[layer], keep, force=force
+                self._folder.shards(model, layer), summary.n_features, keep, force=force
             )
         except ShardReadError as error:
             raise self._corrupt(model, layer, error.shard, error.what) from error
@@ -560,9 +560,9 @@ class Cache:
         return layers[layer]
 
     def _folder_entry(self, model: str, layer: str) -> Entry:
-        meta = self._folder_layer(model, layer)
+        summary = self._folder_layer(model, layer)
         status = self._folder.status(model, layer, self.n_samples)
-        attrs = plain_attrs(meta.layer_attrs[layer])
+        attrs = plain_attrs(summary.attrs)
         runs = read_runs(fmt.run_log(self.path, model))
         provenance = {
             **config_provenance(self._folder.config(model)),
@@ -574,8 +574,8 @@ class Cache:
         return Entry(
             model=model,
             layer=layer,
-            n_features=int(meta.n_features[layer]),
-            dtype=meta.dtypes.get(layer, "float32"),
+            n_features=summary.n_features,
+            dtype=summary.dtype,
             n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
             n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
             n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
@@ -702,7 +702,7 @@ class Cache:
             keep = np.all(status == STATUS_OK, axis=1) & ~self.removed[shard.start : shard.stop]
             parts.append(values[keep])
             found.append(shard.start + np.flatnonzero(keep))
-        n_features = int(self._folder_layer(model, layer).n_features[layer])
+        n_features = self._folder_layer(model, layer).n_features
         if not parts:
             return np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
         X, rows = np.concatenate(parts), np.concatenate(found).astype(np.int64)
@@ -730,7 +730,7 @@ def _order(layers: dict) -> list[str]:
     """Layer names of a folder view, from input to output."""
 
     def key(name: str) -> tuple:
-        attrs = layers[name].layer_attrs[name]
+        attrs = layers[name].attrs
         depth, index = attrs.get("depth"), attrs.get("depth_index")
         return (depth is None, float(depth or 0.0), int(index or 0), name)
 

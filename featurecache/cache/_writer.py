@@ -34,6 +34,7 @@ from featurecache.cache._atomic import (
     owner_is_dead,
 )
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
+from featurecache.cache._folder import read_declared_layers
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
 from featurecache.cache._log import (
     ShardMeta,
@@ -300,6 +301,38 @@ class Store:
         text = json.dumps(config.to_dict(), sort_keys=True, indent=1)
         if not create_once(fmt.config_file(self.path, model), lambda p: p.write_text(text)):
             check_config(model, self.read_config(model), config, self.path)
+
+    def declare_layers(self, model: str, layers: Mapping[str, Mapping]) -> list[str]:
+        """Record the layers a run is about to compute, so readers list them (every row
+        pending) before their first shard commits; return the names new to the record.
+
+        ``layers[name]`` holds ``n_features``, ``dtype`` and the layer's attributes (plain
+        JSON values). Called by the writer holding the model's lock; writes nothing when
+        every layer is already declared.
+        """
+        declared = read_declared_layers(self.path, model)
+        new = [name for name in layers if name not in declared]
+        if new:
+            merged = {**declared, **{name: dict(layers[name]) for name in new}}
+            self._write_declared(model, merged)
+        return new
+
+    def withdraw_layers(self, model: str, names: Sequence[str]) -> None:
+        """Remove from the record those of ``names`` that have no committed shard: a run
+        that failed before committing a layer leaves the cache listing what it listed."""
+        committed = set().union(*self.done_layers(model).values())
+        declared = read_declared_layers(self.path, model)
+        kept = {k: v for k, v in declared.items() if k in committed or k not in names}
+        if kept == declared:
+            return
+        if kept:
+            self._write_declared(model, kept)
+        else:
+            fmt.layers_file(self.path, model).unlink(missing_ok=True)
+
+    def _write_declared(self, model: str, declared: Mapping[str, Mapping]) -> None:
+        text = json.dumps(declared, sort_keys=True, indent=1, default=_json_default)
+        atomic_write(fmt.layers_file(self.path, model), lambda p: p.write_text(text))
 
     def check_writable(self, model: str | None = None) -> None:
         """Raise :class:`CacheReadOnlyError` if writing this cache (or model) would fail.
@@ -917,3 +950,12 @@ def new_h5(path: Path) -> Iterator[h5py.File]:
         image = f.id.get_file_image()
     with open(path, "xb") as out:
         out.write(image)
+
+
+def _json_default(value):
+    """NumPy scalars and arrays (layer attributes) as plain JSON values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

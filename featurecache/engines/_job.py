@@ -12,9 +12,9 @@ import torch
 
 from featurecache._data import Dataset
 from featurecache.cache import FeatureConfig, ShardMeta, Store
-from featurecache.engines._runner import Plan, ShardResult, ShardRunner
+from featurecache.engines._runner import Plan, ShardResult, ShardRunner, layer_attrs
 from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
-from featurecache.models._layers import LayerInfo
+from featurecache.models._layers import LayerInfo, pooled_size
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._registry import LoadedBackbone, load_backbone
 
@@ -73,6 +73,24 @@ class Job:
                 work.append((shard, missing))
         starts = () if table.starts is None else tuple(int(s) for s in table.starts)
         return Plan(table.shard_size, len(table), tuple(work), starts)
+
+    def declare(self) -> list[str]:
+        """Record the requested layers before the first shard commits: readers list them
+        from the first second of a run (every row pending). Returns the layers new to the
+        record, for :meth:`withdraw`."""
+        declared = {}
+        for layer in self.layers:
+            attrs = layer_attrs(self.infos[layer], self.pooling)
+            declared[layer] = {
+                **attrs,
+                "n_features": pooled_size(self.infos[layer], attrs["pooling_applied"]),
+                "dtype": self.config.dtype,
+            }
+        return self.store.declare_layers(self.model, declared)
+
+    def withdraw(self, layers: Sequence[str]) -> None:
+        """After a failed run: forget those of ``layers`` that have no committed shard."""
+        self.store.withdraw_layers(self.model, layers)
 
     def portable(self) -> Job:
         """This job without its loaded backbone, to send to another process."""

@@ -155,6 +155,7 @@ class ShardRunner:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._models: dict[tuple[str, ...], torch.nn.Module] = {}
         self._persistent: tuple | None = None  # dataset, workers, loader, its batches
+        self._view_counts: tuple | None = None  # dataset, views of each row per kind
 
     def model_for(self, layers: tuple[str, ...]) -> torch.nn.Module:
         """The module to run for these layers: BatchNorm folded into convs where verified."""
@@ -183,16 +184,7 @@ class ShardRunner:
 
     @property
     def layer_attrs(self) -> dict[str, dict]:
-        return {
-            name: {
-                "depth": float(info.depth),
-                "depth_index": int(info.depth_index),
-                "raw_shape": np.asarray(info.shape, dtype=np.int64),
-                "kind": info.kind,
-                "pooling_applied": _pool_for(info, self.pooling),
-            }
-            for name, info in self.infos.items()
-        }
+        return {name: layer_attrs(info, self.pooling) for name, info in self.infos.items()}
 
     def run(
         self,
@@ -271,11 +263,11 @@ class ShardRunner:
         """Per kind, the number of views of each row of the dataset (0: none)."""
         if self.views is None:
             return None
-        splits = np.asarray(dataset.splits).astype(str)
-        return {
-            kind: np.array([self.views.count(kind, split) for split in splits], dtype=np.int64)
-            for kind in VIEW_KINDS
-        }
+        if self._view_counts is None or self._view_counts[0] is not dataset:
+            splits = np.asarray(dataset.splits).astype(str)
+            counts = {kind: self.views.counts(kind, splits) for kind in VIEW_KINDS}
+            self._view_counts = (dataset, counts)
+        return self._view_counts[1]
 
     def _forward_views(self, module, extras, rows, dataset, layers, outputs, buffer) -> None:
         """The forward passes of a batch's extra views, ``batch size`` images at a time."""
@@ -637,6 +629,17 @@ def _ids(dataset: Dataset, rows: np.ndarray, limit: int = 10) -> str:
     ids = [str(dataset.ids[r]) for r in rows[:limit]]
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(ids) + more
+
+
+def layer_attrs(info: LayerInfo, pooling: str) -> dict:
+    """The attributes stored with a layer's features: depth, raw shape, kind, pooling."""
+    return {
+        "depth": float(info.depth),
+        "depth_index": int(info.depth_index),
+        "raw_shape": np.asarray(info.shape, dtype=np.int64),
+        "kind": info.kind,
+        "pooling_applied": _pool_for(info, pooling),
+    }
 
 
 def _pool_for(info: LayerInfo, pooling: str) -> str:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
@@ -144,6 +145,12 @@ class ViewMaker:
         if kind == "augment":
             return self.sets.k if split != "test" else 0
         return self.sets.tta_k
+
+    def counts(self, kind: str, splits: np.ndarray) -> np.ndarray:
+        """:meth:`count` of every row, given the rows' splits (int64)."""
+        if kind == "augment":
+            return np.where(splits == "test", 0, self.sets.k).astype(np.int64)
+        return np.full(len(splits), self.sets.tta_k, dtype=np.int64)
 
     def make(self, image: torch.Tensor, sample_id: str, kind: str, view: int) -> torch.Tensor:
         """View ``view`` (1 or more) of ``kind`` of one decoded ``uint8 (C, H, W)`` image."""

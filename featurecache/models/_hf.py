@@ -3,28 +3,47 @@
 ``AutoModel`` (the vision tower of two-tower models such as SigLIP) with the repository's
 image processor. Every hidden state is a layer (``hidden_states.K``), all captured in one
 pass through ``output_hidden_states``; the ``embedding`` is the model's pooled output.
-``REPO_ID`` may also be a local folder saved with ``save_pretrained`` (config, processor).
+Models with a ``visual_projection`` (CLIP) also give ``embedding.proj``, the projected
+embedding that ``get_image_features`` returns. ``REPO_ID`` may also be a local folder saved
+with ``save_pretrained`` (config, processor, tokenizer).
+
+Two-tower models whose zero-shot convention is known (:data:`_TEXT_INPUTS`: SigLIP, CLIP)
+store a zero-shot classifier built by their text tower (:func:`_zeroshot`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from featurecache.cache import StoredClassifier
 from featurecache.exceptions import DownloadError, UnknownNameError
 from featurecache.models._layers import LayerInfo, spread
 from featurecache.models._preprocess import Preprocess
+from featurecache.models._prompts import prompt_texts
 from featurecache.models._record import Backbone, Resolved, Source, first_line, offline, require
 
 __all__ = ["SOURCE", "HiddenStates"]
 
 PREFIX = "hf"
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+#: Two-tower model types with a known zero-shot convention: how their tokenizer is called, as
+#: transformers' zero-shot-image-classification pipeline calls it. SigLIP was trained on texts
+#: padded to the text tower's full length (``padding="max_length"``, 64 tokens); CLIP pads to
+#: the longest text. Both compare L2-normalised ``get_image_features`` and
+#: ``get_text_features`` scaled by ``logit_scale.exp()`` (plus ``logit_bias``, SigLIP).
+_TEXT_INPUTS = {
+    "clip": {"padding": True, "truncation": True},
+    "siglip": {"padding": "max_length", "truncation": True},
+}
 
 
 def _transformers() -> Any:
@@ -62,6 +81,7 @@ def record(repo: str) -> Backbone:
         classifier="",
         stages=_stages,
         prefix_tokens=partial(_prefix_tokens, config),
+        zeroshot=partial(_zeroshot, repo, config) if config.model_type in _TEXT_INPUTS else None,
     )
 
 
@@ -84,20 +104,28 @@ class _Catalog:
 class HiddenStates(nn.Module):
     """A Hugging Face vision model whose hidden states pass through taps ``hidden_states.K``.
 
-    ``forward`` returns the pooled output (flattened), the ``embedding``.
+    ``forward`` returns the pooled output (flattened), the ``embedding``. With a
+    ``projection`` (CLIP's ``visual_projection``), ``embedding.proj`` runs it on the pooled
+    output in the same pass: ``get_image_features``' output, which zero-shot compares with text.
     """
 
-    def __init__(self, model: nn.Module, n_states: int) -> None:
+    def __init__(self, model: nn.Module, n_states: int, projection: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.hidden_states = nn.ModuleList(_Tap() for _ in range(n_states))
+        if projection is not None:
+            self.embedding = nn.Module()
+            self.embedding.proj = projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=x, output_hidden_states=True)
         for tap, state in zip(self.hidden_states, out.hidden_states, strict=False):
             tap(state)
         pooled = out.pooler_output
-        return pooled.flatten(1) if pooled.ndim > 2 else pooled
+        pooled = pooled.flatten(1) if pooled.ndim > 2 else pooled
+        if hasattr(self, "embedding"):
+            self.embedding.proj(pooled)  # a tap: captured when asked for, never fed forward
+        return pooled
 
 
 class _Tap(nn.Module):
@@ -106,21 +134,105 @@ class _Tap(nn.Module):
 
 
 def _build(repo: str, config: Any, image_size: int, resolved: Resolved) -> nn.Module:
-    transformers = _transformers()
-    if resolved.pretrained:
-        try:
-            model = transformers.AutoModel.from_pretrained(repo, local_files_only=offline())
-        except OSError as exc:
-            raise DownloadError(
-                f"Could not load the weights of hf:{repo} through transformers "
-                f"({first_line(exc)}). To work offline, download the repository once into the "
-                "Hugging Face hub cache (HF_HOME), or give a local weights file."
-            ) from exc
-    else:
-        model = transformers.AutoModel.from_config(config)
+    model = _model(repo, config, resolved)
+    projection = getattr(model, "visual_projection", None)  # CLIP: get_image_features projects
     model = getattr(model, "vision_model", model)  # two-tower models: the image tower
     n_states = _n_states(getattr(config, "vision_config", config))
-    return HiddenStates(model, n_states)
+    return HiddenStates(model, n_states, projection)
+
+
+def _model(repo: str, config: Any, resolved: Resolved) -> nn.Module:
+    """The whole ``AutoModel``: the repository's weights, or random ones (the caller seeds)."""
+    transformers = _transformers()
+    if not resolved.pretrained:
+        return transformers.AutoModel.from_config(config)
+    try:
+        return transformers.AutoModel.from_pretrained(repo, local_files_only=offline())
+    except OSError as exc:
+        raise DownloadError(
+            f"Could not load the weights of hf:{repo} through transformers "
+            f"({first_line(exc)}). To work offline, download the repository once into the "
+            "Hugging Face hub cache (HF_HOME), or give a local weights file."
+        ) from exc
+
+
+_CLASSES_PER_BATCH = 32
+#: What ``get_text_features`` takes from a tokenizer's output (a generic fast tokenizer adds
+#: ``token_type_ids``, which CLIP and SigLIP text towers do not accept).
+_TEXT_KEYS = ("input_ids", "attention_mask")
+
+
+def _zeroshot(
+    repo: str,
+    config: Any,
+    resolved: Resolved,
+    image_size: int,
+    seed: int,
+    class_names: Sequence[str],
+    prompts: Sequence[str],
+) -> StoredClassifier:
+    """The zero-shot classifier of ``class_names`` from the model's text tower.
+
+    Each class's row is the normalised mean of its prompts' normalised ``get_text_features``
+    (as OpenCLIP's ``build_zero_shot_classifier``), texts tokenized by the repository's own
+    tokenizer as :data:`_TEXT_INPUTS` says. It reads the layer equal to
+    ``get_image_features``: ``embedding.proj`` when the model projects (CLIP), else
+    ``embedding`` (SigLIP's pooled output is its image embedding). The model is built as
+    :func:`load_backbone` built its image tower (the same weights, or the same seed).
+    """
+    tokenizer = _tokenizer(repo)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model(repo, config, resolved).eval()
+    inputs = dict(_TEXT_INPUTS[config.model_type])
+    if inputs["padding"] == "max_length":
+        inputs["max_length"] = int(config.text_config.max_position_embeddings)
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(class_names), _CLASSES_PER_BATCH):
+            batch = class_names[start : start + _CLASSES_PER_BATCH]
+            texts = [text for name in batch for text in prompt_texts(name, prompts)]
+            encoded = tokenizer(texts, **inputs)
+            encoded = {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
+            embedded = _features(model.get_text_features(**encoded))
+            embedded = torch.nn.functional.normalize(embedded, dim=-1)
+            mean = embedded.reshape(len(batch), len(prompts), -1).mean(dim=1)
+            rows.append(torch.nn.functional.normalize(mean, dim=-1))
+        scale = float(model.logit_scale.exp())
+        bias = getattr(model, "logit_bias", None)
+        bias = float(bias) if bias is not None else 0.0
+    return StoredClassifier(
+        kind="zeroshot",
+        layer="embedding.proj" if hasattr(model, "visual_projection") else "embedding",
+        weight=torch.cat(rows).float().numpy(),
+        bias=np.full(len(class_names), bias, dtype=np.float32),
+        class_names=tuple(class_names),
+        normalize=True,
+        scale=scale,
+        prompts=tuple(prompts),
+        source=f"hf:{repo} text tower ({type(model).__name__}), weights {resolved.id}",
+    )
+
+
+def _tokenizer(repo: str) -> Any:
+    """The repository's own tokenizer (``AutoTokenizer``); a one-line error when it has none."""
+    transformers = _transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(repo, local_files_only=offline())
+    except (OSError, ValueError, ImportError) as exc:
+        raise (UnknownNameError if os.path.isdir(repo) else DownloadError)(
+            f"hf:{repo} has a text tower but transformers could not load its tokenizer, which "
+            f"the zero-shot classifier needs ({first_line(exc)}). Save the model's tokenizer "
+            "beside its config (tokenizer.save_pretrained(FOLDER): tokenizer.json and "
+            "tokenizer_config.json; SigLIP's spiece.model also needs the sentencepiece "
+            "package), or download the whole repository into the Hugging Face hub cache."
+        ) from exc
+    return partial(tokenizer, return_tensors="pt")
+
+
+def _features(output: Any) -> torch.Tensor:
+    """``get_*_features`` return a tensor (transformers 4) or an output with the pooled one (5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def _n_states(config: Any) -> int:
@@ -198,7 +310,8 @@ def _prefix_tokens(config: Any, model: nn.Module) -> int:
 def _defaults(infos: list[LayerInfo], modules: dict[str, nn.Module]) -> list[str]:
     found = {info.name: info for info in infos}
     stages = [found[name] for name in _stages(modules[""]) if name in found]
-    return spread(stages[1:] or infos)
+    extra = ["embedding.proj"] if "embedding.proj" in found else []
+    return spread(stages[1:] or infos) + extra
 
 
 SOURCE = Source(prefix=PREFIX, extra="hf", record=record, names=names, syntax="hf:REPO_ID")

@@ -138,7 +138,8 @@ class Backbone:
         classifier; ``None`` means ImageNet's 1,000 when it has 1,000 outputs.
     zeroshot : callable, optional
         ``zeroshot(resolved, image_size, seed, class_names, prompts) -> StoredClassifier``:
-        the zero-shot classifier of a model with a text tower (OpenCLIP).
+        the zero-shot classifier of a model with a text tower (OpenCLIP; SigLIP and CLIP
+        from Hugging Face).
     """
 
     name: str

@@ -253,7 +253,8 @@ class LoadedBackbone:
         ``embedding``; ``None`` when kept, absent, or not loaded from a weights file.
     zeroshot : callable, optional
         ``zeroshot(class_names, prompts) -> StoredClassifier``: the zero-shot classifier of
-        models with a text tower (OpenCLIP), built from the same weights.
+        models with a text tower (OpenCLIP; SigLIP and CLIP from Hugging Face), built from the
+        same weights; ``None`` for a weights file (it holds no text tower).
     source : str
         ``torchvision``, ``embedded``, ``timm``, ``open_clip``, ``hf`` (or ``user``).
     library : str
@@ -387,8 +388,9 @@ def load_backbone(
         else "",
         revision=resolved.revision,
         imagenet=imagenet,
+        # a weights file holds the image tower only: its text tower would be random
         zeroshot=partial(backbone.zeroshot, resolved, image_size, seed)
-        if backbone.zeroshot is not None
+        if backbone.zeroshot is not None and resolved.path is None
         else None,
     )
 
