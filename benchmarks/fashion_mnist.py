@@ -16,10 +16,21 @@ of train, the winner is refitted on the full train split and scored once on test
   ``pool="flatten"`` (C × H × W features, the spatial layout kept) and stored beside the pooled
   ones as ``<model>-flatten``; ``--flatten-rows`` rows.
 
+Augmented views (issue 14): ``--views 4,8`` also extracts, for each K, every backbone with K
+views of every training image (``--augment``; view 0 the plain one) and, with ``--tta SPEC``,
+test-time views, stored as ``<model>-views<K>``; each gets every head with
+``fit(..., views="train")`` (folds grouped by sample) and, with ``--tta``, once more with
+``tta=--tta-mode``. ``--train-per-class N`` keeps N training images per class (seeded,
+stratified; all of test): the small-data setting where augmentation should matter most.
+``views.md`` (in the report folder) sets plain against views: CV with its spread, test,
+extraction time per view, fit time.
+
 Results go to ``results.csv`` (full CV), ``subsample.csv`` and ``comparison.md``.
 
     python benchmarks/fashion_mnist.py --image-size 96 --heads logreg,linsvm --svm-rows 10000 \
         --flatten-layers blocks.4,blocks.10 --flatten-rows 10000
+    python benchmarks/fashion_mnist.py --models efficientnet_lite0 --train-per-class 100 \
+        --views 4,8 --heads logreg --svm-rows 0 --report reports/fashion-mnist-views
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 PUBLISHED = [  # Fashion-MNIST benchmark (zalandoresearch/fashion-mnist README), raw pixels
     ("LogisticRegression (scikit-learn, raw pixels)", 0.842),
     ("SVC (scikit-learn, raw pixels)", 0.897),
@@ -37,18 +50,73 @@ PUBLISHED = [  # Fashion-MNIST benchmark (zalandoresearch/fashion-mnist README),
 ]
 
 
-def extract_logged(args, cache: Path, model: str, **features) -> None:
-    """Extract ``model`` features of Fashion-MNIST into ``cache`` and print how it went."""
+def extract_logged(args, cache: Path, model: str, **features) -> float:
+    """Extract ``model`` features of Fashion-MNIST into ``cache``, print how it went, and
+    return the seconds it took (0 on a cache hit)."""
     from featurecache import RunOptions, extract
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = extract(
-        "builtin:fashion-mnist", cache, model=model, image_size=args.image_size, dtype=args.dtype,
+        dataset(args), cache, model=model, image_size=args.image_size, dtype=args.dtype,
         options=RunOptions(batch_size=args.batch_size, progress=True), **features,
     )  # fmt: skip
+    seconds = time.perf_counter() - started
     print(f"{features.get('name', model)}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
-          f"({time.perf_counter() - started:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
+          f"({seconds:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
+    return 0.0 if result.hit else seconds
+
+
+def dataset(args):
+    """Fashion-MNIST, or with ``--train-per-class N`` N seeded training images per class and
+    all of test."""
+    from featurecache._data import Dataset, load_dataset
+
+    data = load_dataset("builtin:fashion-mnist")
+    if not args.train_per_class:
+        return data
+    rng = np.random.default_rng(args.seed)
+    train = data.splits == "train"
+    keep = [
+        rng.choice(np.flatnonzero(train & (data.labels == k)), args.train_per_class, replace=False)
+        for k in np.unique(data.labels[train])
+    ]
+    keep = np.sort(np.concatenate([*keep, np.flatnonzero(~train)]))
+    return Dataset(
+        source=f"{data.source} ({args.train_per_class} train images per class, seed {args.seed})",
+        ids=data.ids[keep], labels=data.labels[keep], splits=data.splits[keep],
+        class_names=data.class_names, arrays=data.arrays[keep],
+    )  # fmt: skip
+
+
+def views_name(model: str, k: int) -> str:
+    return f"{model}-views{k}"
+
+
+def extract_views(args, cache: Path) -> dict[str, float]:
+    """Every backbone with K views for each K of ``--views``; seconds per extraction."""
+    seconds = {}
+    for k in args.views:
+        for model in args.models:
+            name = views_name(model, k)
+            seconds[name] = extract_logged(
+                args, cache, model, name=name, views=k, augment=args.augment, tta=args.tta
+            )
+    return seconds
+
+
+def fit_views(args, cache: Path, results: Path):
+    """Every head on the views models: trained on all views, then (with ``--tta``) scored
+    with test-time augmentation; the results folder's whole table."""
+    import pipelines
+
+    names = [views_name(model, k) for k in args.views for model in args.models]
+    options = {"models": names, "heads": args.heads, "cv": args.cv, "seed": args.seed,
+               "n_jobs": args.jobs}  # fmt: skip
+    table = pipelines.fit(cache, results, views="train", **options)
+    if args.tta:
+        table = pipelines.fit(cache, results, views="train", tta=args.tta_mode, **options)
+    return table
 
 
 def select_on_subsample(
@@ -188,15 +256,33 @@ def main() -> None:
     parser.add_argument("--results", default=None)
     parser.add_argument("--report", default="reports/fashion-mnist")
     parser.add_argument("--stage", choices=["all", "extract", "fit"], default="all")
+    parser.add_argument(
+        "--views", type=lambda s: [int(k) for k in s.split(",")], default=[],
+        help="also extract K augmented views per training image for each K (e.g. 4,8) and fit "
+        "on them",
+    )  # fmt: skip
+    parser.add_argument("--augment", default="flip,rrc:0.5-1", help="augmentation of the views")
+    parser.add_argument("--tta", default=None, help="test-time views, e.g. flip (default: none)")
+    parser.add_argument("--tta-mode", default="mean-proba", choices=["mean-proba", "mean-feature"])
+    parser.add_argument(
+        "--train-per-class", type=int, default=0,
+        help="keep N seeded training images per class, all of test (0: all 60,000)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.train_per_class and args.svm_rows:
+        print("--train-per-class: the svm subsample protocol is skipped (put svm in --heads)")
+        args.svm_rows = 0
 
     import pipelines
 
-    cache = Path(args.cache or f"data/cache/fashion-mnist-{args.image_size}.h5")
+    stem = f"fashion-mnist-{args.image_size}" + (
+        f"-per{args.train_per_class}-seed{args.seed}" if args.train_per_class else ""
+    )
+    cache = Path(args.cache or f"data/cache/{stem}.h5")
     flattened = f"{args.flatten_model}-flatten" if args.flatten_layers else None
     if args.stage in ("all", "extract"):
-        for model in args.models:
-            extract_logged(args, cache, model)
+        extraction = {model: extract_logged(args, cache, model) for model in args.models}
+        extraction.update(extract_views(args, cache))
         if flattened:
             # Global average pooling throws away where a feature fired; on 28 x 28 garments the
             # layout is much of the signal, so the flattened (C x H x W) maps of mid-level
@@ -208,7 +294,7 @@ def main() -> None:
             )  # fmt: skip
     if args.stage == "extract":
         return
-    results = Path(args.results or f"data/cache/fashion-mnist-{args.image_size}-results")
+    results = Path(args.results or f"data/cache/{stem}-results")
     started = time.perf_counter()
     table = pipelines.fit(
         cache,
@@ -220,10 +306,50 @@ def main() -> None:
         n_jobs=args.jobs,
     )
     print(f"fit {len(table)} combinations in {time.perf_counter() - started:.0f}s")
+    every = fit_views(args, cache, results) if args.views else table
     subsampled = fit_subsampled(cache, results, args, flattened)
     report = pipelines.report(results, args.report)
     write_comparison(Path(report), table, subsampled, args)
+    if args.views:
+        seconds = extraction if args.stage == "all" else {}
+        write_views(Path(report), every, seconds, args)
     print(f"report: {report / 'report.html'}")
+
+
+def write_views(report: Path, table, extraction: dict[str, float], args) -> None:
+    """views.md: for each backbone, layer and head, plain against every K (and TTA): CV with
+    its spread, test, extraction time per view, fit time."""
+    lines = [
+        "# Fashion-MNIST: plain features against augmented views",
+        "",
+        f"Reproduce: `{reproduce_command(args)}`",
+        "",
+        f"Training images per class: {args.train_per_class or 'all'}; augmentation "
+        f"`{args.augment}`; test-time views `{args.tta or 'none'}`. CV: {args.cv}-fold, the same "
+        "folds for every variant, grouped by sample; held-out rows scored on their plain view. "
+        "Extraction per view: the views model's extraction time (its test-time views "
+        "included) divided by K.",
+        "",
+        "| model | layer | head | variant | CV mean ± std | test | extraction s per view | fit s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for model in args.models:
+        names = [model] + [views_name(model, k) for k in args.views]
+        rows = table[table["model"].isin(names)].sort_values(
+            ["layer", "head", "n_views", "n_tta"], kind="mergesort"
+        )
+        for _, r in rows.iterrows():
+            variant = "plain" if r["views"] == "none" else f"views ×{r['n_views']}"
+            variant += "" if r["tta"] == "none" else f", TTA {r['tta']} ×{r['n_tta']}"
+            seconds = extraction.get(r["model"])
+            per_view = f"{seconds / max(r['n_views'], 1):.1f}" if seconds else "not measured"
+            lines.append(
+                f"| {model} | {r['layer']} | {r['head']} | {variant} | {r['cv_mean']:.4f} ± "
+                f"{r['cv_std']:.4f} | {r['test_accuracy']:.4f} | {per_view} | "
+                f"{r['fit_seconds']:.1f} |"
+            )
+    (report / "views.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def reproduce_command(args) -> str:
@@ -232,6 +358,11 @@ def reproduce_command(args) -> str:
         f"--image-size {args.image_size} --heads {','.join(args.heads)} --svm-rows {args.svm_rows} "
         f"--svm-max-features {args.svm_max_features}"
     )
+    if args.views:
+        command += f" --views {','.join(map(str, args.views))} --augment {args.augment}"
+        command += f" --tta {args.tta} --tta-mode {args.tta_mode}" if args.tta else ""
+    if args.train_per_class:
+        command += f" --train-per-class {args.train_per_class} --seed {args.seed}"
     if args.flatten_layers:
         command += (
             f" --flatten-model {args.flatten_model} --flatten-layers {','.join(args.flatten_layers)}"

@@ -3,13 +3,16 @@
 Protocol: hyper-parameters are chosen on training data only (stratified k-fold
 CV on ``train``, or the ``val`` split when the cache has one), the chosen head
 is refitted on ``train`` (+ ``val``) and scored once on ``test``. Nothing is
-selected on ``test``. The results folder (its layout, its files, and which
-combination is best) belongs to :mod:`pipelines._results`.
+selected on ``test``. With ``views="train"`` every training row contributes all its
+augmented views and the folds are grouped by sample; with ``tta`` test rows are scored
+on their test-time views (see :mod:`pipelines._views`). The results folder (its layout,
+its files, and which combination is best) belongs to :mod:`pipelines._results`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -55,6 +58,15 @@ from pipelines._search import (
     stratified_splits,
 )
 from pipelines._shots import ALL, learning_curve, parse_shots
+from pipelines._views import (
+    PLAIN,
+    TTA_MODES,
+    VIEWS_MODES,
+    Variant,
+    expand_splits,
+    expand_views,
+    tta_predict,
+)
 
 __all__ = ["fit", "check_n_jobs", "DEFAULT_HEADS", "BACKENDS", "LOCAL_BACKENDS"]
 
@@ -80,6 +92,8 @@ def fit(
     address: str | None = None,
     shots: str | Sequence[int | str] | None = None,
     draws: int = 5,
+    views: str | None = None,
+    tta: str | None = None,
     allow_partial: bool = False,
     force: bool = False,
 ) -> pd.DataFrame:
@@ -129,6 +143,18 @@ def fit(
         ``"all"`` is the full fit itself.
     draws : int
         Draws per number of shots (>= 1).
+    views : {"train"}, optional
+        Train every head on every augmented view of every training row (a cache
+        extracted with ``featurecache extract --views K --augment SPEC``). The selection
+        folds are drawn per sample, so no view of a held-out image is ever trained on;
+        held-out rows and test rows are scored on their plain view (view 0) unless
+        ``tta``. Recorded as a variant beside the plain results (``views``, ``n_views``).
+    tta : {"mean-proba", "mean-feature"}, optional
+        Score test rows on their test-time views (``extract --tta SPEC``): the mean of the
+        head's ``predict_proba`` over the views (heads without it, ``linsvm``, ``svm`` and
+        ``ridge``, average ``decision_function``), or the head applied to the mean
+        feature. CV is unchanged (view 0). A test row without test-time views is scored on
+        its plain view. Recorded in the ``tta`` and ``n_tta`` columns.
     allow_partial : bool
         Fit on the rows done when the cache has pending rows (an extraction still running
         or stopped); without it such a cache is refused with the pending rows per split.
@@ -146,7 +172,8 @@ def fit(
     ------
     InvalidArgumentError
         Bad arguments or data, pending rows without ``allow_partial``, a class left without
-        usable training rows, or an ``out`` that cannot be used (nothing is written).
+        usable training rows, ``views`` or ``tta`` on a model without such views, or an
+        ``out`` that cannot be used (nothing is written).
     """
     allow_partial = check_bool(allow_partial, "allow_partial", "fit")
     force = check_bool(force, "force", "fit")
@@ -160,7 +187,7 @@ def fit(
     plan = _Plan.build(
         cache, out, models=models, layers=layers, heads=heads, grid=grid, cv=cv, seed=seed,
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
-        allow_partial=allow_partial,
+        views=views, tta=tta, allow_partial=allow_partial,
     )  # fmt: skip
     replace = results.check(cache, force=force)
     _check_backend(plan.backend)
@@ -202,10 +229,13 @@ class _Plan:
     draws: int = 5
     allow_partial: bool = False
     fixed: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    variants: Mapping[str, Variant] = field(default_factory=dict)  # per model; plain if absent
+    views_digest: Mapping[str, dict] = field(default_factory=dict)  # per model: its ViewSets
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
-              backend, address, shots=None, draws=5, allow_partial=False) -> _Plan:  # fmt: skip
+              backend, address, shots=None, draws=5, views=None, tta=None,
+              allow_partial=False) -> _Plan:  # fmt: skip
         head_names = check_names(heads, "heads", "fit", allow_none=False)
         fitted = [name for name in head_names if name not in FIXED_HEADS]
         head_objects = [get_head(name) for name in fitted]
@@ -226,6 +256,7 @@ class _Plan:
         _check_extracted(cache, combos)
         draws = check_int(draws, "draws", "fit", low=1)
         few = tuple(k for k in parse_shots(shots) if k != ALL) if shots is not None else ()
+        variants, view_sets = _variants(cache, combos, views, tta, few)
         selection = _selection(cache)
         rows = _check_rows(cache, combos, selection, cv, allow_partial)
         return cls(
@@ -246,7 +277,13 @@ class _Plan:
             rows=rows,
             allow_partial=allow_partial,
             fixed=fixed,
+            variants=variants,
+            views_digest=view_sets,
         )
+
+    def variant(self, model: str) -> Variant:
+        """How ``model``'s heads are trained and scored in this fit (plain by default)."""
+        return self.variants.get(model, Variant())
 
     def run_record(self, cache: Cache) -> dict:
         """What ``run.json`` records: the cache, the arguments, the protocol and the data."""
@@ -269,11 +306,17 @@ class _Plan:
                 "address": self.address,
                 "shots": list(self.shots),
                 "draws": self.draws if self.shots else None,
+                "views": self._mode("views"),
+                "tta": self._mode("tta"),
             },
             "protocol": self.protocol,
             "data": _data_summary(cache, sorted({m for m, _ in self.combos})),
             "rows": _rows_summary(cache, self.rows, self.allow_partial),
         }
+
+    def _mode(self, name: str) -> str:
+        modes = {getattr(v, name) for v in self.variants.values()}
+        return modes.pop() if modes else PLAIN
 
     @property
     def uses_val(self) -> bool:
@@ -290,7 +333,19 @@ class _Plan:
                 f"(shuffled, seed {self.seed})"
             )
             refit = "train"
-        return {"selection": selection, "refit": refit}
+        protocol = {"selection": selection, "refit": refit}
+        if self._mode("views") != PLAIN:
+            protocol["views"] = (
+                "trained on every augmented view of every training row; the folds are drawn "
+                "per sample (no view of a held-out image in training), held-out rows scored "
+                "on their plain view"
+            )
+        if self._mode("tta") != PLAIN:
+            protocol["tta"] = (
+                f"test rows scored on their test-time views ({self._mode('tta')}); CV on the "
+                "plain view"
+            )
+        return protocol
 
 
 def _data_summary(cache: Cache, models: list[str]) -> dict:
@@ -384,6 +439,51 @@ def _fixed_combos(
         for pair in pairs:
             found[pair] = (*found.get(pair, ()), name)
     return found
+
+
+def _variants(
+    cache: Cache, combos: list[tuple[str, str]], views: Any, tta: Any, shots: tuple[int, ...]
+) -> tuple[dict[str, Variant], dict[str, dict]]:
+    """The :class:`Variant` of each model (none when plain) and its recorded views, after
+    refusing a model without the views asked for."""
+    if views is None and tta is None:
+        return {}, {}
+    views = PLAIN if views is None else check_choice(views, "views", "fit", VIEWS_MODES)
+    tta = PLAIN if tta is None else check_choice(tta, "tta", "fit", TTA_MODES)
+    if views != PLAIN and shots:
+        raise AdviceError(
+            "{views} cannot be combined with {shots}: learning curves are drawn from plain "
+            "rows. Fit the curves in a plain run into the same results folder.",
+            views=("views", views), shots=("shots", ",".join(map(str, shots))),
+        )  # fmt: skip
+    variants, recorded = {}, {}
+    for model in dict.fromkeys(m for m, _ in combos):
+        sets = cache.views(model)
+        for mode, kind, flags in (
+            (views, "augment", "--views K --augment SPEC"), (tta, "tta", "--tta SPEC")
+        ):  # fmt: skip
+            if mode != PLAIN and (sets is None or not sets.count(kind)):
+                asked = ("views", views) if kind == "augment" else ("tta", tta)
+                what = "augmented" if kind == "augment" else "test-time"
+                raise AdviceError(
+                    "{asked}"
+                    + AdviceError.literal(
+                        f" needs {what} views of model {model!r}, which cache "
+                        f"{str(cache.path)!r} does not hold; extract them under a new model "
+                        f"name with `featurecache extract DATA --cache {cache.path} --model "
+                        f"BACKBONE --name NAME {flags}`, or fit without "
+                    )
+                    + "{asked}.",
+                    asked=asked,
+                )  # fmt: skip
+        variants[model] = Variant(
+            views=views,
+            n_views=sets.count("augment") if views != PLAIN else 1,
+            tta=tta,
+            n_tta=sets.count("tta") if tta != PLAIN else 1,
+        )
+        recorded[model] = sets.to_dict()
+    return variants, recorded
 
 
 def _check_extracted(cache: Cache, combos: list[tuple[str, str]]) -> None:
@@ -623,7 +723,12 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
 @dataclass(frozen=True)
 class _LayerData:
     """The rows of one layer a fit uses: the fitting rows with their selection splits,
-    and the test rows."""
+    and the test rows.
+
+    With views, ``X_fit`` holds the plain view of every fitting row first (row ``i`` is
+    sample ``fit_samples[i]``), then the other views; ``splits`` are grouped by sample.
+    With TTA, ``tta_views[j]`` holds the test-time views of test row ``tta_positions[j]``.
+    """
 
     X_fit: np.ndarray
     y_fit: np.ndarray
@@ -633,9 +738,26 @@ class _LayerData:
     ids_test: np.ndarray
     counts: dict[str, int]
     train_rows: np.ndarray  # rows of X_fit in the train split: the pool of few-shot draws
+    fit_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    test_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tta_views: np.ndarray | None = None
+    tta_positions: np.ndarray | None = None
 
     @classmethod
-    def load(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
+    def load(
+        cls, cache: Cache, plan: _Plan, entry: Entry, variant: Variant | None = None
+    ) -> _LayerData:
+        """The plain rows, with the views and test-time views ``variant`` asks for."""
+        data = cls._load_plain(cache, plan, entry)
+        variant = variant or Variant()
+        if variant.views != PLAIN:
+            data = data._with_views(cache, entry)
+        if variant.tta != PLAIN:
+            data = data._with_tta(cache, entry)
+        return data
+
+    @classmethod
+    def _load_plain(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
         wanted = (
             (cache.labels >= 0) & ~cache.removed & np.isin(cache.splits, ["train", "val", "test"])
         )
@@ -657,7 +779,46 @@ class _LayerData:
                 "n_features": int(entry.n_features),
             },
             train_rows=np.flatnonzero(split[fit_rows] == "train"),
+            fit_samples=rows[fit_rows],
+            test_samples=rows[test],
         )
+
+    def _with_views(self, cache: Cache, entry: Entry) -> _LayerData:
+        """Every augmented view of the fitting rows that have them, folds grouped by sample."""
+        views, rows = cache.load_views(entry.model, entry.layer, "augment")
+        positions, found = _positions(self.fit_samples, rows)
+        missing = len(self.fit_samples) - int(found.sum())
+        if missing:
+            logger.info(
+                "%s/%s: %d training rows have no augmented views (failed or pending): they "
+                "train on their plain view only", entry.model, entry.layer, missing,
+            )  # fmt: skip
+        X, y, groups = expand_views(self.X_fit, self.y_fit, views[found], positions[found])
+        return dataclasses.replace(
+            self, X_fit=X, y_fit=y, splits=expand_splits(self.splits, groups)
+        )
+
+    def _with_tta(self, cache: Cache, entry: Entry) -> _LayerData:
+        """The test-time views of the test rows that have them."""
+        views, rows = cache.load_views(entry.model, entry.layer, "tta")
+        positions, found = _positions(self.test_samples, rows)
+        missing = len(self.test_samples) - int(found.sum())
+        if missing:
+            logger.info(
+                "%s/%s: %d test rows have no test-time views (failed or pending): they are "
+                "scored on their plain view", entry.model, entry.layer, missing,
+            )  # fmt: skip
+        return dataclasses.replace(self, tta_views=views[found], tta_positions=positions[found])
+
+
+def _positions(samples: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``rows`` (sample indices), its position in ``samples`` and whether it is
+    there at all."""
+    order = np.argsort(samples, kind="stable")
+    at = np.minimum(np.searchsorted(samples, rows, sorter=order), max(len(samples) - 1, 0))
+    positions = order[at] if len(samples) else np.zeros(len(rows), np.int64)
+    found = samples[positions] == rows if len(samples) else np.zeros(len(rows), bool)
+    return positions, found
 
 
 def _selection_splits(plan: _Plan, entry: Entry, split: np.ndarray, y: np.ndarray) -> list:
@@ -684,28 +845,38 @@ class _Refit(NamedTuple):
 
 def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str) -> None:
     entry = cache.entry(model, layer)
+    variant = plan.variant(model)
     keys = {head.name: _combo_key(cache, plan, entry, head) for head in plan.heads}
     pending = [
-        head for head in plan.heads if not results.is_done(model, layer, head.name, keys[head.name])
+        head
+        for head in plan.heads
+        if not results.is_done(model, layer, head.name, keys[head.name], variant.name)
     ]
     if not pending:
         logger.info("%s/%s: every head already fitted, reusing", model, layer)
         return
-    logger.info("%s/%s: fitting %s", model, layer, ", ".join(h.name for h in pending))
-    data = _LayerData.load(cache, plan, entry)
+    logger.info(
+        "%s/%s: fitting %s (%s)", model, layer, ", ".join(h.name for h in pending), variant.label
+    )
+    data = _LayerData.load(cache, plan, entry, variant)
     found = search_heads(
         pending, plan.grids, data.X_fit, data.y_fit, data.splits, seed=plan.seed,
         n_jobs=plan.n_jobs,
     )  # fmt: skip
+    tta = (
+        None
+        if variant.tta == PLAIN
+        else _TestViews(variant.tta, data.tta_views, data.tta_positions)
+    )
     refits = Parallel(n_jobs=plan.n_jobs)(
         delayed(_refit)(head, found[head.name].params, data.X_fit, data.y_fit, data.X_test,
-                        plan.seed)
+                        plan.seed, tta)
         for head in pending
     )  # fmt: skip
     for head, refit in zip(pending, refits, strict=True):
         curve = _curve(plan, head, data)
         _write_combo(results, cache, plan, entry, data, head, keys[head.name], found[head.name],
-                     refit, curve)  # fmt: skip
+                     refit, curve, variant=variant)  # fmt: skip
     results.write_table()
 
 
@@ -777,10 +948,19 @@ def _fixed_key(
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+class _TestViews(NamedTuple):
+    """Test-time augmentation: ``mode``, and the views of the test rows at ``positions``."""
+
+    mode: str
+    views: np.ndarray  # (n_with_views, n_tta, n_features)
+    positions: np.ndarray  # their rows among the test rows
+
+
 @single_blas_thread
 def _refit(
-    head: Head, params: dict, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int
-) -> _Refit:
+    head: Head, params: dict, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int,
+    tta: _TestViews | None = None,
+) -> _Refit:  # fmt: skip
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -788,10 +968,14 @@ def _refit(
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     y_pred = estimator.predict(X_test) if len(X_test) else np.zeros(0, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    scores = confidence(estimator, X_test)
+    if tta is not None and len(tta.positions):
+        # Rows without test-time views keep their plain prediction.
+        y_pred[tta.positions], scores[tta.positions] = tta_predict(estimator, tta.views, tta.mode)
     per_1000 = (time.perf_counter() - start) * 1000 / len(X_test) if len(X_test) else None
     return _Refit(
-        estimator, np.asarray(y_pred, dtype=np.int64), seconds, converged(estimator[-1]),
-        confidence(estimator, X_test), per_1000,
+        estimator, y_pred, seconds, converged(estimator[-1]), scores, per_1000
     )  # fmt: skip
 
 
@@ -825,18 +1009,19 @@ def _curve(plan: _Plan, head: Head, data: _LayerData) -> list[dict]:
 def _write_combo(
     results: ResultsFolder, cache: Cache, plan: _Plan, entry: Entry, data: _LayerData,
     head: Head, key: str, found: SearchResult, refit: _Refit, curve: list[dict],
-    selection: str | None = None,
+    selection: str | None = None, variant: Variant | None = None,
 ) -> None:  # fmt: skip
     """Write the head, its test predictions, and last the record that marks it finished."""
     model, layer = entry.model, entry.layer
+    variant = variant or Variant()
     head_file = results.write_head(
         estimator=refit.estimator, model=model, layer=layer, head=head.name, params=found.params,
         class_names=cache.class_names, samples_digest=cache.samples_digest,
-        provenance=entry.provenance,
+        provenance=entry.provenance, variant=variant.name,
     )  # fmt: skip
     predictions_file = results.write_predictions(
         model, layer, head.name, ids=data.ids_test, y_true=data.y_test, y_pred=refit.y_pred,
-        class_names=cache.class_names, confidence=refit.confidence,
+        class_names=cache.class_names, confidence=refit.confidence, variant=variant.name,
     )  # fmt: skip
     results.write_combo(
         {
@@ -845,6 +1030,7 @@ def _write_combo(
             "layer": layer,
             "depth": entry.depth,
             "head": head.name,
+            **variant.columns(),
             "selection": selection or ("val" if plan.uses_val else f"{plan.cv}-fold CV"),
             "protocol": plan.protocol,
             **_scores(found, refit, data.y_test),
@@ -896,6 +1082,10 @@ def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head) -> str:
     }
     if plan.shots:  # without a curve the key stays what it was
         key["shots"], key["draws"] = list(plan.shots), plan.draws
+    variant = plan.variant(entry.model)
+    if not variant.is_plain:  # nor without views
+        key["variant"] = variant.columns()
+        key["views"] = plan.views_digest[entry.model]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

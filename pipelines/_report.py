@@ -2,8 +2,11 @@
 
 The best combination, overall and in each cell, is the one
 :func:`pipelines._results.best` picks (the highest CV mean, then the lowest CV std,
-then fewer features, then the names); test accuracy is shown for every
-combination but never used to choose one. Plots are drawn with matplotlib's Agg
+then fewer features, then the names, then the cheaper variant); test accuracy is
+shown for every combination but never used to choose one. When a results folder
+holds variants (heads trained on augmented views, test scored with TTA), every
+section shows the best variant of each (model, layer, head) and one section,
+"Augmented views and test-time augmentation", compares them all. Plots are drawn with matplotlib's Agg
 canvas (no pyplot, no global backend change).
 """
 
@@ -29,7 +32,7 @@ import pandas as pd
 from featurecache import __version__
 from featurecache._paths import check_output
 from featurecache._validation import check_bool
-from featurecache.cache import Cache, atomic_write, open_cache
+from featurecache.cache import Cache, FeatureConfig, atomic_write, open_cache
 from pipelines._figures import (
     confidently_wrong,
     depth_figure,
@@ -46,8 +49,9 @@ from pipelines._fixed import imagenet_view
 from pipelines._results import ResultsFolder, best, best_per, frame
 from pipelines._rows import SPLIT_ORDER
 from pipelines._shots import curve_summary
+from pipelines._views import PLAIN, Variant
 
-__all__ = ["report", "is_report_folder", "MARKER"]
+__all__ = ["report", "is_report_folder", "views_outcome", "MARKER"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +107,11 @@ def report(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
     folder = ResultsFolder(results)
     run = folder.read_run("report")
     records = folder.finished()
-    table = _table(records)
+    full = _table(records)
+    table = _best_variants(full)
     chosen = best(table)
-    blocks = _blocks(run, table, records, chosen, _predictions(folder.root, chosen), folder)
+    predictions = _predictions(folder.root, chosen)
+    blocks = _blocks(run, table, records, chosen, predictions, folder, variants=full)
     _write(
         out, blocks, {"results": str(folder.root.resolve()), "featurecache_version": __version__}
     )
@@ -166,15 +172,33 @@ def best_combination(results: str | os.PathLike) -> tuple[dict, str]:
     InvalidArgumentError
         ``results`` holds no finished combination.
     """
-    table = _table(ResultsFolder(results).finished())
+    table = _best_variants(_table(ResultsFolder(results).finished()))
     chosen = best(table)
     return chosen.to_dict(), recommendation(table, chosen)
 
 
 def earlier_layer_outcome(results: str | os.PathLike) -> str:
     """:func:`earlier_layer_verdict` of the best combination of a results folder."""
-    table = _table(ResultsFolder(results).finished())
+    table = _best_variants(_table(ResultsFolder(results).finished()))
     return earlier_layer_verdict(table, best(table))
+
+
+def views_outcome(results: str | os.PathLike) -> str:
+    """One line: the best combination trained on views (by CV) against the same
+    combination fitted plainly, with the report's verdict; ``""`` without a views fit."""
+    table = _table(ResultsFolder(results).finished())
+    trained = table[(table["views"] != PLAIN) & (table["tta"] == PLAIN)]
+    if trained.empty:
+        return ""
+    row = best(trained)
+    same = next(group for _, group in _variant_groups(table) if row.name in group.index)
+    gain, verdict = _views_gain(row, _variant(row), same)
+    test = f", test {row['test_accuracy']:.4f}" if _finite(row["test_accuracy"]) else ""
+    return (
+        f"{_variant(row).label}: best {row['model']} / {row['layer']} / {row['head']}, CV "
+        f"{row['cv_mean']:.4f} ± {row['cv_std']:.4f}{test}; {gain}"
+        + (f": {verdict}" if verdict else "")
+    )
 
 
 # -- data -----------------------------------------------------------------------------
@@ -184,6 +208,19 @@ def _table(records: list[dict]) -> pd.DataFrame:
     """The records in display order, with the chosen hyper-parameters as text."""
     table = frame(records)
     return table.assign(params_text=table["params"].map(_params_text))
+
+
+def _best_variants(table: pd.DataFrame) -> pd.DataFrame:
+    """The best variant (plain, views, TTA) of each (model, layer, head), by
+    :func:`~pipelines._results.best`: one row each, as the other sections expect."""
+    return best_per(table, ["model", "layer", "head"])
+
+
+def _variant(row: pd.Series) -> Variant:
+    """The row's variant; a row without the columns (written before views) is plain."""
+    return Variant(
+        **{column: row.get(column, plain) for column, plain in Variant().columns().items()}
+    )
 
 
 def _best_per_layer(table: pd.DataFrame) -> pd.DataFrame:
@@ -208,20 +245,29 @@ def _has_test(table: pd.DataFrame) -> bool:
 # -- content --------------------------------------------------------------------------
 
 
-def _blocks(run: dict, table, records, chosen, predictions, folder: ResultsFolder) -> list:
+def _blocks(
+    run: dict, table, records, chosen, predictions, folder: ResultsFolder, variants=None
+) -> list:
     has_test = _has_test(table)
     class_names = run["data"]["class_names"]
     blocks: list = [("h1", TITLE)]
     blocks += [("h2", "Recommendation"), ("p", recommendation(table, chosen))]
-    blocks += [("h2", "Protocol"), ("p", _protocol_text(run, table, has_test))]
+    every = variants if variants is not None else table
+    blocks += [("h2", "Protocol"), ("p", _protocol_text(run, every, has_test))]
     blocks += [("h2", "Data"), _data_table(run)] + [("p", text) for text in _rows_text(run)]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += _warnings(table)
     blocks += [("h2", "Model × layer")] + _comparison(table, has_test)
     blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
     blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
+    blocks += _views_blocks(every)
+    variant = _variant(chosen)
+    shown = "" if variant.is_plain else f" ({variant.label})"
     blocks += [
-        ("h2", f"Best combination: {chosen['model']} / {chosen['layer']} / {chosen['head']}")
+        (
+            "h2",
+            f"Best combination: {chosen['model']} / {chosen['layer']} / {chosen['head']}{shown}",
+        )
     ]
     if predictions is not None and len(predictions):
         matrix = _confusion(predictions, len(class_names))
@@ -250,9 +296,12 @@ def recommendation(table: pd.DataFrame, chosen: pd.Series) -> str:
         if _finite(chosen["test_accuracy"])
         else " (no test split: CV only)"
     )
+    variant = _variant(chosen)
+    trained = "" if variant.is_plain else f", {variant.label}"
     text = (
         f"Use backbone **{chosen['model']}**, layer **{chosen['layer']}** and head "
-        f"**{chosen['head']}** ({chosen['params_text']}): CV accuracy {chosen['cv_mean']:.3f} ± "
+        f"**{chosen['head']}** ({chosen['params_text']}{trained}): CV accuracy "
+        f"{chosen['cv_mean']:.3f} ± "
         f"{_fmt(chosen['cv_std'])}{test}."
     )
     model_rows = table[table["model"] == chosen["model"]]
@@ -349,6 +398,25 @@ def _protocol_text(run: dict, table: pd.DataFrame, has_test: bool) -> str:
             "not scored on held-out data: **this cache has no test split**, so every number in "
             "this report is a cross-validation (or validation) score, which is optimistic for "
             "the chosen combination."
+        )
+    return text + _variants_text(table)
+
+
+def _variants_text(table: pd.DataFrame) -> str:
+    """What the variants of the folder did, in the protocol's words; ``""`` when all plain."""
+    text = ""
+    if "views" in table and (table["views"] != PLAIN).any():
+        text += (
+            " Combinations marked *views* were trained on every augmented view of every "
+            "training row, their folds drawn per sample (no view of a held-out image in "
+            "training; held-out rows scored on their plain view), and refitted on every view."
+        )
+    if "tta" in table and (table["tta"] != PLAIN).any():
+        text += (
+            " Combinations marked *TTA* scored each test row on the mean over its test-time "
+            "views (`mean-proba`: of the predicted probabilities, or of the decision scores "
+            "for heads without them; `mean-feature`: of the features); their CV is that of "
+            "the same head without TTA."
         )
     return text
 
@@ -850,6 +918,95 @@ def _comparison(table: pd.DataFrame, has_test: bool) -> list:
                      _fmt(r["test_accuracy"])))  # fmt: skip
     header = ("backbone", "best layer", "depth", "head", "CV", "test")
     return [figure, ("p", "The best layer of each backbone (by CV):"), _Table(header, tuple(rows))]
+
+
+def _views_blocks(table: pd.DataFrame) -> list:
+    """Plain against views, with and without TTA, for each (features, layer, head) with a
+    variant; empty when every combination is plain."""
+    if ((table["views"] == PLAIN) & (table["tta"] == PLAIN)).all():
+        return []
+    rows = []
+    for _, group in _variant_groups(table):
+        for _, row in group.iterrows():
+            rows.append(_views_row(row, group))
+    text = (
+        "Every variant of a head is selected on the same folds and scores the held-out "
+        "samples on their plain view, so a CV gain of training on views is a paired "
+        "comparison; TTA changes test scoring only, so its gain is a test gain, over the "
+        "same head without TTA. Views stored under another model name (the same backbone, "
+        "weights and preprocessing) are compared with the plain model. A gain is judged "
+        "against the CV spread (the larger CV std of the two): at least 2× is likely real, "
+        "1–2× suggestive, below 1× not a reliable difference."
+    )
+    header = ("model", "layer", "head", "variant", "CV mean ± std", "test acc.", "gain",
+              "against the CV spread", "fit s")  # fmt: skip
+    return [("h2", "Augmented views and test-time augmentation"), ("p", text),
+            _Table(header, tuple(rows))]  # fmt: skip
+
+
+def _variant_groups(table: pd.DataFrame):
+    """``table`` grouped by (features, layer, head), each group plain first: the features
+    are the model's config without its views, so a views model stored under its own name
+    meets the plain model it extends."""
+    keyed = table.assign(_features=[_plain_features(row) for _, row in table.iterrows()])
+    keyed = keyed.sort_values(["n_views", "n_tta", "tta"], kind="mergesort")
+    groups = keyed.groupby(["_features", "layer", "head"], sort=False)
+    order = {key: i for i, key in enumerate(dict.fromkeys(zip(
+        keyed.loc[table.index, "_features"], table["layer"], table["head"], strict=True)))}  # fmt: skip
+    return sorted(groups, key=lambda item: order[item[0]])
+
+
+def _plain_features(row: pd.Series) -> str:
+    """The digest of the row's feature config with its views left out (its model name when
+    the record has no config)."""
+    provenance = row.get("provenance")
+    config = provenance.get("config") if isinstance(provenance, dict) else None
+    try:
+        values = json.loads(config) if isinstance(config, str) else config
+        return FeatureConfig.from_dict({**values, "views": {}}).digest()
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return f"model:{row['model']}"
+
+
+def _views_row(row: pd.Series, group: pd.DataFrame) -> tuple[str, ...]:
+    variant = _variant(row)
+    cells = (row["model"], row["layer"], row["head"], variant.label,
+             f"{row['cv_mean']:.3f} ± {_fmt(row['cv_std'])}", _fmt(row["test_accuracy"]))  # fmt: skip
+    gain, verdict = _views_gain(row, variant, group)
+    return (*cells, gain, verdict, _fmt(row["fit_seconds"], 2))
+
+
+def _views_gain(row: pd.Series, variant: Variant, group: pd.DataFrame) -> tuple[str, str]:
+    """``(gain, verdict)`` of a variant over its reference: plain for views (in CV), the
+    same training without TTA for TTA (on test)."""
+    if variant.is_plain:
+        return "reference", ""
+    same = group["tta"] == PLAIN
+    plain = group[same & (group["views"] == PLAIN)]
+    if variant.tta == PLAIN:
+        reference, score, where = plain, "cv_mean", "CV"
+    else:
+        trained = same & (group["views"] == variant.views) & (group["model"] == row["model"])
+        reference = group[trained] if trained.any() else plain
+        score, where = "test_accuracy", "test"
+    if reference.empty:
+        return "", "no plain fit of this head to compare with: fit without views or tta"
+    ref = reference.iloc[0]
+    if not (_finite(row[score]) and _finite(ref[score])):
+        return "", "no test split to score TTA on"
+    gap = float(row[score] - ref[score])
+    spread = max(_num(row["cv_std"]), _num(ref["cv_std"]))
+    outcome, judgement = gap_verdict(gap, spread)
+    shown = f"{gap:+.3f} {where}"
+    if where == "CV" and _finite(row["test_accuracy"]) and _finite(ref["test_accuracy"]):
+        shown += f" ({row['test_accuracy'] - ref['test_accuracy']:+.3f} test)"
+    shown += f" over {_variant(ref).label}"
+    shown += f" ({ref['model']})" if ref["model"] != row["model"] else ""
+    if outcome == "tie":
+        return shown, "no difference"
+    size = f"{abs(gap) / spread:.1f}× the spread (± {spread:.3f})" if spread > 0 else "spread 0"
+    sense = "gain" if gap > 0 else "loss"
+    return shown, f"{sense} {size}: {judgement}"
 
 
 def _curves(folder: ResultsFolder, table: pd.DataFrame, chosen: pd.Series) -> list:

@@ -7,12 +7,17 @@ read it. This module is the only code that knows its layout::
     RESULTS/
       run.json                               the run: cache, samples digest, arguments,
                                              protocol, data summary
-      results.csv                            one row per finished (model, layer, head)
+      results.csv                            one row per finished (model, layer, head, variant)
       combos/<model>/<layer>/<head>.json     the full record of one combination (written last)
       heads/<model>/<layer>/<head>.joblib    the fitted head and its provenance
       predictions/<model>/<layer>/<head>.csv test predictions, one row per sample
       curves.csv                             few-shot learning curves (fit --shots): one row
                                              per (model, layer, head, shots, draw)
+
+A combination trained on augmented views or scored with test-time augmentation (a
+*variant*, :class:`pipelines._views.Variant`) has its files beside the plain one, named
+``<head>+<variant>`` (``logreg+views``, ``logreg+views+tta-mean-proba``), so plain and
+views results of the same head live in one folder and the report compares them.
 
 Every file is written through :func:`featurecache.cache.atomic_write` (a temporary
 name in the same folder, renamed into place). A combination is finished when its
@@ -23,6 +28,10 @@ features, grid, folds and seed) matches; a re-run skips it.
 
 - ``model``, ``layer``, ``head``: the combination; ``depth``: the layer's depth
   (0 = input, 1 = penultimate embedding; empty when unknown);
+- ``views``: ``none``, or ``train`` (trained on every view of every training row);
+  ``n_views``: views per training row (1 when plain); ``tta``: ``none``, ``mean-proba``
+  or ``mean-feature`` (how test rows were scored); ``n_tta``: test-time views per test
+  row (1 without TTA); records written before views read as plain;
 - ``params``: the chosen hyper-parameters (JSON); ``selection``: ``val`` or ``k-fold CV``;
 - ``cv_mean``, ``cv_std``: the chosen candidate's score on training data;
 - ``test_accuracy``, ``test_balanced_accuracy``, ``test_macro_f1``: scored once on
@@ -45,8 +54,10 @@ The best combination
 --------------------
 :func:`best` is the one ranking of combinations. The tie rule: the highest CV mean,
 then the lowest CV std, then fewer features (``n_features``), then the names
-``model``, ``layer`` and ``head`` in ascending order. A missing value ranks last. Test
-scores play no part.
+``model``, ``layer`` and ``head`` in ascending order, then the cheaper variant: fewer
+views per training row (``n_views``), fewer test-time views (``n_tta``), then ``tta`` by
+name. (TTA changes test scoring only, so a TTA row ties with its sibling in CV and the
+plain scoring ranks first.) A missing value ranks last. Test scores play no part.
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import Cache, FeatureConfig, atomic_write
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._heads import list_heads
+from pipelines._views import PLAIN, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +124,10 @@ RESULT_COLUMNS = (
     "layer",
     "depth",
     "head",
+    "views",
+    "n_views",
+    "tta",
+    "n_tta",
     "params",
     "selection",
     "cv_mean",
@@ -164,7 +180,12 @@ RANKING = (
     ("model", True),
     ("layer", True),
     ("head", True),
+    ("n_views", True),
+    ("n_tta", True),
+    ("tta", True),
 )
+#: The variant columns and their value in records written before views (plain).
+VARIANT_DEFAULTS = Variant().columns()
 
 
 # -- ranking --------------------------------------------------------------------------
@@ -180,6 +201,7 @@ def rank(table: pd.DataFrame) -> pd.DataFrame:
         ``cv_std``, ``n_features``, ``model``, ``layer`` and ``head``.
     """
     columns = [column for column, _ in RANKING]
+    table = table.assign(**{k: v for k, v in VARIANT_DEFAULTS.items() if k not in table})
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise InvalidArgumentError(
@@ -195,7 +217,8 @@ def rank(table: pd.DataFrame) -> pd.DataFrame:
 
 def best(table: pd.DataFrame) -> pd.Series:
     """The best combination of ``table``: highest CV mean, then lowest CV std, then
-    fewer features, then model, layer and head names ascending. Test plays no part.
+    fewer features, then model, layer and head names ascending, then the cheaper variant
+    (fewer views, fewer test-time views). Test plays no part.
 
     Raises
     ------
@@ -231,6 +254,10 @@ def frame(records: Sequence[Mapping]) -> pd.DataFrame:
     for column in ("warnings", "predict_seconds_per_1000"):  # records written before them
         if column not in table:
             table[column] = "" if column == "warnings" else math.nan
+    for column, value in VARIANT_DEFAULTS.items():  # records written before views: plain
+        table[column] = table[column].fillna(value) if column in table else value
+    for column in ("n_views", "n_tta"):
+        table[column] = table[column].astype(int)
     for column in FLOAT_COLUMNS:  # JSON null (no test split, no depth) -> NaN
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
     table["head_order"] = table["head"].map(lambda h: order.get(h, len(order)))
@@ -250,6 +277,9 @@ def _display_key(record: Mapping, order: Mapping[str, int]) -> tuple:
         record["layer"],
         order.get(record["head"], len(order)),
         record["head"],
+        record.get("n_views", 1),
+        record.get("n_tta", 1),
+        record.get("tta", PLAIN),
     )
 
 
@@ -514,15 +544,16 @@ class ResultsFolder:
 
     # -- combinations
 
-    def path(self, kind: str, model: str, layer: str, head: str) -> Path:
+    def path(self, kind: str, model: str, layer: str, head: str, variant: str = "") -> Path:
         """``root/<kind>/<model>/<layer>/<head><suffix>`` for ``combos``, ``heads`` or
-        ``predictions``."""
+        ``predictions``; ``<head>+<variant>`` for a variant (:attr:`Variant.name`)."""
         suffix = {"combos": ".json", "heads": ".joblib", "predictions": ".csv"}[kind]
-        return self.root / kind / _safe(model) / _safe(layer) / f"{_safe(head)}{suffix}"
+        stem = _safe(head) + (f"+{variant}" if variant else "")
+        return self.root / kind / _safe(model) / _safe(layer) / f"{stem}{suffix}"
 
-    def is_done(self, model: str, layer: str, head: str, key: str) -> bool:
+    def is_done(self, model: str, layer: str, head: str, key: str, variant: str = "") -> bool:
         """True when the combination's record has ``key`` and its head file exists."""
-        record = self.path("combos", model, layer, head)
+        record = self.path("combos", model, layer, head, variant)
         if not record.is_file():
             return False
         try:
@@ -534,6 +565,7 @@ class ResultsFolder:
     def write_head(
         self, *, estimator: Any, model: str, layer: str, head: str, params: Mapping[str, Any],
         class_names: Sequence[str], samples_digest: str, provenance: Mapping[str, Any],
+        variant: str = "",
     ) -> str:  # fmt: skip
         """Write a head file (a dict with :data:`HEAD_KEYS`) and return its path relative to
         the folder. ``provenance`` holds the cached layer's attributes, its ``config`` among
@@ -549,7 +581,7 @@ class ResultsFolder:
             "provenance": dict(provenance),
             "featurecache_version": str(__version__),
         }
-        path = self.path("heads", model, layer, head)
+        path = self.path("heads", model, layer, head, variant)
         atomic_write(path, lambda p: joblib.dump(stored, p))
         return str(path.relative_to(self.root))
 
@@ -564,6 +596,7 @@ class ResultsFolder:
         y_pred: np.ndarray,
         class_names: Sequence[str],
         confidence: np.ndarray | None = None,
+        variant: str = "",
     ) -> str:
         """Write the test predictions of a combination and return the path relative to the
         folder, or ``""`` when there are none (no test split)."""
@@ -574,7 +607,7 @@ class ResultsFolder:
             confidence = np.full(len(y_true), np.nan)
         columns = (ids, y_true, y_pred, names[y_true], names[y_pred], confidence)
         table = pd.DataFrame(dict(zip(PREDICTION_COLUMNS, columns, strict=True)))
-        path = self.path("predictions", model, layer, head)
+        path = self.path("predictions", model, layer, head, variant)
         atomic_write(path, lambda p: table.to_csv(p, index=False))
         return str(path.relative_to(self.root))
 
@@ -583,7 +616,8 @@ class ResultsFolder:
         anything else worth keeping); written last, it marks the combination finished."""
         _require(record, ("key", *RESULT_COLUMNS), "combination record")
         text = json.dumps(jsonable(record), indent=1)
-        path = self.path("combos", record["model"], record["layer"], record["head"])
+        variant = Variant(**{k: record[k] for k in VARIANT_DEFAULTS}).name
+        path = self.path("combos", record["model"], record["layer"], record["head"], variant)
         atomic_write(path, lambda p: p.write_text(text))
 
     def records(self) -> list[dict]:

@@ -38,6 +38,29 @@ def test_reduced_demo_writes_a_report_and_prints_the_summary(tmp_path, capsys):
     assert "cache hit, no forward pass" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_demo_with_views_fits_plain_and_views_and_compares_them(tmp_path, capsys):
+    cache, out = tmp_path / "demo.h5", tmp_path / "report"
+    argv = [
+        "demo", "--limit", "100", "--layers", "embedding", "--heads", "logreg", "--image-size",
+        "64", "--cache", str(cache), "--out", str(out), "--views", "2",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert re.search(
+        r"\nviews ×2: best efficientnet_lite0 / embedding / logreg, CV 0\.\d{4} ± 0\.\d{4}, test "
+        r"0\.\d{4}; [+-]\d\.\d{3} CV \([+-]\d\.\d{3} test\) over plain",
+        printed,
+    )
+    table = pd.read_csv(tmp_path / "demo-results" / "results.csv")
+    assert list(zip(table["views"], table["n_views"], strict=True)) == [("none", 1), ("train", 2)]
+    assert "## Augmented views and test-time augmentation" in (out / "report.md").read_text()
+    # The default augmentation of digits has no flip: a mirrored digit is another digit.
+    assert "flip" not in DEMO_DEFAULTS["builtin:digits"].augment
+    assert main([*argv[:-1], "3"]) == 2  # another K under the same cache is refused
+    assert "views.k: cached 2, requested 3" in capsys.readouterr().err
+
+
 def _write_idx(path, array: np.ndarray) -> None:
     header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as stream:

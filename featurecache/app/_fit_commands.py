@@ -96,6 +96,17 @@ def register(subparsers) -> None:
         "written to RESULTS/curves.csv (default: none)",
     )  # fmt: skip
     fit.add_argument("--draws", type=int, default=5, help="seeded draws per number of shots, >= 1")
+    fit.add_argument(
+        "--views", choices=("train",), default=None,
+        help="train on every augmented view of every training row (a cache extracted with "
+        "--views K --augment SPEC); CV folds grouped by sample (default: plain view only)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--tta", choices=("mean-proba", "mean-feature"), default=None,
+        help="score test rows on the mean over their test-time views (extract --tta SPEC): "
+        "of predict_proba (decision_function for heads without it), or of the features "
+        "(default: plain view only)",
+    )  # fmt: skip
     fit.set_defaults(func=run_fit)
 
     report = add_command(
@@ -135,6 +146,8 @@ def run_fit(args: argparse.Namespace) -> int:
         address=args.address,
         shots=args.shots,
         draws=args.draws,
+        views=args.views,
+        tta=args.tta,
         allow_partial=args.allow_partial,
         force=args.force,
     )
@@ -145,10 +158,14 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def _best_line(chosen) -> str:
+    from pipelines._views import Variant
+
+    variant = Variant(**{k: chosen.get(k, v) for k, v in Variant().columns().items()})
     test = chosen["test_accuracy"]
     test_text = "no test split" if test != test else f"test {test:.3f}"
+    shown = "" if variant.is_plain else f" ({variant.label})"
     return (
-        f"best by CV: {chosen['model']} / {chosen['layer']} / {chosen['head']} "
+        f"best by CV: {chosen['model']} / {chosen['layer']} / {chosen['head']}{shown} "
         f"(CV {chosen['cv_mean']:.3f} ± {chosen['cv_std']:.3f}, {test_text})"
     )
 

@@ -846,6 +846,17 @@ def _add_demo(sub) -> None:
     parser.add_argument(
         "--jobs", type=int, default=-1, help="parallel fitting workers (-1: all cores)"
     )
+    parser.add_argument(
+        "--views", type=int, default=0,
+        help="also extract K augmented views of every training image (view 0 the plain one) "
+        "and fit every head plainly and on the views; the report compares them (default: 0, "
+        "no views; the cache is then data/cache/demo-<dataset>-views<K>.h5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--augment", default=None,
+        help="augmentation of the views (default: rrc:0.5-1 on digits, flip,rrc:0.5-1 on "
+        "fashion-mnist; grammar in docs/views.md)",
+    )  # fmt: skip
     parser.set_defaults(func=_run_demo)
 
 
@@ -865,6 +876,8 @@ def _run_demo(args) -> int:
         force=args.force,
         jobs=args.jobs,
         progress=sys.stderr.isatty(),
+        views=args.views,
+        augment=args.augment,
     )
     print(summarize(summary))
     return 0
