@@ -214,14 +214,15 @@ class FolderView:
 
 
 def verify(
-    shard: ShardData, data: np.ndarray, stat: os.stat_result, *, force: bool = False
+    shard: ShardData, data: np.ndarray, stat: os.stat_result | None = None, *, force: bool = False
 ) -> str | None:
     """``None`` if ``data`` matches the shard's SHA-256 (checked once per file and process).
 
     Otherwise the digest found. A file is known by path, inode, size and modification
-    time (``stat``, taken on the descriptor ``data`` was read from): shard files are never
-    written again, so a change means damage.
+    time (``stat``, taken on the descriptor ``data`` was read from, else now): shard files
+    are never written again, so a change means damage.
     """
+    stat = os.stat(shard.file) if stat is None else stat
     key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, shard.layer)
     if not force and _VERIFIED.get(key) == shard.sha256:
         return None
