@@ -930,22 +930,26 @@ def _fixed_key(
     cache: Cache, plan: _Plan, entry: Entry, name: str, classifier: StoredClassifier
 ) -> str:
     """Everything that changes a fixed head's scores, hashed."""
+    key = {**_key_fields(cache, plan, entry, name), "classifier": classifier.digest()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _key_fields(cache: Cache, plan: _Plan, entry: Entry, head: str) -> dict:
+    """What every result key holds: the data, the features, the head and the protocol."""
     provenance = entry.provenance
     features = provenance.get("config_digest") or json.dumps(jsonable(provenance), sort_keys=True)
-    key = {
+    return {
         "version": RECORD_VERSION,
         "samples_digest": cache.samples_digest,
         "model": entry.model,
         "layer": entry.layer,
         "features": features,
         "n_ok": entry.n_ok,
-        "head": name,
-        "classifier": classifier.digest(),
+        "head": head,
         "selection": plan.selection,
         "cv": plan.cv if plan.selection == "cv" else None,
         "seed": plan.seed,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 class _TestViews(NamedTuple):
@@ -1063,22 +1067,11 @@ def _scores(found: SearchResult, refit: _Refit, y_test: np.ndarray) -> dict[str,
 
 def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head) -> str:
     """Everything that changes a combination's result, hashed."""
-    provenance = entry.provenance
-    features = provenance.get("config_digest") or json.dumps(jsonable(provenance), sort_keys=True)
     key = {
-        "version": RECORD_VERSION,
-        "samples_digest": cache.samples_digest,
-        "model": entry.model,
-        "layer": entry.layer,
-        "features": features,
+        **_key_fields(cache, plan, entry, head.name),
         "n_features": entry.n_features,
-        "n_ok": entry.n_ok,
         "n_failed": entry.n_failed,
-        "head": head.name,
         "grid": jsonable(plan.grids[head.name]),
-        "selection": plan.selection,
-        "cv": plan.cv if plan.selection == "cv" else None,
-        "seed": plan.seed,
     }
     if plan.shots:  # without a curve the key stays what it was
         key["shots"], key["draws"] = list(plan.shots), plan.draws
