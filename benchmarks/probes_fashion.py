@@ -17,7 +17,7 @@ Extraction: ``featurecache.extract`` with each model's default layers (plus ``--
 when it is not one of them) into one cache; fitting: ``pipelines.fit`` with 5-fold
 stratified CV on train, refit, scored once on test; nothing is chosen on test.
 
-    python benchmarks/probes_fashion.py --train-rows 5000 --test-rows 2000 \
+    python benchmarks/probes_fashion.py --train-rows 15000 --test-rows 5000 \
         --root /tmp/probes16 --jobs 1 --threads 1
 """
 
@@ -147,6 +147,11 @@ def rank_table(table) -> list[str]:
                 rho = spearmanr(part[(score, probe)], part[(score, REFERENCE)]).statistic
                 cells.append(f"{rho:.2f}")
         lines.append(f"| {name} | {len(part)} | " + " | ".join(cells) + " |")
+    lines += ["", "Best layer by CV, per model:", ""]
+    lines += ["| model | " + " | ".join((*PROBES, REFERENCE)) + " |", "| --- |" + " --- |" * 3]
+    for model, part in wide.groupby(level="model"):
+        cells = [part[("cv_mean", h)].idxmax()[1] for h in (*PROBES, REFERENCE)]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "Per-layer scores (CV / test):", ""]
     lines += [
         "| model | layer | depth | " + " | ".join((*PROBES, REFERENCE)) + " |",
@@ -201,6 +206,23 @@ def curve_lines(curves, full, best) -> list[str]:
     return lines
 
 
+def time_probes(args, cache: Path, out: Path, heads: list[str]) -> int:
+    """Figure 1 alone, fitted from scratch into ``out`` (emptied first)."""
+    import shutil
+
+    import pipelines
+
+    shutil.rmtree(out, ignore_errors=True)
+    layers = ["embedding", args.middle_layer]
+    table = pipelines.fit(
+        cache, out, models=[args.probe_model], layers=layers, heads=heads, cv=args.cv,
+        seed=args.seed, n_jobs=args.jobs,
+    )  # fmt: skip
+    print(f"load at end {os.getloadavg()[0]:.2f}")
+    print("\n".join(probe_table(table, args.probe_model, layers)))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,8 +234,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--probe-model", default="efficientnet_lite0")
     parser.add_argument("--middle-layer", default="blocks.10")
-    parser.add_argument("--train-rows", type=int, default=5000, help="train images (stratified)")
-    parser.add_argument("--test-rows", type=int, default=2000, help="test images (stratified)")
+    parser.add_argument("--train-rows", type=int, default=15000, help="train images (stratified)")
+    parser.add_argument("--test-rows", type=int, default=5000, help="test images (stratified)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -224,11 +246,22 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="/tmp/probes16", help="cache and results go here")
-    parser.add_argument("--stage", choices=["all", "extract", "fit"], default="all")
+    parser.add_argument(
+        "--stage",
+        choices=["all", "extract", "fit", "time"],
+        default="all",
+        help="time: fit figure 1's combinations again into a fresh folder (timing on a quiet "
+        "machine), after extract",
+    )
     args = parser.parse_args(argv)
 
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, str(args.threads))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.threads):  # BLAS and OpenMP of this process
+        return run(args)
+
+
+def run(args) -> int:
     root = Path(args.root)
     stem = f"fashion-{args.image_size}-train{args.train_rows}-test{args.test_rows}"
     cache = root / f"{stem}.h5"
@@ -244,6 +277,8 @@ def main(argv=None) -> int:
     import pipelines
 
     heads = [*PROBES, REFERENCE]
+    if args.stage == "time":
+        return time_probes(args, cache, root / f"{stem}-timing", heads)
     started = time.perf_counter()
     table = pipelines.fit(
         cache, root / f"{stem}-results", models=args.models, heads=heads, cv=args.cv,
