@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's featurecache
 
 PROBES = ("ridge", "knn")
 REFERENCE = "logreg"
