@@ -611,99 +611,97 @@ def _run_ls(args) -> int:
     from pipelines import open_cache
 
     cache = open_cache(args.cache)
+    entries = cache.entries  # read once: each listing of a folder cache reads its logs
     if args.json:
-        entries = [
-            {
-                **{
-                    k: getattr(e, k)
-                    for k in (
-                        "model",
-                        "layer",
-                        "n_features",
-                        "dtype",
-                        "n_ok",
-                        "n_failed",
-                        "n_pending",
-                        "n_removed",
-                        "depth",
-                    )
-                },
-                "provenance": e.provenance,
+        print(json.dumps(_ls_record(cache, entries), default=str, indent=1))
+    else:
+        print("\n".join(_ls_lines(cache, entries)))
+    return 0
+
+
+_ENTRY_FIELDS = (
+    "model", "layer", "n_features", "dtype", "n_ok", "n_failed", "n_pending", "n_removed", "depth",
+)  # fmt: skip
+
+
+def _ls_record(cache, entries) -> dict:
+    """What `ls --json` prints: the samples, every (model, layer), classifiers and views."""
+    return {
+        "cache": str(cache.path),
+        "n_samples": int((~cache.removed).sum()),
+        "n_removed": int(cache.removed.sum()),
+        "entries": [
+            {**{k: getattr(e, k) for k in _ENTRY_FIELDS}, "provenance": e.provenance}
+            for e in entries
+        ],
+        "classifiers": {
+            model: {
+                kind: {
+                    "layer": c.layer,
+                    "n_classes": len(c.class_names),
+                    "prompts": list(c.prompts),
+                    "source": c.source,
+                }
+                for kind, c in cache.classifiers(model).items()
             }
-            for e in cache.entries
-        ]
-        print(
-            json.dumps(
-                {
-                    "cache": str(cache.path),
-                    "n_samples": int((~cache.removed).sum()),
-                    "n_removed": int(cache.removed.sum()),
-                    "entries": entries,
-                    "classifiers": {
-                        model: {
-                            kind: {
-                                "layer": c.layer,
-                                "n_classes": len(c.class_names),
-                                "prompts": list(c.prompts),
-                                "source": c.source,
-                            }
-                            for kind, c in cache.classifiers(model).items()
-                        }
-                        for model in cache.models
-                    },
-                    "views": {
-                        model: sets.to_dict()
-                        for model in cache.models
-                        if (sets := cache.views(model)) is not None
-                    },
-                },
-                default=str,
-                indent=1,
-            )
-        )
-        return 0
+            for model in cache.models
+        },
+        "views": {
+            model: sets.to_dict()
+            for model in cache.models
+            if (sets := cache.views(model)) is not None
+        },
+    }
+
+
+def _ls_lines(cache, entries) -> list[str]:
+    """What `ls` prints: the samples, then each model with its layers and failures."""
     active = cache.splits[~cache.removed]
     splits = {name: int((active == name).sum()) for name in dict.fromkeys(active.tolist())}
     split_text = ", ".join(f"{name or '(none)'} {count}" for name, count in splits.items())
     removed = f", {int(cache.removed.sum())} removed" if cache.removed.any() else ""
-    print(
+    lines = [
         f"{cache.path}: {len(active)} samples ({split_text}){removed}, "
         f"{len(cache.class_names)} classes"
-    )
+    ]
     for model in cache.models:
-        entries = [e for e in cache.entries if e.model == model]
-        config = entries[0].provenance if entries else {}
-        print(
-            f"\n{model}: backbone {config.get('backbone', '?')}, weights {config.get('weights', '?')}, pooling {config.get('pooling', '?')}, compute {config.get('compute_dtype', '?')}"
+        lines += ["", *_model_lines(cache, model, [e for e in entries if e.model == model])]
+    return lines
+
+
+def _model_lines(cache, model: str, entries) -> list[str]:
+    config = entries[0].provenance if entries else {}
+    lines = [
+        f"{model}: backbone {config.get('backbone', '?')}, weights {config.get('weights', '?')}, "
+        f"pooling {config.get('pooling', '?')}, compute {config.get('compute_dtype', '?')}",
+        f"  sha256 {str(config.get('weights_sha256', '?'))[:16]}…  "
+        f"preprocessing {config.get('preprocessing', '?')}",
+    ]
+    if config.get("source"):
+        revision = f" revision {config['revision']}" if config.get("revision") else ""
+        lines.append(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
+    views = cache.views(model)
+    if views is not None:
+        lines.append(f"  {_views_text(views)}")
+    for kind, stored in cache.classifiers(model).items():
+        prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
+        use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"
+        lines.append(
+            f"  {kind} classifier: reads {stored.layer}, {len(stored.class_names)} classes"
+            f"{prompts} (featurecache {use})"
         )
-        print(
-            f"  sha256 {str(config.get('weights_sha256', '?'))[:16]}…  preprocessing {config.get('preprocessing', '?')}"
-        )
-        if config.get("source"):
-            revision = f" revision {config['revision']}" if config.get("revision") else ""
-            print(f"  source {config['source']} ({config.get('library') or '?'}){revision}")
-        if cache.views(model) is not None:
-            print(f"  {_views_text(cache.views(model))}")
-        for kind, stored in cache.classifiers(model).items():
-            prompts = f", {len(stored.prompts)} prompts" if stored.prompts else ""
-            use = "predict --imagenet" if kind == "imagenet" else "fit --heads zeroshot"
-            print(
-                f"  {kind} classifier: reads {stored.layer}, {len(stored.class_names)} classes"
-                f"{prompts} (featurecache {use})"
-            )
-        print(
-            f"  {'layer':32s} {'features':>9s} {'dtype':8s} {'ok':>7s} {'failed':>7s} {'pending':>8s}"
-        )
-        for e in entries:
-            print(
-                f"  {e.layer:32s} {e.n_features:9d} {e.dtype:8s} {e.n_ok:7d} {e.n_failed:7d} {e.n_pending:8d}"
-            )
-        failures = cache.failures(model)
-        if failures:
-            print(f"  failed samples ({len(failures)}):")
-            for sample_id, reason in failures:
-                print(f"    {sample_id}: {reason}")
-    return 0
+    header = ("layer", "features", "dtype", "ok", "failed", "pending")
+    lines.append("  {:32s} {:>9s} {:8s} {:>7s} {:>7s} {:>8s}".format(*header))
+    lines += [
+        f"  {e.layer:32s} {e.n_features:9d} {e.dtype:8s} {e.n_ok:7d} {e.n_failed:7d} "
+        f"{e.n_pending:8d}"
+        for e in entries
+    ]
+    failures = cache.failures(model)
+    if failures:
+        lines.append(f"  failed samples ({len(failures)}):")
+        lines += [f"    {sample_id}: {reason}" for sample_id, reason in failures]
+    return lines
 
 
 # -- predict --------------------------------------------------------------------------
