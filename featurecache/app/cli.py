@@ -338,77 +338,95 @@ def _add_extract(sub) -> None:
         "--cache", required=True,
         help="cache file (.h5) in an existing folder; created, or resumed (required)",
     )  # fmt: skip
-    parser.add_argument(
+    _add_feature_options(parser.add_argument_group(
+        "the model and its features (all but --name and --prompts make the cache key)"
+    ))  # fmt: skip
+    _add_sample_options(parser.add_argument_group("the samples"))
+    _add_view_options(parser.add_argument_group("augmented and test-time views (docs/views.md)"))
+    _add_run_options(parser, parser.add_argument_group(
+        "how it runs (RunOptions and the engine: never the stored numbers)"
+    ))  # fmt: skip
+    # RayEngine's 'workers' is --ray-workers; RunOptions' is --workers.
+    parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
+
+
+def _add_feature_options(group) -> None:
+    """What the stored numbers are (FeatureConfig), the model's name and its prompts."""
+    group.add_argument(
         "--model", default="efficientnet_lite0", help="backbone name (see `featurecache backbones`)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--weights", default=None,
         help="DEFAULT (downloaded unless --offline), a torchvision weights name, none (seeded "
         "random), or a state-dict file (default: the backbone's default weights)",
     )  # fmt: skip
-    parser.add_argument(
+    group.add_argument(
         "--layers", default=None,
         help="comma-separated layer names, see `featurecache layers MODEL` "
         "(default: the backbone's default set)",
     )  # fmt: skip
-    parser.add_argument(
+    group.add_argument(
         "--pool", default=None,
         help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens "
         "(default: avg for maps, cls for tokens)",
     )  # fmt: skip
-    parser.add_argument(
+    group.add_argument(
         "--image-size", type=int, default=None,
         help="crop size S, 1 to 4096 (default: the weights' or the backbone's own)",
     )  # fmt: skip
-    _add_resize(parser, "the model's own preprocessing, crop for torchvision")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument(
-        "--workers", type=workers, default=None,
-        help="data-loading processes: an int >= 0 or auto (default: auto, one fewer than the "
-        "CPUs, at least 1 and at most 32)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--device", default="auto", choices=DEVICES, help="where the forward pass runs"
-    )
-    parser.add_argument(
+    _add_resize(group, "the model's own preprocessing, crop for torchvision")
+    group.add_argument(
         "--dtype", default="auto", choices=("auto", *COMPUTE_DTYPE_NAMES),
         help="autocast dtype; auto keeps the cached model's, else the device's best",
     )  # fmt: skip
-    parser.add_argument(
+    group.add_argument(
         "--store-dtype",
         default="float32",
         choices=STORE_DTYPES,
         help="dtype of the stored features",
     )
-    parser.add_argument(
+    group.add_argument(
         "--decode", default="auto", choices=("auto", *DECODE_MODES),
         help="how image files become pixels, part of the cache key: exact, fast (large JPEGs "
         "decoded at 1/2-1/8 scale in the DCT domain), gpu (nvJPEG on a CUDA device) "
         f"(default: auto, the cached model's, else {DEFAULT_DECODE})",
     )  # fmt: skip
-    parser.add_argument(
+    group.add_argument(
         "--name", default=None, help="name of the model in the cache (default: the backbone's)"
     )
-    parser.add_argument(
-        "--split", default=None,
-        help="random:FRACTION or none, for data without splits (default: the data's own "
-        "splits; builtin:digits random:0.2)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--resplit", action="store_true",
-        help="let --split replace the splits of data that has its own (split folders, a split "
-        "column)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of --split and of --weights none, 0 to 2**32-1"
-    )
-    parser.add_argument(
+    group.add_argument(
         "--prompts", default=None, metavar="FILE",
         help="OpenCLIP and Hugging Face SigLIP/CLIP models: prompt templates of the stored "
         "zero-shot classifier, one per line with {} for the class name (default: "
         "featurecache.DEFAULT_PROMPTS)",
     )  # fmt: skip
-    views = parser.add_argument_group("augmented and test-time views (docs/views.md)")
+
+
+def _add_sample_options(group) -> None:
+    """Which rows the cache holds, their splits, and how a changed dataset is met."""
+    group.add_argument(
+        "--split", default=None,
+        help="random:FRACTION or none, for data without splits (default: the data's own "
+        "splits; builtin:digits random:0.2)",
+    )  # fmt: skip
+    group.add_argument(
+        "--resplit", action="store_true",
+        help="let --split replace the splits of data that has its own (split folders, a split "
+        "column)",
+    )  # fmt: skip
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of --split and of --weights none, 0 to 2**32-1"
+    )
+    group.add_argument(
+        "--frozen-samples",
+        action="store_true",
+        help="refuse a dataset that differs from the cache's samples (default: new samples "
+        "are appended and computed, removed ones marked removed, labels and splits updated)",
+    )
+
+
+def _add_view_options(views) -> None:
+    """Augmented and test-time views (docs/views.md)."""
     views.add_argument(
         "--views", type=int, default=0, metavar="K",
         help="views per train and val row, view 0 the plain one: 2 to 64, with --augment; "
@@ -425,19 +443,26 @@ def _add_extract(sub) -> None:
         help="test-time views of every row: crops:F (five crops of F of each side), flip (the "
         "mirror of each view), e.g. crops:0.875,flip, 12 views with the plain one (default: none)",
     )  # fmt: skip
-    parser.add_argument(
-        "--frozen-samples",
-        action="store_true",
-        help="refuse a dataset that differs from the cache's samples (default: new samples "
-        "are appended and computed, removed ones marked removed, labels and splits updated)",
+
+
+def _add_run_options(parser, group) -> None:
+    """How the extraction runs (RunOptions, the engine): never the stored numbers."""
+    group.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    group.add_argument(
+        "--workers", type=workers, default=None,
+        help="data-loading processes: an int >= 0 or auto (default: auto, one fewer than the "
+        "CPUs, at least 1 and at most 32)",
+    )  # fmt: skip
+    group.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where the forward pass runs"
     )
-    parser.add_argument("--shard-size", type=int, default=1024, help="rows per committed shard")
-    parser.add_argument(
+    group.add_argument("--shard-size", type=int, default=1024, help="rows per committed shard")
+    group.add_argument(
         "--no-locking",
         action="store_true",
         help="no file locks (network file systems); also FEATURECACHE_NO_LOCKING=1",
     )
-    parser.add_argument(
+    group.add_argument(
         "--engine", default="local", choices=("local", "ray"), help="where the shards run"
     )
     ray = parser.add_argument_group("with --engine ray")
@@ -449,11 +474,9 @@ def _add_extract(sub) -> None:
     )
     ray.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each actor reserves")
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each actor reserves")
-    parser.add_argument(
+    group.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none without a terminal)"
     )
-    # RayEngine's 'workers' is --ray-workers; RunOptions' is --workers.
-    parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
 
 
 def _add_resize(parser: argparse.ArgumentParser, default: str) -> None:
