@@ -30,6 +30,11 @@ def register(subparsers) -> None:
 
     Nothing heavy is imported here: scikit-learn loads when a subcommand runs.
     """
+    _add_fit(subparsers)
+    _add_report(subparsers)
+
+
+def _add_fit(subparsers) -> None:
     fit = add_command(
         subparsers, "fit",
         help="choose and fit heads on every (model, layer) of a cache; write a results folder",
@@ -50,65 +55,86 @@ def register(subparsers) -> None:
         help="write into an --out that fit did not write, or start over in a results folder "
         "made from other samples",
     )  # fmt: skip
-    fit.add_argument(
+    _add_fit_choices(fit.add_argument_group("what is fitted"))
+    _add_fit_protocol(fit.add_argument_group("the selection protocol"))
+    _add_fit_runs(fit.add_argument_group("where the fits run"))
+    fit.set_defaults(func=run_fit)
+
+
+def _add_fit_choices(group) -> None:
+    """Which models, layers and heads on which grids; learning curves; views and TTA."""
+    group.add_argument(
         "--models", nargs="+", default=None, help="models to fit (default: all in the cache)"
     )
-    fit.add_argument(
+    group.add_argument(
         "--layers", nargs="+", default=None, help="layers to fit (default: all of each model)"
     )
-    fit.add_argument(
+    group.add_argument(
         "--heads",
         type=_csv,
         default=None,
         help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn (default: logreg,linsvm; "
         "see docs/heads.md)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--grid", default=None,
         help="JSON/YAML file {head: {param: [values]}} updating the default grids "
         "(default: the grids of docs/heads.md)",
     )  # fmt: skip
-    fit.add_argument("--cv", type=int, default=5, help="CV folds on train, >= 2")
-    fit.add_argument(
-        "--jobs", dest="n_jobs", type=int, default=-1,
-        help="parallel workers (-1: all cores; 0 is refused)",
-    )  # fmt: skip
-    fit.add_argument("--seed", type=int, default=0, help="seeds folds and estimators, 0 to 2**32-1")
-    fit.add_argument(
-        "--pca", type=int, default=None,
-        help="PCA to N components on layers wider than N (default: no PCA)",
-    )  # fmt: skip
-    fit.add_argument(
-        "--allow-partial", action="store_true",
-        help="fit on the rows done when the cache has pending rows (the report states them)",
-    )  # fmt: skip
-    fit.add_argument(
-        "--backend", default="loky", help="joblib backend: loky, threading, multiprocessing, "
-        "dask or ray",
-    )  # fmt: skip
-    fit.add_argument(
-        "--address", default=None,
-        help="dask scheduler or ray cluster address (default: a local one)",
-    )  # fmt: skip
-    fit.add_argument(
+    group.add_argument(
         "--shots", default=None,
         help="few-shot learning curves: training images per class, e.g. 1,5,10,25,all, "
         "written to RESULTS/curves.csv (default: none)",
     )  # fmt: skip
-    fit.add_argument("--draws", type=int, default=5, help="seeded draws per number of shots, >= 1")
-    fit.add_argument(
+    group.add_argument(
+        "--draws", type=int, default=5, help="seeded draws per number of shots, >= 1"
+    )
+    group.add_argument(
         "--views", choices=("train",), default=None,
         help="train on every augmented view of every training row (a cache extracted with "
         "--views K --augment SPEC); CV folds grouped by sample (default: plain view only)",
     )  # fmt: skip
-    fit.add_argument(
+    group.add_argument(
         "--tta", choices=("mean-proba", "mean-feature"), default=None,
         help="score test rows on the mean over their test-time views (extract --tta SPEC): "
         "of predict_proba (decision_function for heads without it), or of the features "
         "(default: plain view only)",
     )  # fmt: skip
-    fit.set_defaults(func=run_fit)
 
+
+def _add_fit_protocol(group) -> None:
+    """How heads are chosen and scored: folds, seed, PCA, partial caches."""
+    group.add_argument("--cv", type=int, default=5, help="CV folds on train, >= 2")
+    group.add_argument(
+        "--seed", type=int, default=0, help="seeds folds and estimators, 0 to 2**32-1"
+    )
+    group.add_argument(
+        "--pca", type=int, default=None,
+        help="PCA to N components on layers wider than N (default: no PCA)",
+    )  # fmt: skip
+    group.add_argument(
+        "--allow-partial", action="store_true",
+        help="fit on the rows done when the cache has pending rows (the report states them)",
+    )  # fmt: skip
+
+
+def _add_fit_runs(group) -> None:
+    """Parallel workers and the joblib backend: never the results."""
+    group.add_argument(
+        "--jobs", dest="n_jobs", type=int, default=-1,
+        help="parallel workers (-1: all cores; 0 is refused)",
+    )  # fmt: skip
+    group.add_argument(
+        "--backend", default="loky", help="joblib backend: loky, threading, multiprocessing, "
+        "dask or ray",
+    )  # fmt: skip
+    group.add_argument(
+        "--address", default=None,
+        help="dask scheduler or ray cluster address (default: a local one)",
+    )  # fmt: skip
+
+
+def _add_report(subparsers) -> None:
     report = add_command(
         subparsers, "report",
         help="write report.md and a self-contained report.html from a results folder",
