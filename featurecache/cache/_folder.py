@@ -305,21 +305,24 @@ def read_layer(
     keep: np.ndarray,
     *,
     force: bool = False,
-    threads: int = 4,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The kept rows of one layer over ``shards``, as float32, with their row numbers.
 
     ``keep`` is a boolean mask over every row of the cache. Only shards holding a kept
     row are read; each one straight into one buffer (no copy per chunk), its SHA-256
     checked once per file and process (``force``: again). Reads and digests run on
-    ``threads`` threads: both release the GIL.
+    ``threads`` threads (default: one per CPU, at most 8): both release the GIL.
 
     Raises
     ------
     ShardReadError
         For the first shard (in row order) that cannot be read or does not match.
     """
-    chosen = [s for s in shards if keep[s.start : s.stop].any()]
+    starts = np.fromiter((s.start for s in shards), dtype=np.int64, count=len(shards))
+    stops = np.fromiter((s.stop for s in shards), dtype=np.int64, count=len(shards))
+    kept = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    chosen = [shards[i] for i in np.flatnonzero(kept[stops] > kept[starts])]
     dtype = np.dtype(chosen[0].dtype) if chosen else np.dtype(np.float32)
     offsets = np.cumsum([0] + [s.stop - s.start for s in chosen])
     buffer = np.empty((int(offsets[-1]), n_features), dtype=dtype)
@@ -328,7 +331,7 @@ def read_layer(
     def fill_all(group) -> list[ShardReadError | None]:
         return [_fill(shard, out, n_features, force) for shard, out in group]
 
-    n_threads = min(threads, len(jobs))
+    n_threads = min(threads or min(os.cpu_count() or 1, 8), len(jobs))
     if n_threads > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -344,14 +347,19 @@ def read_layer(
         if error is not None:
             raise error
     rows = _row_numbers(chosen, offsets)
-    mask = keep[rows]
-    X = buffer if mask.all() else buffer[mask]
-    return X.astype(np.float32, copy=False), rows[mask]
+    mask = keep[rows] if isinstance(rows, np.ndarray) else keep[rows.start : rows.stop]
+    rows = np.arange(rows.start, rows.stop) if isinstance(rows, range) else rows
+    if mask.all():
+        return buffer.astype(np.float32, copy=False), rows
+    return buffer[mask].astype(np.float32, copy=False), rows[mask]
 
 
-def _row_numbers(shards: list[ShardData], offsets: np.ndarray) -> np.ndarray:
-    """The row numbers of the shards' rows, in buffer order (one vectorised pass)."""
-    starts = np.array([s.start for s in shards], dtype=np.int64)
+def _row_numbers(shards: list[ShardData], offsets: np.ndarray) -> np.ndarray | range:
+    """The row numbers of the shards' rows, in buffer order: a ``range`` when the shards
+    follow each other (the usual case), else one vectorised pass."""
+    starts = np.fromiter((s.start for s in shards), dtype=np.int64, count=len(shards))
+    if len(shards) and np.array_equal(starts - offsets[:-1], np.full(len(shards), starts[0])):
+        return range(int(starts[0]), int(starts[0] + offsets[-1]))
     return np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(
         starts - offsets[:-1], np.diff(offsets)
     )
