@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 _STR = h5py.string_dtype()
 #: The index is rebuilt at most this often during a run (and always at its end) ...
 INDEX_MIN_SECONDS = 5.0
-#: ... and never sooner than this many times its own last cost (under 1/40 of the run).
-INDEX_COST_RATIO = 40.0
+#: ... and never sooner than this many times its own last cost: under 1 % of the run, and
+#: rarely inside any stretch of commits (an index of 10,000 shards takes about 2 s to write,
+#: so it is refreshed every few minutes; featurecache's readers read the logs meanwhile).
+INDEX_COST_RATIO = 100.0
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 _NO_LOCKS_HINT = (
     "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
