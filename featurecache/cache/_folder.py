@@ -165,16 +165,17 @@ class FolderView:
         return status
 
     def shards(self, model: str, layer: str) -> list[ShardData]:
-        parent = str(self.index.parent)  # plain strings: a Path per shard costs more than a read
+        # Plain strings, and the log's own tuples: a Path per shard costs more than a read.
+        parent = os.path.join(str(self.index.parent), "")
         return [
             ShardData(
-                file=os.path.join(parent, meta.file),
+                file=parent + meta.file,
                 name=meta.file,
                 start=meta.start,
                 stop=meta.stop,
                 sha256=meta.digests[layer],
                 dtype=meta.dtypes.get(layer, "float32"),
-                chunks=tuple(meta.chunks.get(layer, ())),
+                chunks=meta.chunks.get(layer, ()),
                 layer=layer,
             )
             for meta in self._holding(model, layer)
@@ -319,10 +320,7 @@ def read_layer(
     ShardReadError
         For the first shard (in row order) that cannot be read or does not match.
     """
-    starts = np.fromiter((s.start for s in shards), dtype=np.int64, count=len(shards))
-    stops = np.fromiter((s.stop for s in shards), dtype=np.int64, count=len(shards))
-    kept = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
-    chosen = [shards[i] for i in np.flatnonzero(kept[stops] > kept[starts])]
+    chosen = list(shards) if keep.all() else _holding_kept(shards, keep)
     dtype = np.dtype(chosen[0].dtype) if chosen else np.dtype(np.float32)
     offsets = np.cumsum([0] + [s.stop - s.start for s in chosen])
     buffer = np.empty((int(offsets[-1]), n_features), dtype=dtype)
@@ -352,6 +350,14 @@ def read_layer(
     if mask.all():
         return buffer.astype(np.float32, copy=False), rows
     return buffer[mask].astype(np.float32, copy=False), rows[mask]
+
+
+def _holding_kept(shards: list[ShardData], keep: np.ndarray) -> list[ShardData]:
+    """The shards with at least one kept row (one vectorised pass over ``keep``)."""
+    starts = np.fromiter((s.start for s in shards), dtype=np.int64, count=len(shards))
+    stops = np.fromiter((s.stop for s in shards), dtype=np.int64, count=len(shards))
+    kept = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    return [shards[i] for i in np.flatnonzero(kept[stops] > kept[starts])]
 
 
 def _row_numbers(shards: list[ShardData], offsets: np.ndarray) -> np.ndarray | range:
