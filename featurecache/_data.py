@@ -20,6 +20,7 @@ import numpy as np
 
 from featurecache._validation import ParameterError
 from featurecache.cache import samples_digest
+from featurecache.cache._samples import check_aligned
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
@@ -81,13 +82,8 @@ class Dataset:
     skipped: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        n = len(self.ids)
-        if not (len(self.labels) == len(self.splits) == n):
-            raise InvalidArgumentError(
-                f"ids, labels and splits must have the same length; got {n}, "
-                f"{len(self.labels)} and {len(self.splits)}."
-            )
-        if len(set(self.ids.tolist())) != n:
+        check_aligned(self.ids, self.labels, self.splits)
+        if len(set(self.ids.tolist())) != len(self.ids):
             raise InvalidArgumentError(f"sample ids of {self.source} must be unique.")
 
     def __len__(self) -> int:

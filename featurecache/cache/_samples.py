@@ -15,7 +15,7 @@ import numpy as np
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["SampleChanges", "SampleTable", "write_samples"]
+__all__ = ["SampleChanges", "SampleTable", "check_aligned", "write_samples"]
 
 _STR = h5py.string_dtype()
 
@@ -46,6 +46,16 @@ class SampleChanges:
         )
 
 
+def check_aligned(ids, labels, splits) -> None:
+    """Refuse ids, labels and splits of different lengths (one row per sample)."""
+    n = len(ids)
+    if not (len(labels) == len(splits) == n):
+        raise InvalidArgumentError(
+            f"ids, labels and splits must have the same length; got {n}, "
+            f"{len(labels)} and {len(splits)}."
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class SampleTable:
     """The samples of a cache: one id, label and split per row, and the class names.
@@ -66,12 +76,7 @@ class SampleTable:
     shard_size: int = 0
 
     def __post_init__(self) -> None:
-        n = len(self.ids)
-        if not (len(self.labels) == len(self.splits) == n):
-            raise InvalidArgumentError(
-                f"ids, labels and splits must have the same length; got {n}, "
-                f"{len(self.labels)} and {len(self.splits)}."
-            )
+        check_aligned(self.ids, self.labels, self.splits)
 
     def __len__(self) -> int:
         return len(self.ids)
