@@ -785,30 +785,37 @@ class _LayerData:
 
     def _with_views(self, cache: Cache, entry: Entry) -> _LayerData:
         """Every augmented view of the fitting rows that have them, folds grouped by sample."""
-        views, rows = cache.load_views(entry.model, entry.layer, "augment")
-        positions, found = _positions(self.fit_samples, rows)
-        missing = len(self.fit_samples) - int(found.sum())
-        if missing:
-            logger.info(
-                "%s/%s: %d training rows have no augmented views (failed or pending): they "
-                "train on their plain view only", entry.model, entry.layer, missing,
-            )  # fmt: skip
-        X, y, groups = expand_views(self.X_fit, self.y_fit, views[found], positions[found])
+        views, positions = _views_of(
+            cache, entry, "augment", self.fit_samples,
+            "training rows have no augmented views (failed or pending): they train on their "
+            "plain view only",
+        )  # fmt: skip
+        X, y, groups = expand_views(self.X_fit, self.y_fit, views, positions)
         return dataclasses.replace(
             self, X_fit=X, y_fit=y, splits=expand_splits(self.splits, groups)
         )
 
     def _with_tta(self, cache: Cache, entry: Entry) -> _LayerData:
         """The test-time views of the test rows that have them."""
-        views, rows = cache.load_views(entry.model, entry.layer, "tta")
-        positions, found = _positions(self.test_samples, rows)
-        missing = len(self.test_samples) - int(found.sum())
-        if missing:
-            logger.info(
-                "%s/%s: %d test rows have no test-time views (failed or pending): they are "
-                "scored on their plain view", entry.model, entry.layer, missing,
-            )  # fmt: skip
-        return dataclasses.replace(self, tta_views=views[found], tta_positions=positions[found])
+        views, positions = _views_of(
+            cache, entry, "tta", self.test_samples,
+            "test rows have no test-time views (failed or pending): they are scored on their "
+            "plain view",
+        )  # fmt: skip
+        return dataclasses.replace(self, tta_views=views, tta_positions=positions)
+
+
+def _views_of(
+    cache: Cache, entry: Entry, kind: str, samples: np.ndarray, missing_text: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kind`` views of those of ``samples`` that have them, and their positions in
+    ``samples``; how many have none is logged (``"%d " + missing_text``)."""
+    views, rows = cache.load_views(entry.model, entry.layer, kind)
+    positions, found = _positions(samples, rows)
+    missing = len(samples) - int(found.sum())
+    if missing:
+        logger.info("%s/%s: %d " + missing_text, entry.model, entry.layer, missing)
+    return views[found], positions[found]
 
 
 def _positions(samples: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
