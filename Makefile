@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(CONSTRAINTS) $(TORCH_PINS)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,ray,dask,timm,clip,hf]" $(TORCH_PINS)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,ray,dask,timm,clip,hf,parquet,s3]" $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: install
