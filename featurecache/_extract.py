@@ -238,7 +238,8 @@ def extract(
 
 
 def _run(session: Session, job: Job, plan: Plan) -> None:
-    """Run the plan; whatever happens, the index ends up listing every committed shard.
+    """Run the plan, then compact its shards; whatever happens, the index ends up listing
+    every committed file.
 
     The requested layers are recorded first (readers list them from the first second); a
     run that fails forgets those it committed nothing of, so the cache lists what it did.
@@ -246,6 +247,7 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
     declared = job.declare()
     try:
         session.run(job, plan)
+        job.compact()
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped the run matters more
             job.withdraw(declared)

@@ -38,11 +38,13 @@ def pristine(tmp_path_factory):
 
 @pytest.fixture
 def copy(pristine, tmp_path):
-    """A copy of the pristine cache, its middle shard file, and the images."""
+    """A copy of the pristine cache, its segment file (the run's 3 shards compacted), and
+    the images."""
     data, cache = pristine
     shutil.copytree(cache.parent, tmp_path / "cache")
     copied = tmp_path / "cache" / "c.h5"
-    shard = sorted(copied.parent.glob("c.h5.d/resnet18/p-*/shard-000001.h5"))[0]
+    (shard,) = copied.parent.glob("c.h5.d/resnet18/p-*/*.h5")
+    assert shard.name == "segment-000000-000002.h5"
     return data, copied, shard
 
 
@@ -57,7 +59,7 @@ def _recompute(data, cache, shard, pristine_cache) -> None:
     """Follow the error message: delete the named file and re-run the extraction."""
     shard.unlink()
     with one_torch_thread():
-        assert extract(data, cache, **OPTIONS).shards_written == 1
+        assert extract(data, cache, **OPTIONS).shards_written == 3  # the segment's shards
     got, expected = (
         read_layers(cache, "resnet18", LAYERS),
         read_layers(pristine_cache, "resnet18", LAYERS),

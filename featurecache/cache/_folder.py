@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import h5py
 import numpy as np
+import xxhash
 
 from featurecache.cache import _format as fmt
-from featurecache.cache._config import FeatureConfig
+from featurecache.cache._config import VIEW_KINDS, FeatureConfig
+from featurecache.cache._format import STATUS_FAILED
 from featurecache.cache._log import ShardMeta, read_log
 from featurecache.exceptions import CacheCorruptError
 
@@ -35,6 +38,8 @@ __all__ = [
 
 #: Files verified in this process: (path, inode, size, mtime, layer) -> SHA-256 they matched.
 _VERIFIED: dict[tuple, str] = {}
+#: What shard files without a log line record: (path, inode, size, mtime) -> ShardMeta.
+_UNLOGGED: dict[tuple, ShardMeta] = {}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,25 @@ class ShardData:
     dtype: str = "float32"
     chunks: tuple[tuple[int, int, int], ...] = ()  # (byte offset, stored bytes, rows)
     layer: str = ""
+    algo: str = "sha256"  # of ``sha256``: a shard's SHA-256, a segment's xxh3-128
+
+
+def shard_data(meta: ShardMeta, layer: str, parent: str) -> ShardData:
+    """Where ``layer`` lies in the file ``meta`` logs; ``parent`` ends with a separator.
+
+    Plain strings, and the log's own tuples: a ``Path`` per shard costs more than a read.
+    """
+    return ShardData(
+        file=parent + meta.file,
+        name=meta.file,
+        start=meta.start,
+        stop=meta.stop,
+        sha256=meta.digests[layer],
+        dtype=meta.dtypes.get(layer, "float32"),
+        chunks=meta.chunks.get(layer, ()),
+        layer=layer,
+        algo=meta.digest_algo,
+    )
 
 
 @dataclass(frozen=True)
@@ -133,13 +157,30 @@ class FolderView:
             ) from error
 
     def metas(self, model: str) -> list[ShardMeta]:
+        """The model's committed files: its log, or for a model written before commit logs
+        existed (shard files, no log) what its shard files record."""
+        log = fmt.commit_log(self.index, model)
         try:
-            return read_log(fmt.commit_log(self.index, model))
+            if not log.exists():
+                return self._unlogged(model)
+            return read_log(log)
         except (ValueError, KeyError, TypeError) as error:
             raise CacheCorruptError(
                 f"the commit log of model {model!r} in {str(self.index)!r} cannot be read "
                 f"({error}); re-run the same `featurecache extract` command to repair it."
             ) from error
+
+    def _unlogged(self, model: str) -> list[ShardMeta]:
+        found = []
+        for path in sorted(fmt.model_dir(self.index, model).glob(fmt.SHARD_GLOB)):
+            if fmt.TMP_MARK in path.name:
+                continue
+            stat = path.stat()
+            key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if key not in _UNLOGGED:  # shard files are never written again
+                _UNLOGGED[key] = read_shard_meta(path, self.index.parent, self._open)
+            found.append(_UNLOGGED[key])
+        return found
 
     def layers(self, model: str) -> dict[str, LayerSummary]:
         """Each layer of the model: committed ones as their first shard records them, and
@@ -165,20 +206,16 @@ class FolderView:
         return status
 
     def shards(self, model: str, layer: str) -> list[ShardData]:
-        # Plain strings, and the log's own tuples: a Path per shard costs more than a read.
         parent = os.path.join(str(self.index.parent), "")
+        return [shard_data(meta, layer, parent) for meta in self._holding(model, layer)]
+
+    def range_digests(self, model: str, layer: str) -> list[tuple[int, int, str]]:
+        """``(start, stop, sha256)`` of each committed row range of ``layer`` as its shard's
+        commit recorded it: the same before and after compaction."""
         return [
-            ShardData(
-                file=parent + meta.file,
-                name=meta.file,
-                start=meta.start,
-                stop=meta.stop,
-                sha256=meta.digests[layer],
-                dtype=meta.dtypes.get(layer, "float32"),
-                chunks=meta.chunks.get(layer, ()),
-                layer=layer,
-            )
+            (part.start, part.stop, part.digests[layer])
             for meta in self._holding(model, layer)
+            for part in meta.ranges()
         ]
 
     def view_shards(self, model: str, layer: str, kind: str) -> list[ShardData]:
@@ -192,6 +229,7 @@ class FolderView:
                 stop=meta.stop,
                 sha256=meta.views[kind][layer],
                 layer=layer,
+                algo=meta.digest_algo,
             )
             for meta in self._holding(model, layer)
             if layer in meta.views.get(kind, {})
@@ -208,8 +246,8 @@ class FolderView:
         """The shards holding ``layer``, one per shard index (the first logged wins)."""
         seen, found = set(), []
         for meta in self.metas(model):
-            if layer in meta.layers and meta.shard not in seen:
-                seen.add(meta.shard)
+            if layer in meta.layers and not seen.intersection(meta.shards):
+                seen.update(meta.shards)
                 found.append(meta)
         return found
 
@@ -227,11 +265,20 @@ def verify(
     key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, shard.layer)
     if not force and _VERIFIED.get(key) == shard.sha256:
         return None
-    digest = hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+    digest = bytes_digest(memoryview(np.ascontiguousarray(data)).cast("B"), shard.algo)
     if digest != shard.sha256:
         return digest
     _VERIFIED[key] = digest
     return None
+
+
+def bytes_digest(data, algo: str = "sha256") -> str:
+    """The hex digest a commit log records of a file's layer: SHA-256 for a shard file,
+    xxh3-128 for a segment (checked at memory speed; each original shard's SHA-256 stays
+    in the segment's log line)."""
+    if algo == "xxh3_128":
+        return xxhash.xxh3_128_hexdigest(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_h5_layer(shard: ShardData, layer: str, opener) -> np.ndarray:
@@ -321,10 +368,30 @@ def read_layer(
         For the first shard (in row order) that cannot be read or does not match.
     """
     chosen = list(shards) if keep.all() else _holding_kept(shards, keep)
-    dtype = np.dtype(chosen[0].dtype) if chosen else np.dtype(np.float32)
-    offsets = np.cumsum([0] + [s.stop - s.start for s in chosen])
+    buffer, offsets = read_stored(chosen, n_features, force=force, threads=threads)
+    rows = _row_numbers(chosen, offsets)
+    mask = keep[rows] if isinstance(rows, np.ndarray) else keep[rows.start : rows.stop]
+    rows = np.arange(rows.start, rows.stop) if isinstance(rows, range) else rows
+    if mask.all():
+        return buffer.astype(np.float32, copy=False), rows
+    return buffer[mask].astype(np.float32, copy=False), rows[mask]
+
+
+def read_stored(
+    shards: list[ShardData], n_features: int, *, force: bool = False, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``shards`` in their stored dtype, one after the other, with the offset
+    of each shard's first row in the buffer (and the total last).
+
+    Raises
+    ------
+    ShardReadError
+        For the first shard (in the given order) that cannot be read or does not match.
+    """
+    dtype = np.dtype(shards[0].dtype) if shards else np.dtype(np.float32)
+    offsets = np.cumsum([0] + [s.stop - s.start for s in shards])
     buffer = np.empty((int(offsets[-1]), n_features), dtype=dtype)
-    jobs = [(s, buffer[offsets[i] : offsets[i + 1]]) for i, s in enumerate(chosen)]
+    jobs = [(s, buffer[offsets[i] : offsets[i + 1]]) for i, s in enumerate(shards)]
 
     def fill_all(group) -> list[ShardReadError | None]:
         return [_fill(shard, out, n_features, force) for shard, out in group]
@@ -344,12 +411,7 @@ def read_layer(
     for error in errors:  # in row order: the first shard that failed is reported
         if error is not None:
             raise error
-    rows = _row_numbers(chosen, offsets)
-    mask = keep[rows] if isinstance(rows, np.ndarray) else keep[rows.start : rows.stop]
-    rows = np.arange(rows.start, rows.stop) if isinstance(rows, range) else rows
-    if mask.all():
-        return buffer.astype(np.float32, copy=False), rows
-    return buffer[mask].astype(np.float32, copy=False), rows[mask]
+    return buffer, offsets
 
 
 def _holding_kept(shards: list[ShardData], keep: np.ndarray) -> list[ShardData]:
@@ -409,3 +471,75 @@ def _read_into(shard: ShardData, out: np.ndarray, n_features: int) -> os.stat_re
     if at != len(view):
         raise ValueError(f"the log lists {at // row_bytes} rows in chunks for {len(out)} rows")
     return stat
+
+
+# -- shard files read without their log line (recovery, caches without a log) -----------
+
+
+def read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
+    try:
+        return _read_shard_meta(path, base, opener)
+    except (OSError, KeyError, ValueError) as error:
+        raise CacheCorruptError(
+            f"shard file {str(path)!r} cannot be read ({error}); delete it and re-run the same "
+            "`featurecache extract` command to recompute it."
+        ) from error
+
+
+def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
+    with opener(path) as f:
+        layers = tuple(json.loads(f.attrs["layers"]))
+        status = f["status"][:]
+        failed = np.flatnonzero(status == STATUS_FAILED)
+        reasons = f["reason"].asstr()[failed] if len(failed) else []
+        start = int(f.attrs["start"])
+        versions = {
+            k: str(v)
+            for k, v in f.attrs.items()
+            if k.endswith("_version") and k != "format_version"
+        }
+        layer_attrs, n_features, digests, dtypes, chunks = {}, {}, {}, {}, {}
+        for layer in layers:
+            dataset = f[fmt.shard_features_path(layer)]
+            attrs = {k: v for k, v in dataset.attrs.items() if k != "sha256"}
+            layer_attrs[layer] = {**attrs, **versions, "dtype_stored": str(dataset.dtype)}
+            n_features[layer] = int(dataset.shape[1])
+            digests[layer] = str(dataset.attrs["sha256"])
+            dtypes[layer] = str(dataset.dtype)
+            chunks[layer] = chunk_table(dataset)
+        views = {
+            kind: {
+                layer: str(f[fmt.shard_views_path(kind, layer)].attrs["sha256"]) for layer in layers
+            }
+            for kind in VIEW_KINDS
+            if fmt.shard_view_status_path(kind) in f
+        }
+        return ShardMeta(
+            file=os.path.relpath(path, base),
+            shard=int(f.attrs["shard"]),
+            start=start,
+            stop=int(f.attrs["stop"]),
+            layers=layers,
+            n_features=n_features,
+            digests=digests,
+            layer_attrs=layer_attrs,
+            status=status,
+            reasons=tuple((start + int(i), str(r)) for i, r in zip(failed, reasons, strict=True)),
+            config_digest=str(f.attrs.get("config_digest", "")),
+            dtypes=dtypes,
+            chunks=chunks,
+            size=path.stat().st_size,
+            views=views,
+        )
+
+
+def chunk_table(dataset: h5py.Dataset) -> tuple[tuple[int, int, int], ...]:
+    """``(byte offset, stored bytes, rows)`` of each chunk of a 2-D dataset, in row order."""
+    n_rows = dataset.shape[0]
+    table = []
+    for i in range(dataset.id.get_num_chunks()):
+        info = dataset.id.get_chunk_info(i)
+        first = int(info.chunk_offset[0])
+        rows = min(dataset.chunks[0], n_rows - first)
+        table.append((first, int(info.byte_offset), int(info.size), rows))
+    return tuple((offset, size, rows) for _, offset, size, rows in sorted(table))

@@ -35,6 +35,7 @@ __all__ = [
     "commit_log",
     "run_log",
     "shard_file",
+    "segment_name",
     "classifier_file",
     "CLASSIFIER_KINDS",
     "classifier_path",
@@ -138,6 +139,14 @@ def shard_file(index: Path, model: str, shard: int, layers: Sequence[str]) -> Pa
 
 
 SHARD_GLOB = "p-*/shard-*.h5"
+#: Segments: the shard files ``first`` to ``last`` of one pass, compacted into one file.
+SEGMENT_GLOB = "p-*/segment-*.h5"
+
+
+def segment_name(first: int, last: int) -> str:
+    """The file name of the segment holding shards ``first`` to ``last`` of a pass."""
+    return f"segment-{first:06d}-{last:06d}.h5"
+
 
 #: Classifiers stored beside a model's features: ``imagenet`` (the backbone's own classifier,
 #: removed for extraction) and ``zeroshot`` (text embeddings of the dataset's class names).

@@ -6,6 +6,11 @@ whatever the number of shards already committed, and a reader learns everything 
 (rows, layers, widths, SHA-256 digests, failed rows, where each chunk's bytes lie) from
 the log without opening a shard file. A line cut short by a crash has no newline yet:
 readers pass over it, and the next writer of the model cuts it off.
+
+Compaction (:meth:`featurecache.cache.Store.compact`) appends a *segment* line: one file
+that replaces several shard files (``replaces``) and keeps each one's rows and digests
+(``parts``). From that line on, readers take the segment and pass over the lines of the
+files it replaces, which the compacting writer then deletes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from featurecache.cache._atomic import atomic_write, fsync_file
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK
 
 __all__ = [
+    "Part",
     "ShardMeta",
     "append_log",
     "append_text",
@@ -61,6 +67,27 @@ class ShardMeta:
     #: ``views[kind][layer]``: SHA-256 of the layer's extra views of that kind (``augment``,
     #: ``tta``) as stored in the file; empty for a model without views.
     views: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: What ``digests`` are: ``sha256`` (a shard file) or ``xxh3_128`` (a segment).
+    digest_algo: str = "sha256"
+    #: A segment's files replaced (relative to the index's folder); empty for a shard file.
+    replaces: tuple[str, ...] = ()
+    #: A segment's original row ranges, one per shard: their digests survive compaction.
+    parts: tuple[Part, ...] = ()
+
+    @property
+    def is_segment(self) -> bool:
+        return bool(self.replaces)
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """The shard indices this file holds: one for a shard file, several for a segment."""
+        return tuple(part.shard for part in self.parts) if self.parts else (self.shard,)
+
+    def ranges(self) -> tuple[Part, ...]:
+        """The original row ranges with their SHA-256 digests, compacted or not."""
+        if self.parts:
+            return self.parts
+        return (Part(self.shard, self.start, self.stop, dict(self.digests), dict(self.views)),)
 
     def to_line(self) -> str:
         record = {
@@ -71,7 +98,7 @@ class ShardMeta:
             "stop": self.stop,
             "layers": list(self.layers),
             "n_features": dict(self.n_features),
-            "sha256": dict(self.digests),
+            self.digest_algo: dict(self.digests),
             "dtype": dict(self.dtypes),
             "chunks": {k: [list(c) for c in v] for k, v in self.chunks.items()},
             "attrs": {k: _jsonable(v) for k, v in self.layer_attrs.items()},
@@ -81,6 +108,11 @@ class ShardMeta:
         }
         if self.views:
             record["views"] = {kind: dict(digests) for kind, digests in self.views.items()}
+        if self.replaces:
+            record["kind"] = "segment"
+            record["digest"] = self.digest_algo
+            record["replaces"] = list(self.replaces)
+            record["parts"] = [part.to_record() for part in self.parts]
         return json.dumps(record, separators=(",", ":")) + "\n"
 
     @classmethod
@@ -97,7 +129,7 @@ class ShardMeta:
             stop=stop,
             layers=tuple(record["layers"]),
             n_features={k: int(v) for k, v in record["n_features"].items()},
-            digests=dict(record["sha256"]),
+            digests=dict(record[record.get("digest", "sha256")]),
             layer_attrs=dict(record["attrs"]),
             status=status,
             reasons=reasons,
@@ -108,6 +140,31 @@ class ShardMeta:
             },
             size=int(record.get("size", 0)),
             views={kind: dict(v) for kind, v in record.get("views", {}).items()},
+            digest_algo=str(record.get("digest", "sha256")),
+            replaces=tuple(record.get("replaces", ())),
+            parts=tuple(Part.from_record(part) for part in record.get("parts", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One original shard's row range inside a segment, with the SHA-256 of each layer's
+    rows (and of each layer's views) as that shard's commit recorded them."""
+
+    shard: int
+    start: int
+    stop: int
+    digests: Mapping[str, str]
+    views: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def to_record(self) -> list:
+        return [self.shard, self.start, self.stop, dict(self.digests), dict(self.views)]
+
+    @classmethod
+    def from_record(cls, record: list) -> Part:
+        shard, start, stop, digests, *views = record
+        return cls(
+            int(shard), int(start), int(stop), dict(digests), dict(views[0] if views else {})
         )
 
 
@@ -138,9 +195,10 @@ def rewrite_log(path: Path, metas: Iterable[ShardMeta]) -> None:
 
 
 def read_log(path: Path) -> list[ShardMeta]:
-    """Every complete line of the log, in commit order; the first line of a file wins.
+    """The files the log lists now, in commit order; the first line of a file wins.
 
-    A log only grows between recoveries, so what was parsed is kept per file (and per
+    A segment takes the place of the first file it replaces, and the files it replaces
+    are no longer listed. A log only grows between recoveries, so what was parsed is kept per file (and per
     inode: a recovery replaces the file) and only the lines appended since are parsed.
     """
     try:
@@ -163,11 +221,25 @@ def read_log(path: Path) -> list[ShardMeta]:
         meta = ShardMeta.from_line(line)
         if meta.file not in parsed.seen:
             parsed.seen.add(meta.file)
-            parsed.metas.append(meta)
+            _resolve(parsed.metas, meta)
     parsed.offset += end
     if len(parsed.head) < _HEAD:
         parsed.head = head  # the head grows with the first lines: compare what was read
     return list(parsed.metas)
+
+
+def _resolve(metas: list[ShardMeta], meta: ShardMeta) -> None:
+    """Add ``meta`` to the listed files; a segment replaces the files it names, in place."""
+    if not meta.replaces:
+        metas.append(meta)
+        return
+    gone = set(meta.replaces)
+    at = next((i for i, m in enumerate(metas) if m.file in gone), len(metas))
+    metas[:] = (
+        [m for m in metas[:at] if m.file not in gone]
+        + [meta]
+        + [m for m in metas[at:] if m.file not in gone]
+    )
 
 
 _HEAD = 256  # bytes compared to tell a log from another one that took its inode

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 # Rows read per chunk when a feature matrix is read without shard files.
 _CHUNK_BYTES = 64 << 20
+#: Reads started again when a file they listed was compacted away meanwhile.
+_RETRIES = 3
 _LS_HINT = "run `featurecache ls {path}` to see what the cache holds"
 
 
@@ -529,12 +531,15 @@ class Cache:
         keep = self._folder.status(model, layer, self.n_samples) == STATUS_OK
         if wanted is not None:
             keep &= wanted
-        try:
-            X, rows = read_layer(
-                self._folder.shards(model, layer), summary.n_features, keep, force=force
-            )
-        except ShardReadError as error:
-            raise self._corrupt(model, layer, error.shard, error.what) from error
+        for attempt in range(_RETRIES + 1):
+            shards = self._folder.shards(model, layer)
+            try:
+                X, rows = read_layer(shards, summary.n_features, keep, force=force)
+                break
+            except ShardReadError as error:
+                # Compaction replaced a file listed a moment ago: the log now lists its segment.
+                if attempt == _RETRIES or os.path.exists(error.shard.file):
+                    raise self._corrupt(model, layer, error.shard, error.what) from error
         # No NaN check: every shard matched the digest of what the writer checked was finite.
         return X, rows
 

@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +33,9 @@ from featurecache.cache._atomic import (
     create_once,
     owner_is_dead,
 )
+from featurecache.cache._compact import compact_model, remove_litter
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
-from featurecache.cache._folder import read_declared_layers
+from featurecache.cache._folder import chunk_table, read_declared_layers, read_shard_meta
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
 from featurecache.cache._log import (
     ShardMeta,
@@ -395,7 +396,8 @@ class Store:
         """
         done: dict[int, set[str]] = {}
         for meta in filter(self._check_size, self._scan_shards(model)):
-            done.setdefault(meta.shard, set()).update(meta.layers)
+            for shard in meta.shards:
+                done.setdefault(shard, set()).update(meta.layers)
         return done
 
     def write_shard(
@@ -445,7 +447,7 @@ class Store:
                 for kind, extra in views.items():
                     _write_views(f, kind, extra)
                 f.flush()  # the file image's layout is final: record where each chunk lies
-                chunks.update({layer: _chunk_table(f[fmt.shard_features_path(layer)])
+                chunks.update({layer: chunk_table(f[fmt.shard_features_path(layer)])
                                for layer in layers})  # fmt: skip
 
         atomic_write(final, write)
@@ -478,6 +480,7 @@ class Store:
         if log.exists():
             repair_log(log)
         logged = read_log(log)
+        remove_litter(self.path, model, logged)  # a compaction cut short
         present = [meta for meta in logged if self._check_size(meta)]
         if len(present) < len(logged):  # files deleted on purpose: recompute their rows
             rewrite_log(log, present)
@@ -488,6 +491,30 @@ class Store:
             if os.path.relpath(path, self.path.parent) not in listed
         ]
         append_log(log, [read_shard_meta(p, self.path.parent, self._open) for p in unlisted])
+
+    def compact(self, model: str) -> int:
+        """Pack the model's committed shard files into a few large segment files.
+
+        Takes the model's writer lock (raises :class:`CacheLockedError` while another
+        writer holds it), then rebuilds the index. Crash-safe: a kill at any moment leaves
+        the old files or the segment, and reads return the same numbers throughout (see
+        ``docs/cache-format.md``). Returns the number of segments written.
+
+        Raises
+        ------
+        CacheReadOnlyError
+            The cache cannot be written.
+        """
+        self.check_writable(model)
+        with self.lock_model(model):
+            written = self.compact_held(model)
+        if written:
+            self.rebuild_index()
+        return written
+
+    def compact_held(self, model: str) -> int:
+        """:meth:`compact` for the holder of the model's writer lock (the end of a run)."""
+        return compact_model(self.path, model, self._open)
 
     def _check_size(self, meta: ShardMeta) -> bool:
         """False for a logged shard file that is gone; raise if its size changed."""
@@ -527,10 +554,10 @@ class Store:
 
     def status_counts(self, model: str, layers: Sequence[str]) -> tuple[int, int]:
         """Return ``(n_ok, n_failed)`` over the committed shards holding ``layers``."""
-        by_shard: dict[int, np.ndarray] = {}
+        by_shard: dict[tuple[int, ...], np.ndarray] = {}
         for meta in self._scan_shards(model):
             if set(layers) & set(meta.layers):
-                by_shard.setdefault(meta.shard, meta.status)
+                by_shard.setdefault(meta.shards, meta.status)
         status = np.concatenate(list(by_shard.values())) if by_shard else np.zeros(0, np.int8)
         return int(np.sum(status == STATUS_OK)), int(np.sum(status == STATUS_FAILED))
 
@@ -685,63 +712,6 @@ def _check_shard_configs(
             )
 
 
-def read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
-    try:
-        return _read_shard_meta(path, base, opener)
-    except (OSError, KeyError, ValueError) as error:
-        raise CacheCorruptError(
-            f"shard file {str(path)!r} cannot be read ({error}); delete it and re-run the same "
-            "`featurecache extract` command to recompute it."
-        ) from error
-
-
-def _read_shard_meta(path: Path, base: Path, opener: Callable) -> ShardMeta:
-    with opener(path) as f:
-        layers = tuple(json.loads(f.attrs["layers"]))
-        status = f["status"][:]
-        failed = np.flatnonzero(status == STATUS_FAILED)
-        reasons = f["reason"].asstr()[failed] if len(failed) else []
-        start = int(f.attrs["start"])
-        versions = {
-            k: str(v)
-            for k, v in f.attrs.items()
-            if k.endswith("_version") and k != "format_version"
-        }
-        layer_attrs, n_features, digests, dtypes, chunks = {}, {}, {}, {}, {}
-        for layer in layers:
-            dataset = f[fmt.shard_features_path(layer)]
-            attrs = {k: v for k, v in dataset.attrs.items() if k != "sha256"}
-            layer_attrs[layer] = {**attrs, **versions, "dtype_stored": str(dataset.dtype)}
-            n_features[layer] = int(dataset.shape[1])
-            digests[layer] = str(dataset.attrs["sha256"])
-            dtypes[layer] = str(dataset.dtype)
-            chunks[layer] = _chunk_table(dataset)
-        views = {
-            kind: {
-                layer: str(f[fmt.shard_views_path(kind, layer)].attrs["sha256"]) for layer in layers
-            }
-            for kind in VIEW_KINDS
-            if fmt.shard_view_status_path(kind) in f
-        }
-        return ShardMeta(
-            file=os.path.relpath(path, base),
-            shard=int(f.attrs["shard"]),
-            start=start,
-            stop=int(f.attrs["stop"]),
-            layers=layers,
-            n_features=n_features,
-            digests=digests,
-            layer_attrs=layer_attrs,
-            status=status,
-            reasons=tuple((start + int(i), str(r)) for i, r in zip(failed, reasons, strict=True)),
-            config_digest=str(f.attrs.get("config_digest", "")),
-            dtypes=dtypes,
-            chunks=chunks,
-            size=path.stat().st_size,
-            views=views,
-        )
-
-
 def _written_meta(
     final: Path, base: Path, shard: int, start: int, status, reasons, features: Mapping,
     layer_attrs: Mapping, config: FeatureConfig, versions: Mapping, chunks: Mapping,
@@ -770,18 +740,6 @@ def _written_meta(
         chunks=chunks,
         size=final.stat().st_size,
     )
-
-
-def _chunk_table(dataset: h5py.Dataset) -> tuple[tuple[int, int, int], ...]:
-    """``(byte offset, stored bytes, rows)`` of each chunk of a 2-D dataset, in row order."""
-    n_rows = dataset.shape[0]
-    table = []
-    for i in range(dataset.id.get_num_chunks()):
-        info = dataset.id.get_chunk_info(i)
-        first = int(info.chunk_offset[0])
-        rows = min(dataset.chunks[0], n_rows - first)
-        table.append((first, int(info.byte_offset), int(info.size), rows))
-    return tuple((offset, size, rows) for _, offset, size, rows in sorted(table))
 
 
 def _sha256(values: np.ndarray) -> str:
@@ -851,7 +809,10 @@ def _write_model_index(
             status[meta.start : meta.stop] = h5py.VirtualSource(
                 meta.file, "status", shape=(rows,), dtype=np.int8
             )
-            table.append((meta.file, layer, meta.start, meta.stop, meta.digests[layer]))
+            table += [
+                (meta.file, layer, part.start, part.stop, part.digests[layer])
+                for part in meta.ranges()
+            ]
         dataset = group.create_virtual_dataset(layer, features, fillvalue=np.nan)
         attrs = {k: v for k, v in first.layer_attrs[layer].items() if v is not None}
         attrs.pop("dtype_stored", None)

@@ -13,7 +13,7 @@ import torch
 from featurecache._data import Dataset
 from featurecache.cache import FeatureConfig, ShardMeta, Store
 from featurecache.engines._runner import Plan, ShardResult, ShardRunner, layer_attrs
-from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
+from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError, OutOfSpaceError
 from featurecache.models._layers import LayerInfo, pooled_size
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._registry import LoadedBackbone, load_backbone
@@ -152,6 +152,17 @@ class Job:
     def commit(self, result: ShardResult, runner: ShardRunner) -> None:
         """Write one shard and log it: the in-process form of write + publish."""
         self.publish([self.write(result, runner)])
+
+    def compact(self) -> None:
+        """After a run: pack the model's shard files into segments (the writer lock held).
+
+        Out of disk space, the shards stay as they are (they read the same) and the next
+        run tries again.
+        """
+        try:
+            self.store.compact_held(self.model)
+        except OutOfSpaceError as error:
+            logger.warning("%s; the shards of %s stay uncompacted", error, self.model)
 
     def finish(self) -> None:
         """At the end of a run, finished or failed: bring the index up to the log."""
