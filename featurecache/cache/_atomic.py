@@ -13,9 +13,11 @@ import errno
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import h5py
 
 from featurecache.cache._format import TMP_MARK
 from featurecache.exceptions import OutOfSpaceError
@@ -28,6 +30,7 @@ __all__ = [
     "fsync_file",
     "fsync_dir",
     "raise_if_out_of_space",
+    "new_h5",
 ]
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -134,3 +137,19 @@ def raise_if_out_of_space(error: OSError, target: Path) -> None:
             "cache is as it was. Free space (or raise the file size limit) and re-run the same "
             "command to resume, or put the cache on a larger disk."
         ) from error
+
+
+@contextlib.contextmanager
+def new_h5(path: Path) -> Iterator[h5py.File]:
+    """Build a new HDF5 file in memory, then write it to ``path`` with one plain write.
+
+    HDF5 defers its writes to ``close``, where a full disk surfaces as a ``RuntimeError``
+    and leaves the library in a state that can crash the interpreter at exit; a plain
+    write raises a clean ``OSError`` (ENOSPC, EFBIG) that becomes :class:`OutOfSpaceError`.
+    """
+    with h5py.File(path, "w", driver="core", backing_store=False) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    with open(path, "xb") as out:
+        out.write(image)

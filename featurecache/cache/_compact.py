@@ -28,7 +28,7 @@ import numpy as np
 
 from featurecache import __version__
 from featurecache.cache import _format as fmt
-from featurecache.cache._atomic import atomic_write, fsync_dir
+from featurecache.cache._atomic import atomic_write, fsync_dir, new_h5
 from featurecache.cache._folder import (
     ShardData,
     bytes_digest,
@@ -105,8 +105,6 @@ def write_segment(
 ) -> ShardMeta:
     """Write the segment of ``group`` (checking every file's digest as it is read) and
     return its commit-log line."""
-    from featurecache.cache._writer import new_h5  # the writer imports this module
-
     base = index.parent
     parent = os.path.join(str(base), "")
     first, last = group[0], group[-1]

@@ -31,6 +31,7 @@ from featurecache.cache import _format as fmt
 from featurecache.cache._atomic import (
     atomic_write,
     create_once,
+    new_h5,
     owner_is_dead,
 )
 from featurecache.cache._compact import compact_model, remove_litter
@@ -897,22 +898,6 @@ def _flock(handle, flags: int, path: Path) -> None:
             f"the file system of {str(path)!r} refuses file locks ({error.strerror}): "
             + _NO_LOCKS_HINT
         ) from error
-
-
-@contextlib.contextmanager
-def new_h5(path: Path) -> Iterator[h5py.File]:
-    """Build a new HDF5 file in memory, then write it to ``path`` with one plain write.
-
-    HDF5 defers its writes to ``close``, where a full disk surfaces as a ``RuntimeError``
-    and leaves the library in a state that can crash the interpreter at exit; a plain
-    write raises a clean ``OSError`` (ENOSPC, EFBIG) that becomes :class:`OutOfSpaceError`.
-    """
-    with h5py.File(path, "w", driver="core", backing_store=False) as f:
-        yield f
-        f.flush()
-        image = f.id.get_file_image()
-    with open(path, "xb") as out:
-        out.write(image)
 
 
 def _json_default(value):
