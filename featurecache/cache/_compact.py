@@ -47,14 +47,14 @@ _DIGEST = "xxh3_128"
 _STR = h5py.string_dtype()
 
 
-def compact_model(index: Path, model: str, opener: Callable, *, target: int = SEGMENT_BYTES) -> int:
+def compact_model(index: Path, model: str, opener: Callable, *, target: int | None = None) -> int:
     """Pack the model's committed shard files into segments; return how many were written.
 
     The caller holds the model's writer lock, and has recovered its log.
     """
     log = fmt.commit_log(index, model)
     written = 0
-    for group in plan_segments(read_log(log), target):
+    for group in plan_segments(read_log(log), target or SEGMENT_BYTES):
         meta = write_segment(index, model, group, opener)
         append_log(log, [meta])
         remove_replaced(index.parent, meta.replaces)

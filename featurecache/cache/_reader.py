@@ -332,6 +332,23 @@ class Cache:
                 )
         return self._read_shards(model, layer, shards, n_features, wanted)
 
+    def row_digests(self, model: str, layer: str) -> list[tuple[int, int, str]]:
+        """``(start, stop, sha256)`` of each committed row range of a layer, in row order.
+
+        Each range is one shard as its commit recorded it: the SHA-256 of the feature bytes
+        of rows ``[start, stop)`` as stored (C order). Compaction keeps them, so a digest
+        built from them is the same before and after.
+
+        Raises
+        ------
+        UnknownNameError
+            Unknown model or layer.
+        """
+        self.entry(model, layer)  # raises UnknownNameError with suggestions
+        if self._folder is None:
+            return []
+        return sorted(self._folder.range_digests(model, layer))
+
     def verify(self, model: str | None = None) -> None:
         """Read every committed feature matrix and check it against the index.
 
