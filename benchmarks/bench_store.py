@@ -10,18 +10,24 @@ It reports:
   ratio (target <= 1.5);
 - the total bookkeeping time as a share of a 10 M-image extraction at 3,000 img/s
   (target <= 5 %), scaled from the shards committed here;
-- the read throughput of one layer through the public reader, first read (SHA-256
-  checked), then ``load_rows`` (the layer's bytes) and ``load`` (with labels and ids),
-  against a contiguous HDF5 read of the same bytes (target >= 0.5), and the time
-  ``open_cache`` takes to read the sample table.
+- the cost of :meth:`Store.compact`, which an extraction runs at its end;
+- the read throughput of one layer through the public reader after compaction, first read
+  in the process (each segment's digest checked; target >= 0.5x), then ``load_rows`` (the
+  layer's bytes; target >= 0.9x) and ``load`` (with labels and ids), against a contiguous
+  HDF5 read of the same bytes, and the time ``open_cache`` takes to read the sample table;
+- with ``--open N [N ...]``: the time ``open_cache`` takes on caches of N samples
+  (targets: 2,000,000 in <= 1.0 s, 10,000,000 in <= 5 s).
 
     python benchmarks/bench_store.py                      # 10,000 shards of 1,024 rows
     python benchmarks/bench_store.py --shards 2000        # a quicker look
+    python benchmarks/bench_store.py --shards 2000 --open 2000000 10000000
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,25 +56,76 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=int, default=16, help="features per layer")
     parser.add_argument("--window", type=int, default=1000, help="commits averaged at each end")
     parser.add_argument("--folder", default=None, help="where to write (default: a temp folder)")
+    parser.add_argument("--open", type=int, nargs="*", default=[], help="samples to open")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         path = Path(folder) / "c.h5"
         costs, total = commit_all(path, args.shards, args.rows, args.features)
         report_commits(costs, total, args.shards, args.rows, args.window)
+        t = time.perf_counter()
+        segments = Store(path).compact("bench")
+        print(f"compact: {segments} segments in {time.perf_counter() - t:.1f} s")
+        report_first_read(path, args.shards * args.rows, args.features)
         report_reads(path, args.shards * args.rows, args.features)
+        for n in args.open:
+            report_open(Path(folder) / f"open-{n}.h5", n)
     return 0
 
 
-def commit_all(path: Path, n_shards: int, rows: int, n_features: int) -> tuple[np.ndarray, float]:
-    n = n_shards * rows
-    store = Store(path)
-    samples = SampleTable(
+def _samples(n: int) -> SampleTable:
+    return SampleTable(
         ids=np.array([f"{i:09d}" for i in range(n)], dtype=object),
         labels=np.arange(n) % 10,
         splits=np.where(np.arange(n) % 5 == 0, "test", "train").astype(object),
         class_names=tuple(f"c{k}" for k in range(10)),
         source="bench_store",
     )
+
+
+def report_first_read(path: Path, n_rows: int, n_features: int, repeats: int = 5) -> None:
+    """The first read of the layer in a new process (digests checked), against a
+    contiguous read of the same bytes in another new process, interleaved ``repeats`` times."""
+    plain = path.with_name("contiguous-first.h5")
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("x", data=np.zeros((n_rows, n_features), np.float32))
+    reader = (
+        "import sys,time; from featurecache.cache import open_cache; c=open_cache(sys.argv[1]); "
+        "t=time.perf_counter(); c.load_rows('bench','embedding'); print(time.perf_counter()-t)"
+    )
+    contiguous = (
+        "import sys,time,h5py; t=time.perf_counter(); f=h5py.File(sys.argv[1],'r'); "
+        "f['x'][:]; print(time.perf_counter()-t)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    times: dict[str, list[float]] = {"first": [], "contiguous": []}
+    for _ in range(repeats):
+        for name, code, target in (("first", reader, path), ("contiguous", contiguous, plain)):
+            out = subprocess.run([sys.executable, "-c", code, str(target)], env=env,
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+            times[name].append(float(out.stdout))
+    first, base = min(times["first"]), min(times["contiguous"])
+    megabytes = n_rows * n_features * 4 / 1e6
+    print(f"first read in a new process ({megabytes:.0f} MB, digests checked), best of {repeats}: "
+          f"{megabytes / first:.0f} MB/s, {base / first:.2f}x a contiguous h5py read in a new "
+          f"process ({megabytes / base:.0f} MB/s; target >= 0.5x)")  # fmt: skip
+
+
+def report_open(path: Path, n: int) -> None:
+    """``open_cache`` on a cache of ``n`` samples (the sample table only), best of 3."""
+    store = Store(path)
+    store.create_samples(_samples(n), 1024)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        open_cache(path)
+        times.append(time.perf_counter() - t)
+    print(f"open_cache ({n:,} samples), best of 3: {min(times):.2f} s")
+
+
+def commit_all(path: Path, n_shards: int, rows: int, n_features: int) -> tuple[np.ndarray, float]:
+    n = n_shards * rows
+    store = Store(path)
+    samples = _samples(n)
     config = FeatureConfig(
         backbone="synthetic",
         weights_sha256="0" * 64,
@@ -128,8 +185,8 @@ def report_commits(costs: np.ndarray, total: float, n_shards: int, rows: int, wi
 def report_reads(path: Path, n_rows: int, n_features: int, repeats: int = 3) -> None:
     """One layer through the public reader against a contiguous read of the same bytes.
 
-    Reported: opening the cache (the sample table), the first read (SHA-256 of every
-    shard checked), then the best of ``repeats`` interleaved runs of ``load_rows`` (the
+    Reported: opening the cache (the sample table), the first read in this process, then
+    the best of ``repeats`` interleaved runs of ``load_rows`` (the
     layer's bytes and row numbers: what the contiguous read gets), ``load`` (also labels and
     ids) and the contiguous read.
     """
@@ -160,12 +217,12 @@ def report_reads(path: Path, n_rows: int, n_features: int, repeats: int = 3) -> 
     base = min(times["contiguous"])
     print(f"open_cache ({n_rows:,} samples): {opened:.2f} s")
     print(f"read one layer ({megabytes:.0f} MB), best of {repeats}: contiguous h5py "
-          f"{megabytes / base:.0f} MB/s; first read (SHA-256 checked) {megabytes / first:.0f} MB/s "
-          f"({base / first:.2f}x)")  # fmt: skip
+          f"{megabytes / base:.0f} MB/s; first read in this process {megabytes / first:.0f} "
+          f"MB/s ({base / first:.2f}x)")  # fmt: skip
     for name in ("load_rows", "load"):
         best = min(times[name])
         print(f"  {name}: {megabytes / best:.0f} MB/s ({base / best:.2f}x contiguous; "
-              f"target >= 0.5x)")  # fmt: skip
+              f"target >= 0.9x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ about :data:`SEGMENT_BYTES`. Each step leaves a cache that reads the same:
 2. one line is appended to the commit log: "segment S replaces files a..b", with the
    rows, failures and per-layer digests of S and each replaced shard's own row range and
    SHA-256 digests (``parts``), so a layer's feature digest is unchanged by compaction;
-3. the replaced files are deleted (a file a kill left behind is deleted by the next writer).
+3. the replaced files are deleted (a file a kill left behind is deleted by the next writer);
+4. the log is rewritten without the replaced files' lines (a new file renamed over it).
 
 A reader takes the segment from the moment its line is written; one that listed the old
 files just before reads the log again if a file it listed is gone.
@@ -37,7 +38,7 @@ from featurecache.cache._folder import (
     read_views,
     shard_data,
 )
-from featurecache.cache._log import ShardMeta, append_log, read_log
+from featurecache.cache._log import ShardMeta, append_log, read_log, rewrite_log
 
 __all__ = ["SEGMENT_BYTES", "compact_model", "plan_segments", "remove_litter", "remove_replaced"]
 
@@ -59,6 +60,8 @@ def compact_model(index: Path, model: str, opener: Callable, *, target: int | No
         append_log(log, [meta])
         remove_replaced(index.parent, meta.replaces)
         written += 1
+    if written:  # drop the replaced files' lines: readers parse the segments' lines only
+        rewrite_log(log, read_log(log))
     return written
 
 
