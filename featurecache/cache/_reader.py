@@ -156,6 +156,13 @@ class Cache:
         return self._open() if self._folder is None else self._folder.samples_group()
 
     def _read_samples(self, f: h5py.File) -> None:
+        link = f.get("samples", getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not fmt.data_dir(self.path).is_dir():
+            raise CacheCorruptError(
+                f"CACHE {str(self.path)!r} is an index without its folder "
+                f"{fmt.data_dir(self.path).name}/, which holds the samples and features; keep "
+                f"{self.path.name} and {fmt.data_dir(self.path).name} together (copy or move both)."
+            )
         found = _decode(f.attrs.get("format", fmt.FORMAT))
         version = int(f.attrs.get("format_version", 1))
         missing = [k for k in fmt.SAMPLE_FIELDS if fmt.sample_path(k) not in f]
