@@ -20,7 +20,8 @@ import numpy as np
 
 from featurecache._validation import ParameterError
 from featurecache.cache import samples_digest
-from featurecache.cache._samples import check_aligned
+from featurecache.cache._format import SPLITS
+from featurecache.cache._samples import STATE_LIVE, SplitSpec, check_aligned
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
 ]
 
-SPLITS = ("train", "val", "test")
 #: Folder names (compared case-insensitively) and manifest values read as each split.
 SPLIT_NAMES = {
     "train": "train",
@@ -80,10 +80,14 @@ class Dataset:
     paths: np.ndarray | None = None
     arrays: np.ndarray | None = field(default=None, repr=False)
     skipped: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    #: How the splits were made (kept by the cache: see :class:`SplitSpec`).
+    split_spec: SplitSpec = SplitSpec()
+    #: In a cache's row order (:meth:`aligned_to`): a sample with a stale row has two rows.
+    aligned: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         check_aligned(self.ids, self.labels, self.splits)
-        if len(set(self.ids.tolist())) != len(self.ids):
+        if not self.aligned and len(set(self.ids.tolist())) != len(self.ids):
             raise InvalidArgumentError(f"sample ids of {self.source} must be unique.")
 
     def __len__(self) -> int:
@@ -109,33 +113,15 @@ class Dataset:
             f"skipped: {skipped or 'nothing'}"
         )
 
-    @property
-    def fingerprints(self) -> np.ndarray | None:
-        """``size:mtime_ns`` of each image file (None for images in memory).
-
-        With the file name, it recognises a file moved to another class or split folder,
-        so the cache keeps the row and its features under the new id.
-        """
-        if self.paths is None:
-            return None
-        found = []
-        for path in self.paths:
-            try:
-                stat = os.stat(path)
-                found.append(f"{stat.st_size}:{stat.st_mtime_ns}")
-            except OSError:
-                found.append("")
-        return np.array(found, dtype=object)
-
     def aligned_to(self, table) -> Dataset:
         """This dataset in the row order of a cache's sample table (see ``SampleTable``).
 
-        Rows the dataset no longer has (removed) keep the table's labels and splits and
-        cannot be loaded; they are never computed again.
+        Rows that are not live (removed samples, stale rows) keep the table's labels and
+        splits and cannot be loaded; they are never computed again.
         """
         where = {sample_id: i for i, sample_id in enumerate(self.ids.tolist())}
         index = np.array([where.get(i, -1) for i in table.ids.tolist()], dtype=np.int64)
-        present = index >= 0
+        present = (index >= 0) & (table.state_codes == STATE_LIVE)
         paths = arrays = None
         if self.paths is not None:
             paths = np.where(present, self.paths[np.maximum(index, 0)], "").astype(object)
@@ -151,6 +137,8 @@ class Dataset:
             paths=paths,
             arrays=arrays,
             skipped=self.skipped,
+            split_spec=self.split_spec,
+            aligned=True,
         )
 
     def load_image(self, index: int):
@@ -390,7 +378,7 @@ def _load_folder(root: Path) -> Dataset:
 
 
 def _split_rank(split: str) -> tuple[int, str]:
-    return ({"train": 0, "val": 1, "test": 2}.get(split, 3), split)
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
 def read_table(csv_path: Path, what: str = "CSV manifest"):
@@ -433,6 +421,7 @@ def _load_csv(csv_path: Path) -> Dataset:
             f"CSV manifest {str(csv_path)!r} has {len(empty)} rows without a path "
             f"(first at line {int(empty[0]) + 2}); every row needs a path."
         )
+    table = table.assign(label=table["label"].str.strip())
     if "split" in table.columns:
         known = {name: split for name, split in SPLIT_NAMES.items()}
         values = table["split"].str.strip()
@@ -445,12 +434,16 @@ def _load_csv(csv_path: Path) -> Dataset:
             )
         table = table.assign(split=[known[v.lower()] if v else "" for v in values])
         _check_labels_outside_test(table, csv_path)
-    table = table.assign(id=table["path"].map(lambda p: Path(p).as_posix()))
-    duplicated = table["id"][table["id"].duplicated()]
+    table = table.assign(
+        id=table["path"].map(lambda p: Path(p).as_posix()),
+        file=table["path"].map(lambda p: os.path.realpath(csv_path.parent / p)),
+    )
+    duplicated = table[table["file"].duplicated(keep=False)]
     if len(duplicated):
+        first = duplicated[duplicated["file"] == duplicated["file"].iloc[0]]["path"].tolist()
         raise InvalidArgumentError(
-            f"CSV manifest {str(csv_path)!r} lists {duplicated.iloc[0]!r} more than once; "
-            "each path must appear once."
+            f"CSV manifest {str(csv_path)!r} lists the file {first[0]!r} more than once "
+            f"(also as {first[1]!r}); each file must appear once: remove the other spellings."
         )
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
     names = sorted({label for label in table["label"] if label != ""})
@@ -460,7 +453,7 @@ def _load_csv(csv_path: Path) -> Dataset:
     splits = np.array(
         table["split"] if "split" in table.columns else [""] * len(table), dtype=object
     )
-    paths = np.array([str((csv_path.parent / p).absolute()) for p in table["path"]], dtype=object)
+    paths = np.array(table["file"], dtype=object)
     ids = np.array(table["id"], dtype=object)
     return Dataset(f"csv:{csv_path}", ids, labels, splits, class_names, paths=paths)
 
@@ -489,7 +482,8 @@ def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) 
     if split is None:
         split = None if has_own else default
         if split is None:
-            return dataset
+            kind = "given" if has_own else "none"
+            return dataclasses.replace(dataset, split_spec=SplitSpec(kind))
     elif has_own and not resplit:
         raise ParameterError(
             "split", "load_dataset", "left out for data that has its own splits", split,
@@ -497,10 +491,58 @@ def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) 
             cli_hint="Leave it out, or add --resplit to replace the data's splits.",
         )  # fmt: skip
     if split == "none":
-        splits = np.full(len(dataset), "", dtype=object)
+        splits, spec = np.full(len(dataset), "", dtype=object), SplitSpec("none")
     else:
         splits = _random_split(dataset.labels, split, seed)
-    return dataclasses.replace(dataset, splits=splits)
+        spec = SplitSpec("random", _parse_random_split(split), int(seed))
+    return dataclasses.replace(dataset, splits=splits, split_spec=spec)
+
+
+def follow_split(
+    dataset: Dataset, table, split: str | None, resplit: bool, owner: str = "extract"
+) -> tuple[Dataset, bool]:
+    """The dataset with the split a cache's table stores, and whether moved rows keep theirs.
+
+    A stored split is data: a run that does not ask for a split keeps it, and one that asks
+    for another is refused unless ``resplit``. Under a stored random split every sample the
+    table knows keeps its split, and a new one is assigned from its id and the stored seed.
+
+    Raises
+    ------
+    ParameterError
+        About ``split``: it differs from the stored split, naming both.
+    """
+    stored, asked = table.split, dataset.split_spec
+    if stored.kind == "unknown" or resplit or asked == stored:
+        keep = not resplit and stored.kind == "random"
+        return (_keep_random(dataset, table) if keep else dataset), keep
+    if split is None and asked.kind != "given":  # the run did not ask: the cache's split stays
+        if stored.kind == "random":
+            return _keep_random(dataset, table), True
+        return dataset, False
+    raise ParameterError(
+        "split", owner, f"the split the cache's samples have ({stored.describe()})",
+        split if split is not None else asked.describe(),
+        f"this run asks for {asked.describe()}; leave split out to keep the stored one, "
+        "or pass resplit=True to replace it.",
+        cli_hint=f"this run asks for {asked.describe()}; leave --split out to keep the stored "
+        "one, or add --resplit to replace it.",
+    )  # fmt: skip
+
+
+def _keep_random(dataset: Dataset, table) -> Dataset:
+    """Splits of a stored random split: the table's for the samples it knows, new ones
+    assigned from the seed and their id."""
+    rows = list(
+        zip(table.ids.tolist(), table.splits.tolist(), table.state_codes.tolist(), strict=True)
+    )
+    known = {str(i): str(s) for i, s, _ in rows}  # a removed sample back keeps its split
+    known.update({str(i): str(s) for i, s, state in rows if state == STATE_LIVE})
+    ids = [str(i) for i in dataset.ids.tolist()]
+    new = [i for i in ids if i not in known]
+    assigned = dict(zip(new, table.split.assign(new).tolist(), strict=True))
+    splits = np.array([known.get(i, assigned.get(i)) for i in ids], dtype=object)
+    return dataclasses.replace(dataset, splits=splits, split_spec=table.split)
 
 
 def _random_split(labels: np.ndarray, split: str, seed: int) -> np.ndarray:

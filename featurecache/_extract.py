@@ -8,10 +8,10 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from featurecache._data import Dataset, load_dataset
+from featurecache._data import Dataset, follow_split, load_dataset
 from featurecache._paths import check_name, check_writable
 from featurecache._validation import (
     ParameterError,
@@ -26,6 +26,7 @@ from featurecache.cache import (
     StoredClassifier,
     ViewSets,
     check_config,
+    open_cache,
     read_classifiers,
     write_classifier,
 )
@@ -79,6 +80,11 @@ class ExtractResult:
     seconds: float
     device: str = ""
     compute_dtype: str = ""
+    #: ``Cache.counts`` of the last requested layer: ok, failed, pending, removed and stale
+    #: rows per split and ``"all"``.
+    counts: dict = field(default_factory=dict, compare=False)
+    #: How the dataset differed from the cache's samples, in words (``"no change"``).
+    changes: str = "no change"
 
     @property
     def hit(self) -> bool:
@@ -107,6 +113,8 @@ def extract(
     seed: int = 0,
     resplit: bool = False,
     frozen_samples: bool = False,
+    verify: bool = False,
+    retry_failed: bool = False,
     prompts: Sequence[str] | None = None,
     views: int = 0,
     augment: str | None = None,
@@ -161,7 +169,10 @@ def extract(
     name : str, optional
         Name of the model in the cache; the backbone name by default.
     split : str, optional
-        ``random:FRACTION`` or ``none`` for datasets without their own split.
+        ``random:FRACTION`` or ``none`` for datasets without their own split. A cache keeps
+        the split its samples were given: a later run without ``split`` keeps it (new
+        samples under a random split are assigned from their id and the stored seed), and
+        one asking for another split is refused unless ``resplit``.
     seed : int
         Seed of the random split and of ``weights="none"`` (0 to 2**32 - 1).
     resplit : bool
@@ -169,9 +180,17 @@ def extract(
         ``split``; without it such data refuses ``split``.
     frozen_samples : bool
         Refuse a dataset that differs from the cache's samples. By default a grown or
-        changed dataset updates the cache: new samples are appended and only they are
-        computed, removed samples are marked removed, changed labels and splits are
-        updated, and existing rows and their features are left untouched.
+        changed dataset updates the cache, matching samples by content digest: new samples,
+        and samples whose content changed, get new rows and only they are computed (a
+        changed sample's old row is retired as stale); content found under another name
+        keeps its row; removed samples are marked removed; labels follow the data; a stored
+        split is kept (see ``split``). Committed features are never rewritten.
+    verify : bool
+        Hash every file to compare it with the cache; by default only files whose size,
+        modification time, change time or inode differ from the cache's record are hashed.
+    retry_failed : bool
+        Compute the rows that failed for this model again, as new rows (their old rows
+        are retired as stale). A failed file whose content changed is retried anyway.
     prompts : sequence of str, optional
         Models with a text tower (OpenCLIP): the templates of the zero-shot classifier
         stored beside the features, each holding ``{}`` where a class name goes; the
@@ -218,7 +237,7 @@ def extract(
             image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype,
             decode=decode, name=name, split=split, seed=seed, resplit=resplit,
             frozen_samples=frozen_samples, prompts=prompts, options=options, session=session,
-            views=views, augment=augment, tta=tta,
+            views=views, augment=augment, tta=tta, verify=verify, retry_failed=retry_failed,
         )  # fmt: skip
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
@@ -261,7 +280,8 @@ def prepare(
     data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
     seed, options: RunOptions, session: Session, decode: str = "auto", resplit: bool = False,
     frozen_samples: bool = False, resize: str | None = None, prompts=None, views: int = 0,
-    augment: str | None = None, tta: str | None = None,
+    augment: str | None = None, tta: str | None = None, verify: bool = False,
+    retry_failed: bool = False,
 ) -> Job:  # fmt: skip
     """Validate every argument, then create the sample table, register the model and store
     its fixed classifiers.
@@ -275,19 +295,25 @@ def prepare(
     )  # fmt: skip
     prompts = check_prompts(prompts, "extract")
     view_sets = check_views(views, augment, tta, seed)
-    if not isinstance(frozen_samples, bool):
-        raise ParameterError("frozen_samples", "extract", "a bool", frozen_samples)
+    for flag, value in (("frozen_samples", frozen_samples), ("verify", verify),
+                        ("retry_failed", retry_failed)):  # fmt: skip
+        check_bool(value, flag, "extract")
     store = check_cache(cache, options.locking)
     dataset = load_dataset(data, split=split, seed=seed, resplit=resplit)
-    changes = store.read_samples().changes_to(dataset) if store.has_samples() else None
-    if changes and frozen_samples:
-        store.sync_samples(dataset, frozen=True)  # raises, naming the differences
+    model_name = name or cache_name(model)
+    planned = None
+    if store.has_samples():  # compared by content now, written once every check has passed
+        dataset, keep_splits = follow_split(dataset, store.read_samples(False), split, resplit)
+        retry = store.failed_rows(model_name) if retry_failed else ()
+        planned = store.reconcile(dataset, verify=verify, retry=retry, keep_splits=keep_splits)
+        if planned.changes and frozen_samples:
+            store.sync_samples(dataset, frozen=True, planned=planned)  # raises, naming them
+    changes = None if planned is None else planned.changes
     backbone = load_backbone(model, weights, seed=seed, image_size=image_size, resize=resize)
     infos = {info.name: info for info in backbone.layers}
     requested = tuple(dict.fromkeys(layers or backbone.default_layers))
     check_layers(list(infos.values()), requested, model=model)
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
-    model_name = name or cache_name(model)
     previous = store.read_config(model_name) if store.has_samples() else None
     decode_mode = resolve_decode(
         decode, session.device, previous, files=dataset.paths is not None,
@@ -308,19 +334,21 @@ def prepare(
     zeroshot = _zeroshot(store, model_name, backbone, dataset.class_names, prompts)
     if previous is None or changes:
         store.check_writable()  # a new cache, a new model or new samples: before any work
-    if changes is None:
+    if planned is None:
         store.create_samples(dataset, options.shard_size)
-    elif changes:
-        store.sync_samples(dataset)
-        logger.info("%s: %s since the cache was made", dataset.source, changes.describe())
+    else:
+        changes = store.sync_samples(dataset, planned=planned)
+        if changes:
+            logger.info("%s: %s since the cache was made", dataset.source, changes.describe())
     store.register_model(model_name, config)
     _store_classifiers(store, model_name, [backbone.imagenet, zeroshot])
     dataset = _aligned(dataset, store)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.
     portable_weights = config.weights if config.weights.startswith("file:") else weights
     return Job(
-        store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone
-    )
+        store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone,
+        changes="no change" if not changes else changes.describe(),
+    )  # fmt: skip
 
 
 def cache_name(model: str) -> str:
@@ -376,7 +404,7 @@ def _store_classifiers(
 
 def _aligned(dataset: Dataset, store: Store) -> Dataset:
     """The dataset in the cache's row order (the same order unless the dataset changed)."""
-    table = store.read_samples()
+    table = store.read_samples(identity=False)
     same = len(table) == len(dataset) and not table.removed_mask.any()
     if same and table.ids.tolist() == dataset.ids.tolist():
         return dataset
@@ -384,20 +412,22 @@ def _aligned(dataset: Dataset, store: Store) -> Dataset:
 
 
 def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> ExtractResult:
-    n_ok, n_failed = job.store.status_counts(job.model, job.layers)
+    counts = open_cache(job.store.path).counts(job.model, job.layers[-1])
     return ExtractResult(
         cache=job.store.path,
         model=job.model,
         layers=job.layers,
         computed=tuple(sorted({layer for _, missing in plan.work for layer in missing})),
         n_samples=len(job.dataset),
-        n_ok=n_ok,
-        n_failed=n_failed,
+        n_ok=counts["all"]["ok"],
+        n_failed=counts["all"]["failed"],
         rows_computed=plan.n_rows,
         shards_written=written,
         seconds=seconds,
         device=device,
         compute_dtype=job.config.compute_dtype,
+        counts=counts,
+        changes=job.changes,
     )
 
 

@@ -445,7 +445,8 @@ def _rows_text(run: dict) -> list[str]:
             if n["pending"]
         )
         key = (combo["model"], combo["n_samples"], combo["ok"], combo["failed"],
-               combo["pending"], combo["removed"], pending)  # fmt: skip
+               combo["pending"], combo["removed"] + combo.get("stale", 0), pending,
+               combo.get("stale", 0))  # fmt: skip
         groups.setdefault(key, []).append(combo["layer"])
     if all(key[3] == key[4] == key[5] == 0 for key in groups):
         n = next(iter(groups))[1] if groups else run["data"]["n_samples"]
@@ -454,12 +455,13 @@ def _rows_text(run: dict) -> list[str]:
             f"{n}); 0 failed, 0 pending, 0 removed."
         ]
     parts = []
-    for (model, n, ok, failed, pending, removed, by_split), layers in groups.items():
+    for (model, n, ok, failed, pending, retired, by_split, stale), layers in groups.items():
         where = f"{model} (layer{'s' if len(layers) > 1 else ''} {', '.join(layers)})"
         split_text = f" ({by_split})" if by_split else ""
+        stale_text = f", {stale} stale (superseded by a newer row)" if stale else ""
         parts.append(
             f"{where}: {ok} of {n} rows ok, {pending} pending{split_text}, {failed} failed, "
-            f"{removed} removed"
+            f"{retired - stale} removed{stale_text}"
         )
     texts = ["Rows the fits used and left out: " + "; ".join(parts) + "."]
     if any(key[4] for key in groups):

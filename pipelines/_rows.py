@@ -1,8 +1,9 @@
 """Which rows of a cache a fit can use: the status of each row of a (model, layer), by split.
 
 A row is ``ok`` (features committed), ``failed`` (its image could not be read; never
-computed again), ``pending`` (not computed yet: an extraction still running or stopped) or
-``removed`` (its sample left the dataset; never read). Fits use ok rows only; :func:`~pipelines.fit` refuses pending rows unless asked, and the
+computed again), ``pending`` (not computed yet: an extraction still running or stopped),
+``removed`` (its sample left the dataset; never read) or ``stale`` (its sample's content
+changed and has a newer row; never read). Fits use ok rows only; :func:`~pipelines.fit` refuses pending rows unless asked, and the
 run's record states every count, which the report prints.
 """
 
@@ -12,13 +13,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featurecache.cache import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Cache, Entry
+from featurecache.cache import (
+    STATE_STALE,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PENDING,
+    Cache,
+    Entry,
+)
 
-__all__ = ["RowStatus", "row_status", "SPLIT_ORDER", "REMOVED"]
+__all__ = ["RowStatus", "row_status", "SPLIT_ORDER", "REMOVED", "STALE"]
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 #: The status of a removed sample's row here (not a status the cache stores).
 REMOVED = -1
+#: The status of a stale row here: superseded by a newer row of the same sample.
+STALE = -2
 
 
 @dataclass(frozen=True)
@@ -29,7 +39,8 @@ class RowStatus:
     ----------
     model, layer : str
     status : ndarray of shape (n_samples,), int8
-        ``STATUS_OK``, ``STATUS_FAILED``, ``STATUS_PENDING`` or :data:`REMOVED` per row.
+        ``STATUS_OK``, ``STATUS_FAILED``, ``STATUS_PENDING``, :data:`REMOVED` or
+        :data:`STALE` per row.
     """
 
     model: str
@@ -41,12 +52,14 @@ class RowStatus:
         return self.status == STATUS_OK
 
     def counts(self) -> dict[str, int]:
-        """``{"ok": n, "failed": n, "pending": n, "removed": n}`` over every row."""
+        """``{"ok": n, "failed": n, "pending": n, "removed": n, "stale": n}`` over every row,
+        as :meth:`featurecache.cache.Cache.counts` counts them."""
         return {
             "ok": int(np.sum(self.status == STATUS_OK)),
             "failed": int(np.sum(self.status == STATUS_FAILED)),
             "pending": int(np.sum(self.status == STATUS_PENDING)),
             "removed": int(np.sum(self.status == REMOVED)),
+            "stale": int(np.sum(self.status == STALE)),
         }
 
     def by_split(self, splits: np.ndarray) -> dict[str, dict[str, int]]:
@@ -67,6 +80,7 @@ def row_status(cache: Cache, entry: Entry) -> RowStatus:
     removed = cache.removed
     status = np.full(cache.n_samples, STATUS_OK, dtype=np.int8)
     status[removed] = REMOVED
+    status[cache.state == STATE_STALE] = STALE
     if entry.n_ok == int(np.sum(~removed)):
         return RowStatus(entry.model, entry.layer, status)
     failed_ids = [sample_id for sample_id, _ in cache.failures(entry.model)]
@@ -74,7 +88,7 @@ def row_status(cache: Cache, entry: Entry) -> RowStatus:
     if entry.n_pending == 0 and int(failed.sum()) == entry.n_failed:
         status[failed] = STATUS_FAILED
         return RowStatus(entry.model, entry.layer, status)
-    _, rows = cache.load_rows(entry.model, entry.layer)  # never the removed rows
+    _, rows = cache.load_rows(entry.model, entry.layer)  # never removed or stale rows
     status[~removed] = STATUS_PENDING
     status[failed] = STATUS_FAILED
     status[rows] = STATUS_OK

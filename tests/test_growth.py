@@ -13,6 +13,7 @@ from _workers import make_images, one_torch_thread, read_layers, run_options
 import pipelines
 from featurecache import extract, open_cache
 from featurecache.app.cli import main
+from featurecache.cache import STATE_REMOVED
 from featurecache.cache import _format as fmt
 from featurecache.engines._runner import ShardRunner
 from featurecache.exceptions import DatasetChangedError
@@ -90,7 +91,7 @@ def test_ten_added_and_three_removed_compute_only_the_ten(tmp_path, rows_compute
     plain = read_layers(cache, "resnet18", LAYERS)  # plain h5py: aligned and full length
     with h5py.File(cache, "r") as f:
         assert len(f[fmt.sample_path("ids")]) == len(plain["embedding"][0]) == 32
-        assert f[fmt.sample_path("removed")][:].sum() == 3
+        assert (f[fmt.sample_path("state")][:] == STATE_REMOVED).sum() == 3
 
 
 def test_files_moved_between_class_folders_are_relabelled_without_recomputing(
@@ -132,11 +133,12 @@ def test_frozen_samples_keeps_the_strict_refusal(tmp_path, rows_computed):
     data = _dataset(tmp_path / "data", n_train=3, n_test=1)
     cache = tmp_path / "c.h5"
     _extract(data, cache)
-    make_images(data / "train", n_per_class=4, seed=7)  # one more image per class
+    make_images(data / "train", n_per_class=4, seed=7)  # 3 rewritten, 1 more per class
     before = {p: p.read_bytes() for p in tmp_path.glob("c.h5.d/**/*") if p.is_file()}
     rows_computed.clear()
     with pytest.raises(
-        DatasetChangedError, match=r"has 2 new samples compared with the cache .*frozen"
+        DatasetChangedError,
+        match=r"has 6 changed content, 2 new samples compared with the cache .*frozen",
     ):
         _extract(data, cache, frozen_samples=True)
     assert rows_computed == []

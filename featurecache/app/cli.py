@@ -420,9 +420,20 @@ def _add_sample_options(group) -> None:
     group.add_argument(
         "--frozen-samples",
         action="store_true",
-        help="refuse a dataset that differs from the cache's samples (default: new samples "
-        "are appended and computed, removed ones marked removed, labels and splits updated)",
+        help="refuse a dataset that differs from the cache's samples (default: samples are "
+        "matched by content; new and changed ones get new rows and are computed, removed ones "
+        "are marked removed, labels follow the data, a stored split is kept)",
     )
+    group.add_argument(
+        "--verify", action="store_true",
+        help="hash every file to compare it with the cache (default: only files whose size, "
+        "times or inode changed)",
+    )  # fmt: skip
+    group.add_argument(
+        "--retry-failed", action="store_true",
+        help="compute the rows that failed for this model again (a failed file whose content "
+        "changed is retried anyway)",
+    )  # fmt: skip
 
 
 def _add_view_options(views) -> None:
@@ -519,8 +530,12 @@ def _run_extract(args) -> int:
         store_dtype=args.store_dtype,
         decode=args.decode,
         name=args.name,
+        split=args.split,
         seed=args.seed,
+        resplit=args.resplit,
         frozen_samples=args.frozen_samples,
+        verify=args.verify,
+        retry_failed=args.retry_failed,
         prompts=prompts,
         views=args.views,
         augment=args.augment,
@@ -538,10 +553,31 @@ def _run_extract(args) -> int:
             f"in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s, {result.device}, {result.compute_dtype}) "
             f"-> {result.cache}"
         )
-    print(f"rows: {result.n_ok} ok, {result.n_failed} failed of {result.n_samples}")
+    if result.changes != "no change":
+        print(f"samples: {result.changes} since the last run")
+    print(f"rows: {_counts_text(result.counts)}")
     if args.views or args.tta:
         print(_views_line(args.cache, result.model))
+    if result.n_ok == 0 and result.n_failed:
+        print(
+            f"featurecache: error: every row failed ({result.n_failed}); see the reasons with "
+            f"`featurecache ls {result.cache}`",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _counts_text(counts: dict) -> str:
+    """``20 ok, 1 failed, 2 stale (train 15 ok, 1 failed; test 5 ok)``: Cache.counts in words."""
+
+    def words(found: dict) -> str:
+        rest = [f"{found[kind]} {kind}" for kind in ("pending", "removed", "stale") if found[kind]]
+        return ", ".join([f"{found['ok']} ok", f"{found['failed']} failed", *rest])
+
+    splits = [f"{name or '(no split)'} {words(c)}" for name, c in counts.items() if name != "all"]
+    text = words(counts["all"])
+    return f"{text} ({'; '.join(splits)})" if len(splits) > 1 else text
 
 
 def _views_line(cache, model: str) -> str:
@@ -643,18 +679,26 @@ def _run_ls(args) -> int:
 
 
 _ENTRY_FIELDS = (
-    "model", "layer", "n_features", "dtype", "n_ok", "n_failed", "n_pending", "n_removed", "depth",
+    "model", "layer", "n_features", "dtype", "n_ok", "n_failed", "n_pending", "n_removed",
+    "n_stale", "depth",
 )  # fmt: skip
 
 
 def _ls_record(cache, entries) -> dict:
     """What `ls --json` prints: the samples, every (model, layer), classifiers and views."""
+    from featurecache.cache import STATE_REMOVED, STATE_STALE
+
     return {
         "cache": str(cache.path),
         "n_samples": int((~cache.removed).sum()),
-        "n_removed": int(cache.removed.sum()),
+        "n_removed": int((cache.state == STATE_REMOVED).sum()),
+        "n_stale": int((cache.state == STATE_STALE).sum()),
         "entries": [
-            {**{k: getattr(e, k) for k in _ENTRY_FIELDS}, "provenance": e.provenance}
+            {
+                **{k: getattr(e, k) for k in _ENTRY_FIELDS},
+                "counts": cache.counts(e.model, e.layer),
+                "provenance": e.provenance,
+            }
             for e in entries
         ],
         "classifiers": {
@@ -679,12 +723,18 @@ def _ls_record(cache, entries) -> dict:
 
 def _ls_lines(cache, entries) -> list[str]:
     """What `ls` prints: the samples, then each model with its layers and failures."""
+    from featurecache.cache import STATE_REMOVED, STATE_STALE
+
     active = cache.splits[~cache.removed]
     splits = {name: int((active == name).sum()) for name in dict.fromkeys(active.tolist())}
     split_text = ", ".join(f"{name or '(none)'} {count}" for name, count in splits.items())
-    removed = f", {int(cache.removed.sum())} removed" if cache.removed.any() else ""
+    retired = "".join(
+        f", {n} {name}"
+        for name, code in (("removed", STATE_REMOVED), ("stale", STATE_STALE))
+        if (n := int((cache.state == code).sum()))
+    )
     lines = [
-        f"{cache.path}: {len(active)} samples ({split_text}){removed}, "
+        f"{cache.path}: {len(active)} samples ({split_text}){retired}, "
         f"{len(cache.class_names)} classes"
     ]
     for model in cache.models:

@@ -20,9 +20,18 @@ from featurecache.cache._format import (
     locking_enabled,
     samples_digest,
 )
+from featurecache.cache._identity import content_digest
 from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
-from featurecache.cache._samples import SampleChanges, SampleTable
+from featurecache.cache._samples import (
+    STATE_LIVE,
+    STATE_NAMES,
+    STATE_REMOVED,
+    STATE_STALE,
+    SampleChanges,
+    SampleTable,
+    SplitSpec,
+)
 from featurecache.cache._writer import ShardViews, Store, check_config
 
 __all__ = [
@@ -38,6 +47,11 @@ __all__ = [
     "STATUS_PENDING",
     "SampleChanges",
     "SampleTable",
+    "SplitSpec",
+    "STATE_LIVE",
+    "STATE_NAMES",
+    "STATE_REMOVED",
+    "STATE_STALE",
     "ShardMeta",
     "ShardViews",
     "Store",
@@ -46,6 +60,7 @@ __all__ = [
     "ViewSets",
     "atomic_write",
     "check_config",
+    "content_digest",
     "create_once",
     "locking_enabled",
     "open_cache",

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from featurecache.cache._format import FORMAT_VERSION, canonical_json
+from featurecache.cache._format import FEATURES_FORMAT_VERSION, canonical_json
 
 __all__ = ["FeatureConfig", "ViewSets", "VIEW_KINDS"]
 
@@ -77,7 +77,7 @@ class FeatureConfig:
     compute_dtype: str
     decode: str = "exact"
     views: Mapping[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = FEATURES_FORMAT_VERSION
     weights: str = field(default="", compare=False)
     seed: int = field(default=0, compare=False)
     image_size: int = field(default=0, compare=False)

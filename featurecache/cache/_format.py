@@ -18,6 +18,9 @@ import numpy as np
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "FEATURES_FORMAT_VERSION",
+    "SPLITS",
+    "STAT_FIELDS",
     "STATUS_PENDING",
     "STATUS_OK",
     "STATUS_FAILED",
@@ -52,7 +55,16 @@ __all__ = [
 ]
 
 FORMAT = "featurecache"
-FORMAT_VERSION = 1
+#: Version 2: the sample table of fixed-width columns with content digests and row states.
+#: Version-1 caches (string ids and splits, no digests) are read through one adapter
+#: (:func:`featurecache.cache._samples.read_table`), and upgraded by their first writing run.
+FORMAT_VERSION = 2
+#: The version of the stored feature rows, part of every model's key (unchanged by version 2
+#: of the sample table: the features of a version-1 cache stay valid).
+FEATURES_FORMAT_VERSION = 1
+#: The splits, in their one order (the split-name table of ``/samples/splits`` starts with
+#: ``""``, no split, then these).
+SPLITS = ("train", "val", "test")
 
 #: Row status codes, in ``/status/<model>/<layer>`` and in each shard's ``status``.
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -60,9 +72,12 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "fail
 
 #: The per-sample columns of ``/samples``, aligned with the rows of every feature matrix.
 SAMPLE_FIELDS = ("ids", "labels", "splits")
-#: Optional columns: ``removed`` (1 for a sample no longer in the dataset), ``fingerprint``
-#: (``size:mtime_ns`` of the image file, to recognise a file moved to another class folder).
-SAMPLE_EXTRA_FIELDS = ("removed", "fingerprint")
+#: Format 2 also has ``state`` (int8: 0 live, 1 removed, 2 stale), ``digest`` ((n, 16) uint8,
+#: the content digest) and the stat columns below; version 1 had an optional ``removed``.
+SAMPLE_STATE_FIELDS = ("state", "digest")
+#: The stat of each row's file when it was last checked (int64, -1 unknown): a file whose
+#: stat is unchanged is not hashed again (``docs/cache-format.md``).
+STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
 #: Where each shard starts, once a dataset has grown (else shards are ``shard_size`` rows).
 LAYOUT_STARTS = "layout/starts"
 
@@ -80,13 +95,18 @@ def locking_enabled(locking: bool | None = None) -> bool:
     return os.environ.get(LOCKING_ENV, "") != "1"
 
 
-def samples_digest(ids: Sequence, labels: Sequence, splits: Sequence) -> str:
-    """SHA-256 over ids, splits and labels: the identity of a sample table."""
+def samples_digest(
+    ids: Sequence, labels: Sequence, splits: Sequence, contents: np.ndarray | None = None
+) -> str:
+    """SHA-256 over ids, splits, labels and the content digests (when known): the identity
+    of a sample table."""
     digest = hashlib.sha256()
     for values in (ids, splits):
         digest.update("\0".join(str(v) for v in values).encode())
         digest.update(b"\1")
     digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    if contents is not None:
+        digest.update(np.ascontiguousarray(contents, dtype=np.uint8).tobytes())
     return digest.hexdigest()
 
 

@@ -36,6 +36,7 @@ from featurecache.cache._folder import (
 )
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._log import read_runs
+from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, read_table
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -71,6 +72,7 @@ class Entry:
     n_pending: int
     depth: float | None
     n_removed: int = 0
+    n_stale: int = 0
     provenance: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -156,8 +158,15 @@ class Cache:
         return self._open() if self._folder is None else self._folder.samples_group()
 
     def _read_samples(self, f: h5py.File) -> None:
+        link = f.get("samples", getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not fmt.data_dir(self.path).is_dir():
+            raise CacheCorruptError(
+                f"CACHE {str(self.path)!r} is an index without its folder "
+                f"{fmt.data_dir(self.path).name}/, which holds the samples and features; keep "
+                f"{self.path.name} and {fmt.data_dir(self.path).name} together (copy or move both)."
+            )
         found = _decode(f.attrs.get("format", fmt.FORMAT))
-        version = int(f.attrs.get("format_version", fmt.FORMAT_VERSION))
+        version = int(f.attrs.get("format_version", 1))
         missing = [k for k in fmt.SAMPLE_FIELDS if fmt.sample_path(k) not in f]
         no_features = self._folder is None and fmt.features_path() not in f
         if found != fmt.FORMAT or missing or no_features:
@@ -175,28 +184,25 @@ class Cache:
                 f"CACHE {str(self.path)!r} has format_version {version}; this reader knows "
                 f"version {fmt.FORMAT_VERSION}; upgrade featurecache."
             )
-        samples = f["samples"]
-        removed = samples["removed"][:] if "removed" in samples else None
-        self.ids = _read_strings(samples["ids"])
-        self.labels = samples["labels"][:].astype(np.int64)
-        self.splits = _read_strings(samples["splits"])
-        names = samples.attrs.get("class_names")
-        if names is None:
-            n_classes = int(self.labels.max()) + 1 if self.labels.size else 0
-            self.class_names = [str(k) for k in range(n_classes)]
-        else:
-            self.class_names = [str(_decode(n)) for n in np.asarray(names).tolist()]
+        table = read_table(f, identity=False)
+        self.ids = table.ids
+        self.labels = table.labels
+        self.splits = table.splits
+        self.class_names = list(table.class_names)
         # Where the images came from ("folder:/abs/root", "builtin:digits", ...); "" if unknown.
-        self.source = str(_decode(samples.attrs.get("root", "")))
+        self.source = table.source
         digest = f.attrs.get("samples_digest")
         self.samples_digest = (
             str(_decode(digest))
             if digest is not None
             else fmt.samples_digest(self.ids, self.labels, self.splits)
         )
-        #: Samples the dataset no longer has: kept in the table, left out of every read.
-        self.removed = np.zeros(len(self.ids), bool) if removed is None else removed.astype(bool)
-        if not (len(self.ids) == len(self.labels) == len(self.splits) == len(self.removed)):
+        #: ``STATE_*`` of each row: live, removed (no longer in the dataset) or stale (its
+        #: sample's content changed and it has a newer row).
+        self.state = table.state_codes
+        #: Rows left out of every read and of ``fit``: removed samples and stale rows.
+        self.removed = self.state != STATE_LIVE
+        if not (len(self.ids) == len(self.labels) == len(self.splits) == len(self.state)):
             raise CacheCorruptError(
                 f"the sample table of {str(self.path)!r} is inconsistent: {len(self.ids)} ids, "
                 f"{len(self.labels)} labels, {len(self.splits)} splits."
@@ -257,19 +263,43 @@ class Cache:
             layer=layer,
             n_features=int(dataset.shape[1]),
             dtype=str(dataset.dtype),
-            n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
-            n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
-            n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
             depth=None if depth is None else float(depth),
             provenance=provenance,
-            n_removed=int(self.removed.sum()),
+            **_entry_counts(count_rows(status, self.state)),
         )
 
+    def status(self, model: str, layer: str) -> np.ndarray:
+        """``STATUS_*`` of every row of ``(model, layer)``, shape ``(n_samples,)``, int8."""
+        if self._folder is not None:
+            self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
+            return self._folder.status(model, layer, self.n_samples)
+        with self._open() as f:
+            self._dataset(f, model, layer)
+            return self._status(f, model, layer)
+
+    def counts(self, model: str, layer: str) -> dict[str, dict[str, int]]:
+        """The one count of a layer's rows, per split (``""``: no split) and ``"all"``.
+
+        Each holds ``ok``, ``failed`` and ``pending`` (of live rows), ``removed`` (samples
+        no longer in the dataset) and ``stale`` (rows superseded by a newer row of the same
+        sample). ``extract``, ``ls``, ``fit`` and the report all count with it.
+        """
+        status = self.status(model, layer)
+        found = {"all": count_rows(status, self.state)}
+        for split in dict.fromkeys(sorted(self.splits.tolist(), key=_split_rank)):
+            rows = self.splits == split
+            found[split] = count_rows(status[rows], self.state[rows])
+        return found
+
     def failures(self, model: str) -> list[tuple[str, str]]:
-        """``(id, reason)`` of each sample that failed for ``model``."""
+        """``(id, reason)`` of each live sample that failed for ``model``."""
         if self._folder is not None:
             self._folder_layers(model)
-            return [(str(self.ids[row]), reason) for row, reason in self._folder.failures(model)]
+            return [
+                (str(self.ids[row]), reason)
+                for row, reason in self._folder.failures(model)
+                if not self.removed[row]
+            ]
         with self._open() as f:
             self._model_group(f, model)
             if fmt.failures_path(model, "row") not in f:
@@ -277,7 +307,9 @@ class Cache:
             rows = f[fmt.failures_path(model, "row")][:]
             reasons = f[fmt.failures_path(model, "reason")].asstr()[:]
         return [
-            (str(self.ids[int(r)]), str(reason)) for r, reason in zip(rows, reasons, strict=True)
+            (str(self.ids[int(r)]), str(reason))
+            for r, reason in zip(rows, reasons, strict=True)
+            if not self.removed[int(r)]
         ]
 
     # -- reading features -----------------------------------------------------------
@@ -598,12 +630,9 @@ class Cache:
             layer=layer,
             n_features=summary.n_features,
             dtype=summary.dtype,
-            n_ok=int(np.sum((status == STATUS_OK) & ~self.removed)),
-            n_failed=int(np.sum((status == STATUS_FAILED) & ~self.removed)),
-            n_pending=int(np.sum((status == STATUS_PENDING) & ~self.removed)),
             depth=None if depth is None else float(depth),
             provenance=provenance,
-            n_removed=int(self.removed.sum()),
+            **_entry_counts(count_rows(status, self.state)),
         )
 
     def _corrupt(self, model: str, layer: str, shard: _Shard, what: str) -> CacheCorruptError:
@@ -748,18 +777,24 @@ class Cache:
         return read_classifiers(self.path, model)
 
 
-def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
-    """A string dataset as a NumPy unicode array.
+def count_rows(status: np.ndarray, state: np.ndarray) -> dict[str, int]:
+    """``ok``, ``failed``, ``pending`` of live rows, and the ``removed`` and ``stale`` rows."""
+    live = state == STATE_LIVE
+    return {
+        "ok": int(np.sum((status == STATUS_OK) & live)),
+        "failed": int(np.sum((status == STATUS_FAILED) & live)),
+        "pending": int(np.sum((status == STATUS_PENDING) & live)),
+        "removed": int(np.sum(state == STATE_REMOVED)),
+        "stale": int(np.sum(state == STATE_STALE)),
+    }
 
-    ASCII text (ids and splits almost always) is converted in one C loop, not one
-    ``bytes.decode`` per row: opening a cache of millions of samples stays a matter of
-    seconds. Anything else is decoded as UTF-8, row by row.
-    """
-    raw = dataset[:]
-    fixed = np.asarray(raw, dtype=bytes) if raw.dtype == object else raw
-    if fixed.dtype.kind == "S" and (fixed.size == 0 or fixed.view(np.uint8).max() < 128):
-        return fixed.astype(str)
-    return dataset.asstr()[:].astype(str)
+
+def _entry_counts(counts: dict[str, int]) -> dict[str, int]:
+    return {f"n_{kind}": n for kind, n in counts.items()}
+
+
+def _split_rank(split: str) -> tuple[int, str]:
+    return (fmt.SPLITS.index(split) if split in fmt.SPLITS else len(fmt.SPLITS), split)
 
 
 def _order(layers: dict) -> list[str]:

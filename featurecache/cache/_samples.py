@@ -1,23 +1,87 @@
 """The sample table of a cache, and how it follows a dataset that grows and changes.
 
-Rows are never renumbered: new samples are appended, samples no longer in the dataset are
-marked removed (their features stay), changed labels and splits are updated in place, and
-a file moved to another class folder keeps its row. See ``docs/cache-format.md``.
+A sample is identified by its content (:func:`content_digest`), never by its name: rows
+are never renumbered and a row's features are never rewritten. Each run compares the
+dataset with the table (:meth:`SampleTable.reconcile`):
+
+- same id and same content: the same row (its label and split follow the data);
+- content whose digest matches a row whose id is gone, or whose own content moved away:
+  that row moves to the new id, with its features (one to one);
+- anything else is a new row, appended; a row whose content changed is retired as
+  ``stale`` (excluded by every reader) and its sample gets the new row;
+- a row whose id is no longer in the dataset is marked ``removed``.
+
+The layout (format 2, fixed-width columns) is in ``docs/cache-format.md``; a version-1
+table is read through :func:`read_table` as well (strings, no digests).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
+import xxhash
 
 from featurecache.cache import _format as fmt
+from featurecache.cache._identity import (
+    DIGEST_SIZE,
+    NO_DIGEST,
+    RACY_NS,
+    UNREADABLE,
+    content_digest,
+    file_digest,
+    now_ns,
+    stat_files,
+)
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["SampleChanges", "SampleTable", "check_aligned", "write_samples"]
+__all__ = [
+    "STATE_LIVE",
+    "STATE_REMOVED",
+    "STATE_STALE",
+    "STATE_NAMES",
+    "SampleChanges",
+    "SampleTable",
+    "SplitSpec",
+    "check_aligned",
+    "read_table",
+    "write_samples",
+]
 
-_STR = h5py.string_dtype()
+#: Row states, in ``/samples/state``.
+STATE_LIVE, STATE_REMOVED, STATE_STALE = 0, 1, 2
+STATE_NAMES = {STATE_LIVE: "live", STATE_REMOVED: "removed", STATE_STALE: "stale"}
+_EMPTY_DIGEST = content_digest(b"")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a table's splits were made: ``given`` by the data (split folders, a split column,
+    a built-in's own), ``random`` (stratified, of ``fraction``, seeded), or ``none``."""
+
+    kind: str = "given"
+    fraction: float = 0.0
+    seed: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "random":
+            return f"random:{self.fraction:g} with seed {self.seed}"
+        return "the data's own splits" if self.kind == "given" else "no split"
+
+    def assign(self, ids: Sequence[str]) -> np.ndarray:
+        """Splits of new samples under a stored random split, from the seed and each id
+        alone: adding samples never moves an existing one."""
+        limit = self.fraction * 2.0**64
+        return np.array(
+            [
+                "test" if xxhash.xxh3_64_intdigest(f"{self.seed}:{i}".encode()) < limit else "train"
+                for i in ids
+            ],
+            dtype=object,
+        )
 
 
 @dataclass(frozen=True)
@@ -27,18 +91,28 @@ class SampleChanges:
     added: tuple[str, ...] = ()
     removed: tuple[int, ...] = ()
     relabelled: tuple[int, ...] = ()
-    moved: tuple[tuple[int, str], ...] = ()  # (row, new id): same file, new folder
+    moved: tuple[tuple[int, str], ...] = ()  # (row, new id): the same content under a new id
     restored: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()  # rows retired as stale: their sample's content changed
+    retried: tuple[int, ...] = ()  # failed rows retired on request, computed again
+    #: Rows whose stat or digest columns were refreshed (no change to any sample).
+    refreshed: int = field(default=0, compare=False)
 
     def __bool__(self) -> bool:
-        return any((self.added, self.removed, self.relabelled, self.moved, self.restored))
+        return any(
+            (self.added, self.removed, self.relabelled, self.moved, self.restored, self.changed,
+             self.retried)
+        )  # fmt: skip
 
     def describe(self) -> str:
+        """``3 changed content, 1 moved, 2 new samples`` (or ``no change``)."""
         parts = [
+            (len(self.changed), "changed content"),
+            (len(self.retried), "failed retried"),
+            (len(self.moved), "moved"),
             (len(self.added), "new"),
             (len(self.removed), "removed"),
-            (len(self.relabelled), "relabelled"),
-            (len(self.moved), "moved to another class or split folder"),
+            (len(self.relabelled), "relabelled or re-split"),
             (len(self.restored), "restored"),
         ]
         return (
@@ -58,11 +132,26 @@ def check_aligned(ids, labels, splits) -> None:
 
 @dataclass(frozen=True, eq=False)
 class SampleTable:
-    """The samples of a cache: one id, label and split per row, and the class names.
+    """The samples of a cache: one id, label, split, state and content digest per row.
 
-    Stage 1's datasets carry the same attributes, so :meth:`Store.create_samples` takes either.
-    A cache whose dataset grew also has ``removed`` rows (kept, never deleted: row numbers
-    never change), ``fingerprints`` of the image files, and the ``starts`` of its shards.
+    Stage 1's datasets carry the same first attributes, so :meth:`from_dataset` takes one.
+    Rows are never deleted: a row of a sample no longer in the dataset is ``removed``, a
+    row whose sample's content changed is ``stale`` (see :data:`STATE_NAMES`); both keep
+    their features and are left out of every read.
+
+    Attributes
+    ----------
+    state : ndarray of shape (n_samples,), int8, optional
+        ``STATE_*`` codes; ``None`` means every row is live.
+    digests : ndarray of shape (n_samples, 16), uint8, optional
+        :func:`content_digest` of each row's content; zeros where never hashed.
+    stats : ndarray of shape (n_samples, 4), int64, optional
+        ``size, mtime_ns, ctime_ns, inode`` of each row's file when it was last checked
+        (-1: unknown, or not a file); ``stat_time_ns`` is when.
+    split : SplitSpec
+        How the splits were made; later runs keep it.
+    starts : ndarray, optional
+        Where each shard starts, once the dataset has grown (else every ``shard_size``).
     """
 
     ids: np.ndarray
@@ -70,8 +159,11 @@ class SampleTable:
     splits: np.ndarray
     class_names: tuple[str, ...]
     source: str = "arrays"
-    removed: np.ndarray | None = None
-    fingerprints: np.ndarray | None = None
+    state: np.ndarray | None = None
+    digests: np.ndarray | None = field(default=None, repr=False)
+    stats: np.ndarray | None = field(default=None, repr=False)
+    stat_time_ns: int = 0
+    split: SplitSpec = SplitSpec()
     starts: np.ndarray | None = None
     shard_size: int = 0
 
@@ -82,16 +174,26 @@ class SampleTable:
         return len(self.ids)
 
     @property
+    def state_codes(self) -> np.ndarray:
+        if self.state is None:
+            return np.full(len(self), STATE_LIVE, dtype=np.int8)
+        return np.asarray(self.state, dtype=np.int8)
+
+    @property
     def removed_mask(self) -> np.ndarray:
-        return np.zeros(len(self), bool) if self.removed is None else np.asarray(self.removed, bool)
+        """Rows left out of every read: removed samples and stale rows."""
+        return self.state_codes != STATE_LIVE
 
     @property
     def samples_digest(self) -> str:
-        """SHA-256 of ids, labels and splits (a removed row's split counts as ``removed``)."""
+        """SHA-256 of ids, labels, splits (a retired row's split counts as its state) and
+        content digests."""
         splits = np.asarray(self.splits, dtype=object)
-        if self.removed is not None and np.any(self.removed):
-            splits = np.where(self.removed_mask, "removed", splits).astype(object)
-        return fmt.samples_digest(self.ids, self.labels, splits)
+        state = self.state_codes
+        if np.any(state != STATE_LIVE):
+            names = np.array([STATE_NAMES[k] for k in sorted(STATE_NAMES)], dtype=object)
+            splits = np.where(state != STATE_LIVE, names[state], splits).astype(object)
+        return fmt.samples_digest(self.ids, self.labels, splits, self.digests)
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         """``[start, stop)`` of every shard, in shard order."""
@@ -102,134 +204,351 @@ class SampleTable:
         starts = [int(s) for s in self.starts]
         return list(zip(starts, [*starts[1:], n], strict=True))
 
-    def changes_to(self, dataset) -> SampleChanges:
-        """What differs between this table and ``dataset`` (ids, labels by name, splits)."""
-        wanted = _rows_of(dataset)
-        removed = self.removed_mask
-        gone, relabelled, restored = [], [], []
-        for row, sample_id in enumerate(self.ids.tolist()):
-            found = wanted.get(sample_id)
-            if found is None:
-                if not removed[row]:
-                    gone.append(row)
-                continue
-            if removed[row]:
-                restored.append(row)
-            elif (self._label_name(row), str(self.splits[row])) != found[:2]:
-                relabelled.append(row)
-        known = set(self.ids.tolist())
-        new = [i for i in wanted if i not in known]
-        moved = self._moves(gone, new, wanted)
-        taken_rows, taken_ids = {r for r, _ in moved}, {i for _, i in moved}
-        return SampleChanges(
-            added=tuple(i for i in new if i not in taken_ids),
-            removed=tuple(r for r in gone if r not in taken_rows),
-            relabelled=tuple(relabelled),
-            moved=tuple(moved),
-            restored=tuple(restored),
+    @classmethod
+    def from_dataset(cls, dataset, shard_size: int = 0) -> SampleTable:
+        """The table of a new cache: every sample hashed, every file stat'ed."""
+        if isinstance(dataset, SampleTable):
+            return dataset
+        stat_time = now_ns()
+        stats = stat_files(dataset.paths) if _paths(dataset) is not None else None
+        return cls(
+            ids=np.asarray(dataset.ids, dtype=object),
+            labels=np.asarray(dataset.labels, dtype=np.int64),
+            splits=np.asarray(dataset.splits, dtype=object),
+            class_names=tuple(dataset.class_names),
+            source=dataset.source,
+            state=np.zeros(len(dataset), np.int8),
+            digests=_digests(dataset, range(len(dataset))),
+            stats=stats,
+            stat_time_ns=stat_time,
+            split=getattr(dataset, "split_spec", SplitSpec()),
+            shard_size=int(shard_size),
         )
 
-    def updated_to(self, dataset) -> SampleTable:
-        """This table brought up to ``dataset``: rows appended, removed, relabelled, moved."""
-        changes = self.changes_to(dataset)
-        wanted = _rows_of(dataset)
-        names = list(self.class_names)
-        names += sorted({w[0] for w in wanted.values() if w[0] and w[0] not in names})
-        index = {name: k for k, name in enumerate(names)}
-        ids, labels = self.ids.copy(), self.labels.copy()
-        splits, removed = self.splits.copy(), self.removed_mask.copy()
-        prints = (
-            self.fingerprints.copy()
-            if self.fingerprints is not None
-            else np.full(len(self), "", dtype=object)
-        )
-        moved_to = dict(changes.moved)
-        for row, sample_id in enumerate(self.ids.tolist()):
-            current = moved_to.get(row, sample_id)
-            found = wanted.get(current)
-            if found is None:
-                removed[row] = True
-                continue
-            ids[row], removed[row] = current, False
-            labels[row] = index[found[0]] if found[0] else -1
-            splits[row], prints[row] = found[1], found[2]
-        added = list(changes.added)
-        n_old, size = len(self), max(1, self.shard_size)
-        starts = [s for s, _ in self.shard_ranges()] + list(range(n_old, n_old + len(added), size))
-        return SampleTable(
-            ids=np.concatenate([ids, np.array(added, dtype=object)]).astype(object),
-            labels=np.concatenate(
-                [labels, [index[wanted[i][0]] if wanted[i][0] else -1 for i in added]]
-            ).astype(np.int64),
-            splits=np.concatenate([splits, [wanted[i][1] for i in added]]).astype(object),
-            class_names=tuple(names),
+    def reconcile(
+        self,
+        dataset,
+        *,
+        verify: bool = False,
+        retry: Sequence[int] = (),
+        keep_splits: bool = False,
+    ) -> tuple[SampleTable, SampleChanges]:
+        """This table brought up to ``dataset``, and what changed (see the module docstring).
+
+        Files whose stat matches their row (and was not racy when recorded) are not read;
+        the others, new ids, arrays and, with ``verify``, every file are hashed.
+
+        Parameters
+        ----------
+        dataset : Dataset
+            ``ids``, ``labels``, ``splits``, ``class_names``, ``source``, and ``paths`` or
+            ``arrays``.
+        verify : bool
+            Hash every file, whatever its stat.
+        retry : sequence of int
+            Live rows to retire and compute again as new rows (failed rows, on request).
+        keep_splits : bool
+            A moved row keeps its stored split (a stored random split never moves a row).
+        """
+        n, ids = len(self), [str(i) for i in np.asarray(dataset.ids).tolist()]
+        state, names = self.state_codes, list(dataset.class_names)
+        stat_time, racy = now_ns(), np.zeros(len(ids), bool)
+        paths = _paths(dataset)
+        stats = stat_files(paths) if paths is not None else None
+        row_of = {str(i): r for r, i in enumerate(self.ids.tolist()) if state[r] != STATE_STALE}
+        cand = np.array([row_of.get(i, -1) for i in ids], dtype=np.int64)
+        has = cand >= 0
+        old_digests = np.zeros((n, DIGEST_SIZE), np.uint8) if self.digests is None else self.digests
+        unknown = has & ~old_digests[np.maximum(cand, 0)].any(axis=1)  # never hashed: trusted
+        need = ~has | unknown | verify
+        if stats is None or self.stats is None:
+            need[:] = True
+        else:
+            old = self.stats[np.maximum(cand, 0)]
+            racy = has & (old[:, 1] >= self.stat_time_ns - RACY_NS)
+            need |= np.any(old != stats, axis=1) | racy | (stats[:, 0] < 0)
+        digests = np.zeros((len(ids), DIGEST_SIZE), np.uint8)
+        digests[has] = old_digests[cand[has]]
+        hashed = np.flatnonzero(need)
+        digests[hashed] = _digests(dataset, hashed)
+        retry_rows = {int(r) for r in retry}
+        same = has & (unknown | np.all(digests == old_digests[np.maximum(cand, 0)], axis=1))
+        same &= ~np.isin(cand, list(retry_rows))
+        claimed = {int(r): i for i, r in zip(np.flatnonzero(same), cand[same], strict=True)}
+        moves = self._moves(ids, digests, np.flatnonzero(~same), claimed, retry_rows)
+        table_ids = self.ids.astype(object).copy()
+        labels, splits = self.labels.astype(np.int64).copy(), self.splits.astype(object).copy()
+        new_state, new_digests = state.copy(), old_digests.copy()
+        new_stats = np.full((n, 4), -1, np.int64) if self.stats is None else self.stats.copy()
+        classes = list(self.class_names)
+        classes += sorted({names[k] for k in dataset.labels if k >= 0} - set(classes))
+        index = {name: k for k, name in enumerate(classes)}
+
+        def label_of(i: int) -> int:
+            k = int(dataset.labels[i])
+            return index[names[k]] if k >= 0 else -1
+
+        relabelled, restored = [], []
+        for row, i in sorted({**claimed, **moves}.items()):
+            label, split = label_of(i), dataset.splits[i]
+            if row in moves and keep_splits:
+                split = splits[row]
+            if row in claimed:
+                if state[row] == STATE_REMOVED:
+                    restored.append(row)
+                elif (labels[row], splits[row]) != (label, split):
+                    relabelled.append(row)
+            table_ids[row], labels[row], splits[row] = ids[i], label, split
+            new_state[row], new_digests[row] = STATE_LIVE, digests[i]
+            if stats is not None:
+                new_stats[row] = stats[i]
+        taken = set(claimed) | set(moves)
+        fresh = [i for i in range(len(ids)) if not same[i] and i not in moves.values()]
+        changed, retried, removed = [], [], []
+        for i in fresh:
+            row = int(cand[i])
+            if row >= 0 and row not in taken:
+                new_state[row] = STATE_STALE
+                if state[row] == STATE_LIVE:
+                    (retried if row in retry_rows else changed).append(row)
+        present = set(ids)
+        for row in np.flatnonzero(state == STATE_LIVE).tolist():
+            if row not in taken and new_state[row] == STATE_LIVE:
+                if str(self.ids[row]) not in present:
+                    new_state[row] = STATE_REMOVED
+                    removed.append(row)
+                else:  # its sample's content moved to another row, and no file holds it now
+                    new_state[row] = STATE_STALE
+                    changed.append(row)
+        added = [ids[i] for i in fresh if cand[i] < 0 or state[cand[i]] != STATE_LIVE]
+        n_size = max(1, self.shard_size)
+        starts = [s for s, _ in self.shard_ranges()] + list(range(n, n + len(fresh), n_size))
+        table = SampleTable(
+            ids=np.concatenate([table_ids, np.array([ids[i] for i in fresh], dtype=object)]),
+            labels=np.concatenate([labels, [label_of(i) for i in fresh]]).astype(np.int64),
+            splits=np.concatenate([splits, [dataset.splits[i] for i in fresh]]).astype(object),
+            class_names=tuple(classes),
             source=getattr(dataset, "source", self.source),
-            removed=np.concatenate([removed, np.zeros(len(added), bool)]),
-            fingerprints=np.concatenate([prints, [wanted[i][2] for i in added]]).astype(object),
+            state=np.concatenate([new_state, np.zeros(len(fresh), np.int8)]),
+            digests=np.concatenate([new_digests, digests[fresh].reshape(-1, DIGEST_SIZE)]),
+            stats=None
+            if stats is None
+            else np.concatenate([new_stats, stats[fresh].reshape(-1, 4)]),
+            stat_time_ns=stat_time,
+            split=getattr(dataset, "split_spec", self.split),
             starts=np.asarray(starts, dtype=np.int64),
             shard_size=self.shard_size,
         )
+        refreshed = int(
+            np.any(new_stats != self._stats, axis=1).sum()
+            + np.any(new_digests != old_digests, axis=1).sum()
+            + racy.sum()
+        )
+        changes = SampleChanges(
+            added=tuple(added),
+            removed=tuple(removed),
+            relabelled=tuple(relabelled),
+            moved=tuple((row, ids[i]) for row, i in sorted(moves.items())),
+            restored=tuple(restored),
+            changed=tuple(sorted(changed)),
+            retried=tuple(sorted(retried)),
+            refreshed=refreshed,
+        )
+        return table, changes
 
-    def _label_name(self, row: int) -> str:
-        label = int(self.labels[row])
-        return self.class_names[label] if label >= 0 else ""
+    @property
+    def _stats(self) -> np.ndarray:
+        return np.full((len(self), 4), -1, np.int64) if self.stats is None else self.stats
 
-    def _moves(self, gone: list[int], new: list[str], wanted: dict) -> list[tuple[int, str]]:
-        """Pair a removed row and a new id with the same file name and fingerprint."""
-        if self.fingerprints is None:
-            return []
-        by_key: dict[tuple, list[str]] = {}
-        for sample_id in new:
-            if wanted[sample_id][2]:
-                by_key.setdefault((_name(sample_id), wanted[sample_id][2]), []).append(sample_id)
-        moves = []
-        for row in gone:
-            key = (_name(str(self.ids[row])), str(self.fingerprints[row]))
-            if key[1] and len(by_key.get(key, ())) == 1:
-                moves.append((row, by_key.pop(key)[0]))
+    def _moves(
+        self,
+        ids: list[str],
+        digests: np.ndarray,
+        unmatched: np.ndarray,
+        claimed: dict[int, int],
+        retry: set[int],
+    ) -> dict[int, int]:
+        """``row -> dataset index`` of content found again under another id, one to one.
+
+        A row can move when it is not claimed by its own id, is not stale, and its digest is
+        known (an unreadable or empty file never counts as a move). A row of the same file
+        name is preferred, then the lowest row.
+        """
+        if self.digests is None or not len(unmatched):
+            return {}
+        state = self.state_codes
+        free = [
+            r
+            for r in range(len(self))
+            if r not in claimed and r not in retry and state[r] != STATE_STALE
+        ]
+        by_digest: dict[bytes, list[int]] = {}
+        for r in free:
+            key = self.digests[r].tobytes()
+            if key not in (NO_DIGEST, UNREADABLE, _EMPTY_DIGEST):
+                by_digest.setdefault(key, []).append(r)
+        moves: dict[int, int] = {}
+        for i in unmatched.tolist():
+            rows = by_digest.get(digests[i].tobytes())
+            if not rows:
+                continue
+            named = [r for r in rows if _name(str(self.ids[r])) == _name(ids[i])]
+            row = (named or rows)[0]
+            rows.remove(row)
+            moves[row] = i
         return moves
 
 
-def _rows_of(dataset) -> dict[str, tuple[str, str, str]]:
-    """``id -> (class name or "", split, fingerprint or "")`` of a dataset."""
-    names = list(dataset.class_names)
-    prints = getattr(dataset, "fingerprints", None)
-    return {
-        str(sample_id): (
-            names[int(label)] if int(label) >= 0 else "",
-            str(split),
-            "" if prints is None else str(prints[i]),
-        )
-        for i, (sample_id, label, split) in enumerate(
-            zip(
-                dataset.ids.tolist(),
-                np.asarray(dataset.labels).tolist(),
-                dataset.splits.tolist(),
-                strict=True,
-            )  # fmt: skip
-        )
-    }
+def _paths(dataset) -> np.ndarray | None:
+    return getattr(dataset, "paths", None)
+
+
+def _digests(dataset, rows) -> np.ndarray:
+    """``(len(rows), 16)`` content digests of the dataset's samples ``rows``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(rows), DIGEST_SIZE), np.uint8)
+    paths, arrays = _paths(dataset), getattr(dataset, "arrays", None)
+    for k, row in enumerate(rows.tolist()):
+        if paths is not None:
+            found = file_digest(paths[row])
+        elif arrays is not None:
+            found = content_digest(arrays[row])
+        else:
+            found = NO_DIGEST
+        out[k] = np.frombuffer(found, np.uint8)
+    return out
 
 
 def _name(sample_id: str) -> str:
     return sample_id.rsplit("/", 1)[-1]
 
 
+# -- the layout ------------------------------------------------------------------------
+
+
+def _encode_ids(ids) -> np.ndarray:
+    """Ids as fixed-length UTF-8 bytes: one memory copy to read, whatever the row count."""
+    values = np.asarray(ids)
+    try:
+        encoded = values.astype(str).astype(np.bytes_)
+    except UnicodeEncodeError:
+        encoded = np.array([str(v).encode() for v in values.tolist()], dtype=np.bytes_)
+    return encoded if encoded.dtype.itemsize else encoded.astype("S1")
+
+
+def _decode_ids(raw: np.ndarray) -> np.ndarray:
+    if raw.size == 0 or raw.view(np.uint8).max() < 128:
+        return raw.astype(str)
+    return np.array([v.decode() for v in raw.tolist()], dtype=str)
+
+
+def _codes(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    index = {name: k for k, name in enumerate(names)}
+    return np.array([index[v] for v in np.asarray(values, dtype=object).tolist()], dtype=np.int8)
+
+
+def split_names(splits) -> tuple[str, ...]:
+    """The split-name table: ``""`` and :data:`SPLITS` in their order, then any other name."""
+    found = set(np.asarray(splits, dtype=object).tolist())
+    return ("", *fmt.SPLITS, *sorted(found - {"", *fmt.SPLITS}))
+
+
 def write_samples(f: h5py.File, table) -> None:
-    """``/samples`` of ``table`` (a :class:`SampleTable` or a dataset) into an open file."""
-    f.create_dataset(fmt.sample_path("ids"), data=np.asarray(table.ids, dtype=object), dtype=_STR)
-    f.create_dataset(fmt.sample_path("labels"), data=np.asarray(table.labels, dtype=np.int64))
-    f.create_dataset(
-        fmt.sample_path("splits"), data=np.asarray(table.splits, dtype=object), dtype=_STR
-    )
-    removed = getattr(table, "removed", None)
-    if removed is not None:
-        f.create_dataset(fmt.sample_path("removed"), data=np.asarray(removed, dtype=np.int8))
-    prints = getattr(table, "fingerprints", None)
-    if prints is not None:
-        f.create_dataset(
-            fmt.sample_path("fingerprint"), data=np.asarray(prints, dtype=object), dtype=_STR
-        )
+    """``/samples`` of ``table`` (a :class:`SampleTable` or a dataset) into an open file,
+    format 2: fixed-width and categorical columns."""
+    table = SampleTable.from_dataset(table) if not isinstance(table, SampleTable) else table
+    n = len(table)
+    f.create_dataset(fmt.sample_path("ids"), data=_encode_ids(table.ids))
+    labels = np.asarray(table.labels, dtype=np.int64)
+    small = np.int16 if len(table.class_names) < np.iinfo(np.int16).max else np.int32
+    f.create_dataset(fmt.sample_path("labels"), data=labels.astype(small))
+    names = split_names(table.splits)
+    splits = f.create_dataset(fmt.sample_path("splits"), data=_codes(table.splits, names))
+    splits.attrs["names"] = np.array(names, dtype=object)
+    f.create_dataset(fmt.sample_path("state"), data=table.state_codes)
+    digests = np.zeros((n, DIGEST_SIZE), np.uint8) if table.digests is None else table.digests
+    f.create_dataset(fmt.sample_path("digest"), data=np.asarray(digests, np.uint8))
+    stats = table._stats
+    for k, name in enumerate(fmt.STAT_FIELDS):
+        f.create_dataset(fmt.sample_path(name), data=stats[:, k])
     group = f["samples"]
     group.attrs["class_names"] = np.array(table.class_names, dtype=object)
     group.attrs["root"] = table.source
+    group.attrs["stat_time_ns"] = int(table.stat_time_ns)
+    group.attrs["split_kind"] = table.split.kind
+    group.attrs["split_fraction"] = float(table.split.fraction)
+    group.attrs["split_seed"] = int(table.split.seed)
+
+
+def read_table(f: h5py.File | h5py.Group, identity: bool = True) -> SampleTable:
+    """The sample table of an open cache or sample file, format 2 or 1 (the adapter).
+
+    ``identity=False`` leaves out the digest and stat columns (readers need neither).
+    """
+    group = f["samples"]
+    if "state" not in group:
+        return _read_v1(f, group)
+    names = [str(_text(v)) for v in np.asarray(group["splits"].attrs["names"]).tolist()]
+    stats = digests = None
+    if identity:
+        digests = group["digest"][:]
+        stats = np.stack([group[name][:] for name in fmt.STAT_FIELDS], axis=1)
+    attrs = group.attrs
+    return SampleTable(
+        ids=_decode_ids(group["ids"][:]),
+        labels=group["labels"][:].astype(np.int64),
+        splits=np.array(names, dtype=str)[group["splits"][:]],
+        class_names=tuple(str(_text(c)) for c in attrs["class_names"]),
+        source=str(_text(attrs.get("root", ""))),
+        state=group["state"][:],
+        digests=digests,
+        stats=stats,
+        stat_time_ns=int(attrs.get("stat_time_ns", 0)),
+        split=SplitSpec(
+            str(_text(attrs.get("split_kind", "given"))),
+            float(attrs.get("split_fraction", 0.0)),
+            int(attrs.get("split_seed", 0)),
+        ),
+        starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
+        shard_size=int(f.attrs.get("shard_size", max(len(group["ids"]), 1))),
+    )
+
+
+def _read_v1(f, group) -> SampleTable:
+    """Version 1: string ids and splits, an optional ``removed`` column, no digests.
+
+    Its first writing run hashes the current files and trusts the stored features for them.
+    """
+    removed = group["removed"][:].astype(bool) if "removed" in group else None
+    names = group.attrs.get("class_names")
+    labels = group["labels"][:].astype(np.int64)
+    if names is None:
+        names = [str(k) for k in range(int(labels.max()) + 1 if labels.size else 0)]
+    return SampleTable(
+        ids=_read_strings(group["ids"]),
+        labels=labels,
+        splits=_read_strings(group["splits"]),
+        class_names=tuple(str(_text(c)) for c in np.asarray(names).tolist()),
+        source=str(_text(group.attrs.get("root", ""))),
+        state=None if removed is None else np.where(removed, STATE_REMOVED, STATE_LIVE),
+        split=SplitSpec("unknown"),
+        starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
+        shard_size=int(f.attrs.get("shard_size", max(len(labels), 1))),
+    )
+
+
+def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
+    """A version-1 string column as a NumPy unicode array (ASCII in one C loop)."""
+    raw = dataset[:]
+    fixed = np.asarray(raw, dtype=bytes) if raw.dtype == object else raw
+    if fixed.dtype.kind == "S" and (fixed.size == 0 or fixed.view(np.uint8).max() < 128):
+        return fixed.astype(str)
+    return dataset.asstr()[:].astype(str)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def with_split(table: SampleTable, split: SplitSpec) -> SampleTable:
+    return dataclasses.replace(table, split=split)

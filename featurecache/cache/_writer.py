@@ -47,7 +47,13 @@ from featurecache.cache._log import (
     repair_log,
     rewrite_log,
 )
-from featurecache.cache._samples import SampleChanges, SampleTable, write_samples
+from featurecache.cache._samples import (
+    STATE_LIVE,
+    SampleChanges,
+    SampleTable,
+    read_table,
+    write_samples,
+)
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheLockedError,
@@ -72,6 +78,16 @@ _NO_LOCKS_HINT = (
     "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
     f"--no-locking, or {fmt.LOCKING_ENV}=1), and run one writer per model."
 )
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """A dataset compared with the stored table: the table, the one to write, the changes."""
+
+    table: SampleTable
+    grown: SampleTable
+    changes: SampleChanges
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,30 +171,14 @@ class Store:
         return self.samples_path.exists()
 
     def create_samples(self, dataset, shard_size: int) -> None:
-        """Write the sample table once; if one exists, check the dataset matches it."""
+        """Write the sample table once (every sample hashed); if one exists, bring it up to
+        the dataset instead (:meth:`sync_samples`)."""
         if self.has_samples():  # nothing to write: a resume must not need free space here
-            self.check_dataset(dataset)
+            self.sync_samples(dataset)
             return
-
-        def write(tmp: Path) -> None:
-            with new_h5(tmp) as f:
-                write_samples(f, dataset)
-                f.attrs.update(self._root_attrs(dataset, shard_size))
-
-        if not create_once(self.samples_path, write):  # another writer got there first
-            self.check_dataset(dataset)
-
-    @staticmethod
-    def _root_attrs(dataset, shard_size: int) -> dict:
-        return {
-            "format": fmt.FORMAT,
-            "format_version": fmt.FORMAT_VERSION,
-            "shard_size": int(shard_size),
-            "n_samples": len(dataset),
-            "dataset": dataset.source,
-            "samples_digest": dataset.samples_digest,
-            "featurecache_version": __version__,
-        }
+        table = dataclasses.replace(SampleTable.from_dataset(dataset), shard_size=int(shard_size))
+        if not create_once(self.samples_path, lambda tmp: self._write_table(tmp, table)):
+            self.sync_samples(dataset)  # another writer got there first
 
     def read_root_attrs(self) -> dict:
         with self._open(self.samples_path) as f:
@@ -186,81 +186,85 @@ class Store:
 
     def check_dataset(self, dataset) -> None:
         """Raise :class:`DatasetChangedError` if the dataset differs from the cached samples."""
-        with self._open(self.samples_path) as f:
-            if f.attrs["samples_digest"] == dataset.samples_digest:
-                return
-            ids = f[fmt.sample_path("ids")].asstr()[:]
-            labels = f[fmt.sample_path("labels")][:]
-            splits = f[fmt.sample_path("splits")].asstr()[:]
-        old, new = set(ids.tolist()), set(np.asarray(dataset.ids).tolist())
-        added, missing = len(new - old), len(old - new)
-        if added or missing:
-            detail = f"{added} new and {missing} missing samples"
-        else:
-            order = {sample_id: i for i, sample_id in enumerate(dataset.ids)}
-            rows = np.array([order[i] for i in ids])
-            changed = int(
-                np.sum(labels != dataset.labels[rows]) + np.sum(splits != dataset.splits[rows])
-            )
-            detail = f"the same samples but {changed} changed labels or splits"
-        raise DatasetChangedError(
-            f"the dataset {dataset.source} has {detail} compared with the cache {str(self.path)!r}; "
-            "extract it into a new cache path (a cache holds one fixed list of samples)."
-        )
+        self.sync_samples(dataset, frozen=True, write=False)
 
     # -- growing datasets -------------------------------------------------------------
 
-    def read_samples(self) -> SampleTable:
-        """The sample table as stored, with removed rows, fingerprints and shard starts."""
+    def read_samples(self, identity: bool = True) -> SampleTable:
+        """The sample table as stored: states, content digests, stats and shard starts
+        (``identity=False`` leaves out the digest and stat columns)."""
         with self._open(self.samples_path) as f:
-            group = f["samples"]
-            n = len(group["ids"])
-            extra = {
-                name: group[name][:] if name in group else None for name in fmt.SAMPLE_EXTRA_FIELDS
-            }
-            fingerprints = extra["fingerprint"]
-            return SampleTable(
-                ids=group["ids"].asstr()[:].astype(object),
-                labels=group["labels"][:].astype(np.int64),
-                splits=group["splits"].asstr()[:].astype(object),
-                class_names=tuple(str(_text(c)) for c in group.attrs["class_names"]),
-                source=str(_text(group.attrs.get("root", ""))),
-                removed=None if extra["removed"] is None else extra["removed"].astype(bool),
-                fingerprints=None
-                if fingerprints is None
-                else np.array([_text(v) for v in fingerprints], dtype=object),
-                starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
-                shard_size=int(f.attrs.get("shard_size", max(n, 1))),
-            )
+            return read_table(f, identity=identity)
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         """``[start, stop)`` of every shard, in shard order."""
-        return self.read_samples().shard_ranges()
+        return self.read_samples(identity=False).shard_ranges()
 
-    def sync_samples(self, dataset, frozen: bool = False) -> SampleChanges:
-        """Bring the sample table up to ``dataset``; features are never touched.
-
-        New samples are appended as new rows (new shards), samples no longer in the dataset
-        are marked removed, changed labels and splits are updated, and a file moved to
-        another class folder (same name, size and modification time) keeps its row and its
-        features under its new id. With ``frozen``, any difference is refused instead.
-        """
+    def reconcile(
+        self,
+        dataset,
+        *,
+        verify: bool = False,
+        retry: Sequence[int] = (),
+        keep_splits: bool = False,
+    ) -> Reconciled:
+        """Compare ``dataset`` with the stored table by content (nothing is written): see
+        :meth:`SampleTable.reconcile`."""
         table = self.read_samples()
-        changes = table.changes_to(dataset)
-        if not changes:
-            return changes
-        if frozen:
+        kwargs = {"verify": verify, "retry": tuple(retry), "keep_splits": keep_splits}
+        return Reconciled(table, *table.reconcile(dataset, **kwargs), kwargs)
+
+    def failed_rows(self, model: str) -> list[int]:
+        """Live rows whose status is failed in a committed shard of ``model``."""
+        state = self.read_samples(identity=False).state_codes
+        failed = set()
+        for meta in self._scan_shards(model):
+            rows = meta.start + np.flatnonzero(np.asarray(meta.status) == STATUS_FAILED)
+            failed.update(int(r) for r in rows if state[r] == STATE_LIVE)
+        return sorted(failed)
+
+    def sync_samples(
+        self,
+        dataset,
+        frozen: bool = False,
+        *,
+        verify: bool = False,
+        retry: Sequence[int] = (),
+        keep_splits: bool = False,
+        write: bool = True,
+        planned: Reconciled | None = None,
+    ) -> SampleChanges:
+        """Bring the sample table up to ``dataset``; committed features are never touched.
+
+        Samples are matched by content (:meth:`SampleTable.reconcile`): new and changed
+        samples get new rows (new shards), a changed sample's old row is retired as stale,
+        content found under another id moves its row, samples no longer in the dataset are
+        marked removed, and labels and splits follow the data. With ``frozen``, any
+        difference is refused instead. Only files whose stat changed are hashed, unless
+        ``verify``.
+        """
+        if planned is None:
+            planned = self.reconcile(dataset, verify=verify, retry=retry, keep_splits=keep_splits)
+        table, grown, changes = planned.table, planned.grown, planned.changes
+        if changes and frozen:
             raise DatasetChangedError(
                 f"the dataset {dataset.source} has {changes.describe()} compared with the cache "
                 f"{str(self.path)!r}, and the sample table is frozen; extract it into a new cache "
                 "path, or drop frozen_samples (--frozen-samples) to update the cache."
             )
-        self.check_writable()
+        if not write or not (changes or changes.refreshed):
+            return changes
+        try:
+            self.check_writable()
+        except CacheReadOnlyError:
+            if changes:
+                raise
+            return changes  # only stats to refresh: a read-only cache hashes them again later
         with self._index_lock():
             current = self.read_samples()  # another writer may have updated it meanwhile
-            if current.changes_to(dataset):
-                grown = current.updated_to(dataset)
-                atomic_write(self.samples_path, lambda tmp: self._write_table(tmp, grown))
+            if current.samples_digest != table.samples_digest:
+                grown, changes = current.reconcile(dataset, **planned.options)
+            atomic_write(self.samples_path, lambda tmp: self._write_table(tmp, grown))
         return changes
 
     def _write_table(self, tmp: Path, table: SampleTable) -> None:

@@ -61,10 +61,12 @@ class Job:
     config: FeatureConfig
     weights: str | None
     backbone: LoadedBackbone | None = field(default=None, repr=False, compare=False)
+    #: How the dataset differed from the cache's samples, in words.
+    changes: str = field(default="no change", compare=False)
 
     def plan(self) -> Plan:
         """The shards whose requested layers are not all committed yet."""
-        table = self.store.read_samples()
+        table = self.store.read_samples(identity=False)
         done = self.store.done_layers(self.model)
         work = []
         for shard in range(len(table.shard_ranges())):
