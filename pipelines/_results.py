@@ -21,8 +21,14 @@ views results of the same head live in one folder and the report compares them.
 
 Every file is written through :func:`featurecache.cache.atomic_write` (a temporary
 name in the same folder, renamed into place). A combination is finished when its
-record in ``combos/`` exists, its head file exists, and its ``key`` (a digest of the
-features, grid, folds and seed) matches; a re-run skips it.
+record in ``combos/`` exists, its head file exists, and its ``key`` matches; a re-run
+skips it. The key is the SHA-256 of the canonical JSON of ``key_fields`` (kept in the
+record): the samples digest, the feature configuration, ``features_digest`` (the exact
+feature rows read: :meth:`featurecache.cache.Cache.features_digest`, also a column of the
+record), the head, its grid, the folds and the seed. A combination whose features changed
+(extracted again from other pixels, rows added or completed) is therefore fitted again,
+and ``fit`` says why in one line per reason. Records written before ``features_digest``
+(``RECORD_VERSION`` 1) are fitted again once.
 
 ``results.csv`` has the columns :data:`RESULT_COLUMNS`:
 
@@ -107,7 +113,8 @@ __all__ = [
 ]
 
 #: Bumped when a combination's record changes meaning: older records are refitted.
-RECORD_VERSION = 1
+#: 2: keys name the exact feature rows read (``features_digest``), hashed as canonical JSON.
+RECORD_VERSION = 2
 HEAD_KEYS = (
     "estimator",
     "model",
@@ -551,14 +558,20 @@ class ResultsFolder:
         stem = _safe(head) + (f"+{variant}" if variant else "")
         return self.root / kind / _safe(model) / _safe(layer) / f"{stem}{suffix}"
 
+    def record(self, model: str, layer: str, head: str, variant: str = "") -> dict | None:
+        """The combination's record, or ``None`` when it has none (or an unreadable one)."""
+        path = self.path("combos", model, layer, head, variant)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+
     def is_done(self, model: str, layer: str, head: str, key: str, variant: str = "") -> bool:
         """True when the combination's record has ``key`` and its head file exists."""
-        record = self.path("combos", model, layer, head, variant)
-        if not record.is_file():
-            return False
-        try:
-            data = json.loads(record.read_text())
-        except ValueError:
+        data = self.record(model, layer, head, variant)
+        if data is None:
             return False
         return data.get("key") == key and (self.root / data.get("head_file", "")).is_file()
 
