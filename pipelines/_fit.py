@@ -33,6 +33,7 @@ from sklearn.metrics import f1_score
 
 from featurecache import __version__
 from featurecache._paths import check_not_input
+from featurecache._process import die_with_parent
 from featurecache._validation import (
     AdviceError,
     ParameterError,
@@ -715,8 +716,15 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
             if started:  # shut down only the instance this call started
                 ray.shutdown()
         return
-    with parallel_config(backend=backend):
+    # Workers of this machine end with the fit: a fit killed with SIGKILL leaves none running
+    # (holding its stdout, so that `featurecache fit ... | tee log` would never end).
+    extra = {"initializer": die_with_parent, "initargs": (os.getpid(),)}
+    with parallel_config(backend=backend, **(extra if backend in _WORKER_PROCESSES else {})):
         yield
+
+
+#: Backends whose workers are processes started by this one.
+_WORKER_PROCESSES = ("loky", "multiprocessing")
 
 
 # -- one layer ------------------------------------------------------------------------
