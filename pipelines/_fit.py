@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from sklearn.metrics import f1_score
 
 from featurecache import __version__
 from featurecache._paths import check_not_input
+from featurecache._process import die_with_parent
 from featurecache._validation import (
     AdviceError,
     ParameterError,
@@ -49,7 +49,7 @@ from featurecache.exceptions import InvalidArgumentError, UnknownNameError, sugg
 from pipelines._fixed import FIXED_HEADS, fixed_pipeline, stored_classifier
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
-from pipelines._rows import RowStatus, row_status
+from pipelines._rows import RowStatus, features_digest, row_status
 from pipelines._search import (
     SearchResult,
     converged,
@@ -191,13 +191,16 @@ def fit(
     )  # fmt: skip
     replace = results.check(cache, force=force)
     _check_backend(plan.backend)
+    keys = _keys(cache, plan)
+    if not replace:
+        _say_refits(results, keys)
     with results.writing(plan.run_record(cache), replace=replace):
         with _parallel_backend(plan.backend, plan.address):
             for model, layer in plan.combos:
                 if plan.heads:
-                    _fit_layer(cache, plan, results, model, layer)
+                    _fit_layer(cache, plan, results, model, layer, keys)
                 for name in plan.fixed.get((model, layer), ()):
-                    _score_fixed(cache, plan, results, model, layer, name)
+                    _score_fixed(cache, plan, results, model, layer, name, keys)
         table = results.write_table()
         results.write_curves()
     chosen = best(table)
@@ -713,8 +716,15 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
             if started:  # shut down only the instance this call started
                 ray.shutdown()
         return
-    with parallel_config(backend=backend):
+    # Workers of this machine end with the fit: a fit killed with SIGKILL leaves none running
+    # (holding its stdout, so that `featurecache fit ... | tee log` would never end).
+    extra = {"initializer": die_with_parent, "initargs": (os.getpid(),)}
+    with parallel_config(backend=backend, **(extra if backend in _WORKER_PROCESSES else {})):
         yield
+
+
+#: Backends whose workers are processes started by this one.
+_WORKER_PROCESSES = ("loky", "multiprocessing")
 
 
 # -- one layer ------------------------------------------------------------------------
@@ -850,14 +860,17 @@ class _Refit(NamedTuple):
     predict_seconds_per_1000: float | None
 
 
-def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str) -> None:
+def _fit_layer(
+    cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str,
+    keys: Mapping[tuple[str, str, str], _Key],
+) -> None:  # fmt: skip
     entry = cache.entry(model, layer)
     variant = plan.variant(model)
-    keys = {head.name: _combo_key(cache, plan, entry, head) for head in plan.heads}
+    keys = {head.name: keys[model, layer, head.name] for head in plan.heads}
     pending = [
         head
         for head in plan.heads
-        if not results.is_done(model, layer, head.name, keys[head.name], variant.name)
+        if not results.is_done(model, layer, head.name, keys[head.name].key, variant.name)
     ]
     if not pending:
         logger.info("%s/%s: every head already fitted, reusing", model, layer)
@@ -888,13 +901,14 @@ def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, la
 
 
 def _score_fixed(
-    cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str, name: str
-) -> None:
+    cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str, name: str,
+    keys: Mapping[tuple[str, str, str], _Key],
+) -> None:  # fmt: skip
     """Score a fixed head like a fitted one: on the selection folds, then once on test."""
     entry = cache.entry(model, layer)
     classifier = stored_classifier(cache, model, FIXED_HEADS[name])
-    key = _fixed_key(cache, plan, entry, name, classifier)
-    if results.is_done(model, layer, name, key):
+    key = keys[model, layer, name]
+    if results.is_done(model, layer, name, key.key):
         logger.info("%s/%s: %s already scored, reusing", model, layer, name)
         return
     data = _LayerData.load(cache, plan, entry)
@@ -933,30 +947,122 @@ def _binomial_se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n else math.nan
 
 
+class _Key(NamedTuple):
+    """What a combination's result depends on (``fields``) and its digest (``key``)."""
+
+    key: str
+    fields: dict
+
+    @classmethod
+    def of(cls, fields: dict) -> _Key:
+        fields = jsonable(fields)
+        return cls(hashlib.sha256(fmt.canonical_json(fields).encode()).hexdigest(), fields)
+
+
+def _keys(cache: Cache, plan: _Plan) -> dict[tuple[str, str, str], _Key]:
+    """The :class:`_Key` of every (model, layer, head) this fit writes."""
+    keys = {}
+    for model, layer in plan.combos:
+        entry = cache.entry(model, layer)
+        if plan.heads:
+            digest = features_digest(cache, plan.rows[model, layer], plan.variant(model))
+            for head in plan.heads:
+                keys[model, layer, head.name] = _combo_key(cache, plan, entry, head, digest)
+        for name in plan.fixed.get((model, layer), ()):
+            classifier = stored_classifier(cache, model, FIXED_HEADS[name])
+            digest = features_digest(cache, plan.rows[model, layer])
+            keys[model, layer, name] = _fixed_key(cache, plan, entry, name, classifier, digest)
+    return keys
+
+
 def _fixed_key(
-    cache: Cache, plan: _Plan, entry: Entry, name: str, classifier: StoredClassifier
-) -> str:
-    """Everything that changes a fixed head's scores, hashed."""
-    key = {**_key_fields(cache, plan, entry, name), "classifier": classifier.digest()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    cache: Cache, plan: _Plan, entry: Entry, name: str, classifier: StoredClassifier,
+    digest: str,
+) -> _Key:  # fmt: skip
+    """Everything that changes a fixed head's scores."""
+    return _Key.of(
+        {**_key_fields(cache, plan, entry, name, digest), "classifier": classifier.digest()}
+    )
 
 
-def _key_fields(cache: Cache, plan: _Plan, entry: Entry, head: str) -> dict:
-    """What every result key holds: the data, the features, the head and the protocol."""
+def _key_fields(cache: Cache, plan: _Plan, entry: Entry, head: str, digest: str) -> dict:
+    """What every result key holds: the data, the features, the head and the protocol.
+
+    ``features_digest`` names the exact feature rows read (:func:`pipelines._rows.features_digest`):
+    a layer extracted again from other pixels, or rows added or left out, change it.
+    """
     provenance = entry.provenance
-    features = provenance.get("config_digest") or json.dumps(jsonable(provenance), sort_keys=True)
+    features = provenance.get("config_digest") or fmt.canonical_json(jsonable(provenance))
     return {
         "version": RECORD_VERSION,
         "samples_digest": cache.samples_digest,
         "model": entry.model,
         "layer": entry.layer,
         "features": features,
+        "features_digest": digest,
         "n_ok": entry.n_ok,
         "head": head,
         "selection": plan.selection,
         "cv": plan.cv if plan.selection == "cv" else None,
         "seed": plan.seed,
     }
+
+
+def _say_refits(results: ResultsFolder, keys: Mapping[tuple[str, str, str], _Key]) -> None:
+    """Log one line per reason why finished combinations are fitted again."""
+    reasons: dict[str, int] = {}
+    for (model, layer, head), key in keys.items():
+        variant = _key_variant(key)
+        why = refit_reason(results.record(model, layer, head, variant), key, results)
+        if why is not None:
+            reasons[why] = reasons.get(why, 0) + 1
+    for why, n in reasons.items():
+        logger.warning("%d head%s refitted: %s", n, "s" if n > 1 else "", why)
+
+
+def _key_variant(key: _Key) -> str:
+    return Variant(**key.fields["variant"]).name if "variant" in key.fields else ""
+
+
+#: How the fields of a key are named when they changed.
+_FIELD_WORDS = {
+    "samples_digest": "the sample table",
+    "features": "the feature configuration",
+    "n_ok": "the number of ok rows",
+    "n_failed": "the number of failed rows",
+    "n_features": "the layer's width",
+    "selection": "the selection (val or CV)",
+    "cv": "the number of CV folds",
+    "seed": "the seed",
+    "grid": "the grid",
+    "shots": "the learning-curve shots",
+    "draws": "the learning-curve draws",
+    "views": "the views",
+    "variant": "the variant",
+    "classifier": "the stored classifier",
+}
+
+
+def refit_reason(record: Mapping | None, key: _Key, results: ResultsFolder) -> str | None:
+    """Why the combination of ``record`` is fitted again under ``key``; ``None`` when it is
+    new or reused."""
+    if record is None:
+        return None
+    if record.get("key") == key.key:
+        if (results.root / record.get("head_file", "")).is_file():
+            return None
+        return "their head files are missing"
+    old = record.get("key_fields")
+    if not isinstance(old, Mapping) or "features_digest" not in old:
+        return (
+            "they were fitted by an earlier featurecache, which did not record the features "
+            "they read"
+        )
+    fields = key.fields
+    if old.get("features_digest") != fields["features_digest"]:
+        return f"the features of {fields['model']}/{fields['layer']} changed since they were fitted"
+    changed = [k for k in sorted(set(old) | set(fields)) if old.get(k) != fields.get(k)]
+    return f"{', '.join(_FIELD_WORDS.get(k, k) for k in changed)} changed since they were fitted"
 
 
 class _TestViews(NamedTuple):
@@ -1019,7 +1125,7 @@ def _curve(plan: _Plan, head: Head, data: _LayerData) -> list[dict]:
 
 def _write_combo(
     results: ResultsFolder, cache: Cache, plan: _Plan, entry: Entry, data: _LayerData,
-    head: Head, key: str, found: SearchResult, refit: _Refit, curve: list[dict],
+    head: Head, key: _Key, found: SearchResult, refit: _Refit, curve: list[dict],
     selection: str | None = None, variant: Variant | None = None,
 ) -> None:  # fmt: skip
     """Write the head, its test predictions, and last the record that marks it finished."""
@@ -1036,7 +1142,9 @@ def _write_combo(
     )  # fmt: skip
     results.write_combo(
         {
-            "key": key,
+            "key": key.key,
+            "key_fields": key.fields,
+            "features_digest": key.fields["features_digest"],
             "model": model,
             "layer": layer,
             "depth": entry.depth,
@@ -1072,10 +1180,10 @@ def _scores(found: SearchResult, refit: _Refit, y_test: np.ndarray) -> dict[str,
     }
 
 
-def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head) -> str:
-    """Everything that changes a combination's result, hashed."""
+def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head, digest: str) -> _Key:
+    """Everything that changes a combination's result."""
     key = {
-        **_key_fields(cache, plan, entry, head.name),
+        **_key_fields(cache, plan, entry, head.name, digest),
         "n_features": entry.n_features,
         "n_failed": entry.n_failed,
         "grid": jsonable(plan.grids[head.name]),
@@ -1086,7 +1194,7 @@ def _combo_key(cache: Cache, plan: _Plan, entry: Entry, head: Head) -> str:
     if not variant.is_plain:  # nor without views
         key["variant"] = variant.columns()
         key["views"] = plan.views_digest[entry.model]
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return _Key.of(key)
 
 
 # -- metrics --------------------------------------------------------------------------

@@ -112,6 +112,7 @@ def report(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
     chosen = best(table)
     predictions = _predictions(folder.root, chosen)
     blocks = _blocks(run, table, records, chosen, predictions, folder, variants=full)
+    blocks[1:1] = _mismatch_blocks(folder, run)
     _write(
         out, blocks, {"results": str(folder.root.resolve()), "featurecache_version": __version__}
     )
@@ -1048,6 +1049,27 @@ def _curves(folder: ResultsFolder, table: pd.DataFrame, chosen: pd.Series) -> li
     )
     header = ("combination", *[f"point {i + 1}" for i in range(width - 1)])
     return [("h2", "Learning curves"), figure, _Table(header, rows)]
+
+
+def _mismatch_blocks(folder: ResultsFolder, run: dict) -> list:
+    """A warning section when the results no longer match their cache as it is now (also
+    one line on the log); nothing when they match or the cache cannot be read here."""
+    cache = _open_run_cache(run)
+    if cache is None:
+        return []
+    problems = folder.mismatches(cache)
+    if not problems:
+        return []
+    shown = "; ".join(problems[:4]) + (
+        f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+    )
+    text = (
+        f"results folder {str(folder.root)!r} no longer matches cache {run['cache']!r}: {shown}. "
+        f"This report shows the results as fitted; run `featurecache fit {run['cache']} --out "
+        f"{folder.root}` to refit what changed, then report again."
+    )
+    logger.warning("%s", text)
+    return [("h2", "Warning: these results no longer match the cache"), ("p", text)]
 
 
 def _open_run_cache(run: dict) -> Cache | None:

@@ -21,8 +21,14 @@ views results of the same head live in one folder and the report compares them.
 
 Every file is written through :func:`featurecache.cache.atomic_write` (a temporary
 name in the same folder, renamed into place). A combination is finished when its
-record in ``combos/`` exists, its head file exists, and its ``key`` (a digest of the
-features, grid, folds and seed) matches; a re-run skips it.
+record in ``combos/`` exists, its head file exists, and its ``key`` matches; a re-run
+skips it. The key is the SHA-256 of the canonical JSON of ``key_fields`` (kept in the
+record): the samples digest, the feature configuration, ``features_digest`` (the exact
+feature rows read: :meth:`featurecache.cache.Cache.features_digest`, also a column of the
+record), the head, its grid, the folds and the seed. A combination whose features changed
+(extracted again from other pixels, rows added or completed) is therefore fitted again,
+and ``fit`` says why in one line per reason. Records written before ``features_digest``
+(``RECORD_VERSION`` 1) are fitted again once.
 
 ``results.csv`` has the columns :data:`RESULT_COLUMNS`:
 
@@ -84,6 +90,7 @@ from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import Cache, FeatureConfig, atomic_write
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._heads import list_heads
+from pipelines._rows import RowStatus, features_digest, row_status
 from pipelines._views import PLAIN, Variant
 
 logger = logging.getLogger(__name__)
@@ -107,7 +114,8 @@ __all__ = [
 ]
 
 #: Bumped when a combination's record changes meaning: older records are refitted.
-RECORD_VERSION = 1
+#: 2: keys name the exact feature rows read (``features_digest``), hashed as canonical JSON.
+RECORD_VERSION = 2
 HEAD_KEYS = (
     "estimator",
     "model",
@@ -551,14 +559,20 @@ class ResultsFolder:
         stem = _safe(head) + (f"+{variant}" if variant else "")
         return self.root / kind / _safe(model) / _safe(layer) / f"{stem}{suffix}"
 
+    def record(self, model: str, layer: str, head: str, variant: str = "") -> dict | None:
+        """The combination's record, or ``None`` when it has none (or an unreadable one)."""
+        path = self.path("combos", model, layer, head, variant)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+
     def is_done(self, model: str, layer: str, head: str, key: str, variant: str = "") -> bool:
         """True when the combination's record has ``key`` and its head file exists."""
-        record = self.path("combos", model, layer, head, variant)
-        if not record.is_file():
-            return False
-        try:
-            data = json.loads(record.read_text())
-        except ValueError:
+        data = self.record(model, layer, head, variant)
+        if data is None:
             return False
         return data.get("key") == key and (self.root / data.get("head_file", "")).is_file()
 
@@ -645,6 +659,51 @@ class ResultsFolder:
             )
         return records
 
+    # -- against the cache
+
+    def mismatches(self, cache: Cache) -> list[str]:
+        """What no longer matches between these results and ``cache`` as it is now, one
+        phrase each (empty when they match): the sample table, the rows of each
+        combination ``run.json`` counts, and the exact features each record was fitted on
+        (its ``features_digest``; records written before it are compared on the rest)."""
+        run = self.read_run("report")
+        found = []
+        recorded = str(run.get("samples_digest", ""))
+        if recorded != cache.samples_digest:
+            found.append(
+                f"the sample table changed (samples digest {recorded[:12]}… when fitted, "
+                f"{cache.samples_digest[:12]}… now)"
+            )
+        statuses: dict[tuple[str, str], RowStatus | None] = {}
+
+        def status(model: str, layer: str) -> RowStatus | None:
+            if (model, layer) not in statuses:
+                present = model in cache.models and layer in cache.layers(model)
+                statuses[model, layer] = (
+                    row_status(cache, cache.entry(model, layer)) if present else None
+                )
+            return statuses[model, layer]
+
+        for combo in (run.get("rows") or {}).get("combinations", ()):
+            now = status(combo["model"], combo["layer"])
+            if now is None:
+                continue  # said once below, with the records
+            changed = [
+                f"{kind} {combo[kind]} → {n}" for kind, n in now.counts().items()
+                if combo.get(kind, n) != n
+            ]  # fmt: skip
+            if changed:
+                found.append(
+                    f"the rows of {combo['model']}/{combo['layer']} changed ({', '.join(changed)})"
+                )
+        for model, layer, digest, variant in _fitted_features(self.records()):
+            now = status(model, layer)
+            if now is None:
+                found.append(f"{model}/{layer} is no longer in the cache")
+            elif digest is not None and features_digest(cache, now, variant) != digest:
+                found.append(f"the features of {model}/{layer} changed since they were fitted")
+        return list(dict.fromkeys(found))
+
     # -- curves.csv
 
     def curves(self) -> pd.DataFrame:
@@ -677,6 +736,17 @@ class ResultsFolder:
         table = table.assign(params=table["params"].map(lambda p: json.dumps(p, sort_keys=True)))
         atomic_write(self.root / "results.csv", lambda p: table.to_csv(p, index=False))
         return table
+
+
+def _fitted_features(records: Sequence[Mapping]) -> list[tuple[str, str, str | None, Variant]]:
+    """``(model, layer, features_digest, variant)`` of each record (digest ``None`` for
+    records written before it), one per (model, layer, digest, variant)."""
+    found = {}
+    for record in records:
+        variant = Variant(**{k: record.get(k, v) for k, v in VARIANT_DEFAULTS.items()})
+        key = (record["model"], record["layer"], record.get("features_digest"), variant)
+        found.setdefault(key, None)
+    return list(found)
 
 
 #: Every name fit writes at the top of a results folder.

@@ -21,8 +21,11 @@ from featurecache.cache import (
     Cache,
     Entry,
 )
+from pipelines._views import PLAIN, Variant
 
-__all__ = ["RowStatus", "row_status", "SPLIT_ORDER", "REMOVED", "STALE"]
+__all__ = [
+    "RowStatus", "row_status", "fit_rows", "features_digest", "SPLIT_ORDER", "REMOVED", "STALE",
+]  # fmt: skip
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 #: The status of a removed sample's row here (not a status the cache stores).
@@ -93,3 +96,23 @@ def row_status(cache: Cache, entry: Entry) -> RowStatus:
     status[failed] = STATUS_FAILED
     status[rows] = STATUS_OK
     return RowStatus(entry.model, entry.layer, status)
+
+
+def fit_rows(cache: Cache, status: RowStatus) -> np.ndarray:
+    """The rows a fit reads: ok, labeled, not removed, in the train, val or test split."""
+    return (
+        status.ok
+        & (cache.labels >= 0)
+        & ~cache.removed
+        & np.isin(cache.splits, ["train", "val", "test"])
+    )
+
+
+def features_digest(cache: Cache, status: RowStatus, variant: Variant | None = None) -> str:
+    """The digest of the exact features a fit of ``status``'s (model, layer) reads
+    (:meth:`featurecache.cache.Cache.features_digest` of :func:`fit_rows`), with the
+    augmented or test-time views ``variant`` uses."""
+    variant = variant or Variant()
+    kinds = [kind for kind, mode in (("augment", variant.views), ("tta", variant.tta))
+             if mode != PLAIN]  # fmt: skip
+    return cache.features_digest(status.model, status.layer, fit_rows(cache, status), kinds)

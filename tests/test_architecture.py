@@ -29,6 +29,7 @@ CORE = (
     "featurecache._validation",
     "featurecache._paths",
     "featurecache._lazy",
+    "featurecache._process",
 )
 STAGE1 = (
     "featurecache.models",

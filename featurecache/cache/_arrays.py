@@ -7,6 +7,7 @@ computed by another tool can be fitted and reported on like extracted ones.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -107,13 +108,20 @@ def write_arrays(
     return final
 
 
+def _sha256(values: np.ndarray) -> str:
+    """What :meth:`Cache.features_digest` names a plain matrix by: the SHA-256 of its bytes."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
 def _write_model(f, model, layers, config, layer_attrs, status, failures) -> None:
     group = f.create_group(fmt.features_path(model))
     group.attrs.update(config_attrs(config))
     for layer, values in layers.items():
-        dataset = group.create_dataset(layer, data=np.asarray(values))
+        values = np.ascontiguousarray(values)
+        dataset = group.create_dataset(layer, data=values)
         extra = dict((layer_attrs or {}).get(model, {}).get(layer, {}))
         dataset.attrs.update({**config_attrs(config), **extra, "layer": layer})
+        dataset.attrs[fmt.DIGEST_ATTR] = _sha256(values)
         if status is not None and model in status:
             f.create_dataset(
                 fmt.status_path(model, layer), data=np.asarray(status[model], dtype=np.int8)
@@ -161,5 +169,6 @@ def _write_views(f, model: str, layer: str, kinds: Mapping, status) -> None:
         if status is not None:
             failed = np.asarray(status) == fmt.STATUS_FAILED
             state[failed] = fmt.STATUS_FAILED
-        f.create_dataset(fmt.views_path(kind, model, layer), data=values)
+        dataset = f.create_dataset(fmt.views_path(kind, model, layer), data=values)
+        dataset.attrs[fmt.DIGEST_ATTR] = _sha256(values)
         f.create_dataset(fmt.view_status_path(kind, model, layer), data=state)

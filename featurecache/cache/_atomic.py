@@ -4,6 +4,10 @@ A file is written under a temporary name in its final folder, flushed to disk, a
 renamed into place; the folder is flushed after the rename. A reader therefore sees
 either the old file or the complete new one, never a part. Temporary names carry the
 host and process id, so a later run can remove those left by a dead process.
+
+Lock files are opened through :func:`lock_file`: a process forked while one is held (a
+data loader) closes its copy of the descriptor at once, so the lock never outlives the
+process that took it, even by the seconds a killed run's loaders take to exit.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from featurecache.cache._format import TMP_MARK
 from featurecache.exceptions import OutOfSpaceError
 
 __all__ = [
+    "lock_file",
+    "process_is_gone",
     "atomic_write",
     "create_once",
     "temporary_path",
@@ -34,6 +40,48 @@ __all__ = [
 ]
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+#: Descriptors of the lock files this process has open (see :func:`lock_file`).
+_LOCK_FDS: set[int] = set()
+
+
+def _close_lock_fds() -> None:
+    """In a forked child: close the inherited lock files. ``flock`` locks belong to the open
+    file, which a fork shares, so a child keeping its copy would hold its parent's lock
+    until it exits. Closing (never unlocking) leaves the parent's lock as it is."""
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_lock_fds)
+
+
+@contextlib.contextmanager
+def lock_file(path: str | os.PathLike) -> Iterator[int]:
+    """Open ``path`` (created if missing) read-write for an ``fcntl.flock`` lock; yield the
+    descriptor, closed on exit. Forked children never keep it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _LOCK_FDS.add(fd)
+    try:
+        yield fd
+    finally:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+
+
+def process_is_gone(host: str, pid: int) -> bool:
+    """True when ``pid`` names a process of this host (``host``) that no longer runs."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -103,15 +151,9 @@ def owner_is_dead(name: str) -> bool:
     if TMP_MARK not in name:
         return False
     parts = name.split(TMP_MARK, 1)[1].rsplit("-", 2)  # host-pid-random
-    if len(parts) != 3 or parts[0] != socket.gethostname():
+    if len(parts) != 3 or not parts[1].isdigit():
         return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    return process_is_gone(parts[0], int(parts[1]))
 
 
 def fsync_file(path: Path) -> None:

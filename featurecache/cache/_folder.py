@@ -209,14 +209,10 @@ class FolderView:
         parent = os.path.join(str(self.index.parent), "")
         return [shard_data(meta, layer, parent) for meta in self._holding(model, layer)]
 
-    def range_digests(self, model: str, layer: str) -> list[tuple[int, int, str]]:
-        """``(start, stop, sha256)`` of each committed row range of ``layer`` as its shard's
-        commit recorded it: the same before and after compaction."""
-        return [
-            (part.start, part.stop, part.digests[layer])
-            for meta in self._holding(model, layer)
-            for part in meta.ranges()
-        ]
+    def range_parts(self, model: str, layer: str) -> list:
+        """Each committed row range holding ``layer``, as its shard's commit recorded it
+        (rows, SHA-256 of the layer and of its views): the same before and after compaction."""
+        return [part for meta in self._holding(model, layer) for part in meta.ranges()]
 
     def view_shards(self, model: str, layer: str, kind: str) -> list[ShardData]:
         """The shards holding ``layer``'s views of ``kind``, with those views' SHA-256."""

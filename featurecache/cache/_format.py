@@ -81,6 +81,10 @@ STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
 #: Where each shard starts, once a dataset has grown (else shards are ``shard_size`` rows).
 LAYOUT_STARTS = "layout/starts"
 
+#: The attribute holding a dataset's SHA-256 (of its bytes as stored): on each layer of a
+#: shard file, and on each feature and view matrix of a plain index.
+DIGEST_ATTR = "sha256"
+
 #: Marks a file being written: ``NAME.tmp-HOST-PID-RANDOM``, renamed into place when complete.
 TMP_MARK = ".tmp-"
 

@@ -255,7 +255,7 @@ class Cache:
         dataset = group[layer]
         status = self._status(f, model, layer)
         provenance = {k: _decode(v) for k, v in group.attrs.items()}
-        provenance.update({k: _decode(v) for k, v in dataset.attrs.items()})
+        provenance.update({k: _decode(v) for k, v in dataset.attrs.items() if k != fmt.DIGEST_ATTR})
         provenance.setdefault("layer", layer)
         depth = provenance.get("depth")
         return Entry(
@@ -379,7 +379,112 @@ class Cache:
         self.entry(model, layer)  # raises UnknownNameError with suggestions
         if self._folder is None:
             return []
-        return sorted(self._folder.range_digests(model, layer))
+        return sorted(
+            (part.start, part.stop, part.digests[layer])
+            for part in self._folder.range_parts(model, layer)
+        )
+
+    def features_digest(
+        self,
+        model: str,
+        layer: str,
+        rows: np.ndarray,
+        views: Sequence[str] = (),
+    ) -> str:
+        """SHA-256 naming the exact feature rows ``rows`` of ``(model, layer)``.
+
+        Built from what the cache already records, without reading a feature: the
+        SHA-256 of each committed row range (shard) holding one of ``rows`` (the commit
+        log's, else the index's shard table, else the digest a plain index records per
+        layer), the ranges' bounds, the layer's width and stored dtype, and the rows
+        themselves. Committed rows are never rewritten, so two equal digests mean the
+        same numbers; a re-extraction, a row added or left out changes it. A plain index
+        written before it recorded digests has its layer read once to compute one.
+
+        Parameters
+        ----------
+        model, layer : str
+            Names as listed by :attr:`entries`.
+        rows : ndarray of int or bool
+            The sample rows (indices, or a mask over every row) the features were read for.
+        views : sequence of {'augment', 'tta'}
+            Also name these extra views of the ranges (a fit on views, or with TTA).
+
+        Returns
+        -------
+        str
+            64 hex digits.
+
+        Raises
+        ------
+        UnknownNameError
+            Unknown model or layer.
+        InvalidArgumentError
+            ``views`` holds a kind that is not ``augment`` or ``tta``.
+        """
+        for kind in views:
+            check_choice(kind, "views", "features_digest", VIEW_KINDS)
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else np.unique(rows.astype(np.int64))
+        ranges, width = self._digest_ranges(model, layer, tuple(views))
+        starts = np.array([r[0] for r in ranges], dtype=np.int64)
+        stops = np.array([r[1] for r in ranges], dtype=np.int64)
+        order = np.argsort(starts, kind="stable")
+        starts, stops = starts[order], stops[order]
+        at = np.searchsorted(starts, rows, side="right") - 1
+        held = at[(at >= 0) & (rows < stops[np.maximum(at, 0)])] if len(ranges) else at[:0]
+        digest = hashlib.sha256()
+        head = {"n_features": width[0], "dtype": width[1], "views": sorted(views)}
+        digest.update(fmt.canonical_json(head).encode())
+        for i in np.unique(held):
+            start, stop, sha, extra = ranges[int(order[i])]
+            digest.update(fmt.canonical_json([start, stop, sha, extra]).encode())
+        digest.update(b"\0rows\0" + rows.astype("<i8").tobytes())
+        return digest.hexdigest()
+
+    def _digest_ranges(
+        self, model: str, layer: str, views: tuple[str, ...]
+    ) -> tuple[list[tuple[int, int, str, dict]], tuple[int, str]]:
+        """``(start, stop, sha256, {kind: sha256 of its views})`` of each committed range,
+        and the layer's ``(n_features, dtype)``."""
+        if self._folder is not None:
+            summary = self._folder_layer(model, layer)  # raises UnknownNameError
+            width = (summary.n_features, summary.dtype)
+            # Each original shard's range as its commit recorded it: compaction keeps them.
+            return [
+                (
+                    part.start,
+                    part.stop,
+                    part.digests[layer],
+                    {kind: part.views.get(kind, {}).get(layer, "") for kind in views},
+                )
+                for part in self._folder.range_parts(model, layer)
+            ], width
+        with self._open() as f:
+            dataset = self._dataset(f, model, layer)
+            shards = self._shards(f, model, layer)
+            width = (int(dataset.shape[1]), str(dataset.dtype))
+            if shards is None:
+                extra = {
+                    kind: _recorded_sha256(f[fmt.views_path(kind, model, layer)])
+                    if fmt.views_path(kind, model, layer) in f
+                    else ""
+                    for kind in views
+                }
+                return [(0, self.n_samples, _recorded_sha256(dataset), extra)], width
+        return [
+            (s.start, s.stop, s.sha256, {k: self._shard_views_sha256(s, k, layer) for k in views})
+            for s in shards
+        ], width
+
+    def _shard_views_sha256(self, shard: _Shard, kind: str, layer: str) -> str:
+        """The SHA-256 a shard file records for its views of ``kind`` (``""``: none)."""
+        try:
+            with self._open(shard.file) as g:
+                path = fmt.shard_views_path(kind, layer)
+                return str(_decode(g[path].attrs.get("sha256", ""))) if path in g else ""
+        except OSError:
+            return ""  # read (and refused) by the fit itself
 
     def verify(self, model: str | None = None) -> None:
         """Read every committed feature matrix and check it against the index.
@@ -823,6 +928,19 @@ def _layer_order(group: h5py.Group) -> list[str]:
         )
 
     return sorted(names, key=key)
+
+
+def _recorded_sha256(dataset: h5py.Dataset) -> str:
+    """The SHA-256 a plain index records for a dataset; computed in chunks when it records
+    none (plain indexes written before they recorded digests)."""
+    recorded = dataset.attrs.get(fmt.DIGEST_ATTR)
+    if recorded is not None:
+        return str(_decode(recorded))
+    digest = hashlib.sha256()
+    step = max(1, _CHUNK_BYTES // max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))))
+    for start in range(0, dataset.shape[0], step):
+        digest.update(np.ascontiguousarray(dataset[start : start + step]).tobytes())
+    return digest.hexdigest()
 
 
 def _check_finite(X: np.ndarray, name: str, path: Path) -> None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,8 +32,10 @@ from featurecache.cache import _format as fmt
 from featurecache.cache._atomic import (
     atomic_write,
     create_once,
+    lock_file,
     new_h5,
     owner_is_dead,
+    process_is_gone,
 )
 from featurecache.cache._compact import compact_model, remove_litter
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
@@ -369,24 +372,34 @@ class Store:
             return
         path = self.model_dir(model) / ".writer.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
+        with lock_file(path) as fd:
             try:
-                _flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+                _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
             except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                raise CacheLockedError(
-                    f"another process ({owner}) is writing model {model!r} into {str(self.path)!r}; "
-                    "wait for it to finish, or write under another model name (name=, or --name)."
-                ) from None
+                owner = os.pread(fd, 256, 0).decode(errors="replace").strip()
+                raise CacheLockedError(self._locked_text(model, owner)) from None
             try:
-                handle.truncate(0)
-                handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-                handle.flush()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
                 self.recover(model)
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _locked_text(self, model: str, owner: str) -> str:
+        """Why ``model`` cannot be written: ``owner`` (``pid N on HOST``) holds its lock."""
+        found = re.fullmatch(r"pid (\d+) on (.+)", owner)
+        if found and process_is_gone(found[2], int(found[1])):
+            return (
+                f"model {model!r} of {str(self.path)!r} is locked by {owner}, which is no longer "
+                "running; a process it started may still hold the lock: wait a few seconds for "
+                "it to exit (or end it), then re-run."
+            )
+        return (
+            f"another process ({owner or 'unknown'}) is writing model {model!r} into "
+            f"{str(self.path)!r}; wait for it to finish, or write under another model name "
+            "(name=, or --name)."
+        )
 
     # -- shards ---------------------------------------------------------------------
 
@@ -650,12 +663,12 @@ class Store:
             yield
             return
         self.data_dir.mkdir(exist_ok=True)
-        with open(self.data_dir / ".index.lock", "a+") as handle:
-            _flock(handle, fcntl.LOCK_EX, self.data_dir / ".index.lock")
+        with lock_file(self.data_dir / ".index.lock") as fd:
+            _flock(fd, fcntl.LOCK_EX, self.data_dir / ".index.lock")
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- temporaries ----------------------------------------------------------------
 
@@ -890,9 +903,9 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _flock(handle, flags: int, path: Path) -> None:
+def _flock(fd: int, flags: int, path: Path) -> None:
     try:
-        fcntl.flock(handle, flags)
+        fcntl.flock(fd, flags)
     except BlockingIOError:
         raise
     except OSError as error:
