@@ -70,23 +70,20 @@ def test_features_extracted_again_from_other_pixels_are_refitted(tmp_path, caplo
     assert {layer: _head(results, layer).read_bytes() for layer in heads} == heads
     assert "refitted" not in caplog.text
 
-    # The same names, other pixels, extracted into a new cache at the same path.
+    # The same names, other pixels, extracted into a new cache at the same path: the content
+    # digests change the sample table, so every combination is fitted again, said in one line.
     shutil.rmtree(data)
     shutil.rmtree(fmt.data_dir(cache))
     cache.unlink()
     _extract(_images(data, seed=7), cache)
     assert (
         open_cache(cache).samples_digest
-        == json.loads((results / "run.json").read_text())["samples_digest"]
-    ), "the sample table is the same: only the features tell the change"
+        != json.loads((results / "run.json").read_text())["samples_digest"]
+    )
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipelines._fit"):
+    with caplog.at_level(logging.WARNING):
         _fit(cache, results)
-    lines = [r.getMessage() for r in caplog.records if "refitted" in r.getMessage()]
-    assert sorted(lines) == [
-        f"1 head refitted: the features of {MODEL}/{layer} changed since they were fitted"
-        for layer in ("embedding", "layer4")
-    ]
+    assert "changed since" in caplog.text and "every combination is fitted again" in caplog.text
     for layer in ("layer4", LAYER):
         assert _head(results, layer).read_bytes() != heads[layer], layer
         record = ResultsFolder(results).record(MODEL, layer, "logreg")
@@ -165,3 +162,44 @@ def test_a_changed_setting_is_named(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "2 heads refitted: the seed changed since they were fitted"
     ]
+
+
+@pytest.mark.slow
+def test_features_changed_under_the_same_samples_are_refitted(tmp_path, caplog, monkeypatch):
+    """Only the features differ (same files, same configuration, a forward pass that shifts
+    its outputs): the sample table cannot tell, the features digest does."""
+    from featurecache.engines._runner import ShardRunner
+
+    data, cache, results = tmp_path / "data", tmp_path / "c.h5", tmp_path / "results"
+    _extract(_images(data, seed=0), cache)
+    _fit(cache, results)
+    heads = {layer: _head(results, layer).read_bytes() for layer in ("layer4", LAYER)}
+    samples = open_cache(cache).samples_digest
+
+    original = ShardRunner._forward
+
+    def shifted(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        return {name: value + 1.0 for name, value in out.items()}
+
+    monkeypatch.setattr(ShardRunner, "_forward", shifted)
+    shutil.rmtree(fmt.data_dir(cache) / MODEL)
+    cache.unlink()
+    _extract(data, cache)
+    monkeypatch.undo()
+    assert open_cache(cache).samples_digest == samples, "the same files: the same sample table"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipelines._fit"):
+        _fit(cache, results)
+    lines = [r.getMessage() for r in caplog.records if "refitted" in r.getMessage()]
+    assert sorted(lines) == [
+        f"1 head refitted: the features of {MODEL}/{layer} changed since they were fitted"
+        for layer in ("embedding", "layer4")
+    ]
+    for layer in ("layer4", LAYER):
+        assert _head(results, layer).read_bytes() != heads[layer], layer
+    _fit(cache, tmp_path / "fresh")
+    for layer in ("layer4", LAYER):
+        assert np.array_equal(
+            _proba(results, cache, layer), _proba(tmp_path / "fresh", cache, layer)
+        ), layer
