@@ -1013,7 +1013,7 @@ def _say_refits(results: ResultsFolder, keys: Mapping[tuple[str, str, str], _Key
     reasons: dict[str, int] = {}
     for (model, layer, head), key in keys.items():
         variant = _key_variant(key)
-        why = refit_reason(results.record(model, layer, head, variant), key, results)
+        why = _refit_reason(results.record(model, layer, head, variant), key, results)
         if why is not None:
             reasons[why] = reasons.get(why, 0) + 1
     for why, n in reasons.items():
@@ -1043,7 +1043,7 @@ _FIELD_WORDS = {
 }
 
 
-def refit_reason(record: Mapping | None, key: _Key, results: ResultsFolder) -> str | None:
+def _refit_reason(record: Mapping | None, key: _Key, results: ResultsFolder) -> str | None:
     """Why the combination of ``record`` is fitted again under ``key``; ``None`` when it is
     new or reused."""
     if record is None:
