@@ -345,7 +345,7 @@ class Cache:
         layer), the ranges' bounds, the layer's width and stored dtype, and the rows
         themselves. Committed rows are never rewritten, so two equal digests mean the
         same numbers; a re-extraction, a row added or left out changes it. A plain index
-        written before it recorded digests has its layer read once to compute one.
+        written before it recorded digests has its layer read to compute one.
 
         Parameters
         ----------
