@@ -194,3 +194,31 @@ def test_no_process_of_a_killed_fit_outlives_it(tmp_path):
         fit.wait()
         reader.join(timeout=10)
         fit.stdout.close()
+
+
+#: A process that forks a worker watching it (the fallback off Linux), prints the worker's
+#: pid and exits.
+ORPHAN = """
+import os, sys, threading, time
+from featurecache._process import _watch
+parent = os.getpid()
+pid = os.fork()
+if pid == 0:
+    threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(0.5)
+os._exit(0)
+"""
+
+
+def test_a_worker_watching_its_parent_ends_with_it():
+    done = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True)
+    try:
+        worker = psutil.Process(int(done.stdout))
+    except psutil.NoSuchProcess:
+        return  # already gone
+    assert _wait_for(lambda: not _alive(worker), timeout=5, step=0.1), (
+        "the worker outlived its parent"
+    )
