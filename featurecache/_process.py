@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 __all__ = ["die_with_parent"]
 
@@ -20,20 +21,31 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def die_with_parent(parent: int) -> None:
-    """Worker initializer: have the kernel end this worker when ``parent`` ends.
+    """Worker initializer: end this worker when ``parent`` ends.
 
-    On Linux the worker asks for SIGKILL at its parent's death (``PR_SET_PDEATHSIG``), and
-    ends at once when ``parent`` is already gone. Elsewhere it does nothing.
+    On Linux the worker asks the kernel for SIGKILL at its parent's death
+    (``PR_SET_PDEATHSIG``); elsewhere a daemon thread checks the parent every second. Either
+    way a worker whose parent is already gone ends at once.
 
     Parameters
     ----------
     parent : int
         The pid of the process that starts the workers (``os.getpid()`` there).
     """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        import threading
+
+        threading.Thread(target=_watch, args=(parent,), daemon=True, name="parent-watch").start()
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+def _watch(parent: int) -> None:
+    """End this process once ``parent`` is gone (it is then adopted by another)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)

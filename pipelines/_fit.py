@@ -49,7 +49,7 @@ from featurecache.exceptions import InvalidArgumentError, UnknownNameError, sugg
 from pipelines._fixed import FIXED_HEADS, fixed_pipeline, stored_classifier
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
-from pipelines._rows import RowStatus, features_digest, row_status
+from pipelines._rows import RowStatus, features_digest, fit_rows, row_status
 from pipelines._search import (
     SearchResult,
     converged,
@@ -768,17 +768,17 @@ class _LayerData:
 
     @classmethod
     def _load_plain(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
-        wanted = (
-            (cache.labels >= 0) & ~cache.removed & np.isin(cache.splits, ["train", "val", "test"])
-        )
+        # Exactly the rows the combination's key names (features_digest), even if more rows
+        # were committed since the plan (an extraction still running, --allow-partial).
+        wanted = fit_rows(cache, plan.rows[entry.model, entry.layer])
         X, rows = cache.load_rows(entry.model, entry.layer, wanted)
         y, ids, split = cache.labels[rows], cache.ids[rows], cache.splits[rows]
-        fit_rows = (split == "train") | (split == "val") if plan.uses_val else split == "train"
+        fitting = (split == "train") | (split == "val") if plan.uses_val else split == "train"
         test = split == "test"
         return cls(
-            X_fit=X[fit_rows],
-            y_fit=y[fit_rows],
-            splits=_selection_splits(plan, entry, split[fit_rows], y[fit_rows]),
+            X_fit=X[fitting],
+            y_fit=y[fitting],
+            splits=_selection_splits(plan, entry, split[fitting], y[fitting]),
             X_test=X[test],
             y_test=y[test],
             ids_test=ids[test],
@@ -788,8 +788,8 @@ class _LayerData:
                 "n_test": int(np.sum(test)),
                 "n_features": int(entry.n_features),
             },
-            train_rows=np.flatnonzero(split[fit_rows] == "train"),
-            fit_samples=rows[fit_rows],
+            train_rows=np.flatnonzero(split[fitting] == "train"),
+            fit_samples=rows[fitting],
             test_samples=rows[test],
         )
 
@@ -1013,7 +1013,7 @@ def _say_refits(results: ResultsFolder, keys: Mapping[tuple[str, str, str], _Key
     reasons: dict[str, int] = {}
     for (model, layer, head), key in keys.items():
         variant = _key_variant(key)
-        why = refit_reason(results.record(model, layer, head, variant), key, results)
+        why = _refit_reason(results.record(model, layer, head, variant), key, results)
         if why is not None:
             reasons[why] = reasons.get(why, 0) + 1
     for why, n in reasons.items():
@@ -1043,7 +1043,7 @@ _FIELD_WORDS = {
 }
 
 
-def refit_reason(record: Mapping | None, key: _Key, results: ResultsFolder) -> str | None:
+def _refit_reason(record: Mapping | None, key: _Key, results: ResultsFolder) -> str | None:
     """Why the combination of ``record`` is fitted again under ``key``; ``None`` when it is
     new or reused."""
     if record is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 from _synthetic import write_cache
-from _workers import make_images, read_layers
+from _workers import SETTINGS, make_images, one_torch_thread, read_layers, run_options
 
 from featurecache.cache._writer import Store
 from featurecache.exceptions import CacheLockedError
@@ -97,10 +97,13 @@ def _extract(data: Path, cache: Path, events: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_resume_right_after_a_killed_extract_with_loader_processes(tmp_path):
+    from featurecache import extract
+
     data = make_images(tmp_path / "data", n_per_class=N_ROWS // 2)
     reference = tmp_path / "reference.h5"
-    with _extract(data, reference, tmp_path / "reference") as run:
-        assert run.wait(timeout=300) == 0, run.stderr.read()
+    with one_torch_thread():  # the uninterrupted run, here: the same kernels as the children
+        extract(data, reference, **{**SETTINGS, "layers": LAYERS,
+                                    "options": run_options(batch_size=2, shard_size=4)})  # fmt: skip
 
     cache = tmp_path / "c.h5"
     run = _extract(data, cache, tmp_path / "killed")
@@ -194,3 +197,31 @@ def test_no_process_of_a_killed_fit_outlives_it(tmp_path):
         fit.wait()
         reader.join(timeout=10)
         fit.stdout.close()
+
+
+#: A process that forks a worker watching it (the fallback off Linux), prints the worker's
+#: pid and exits.
+ORPHAN = """
+import os, sys, threading, time
+from featurecache._process import _watch
+parent = os.getpid()
+pid = os.fork()
+if pid == 0:
+    threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(0.5)
+os._exit(0)
+"""
+
+
+def test_a_worker_watching_its_parent_ends_with_it():
+    done = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True)
+    try:
+        worker = psutil.Process(int(done.stdout))
+    except psutil.NoSuchProcess:
+        return  # already gone
+    assert _wait_for(lambda: not _alive(worker), timeout=5, step=0.1), (
+        "the worker outlived its parent"
+    )

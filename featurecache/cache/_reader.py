@@ -399,7 +399,7 @@ class Cache:
         layer), the ranges' bounds, the layer's width and stored dtype, and the rows
         themselves. Committed rows are never rewritten, so two equal digests mean the
         same numbers; a re-extraction, a row added or left out changes it. A plain index
-        written before it recorded digests has its layer read once to compute one.
+        written before it recorded digests has its layer read to compute one.
 
         Parameters
         ----------
@@ -424,20 +424,18 @@ class Cache:
         """
         for kind in views:
             check_choice(kind, "views", "features_digest", VIEW_KINDS)
-        rows = np.asarray(rows)
-        rows = np.flatnonzero(rows) if rows.dtype == bool else np.unique(rows.astype(np.int64))
+        rows = _sorted_rows(rows)
         ranges, width = self._digest_ranges(model, layer, tuple(views))
+        ranges.sort(key=lambda r: r[0])
         starts = np.array([r[0] for r in ranges], dtype=np.int64)
         stops = np.array([r[1] for r in ranges], dtype=np.int64)
-        order = np.argsort(starts, kind="stable")
-        starts, stops = starts[order], stops[order]
-        at = np.searchsorted(starts, rows, side="right") - 1
-        held = at[(at >= 0) & (rows < stops[np.maximum(at, 0)])] if len(ranges) else at[:0]
+        # A range holds one of the rows when some row lies in [start, stop).
+        held = np.searchsorted(rows, stops) > np.searchsorted(rows, starts)
         digest = hashlib.sha256()
         head = {"n_features": width[0], "dtype": width[1], "views": sorted(views)}
         digest.update(fmt.canonical_json(head).encode())
-        for i in np.unique(held):
-            start, stop, sha, extra = ranges[int(order[i])]
+        for i in np.flatnonzero(held):
+            start, stop, sha, extra = ranges[int(i)]
             digest.update(fmt.canonical_json([start, stop, sha, extra]).encode())
         digest.update(b"\0rows\0" + rows.astype("<i8").tobytes())
         return digest.hexdigest()
@@ -928,6 +926,15 @@ def _layer_order(group: h5py.Group) -> list[str]:
         )
 
     return sorted(names, key=key)
+
+
+def _sorted_rows(rows: np.ndarray) -> np.ndarray:
+    """Row indices (or a boolean mask's) as ascending unique int64, sorted only if needed."""
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        return np.flatnonzero(rows).astype(np.int64)
+    rows = rows.astype(np.int64, copy=False).reshape(-1)
+    return rows if np.all(rows[1:] > rows[:-1]) else np.unique(rows)
 
 
 def _recorded_sha256(dataset: h5py.Dataset) -> str:
