@@ -345,7 +345,7 @@ def test_fixed_linear_classifier_learns_nothing_and_applies_the_stored_logits():
     rng = np.random.default_rng(0)
     weight, bias = rng.standard_normal((4, 6)), rng.standard_normal(4)
     X, y = rng.standard_normal((50, 6)), rng.integers(0, 4, 50)
-    clf = FixedLinearClassifier(weight, bias, scale=3.0).fit(X, y)
+    clf = FixedLinearClassifier(weight=weight, bias=bias, scale=3.0).fit(X, y)
     logits = 3.0 * X @ weight.T + bias
     assert np.allclose(clf.decision_function(X), logits)
     assert np.array_equal(clf.predict(X), logits.argmax(axis=1))
@@ -353,4 +353,4 @@ def test_fixed_linear_classifier_learns_nothing_and_applies_the_stored_logits():
     refitted = clone(clf).fit(X[:5], y[:5])  # other data: the same classifier
     assert np.array_equal(refitted.predict(X), clf.predict(X))
     with pytest.raises(ValueError, match=r"X has 5 features, but the fixed weights have shape"):
-        FixedLinearClassifier(weight, bias).fit(X[:, :5])
+        FixedLinearClassifier(weight=weight, bias=bias).fit(X[:, :5])
