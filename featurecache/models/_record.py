@@ -140,6 +140,14 @@ class Backbone:
         ``zeroshot(resolved, image_size, seed, class_names, prompts) -> StoredClassifier``:
         the zero-shot classifier of a model with a text tower (OpenCLIP; SigLIP and CLIP
         from Hugging Face).
+    map_weights : callable, optional
+        ``map_weights(state_dict, model) -> state_dict``: the source's one rule mapping the
+        keys of a weights file (the library's own checkpoint, or featurecache's layout) to
+        ``model``'s, resampling position embeddings to its input size
+        (``docs/weights.md``).
+    text_tower : callable, optional
+        ``text_tower(state_dict) -> bool``: whether a weights file also holds the text tower
+        (a two-tower checkpoint), from which the zero-shot classifier is then built.
     """
 
     name: str
@@ -165,6 +173,8 @@ class Backbone:
         default=None, repr=False
     )
     zeroshot: Callable[..., Any] | None = field(default=None, repr=False)
+    map_weights: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False)
+    text_tower: Callable[[dict], bool] | None = field(default=None, repr=False)
 
     def weights_names(self) -> tuple[str, ...]:
         """Named weights, plus ``none``; a path to a state-dict file is also accepted."""
