@@ -32,6 +32,8 @@ __all__ = [
     "fixed_pipeline",
     "imagenet_predictions",
     "imagenet_view",
+    "random_weights",
+    "random_weights_reason",
     "stored_classifier",
 ]
 
@@ -39,8 +41,29 @@ __all__ = [
 FIXED_HEADS = {"zeroshot": "zeroshot"}
 
 
+def random_weights(cache: Cache, model: str) -> bool:
+    """Whether ``model`` was extracted with random weights (``weights="none"``)."""
+    layers = cache.layers(model)
+    return bool(layers) and cache.entry(model, layers[0]).provenance.get("weights") == "none"
+
+
+def random_weights_reason(cache: Cache, model: str) -> str:
+    """Why a model of random weights has no ImageNet classes, in one line."""
+    return (
+        f"model {model!r} of cache {str(cache.path)!r} was extracted with random weights "
+        "(weights 'none'): its classifier never saw ImageNet, so it has no ImageNet classes "
+        "to show. Extract with trained weights (DEFAULT or a weights file) to see them."
+    )
+
+
 def stored_classifier(cache: Cache, model: str, kind: str) -> StoredClassifier:
-    """The ``kind`` classifier stored for ``model``; a one-line error when there is none."""
+    """The ``kind`` classifier stored for ``model``; a one-line error when there is none.
+
+    A model of random weights has no ``imagenet`` classifier, even one an older version
+    stored: its classes would be ImageNet's names on random outputs.
+    """
+    if kind == "imagenet" and random_weights(cache, model):
+        raise InvalidArgumentError(random_weights_reason(cache, model))
     found = cache.classifiers(model)
     if kind not in found:
         has = ", ".join(found) or "none"

@@ -5,6 +5,7 @@ without training."""
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import h5py
 import numpy as np
@@ -88,16 +89,17 @@ def test_imagenet_predictions_from_the_cached_embedding_equal_the_full_models(
         pytest.importorskip("timm")
     data = _folder(tmp_path / "data", ["ant", "bee"], {"train": 3})
     cache = tmp_path / "c.h5"
+    full = load_backbone(model, "none", image_size=size, keep_classifier=True)
+    torch.save(full.module.state_dict(), tmp_path / "w.pth")  # a file: trained elsewhere
     result = extract(
-        data, cache, model=model, weights="none", layers=["embedding"], image_size=size,
-        dtype="float32", options=OPTIONS,
+        data, cache, model=model, weights=str(tmp_path / "w.pth"), layers=["embedding"],
+        image_size=size, dtype="float32", options=OPTIONS,
     )  # fmt: skip
     opened = open_cache(cache)
     stored = opened.classifiers(result.model)["imagenet"]
     assert stored.layer == "embedding" and stored.weight.shape == (1000, 512)
     assert stored.class_names[698] == "palace"
     table = imagenet_predictions(opened, result.model)
-    full = load_backbone(model, "none", image_size=size, keep_classifier=True)
     batch = torch.stack([full.preprocess(load_image(data / i)) for i in table["id"]])
     with torch.inference_mode():
         logits = full.module(batch).numpy()
@@ -121,6 +123,33 @@ def test_a_weights_file_without_the_classifier_stores_none(tmp_path):
     assert open_cache(tmp_path / "c.h5").classifiers(result.model) == {}
     with pytest.raises(InvalidArgumentError, match=r"stores no imagenet classifier"):
         imagenet_predictions(open_cache(tmp_path / "c.h5"), result.model)
+
+
+def test_random_weights_store_no_imagenet_classifier_and_say_why(tmp_path, capsys):
+    from featurecache.app.cli import main
+
+    data = _folder(tmp_path / "data", ["ant", "bee"], {"train": 2})
+    cache = tmp_path / "c.h5"
+    result = extract(
+        data, cache, model="resnet18", weights="none", layers=["embedding"], image_size=32,
+        options=OPTIONS,
+    )  # fmt: skip
+    opened = open_cache(cache)
+    assert opened.classifiers(result.model) == {}
+    why = (
+        f"model 'resnet18' of cache '{cache}' was extracted with random weights (weights "
+        "'none'): its classifier never saw ImageNet, so it has no ImageNet classes to show. "
+        "Extract with trained weights (DEFAULT or a weights file) to see them."
+    )
+    with pytest.raises(InvalidArgumentError, match=f"^{re.escape(why)}$"):
+        imagenet_predictions(opened, result.model)
+    blocks = _imagenet_views({"cache": str(cache)}, pd.DataFrame({"model": [result.model]}))
+    assert blocks == [("h2", "What the pretrained network sees"), ("p", why)]
+    argv = ["predict", "--imagenet", "--cache", str(cache), "--out", str(tmp_path / "p.csv")]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.skipif(

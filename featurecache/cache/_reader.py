@@ -715,7 +715,8 @@ class Cache:
         """The fixed classifiers stored beside ``model``'s features, by kind.
 
         ``imagenet``: the backbone's own classifier (reads ``embedding``); ``zeroshot``: the
-        text embeddings of the class names (reads ``embedding.proj``). Empty when none.
+        text embeddings of the class names (reads ``embedding.proj``), the version of the
+        cache's class names (none when classes were added since). Empty when none.
         See :class:`featurecache.cache.StoredClassifier`.
         """
         if model not in self.models:
@@ -723,7 +724,7 @@ class Cache:
                 f"model {model!r} is not in cache {str(self.path)!r}; it has "
                 f"{', '.join(self.models) or 'no models'}.{suggest(model, self.models)}"
             )
-        return read_classifiers(self.path, model)
+        return read_classifiers(self.path, model, self.class_names)
 
 
 def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
