@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from featurecache.models._registry import load_backbone, upgraded_depths
 
@@ -69,3 +70,20 @@ def test_upgraded_depths_recompute_hf_and_open_clip_only(tmp_path):
     depths = upgraded_depths("open_clip:ViT-B-32", 64)
     assert depths["embedding"] == (1.0, depths["embedding"][1])
     assert depths["embedding.proj.l2"][1] == depths["embedding.proj"][1] + 1
+
+
+def test_a_pass_ends_after_the_last_forward_to_complete_so_taps_are_captured(tmp_path):
+    from featurecache.models._layers import StopForward, capture, deepest, stop_after
+
+    folder = next(folder for name, folder in _hf_folders(tmp_path) if name == "dinov2")
+    backbone = load_backbone(f"hf:{folder}", "none")
+    infos = {layer.name: layer for layer in backbone.layers}
+    asked = ["hidden_states.1", "model.layernorm"]  # the tap's tensor is made first
+    assert infos["hidden_states.1"].depth_index < infos["model.layernorm"].depth_index
+    stop = deepest(infos[name] for name in asked)
+    assert stop == "hidden_states.1"  # taps are called once the model has run
+    x = torch.zeros(1, 3, 28, 28)
+    with torch.inference_mode(), capture(backbone.module, asked) as out:
+        with stop_after(backbone.module, stop), pytest.raises(StopForward):
+            backbone.module(x)
+        assert set(out) == set(asked)

@@ -104,6 +104,14 @@ def tiny_clip(tmp_path):
     return model, tmp_path
 
 
+def test_open_clip_files_in_featurecaches_own_layout_load_as_they_were_saved(tiny_clip):
+    _, folder = tiny_clip
+    first = load_backbone("open_clip:fc-tiny", str(folder / "visual.pth"))
+    torch.save(first.module.state_dict(), folder / "own.pth")  # trunk.*, embedding.proj.weight
+    again = load_backbone("open_clip:fc-tiny", str(folder / "own.pth"))
+    assert again.weights_sha256 == first.weights_sha256 and again.zeroshot is None
+
+
 def test_open_clip_full_and_image_tower_files_equal_encode_image(tiny_clip):
     model, folder = tiny_clip
     x = _x(32)
@@ -205,6 +213,13 @@ def test_hf_save_pretrained_folder_and_model_safetensors_equal_get_image_feature
         torch.testing.assert_close(out["embedding.proj"], projected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out["hidden_states.1"], states[1], rtol=1e-5, atol=1e-5)
         assert backbone.zeroshot is not None  # a whole CLIPModel holds its text tower
+    backbone = load_backbone(f"hf:{tmp_path / 'repo'}", str(tmp_path / "tuned"), image_size=42)
+    x = _x(42)
+    with torch.inference_mode():  # transformers' own resampling of the position embeddings
+        expected = model.get_image_features(pixel_values=x, interpolate_pos_encoding=True)
+    expected = getattr(expected, "pooler_output", expected)
+    out = _outputs(backbone, x, ["embedding.proj"])
+    torch.testing.assert_close(out["embedding.proj"], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_hf_dinov2_pytorch_model_bin_equals_the_model(tmp_path):

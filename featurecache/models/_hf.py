@@ -14,6 +14,7 @@ store a zero-shot classifier built by their text tower (:func:`_zeroshot`).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,12 +127,18 @@ class HiddenStates(nn.Module):
         self.tower = tower  # the image tower's attribute in the AutoModel (vision_model)
         self.base_prefix = base_prefix  # the AutoModel's base_model_prefix (task checkpoints)
         self.hidden_states = nn.ModuleList(Tap() for _ in range(n_states))
+        # resample the position embeddings to any input size, transformers' own way (a
+        # no-op at the native size); DINOv2 always does
+        forward = inspect.signature(model.forward).parameters
+        self.resample = (
+            {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in forward else {}
+        )
         if projection is not None:
             self.embedding = nn.Module()
             self.embedding.proj = projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=x, output_hidden_states=True)
+        out = self.model(pixel_values=x, output_hidden_states=True, **self.resample)
         for tap, state in zip(self.hidden_states, out.hidden_states, strict=False):
             tap(state)
         pooled = out.pooler_output

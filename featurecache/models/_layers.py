@@ -12,7 +12,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -90,6 +90,10 @@ class LayerInfo:
         For ``tokens`` layers of models that declare it: the class and register tokens
         before the patch tokens. ``mean`` then averages patch tokens only. ``None`` (unknown,
         torchvision's ViT) averages every token, as featurecache always has.
+    exit_index : int, optional
+        Position in the order the modules' forward calls complete, where
+        :func:`stop_after` can end a pass (a :class:`Tap` completes where it is called, not
+        where its tensor is made); ``None`` means ``depth_index``.
     """
 
     name: str
@@ -100,6 +104,7 @@ class LayerInfo:
     default: bool = False
     stage: bool = False
     prefix_tokens: int | None = None
+    exit_index: int | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------- discovery
@@ -181,8 +186,17 @@ def discover_layers(
     body, heads = _forward_order(found, modules, outputs, inputs, result)
     n = len(body) + 1
     ordered = [*body, (EMBEDDING, tuple(result.shape[1:]), _KIND_BY_NDIM[result.ndim]), *heads]
+    completed = {name: i for i, name in enumerate(outputs)}
+    completed[EMBEDDING] = len(outputs)  # the model's own output: its forward ends last
     infos = [
-        LayerInfo(name=name, shape=shape, kind=kind, depth=(i + 1) / n, depth_index=i)
+        LayerInfo(
+            name=name,
+            shape=shape,
+            kind=kind,
+            depth=(i + 1) / n,
+            depth_index=i,
+            exit_index=completed[name],
+        )  # fmt: skip
         for i, (name, shape, kind) in enumerate(ordered)
     ]
     rule = default_rule or _generic_defaults
@@ -198,6 +212,7 @@ def discover_layers(
             default=i.name in defaults,
             stage=i.name in staged,
             prefix_tokens=prefix_tokens if i.kind == "tokens" else None,
+            exit_index=i.exit_index,
         )
         for i in infos
     ]
@@ -507,9 +522,12 @@ def stop_after(module: nn.Module, name: str | None) -> Iterator[None]:
 
 
 def deepest(infos: Iterable[LayerInfo]) -> str | None:
-    """The requested layer that runs last (highest :attr:`LayerInfo.depth_index`)."""
+    """The requested layer whose forward completes last (:attr:`LayerInfo.exit_index`, else
+    :attr:`LayerInfo.depth_index`): a pass may end there with every one captured."""
     infos = list(infos)
-    return max(infos, key=lambda info: info.depth_index).name if infos else None
+    if not infos:
+        return None
+    return max(infos, key=lambda i: i.depth_index if i.exit_index is None else i.exit_index).name
 
 
 def _store(captured: dict[str, torch.Tensor], name: str, copy: bool) -> Callable:
