@@ -252,3 +252,24 @@ def test_a_file_that_fits_no_rule_names_the_first_missing_and_unexpected_keys(tm
         r"source reads\)\.$",
     ):
         load_backbone("timm:test_resnet", str(tmp_path / "x.pth"), image_size=64)
+
+
+def test_hf_weights_that_leave_tensors_random_are_an_error_not_a_log_line(tmp_path):
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        image_size=28, patch_size=14,
+    )  # fmt: skip
+    transformers.Dinov2Model(config).save_pretrained(tmp_path)
+    transformers.BitImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True
+    ).save_pretrained(tmp_path)
+    tensors = safetensors_torch.load_file(tmp_path / "model.safetensors")
+    del tensors["layernorm.weight"]
+    safetensors_torch.save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        InvalidArgumentError,
+        match=rf"^The weights of hf:{tmp_path} leave 1 tensor of Dinov2Model random "
+        r"\(layernorm\.weight\); name the repository of a model with all its weights, or give "
+        r"a weights file\.$",
+    ):
+        load_backbone(f"hf:{tmp_path}", "DEFAULT")

@@ -184,7 +184,8 @@ def _model(repo: str, config: Any, resolved: Resolved, load_file: bool = False) 
     missing = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
     if missing:
         raise InvalidArgumentError(
-            f"The weights of hf:{repo} leave {len(missing)} tensors of {type(model).__name__} "
+            f"The weights of hf:{repo} leave {len(missing)} tensor{'s' * (len(missing) > 1)} "
+            f"of {type(model).__name__} "
             f"random ({', '.join(map(str, list(missing)[:3]))}); name the repository of a "
             "model with all its weights, or give a weights file."
         )

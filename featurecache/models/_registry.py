@@ -360,7 +360,7 @@ def load_backbone(
         torch.manual_seed(seed)
         try:
             model = backbone.builder(image_size, resolved)
-        except WeightsNotFoundError:
+        except (WeightsNotFoundError, InvalidArgumentError):  # already one line about it
             raise
         except Exception as exc:
             raise InvalidArgumentError(
