@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from featurecache import RunOptions, extract, open_cache
+from featurecache.cache import FeatureConfig
+from featurecache.engines._job import feature_config
 from featurecache.exceptions import InvalidArgumentError
 from featurecache.models._layers import capture
 from featurecache.models._registry import load_backbone
@@ -176,6 +178,14 @@ def test_the_openai_tag_computes_with_quickgelu_as_open_clips_tag_table_says():
         expected = quick.encode_image(x)
     out = _outputs(backbone, x, ["embedding.proj"])
     torch.testing.assert_close(out["embedding.proj"], expected, rtol=1e-5, atol=1e-5)
+    # QuickGELU changes the numbers and no weight: it is part of the cache key
+    assert backbone.architecture == {"quick_gelu": True}
+    config = feature_config(backbone, "none", "float32", "float32")
+    assert config.key()["architecture"] == {"quick_gelu": True}
+    assert FeatureConfig.from_dict(config.attrs()) == config  # the index attributes round-trip
+    gelu = FeatureConfig.from_dict({**config.to_dict(), "architecture": {}})
+    assert "architecture" not in gelu.key()  # caches written before keep their digest
+    assert gelu.differences(config) == ["architecture.quick_gelu: cached (unset), requested True"]
 
 
 # ---------------------------------------------------------------- Hugging Face

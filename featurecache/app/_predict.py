@@ -194,6 +194,13 @@ def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, ba
         image_size=config.image_size,
         resize=resize_mode(config),
     )
+    if dict(backbone.architecture) != dict(config.architecture):
+        raise InvalidArgumentError(
+            f"{what} was trained on {config.backbone} built with "
+            f"{dict(config.architecture) or 'its defaults'}, but this version builds it with "
+            f"{dict(backbone.architecture) or 'its defaults'}; extract the features again "
+            "into a new cache and fit the head on them."
+        )
     if backbone.weights_sha256 != config.weights_sha256:
         raise InvalidArgumentError(
             f"{what} was trained on {config.backbone} weights with SHA-256 "

@@ -81,6 +81,7 @@ def record(name: str) -> Backbone:
         zeroshot=partial(_zeroshot, arch, tag),
         map_weights=_map_weights,
         text_tower=_text_tower,
+        architecture=_architecture(arch, tag),
     )
 
 
@@ -201,6 +202,14 @@ def quick_gelu(arch: str, tag: str) -> bool:
             stacklevel=2,
         )
     return arch_quick or tag_quick
+
+
+def _architecture(arch: str, tag: str) -> dict[str, Any]:
+    """``{"quick_gelu": True}`` when the tag turns an architecture of GELU to QuickGELU."""
+    open_clip = _open_clip()
+    named = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    trained = bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+    return {"quick_gelu": True} if tag and trained and not named else {}
 
 
 def _map_weights(state_dict: dict, model: nn.Module) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -148,6 +148,9 @@ class Backbone:
     text_tower : callable, optional
         ``text_tower(state_dict) -> bool``: whether a weights file also holds the text tower
         (a two-tower checkpoint), from which the zero-shot classifier is then built.
+    architecture : mapping
+        Build settings that change the numbers and are not in the weights (OpenCLIP's
+        ``{"quick_gelu": True}`` for a tag trained with it); part of the cache key.
     """
 
     name: str
@@ -175,6 +178,7 @@ class Backbone:
     zeroshot: Callable[..., Any] | None = field(default=None, repr=False)
     map_weights: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False)
     text_tower: Callable[[dict], bool] | None = field(default=None, repr=False)
+    architecture: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def weights_names(self) -> tuple[str, ...]:
         """Named weights, plus ``none``; a path to a state-dict file is also accepted."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -272,6 +272,9 @@ class LoadedBackbone:
         The library defining the model and its version (``timm 1.0.31``).
     revision : str
         The hub revision (commit) of downloaded weights; empty otherwise.
+    architecture : mapping
+        Build settings that change the numbers and are not in the weights
+        (:attr:`featurecache.cache.FeatureConfig.architecture`).
     """
 
     name: str
@@ -288,6 +291,7 @@ class LoadedBackbone:
     source: str = "torchvision"
     library: str = ""
     revision: str = ""
+    architecture: Mapping[str, Any] = field(default_factory=dict, hash=False)
     imagenet: StoredClassifier | None = field(default=None, repr=False)
     zeroshot: Callable[[Sequence[str], Sequence[str]], StoredClassifier] | None = field(
         default=None, repr=False, compare=False
@@ -401,6 +405,7 @@ def load_backbone(
         if backbone.library
         else "",
         revision=resolved.revision,
+        architecture=dict(backbone.architecture),
         imagenet=imagenet,
         # a weights file of the image tower alone leaves the text tower random: none then
         zeroshot=partial(backbone.zeroshot, resolved, image_size, seed)
