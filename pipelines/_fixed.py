@@ -23,7 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featurecache.cache import Cache, StoredClassifier
+from featurecache.cache import Cache, StoredClassifier, read_classifiers
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
@@ -65,6 +65,14 @@ def stored_classifier(cache: Cache, model: str, kind: str) -> StoredClassifier:
     if kind == "imagenet" and random_weights(cache, model):
         raise InvalidArgumentError(random_weights_reason(cache, model))
     found = cache.classifiers(model)
+    older = read_classifiers(cache.path, model).get(kind) if kind == "zeroshot" else None
+    if kind not in found and older is not None:
+        raise InvalidArgumentError(
+            f"model {model!r} of cache {str(cache.path)!r} stores a zero-shot classifier of "
+            f"the classes {', '.join(older.class_names)}, not of the cache's "
+            f"{', '.join(cache.class_names)}; run `featurecache extract` with this model again "
+            "to store the classifier of the grown class list."
+        )
     if kind not in found:
         has = ", ".join(found) or "none"
         hint = {

@@ -13,7 +13,8 @@ from featurecache import RunOptions, extract, open_cache
 from featurecache.cache import StoredClassifier, read_classifiers, write_classifier
 from featurecache.cache import _format as fmt
 from featurecache.cache._classifiers import class_list_version
-from featurecache.exceptions import ConfigMismatchError
+from featurecache.exceptions import ConfigMismatchError, InvalidArgumentError
+from pipelines._fixed import stored_classifier
 
 OPTIONS = RunOptions(workers=0, batch_size=4)
 TINY_CLIP = {
@@ -75,7 +76,16 @@ def test_a_grown_clip_dataset_extracts_the_new_rows_and_stores_the_new_classifie
     )  # fmt: skip
     _images(data, ["ant", "bee"])
     first = extract(data, cache, **common)
-    _images(data, ["ant", "bee", "cow"])  # a new class folder
+    _images(data, ["cow"])  # a new class folder
+    extract(data, cache, model="resnet18", weights="none", layers=["embedding"],
+            image_size=32, split="none", options=OPTIONS)  # grows the table first  # fmt: skip
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"stores a zero-shot classifier of the classes ant, bee, not of the cache's ant, "
+        r"bee, cow; run `featurecache extract` with this model again to store the classifier "
+        r"of the grown class list\.$",
+    ):
+        stored_classifier(open_cache(cache), first.model, "zeroshot")
     forward_calls.clear()
     with caplog.at_level(logging.INFO, logger="featurecache._extract"):
         grown = extract(data, cache, **common)
