@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featurecache.models._registry import load_backbone, upgraded_depths
+from featurecache.models import load_backbone, upgraded_depths
 
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
