@@ -331,7 +331,9 @@ def prepare(
     )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
-    zeroshot = _zeroshot(store, model_name, backbone, dataset.class_names, prompts)
+    zeroshot = _zeroshot(
+        store, model_name, backbone, _class_names(store, dataset, changes), prompts
+    )
     if previous is None or changes:
         store.check_writable()  # a new cache, a new model or new samples: before any work
     if planned is None:
@@ -361,29 +363,55 @@ def cache_name(model: str) -> str:
     return _UNSAFE.sub("--", str(model)).strip("-") or "model"
 
 
+def _class_names(store: Store, dataset: Dataset, changes) -> tuple[str, ...]:
+    """The sample table's class names once brought up to ``dataset`` (new classes appended)."""
+    if changes is None:
+        return tuple(dataset.class_names)
+    table = store.read_samples()
+    return tuple((table.updated_to(dataset) if changes else table).class_names)
+
+
 def _zeroshot(
     store: Store, model: str, backbone: LoadedBackbone, class_names: Sequence[str], prompts
 ) -> StoredClassifier | None:
     """The zero-shot classifier to store, or None (no text tower, or already stored).
 
-    A stored one of other prompts or class names is refused here, before anything is written.
+    A class list the stored classifiers lack (the dataset grew by a class) gets its own
+    classifier from the text tower, named in the log; other prompts are refused here,
+    before anything is written.
     """
     if backbone.zeroshot is None:
         return None
     class_names = tuple(class_names)
-    stored = read_classifiers(store.path, model).get("zeroshot")
-    if stored is not None and (stored.prompts, stored.class_names) == (prompts, class_names):
+    same = read_classifiers(store.path, model, class_names).get("zeroshot")
+    if same is not None and same.prompts == prompts:
         return None
-    if stored is not None:
-        differs = "prompts" if stored.prompts != prompts else "class names"
-        shown = "; ".join(stored.prompts if differs == "prompts" else stored.class_names)
+    stored = read_classifiers(store.path, model).get("zeroshot")
+    if stored is not None and stored.prompts != prompts:
+        shown = "; ".join(stored.prompts)
         raise ConfigMismatchError(
             f"model {model!r} in {str(store.path)!r} stores a zero-shot classifier of other "
-            f"{differs} ({shown[:120]}); pass another model name (name=, or --name) to store "
+            f"prompts ({shown[:120]}); pass another model name (name=, or --name) to store "
             "this one beside it."
         )
-    logger.info("%s: building the zero-shot classifier of %d classes", model, len(class_names))
+    if stored is not None:
+        logger.info(
+            "%s: the classes changed (%s): building the zero-shot classifier of %d classes",
+            model, _class_change(stored.class_names, class_names), len(class_names),
+        )  # fmt: skip
+    else:
+        logger.info("%s: building the zero-shot classifier of %d classes", model, len(class_names))
     return backbone.zeroshot(class_names, prompts)
+
+
+def _class_change(before: Sequence[str], after: Sequence[str]) -> str:
+    """``added 'zebra'; removed 'ant'`` (or ``reordered``), names shortened past 120 chars."""
+    added = [name for name in after if name not in before]
+    removed = [name for name in before if name not in after]
+    parts = [f"{what} {', '.join(map(repr, names))}" for what, names in
+             (("added", added), ("removed", removed)) if names]  # fmt: skip
+    text = "; ".join(parts) or "reordered"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _store_classifiers(

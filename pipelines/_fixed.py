@@ -20,9 +20,10 @@ from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featurecache.cache import Cache, StoredClassifier
+from featurecache.cache import Cache, StoredClassifier, read_classifiers
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "fixed_pipeline",
     "imagenet_predictions",
     "imagenet_view",
+    "random_weights",
+    "random_weights_reason",
     "stored_classifier",
 ]
 
@@ -38,9 +41,38 @@ __all__ = [
 FIXED_HEADS = {"zeroshot": "zeroshot"}
 
 
+def random_weights(cache: Cache, model: str) -> bool:
+    """Whether ``model`` was extracted with random weights (``weights="none"``)."""
+    layers = cache.layers(model)
+    return bool(layers) and cache.entry(model, layers[0]).provenance.get("weights") == "none"
+
+
+def random_weights_reason(cache: Cache, model: str) -> str:
+    """Why a model of random weights has no ImageNet classes, in one line."""
+    return (
+        f"model {model!r} of cache {str(cache.path)!r} was extracted with random weights "
+        "(weights 'none'): its classifier never saw ImageNet, so it has no ImageNet classes "
+        "to show. Extract with trained weights (DEFAULT or a weights file) to see them."
+    )
+
+
 def stored_classifier(cache: Cache, model: str, kind: str) -> StoredClassifier:
-    """The ``kind`` classifier stored for ``model``; a one-line error when there is none."""
+    """The ``kind`` classifier stored for ``model``; a one-line error when there is none.
+
+    A model of random weights has no ``imagenet`` classifier, even one an older version
+    stored: its classes would be ImageNet's names on random outputs.
+    """
+    if kind == "imagenet" and random_weights(cache, model):
+        raise InvalidArgumentError(random_weights_reason(cache, model))
     found = cache.classifiers(model)
+    older = read_classifiers(cache.path, model).get(kind) if kind == "zeroshot" else None
+    if kind not in found and older is not None:
+        raise InvalidArgumentError(
+            f"model {model!r} of cache {str(cache.path)!r} stores a zero-shot classifier of "
+            f"the classes {', '.join(older.class_names)}, not of the cache's "
+            f"{', '.join(cache.class_names)}; run `featurecache extract` with this model again "
+            "to store the classifier of the grown class list."
+        )
     if kind not in found:
         has = ", ".join(found) or "none"
         hint = {
@@ -64,13 +96,26 @@ class FixedLinearClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    weight : ndarray of shape (n_classes, n_features)
-    bias : ndarray of shape (n_classes,)
-    scale : float
+    weight : ndarray of shape (n_classes, n_features), default=None
+        ``None`` is a placeholder: zero logits over the width of ``X`` and the classes of
+        ``y`` (the constant classifier of ``classes_[0]``), so that the estimator can be
+        built from its defaults, as scikit-learn's ``clone`` and estimator checks do.
+    bias : ndarray of shape (n_classes,), default=None
+        ``None`` is zeros.
+    scale : float, default=1.0
         Multiplies ``X @ weight.T`` (CLIP's logit scale; 1 for a plain linear layer).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        ``0 .. n_classes - 1`` (those of ``y`` for the placeholder).
+    coef_ : ndarray of shape (n_classes, n_features)
+        ``scale * weight``.
+    intercept_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
     """
 
-    def __init__(self, weight, bias, scale=1.0):
+    def __init__(self, *, weight=None, bias=None, scale=1.0):
         self.weight = weight
         self.bias = bias
         self.scale = scale
@@ -78,33 +123,61 @@ class FixedLinearClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Check ``X``'s width against ``weight`` and set ``classes_``; nothing is learned.
 
-        ``y``, when given, must hold only the stored classes.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Only its width is used: it must be ``weight``'s.
+        y : array-like of shape (n_samples,), optional
+            Class labels, when given, among ``0 .. n_classes - 1``.
+
+        Raises
+        ------
+        ValueError
+            ``X`` of another width, ``y`` that is not class labels ("Unknown label type"),
+            or labels outside the stored classes.
         """
-        weight = np.asarray(self.weight, dtype=np.float64)
-        X = validate_data(self, X, reset=True)
-        if weight.ndim != 2 or X.shape[1] != weight.shape[1]:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but the fixed weights have shape {weight.shape}; "
-                "score the layer the classifier reads."
-            )
-        self.classes_ = np.arange(weight.shape[0])
-        if y is not None and not np.isin(np.unique(y), self.classes_).all():
-            raise ValueError(f"y holds classes outside 0..{weight.shape[0] - 1}.")
+        if y is None:
+            X = validate_data(self, X, reset=True)
+        else:
+            X, y = validate_data(self, X, y, reset=True)
+            check_classification_targets(y)
+        if self.weight is None:  # the placeholder: zero logits over X's width and y's classes
+            self.classes_ = np.unique(y) if y is not None else np.arange(2)
+            weight = np.zeros((len(self.classes_), X.shape[1]))
+        else:
+            weight = np.asarray(self.weight, dtype=np.float64)
+            if weight.ndim != 2 or X.shape[1] != weight.shape[1]:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but the fixed weights have shape "
+                    f"{weight.shape}; score the layer the classifier reads."
+                )
+            self.classes_ = np.arange(weight.shape[0])
+            if y is not None and not np.isin(np.unique(y), self.classes_).all():
+                raise ValueError(f"y holds classes outside 0..{weight.shape[0] - 1}.")
+        bias = np.zeros(len(weight)) if self.bias is None or self.weight is None else self.bias
         self.coef_ = float(self.scale) * weight
-        self.intercept_ = np.asarray(self.bias, dtype=np.float64)
+        self.intercept_ = np.asarray(bias, dtype=np.float64).reshape(-1)
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """The logits, ``(n_samples, n_classes)``."""
+        """The logits, ``(n_samples, n_classes)``; with two classes, scikit-learn's binary
+        margin ``logit[1] - logit[0]``, ``(n_samples,)``."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X) -> np.ndarray:
+        """The softmax of the logits, ``(n_samples, n_classes)``."""
+        return softmax(self._logits(X), axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        """The class of the highest logit, ``(n_samples,)``."""
+        logits = self._logits(X)  # first: NotFittedError before classes_ is read
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def _logits(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         return X @ self.coef_.T + self.intercept_
-
-    def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
 
 def fixed_pipeline(classifier: StoredClassifier, n_features: int) -> Pipeline:
@@ -113,7 +186,9 @@ def fixed_pipeline(classifier: StoredClassifier, n_features: int) -> Pipeline:
 
     Fitting learns nothing (``n_features`` is the width of the layer it reads, checked).
     """
-    clf = FixedLinearClassifier(classifier.weight, classifier.bias, classifier.scale)
+    clf = FixedLinearClassifier(
+        weight=classifier.weight, bias=classifier.bias, scale=classifier.scale
+    )
     first = ("l2", Normalizer()) if classifier.normalize else ("identity", FunctionTransformer())
     return Pipeline([first, ("clf", clf)]).fit(np.zeros((1, n_features)))
 

@@ -45,7 +45,7 @@ from pipelines._figures import (
     project_2d,
     thumbnail,
 )
-from pipelines._fixed import imagenet_view
+from pipelines._fixed import imagenet_view, random_weights, random_weights_reason
 from pipelines._results import ResultsFolder, best, best_per, frame
 from pipelines._rows import SPLIT_ORDER
 from pipelines._shots import curve_summary
@@ -1243,6 +1243,9 @@ def _imagenet_views(run: dict, table: pd.DataFrame) -> list:
     blocks = []
     for model in dict.fromkeys(table["model"]):
         if model not in cache.models:
+            continue
+        if random_weights(cache, model):  # never ImageNet's names on random outputs
+            blocks.append(("p", random_weights_reason(cache, model)))
             continue
         classifier = cache.classifiers(model).get("imagenet")
         if classifier is None or classifier.layer not in cache.layers(model):

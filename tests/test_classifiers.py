@@ -5,6 +5,7 @@ without training."""
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import h5py
 import numpy as np
@@ -88,16 +89,17 @@ def test_imagenet_predictions_from_the_cached_embedding_equal_the_full_models(
         pytest.importorskip("timm")
     data = _folder(tmp_path / "data", ["ant", "bee"], {"train": 3})
     cache = tmp_path / "c.h5"
+    full = load_backbone(model, "none", image_size=size, keep_classifier=True)
+    torch.save(full.module.state_dict(), tmp_path / "w.pth")  # a file: trained elsewhere
     result = extract(
-        data, cache, model=model, weights="none", layers=["embedding"], image_size=size,
-        dtype="float32", options=OPTIONS,
+        data, cache, model=model, weights=str(tmp_path / "w.pth"), layers=["embedding"],
+        image_size=size, dtype="float32", options=OPTIONS,
     )  # fmt: skip
     opened = open_cache(cache)
     stored = opened.classifiers(result.model)["imagenet"]
     assert stored.layer == "embedding" and stored.weight.shape == (1000, 512)
     assert stored.class_names[698] == "palace"
     table = imagenet_predictions(opened, result.model)
-    full = load_backbone(model, "none", image_size=size, keep_classifier=True)
     batch = torch.stack([full.preprocess(load_image(data / i)) for i in table["id"]])
     with torch.inference_mode():
         logits = full.module(batch).numpy()
@@ -121,6 +123,33 @@ def test_a_weights_file_without_the_classifier_stores_none(tmp_path):
     assert open_cache(tmp_path / "c.h5").classifiers(result.model) == {}
     with pytest.raises(InvalidArgumentError, match=r"stores no imagenet classifier"):
         imagenet_predictions(open_cache(tmp_path / "c.h5"), result.model)
+
+
+def test_random_weights_store_no_imagenet_classifier_and_say_why(tmp_path, capsys):
+    from featurecache.app.cli import main
+
+    data = _folder(tmp_path / "data", ["ant", "bee"], {"train": 2})
+    cache = tmp_path / "c.h5"
+    result = extract(
+        data, cache, model="resnet18", weights="none", layers=["embedding"], image_size=32,
+        options=OPTIONS,
+    )  # fmt: skip
+    opened = open_cache(cache)
+    assert opened.classifiers(result.model) == {}
+    why = (
+        f"model 'resnet18' of cache '{cache}' was extracted with random weights (weights "
+        "'none'): its classifier never saw ImageNet, so it has no ImageNet classes to show. "
+        "Extract with trained weights (DEFAULT or a weights file) to see them."
+    )
+    with pytest.raises(InvalidArgumentError, match=f"^{re.escape(why)}$"):
+        imagenet_predictions(opened, result.model)
+    blocks = _imagenet_views({"cache": str(cache)}, pd.DataFrame({"model": [result.model]}))
+    assert blocks == [("h2", "What the pretrained network sees"), ("p", why)]
+    argv = ["predict", "--imagenet", "--cache", str(cache), "--out", str(tmp_path / "p.csv")]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.skipif(
@@ -263,7 +292,11 @@ def _two_tower(folder, kind, *, tokenizer=True, weights=False):
 
 @pytest.mark.parametrize(
     ("kind", "layer", "weights"),
-    [("siglip", "embedding", "DEFAULT"), ("clip", "embedding.proj", "none")],
+    [
+        ("siglip", "embedding", "DEFAULT"),
+        ("clip", "embedding.proj", "none"),
+        ("clip", "embedding.proj", "file"),  # save_pretrained's file: both towers
+    ],
 )
 def test_the_zeroshot_head_equals_the_hf_models_own_logits_per_image(
     tmp_path, capsys, kind, layer, weights
@@ -276,8 +309,9 @@ def test_the_zeroshot_head_equals_the_hf_models_own_logits_per_image(
     data = _folder(tmp_path / "data", classes, {"train": 2, "test": 2})
     (tmp_path / "prompts.txt").write_text("a photo of a {}.\n")
     cache = tmp_path / "c.h5"
+    file = str(folder / "model.safetensors")
     argv = ["extract", str(data), "--cache", str(cache), "--model", f"hf:{folder}",
-            "--weights", weights, "--layers", layer, "--prompts", str(tmp_path / "prompts.txt"),
+            "--weights", file if weights == "file" else weights, "--layers", layer, "--prompts", str(tmp_path / "prompts.txt"),
             "--dtype", "float32", "--workers", "0", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     opened = open_cache(cache)
@@ -296,7 +330,8 @@ def test_the_zeroshot_head_equals_the_hf_models_own_logits_per_image(
             reference = transformers.AutoModel.from_config(config).eval()
         else:
             reference = transformers.AutoModel.from_pretrained(folder).eval()
-            assert stored.scale == pytest.approx(10.0) and stored.bias[0] == -2.5
+            assert stored.scale == pytest.approx(10.0)  # the file's, not a random tower's
+            assert stored.bias[0] == (-2.5 if kind == "siglip" else 0.0)
     processor = transformers.AutoProcessor.from_pretrained(folder)
     padding = {"padding": "max_length"} if kind == "siglip" else {"padding": True}
     ids = opened.ids
@@ -345,7 +380,7 @@ def test_fixed_linear_classifier_learns_nothing_and_applies_the_stored_logits():
     rng = np.random.default_rng(0)
     weight, bias = rng.standard_normal((4, 6)), rng.standard_normal(4)
     X, y = rng.standard_normal((50, 6)), rng.integers(0, 4, 50)
-    clf = FixedLinearClassifier(weight, bias, scale=3.0).fit(X, y)
+    clf = FixedLinearClassifier(weight=weight, bias=bias, scale=3.0).fit(X, y)
     logits = 3.0 * X @ weight.T + bias
     assert np.allclose(clf.decision_function(X), logits)
     assert np.array_equal(clf.predict(X), logits.argmax(axis=1))
@@ -353,4 +388,4 @@ def test_fixed_linear_classifier_learns_nothing_and_applies_the_stored_logits():
     refitted = clone(clf).fit(X[:5], y[:5])  # other data: the same classifier
     assert np.array_equal(refitted.predict(X), clf.predict(X))
     with pytest.raises(ValueError, match=r"X has 5 features, but the fixed weights have shape"):
-        FixedLinearClassifier(weight, bias).fit(X[:, :5])
+        FixedLinearClassifier(weight=weight, bias=bias).fit(X[:, :5])

@@ -128,7 +128,7 @@ def test_a_clip_models_projected_embedding_equals_get_image_features(tmp_path):
         size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
     ).save_pretrained(tmp_path)
     backbone = load_backbone(f"hf:{tmp_path}", "none")
-    assert backbone.default_layers[-2:] == ("embedding.proj", "embedding")
+    assert backbone.default_layers[-2:] == ("embedding", "embedding.proj")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         reference = transformers.AutoModel.from_config(config).eval()

@@ -19,7 +19,7 @@ def test_embedding_before_and_after_the_projection_equal_encode_image():
     backbone = load_backbone("open_clip:ViT-B-32", "none", image_size=64)
     names = [layer.name for layer in backbone.layers]
     assert "embedding.proj" in names and "trunk.transformer.resblocks.11" in names
-    assert backbone.default_layers[-2:] == ("embedding.proj", "embedding")
+    assert backbone.default_layers[-2:] == ("embedding", "embedding.proj")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         reference = open_clip.create_model("ViT-B-32", force_image_size=64).eval()

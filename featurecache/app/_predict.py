@@ -110,10 +110,10 @@ def predict_imagenet(
     _check_run(batch_size, device, workers, "predict_imagenet")
     opened = open_cache(cache)
     model = _imagenet_model(opened, model)
+    classifier = stored_classifier(opened, model, "imagenet")  # or why there is none
     if images is None:
         table = imagenet_predictions(opened, model, top=top).assign(path="", status="ok", reason="")
         return table[[*COLUMNS, *(c for c in table.columns if c not in COLUMNS)]]
-    classifier = stored_classifier(opened, model, "imagenet")
     config = FeatureConfig.from_dict(opened.entry(model, classifier.layer).provenance)
     dataset = _image_list(Path(images), opened.class_names)
     table, ok, X = _features(
@@ -145,9 +145,19 @@ def _check_run(batch_size, device, workers, owner: str) -> None:
 
 
 def _imagenet_model(cache, model: str | None) -> str:
+    """The model named, or the only one that stores an ImageNet classifier (or the cache's
+    only model, whose lack of one :func:`~pipelines._fixed.stored_classifier` explains)."""
+    from pipelines._fixed import random_weights
+
     if model is not None:
         return model
-    stored = [m for m in cache.models if "imagenet" in cache.classifiers(m)]
+    stored = [
+        m
+        for m in cache.models
+        if "imagenet" in cache.classifiers(m) and not random_weights(cache, m)
+    ]
+    if not stored and len(cache.models) == 1:
+        return cache.models[0]
     if len(stored) != 1:
         raise ParameterError(
             "model", "predict_imagenet",
@@ -184,6 +194,13 @@ def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, ba
         image_size=config.image_size,
         resize=resize_mode(config),
     )
+    if dict(backbone.architecture) != dict(config.architecture):
+        raise InvalidArgumentError(
+            f"{what} was trained on {config.backbone} built with "
+            f"{dict(config.architecture) or 'its defaults'}, but this version builds it with "
+            f"{dict(backbone.architecture) or 'its defaults'}; extract the features again "
+            "into a new cache and fit the head on them."
+        )
     if backbone.weights_sha256 != config.weights_sha256:
         raise InvalidArgumentError(
             f"{what} was trained on {config.backbone} weights with SHA-256 "

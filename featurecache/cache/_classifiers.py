@@ -7,7 +7,8 @@ A stored classifier is a fixed linear map from one cached layer to class scores:
 ``imagenet``: the classifier the backbone was trained with (ImageNet's 1,000 classes), removed
 for extraction; it reads ``embedding``. ``zeroshot``: the text embeddings of the dataset's
 class names under prompt templates (CLIP); it reads ``embedding.proj``. Both are written once
-per model (``CACHE.h5.d/<model>/classifiers/<kind>.h5``) and read without torch.
+per model (``CACHE.h5.d/<model>/classifiers/<kind>.h5``) and read without torch; a dataset
+grown by a class adds a version of the zero-shot classifier (``zeroshot.<version>.h5``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from featurecache.cache._atomic import create_once
 from featurecache.cache._folder import decode
 from featurecache.exceptions import CacheCorruptError, ConfigMismatchError, InvalidArgumentError
 
-__all__ = ["StoredClassifier", "read_classifiers", "write_classifier"]
+__all__ = ["StoredClassifier", "class_list_version", "read_classifiers", "write_classifier"]
 
 _FIELDS = ("weight", "bias", "class_names")
 
@@ -134,6 +135,10 @@ class StoredClassifier:
 def write_classifier(index: str | os.PathLike, model: str, classifier: StoredClassifier) -> bool:
     """Store ``classifier`` beside ``model``'s features, once.
 
+    A zero-shot classifier of another class list (the dataset grew by a class) is a new
+    version beside the others (:func:`featurecache.cache._format.classifier_file`): the
+    class list is versioned with the sample table, and every version is write-once.
+
     Returns
     -------
     bool
@@ -142,31 +147,63 @@ def write_classifier(index: str | os.PathLike, model: str, classifier: StoredCla
     Raises
     ------
     ConfigMismatchError
-        Another classifier of this kind is stored for the model (other prompts, class
-        names or weights); nothing is written.
+        Another classifier of this kind is stored for the model (other prompts, or the same
+        class names with other weights); nothing is written.
     """
-    path = fmt.classifier_file(Path(index), model, classifier.kind)
     digest = classifier.digest()
-    if not path.exists() and create_once(path, lambda tmp: _write(tmp, classifier, digest)):
+    stored = _versions(Path(index), model, classifier.kind)
+    for other in stored:
+        same_list = other.class_names == classifier.class_names
+        if other.digest() == digest:
+            return False
+        if classifier.kind != "zeroshot" or same_list or other.prompts != classifier.prompts:
+            raise ConfigMismatchError(
+                f"model {model!r} in {str(index)!r} already stores another {classifier.kind} "
+                f"classifier ({_difference(other, classifier)}); a stored classifier is written "
+                "once. Pass another model name (name=, or --name) to store this one beside it."
+            )
+    version = class_list_version(classifier.class_names) if stored else ""
+    path = fmt.classifier_file(Path(index), model, classifier.kind, version)
+    if create_once(path, lambda tmp: _write(tmp, classifier, digest)):
         return True
-    stored = _read(path)
-    if stored.digest() != digest:
+    if _read(path).digest() != digest:  # another writer stored another one meanwhile
         raise ConfigMismatchError(
             f"model {model!r} in {str(index)!r} already stores another {classifier.kind} "
-            f"classifier ({_difference(stored, classifier)}); a stored classifier is written "
-            "once. Pass another model name (name=, or --name) to store this one beside it."
+            f"classifier ({_difference(_read(path), classifier)}); a stored classifier is "
+            "written once. Pass another model name (name=, or --name) to store this one beside it."
         )
     return False
 
 
-def read_classifiers(index: str | os.PathLike, model: str) -> dict[str, StoredClassifier]:
-    """The classifiers stored for ``model``, by kind (empty when none)."""
+def class_list_version(class_names: Sequence[str]) -> str:
+    """The version of a class list in a classifier's file name: 16 hex of its SHA-256."""
+    return hashlib.sha256(fmt.canonical_json(list(class_names)).encode()).hexdigest()[:16]
+
+
+def read_classifiers(
+    index: str | os.PathLike, model: str, class_names: Sequence[str] | None = None
+) -> dict[str, StoredClassifier]:
+    """The classifiers stored for ``model``, by kind (empty when none).
+
+    Parameters
+    ----------
+    class_names : sequence of str, optional
+        The sample table's class names: the zero-shot classifier is the version of exactly
+        these (none when the table's classes changed since it was stored). ``None`` gives
+        the version of the longest class list (class lists only grow).
+    """
     found = {}
     for kind in fmt.CLASSIFIER_KINDS:
-        path = fmt.classifier_file(Path(index), model, kind)
-        if path.is_file():
-            found[kind] = _read(path)
+        versions = _versions(Path(index), model, kind)
+        if class_names is not None and kind == "zeroshot":
+            versions = [c for c in versions if c.class_names == tuple(class_names)]
+        if versions:
+            found[kind] = max(versions, key=lambda c: len(c.class_names))
     return found
+
+
+def _versions(index: Path, model: str, kind: str) -> list[StoredClassifier]:
+    return [_read(path) for path in fmt.classifier_files(index, model, kind)]
 
 
 def _write(tmp: Path, classifier: StoredClassifier, digest: str) -> None:

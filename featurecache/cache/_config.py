@@ -59,6 +59,11 @@ class FeatureConfig:
         canonical augmentation specs, or ``{}`` for none. Left out of :meth:`key` when
         empty, so every cache written before views existed keeps its digest. Read it as a
         :class:`ViewSets` with :meth:`view_sets`.
+    architecture : mapping
+        Build settings of the model that change its numbers and are not in its weights
+        (``{"quick_gelu": True}``: an OpenCLIP tag trained with QuickGELU on an
+        architecture defined with GELU), ``{}`` for none. Left out of :meth:`key` when
+        empty, so every cache written before it existed keeps its digest.
     format_version : int
         Version of the cache format the features were written in.
     weights, seed, image_size, featurecache_version
@@ -77,6 +82,7 @@ class FeatureConfig:
     compute_dtype: str
     decode: str = "exact"
     views: Mapping[str, Any] = field(default_factory=dict)
+    architecture: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FEATURES_FORMAT_VERSION
     weights: str = field(default="", compare=False)
     seed: int = field(default=0, compare=False)
@@ -96,11 +102,12 @@ class FeatureConfig:
         "compute_dtype",
         "decode",
         "views",
+        "architecture",
         "format_version",
     )
     #: Key fields added after the first caches were written, left out of :meth:`key` at
     #: their default so that every existing cache keeps its digest.
-    KEY_DEFAULTS = {"decode": "exact", "views": {}}
+    KEY_DEFAULTS = {"decode": "exact", "views": {}, "architecture": {}}
 
     def __hash__(self) -> int:
         return hash(self.digest())
@@ -138,7 +145,7 @@ class FeatureConfig:
         """Rebuild a config from :meth:`to_dict` (or an index attribute); unknown keys are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = dict(values)
-        for name in ("preprocessing", "views"):
+        for name in ("preprocessing", "views", "architecture"):
             if isinstance(values.get(name), str):
                 values[name] = json.loads(values[name])
         optional = {"format_version", *cls.KEY_DEFAULTS}

@@ -40,6 +40,7 @@ __all__ = [
     "shard_file",
     "segment_name",
     "classifier_file",
+    "classifier_files",
     "CLASSIFIER_KINDS",
     "classifier_path",
     "sample_path",
@@ -177,9 +178,22 @@ def segment_name(first: int, last: int) -> str:
 CLASSIFIER_KINDS = ("imagenet", "zeroshot")
 
 
-def classifier_file(index: Path, model: str, kind: str) -> Path:
-    """``CACHE.h5.d/<model>/classifiers/<kind>.h5``: one write-once file per classifier."""
-    return model_dir(index, model) / "classifiers" / f"{kind}.h5"
+def classifier_file(index: Path, model: str, kind: str, version: str = "") -> Path:
+    """``CACHE.h5.d/<model>/classifiers/<kind>.h5``: one write-once file per classifier.
+
+    A later version of it (the zero-shot classifier of a grown class list) is
+    ``<kind>.<version>.h5``, ``version`` naming its class list.
+    """
+    name = f"{kind}.{version}.h5" if version else f"{kind}.h5"
+    return model_dir(index, model) / "classifiers" / name
+
+
+def classifier_files(index: Path, model: str, kind: str) -> list[Path]:
+    """Every stored version of a classifier (:func:`classifier_file`), the first one first."""
+    folder = model_dir(index, model) / "classifiers"
+    first = folder / f"{kind}.h5"
+    later = sorted(folder.glob(f"{kind}.*.h5")) if folder.is_dir() else []
+    return ([first] if first.is_file() else []) + later
 
 
 # -- paths inside the HDF5 files ----------------------------------------------------------

@@ -869,7 +869,8 @@ class Cache:
         """The fixed classifiers stored beside ``model``'s features, by kind.
 
         ``imagenet``: the backbone's own classifier (reads ``embedding``); ``zeroshot``: the
-        text embeddings of the class names (reads ``embedding.proj``). Empty when none.
+        text embeddings of the class names (reads ``embedding.proj``), the version of the
+        cache's class names (none when classes were added since). Empty when none.
         See :class:`featurecache.cache.StoredClassifier`.
         """
         if model not in self.models:
@@ -877,7 +878,7 @@ class Cache:
                 f"model {model!r} is not in cache {str(self.path)!r}; it has "
                 f"{', '.join(self.models) or 'no models'}.{suggest(model, self.models)}"
             )
-        return read_classifiers(self.path, model)
+        return read_classifiers(self.path, model, self.class_names)
 
 
 def count_rows(status: np.ndarray, state: np.ndarray) -> dict[str, int]:

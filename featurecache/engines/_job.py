@@ -213,6 +213,7 @@ def feature_config(
         compute_dtype=compute_dtype,
         decode=decode,
         views=dict(views or {}),
+        architecture=dict(backbone.architecture),
         weights=backbone.weights,
         seed=backbone.seed,
         image_size=backbone.image_size,

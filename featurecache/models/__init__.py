@@ -10,7 +10,9 @@ from featurecache.models._registry import (
     list_backbones,
     list_layers,
     load_backbone,
+    read_weights,
     register_backbone,
+    upgraded_depths,
 )
 
 __all__ = [
@@ -25,5 +27,7 @@ __all__ = [
     "list_backbones",
     "list_layers",
     "load_backbone",
+    "read_weights",
     "register_backbone",
+    "upgraded_depths",
 ]

@@ -7,12 +7,14 @@ Models with a ``visual_projection`` (CLIP) also give ``embedding.proj``, the pro
 embedding that ``get_image_features`` returns. ``REPO_ID`` may also be a local folder saved
 with ``save_pretrained`` (config, processor, tokenizer).
 
-Two-tower models whose zero-shot convention is known (:data:`_TEXT_INPUTS`: SigLIP, CLIP)
+A weights file is mapped by :func:`_map_weights` (``save_pretrained``'s own keys, or a folder
+saved with it). Two-tower models whose zero-shot convention is known (:data:`_TEXT_INPUTS`: SigLIP, CLIP)
 store a zero-shot classifier built by their text tower (:func:`_zeroshot`).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +25,11 @@ import torch
 from torch import nn
 
 from featurecache.cache import StoredClassifier
-from featurecache.exceptions import DownloadError, UnknownNameError
-from featurecache.models._layers import LayerInfo, spread
+from featurecache.exceptions import DownloadError, InvalidArgumentError, UnknownNameError
+from featurecache.models._layers import LayerInfo, Tap, spread
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, first_line, offline, require
+from featurecache.models._weights import drop_transient, read_weights, split_prefix
 from featurecache.models._zeroshot import zeroshot_classifier
 
 __all__ = ["SOURCE", "HiddenStates"]
@@ -81,6 +84,8 @@ def record(repo: str) -> Backbone:
         stages=_stages,
         prefix_tokens=partial(_prefix_tokens, config),
         zeroshot=partial(_zeroshot, repo, config) if config.model_type in _TEXT_INPUTS else None,
+        map_weights=_map_weights,
+        text_tower=_text_tower,
     )
 
 
@@ -108,16 +113,32 @@ class HiddenStates(nn.Module):
     output in the same pass: ``get_image_features``' output, which zero-shot compares with text.
     """
 
-    def __init__(self, model: nn.Module, n_states: int, projection: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        n_states: int,
+        projection: nn.Module | None = None,
+        *,
+        tower: str = "",
+        base_prefix: str = "",
+    ):
         super().__init__()
         self.model = model
-        self.hidden_states = nn.ModuleList(_Tap() for _ in range(n_states))
+        self.tower = tower  # the image tower's attribute in the AutoModel (vision_model)
+        self.base_prefix = base_prefix  # the AutoModel's base_model_prefix (task checkpoints)
+        self.hidden_states = nn.ModuleList(Tap() for _ in range(n_states))
+        # resample the position embeddings to any input size, transformers' own way (a
+        # no-op at the native size); DINOv2 always does
+        forward = inspect.signature(model.forward).parameters
+        self.resample = (
+            {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in forward else {}
+        )
         if projection is not None:
             self.embedding = nn.Module()
             self.embedding.proj = projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=x, output_hidden_states=True)
+        out = self.model(pixel_values=x, output_hidden_states=True, **self.resample)
         for tap, state in zip(self.hidden_states, out.hidden_states, strict=False):
             tap(state)
         pooled = out.pooler_output
@@ -127,32 +148,96 @@ class HiddenStates(nn.Module):
         return pooled
 
 
-class _Tap(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 def _build(repo: str, config: Any, image_size: int, resolved: Resolved) -> nn.Module:
-    model = _model(repo, config, resolved)
-    projection = getattr(model, "visual_projection", None)  # CLIP: get_image_features projects
-    model = getattr(model, "vision_model", model)  # two-tower models: the image tower
+    full = _model(repo, config, resolved)
+    projection = getattr(full, "visual_projection", None)  # CLIP: get_image_features projects
+    tower = "vision_model" if hasattr(full, "vision_model") else ""
+    model = getattr(full, "vision_model", full)  # two-tower models: the image tower
     n_states = _n_states(getattr(config, "vision_config", config))
-    return HiddenStates(model, n_states, projection)
+    base_prefix = str(getattr(full, "base_model_prefix", "") or "")
+    return HiddenStates(model, n_states, projection, tower=tower, base_prefix=base_prefix)
 
 
-def _model(repo: str, config: Any, resolved: Resolved) -> nn.Module:
-    """The whole ``AutoModel``: the repository's weights, or random ones (the caller seeds)."""
+def _model(repo: str, config: Any, resolved: Resolved, load_file: bool = False) -> nn.Module:
+    """The whole ``AutoModel``: the repository's weights, or random ones (the caller seeds).
+
+    ``load_file`` loads a whole-model weights file (both towers: the zero-shot classifier's
+    text side); the registry loads the image tower itself otherwise. Weights the repository
+    lacks would stay random: an error, not transformers' logged warning.
+    """
     transformers = _transformers()
     if not resolved.pretrained:
-        return transformers.AutoModel.from_config(config)
+        model = transformers.AutoModel.from_config(config)
+        if load_file and resolved.path is not None:
+            _load_whole(model, read_weights(resolved.path), resolved.path)
+        return model
     try:
-        return transformers.AutoModel.from_pretrained(repo, local_files_only=offline())
+        model, info = transformers.AutoModel.from_pretrained(
+            repo, local_files_only=offline(), output_loading_info=True
+        )
     except OSError as exc:
         raise DownloadError(
             f"Could not load the weights of hf:{repo} through transformers "
             f"({first_line(exc)}). To work offline, download the repository once into the "
             "Hugging Face hub cache (HF_HOME), or give a local weights file."
         ) from exc
+    missing = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
+    if missing:
+        raise InvalidArgumentError(
+            f"The weights of hf:{repo} leave {len(missing)} tensor{'s' * (len(missing) > 1)} "
+            f"of {type(model).__name__} "
+            f"random ({', '.join(map(str, list(missing)[:3]))}); name the repository of a "
+            "model with all its weights, or give a weights file."
+        )
+    return model
+
+
+def _load_whole(model: nn.Module, state_dict: dict, path: str) -> None:
+    """Load a whole-model checkpoint (``save_pretrained``'s keys) strictly."""
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    if prefix:
+        state_dict = {k.removeprefix(prefix + "."): v for k, v in state_dict.items()}
+    state_dict = drop_transient(state_dict, model)
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InvalidArgumentError(
+            f"The weights file {path} does not fit {type(model).__name__}: "
+            f"{len(result.missing_keys)} missing keys {result.missing_keys[:3]}, "
+            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:3]}."
+        )
+
+
+def _map_weights(state_dict: dict, model: nn.Module) -> dict:
+    """Hugging Face's rule: the keys of ``save_pretrained`` (``model.safetensors`` or
+    ``pytorch_model.bin`` of the ``AutoModel``, or of a task model whose keys carry its
+    ``base_model_prefix``), or featurecache's layout (``model.*``, ``embedding.proj.*``).
+
+    Two-tower models: ``vision_model.*`` is the image tower, ``visual_projection`` becomes
+    ``embedding.proj``, and the text tower is left to the zero-shot classifier. Other
+    models: every key goes under ``model.``.
+    """
+    if all(key.startswith(("model.", "embedding.")) for key in state_dict):
+        return dict(state_dict)
+    if model.base_prefix:
+        state_dict = {k.removeprefix(model.base_prefix + "."): v for k, v in state_dict.items()}
+    if not model.tower:
+        return {f"model.{key}": value for key, value in state_dict.items()}
+    image, rest = split_prefix(state_dict, model.tower + ".")
+    mapped = {f"model.{key}": value for key, value in image.items()}
+    for key, value in rest.items():
+        if key.startswith("visual_projection."):
+            mapped["embedding.proj." + key.removeprefix("visual_projection.")] = value
+        elif not key.startswith(_TEXT_SIDE) and key not in ("logit_scale", "logit_bias"):
+            mapped[key] = value  # neither tower: named as unexpected
+    return mapped
+
+
+_TEXT_SIDE = ("text_model.", "text_projection.")
+
+
+def _text_tower(state_dict: dict) -> bool:
+    """A whole two-tower checkpoint: it holds ``text_model.*`` (a task prefix allowed)."""
+    return any(key.startswith("text_model.") or ".text_model." in key for key in state_dict)
 
 
 #: What ``get_text_features`` takes from a tokenizer's output (a generic fast tokenizer adds
@@ -181,7 +266,7 @@ def _zeroshot(
     tokenizer = _tokenizer(repo)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model(repo, config, resolved).eval()
+        model = _model(repo, config, resolved, load_file=True).eval()
     inputs = dict(_TEXT_INPUTS[config.model_type])
     if inputs["padding"] == "max_length":
         inputs["max_length"] = int(config.text_config.max_position_embeddings)

@@ -12,7 +12,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "deepest",
     "stop_after",
     "StopForward",
+    "Tap",
     "default_pool",
     "discover_layers",
     "DefaultRule",
@@ -75,10 +76,11 @@ class LayerInfo:
         ``map`` for ``(C, H, W)`` (or channels-last ``(H, W, C)``, as Swin returns),
         ``tokens`` for ``(T, D)``, ``vector`` for ``(D,)``.
     depth : float
-        Position in forward execution order divided by the number of capturable layers;
-        the embedding is 1.0.
+        Position in forward execution order divided by the number of capturable layers up
+        to the embedding, which is 1.0 (0 = input side). Heads computed from the embedding
+        (OpenCLIP's and CLIP's ``embedding.proj``) come after it, above 1.0.
     depth_index : int
-        Position in forward execution order (0-based); the embedding is last.
+        Position in forward execution order (0-based).
     default : bool
         Whether the layer is in the backbone's default set.
     stage : bool
@@ -88,6 +90,10 @@ class LayerInfo:
         For ``tokens`` layers of models that declare it: the class and register tokens
         before the patch tokens. ``mean`` then averages patch tokens only. ``None`` (unknown,
         torchvision's ViT) averages every token, as featurecache always has.
+    exit_index : int, optional
+        Position in the order the modules' forward calls complete, where
+        :func:`stop_after` can end a pass (a :class:`Tap` completes where it is called, not
+        where its tensor is made); ``None`` means ``depth_index``.
     """
 
     name: str
@@ -98,6 +104,7 @@ class LayerInfo:
     default: bool = False
     stage: bool = False
     prefix_tokens: int | None = None
+    exit_index: int | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------- discovery
@@ -125,11 +132,13 @@ def discover_layers(
     modules = dict(module.named_modules())
     calls: Counter[str] = Counter()
     outputs: dict[str, Any] = {}  # insertion order = order in which forwards complete
+    inputs: dict[str, Any] = {}
 
     def make_hook(name: str) -> Callable:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        def hook(_module: nn.Module, args: Any, output: Any) -> None:
             calls[name] += 1
             outputs.setdefault(name, output)
+            inputs.setdefault(name, args[0] if args else None)
 
         return hook
 
@@ -174,15 +183,24 @@ def discover_layers(
         if output is result and _is_noop(modules[name]):
             continue  # the replaced classifier and friends: that is the embedding
         found.append((name, tuple(output.shape[1:]), _KIND_BY_NDIM[output.ndim]))
-    found.append((EMBEDDING, tuple(result.shape[1:]), _KIND_BY_NDIM[result.ndim]))
-
-    n = len(found)
+    body, heads = _forward_order(found, modules, outputs, inputs, result)
+    n = len(body) + 1
+    ordered = [*body, (EMBEDDING, tuple(result.shape[1:]), _KIND_BY_NDIM[result.ndim]), *heads]
+    completed = {name: i for i, name in enumerate(outputs)}
+    completed[EMBEDDING] = len(outputs)  # the model's own output: its forward ends last
     infos = [
-        LayerInfo(name=name, shape=shape, kind=kind, depth=(i + 1) / n, depth_index=i)
-        for i, (name, shape, kind) in enumerate(found)
+        LayerInfo(
+            name=name,
+            shape=shape,
+            kind=kind,
+            depth=(i + 1) / n,
+            depth_index=i,
+            exit_index=completed[name],
+        )  # fmt: skip
+        for i, (name, shape, kind) in enumerate(ordered)
     ]
     rule = default_rule or _generic_defaults
-    defaults = set(rule(infos[:-1], modules)) | {EMBEDDING}
+    defaults = set(rule([i for i in infos if i.name != EMBEDDING], modules)) | {EMBEDDING}
     staged = set(stages)
     return [
         LayerInfo(
@@ -194,9 +212,62 @@ def discover_layers(
             default=i.name in defaults,
             stage=i.name in staged,
             prefix_tokens=prefix_tokens if i.kind == "tokens" else None,
+            exit_index=i.exit_index,
         )
         for i in infos
     ]
+
+
+class Tap(nn.Module):
+    """Returns its input: a capturable name for a tensor the model makes elsewhere.
+
+    :func:`discover_layers` places a tap right after the module that made its tensor
+    (a Hugging Face ``hidden_states.K`` after block ``K``), not where the tap is called.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _forward_order(
+    found: list[tuple],
+    modules: dict[str, nn.Module],
+    outputs: dict[str, Any],
+    inputs: dict[str, Any],
+    result: torch.Tensor,
+) -> tuple[list[tuple], list[tuple]]:
+    """The capturable layers in forward order: the body (before the embedding), the heads.
+
+    Both in order of completion (what :func:`stop_after` relies on), each :class:`Tap`
+    moved to just after the module that made its tensor. Heads are the modules fed the
+    model's output (a projection of the embedding) and their submodules: they run on the
+    embedding, so they come after it.
+    """
+    heads = {name for name, x in inputs.items() if x is result and name in outputs}
+    heads |= {name for name in outputs if any(name.startswith(h + ".") for h in heads)}
+    completed = list(outputs)
+    position = {name: float(i) for i, name in enumerate(completed)}
+    made_by: dict[int, str] = {}
+    for name in completed:
+        tensor = _first_tensor(outputs[name])
+        if tensor is not None and not isinstance(modules[name], Tap):
+            made_by.setdefault(id(tensor), name)
+    for name in completed:
+        maker = made_by.get(id(outputs[name])) if isinstance(modules[name], Tap) else None
+        if maker is not None:
+            position[name] = position[maker] + 0.5
+    body = sorted((f for f in found if f[0] not in heads), key=lambda f: position[f[0]])
+    after = sorted((f for f in found if f[0] in heads), key=lambda f: position[f[0]])
+    return body, after
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a module returns, or the first of its tuple (a transformers layer's)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
 
 
 def _is_noop(module: nn.Module) -> bool:
@@ -451,9 +522,12 @@ def stop_after(module: nn.Module, name: str | None) -> Iterator[None]:
 
 
 def deepest(infos: Iterable[LayerInfo]) -> str | None:
-    """The requested layer that runs last (highest :attr:`LayerInfo.depth_index`)."""
+    """The requested layer whose forward completes last (:attr:`LayerInfo.exit_index`, else
+    :attr:`LayerInfo.depth_index`): a pass may end there with every one captured."""
     infos = list(infos)
-    return max(infos, key=lambda info: info.depth_index).name if infos else None
+    if not infos:
+        return None
+    return max(infos, key=lambda i: i.depth_index if i.exit_index is None else i.exit_index).name
 
 
 def _store(captured: dict[str, torch.Tensor], name: str, copy: bool) -> Callable:

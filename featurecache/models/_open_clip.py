@@ -3,15 +3,19 @@
 The image tower is wrapped so that its output, the ``embedding``, is the pooled token before
 the projection, and ``embedding.proj`` is the projected (CLIP-space) embedding that
 ``encode_image`` returns. Layers are the trunk's residual blocks; preprocessing is the model's
-own ``preprocess_cfg``. Pretrained weights download through the Hugging Face hub cache.
-The text tower gives the zero-shot classifier of a dataset's class names (:func:`_zeroshot`).
+own ``preprocess_cfg``. Pretrained weights download through the Hugging Face hub cache; a
+weights file is mapped by :func:`_map_weights`. The activation follows the pretrained tag
+(:func:`quick_gelu`). The text tower, of named weights or of a full weights file, gives the
+zero-shot classifier of a dataset's class names (:func:`_zeroshot`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -23,6 +27,7 @@ from featurecache.models._download import hf_hub_file
 from featurecache.models._layers import LayerInfo, spread
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, first_line, require
+from featurecache.models._weights import split_prefix
 from featurecache.models._zeroshot import zeroshot_classifier
 
 __all__ = ["SOURCE", "ImageTower"]
@@ -62,7 +67,7 @@ def record(name: str) -> Backbone:
     return Backbone(
         name=f"{PREFIX}:{name}",
         family="open_clip",
-        builder=partial(_build, arch),
+        builder=partial(_build, arch, tag),
         catalog=_Catalog(arch, tag),
         image_size=int(image_size if isinstance(image_size, int) else image_size[-1]),
         default_weights="DEFAULT" if tag else "none",
@@ -73,7 +78,10 @@ def record(name: str) -> Backbone:
         classifier="",
         stages=_stages,
         prefix_tokens=_prefix_tokens,
-        zeroshot=partial(_zeroshot, arch),
+        zeroshot=partial(_zeroshot, arch, tag),
+        map_weights=_map_weights,
+        text_tower=_text_tower,
+        architecture=_architecture(arch, tag),
     )
 
 
@@ -130,8 +138,8 @@ class ImageTower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.trunk(x)
-        if hasattr(self.embedding, "proj"):
-            self.embedding.proj(pooled)
+        if hasattr(self.embedding, "proj"):  # taps: captured when asked for, never fed forward
+            self.embedding.proj.l2(self.embedding.proj(pooled))
         return pooled
 
 
@@ -142,9 +150,7 @@ class _Projection(nn.Module):
         self.l2 = _L2Normalize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        projected = x @ self.weight
-        self.l2(projected)  # a tap: captured when asked for, never fed forward
-        return projected
+        return x @ self.weight
 
 
 class _L2Normalize(nn.Module):
@@ -152,18 +158,94 @@ class _L2Normalize(nn.Module):
         return torch.nn.functional.normalize(x, dim=-1)
 
 
-def _build(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
-    return ImageTower(_clip(arch, image_size, resolved).visual)
+def _build(arch: str, tag: str, image_size: int, resolved: Resolved) -> nn.Module:
+    return ImageTower(_clip(arch, tag, image_size, resolved).visual)
 
 
-def _clip(arch: str, image_size: int, resolved: Resolved) -> nn.Module:
+def _clip(
+    arch: str, tag: str, image_size: int, resolved: Resolved, load_file: bool = False
+) -> nn.Module:
+    """The CLIP model of ``arch``, its activation as the tag's weights were trained with.
+
+    ``load_file`` loads a full (two-tower) weights file with OpenCLIP's ``load_checkpoint``
+    (which resamples the position embeddings to ``image_size``); the registry loads the
+    image tower itself otherwise.
+    """
     open_clip = _open_clip()
     kwargs: dict[str, Any] = {"pretrained": resolved.pretrained} if resolved.pretrained else {}
-    return open_clip.create_model(arch, force_image_size=image_size, **kwargs)
+    if quick_gelu(arch, tag):
+        kwargs["force_quick_gelu"] = True
+    model = open_clip.create_model(arch, force_image_size=image_size, **kwargs)
+    if load_file and resolved.path is not None:
+        open_clip.load_checkpoint(model, resolved.path)
+    return model
+
+
+def quick_gelu(arch: str, tag: str) -> bool:
+    """Whether ``arch/tag`` computes with QuickGELU: the architecture's config says so, or
+    OpenCLIP's pretrained config of the tag does (OpenAI's weights were trained with it).
+
+    OpenCLIP builds a tag's weights into a GELU model with only a warning; featurecache
+    follows the tag. An architecture that forces QuickGELU on weights trained without it
+    is built as named, with a one-line warning.
+    """
+    open_clip = _open_clip()
+    arch_quick = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    if not tag:
+        return arch_quick
+    tag_quick = bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+    if arch_quick and not tag_quick:
+        warnings.warn(
+            f"open_clip:{arch}/{tag} computes with QuickGELU, but OpenCLIP says the {tag!r} "
+            f"weights were trained with GELU; name the architecture without '-quickgelu'.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return arch_quick or tag_quick
+
+
+def _architecture(arch: str, tag: str) -> dict[str, Any]:
+    """``{"quick_gelu": True}`` when the tag turns an architecture of GELU to QuickGELU."""
+    open_clip = _open_clip()
+    named = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    trained = bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+    return {"quick_gelu": True} if tag and trained and not named else {}
+
+
+def _map_weights(state_dict: dict, model: nn.Module) -> dict:
+    """OpenCLIP's rule: a full CLIP ``state_dict`` (``visual.*`` and the text tower), the
+    image tower's alone (``model.visual.state_dict()``), or featurecache's layout
+    (``trunk.*``, ``embedding.proj.weight``).
+
+    The tower's ``proj`` becomes ``embedding.proj.weight`` and every other key goes under
+    ``trunk.``; the text tower is left to the zero-shot classifier. Position embeddings are
+    resampled to the model's grid by OpenCLIP's ``resize_pos_embed``.
+    """
+    if any(key.startswith(("trunk.", "embedding.")) for key in state_dict):
+        mapped = dict(state_dict)
+    else:
+        visual, _ = split_prefix(state_dict, "visual.")
+        tower = visual or state_dict
+        mapped = {
+            "embedding.proj.weight" if key == "proj" else f"trunk.{key}": value
+            for key, value in tower.items()
+        }
+    key = "trunk.positional_embedding"
+    if key in mapped:
+        shim = {"visual.positional_embedding": mapped[key]}
+        _open_clip().model.resize_pos_embed(shim, SimpleNamespace(visual=model.trunk))
+        mapped[key] = shim["visual.positional_embedding"]
+    return mapped
+
+
+def _text_tower(state_dict: dict) -> bool:
+    """A full CLIP checkpoint: the image tower under ``visual.`` and a ``logit_scale``."""
+    return "logit_scale" in state_dict and any(k.startswith("visual.") for k in state_dict)
 
 
 def _zeroshot(
     arch: str,
+    tag: str,
     resolved: Resolved,
     image_size: int,
     seed: int,
@@ -173,12 +255,13 @@ def _zeroshot(
     """The zero-shot classifier of ``class_names``: OpenCLIP's ``build_zero_shot_classifier``.
 
     The CLIP model is built as :func:`load_backbone` built its image tower (the same weights,
-    or the same seed), so the classifier and the cached ``embedding.proj`` agree.
+    a full weights file, or the same seed), so the classifier and the cached
+    ``embedding.proj`` agree.
     """
     open_clip = _open_clip()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _clip(arch, image_size, resolved).eval()
+        model = _clip(arch, tag, image_size, resolved, load_file=True).eval()
     try:
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -140,6 +140,17 @@ class Backbone:
         ``zeroshot(resolved, image_size, seed, class_names, prompts) -> StoredClassifier``:
         the zero-shot classifier of a model with a text tower (OpenCLIP; SigLIP and CLIP
         from Hugging Face).
+    map_weights : callable, optional
+        ``map_weights(state_dict, model) -> state_dict``: the source's one rule mapping the
+        keys of a weights file (the library's own checkpoint, or featurecache's layout) to
+        ``model``'s, resampling position embeddings to its input size
+        (``docs/weights.md``).
+    text_tower : callable, optional
+        ``text_tower(state_dict) -> bool``: whether a weights file also holds the text tower
+        (a two-tower checkpoint), from which the zero-shot classifier is then built.
+    architecture : mapping
+        Build settings that change the numbers and are not in the weights (OpenCLIP's
+        ``{"quick_gelu": True}`` for a tag trained with it); part of the cache key.
     """
 
     name: str
@@ -165,6 +176,9 @@ class Backbone:
         default=None, repr=False
     )
     zeroshot: Callable[..., Any] | None = field(default=None, repr=False)
+    map_weights: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False)
+    text_tower: Callable[[dict], bool] | None = field(default=None, repr=False)
+    architecture: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def weights_names(self) -> tuple[str, ...]:
         """Named weights, plus ``none``; a path to a state-dict file is also accepted."""

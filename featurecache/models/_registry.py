@@ -41,7 +41,14 @@ from featurecache.models._layers import (
 )
 from featurecache.models._lite import EfficientNetLite
 from featurecache.models._preprocess import RESIZE_MODES, Preprocess
-from featurecache.models._record import Backbone, Resolved, Source, first_line, library_version
+from featurecache.models._record import (
+    Backbone,
+    Resolved,
+    Source,
+    first_line,
+    library_version,
+)
+from featurecache.models._weights import drop_transient, read_weights
 
 __all__ = [
     "Backbone",
@@ -53,8 +60,10 @@ __all__ = [
     "list_backbones",
     "list_layers",
     "load_backbone",
+    "read_weights",
     "register_backbone",
     "state_dict_sha256",
+    "upgraded_depths",
 ]
 
 # ---------------------------------------------------------------- the registry
@@ -206,7 +215,8 @@ def list_layers(
     Returns
     -------
     list of LayerInfo
-        In forward execution order, the embedding last.
+        In forward execution order: the embedding after the trunk, heads computed from it
+        (``embedding.proj``) after the embedding.
     """
     if isinstance(model, str):
         return list(load_backbone(model, weights, image_size=image_size).layers)
@@ -243,24 +253,28 @@ class LoadedBackbone:
     image_size : int
         Input side ``S``; the model sees ``(N, 3, S, S)``.
     default_layers : tuple of str
-        The default layers, ``embedding`` last.
+        The default layers, in forward order.
     layers : tuple of LayerInfo
         Every capturable layer at ``image_size`` (see :func:`featurecache.list_layers`).
     classifier : str
         Module path of the classifier (replaced by ``Identity`` unless kept).
     imagenet : StoredClassifier, optional
         The removed classifier (its ``Linear``, with ImageNet's class names), which reads
-        ``embedding``; ``None`` when kept, absent, or not loaded from a weights file.
+        ``embedding``; ``None`` when kept, absent, not loaded from a weights file, or
+        random (``weights="none"``: it never saw ImageNet).
     zeroshot : callable, optional
         ``zeroshot(class_names, prompts) -> StoredClassifier``: the zero-shot classifier of
         models with a text tower (OpenCLIP; SigLIP and CLIP from Hugging Face), built from the
-        same weights; ``None`` for a weights file (it holds no text tower).
+        same weights; ``None`` for a weights file of the image tower alone.
     source : str
         ``torchvision``, ``embedded``, ``timm``, ``open_clip``, ``hf`` (or ``user``).
     library : str
         The library defining the model and its version (``timm 1.0.31``).
     revision : str
         The hub revision (commit) of downloaded weights; empty otherwise.
+    architecture : mapping
+        Build settings that change the numbers and are not in the weights
+        (:attr:`featurecache.cache.FeatureConfig.architecture`).
     """
 
     name: str
@@ -277,6 +291,7 @@ class LoadedBackbone:
     source: str = "torchvision"
     library: str = ""
     revision: str = ""
+    architecture: Mapping[str, Any] = field(default_factory=dict, hash=False)
     imagenet: StoredClassifier | None = field(default=None, repr=False)
     zeroshot: Callable[[Sequence[str], Sequence[str]], StoredClassifier] | None = field(
         default=None, repr=False, compare=False
@@ -349,7 +364,7 @@ def load_backbone(
         torch.manual_seed(seed)
         try:
             model = backbone.builder(image_size, resolved)
-        except WeightsNotFoundError:
+        except (WeightsNotFoundError, InvalidArgumentError):  # already one line about it
             raise
         except Exception as exc:
             raise InvalidArgumentError(
@@ -358,13 +373,16 @@ def load_backbone(
             ) from exc
     # "" declares a model without classifier (an image tower)
     classifier = _classifier_path(model) if backbone.classifier is None else backbone.classifier
-    head_loaded = True
+    head_loaded, text_tower = True, False
     if resolved.path is not None:
-        head_loaded = _load_file(model, backbone, resolved.path, classifier, keep_classifier)
+        head_loaded, text_tower = _load_file(
+            model, backbone, resolved.path, classifier, keep_classifier
+        )
     imagenet = None
     if not keep_classifier:
         head = _remove_classifier(backbone, model, classifier)
-        if head_loaded:  # a file without the classifier's tensors leaves it random
+        # random weights (and a file without the classifier's tensors) never saw ImageNet
+        if head_loaded and resolved.id != "none":
             imagenet = _imagenet_classifier(backbone, resolved, head, classifier)
     model.eval()
     model.requires_grad_(False)
@@ -387,10 +405,11 @@ def load_backbone(
         if backbone.library
         else "",
         revision=resolved.revision,
+        architecture=dict(backbone.architecture),
         imagenet=imagenet,
-        # a weights file holds the image tower only: its text tower would be random
+        # a weights file of the image tower alone leaves the text tower random: none then
         zeroshot=partial(backbone.zeroshot, resolved, image_size, seed)
-        if backbone.zeroshot is not None and resolved.path is None
+        if backbone.zeroshot is not None and (resolved.path is None or text_tower)
         else None,
     )
 
@@ -490,10 +509,11 @@ def _resolve_weights(backbone: Backbone, weights: str | os.PathLike | None) -> R
 
 def _file_weights(path: str) -> Resolved:
     path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not os.path.isdir(path):
         raise WeightsNotFoundError(
             f"The weights file {path} does not exist. Pass a state dict saved with "
-            "torch.save(model.state_dict(), PATH), a weights name, or 'none'."
+            "torch.save(model.state_dict(), PATH), a safetensors file, a folder saved with "
+            "save_pretrained, a weights name, or 'none'."
         )
     return Resolved(id=f"file:{path}", path=path)
 
@@ -514,48 +534,31 @@ def _classifier_path(model: nn.Module) -> str:
     return convs[-1]
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise WeightsNotFoundError(f"The weights file {path} does not exist.") from exc
-    except Exception as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InvalidArgumentError(
-            f"The weights file {path} is not a loadable state dict ({message[:200]}). "
-            "Save one with torch.save(model.state_dict(), PATH)."
-        ) from exc
-    for wrapper in ("state_dict", "model"):  # common checkpoint layouts
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if (
-        not isinstance(obj, Mapping)
-        or not obj
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        raise InvalidArgumentError(
-            f"The weights file {path} must hold a state dict (a mapping of names to tensors). "
-            f"Got {type(obj).__name__} instead. Save one with torch.save(model.state_dict(), PATH)."
-        )
-    state_dict = dict(obj)
-    if all(k.startswith("module.") for k in state_dict):  # saved from DataParallel
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return state_dict
-
-
 def _load_file(
     model: nn.Module, backbone: Backbone, path: str, classifier: str, keep_classifier: bool
-) -> bool:
-    """Load a state dict, with or without the classifier's keys, into the full model.
+) -> tuple[bool, bool]:
+    """Load a weights file, with or without the classifier's keys, into the full model.
 
-    Returns whether the classifier's tensors were loaded (a file may lack them, or hold a
-    classifier of another size, when the classifier is not kept).
+    The source's rule (:attr:`Backbone.map_weights`) maps the file's keys to the model's.
+
+    Returns
+    -------
+    head_loaded : bool
+        Whether the classifier's tensors were loaded (a file may lack them, or hold a
+        classifier of another size, when the classifier is not kept).
+    text_tower : bool
+        Whether the file also holds a text tower (:attr:`Backbone.text_tower`).
     """
-    state_dict = _read_state_dict(path)
+    state_dict = read_weights(path)
+    text_tower = backbone.text_tower is not None and backbone.text_tower(state_dict)
     if backbone.adapt_state_dict is not None:
         state_dict = backbone.adapt_state_dict(state_dict)
+    if backbone.map_weights is not None:
+        state_dict = backbone.map_weights(state_dict, model)
+    state_dict = drop_transient(state_dict, model)
     prefix = classifier + "."
-    expected = set(model.state_dict())
+    own_keys = list(model.state_dict())
+    expected = set(own_keys)
     head_loaded = True
     if not keep_classifier and classifier:
         # The classifier is removed anyway; its size may differ (a fine-tuned model).
@@ -569,13 +572,14 @@ def _load_file(
         if not head_loaded:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
             expected = {k for k in expected if not k.startswith(prefix)}
-    missing = sorted(expected - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(model.state_dict()))
+    missing = [k for k in own_keys if k in expected and k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
         raise InvalidArgumentError(
             f"The weights file {path} does not fit {backbone.name}: "
             f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
-            f"{unexpected[:3]}. Pass a state dict of the same architecture."
+            f"{unexpected[:3]}. Pass a state dict of the same architecture (docs/weights.md "
+            "lists the layouts each source reads)."
         )
     try:
         model.load_state_dict(state_dict, strict=False)
@@ -585,7 +589,39 @@ def _load_file(
         raise InvalidArgumentError(
             f"The weights file {path} does not fit {backbone.name}: {detail[:300]}"
         ) from exc
-    return head_loaded
+    return head_loaded, text_tower
+
+
+#: Sources whose layer depths caches written by featurecache 0.1.0 recorded out of forward
+#: order (Hugging Face ``hidden_states.K`` after the whole model, OpenCLIP's
+#: ``embedding.proj.l2`` before ``embedding.proj``, both before ``embedding``).
+REDEPTH_SOURCES = ("hf", "open_clip")
+
+
+def upgraded_depths(backbone: str, image_size: int) -> dict[str, tuple[float, int]]:
+    """``layer -> (depth, depth_index)`` as this version computes them, for a cache upgrade.
+
+    Caches written by featurecache 0.1.0 recorded Hugging Face and OpenCLIP depths out of
+    forward order (:data:`REDEPTH_SOURCES`). Depths depend on the architecture only, so
+    they are recomputed from a randomly initialised model at the recorded ``image_size``.
+    Backbones of other sources return ``{}``: their recorded depths are right.
+
+    Parameters
+    ----------
+    backbone : str
+        The backbone name of a model's config (``FeatureConfig.backbone``).
+    image_size : int
+        Its recorded input side (``FeatureConfig.image_size``).
+
+    Returns
+    -------
+    dict of str to (float, int)
+        Every capturable layer's depth and depth index.
+    """
+    if backbone.partition(":")[0] not in REDEPTH_SOURCES:
+        return {}
+    infos = load_backbone(backbone, "none", image_size=image_size).layers
+    return {info.name: (info.depth, info.depth_index) for info in infos}
 
 
 def state_dict_sha256(module: nn.Module) -> str:

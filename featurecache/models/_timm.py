@@ -4,12 +4,14 @@ The model is built with its classifier, which is kept as the stored ImageNet cla
 taken off with ``reset_classifier(0)`` (the model ``num_classes=0`` builds), so its output is
 ``forward_head(x, pre_logits=True)`` (the ``embedding``). Preprocessing is the model's ``pretrained_cfg`` through timm's data config;
 the stages are the modules of its ``feature_info`` (what ``forward_intermediates`` returns).
-Pretrained weights download through the Hugging Face hub cache. timm is imported only when a
+Pretrained weights download through the Hugging Face hub cache; a weights file is mapped by
+timm's own ``checkpoint_filter_fn`` (:func:`_map_weights`). timm is imported only when a
 ``timm:`` name is used (the ``[timm]`` extra).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -67,7 +69,21 @@ def record(name: str) -> Backbone:
         prefix_tokens=_prefix_tokens,
         remove_classifier=_remove_classifier,
         class_names=partial(_class_names, cfg),
+        map_weights=partial(_map_weights, arch),
     )
+
+
+def _map_weights(arch: str, state_dict: dict, model: nn.Module) -> dict:
+    """timm's rule: the ``checkpoint_filter_fn`` of the architecture's module, as timm's
+    ``pretrained=True`` applies it to a file (key conversions of original checkpoints, and
+    position embeddings resampled to the model's grid with ``resample_abs_pos_embed``).
+
+    A ``torch.save(model.state_dict())`` or ``save_file`` of a timm model is already in
+    the model's layout, which featurecache's own is.
+    """
+    module = importlib.import_module(_timm().models.model_entrypoint(arch).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    return dict(filter_fn(state_dict, model)) if filter_fn is not None else state_dict
 
 
 def _remove_classifier(model: nn.Module) -> nn.Module | None:
