@@ -426,8 +426,10 @@ def set_comparison(table) -> list[dict]:
     for _, group in table[is_set].groupby(["model", "layer"], sort=False):
         chosen = best(group)
         parts = {(p["model"], p["layer"]) for p in chosen["feature_set"]["parts"]}
-        singles = table[~is_set & [(m, lay) in parts for m, lay in zip(
-            table["model"], table["layer"], strict=True)]]  # fmt: skip
+        in_parts = np.array(
+            [(m, lay) in parts for m, lay in zip(table["model"], table["layer"], strict=True)]
+        )
+        singles = table[~is_set.to_numpy(bool) & in_parts]
         part = best(singles) if len(singles) else None
         if part is None:
             out.append({"set": chosen, "part": None, "gain": None, "spread": None,
@@ -438,3 +440,32 @@ def set_comparison(table) -> list[dict]:
         out.append({"set": chosen, "part": part, "gain": gain, "spread": spread,
                     "beats": bool(gain > spread)})  # fmt: skip
     return out
+
+
+def is_set(row) -> bool:
+    """True for a results row (or record) fitted on a feature set."""
+    return isinstance(row.get("feature_set"), Mapping)
+
+
+def set_verdict(comparison: Mapping[str, Any]) -> str:
+    """One sentence: does the set beat its best single part by more than the CV spread?"""
+    chosen, part = comparison["set"], comparison["part"]
+    name = f"`{chosen['model']} / {chosen['layer']}`"
+    if part is None:
+        return f"The feature set {name} has no part fitted alone to compare it with."
+    against = (
+        f"its best single part `{part['model']} / {part['layer']}` ({part['head']}, CV "
+        f"{part['cv_mean']:.3f} ± {part['cv_std']:.3f})"
+    )
+    gain, spread = comparison["gain"], comparison["spread"]
+    if comparison["beats"]:
+        return (
+            f"The feature set {name} ({chosen['head']}, CV {chosen['cv_mean']:.3f} ± "
+            f"{chosen['cv_std']:.3f}) beats {against} by {gain:.3f}, more than the CV spread "
+            f"(± {spread:.3f}): combining the layers helps."
+        )
+    return (
+        f"The feature set {name} ({chosen['head']}, CV {chosen['cv_mean']:.3f} ± "
+        f"{chosen['cv_std']:.3f}) does not beat {against} by more than the CV spread "
+        f"(gain {gain:+.3f}, spread ± {spread:.3f}): the single layer is as good a choice."
+    )

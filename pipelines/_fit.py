@@ -388,6 +388,9 @@ class _Plan:
                 f"(shuffled, seed {self.seed})"
             )
             refit = "train"
+        if self.named_protocol is not None:
+            named = get_protocol(self.named_protocol)
+            selection, refit = named.chosen, named.refit
         protocol = {"selection": selection, "refit": refit}
         if self.named_protocol is not None:
             protocol["named"] = self.named_protocol

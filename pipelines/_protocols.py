@@ -93,6 +93,8 @@ class Protocol:
         One sentence for ``run.json`` and the report.
     selection : str
         What the ``selection`` column of its results says.
+    chosen, refit : str
+        How its hyper-parameters are chosen and which rows it refits on, for ``run.json``.
     run : callable
         ``run(X, y, is_val, splits, seed, scale) -> ProtocolFit``: ``X, y`` the fitting
         rows (train, and val when the cache has it), ``is_val`` which of them are val,
@@ -103,6 +105,8 @@ class Protocol:
     name: str
     description: str
     selection: str
+    chosen: str
+    refit: str
     run: Callable[..., ProtocolFit]
 
 
@@ -191,6 +195,9 @@ _register(
             "train + val"
         ),
         selection="ssl-transfer: 20 % val split",
+        chosen="chosen by the ssl-transfer protocol on a 20 % validation split of train (the "
+        "val split when the cache has one), the first best weight decay in ascending order",
+        refit="train + val",
         run=_ssl_transfer,
     )
 )
@@ -223,6 +230,9 @@ _register(
             "similarity vote with weight exp(similarity / 0.07); nothing selected"
         ),
         selection="dino-knn: fixed (k=20, T=0.07)",
+        chosen="fixed by the dino-knn protocol (k = 20, T = 0.07; nothing chosen; its CV "
+        "columns score it on the product's folds)",
+        refit="train",
         run=_dino_knn,
     )
 )
