@@ -294,6 +294,7 @@ def _expand(cache: Cache, spec: str, models: list[str], owner: str) -> list[tupl
             raise ParameterError(
                 "combine", owner, f"feature sets of 2 or more distinct layers ({GRAMMAR})",
                 spec, "Fit a single layer with `layers` instead.",
+                cli_hint="Fit a single layer with --layers instead.",
             )  # fmt: skip
         label = name or _default_name(terms, parts)
         expanded.append((tuple(parts), label))

@@ -7,6 +7,7 @@ whose digest differs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -56,14 +57,21 @@ def predict(
         ``reason``, ``prediction`` and ``proba_<class>`` columns when available.
     """
     from pipelines import load_head
+    from pipelines._feature_sets import set_parts
 
     _check_run(batch_size, device, workers, "predict")
     record = load_head(head)
     dataset = _image_list(Path(images), record.class_names)
-    table, ok, X = _features(
-        dataset, record.config, record.layer, f"the head {str(head)!r}", batch_size, device,
-        workers,
-    )  # fmt: skip
+    parts = set_parts(record.provenance)
+    if parts is not None:  # a feature set: every part rebuilt, rows ok in every part
+        table, ok, X = _set_features(
+            dataset, parts, f"the head {str(head)!r}", batch_size, device, workers
+        )
+    else:
+        table, ok, X = _features(
+            dataset, record.config, record.layer, f"the head {str(head)!r}", batch_size,
+            device, workers,
+        )  # fmt: skip
     table["prediction"] = ""
     if ok.any():
         _fill_predictions(table, ok, record, X)
@@ -206,6 +214,34 @@ def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, ba
         }
     )
     return table, ok, result.features[layer][ok].astype(np.float32)
+
+
+def _set_features(dataset: Dataset, parts: list[dict], what: str, batch_size: int,
+                  device: str, workers: int | str):  # fmt: skip
+    """:func:`_features` of each part of a feature set, concatenated in the parts' order.
+
+    A row is ok when it is ok in every part; a row failed in a part takes that part's reason.
+    Each part runs its own backbone pass (parts of one backbone run it once each).
+    """
+    table, ok_all, blocks = None, np.ones(len(dataset), dtype=bool), []
+    for part in parts:
+        provenance = part["provenance"]
+        config = provenance.get("config")
+        config = FeatureConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
+        part_table, ok, X = _features(
+            dataset, config, part["layer"], what, batch_size, device, workers
+        )
+        full = np.zeros((len(dataset), X.shape[1]), dtype=np.float32)
+        full[ok] = X
+        blocks.append(full)
+        if table is None:
+            table = part_table
+        else:
+            newly = ~ok & ok_all
+            table.loc[newly, "status"] = "failed"
+            table.loc[newly, "reason"] = part_table.loc[newly, "reason"]
+        ok_all &= ok
+    return table, ok_all, np.hstack(blocks)[ok_all]
 
 
 def _fill_predictions(table, ok: np.ndarray, record, X: np.ndarray) -> None:
