@@ -217,7 +217,10 @@ def write_comparison(report: Path, results: Path, log, args, sizes: list[int]) -
         "",
         "| method | test accuracy |",
         "| --- | --- |",
-        *[f"| {name} (published) | {acc} |" for name, acc in ANCHORS],
+        *[
+            f"| {name} (published) | {acc if isinstance(acc, str) else f'{acc:.3f}'} |"
+            for name, acc in ANCHORS
+        ],  # fmt: skip
         f"| **{_label(chosen)}**, best by CV ({chosen['cv_mean']:.4f} ± "
         f"{chosen['cv_std']:.4f}) | **{chosen['test_accuracy']:.4f}** |",
     ]

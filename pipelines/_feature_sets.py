@@ -142,6 +142,7 @@ class FeatureSet:
             **self.entries[0].provenance,
             "layer": self.name,
             "depth": None,
+            "raw_shape": [self.n_features],
             "config_digest": digest,
             "feature_set": {"name": self.name, "pca": self.pca, "parts": parts},
         }
