@@ -195,3 +195,20 @@ def test_with_views_a_set_fits_on_plain_rows_and_its_parts_on_views(tmp_path):
     row = table[table["layer"] == "noise+informative"].iloc[0]
     assert (row["views"], row["n_views"]) == ("none", 1)
     assert set(table[table["layer"] == "noise"]["views"]) == {"train"}
+
+
+def test_cli_fit_combine_and_its_errors(cache_path, tmp_path, capsys):
+    from featurecache.app.cli import main
+
+    argv = ["fit", str(cache_path), "--out", str(tmp_path / "r"), "--heads", "logreg",
+            "--cv", "3", "--jobs", "1", "--layers", "embedding"]  # fmt: skip
+    assert main([*argv, "--combine", "a:noise+informative", "deep=b:last2"]) == 0
+    table = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert {("a", "noise+informative"), ("b", "deep")} <= set(
+        zip(table["model"], table["layer"], strict=True)
+    )
+    capsys.readouterr()
+    assert main([*argv, "--combine", "a:noise"]) == 2
+    assert "--combine must be feature sets of 2 or more distinct layers" in capsys.readouterr().err
+    assert main([*argv, "--combine", "a:noise+informative", "--combine-pca", "0"]) == 2
+    assert "--combine-pca must be None or an int >= 1. Got 0 instead." in capsys.readouterr().err

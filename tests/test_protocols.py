@@ -131,8 +131,20 @@ def test_a_protocol_on_a_feature_set_scales_its_parts(cache_path, tmp_path):
 
 
 def test_an_unknown_protocol_is_refused_with_the_list(cache_path, tmp_path):
-    assert list_protocols() == ["ssl-transfer", "dino-knn"]
+    assert list_protocols() == pipelines.list_protocols() == ["ssl-transfer", "dino-knn"]
     with pytest.raises(ParameterError, match=r"'protocol' parameter of fit must be one of "
                        r"'ssl-transfer', 'dino-knn'. Got 'dino' instead"):  # fmt: skip
         pipelines.fit(cache_path, tmp_path / "r", protocol="dino")
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_refuses_heads_with_a_protocol(cache_path, tmp_path, capsys):
+    from featurecache.app.cli import main
+
+    argv = ["fit", str(cache_path), "--out", str(tmp_path / "r"), "--protocol", "dino-knn"]
+    assert main([*argv, "--heads", "logreg"]) == 2
+    assert ("--heads cannot be given with --protocol dino-knn: the protocol fixes its own head"
+            in capsys.readouterr().err)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+    assert main([*argv, "--layers", "embedding", "--jobs", "1"]) == 0
+    assert "best by CV: toy / embedding / dino-knn" in capsys.readouterr().out
