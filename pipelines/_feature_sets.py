@@ -53,6 +53,7 @@ __all__ = [
     "PartScaler",
     "resolve_sets",
     "load_set_rows",
+    "load_recorded_set",
     "set_parts",
     "set_comparison",
     "GRAMMAR",
@@ -388,6 +389,17 @@ def load_set_rows(
         order = np.argsort(rows, kind="stable")
         blocks.append(X[order[np.searchsorted(rows, common, sorter=order)]])
     return np.hstack(blocks), common
+
+
+def load_recorded_set(
+    cache: Cache, recorded: Mapping[str, Any], split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The concatenated raw features and ids of a ``split``'s rows ok in every part of a set
+    as a record holds it (``feature_set``: its ``parts`` with ``model`` and ``layer``)."""
+    parts = tuple(Part(p["model"], p["layer"]) for p in recorded["parts"])
+    wanted = (cache.splits == split) & ~cache.removed
+    X, rows = load_set_rows(cache, FeatureSet(recorded["name"], parts, None, ()), wanted)
+    return X, cache.ids[rows]
 
 
 # -- what a head file records ---------------------------------------------------------

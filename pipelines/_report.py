@@ -33,7 +33,7 @@ from featurecache import __version__
 from featurecache._paths import check_output
 from featurecache._validation import check_bool
 from featurecache.cache import Cache, FeatureConfig, atomic_write, open_cache
-from pipelines._feature_sets import is_set, set_comparison, set_verdict
+from pipelines._feature_sets import is_set, load_recorded_set, set_comparison, set_verdict
 from pipelines._figures import (
     confidently_wrong,
     depth_figure,
@@ -1122,7 +1122,10 @@ def _best_details(run: dict, chosen: pd.Series, predictions: pd.DataFrame) -> li
     if cache is None:
         return blocks + [("p", f"The cache `{run.get('cache')}` is not readable here, so the "
                                "map and the gallery are left out.")]  # fmt: skip
-    X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
+    if is_set(chosen):
+        X, ids = load_recorded_set(cache, chosen["feature_set"], "test")
+    else:
+        X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
     where = pd.Series(np.arange(len(ids)), index=pd.Index(ids.astype(str)))
     order = where.reindex(predictions["id"].astype(str)).to_numpy()
     if np.isnan(order.astype(float)).any():

@@ -212,3 +212,19 @@ def test_cli_fit_combine_and_its_errors(cache_path, tmp_path, capsys):
     assert "--combine must be feature sets of 2 or more distinct layers" in capsys.readouterr().err
     assert main([*argv, "--combine", "a:noise+informative", "--combine-pca", "0"]) == 2
     assert "--combine-pca must be None or an int >= 1. Got 0 instead." in capsys.readouterr().err
+
+
+def test_when_a_set_wins_the_report_says_it_beats_its_parts(tmp_path):
+    """Two weak layers with independent noise: their concatenation is better than either."""
+    weak = (("p1", 8, 0.6), ("p2", 8, 0.6))
+    path = write_cache(tmp_path / "c.h5", models=("a", "b"), layers=weak,
+                       n_per_class={"train": 40, "test": 20})  # fmt: skip
+    table = _fit(path, tmp_path / "r", grid=None, combine=["a:p1+p2", "a:p1+b:p2"])
+    chosen = pipelines.best(table)
+    assert (chosen["model"], chosen["layer"]) == ("a", "p1+p2")
+    text = (pipelines.report(tmp_path / "r", tmp_path / "rep") / "report.md").read_text()
+    assert "Use backbone **a**, layer **p1+p2** and head **logreg**" in text
+    assert "by more than" not in text.split("## Protocol")[0]
+    assert "more than the CV spread" in text.split("## Protocol")[0]
+    assert "combining the layers helps" in text
+    assert "### Map of the best layer" in text  # the set's test rows, read part by part
