@@ -112,7 +112,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--per-class", type=int, default=0, help="training images per class")
     parser.add_argument("--test-per-class", type=int, default=0, help="test images per class")
-    parser.add_argument("--work", default="benchmarks/.fashion-mnist")
+    parser.add_argument("--work", default="data/fashion-mnist-run", help="cache, results, subset")
     parser.add_argument("--report", default="reports/fashion-mnist")
     return parser.parse_args()
 
