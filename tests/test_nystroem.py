@@ -79,3 +79,18 @@ def test_a_bad_nystroem_grid_is_refused():
                        match=r"the grid of head 'nystroem'.*'alpha' parameter of "
                        r"NystroemClassifier must be a float in the range \(0.0, inf\)"):  # fmt: skip
         pipelines.get_head("nystroem").grid({"alpha": [-1.0]})
+
+
+def test_search_scores_equal_gridsearchcv_of_the_same_pipeline():
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+
+    X, y = _data(120)
+    grid = {"gamma": [0.05, 0.2], "n_components": [40], "alpha": [0.1, 10.0]}
+    found = pipelines.search("nystroem", X, y, grid=grid, cv=3, seed=5)
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", NystroemClassifier(random_state=5))])
+    folds = StratifiedKFold(3, shuffle=True, random_state=5)
+    plain = GridSearchCV(pipe, {f"clf__{k}": v for k, v in grid.items()}, cv=folds).fit(X, y)
+    np.testing.assert_allclose(
+        [c["mean"] for c in found.candidates], plain.cv_results_["mean_test_score"], atol=1e-12
+    )
