@@ -2,7 +2,8 @@
 
 Two tiny random-weights ResNet-18s at 32 px (seeds 0 and 1, one cache) extract 12 images; a
 logreg head is fitted on a set spanning both; prediction rebuilds each part from its recorded
-FeatureConfig, and on the cached images the concatenated features are the cached rows.
+FeatureConfig (one pass per backbone), and on the cached images the concatenated features are
+the cached rows.
 """
 
 from __future__ import annotations
@@ -74,22 +75,23 @@ def test_a_sets_predict_on_the_cached_images_equals_the_cached_rows(fitted, monk
 
 def test_a_row_failed_in_one_part_is_failed(fitted, monkeypatch):
     images, _, head = fitted
-    original = predict_module._features
+    original = predict_module._layers_features
     calls = []
 
-    def fail_second_part_on_row_0(dataset, config, layer, *args):
-        table, ok, X = original(dataset, config, layer, *args)
-        calls.append(layer)
+    def fail_second_backbone_on_row_0(dataset, config, layers, *args):
+        table, ok, features = original(dataset, config, layers, *args)
+        calls.append(layers)
         if len(calls) == 2:
             ok = ok.copy()
             ok[0] = False
             table.loc[0, ["status", "reason"]] = ["failed", "unreadable in part 2"]
-            X = X[1:]
-        return table, ok, X
+            features = {name: X[1:] for name, X in features.items()}
+        return table, ok, features
 
-    monkeypatch.setattr(predict_module, "_features", fail_second_part_on_row_0)
+    monkeypatch.setattr(predict_module, "_layers_features", fail_second_backbone_on_row_0)
     with one_torch_thread():
         table = predict(images, head, batch_size=BATCH, device="cpu", workers=0)
-    assert calls == ["layer3", "embedding", "layer2"]
+    # One pass per backbone: r0's two layers together, then r1's.
+    assert calls == [("layer3", "embedding"), ("layer2",)]
     assert table.loc[0, "status"] == "failed" and table.loc[0, "reason"] == "unreadable in part 2"
     assert table.loc[0, "prediction"] == "" and (table["status"][1:] == "ok").all()
