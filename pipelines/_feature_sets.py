@@ -244,7 +244,8 @@ def resolve_sets(
     Returns
     -------
     list of FeatureSet
-        In the order given, without duplicates; ``n_ok`` still 0 (see :func:`count_ok`).
+        In the order given, without duplicates; ``n_ok`` is 0 until ``fit`` counts the
+        rows ok in every part.
 
     Raises
     ------
@@ -284,14 +285,18 @@ def _expand(cache: Cache, spec: str, models: list[str], owner: str) -> list[tupl
                              "A term is empty.")  # fmt: skip
     first = terms[0][0]
     targets = [first] if first is not None else models
-    expanded = []
+    expanded, missing = [], None
     for model in targets:
         parts, current = [], model
-        for term_model, layer in terms:
-            current = term_model or current
-            parts.extend(_parts(cache, current, layer, spec, owner))
-        if first is None and not all(p.layer in cache.layers(p.model) for p in parts):
-            continue  # a set without a model applies to the models that have its layers
+        try:
+            for term_model, layer in terms:
+                current = term_model or current
+                parts.extend(_parts(cache, current, layer, spec, owner))
+        except UnknownNameError as error:
+            if first is not None:
+                raise
+            missing = error  # a set without a model applies to the models that have its layers
+            continue
         if len(set(parts)) != len(parts) or len(parts) < 2:
             raise ParameterError(
                 "combine", owner, f"feature sets of 2 or more distinct layers ({GRAMMAR})",
@@ -300,6 +305,8 @@ def _expand(cache: Cache, spec: str, models: list[str], owner: str) -> list[tupl
             )  # fmt: skip
         label = name or _default_name(terms, parts)
         expanded.append((tuple(parts), label))
+    if not expanded and missing is not None:
+        raise missing
     if not expanded:
         raise ParameterError(
             "combine", owner, f"feature sets whose layers some fitted model has ({GRAMMAR})",

@@ -228,3 +228,20 @@ def test_when_a_set_wins_the_report_says_it_beats_its_parts(tmp_path):
     assert "more than the CV spread" in text.split("## Protocol")[0]
     assert "combining the layers helps" in text
     assert "### Map of the best layer" in text  # the set's test rows, read part by part
+
+
+def test_a_set_without_a_model_applies_to_the_models_that_have_its_layers(cache_path):
+    cache = pipelines.open_cache(cache_path)
+
+    class BWithoutEmbedding:  # the cache, as if model b had no `embedding`
+        models, path, entry = cache.models, cache.path, cache.entry
+
+        @staticmethod
+        def layers(model):
+            return cache.layers(model)[: 2 if model == "b" else 3]
+
+    (found,) = resolve_sets(BWithoutEmbedding, ["noise+embedding"], ["a", "b"])
+    assert (found.model, found.name) == ("a", "noise+embedding")
+    assert len(resolve_sets(BWithoutEmbedding, ["noise+informative"], ["a", "b"])) == 2
+    with pytest.raises(UnknownNameError, match=r"layer 'embeding', which model 'b' does not"):
+        resolve_sets(BWithoutEmbedding, ["noise+embeding"], ["a", "b"])
