@@ -1,456 +1,316 @@
-"""Fashion-MNIST with frozen EfficientNet-Lite features, against the published raw-pixel baselines.
+"""Fashion-MNIST through the product: `featurecache extract`, `fit` and `report`, nothing else.
 
-Official split: 60,000 train / 10,000 test (``builtin:fashion-mnist``). For each backbone, the
-default layers are extracted once into one cache; then every (model, layer) gets the heads of
-``pipelines.fit`` with its protocol: hyper-parameters by stratified 5-fold CV on all of train,
-refit on train, scored once on test; the best combination is picked by CV, never by test.
+This script only runs ``featurecache`` commands (as subprocesses, the way a user types them),
+then reads ``results.csv`` to write ``REPORT/comparison.md``: the exact commands in order with
+their wall time, the best combination by CV with its test accuracy beside the published
+anchors, and with ``--ablation`` the gain of each ingredient. Every choice (backbone,
+resolution, layer or feature set, head and its hyper-parameters) is made by 5-fold CV on
+train; test is scored once per combination and never chooses anything. TTA changes test
+scoring only (CV is on the plain view), so it is decided in advance (``--tta``) and reported
+as such.
 
-Two heads are too costly for CV on 60,000 rows, and get the subsample protocol instead: the
-layer and the hyper-parameters are chosen by 5-fold stratified CV on one stratified subsample
-of train, the winner is refitted on the full train split and scored once on test.
+The recipe, per backbone ``M`` at ``--image-size S``:
 
-- ``svm`` (RBF, O(n²) per fit), per backbone, on its layers of at most ``--svm-max-features``
-  features, with ``--svm-rows`` rows.
-- ``--flatten-heads`` (logreg; svm after a PCA to ``--flatten-pca`` components) on flattened
-  maps: with ``--flatten-layers``, those layers of ``--flatten-model`` are extracted again with
-  ``pool="flatten"`` (C × H × W features, the spatial layout kept) and stored beside the pooled
-  ones as ``<model>-flatten``; ``--flatten-rows`` rows.
+1. ``extract builtin:fashion-mnist --model M --image-size S --layers blocks.10,blocks.14
+   --pool flatten [--tta flip] --name M-S-flat`` (the maps, their spatial layout kept), and
+   ``extract ... --layers embedding --name M-S`` (the pooled penultimate layer);
+2. ``fit CACHE --heads logreg,nystroem --pca 256 --combine M-S-flat:blocks.10+blocks.14
+   M-S-flat:blocks.10+M-S:embedding --combine-pca 128`` (each part standardised and reduced
+   on its own inside the folds), and with ``--tta`` the same ``fit ... --tta mean-proba``
+   into the same results folder (finished combinations are reused);
+3. ``report RESULTS --out REPORT``.
 
-Augmented views (issue 14): ``--views 4,8`` also extracts, for each K, every backbone with K
-views of every training image (``--augment``; view 0 the plain one) and, with ``--tta SPEC``,
-test-time views, stored as ``<model>-views<K>``; each gets every head with
-``fit(..., views="train")`` (folds grouped by sample) and, with ``--tta``, once more with
-``tta=--tta-mode``. ``--train-per-class N`` keeps N training images per class (seeded,
-stratified; all of test): the small-data setting where augmentation should matter most.
-``views.md`` (in the report folder) sets plain against views: CV with its spread, test,
-extraction time per view, fit time.
+``--ablation`` also extracts every backbone at ``--ablation-size`` (resolution) and reports,
+each against its CV spread: the best feature set against the best single layer
+(combination), the best ``nystroem`` against the best ``logreg`` (kernel), the best at ``S``
+against the best at the ablation size (resolution), and the chosen combination with and
+without TTA (a test gain; CV is the same). ``--per-class N`` runs on N training and
+``--test-per-class`` test images per class (seeded), written as a PNG folder first: a
+smoke run of the whole pipeline.
 
-Results go to ``results.csv`` (full CV), ``subsample.csv`` and ``comparison.md``.
-
-    python benchmarks/fashion_mnist.py --image-size 96 --heads logreg,linsvm --svm-rows 10000 \
-        --flatten-layers blocks.4,blocks.10 --flatten-rows 10000
-    python benchmarks/fashion_mnist.py --models efficientnet_lite0 --train-per-class 100 \
-        --views 4,8 --heads logreg --svm-rows 0 --report reports/fashion-mnist-views
+    python benchmarks/fashion_mnist.py --ablation                 # the full run (hours)
+    python benchmarks/fashion_mnist.py --per-class 100 --test-per-class 50 --image-size 64 \
+        --ablation-size 32 --ablation --work /tmp/fm --report /tmp/fm/report   # minutes
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
+import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-PUBLISHED = [  # Fashion-MNIST benchmark (zalandoresearch/fashion-mnist README), raw pixels
-    ("LogisticRegression (scikit-learn, raw pixels)", 0.842),
-    ("SVC (scikit-learn, raw pixels)", 0.897),
-    ("XGBoost (raw pixels)", 0.898),
+ANCHORS = (  # published, official split
     ("HOG + SVM", 0.926),
-]
+    ("small CNNs trained on the data", "0.919–0.932"),
+    ("VGG16", 0.935),
+    ("ResNet-18 with augmentation", 0.949),
+    ("MobileNet", 0.950),
+    ("WRN-28-10", 0.959),
+)
+LINEAR = ("logreg", "linsvm", "ridge")
 
 
-def extract_logged(args, cache: Path, model: str, **features) -> float:
-    """Extract ``model`` features of Fashion-MNIST into ``cache``, print how it went, and
-    return the seconds it took (0 on a cache hit)."""
-    from featurecache import RunOptions, extract
+@dataclass
+class Runner:
+    """Runs ``featurecache`` commands and keeps each one with its wall time."""
 
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    result = extract(
-        dataset(args), cache, model=model, image_size=args.image_size, dtype=args.dtype,
-        options=RunOptions(batch_size=args.batch_size, progress=True), **features,
-    )  # fmt: skip
-    seconds = time.perf_counter() - started
-    print(f"{features.get('name', model)}: {'hit' if result.hit else f'{result.images_per_second:.1f} img/s'} "
-          f"({seconds:.0f}s) layers {', '.join(result.layers)}")  # fmt: skip
-    return 0.0 if result.hit else seconds
+    log: list[tuple[str, float]] = field(default_factory=list)
+
+    def __call__(self, *args: str) -> None:
+        shown = "featurecache " + shlex.join(args)
+        print(f"$ {shown}", flush=True)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "featurecache", *args], check=True)
+        self.log.append((shown, time.perf_counter() - started))
 
 
-def dataset(args):
-    """Fashion-MNIST, or with ``--train-per-class N`` N seeded training images per class and
-    all of test."""
-    from featurecache._data import Dataset, load_dataset
-
-    data = load_dataset("builtin:fashion-mnist")
-    if not args.train_per_class:
-        return data
-    rng = np.random.default_rng(args.seed)
-    train = data.splits == "train"
-    keep = [
-        rng.choice(np.flatnonzero(train & (data.labels == k)), args.train_per_class, replace=False)
-        for k in np.unique(data.labels[train])
-    ]
-    keep = np.sort(np.concatenate([*keep, np.flatnonzero(~train)]))
-    return Dataset(
-        source=f"{data.source} ({args.train_per_class} train images per class, seed {args.seed})",
-        ids=data.ids[keep], labels=data.labels[keep], splits=data.splits[keep],
-        class_names=data.class_names, arrays=data.arrays[keep],
-    )  # fmt: skip
-
-
-def views_name(model: str, k: int) -> str:
-    return f"{model}-views{k}"
-
-
-def extract_views(args, cache: Path) -> dict[str, float]:
-    """Every backbone with K views for each K of ``--views``; seconds per extraction."""
-    seconds = {}
-    for k in args.views:
-        for model in args.models:
-            name = views_name(model, k)
-            seconds[name] = extract_logged(
-                args, cache, model, name=name, views=k, augment=args.augment, tta=args.tta
-            )
-    return seconds
+def main() -> None:
+    args = parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = subset_folder(work / "data", args) if args.per_class else "builtin:fashion-mnist"
+    cache, results = work / "fashion-mnist.h5", work / "results"
+    run = Runner()
+    sizes = [args.image_size] + ([args.ablation_size] if args.ablation else [])
+    for model in args.models:
+        for size in sizes:
+            extract(run, data, cache, model, size, args)
+    sets = [s for model in args.models for size in sizes for s in feature_sets(model, size)]
+    fit_args = [
+        str(cache), "--out", str(results), "--heads", ",".join(args.heads), "--pca",
+        str(args.pca), "--combine", *sets, "--combine-pca", str(args.combine_pca), "--cv",
+        str(args.cv), "--seed", str(args.seed), "--jobs", str(args.jobs),
+    ]  # fmt: skip
+    run("fit", *fit_args)
+    if args.tta:  # TTA changes test scoring only: applied to the combination CV chose
+        tta_fit(run, fit_args, results)
+        run("fit", *fit_args)  # every combination reused; run.json describes the main fit
+    run("report", str(results), "--out", args.report, "--force")
+    write_comparison(Path(args.report), results, run.log, args, sizes)
 
 
-def fit_views(args, cache: Path, results: Path):
-    """Every head on the views models: trained on all views, then (with ``--tta``) scored
-    with test-time augmentation; the results folder's whole table."""
-    import pipelines
-
-    names = [views_name(model, k) for k in args.views for model in args.models]
-    options = {"models": names, "heads": args.heads, "cv": args.cv, "seed": args.seed,
-               "n_jobs": args.jobs}  # fmt: skip
-    table = pipelines.fit(cache, results, views="train", **options)
-    if args.tta:
-        table = pipelines.fit(cache, results, views="train", tta=args.tta_mode, **options)
-    return table
-
-
-def select_on_subsample(
-    cache,
-    head_name: str,
-    model: str,
-    layers: list[str],
-    rows: int,
-    seed: int,
-    jobs: int,
-    grid: dict | None = None,
-) -> dict:
-    """Choose the layer and hyper-parameters of one head on a train subsample; refit on all of train.
-
-    Every candidate layer gets 5-fold stratified CV on the same stratified subsample of ``rows``
-    train rows; the best by CV mean is refitted on the full train split and scored once on test.
-    """
-    from sklearn.metrics import accuracy_score
-    from sklearn.model_selection import train_test_split
-
-    import pipelines
-    from pipelines._heads import build_pipeline
-
-    head = pipelines.get_head(head_name)
-    started = time.perf_counter()
-    found = {}
-    for layer in layers:
-        X, y, _ = cache.load(model, layer, split="train")
-        X_sub, _, y_sub, _ = train_test_split(X, y, train_size=rows, stratify=y, random_state=seed)
-        found[layer] = pipelines.search(head, X_sub, y_sub, grid=grid, cv=5, seed=seed, n_jobs=jobs)
-        print(f"{head_name} CV on {model}/{layer} ({rows} rows): {found[layer].params} "
-              f"{found[layer].cv_mean:.4f}", flush=True)  # fmt: skip
-    layer = max(found, key=lambda name: found[name].cv_mean)
-    X, y, _ = cache.load(model, layer, split="train")
-    X_test, y_test, _ = cache.load(model, layer, split="test")
-    estimator = build_pipeline(head, found[layer].params, X, y, seed=seed)
-    accuracy = accuracy_score(y_test, estimator.predict(X_test))
-    print(f"{head_name} on {model}/{layer} (chosen on {rows} rows, refit on {len(y)}): "
-          f"test {accuracy:.4f}", flush=True)  # fmt: skip
-    return {
-        "model": model, "layer": layer, "n_features": X.shape[1], "head": head_name,
-        "selection_rows": rows, "train_rows": len(y),
-        "params": json.dumps(found[layer].params, default=str), "cv_mean": found[layer].cv_mean,
-        "cv_std": found[layer].cv_std, "test_accuracy": accuracy,
-        "candidates": json.dumps({name: found[name].cv_mean for name in found}),
-        "fit_seconds": time.perf_counter() - started,
-    }  # fmt: skip
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["efficientnet_lite0"])
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--ablation", action="store_true", help="report each ingredient's gain")
+    parser.add_argument("--ablation-size", type=int, default=64)
+    parser.add_argument("--flat-layers", default="blocks.10,blocks.14")
+    parser.add_argument("--heads", type=lambda s: s.split(","), default=["logreg", "nystroem"])
+    parser.add_argument("--pca", type=int, default=256)
+    parser.add_argument("--combine-pca", type=int, default=128)
+    parser.add_argument("--tta", default="flip", help="test-time views ('' for none)")
+    parser.add_argument("--cv", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=-1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--per-class", type=int, default=0, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=0, help="test images per class")
+    parser.add_argument("--work", default="data/fashion-mnist-run", help="cache, results, subset")
+    parser.add_argument("--report", default="reports/fashion-mnist")
+    return parser.parse_args()
 
 
-def fit_subsampled(cache_path: Path, results: Path, args, flattened: str | None) -> list[dict]:
-    """The heads too costly for full CV on 60,000 rows, with the subsample protocol; subsample.csv.
+def names(model: str, size: int) -> tuple[str, str]:
+    """The model names of the flattened maps and of the pooled embedding in the cache."""
+    return f"{model}-{size}-flat", f"{model}-{size}"
 
-    - ``svm`` per backbone, on its pooled layers of at most ``--svm-max-features`` features (an
-      RBF SVM on 60,000 rows of a 1,280-wide layer takes about an hour on 2 cores); the rule is
-      fixed before any fit.
-    - ``--flatten-heads`` on the flattened layers, when ``--flatten-layers`` is given; ``svm``
-      there gets a PCA step of ``--flatten-pca`` components (fitted inside each CV fold).
-    """
+
+def tta_fit(run: Runner, fit_args: list[str], results: Path) -> None:
+    """``fit --tta mean-proba`` of the best combination by CV (a single layer; feature sets
+    are scored on plain rows), into the same results folder."""
     import pandas as pd
 
     import pipelines
 
-    cache = pipelines.open_cache(cache_path)
-    records = []
-    if args.svm_rows:
-        for model in args.models:
-            narrow = [
-                entry.layer
-                for entry in cache.entries
-                if entry.model == model and entry.n_features <= args.svm_max_features
-            ]
-            records.append(
-                select_on_subsample(
-                    cache, "svm", model, narrow, args.svm_rows, args.seed, args.jobs
-                )
-            )
-    for head in args.flatten_heads if flattened else []:
-        grid = {"pca": [args.flatten_pca]} if head == "svm" else None
-        records.append(
-            select_on_subsample(
-                cache,
-                head,
-                flattened,
-                args.flatten_layers,
-                args.flatten_rows,
-                args.seed,
-                args.jobs,
-                grid,
-            )  # fmt: skip
-        )
-    pd.DataFrame(records).to_csv(results / "subsample.csv", index=False)
-    return records
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--models",
-        type=lambda s: s.split(","),
-        default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
-    )
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--heads", type=lambda s: s.split(","), default=["logreg", "linsvm"])
-    parser.add_argument(
-        "--svm-rows", type=int, default=10000, help="train rows for the svm head (0: skip)"
-    )
-    parser.add_argument(
-        "--svm-max-features", type=int, default=512, help="svm only on layers this narrow"
-    )
-    parser.add_argument(
-        "--flatten-layers",
-        type=lambda s: s.split(","),
-        default=[],
-        help="also extract these layers with pool=flatten and fit logreg on them",
-    )
-    parser.add_argument("--flatten-model", default="efficientnet_lite0")
-    parser.add_argument(
-        "--flatten-rows", type=int, default=10000, help="train rows to choose C and the layer"
-    )
-    parser.add_argument(
-        "--flatten-heads",
-        type=lambda s: s.split(","),
-        default=["logreg"],
-        help="heads for the flattened layers (logreg, svm)",
-    )
-    parser.add_argument(
-        "--flatten-pca", type=int, default=256, help="PCA components before the svm head"
-    )
-    parser.add_argument("--cv", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--jobs", type=int, default=-1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--results", default=None)
-    parser.add_argument("--report", default="reports/fashion-mnist")
-    parser.add_argument("--stage", choices=["all", "extract", "fit"], default="all")
-    parser.add_argument(
-        "--views", type=lambda s: [int(k) for k in s.split(",")], default=[],
-        help="also extract K augmented views per training image for each K (e.g. 4,8) and fit "
-        "on them",
-    )  # fmt: skip
-    parser.add_argument("--augment", default="flip,rrc:0.5-1", help="augmentation of the views")
-    parser.add_argument("--tta", default=None, help="test-time views, e.g. flip (default: none)")
-    parser.add_argument("--tta-mode", default="mean-proba", choices=["mean-proba", "mean-feature"])
-    parser.add_argument(
-        "--train-per-class", type=int, default=0,
-        help="keep N seeded training images per class, all of test (0: all 60,000)",
-    )  # fmt: skip
-    args = parser.parse_args()
-    if args.train_per_class and args.svm_rows:
-        print("--train-per-class: the svm subsample protocol is skipped (put svm in --heads)")
-        args.svm_rows = 0
-
-    import pipelines
-
-    stem = f"fashion-mnist-{args.image_size}" + (
-        f"-per{args.train_per_class}-seed{args.seed}" if args.train_per_class else ""
-    )
-    cache = Path(args.cache or f"data/cache/{stem}.h5")
-    flattened = f"{args.flatten_model}-flatten" if args.flatten_layers else None
-    if args.stage in ("all", "extract"):
-        extraction = {model: extract_logged(args, cache, model) for model in args.models}
-        extraction.update(extract_views(args, cache))
-        if flattened:
-            # Global average pooling throws away where a feature fired; on 28 x 28 garments the
-            # layout is much of the signal, so the flattened (C x H x W) maps of mid-level
-            # blocks are a second representation of the same frozen network, stored beside
-            # the pooled ones under their own name.
-            extract_logged(
-                args, cache, args.flatten_model, layers=args.flatten_layers, pool="flatten",
-                name=flattened,
-            )  # fmt: skip
-    if args.stage == "extract":
+    chosen = pipelines.best(pd.read_csv(results / "results.csv"))
+    if (chosen["model"], chosen["layer"]) in set_names(results):
+        print(f"TTA skipped: the best combination is the feature set {chosen['layer']}")
         return
-    results = Path(args.results or f"data/cache/{stem}-results")
-    started = time.perf_counter()
-    table = pipelines.fit(
-        cache,
-        results,
-        models=args.models,
-        heads=args.heads,
-        cv=args.cv,
-        seed=args.seed,
-        n_jobs=args.jobs,
-    )
-    print(f"fit {len(table)} combinations in {time.perf_counter() - started:.0f}s")
-    every = fit_views(args, cache, results) if args.views else table
-    subsampled = fit_subsampled(cache, results, args, flattened)
-    report = pipelines.report(results, args.report)
-    write_comparison(Path(report), table, subsampled, args)
-    if args.views:
-        seconds = extraction if args.stage == "all" else {}
-        write_views(Path(report), every, seconds, args)
-    print(f"report: {report / 'report.html'}")
+    base = fit_args[: fit_args.index("--combine")] + fit_args[fit_args.index("--cv") :]
+    heads = base.index("--heads") + 1
+    base[heads] = chosen["head"]
+    run("fit", *base, "--models", chosen["model"], "--layers", chosen["layer"], "--tta",
+        "mean-proba")  # fmt: skip
 
 
-def write_views(report: Path, table, extraction: dict[str, float], args) -> None:
-    """views.md: for each backbone, layer and head, plain against every K (and TTA): CV with
-    its spread, test, extraction time per view, fit time."""
-    lines = [
-        "# Fashion-MNIST: plain features against augmented views",
-        "",
-        f"Reproduce: `{reproduce_command(args)}`",
-        "",
-        f"Training images per class: {args.train_per_class or 'all'}; augmentation "
-        f"`{args.augment}`; test-time views `{args.tta or 'none'}`. CV: {args.cv}-fold, the same "
-        "folds for every variant, grouped by sample; held-out rows scored on their plain view. "
-        "Extraction per view: the views model's extraction time (its test-time views "
-        "included) divided by K.",
-        "",
-        "| model | layer | head | variant | CV mean ± std | test | extraction s per view | fit s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for model in args.models:
-        names = [model] + [views_name(model, k) for k in args.views]
-        rows = table[table["model"].isin(names)].sort_values(
-            ["layer", "head", "n_views", "n_tta"], kind="mergesort"
-        )
-        for _, r in rows.iterrows():
-            variant = "plain" if r["views"] == "none" else f"views ×{r['n_views']}"
-            variant += "" if r["tta"] == "none" else f", TTA {r['tta']} ×{r['n_tta']}"
-            seconds = extraction.get(r["model"])
-            per_view = f"{seconds / max(r['n_views'], 1):.1f}" if seconds else "not measured"
-            lines.append(
-                f"| {model} | {r['layer']} | {r['head']} | {variant} | {r['cv_mean']:.4f} ± "
-                f"{r['cv_std']:.4f} | {r['test_accuracy']:.4f} | {per_view} | "
-                f"{r['fit_seconds']:.1f} |"
-            )
-    (report / "views.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+def set_names(results: Path) -> set[tuple[str, str]]:
+    """The (model, layer) of every feature set in the results folder (from its records)."""
+    from pipelines._results import ResultsFolder
+
+    return {(r["model"], r["layer"]) for r in ResultsFolder(results).records()
+            if "feature_set" in r}  # fmt: skip
 
 
-def reproduce_command(args) -> str:
-    command = (
-        f"python benchmarks/fashion_mnist.py --models {','.join(args.models)} "
-        f"--image-size {args.image_size} --heads {','.join(args.heads)} --svm-rows {args.svm_rows} "
-        f"--svm-max-features {args.svm_max_features}"
-    )
-    if args.views:
-        command += f" --views {','.join(map(str, args.views))} --augment {args.augment}"
-        command += f" --tta {args.tta} --tta-mode {args.tta_mode}" if args.tta else ""
-    if args.train_per_class:
-        command += f" --train-per-class {args.train_per_class} --seed {args.seed}"
-    if args.flatten_layers:
-        command += (
-            f" --flatten-model {args.flatten_model} --flatten-layers {','.join(args.flatten_layers)}"
-            f" --flatten-rows {args.flatten_rows} --flatten-heads {','.join(args.flatten_heads)}"
-        )
-        if "svm" in args.flatten_heads:
-            command += f" --flatten-pca {args.flatten_pca}"
-    return command
+def extract(run: Runner, data: str, cache: Path, model: str, size: int, args) -> None:
+    flat, pooled = names(model, size)
+    common = [
+        data, "--cache", str(cache), "--model", model, "--image-size", str(size),
+        "--batch-size", str(args.batch_size), "--no-progress", "--offline",
+    ]  # fmt: skip
+    tta = ["--tta", args.tta] if args.tta else []
+    run("extract", *common, "--layers", args.flat_layers, "--pool", "flatten", *tta,
+        "--name", flat)  # fmt: skip
+    run("extract", *common, "--layers", "embedding", *tta, "--name", pooled)
 
 
-def write_comparison(report: Path, table, subsampled: list[dict], args) -> None:
-    """comparison.md: our best heads beside the published raw-pixel figures."""
+def feature_sets(model: str, size: int) -> list[str]:
+    """The two sets of a backbone at one size: two depths of maps, and maps + embedding."""
+    flat, pooled = names(model, size)
+    return [f"{flat}:blocks.10+blocks.14", f"{flat}:blocks.10+{pooled}:embedding"]
+
+
+def subset_folder(folder: Path, args) -> str:
+    """``--per-class`` training and ``--test-per-class`` test images per class (seeded) as a
+    PNG folder ``train/<class>/``, ``test/<class>/``; returns its path."""
+    from PIL import Image
+
+    from featurecache._data import load_dataset
+
+    if folder.is_dir():
+        return str(folder)
+    data = load_dataset("builtin:fashion-mnist")
+    rng = np.random.default_rng(args.seed)
+    partial = folder.with_name(folder.name + ".partial")
+    for split, n in (("train", args.per_class), ("test", args.test_per_class or args.per_class)):
+        for k, name in enumerate(data.class_names):
+            rows = np.flatnonzero((data.splits == split) & (data.labels == k))
+            target = partial / split / name.replace("/", "-")
+            target.mkdir(parents=True, exist_ok=True)
+            for i in rng.choice(rows, n, replace=False):
+                Image.fromarray(data.arrays[i]).save(target / f"{data.ids[i]}.png")
+    partial.rename(folder)
+    return str(folder)
+
+
+# -- comparison.md --------------------------------------------------------------------
+
+
+def write_comparison(report: Path, results: Path, log, args, sizes: list[int]) -> None:
+    import pandas as pd
+
     import pipelines
 
-    plain = table[table["views"].fillna("none").isin(["none", ""])] if "views" in table else table
-    n_train, n_test = int(plain["n_train"].max()), int(plain["n_test"].max())
-    split = (
-        f"{args.train_per_class} seeded per class of the official 60,000"
-        if args.train_per_class
-        else "the official split"
-    )
+    table = pd.read_csv(results / "results.csv")
+    sets = set_names(results)
+    table["is_set"] = [(m, lay) in sets for m, lay in zip(table["model"], table["layer"],
+                                                          strict=True)]  # fmt: skip
+    plain = table[table["tta"] == "none"]
+    chosen = pipelines.best(plain)
     lines = [
-        "# Fashion-MNIST: frozen features against the published raw-pixel baselines",
+        "# Fashion-MNIST through the product",
         "",
-        f"Reproduce: `{reproduce_command(args)}`",
+        _data_line(plain, args),
         "",
-        f"Train rows: {n_train:,} ({split}); test: {n_test:,}. Every choice below (layer, head, "
-        "C, gamma) is made by 5-fold stratified CV on train; test is scored once per row.",
+        "Every choice (backbone, resolution, layer or feature set, head, hyper-parameters) is "
+        f"made by {args.cv}-fold stratified CV on train; test is scored once per combination "
+        "and chooses nothing. TTA (scoring test rows on the mean over their test-time views) "
+        "is decided in advance: CV is on the plain view, so it cannot choose it.",
         "",
-        "Fitted in the results folder (earlier runs' combinations are kept and reused): "
-        + _fitted_heads(table)
-        + ".",
+        "## Result",
         "",
         "| method | test accuracy |",
         "| --- | --- |",
+        *[
+            f"| {name} (published) | {acc if isinstance(acc, str) else f'{acc:.3f}'} |"
+            for name, acc in ANCHORS
+        ],  # fmt: skip
+        f"| **{_label(chosen)}**, best by CV ({chosen['cv_mean']:.4f} ± "
+        f"{chosen['cv_std']:.4f}) | **{chosen['test_accuracy']:.4f}** |",
     ]
-    lines += [f"| {name} | {acc:.3f} |" for name, acc in PUBLISHED]
-    for model, group in table.groupby("model"):
-        best = pipelines.best(group)
-        lines.append(
-            f"| **{model}** @ {args.image_size}px, {best['layer']} + {best['head']} (best layer and head by CV on {n_train:,}) | **{best['test_accuracy']:.3f}** |"
-        )
-    for record in subsampled:
-        lines.append(
-            f"| **{record['model']}** @ {args.image_size}px, {record['layer']} ({record['n_features']} features) + {record['head']} (layer and {_params_names(record)} chosen by CV on {record['selection_rows']:,} train rows, refit on {record['train_rows']:,}) | **{record['test_accuracy']:.3f}** |"
-        )
-    lines += [
-        "",
-        f"## Which layer wins, per backbone (best head by CV at each layer, CV on {n_train:,})",
-        "",
-        "| model | layer | head | CV | test |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for (model, layer), group in table.groupby(["model", "layer"], sort=False):
-        best = pipelines.best(group)
-        lines.append(
-            f"| {model} | {layer} | {best['head']} | {best['cv_mean']:.4f} | {best['test_accuracy']:.4f} |"
-        )
-    if subsampled:
-        lines += [
-            "",
-            "## Subsample protocol: CV of every candidate layer",
-            "",
-            "| model | head | layer | CV on the subsample | chosen |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for record in subsampled:
-            for layer, cv in json.loads(record["candidates"]).items():
-                chosen = "yes" if layer == record["layer"] else ""
-                lines.append(
-                    f"| {record['model']} | {record['head']} | {layer} | {cv:.4f} | {chosen} |"
-                )
+    with_tta = _tta_sibling(table, chosen)
+    if with_tta is not None:
+        lines.append(f"| **the same, with TTA ({args.tta}, mean-proba)** | "
+                     f"**{with_tta['test_accuracy']:.4f}** |")  # fmt: skip
+    lines += ["", "## Commands, in order (wall time on this machine)", ""]
+    lines += [f"    {command}    # {seconds:.0f} s" for command, seconds in log]
+    lines += ["", f"Total: {sum(s for _, s in log) / 60:.1f} min.", ""]
+    if args.ablation:
+        lines += _ablation(table, plain, chosen, sizes)
+    report.mkdir(parents=True, exist_ok=True)
     (report / "comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def _fitted_heads(table) -> str:
-    """Which heads each model got, with full CV, and on how many layers."""
-    parts = []
-    for model, group in table.groupby("model"):
-        counts = group.groupby("head")["layer"].nunique()
-        heads = ", ".join(f"{head} ({n} layers)" for head, n in counts.items())
-        parts.append(f"{model}: {heads}")
-    return "; ".join(parts)
+def _data_line(plain, args) -> str:
+    n_train, n_test = int(plain["n_train"].max()), int(plain["n_test"].max())
+    if args.per_class:
+        return (f"Data: a seeded subset, {n_train:,} train and {n_test:,} test images "
+                f"({args.per_class} and {args.test_per_class or args.per_class} per class): a "
+                "smoke run, not comparable with the anchors.")  # fmt: skip
+    return f"Data: the official split, {n_train:,} train and {n_test:,} test images."
 
 
-def _params_names(record: dict) -> str:
-    return ", ".join(name for name in json.loads(record["params"]) if name != "pca")
+def _label(row) -> str:
+    return f"{row['model']} / {row['layer']} / {row['head']} {row['params']}"
+
+
+def _tta_sibling(table, row):
+    same = table[(table["model"] == row["model"]) & (table["layer"] == row["layer"])
+                 & (table["head"] == row["head"]) & (table["tta"] != "none")]  # fmt: skip
+    return same.iloc[0] if len(same) else None
+
+
+def _ablation(table, plain, chosen, sizes: list[int]) -> list[str]:
+    """Each ingredient: the best with it against the best without, by CV."""
+    import pipelines
+
+    def best(rows):
+        return pipelines.best(rows) if len(rows) else None
+
+    size_of = {m: int(m.split("-")[-2] if m.endswith("-flat") else m.split("-")[-1])
+               for m in plain["model"] if "+" not in m}  # fmt: skip
+    at = [plain["model"].map(lambda m, s=s: all(
+        size_of.get(p) == s for p in m.split("+"))) for s in sizes]  # fmt: skip
+    rows = [
+        ("combination (best feature set vs best single layer)",
+         best(plain[plain["is_set"]]), best(plain[~plain["is_set"]])),
+        ("kernel (best nystroem vs best linear head)",
+         best(plain[plain["head"] == "nystroem"]), best(plain[plain["head"].isin(LINEAR)])),
+    ]  # fmt: skip
+    if len(sizes) > 1:
+        rows.append((f"resolution ({sizes[0]} px vs {sizes[1]} px)",
+                     best(plain[at[0]]), best(plain[at[1]])))  # fmt: skip
+    lines = [
+        "## Ablation: the gain of each ingredient",
+        "",
+        "Each row sets the best combination (by CV) with the ingredient against the best "
+        "without it. The gain is judged against the CV spread (the larger CV std of the two).",
+        "",
+        "| ingredient | with (CV ± std, test) | without (CV ± std, test) | CV gain | vs spread "
+        "| test gain |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, with_it, without in rows:
+        if with_it is None or without is None:
+            lines.append(f"| {name} | not fitted | | | | |")
+            continue
+        gain = with_it["cv_mean"] - without["cv_mean"]
+        spread = max(with_it["cv_std"], without["cv_std"])
+        lines.append(
+            f"| {name} | {_cell(with_it)} | {_cell(without)} | {gain:+.4f} | "
+            f"{'beyond' if gain > spread else 'within'} ± {spread:.4f} | "
+            f"{with_it['test_accuracy'] - without['test_accuracy']:+.4f} |"
+        )
+    tta = _tta_sibling(table, chosen)
+    if tta is not None:
+        lines.append(
+            f"| TTA on the chosen combination | test {tta['test_accuracy']:.4f} | test "
+            f"{chosen['test_accuracy']:.4f} | (same CV) | | "
+            f"{tta['test_accuracy'] - chosen['test_accuracy']:+.4f} |"
+        )
+    return lines + [""]
+
+
+def _cell(row) -> str:
+    return (f"{row['model']} / {row['layer']} / {row['head']}: {row['cv_mean']:.4f} ± "
+            f"{row['cv_std']:.4f}, {row['test_accuracy']:.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

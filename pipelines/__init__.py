@@ -24,6 +24,7 @@ _LAZY = {
     "list_heads": "pipelines._heads",
     "load_grid": "pipelines._heads",
     "register_head": "pipelines._heads",
+    "list_protocols": "pipelines._protocols",
     "SearchResult": "pipelines._search",
     "search": "pipelines._search",
     "fit": "pipelines._fit",

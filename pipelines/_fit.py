@@ -46,8 +46,10 @@ from featurecache._validation import (
 from featurecache.cache import Cache, Entry, StoredClassifier, open_cache
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from pipelines._feature_sets import FeatureSet, load_set_rows, resolve_sets
 from pipelines._fixed import FIXED_HEADS, fixed_pipeline, stored_classifier
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
+from pipelines._protocols import get_protocol, list_protocols
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
 from pipelines._rows import RowStatus, features_digest, fit_rows, row_status
 from pipelines._search import (
@@ -96,6 +98,9 @@ def fit(
     tta: str | None = None,
     allow_partial: bool = False,
     force: bool = False,
+    combine: Sequence[str] | str | None = None,
+    combine_pca: int | None = None,
+    protocol: str | None = None,
 ) -> pd.DataFrame:
     """Choose, refit and score every (model, layer, head) and write ``out``.
 
@@ -162,6 +167,18 @@ def fit(
     force : bool
         Write into an ``out`` that ``fit`` did not write (a file there is replaced), or
         start over in a results folder made from other samples (its results are removed).
+    combine : list of str, optional
+        Feature sets, each fitted as one more layer: ``lite0:blocks.10+blocks.14``,
+        ``last4``, ``lite0:blocks.10+lite2:blocks.14`` (the grammar is in
+        :mod:`pipelines._feature_sets`). Each part is standardised on its own (inside the
+        folds) before concatenation; a set reads the rows ok in every part; its parts are
+        fitted alone too, for comparison. Sets are fitted on plain rows (no views, TTA or
+        learning curves).
+    combine_pca : int, optional
+        Reduce each part of a set wider than this by its own PCA (fitted inside the folds).
+    protocol : {"ssl-transfer", "dino-knn"}, optional
+        Evaluate every layer with this published protocol instead of ``heads`` and the
+        product's selection (see :mod:`pipelines._protocols`); recorded as the ``head``.
 
     Returns
     -------
@@ -187,7 +204,8 @@ def fit(
     plan = _Plan.build(
         cache, out, models=models, layers=layers, heads=heads, grid=grid, cv=cv, seed=seed,
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
-        views=views, tta=tta, allow_partial=allow_partial,
+        views=views, tta=tta, allow_partial=allow_partial, combine=combine,
+        combine_pca=combine_pca, protocol=protocol,
     )  # fmt: skip
     replace = results.check(cache, force=force)
     _check_backend(plan.backend)
@@ -201,6 +219,13 @@ def fit(
                     _fit_layer(cache, plan, results, model, layer, keys)
                 for name in plan.fixed.get((model, layer), ()):
                     _score_fixed(cache, plan, results, model, layer, name, keys)
+            # -- feature sets and named protocols (pipelines._feature_sets, _protocols)
+            for feature_set in plan.feature_sets:
+                if plan.heads:
+                    _fit_layer(cache, plan, results, *_set_names(feature_set), keys, feature_set)
+            if plan.named_protocol is not None:
+                for entry in [*(cache.entry(*c) for c in plan.combos), *plan.feature_sets]:
+                    _fit_protocol(cache, plan, results, entry)
         table = results.write_table()
         results.write_curves()
     chosen = best(table)
@@ -234,12 +259,21 @@ class _Plan:
     fixed: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     variants: Mapping[str, Variant] = field(default_factory=dict)  # per model; plain if absent
     views_digest: Mapping[str, dict] = field(default_factory=dict)  # per model: its ViewSets
+    feature_sets: tuple[FeatureSet, ...] = ()
+    named_protocol: str | None = None
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
               backend, address, shots=None, draws=5, views=None, tta=None,
-              allow_partial=False) -> _Plan:  # fmt: skip
-        head_names = check_names(heads, "heads", "fit", allow_none=False)
+              allow_partial=False, combine=None, combine_pca=None, protocol=None,
+              ) -> _Plan:  # fmt: skip
+        named = (
+            None
+            if protocol is None
+            else check_choice(protocol, "protocol", "fit", list_protocols())
+        )
+        heads = None if named is not None else heads  # the protocol is the head
+        head_names = check_names(heads, "heads", "fit", allow_none=named is not None) or []
         fitted = [name for name in head_names if name not in FIXED_HEADS]
         head_objects = [get_head(name) for name in fitted]
         grid_source = str(grid) if isinstance(grid, (str, os.PathLike)) else None
@@ -253,8 +287,16 @@ class _Plan:
         models = check_names(models, "models", "fit")
         layers = check_names(layers, "layers", "fit")
         combos = _combos(cache, models, layers)
+        sets = resolve_sets(
+            cache,
+            check_names(combine, "combine", "fit"),
+            list(dict.fromkeys(m for m, _ in combos)),
+            pca=combine_pca,
+        )
+        combos += [(p.model, p.layer) for s in sets for p in s.parts]  # fitted alone too
+        combos = list(dict.fromkeys(combos))
         fixed = _fixed_combos(cache, combos, [n for n in head_names if n in FIXED_HEADS])
-        if not fitted:  # fixed heads alone: only the layers they read
+        if not fitted and named is None:  # fixed heads alone: only the layers they read
             combos = [combo for combo in combos if combo in fixed]
         _check_extracted(cache, combos)
         draws = check_int(draws, "draws", "fit", low=1)
@@ -262,6 +304,7 @@ class _Plan:
         variants, view_sets = _variants(cache, combos, views, tta, few)
         selection = _selection(cache)
         rows = _check_rows(cache, combos, selection, cv, allow_partial)
+        sets = [_with_ok_rows(s, rows) for s in sets]
         return cls(
             heads=head_objects,
             grids=grids,
@@ -282,6 +325,8 @@ class _Plan:
             fixed=fixed,
             variants=variants,
             views_digest=view_sets,
+            feature_sets=tuple(sets),
+            named_protocol=named,
         )
 
     def variant(self, model: str) -> Variant:
@@ -311,6 +356,16 @@ class _Plan:
                 "draws": self.draws if self.shots else None,
                 "views": self._mode("views"),
                 "tta": self._mode("tta"),
+                "combine": [
+                    {
+                        "model": s.model,
+                        "layer": s.name,
+                        "parts": [[p.model, p.layer] for p in s.parts],
+                    }
+                    for s in self.feature_sets
+                ],  # fmt: skip
+                "combine_pca": self.feature_sets[0].pca if self.feature_sets else None,
+                "protocol": self.named_protocol,
             },
             "protocol": self.protocol,
             "data": _data_summary(cache, sorted({m for m, _ in self.combos})),
@@ -336,7 +391,21 @@ class _Plan:
                 f"(shuffled, seed {self.seed})"
             )
             refit = "train"
+        if self.named_protocol is not None:
+            named = get_protocol(self.named_protocol)
+            selection, refit = named.chosen, named.refit
         protocol = {"selection": selection, "refit": refit}
+        if self.named_protocol is not None:
+            protocol["named"] = self.named_protocol
+            protocol["named_description"] = get_protocol(self.named_protocol).description
+        if self.feature_sets:
+            protocol["feature_sets"] = (
+                "each part standardised on its own"
+                + (f" and reduced by its own PCA to {self.feature_sets[0].pca} components"
+                   if self.feature_sets[0].pca else "")
+                + " (fitted on the training rows of each fold), then concatenated; rows ok "
+                "in every part"
+            )  # fmt: skip
         if self._mode("views") != PLAIN:
             protocol["views"] = (
                 "trained on every augmented view of every training row; the folds are drawn "
@@ -770,8 +839,14 @@ class _LayerData:
     def _load_plain(cls, cache: Cache, plan: _Plan, entry: Entry) -> _LayerData:
         # Exactly the rows the combination's key names (features_digest), even if more rows
         # were committed since the plan (an extraction still running, --allow-partial).
-        wanted = fit_rows(cache, plan.rows[entry.model, entry.layer])
-        X, rows = cache.load_rows(entry.model, entry.layer, wanted)
+        if isinstance(entry, FeatureSet):
+            wanted = np.logical_and.reduce(
+                [fit_rows(cache, plan.rows[part.model, part.layer]) for part in entry.parts]
+            )
+            X, rows = load_set_rows(cache, entry, wanted)
+        else:
+            wanted = fit_rows(cache, plan.rows[entry.model, entry.layer])
+            X, rows = cache.load_rows(entry.model, entry.layer, wanted)
         y, ids, split = cache.labels[rows], cache.ids[rows], cache.splits[rows]
         fitting = (split == "train") | (split == "val") if plan.uses_val else split == "train"
         test = split == "test"
@@ -863,9 +938,11 @@ class _Refit(NamedTuple):
 def _fit_layer(
     cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str,
     keys: Mapping[tuple[str, str, str], _Key],
+    feature_set: FeatureSet | None = None,
 ) -> None:  # fmt: skip
-    entry = cache.entry(model, layer)
-    variant = plan.variant(model)
+    entry = feature_set or cache.entry(model, layer)
+    variant = plan.variant(model) if feature_set is None else Variant()
+    scale = feature_set.scaler(plan.seed) if feature_set is not None else None
     keys = {head.name: keys[model, layer, head.name] for head in plan.heads}
     pending = [
         head
@@ -881,7 +958,7 @@ def _fit_layer(
     data = _LayerData.load(cache, plan, entry, variant)
     found = search_heads(
         pending, plan.grids, data.X_fit, data.y_fit, data.splits, seed=plan.seed,
-        n_jobs=plan.n_jobs,
+        n_jobs=plan.n_jobs, scale=scale,
     )  # fmt: skip
     tta = (
         None
@@ -890,11 +967,11 @@ def _fit_layer(
     )
     refits = Parallel(n_jobs=plan.n_jobs)(
         delayed(_refit)(head, found[head.name].params, data.X_fit, data.y_fit, data.X_test,
-                        plan.seed, tta)
+                        plan.seed, tta, scale)
         for head in pending
     )  # fmt: skip
     for head, refit in zip(pending, refits, strict=True):
-        curve = _curve(plan, head, data)
+        curve = _curve(plan, head, data) if feature_set is None else []
         _write_combo(results, cache, plan, entry, data, head, keys[head.name], found[head.name],
                      refit, curve, variant=variant)  # fmt: skip
     results.write_table()
@@ -972,7 +1049,19 @@ def _keys(cache: Cache, plan: _Plan) -> dict[tuple[str, str, str], _Key]:
             classifier = stored_classifier(cache, model, FIXED_HEADS[name])
             digest = features_digest(cache, plan.rows[model, layer])
             keys[model, layer, name] = _fixed_key(cache, plan, entry, name, classifier, digest)
+    for feature_set in plan.feature_sets if plan.heads else ():
+        digest = _set_digest(cache, plan, feature_set)
+        for head in plan.heads:
+            keys[(*_set_names(feature_set), head.name)] = _combo_key(
+                cache, plan, feature_set, head, digest
+            )
     return keys
+
+
+def _set_digest(cache: Cache, plan: _Plan, feature_set: FeatureSet) -> str:
+    """The features a set reads: the digest of each part's features, in the set's order."""
+    parts = [features_digest(cache, plan.rows[p.model, p.layer]) for p in feature_set.parts]
+    return hashlib.sha256(fmt.canonical_json(parts).encode()).hexdigest()
 
 
 def _fixed_key(
@@ -1076,12 +1165,12 @@ class _TestViews(NamedTuple):
 @single_blas_thread
 def _refit(
     head: Head, params: dict, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int,
-    tta: _TestViews | None = None,
+    tta: _TestViews | None = None, scale=None,
 ) -> _Refit:  # fmt: skip
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        estimator = build_pipeline(head, params, X, y, seed=seed)
+        estimator = build_pipeline(head, params, X, y, seed=seed, scale=scale)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     y_pred = estimator.predict(X_test) if len(X_test) else np.zeros(0, dtype=np.int64)
@@ -1158,8 +1247,10 @@ def _write_combo(
             "predictions_file": predictions_file,
             "provenance": entry.provenance,
             "curve": curve,
+            **({"feature_set": entry.provenance["feature_set"]}
+               if isinstance(entry, FeatureSet) else {}),
         }
-    )
+    )  # fmt: skip
 
 
 def _scores(found: SearchResult, refit: _Refit, y_test: np.ndarray) -> dict[str, Any]:
@@ -1210,3 +1301,54 @@ def heldout_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         "balanced_accuracy": float(np.mean(recalls)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
     }
+
+
+# -- feature sets and named protocols (logic in pipelines._feature_sets, _protocols) ------
+
+
+def _set_names(feature_set: FeatureSet) -> tuple[str, str]:
+    return feature_set.model, feature_set.name
+
+
+def _with_ok_rows(feature_set: FeatureSet, rows: Mapping[tuple[str, str], RowStatus]) -> FeatureSet:
+    """``feature_set`` with ``n_ok``: the rows ok in every part."""
+    ok = np.logical_and.reduce([rows[(p.model, p.layer)].ok for p in feature_set.parts])
+    return dataclasses.replace(feature_set, n_ok=int(ok.sum()))
+
+
+def _fit_protocol(cache: Cache, plan: _Plan, results: ResultsFolder, entry) -> None:
+    """Evaluate one layer (or feature set) with the named protocol and record it."""
+    protocol = get_protocol(plan.named_protocol)
+    digest = (
+        _set_digest(cache, plan, entry)
+        if isinstance(entry, FeatureSet)
+        else features_digest(cache, plan.rows[entry.model, entry.layer])
+    )
+    key = _Key.of(
+        {**_key_fields(cache, plan, entry, protocol.name, digest), "n_features": entry.n_features}
+    )
+    if results.is_done(entry.model, entry.layer, protocol.name, key.key):
+        logger.info("%s/%s: %s already done, reusing", entry.model, entry.layer, protocol.name)
+        return
+    data = _LayerData.load(cache, plan, entry)
+    is_val = np.isin(data.fit_samples, np.flatnonzero(cache.splits == "val"))
+    scale = entry.scaler(plan.seed) if isinstance(entry, FeatureSet) else None
+    start = time.perf_counter()
+    chosen = protocol.run(data.X_fit, data.y_fit, is_val, data.splits, plan.seed, scale)
+    seconds = time.perf_counter() - start
+    found = SearchResult(
+        head=protocol.name, params=chosen.params, cv_mean=chosen.score, cv_std=chosen.std,
+        candidates=chosen.candidates, n_splits=chosen.n_splits, n_not_converged=0,
+        seconds=seconds, warnings=(),
+    )  # fmt: skip
+    start = time.perf_counter()
+    y_pred = (chosen.estimator.predict(data.X_test) if len(data.X_test)
+              else np.zeros(0, dtype=np.int64))  # fmt: skip
+    per_1000 = (time.perf_counter() - start) * 1000 / len(data.X_test) if len(data.X_test) else None
+    refit = _Refit(
+        chosen.estimator, np.asarray(y_pred, dtype=np.int64), 0.0, True,
+        confidence(chosen.estimator, data.X_test), per_1000,
+    )  # fmt: skip
+    _write_combo(results, cache, plan, entry, data, _Named(protocol.name), key, found, refit, [],
+                 selection=protocol.selection)  # fmt: skip
+    results.write_table()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.model_selection import ParameterGrid
@@ -29,6 +29,7 @@ from sklearn.svm import SVC, LinearSVC
 from featurecache._validation import ParameterError
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from pipelines._knn import CosineKNNClassifier, knn_grid_predictions
+from pipelines._nystroem import NystroemClassifier, nystroem_grid_predictions
 from pipelines._ridge import ridge_path_predictions
 
 __all__ = [
@@ -68,7 +69,7 @@ class Head:
         ``resolve(params, X) -> params``: turns grid values that depend on the
         scaled training features into concrete values (``svm``'s ``"2*scale"``).
     score_grid : callable or None
-        ``score_grid(candidates, X, y, X_test) -> predictions`` of shape
+        ``score_grid(candidates, X, y, X_test, seed=seed) -> predictions`` of shape
         ``(len(candidates), n_test)``: every candidate of one fold at once, exactly
         what fitting each candidate would predict (``ridge`` from one eigendecomposition,
         ``knn`` from one nearest-neighbour pass). ``None``: one fit per candidate.
@@ -253,7 +254,7 @@ def _mlp(seed: int) -> MLPClassifier:
     )
 
 
-def _ridge_grid(candidates: list[dict], X, y, X_test) -> np.ndarray:
+def _ridge_grid(candidates: list[dict], X, y, X_test, seed: int = 0) -> np.ndarray:
     return ridge_path_predictions(X, y, X_test, [float(c["alpha"]) for c in candidates])
 
 
@@ -268,7 +269,7 @@ def _ridge(seed: int) -> RidgeClassifier:
     return RidgeClassifier(alpha=1.0)
 
 
-def _knn_grid(candidates: list[dict], X, y, X_test) -> np.ndarray:
+def _knn_grid(candidates: list[dict], X, y, X_test, seed: int = 0) -> np.ndarray:
     pairs = [(int(c["n_neighbors"]), float(c["temperature"])) for c in candidates]
     block_size = int(candidates[0].get("block_size", CosineKNNClassifier().block_size))
     return knn_grid_predictions(X, y, X_test, pairs, block_size=block_size)
@@ -283,6 +284,40 @@ def _knn_grid(candidates: list[dict], X, y, X_test) -> np.ndarray:
 )
 def _knn(seed: int) -> CosineKNNClassifier:
     return CosineKNNClassifier(n_neighbors=20, temperature=0.07)
+
+
+def _resolve_map_gamma(params: dict, X: np.ndarray) -> dict:
+    """:func:`_resolve_gamma`, with ``"scale"`` and ``"auto"`` as numbers (Nystroem takes
+    a float only)."""
+    gamma = params.get("gamma")
+    if gamma == "auto":
+        return {**params, "gamma": 1.0 / X.shape[1]}
+    return _resolve_gamma({**params, "gamma": "1*scale"} if gamma == "scale" else params, X)
+
+
+def _nystroem_grid(candidates: list[dict], X, y, X_test, seed: int = 0) -> np.ndarray:
+    triples = []
+    for c in candidates:
+        resolved = _resolve_map_gamma(c, X)
+        triples.append((float(resolved["gamma"]), int(c["n_components"]), float(c["alpha"])))
+    return nystroem_grid_predictions(X, y, X_test, triples, seed)
+
+
+@register_head(
+    "nystroem",
+    default_grid={
+        "gamma": ("0.5*scale", "scale", "2*scale"),
+        "n_components": (2000,),
+        "alpha": (0.01, 0.1, 1.0, 10.0),
+    },
+    description="RBF kernel that scales: Nystroem map (n_components rows) + RidgeClassifier, "
+    "gamma as a multiple of scikit-learn's 'scale' x alpha",
+    resolve=_resolve_map_gamma,
+    score_grid=_nystroem_grid,
+    edge_params=("alpha",),
+)
+def _nystroem(seed: int) -> NystroemClassifier:
+    return NystroemClassifier(gamma=1.0, n_components=2000, alpha=1.0, random_state=seed)
 
 
 # -- grids and pipelines --------------------------------------------------------------
@@ -352,13 +387,16 @@ def make_pca(n_components: int | None, n_samples: int, n_features: int, seed: in
 
 
 def build_pipeline(
-    head: Head, params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, *, seed: int
-) -> Pipeline:
+    head: Head, params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, *, seed: int,
+    scale: BaseEstimator | None = None,
+) -> Pipeline:  # fmt: skip
     """Fit ``StandardScaler -> [PCA] -> classifier`` with ``params`` on ``X, y``.
 
+    ``scale`` replaces the ``StandardScaler`` (a feature set's per-part scaler, cloned).
     The result is a plain fitted scikit-learn :class:`~sklearn.pipeline.Pipeline`.
     """
-    steps: list[tuple[str, BaseEstimator]] = [("scale", StandardScaler())]
+    first = clone(scale) if scale is not None else StandardScaler()
+    steps: list[tuple[str, BaseEstimator]] = [("scale", first)]
     pca = make_pca(params.get(PCA_KEY), X.shape[0], X.shape[1], seed)
     if pca is not None:
         steps.append(("pca", pca))

@@ -33,6 +33,7 @@ from featurecache import __version__
 from featurecache._paths import check_output
 from featurecache._validation import check_bool
 from featurecache.cache import Cache, FeatureConfig, atomic_write, open_cache
+from pipelines._feature_sets import is_set, load_recorded_set, set_comparison, set_verdict
 from pipelines._figures import (
     confidently_wrong,
     depth_figure,
@@ -258,9 +259,11 @@ def _blocks(
     blocks += [("h2", "Data"), _data_table(run)] + [("p", text) for text in _rows_text(run)]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += _warnings(table)
-    blocks += [("h2", "Model × layer")] + _comparison(table, has_test)
-    blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(table, has_test)]
+    layers = table[[not is_set(row) for _, row in table.iterrows()]]  # feature sets: below
+    blocks += [("h2", "Model × layer")] + _comparison(layers, has_test)
+    blocks += [("h2", "Accuracy versus layer depth"), _depth_plot(layers, has_test)]
     blocks += [("h2", "Heads compared"), _heads_plot(table, has_test), _heads_table(table)]
+    blocks += _feature_set_blocks(table)
     blocks += _views_blocks(every)
     variant = _variant(chosen)
     shown = "" if variant.is_plain else f" ({variant.label})"
@@ -305,6 +308,10 @@ def recommendation(table: pd.DataFrame, chosen: pd.Series) -> str:
         f"{chosen['cv_mean']:.3f} ± "
         f"{_fmt(chosen['cv_std'])}{test}."
     )
+    if is_set(chosen):
+        return f"{text} " + next(
+            set_verdict(c) for c in set_comparison(table) if c["set"].name == chosen.name
+        )
     model_rows = table[table["model"] == chosen["model"]]
     penultimate = model_rows[model_rows["layer"] == PENULTIMATE]
     if penultimate.empty:
@@ -400,7 +407,50 @@ def _protocol_text(run: dict, table: pd.DataFrame, has_test: bool) -> str:
             "this report is a cross-validation (or validation) score, which is optimistic for "
             "the chosen combination."
         )
-    return text + _variants_text(table)
+    return text + _variants_text(table) + _named_text(protocol)
+
+
+def _named_text(protocol: dict) -> str:
+    """The named protocol and the feature sets of the run, in its own words; ``""`` when
+    neither."""
+    text = ""
+    if protocol.get("named"):
+        text += (
+            f" Protocol **{protocol['named']}**: {protocol['named_description']} (its results "
+            "carry its name as their head; its CV columns are its own validation score)."
+        )
+    if protocol.get("feature_sets"):
+        text += f" Feature sets: {protocol['feature_sets']}."
+    return text
+
+
+def _feature_set_blocks(table: pd.DataFrame) -> list:
+    """Each feature set against its best single part; empty without feature sets."""
+    compared = set_comparison(table)
+    if not compared:
+        return []
+    rows = tuple(
+        (
+            c["set"]["model"], c["set"]["layer"],
+            " + ".join(f"{p['model']}/{p['layer']}" for p in c["set"]["feature_set"]["parts"]),
+            c["set"]["head"], f"{_fmt(c['set']['cv_mean'])} ± {_fmt(c['set']['cv_std'])}",
+            _fmt(c["set"]["test_accuracy"]),
+            "" if c["part"] is None else f"{c['part']['model']}/{c['part']['layer']} "
+            f"({c['part']['head']}, {_fmt(c['part']['cv_mean'])})",
+            "" if c["gain"] is None else f"{c['gain']:+.3f} (spread ± {c['spread']:.3f})",
+        )
+        for c in compared
+    )  # fmt: skip
+    header = ("model", "feature set", "parts", "head", "CV mean ± std", "test acc.",
+              "best single part", "CV gain")  # fmt: skip
+    text = (
+        "A feature set concatenates layers, each standardised on its own (inside every CV "
+        "fold) and optionally reduced by its own PCA; it is selected like a layer. Its gain "
+        "is judged against the CV spread (the larger CV std of the set and its best part)."
+    )
+    return [("h2", "Feature sets"), ("p", text), _Table(header, rows)] + [
+        ("p", set_verdict(c)) for c in compared
+    ]
 
 
 def _variants_text(table: pd.DataFrame) -> str:
@@ -1096,7 +1146,10 @@ def _best_details(run: dict, chosen: pd.Series, predictions: pd.DataFrame) -> li
     if cache is None:
         return blocks + [("p", f"The cache `{run.get('cache')}` is not readable here, so the "
                                "map and the gallery are left out.")]  # fmt: skip
-    X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
+    if is_set(chosen):
+        X, ids = load_recorded_set(cache, chosen["feature_set"], "test")
+    else:
+        X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
     where = pd.Series(np.arange(len(ids)), index=pd.Index(ids.astype(str)))
     order = where.reindex(predictions["id"].astype(str)).to_numpy()
     if np.isnan(order.astype(float)).any():

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 from scipy.special import log_softmax
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
@@ -158,6 +159,7 @@ def search_heads(
     *,
     seed: int,
     n_jobs: int | None,
+    scale: BaseEstimator | None = None,
 ) -> dict[str, SearchResult]:
     """Search several heads on the same data; every (head, fold) is one joblib task.
 
@@ -169,6 +171,8 @@ def search_heads(
     starting point is, so scores can differ within the solver's tolerance between
     numbers of workers. The cuts balance the solver iterations each candidate took on the
     earlier folds (not their times, so the same call cuts the same way every run).
+    ``scale`` replaces each fold's ``StandardScaler`` (a feature set's per-part scaler,
+    cloned and fitted on the fold's training rows).
     """
     tasks = [(h, f) for h in range(len(heads)) for f in range(len(splits))]
     n_workers = effective_n_jobs(n_jobs)
@@ -181,8 +185,9 @@ def search_heads(
         head = heads[task[0]]
         train, test = splits[task[1]]
         return delayed(fold_scores)(
-            head, grids[head.name], X, y, train, test, seed, only=only, starts=starts
-        )
+            head, grids[head.name], X, y, train, test, seed, only=only, starts=starts,
+            scale=scale,
+        )  # fmt: skip
 
     runs = dict(zip(first, Parallel(n_jobs=n_jobs)(run(t) for t in first), strict=True))
     if last:
@@ -366,12 +371,14 @@ def fold_scores(
     *,
     only: set[int] | None = None,
     starts: Mapping[int, tuple[float, np.ndarray, np.ndarray]] | None = None,
+    scale: BaseEstimator | None = None,
 ) -> FoldRun:
     """Accuracy of every candidate (grid order) on one fold.
 
     ``only`` restricts the fits to these candidate indices (the others score NaN);
     ``starts[i] = (path value, coef, intercept)`` starts candidate ``i``'s fit from
-    that solution when ``i`` opens a run of its chain.
+    that solution when ``i`` opens a run of its chain. ``scale`` (cloned) replaces the
+    fold's ``StandardScaler``.
     """
     start = time.perf_counter()
     starts = starts or {}
@@ -381,7 +388,7 @@ def fold_scores(
     solutions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     not_converged = 0
     X_train = np.ascontiguousarray(X[train], dtype=np.float32)  # a copy: scaled in place
-    scaler = StandardScaler(copy=False).fit(X_train)
+    scaler = (clone(scale) if scale is not None else StandardScaler(copy=False)).fit(X_train)
     X_train = scaler.transform(X_train)
     X_test = scaler.transform(np.ascontiguousarray(X[test], dtype=np.float32))
     y_train, y_test = y[train], y[test]
@@ -396,7 +403,9 @@ def fold_scores(
             A = pca.fit_transform(X_train) if pca is not None else X_train
             B = pca.transform(X_test) if pca is not None else X_test
             if head.score_grid is not None:
-                predicted = head.score_grid([candidates[i] for i in members], A, y_train, B)
+                predicted = head.score_grid(
+                    [candidates[i] for i in members], A, y_train, B, seed=seed
+                )
                 for i, y_pred in zip(members, predicted, strict=True):
                     scores[i] = float(np.mean(y_pred == y_test))
                 continue

@@ -73,9 +73,19 @@ def _add_fit_choices(group) -> None:
         "--heads",
         type=_csv,
         default=None,
-        help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn (default: logreg,linsvm; "
-        "see docs/heads.md)",
+        help="comma-separated heads: logreg, linsvm, svm, mlp, ridge, knn, nystroem "
+        "(default: logreg,linsvm; see docs/heads.md)",
     )
+    group.add_argument(
+        "--combine", nargs="+", default=None, metavar="SET",
+        help="feature sets fitted as one more layer each: [NAME=][MODEL:]LAYER+[MODEL:]LAYER... "
+        "or [MODEL:]lastN, e.g. lite0:blocks.10+blocks.14, last4, "
+        "lite0:blocks.10+lite2:blocks.14; each part standardised on its own (docs/heads.md)",
+    )  # fmt: skip
+    group.add_argument(
+        "--combine-pca", type=int, default=None, metavar="N",
+        help="reduce each part of a feature set wider than N by its own PCA (default: none)",
+    )  # fmt: skip
     group.add_argument(
         "--grid", default=None,
         help="JSON/YAML file {head: {param: [values]}} updating the default grids "
@@ -105,6 +115,12 @@ def _add_fit_choices(group) -> None:
 def _add_fit_protocol(group) -> None:
     """How heads are chosen and scored: folds, seed, PCA, partial caches."""
     group.add_argument("--cv", type=int, default=5, help="CV folds on train, >= 2")
+    group.add_argument(
+        "--protocol", choices=("ssl-transfer", "dino-knn"), default=None,
+        help="evaluate with a published protocol instead of --heads and CV: ssl-transfer "
+        "(L-BFGS logreg, 45 weight decays, 20%% val split) or dino-knn (cosine, k=20, "
+        "T=0.07) (default: the product's own; docs/heads.md)",
+    )  # fmt: skip
     group.add_argument(
         "--seed", type=int, default=0, help="seeds folds and estimators, 0 to 2**32-1"
     )
@@ -154,9 +170,15 @@ def _add_report(subparsers) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    from featurecache.exceptions import InvalidArgumentError
     from pipelines._fit import DEFAULT_HEADS, fit
     from pipelines._results import best
 
+    if args.protocol is not None and args.heads is not None:
+        raise InvalidArgumentError(
+            f"--heads cannot be given with --protocol {args.protocol}: the protocol fixes its "
+            "own head; drop --heads, or fit the heads in a run without --protocol."
+        )
     table = fit(
         args.cache,
         args.out,
@@ -176,6 +198,9 @@ def run_fit(args: argparse.Namespace) -> int:
         tta=args.tta,
         allow_partial=args.allow_partial,
         force=args.force,
+        combine=args.combine,
+        combine_pca=args.combine_pca,
+        protocol=args.protocol,
     )
     print(f"{len(table)} combinations in {Path(args.out) / 'results.csv'}")
     if len(table):

@@ -7,6 +7,7 @@ whose digest differs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -56,14 +57,21 @@ def predict(
         ``reason``, ``prediction`` and ``proba_<class>`` columns when available.
     """
     from pipelines import load_head
+    from pipelines._feature_sets import set_parts
 
     _check_run(batch_size, device, workers, "predict")
     record = load_head(head)
     dataset = _image_list(Path(images), record.class_names)
-    table, ok, X = _features(
-        dataset, record.config, record.layer, f"the head {str(head)!r}", batch_size, device,
-        workers,
-    )  # fmt: skip
+    parts = set_parts(record.provenance)
+    if parts is not None:  # a feature set: every part rebuilt, rows ok in every part
+        table, ok, X = _set_features(
+            dataset, parts, f"the head {str(head)!r}", batch_size, device, workers
+        )
+    else:
+        table, ok, X = _features(
+            dataset, record.config, record.layer, f"the head {str(head)!r}", batch_size,
+            device, workers,
+        )  # fmt: skip
     table["prediction"] = ""
     if ok.any():
         _fill_predictions(table, ok, record, X)
@@ -176,6 +184,14 @@ def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, ba
     The backbone is rebuilt exactly (weights, image size, resize mode); weights whose digest
     differs from ``config``'s are refused.
     """
+    table, ok, X = _layers_features(dataset, config, (layer,), what, batch_size, device, workers)
+    return table, ok, X[layer]
+
+
+def _layers_features(dataset: Dataset, config: FeatureConfig, layers: tuple[str, ...],
+                     what: str, batch_size: int, device: str, workers: int | str):  # fmt: skip
+    """:func:`_features` of several layers of one backbone, from one pass: the table, the ok
+    rows, and ``{layer: features of the ok rows}``."""
     import pandas as pd
 
     from featurecache.engines._job import resize_mode
@@ -207,11 +223,11 @@ def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, ba
             f"{config.weights_sha256[:16]}…, but {config.weights} resolves to "
             f"{backbone.weights_sha256[:16]}…; provide the original weights file."
         )
-    infos = {info.name: info for info in backbone.layers if info.name == layer}
+    infos = {info.name: info for info in backbone.layers if info.name in layers}
     runner = ShardRunner(
         backbone, infos, config.pooling, config, resolve_device(device, owner="predict")
     )
-    plan = Plan(len(dataset), len(dataset), ((0, (layer,)),))
+    plan = Plan(len(dataset), len(dataset), ((0, tuple(layers)),))
     result = next(runner.run(dataset, plan, batch_size, resolve_loader_workers(workers, dataset)))
     ok = result.status == STATUS_OK
     table = pd.DataFrame(
@@ -222,7 +238,42 @@ def _features(dataset: Dataset, config: FeatureConfig, layer: str, what: str, ba
             "reason": result.reasons,
         }
     )
-    return table, ok, result.features[layer][ok].astype(np.float32)
+    return table, ok, {name: result.features[name][ok].astype(np.float32) for name in layers}
+
+
+def _set_features(dataset: Dataset, parts: list[dict], what: str, batch_size: int,
+                  device: str, workers: int | str):  # fmt: skip
+    """:func:`_features` of each part of a feature set, concatenated in the parts' order.
+
+    Parts of one feature configuration (one backbone) share one pass. A row is ok when it is
+    ok in every part; a row failed in a part takes that part's reason.
+    """
+    groups: dict[str, tuple[FeatureConfig, list[str]]] = {}
+    keys = []  # each part's group
+    for part in parts:
+        config = part["provenance"].get("config")
+        config = FeatureConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
+        key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+        groups.setdefault(key, (config, []))[1].append(part["layer"])
+        keys.append(key)
+    table, ok_all, by_part = None, np.ones(len(dataset), dtype=bool), {}
+    for key, (config, layers) in groups.items():
+        group_table, ok, features = _layers_features(
+            dataset, config, tuple(dict.fromkeys(layers)), what, batch_size, device, workers
+        )
+        for layer, X in features.items():
+            full = np.zeros((len(dataset), X.shape[1]), dtype=np.float32)
+            full[ok] = X
+            by_part[(key, layer)] = full
+        if table is None:
+            table = group_table
+        else:
+            newly = ~ok & ok_all
+            table.loc[newly, "status"] = "failed"
+            table.loc[newly, "reason"] = group_table.loc[newly, "reason"]
+        ok_all &= ok
+    blocks = [by_part[(key, p["layer"])] for key, p in zip(keys, parts, strict=True)]
+    return table, ok_all, np.hstack(blocks)[ok_all]
 
 
 def _fill_predictions(table, ok: np.ndarray, record, X: np.ndarray) -> None:
