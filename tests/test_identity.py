@@ -44,7 +44,9 @@ def _folder(root, classes=("cat", "dog"), n=4, splits=("train", "test")):
 
 def _extract(data, cache, **changes):
     with one_torch_thread():
-        return extract(data, cache, **{**ARGS, **changes}, options=run_options(shard_size=4, batch_size=1))
+        return extract(
+            data, cache, **{**ARGS, **changes}, options=run_options(shard_size=4, batch_size=1)
+        )
 
 
 def _usable(cache, model="resnet18", layer="embedding") -> dict[str, bytes]:
@@ -284,3 +286,51 @@ def test_verify_hashes_every_file_and_the_stat_filter_skips_unchanged_ones(tmp_p
     assert hashed == []
     _extract(data, cache, verify=True)
     assert len(hashed) == 10
+
+
+def _to_version_1(cache) -> None:
+    """Rewrite a cache's sample table in the version-1 layout: strings, no digests."""
+    import h5py
+
+    from featurecache.cache import _format as fmt
+
+    path = fmt.samples_file(cache)
+    table = Store(cache).read_samples()
+    with h5py.File(path, "r+") as f:
+        del f["samples"]
+        strings = h5py.string_dtype()
+        f.create_dataset(fmt.sample_path("ids"), data=table.ids.astype(object), dtype=strings)
+        f.create_dataset(fmt.sample_path("labels"), data=table.labels)
+        f.create_dataset(fmt.sample_path("splits"), data=table.splits.astype(object), dtype=strings)
+        f["samples"].attrs["class_names"] = np.array(table.class_names, dtype=object)
+        f["samples"].attrs["root"] = table.source
+        f.attrs["format_version"] = 1
+
+
+def test_a_version_1_table_is_read_then_upgraded_by_the_first_writing_run(tmp_path):
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _extract(data, cache)
+    before = _usable(cache)
+    _to_version_1(cache)
+    assert _usable(cache) == before  # read through the adapter
+
+    again = _extract(data, cache)  # trusts the stored features, records the digests
+
+    assert again.rows_computed == 0 and _usable(cache) == before
+    table = Store(cache).read_samples()
+    assert table.digests.any(axis=1).all() and table.split.kind == "given"
+    _bmp(data / "train" / "cat" / "0000.bmp", seed=31337)  # from now on, content counts
+    assert _extract(data, cache).rows_computed == 1
+    assert _usable(cache) == _fresh(data, tmp_path)
+
+
+def test_an_index_copied_without_its_folder_says_to_keep_them_together(tmp_path, capsys):
+    data = _folder(tmp_path / "data", n=1)
+    _extract(data, tmp_path / "c.h5")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(tmp_path / "c.h5", tmp_path / "elsewhere" / "c.h5")
+    assert main(["ls", str(tmp_path / "elsewhere" / "c.h5")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert error.endswith("keep c.h5 and c.h5.d together (copy or move both).")
