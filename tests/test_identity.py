@@ -334,3 +334,35 @@ def test_an_index_copied_without_its_folder_says_to_keep_them_together(tmp_path,
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert error.endswith("keep c.h5 and c.h5.d together (copy or move both).")
+
+
+def test_a_file_changed_during_extraction_fails_its_row_and_the_next_run_computes_it(
+    tmp_path, monkeypatch
+):
+    from featurecache import _extract as extract_module
+
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _extract(data, cache)
+    target = data / "train" / "dog" / "0003.bmp"
+    _bmp(target, seed=555)  # a change the next run sees and plans...
+    aligned = extract_module._aligned
+
+    def and_then_changed(dataset, store):
+        found = aligned(dataset, store)
+        _bmp(target, seed=556)  # ...then another one after the comparison, before decoding
+        return found
+
+    monkeypatch.setattr(extract_module, "_aligned", and_then_changed)
+    result = _extract(data, cache, decode="exact")
+    assert (result.rows_computed, result.n_failed) == (1, 1)
+    assert open_cache(cache).failures("resnet18") == [
+        (
+            "train/dog/0003.bmp",
+            "InvalidArgumentError: the file changed during extraction; re-run extract",
+        )
+    ]
+    monkeypatch.setattr(extract_module, "_aligned", aligned)
+    again = _extract(data, cache)
+    assert (again.rows_computed, again.n_failed) == (1, 0)
+    assert _usable(cache) == _fresh(data, tmp_path)
