@@ -366,3 +366,29 @@ def test_a_file_changed_during_extraction_fails_its_row_and_the_next_run_compute
     again = _extract(data, cache)
     assert (again.rows_computed, again.n_failed) == (1, 0)
     assert _usable(cache) == _fresh(data, tmp_path)
+
+
+def test_extract_ls_and_run_json_count_the_same_rows(tmp_path, capsys):
+    import json
+
+    import pipelines
+
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _extract(data, cache)
+    _bmp(data / "train" / "cat" / "0001.bmp", seed=777)  # one stale row, one new
+    (data / "train" / "dog" / "0003.bmp").unlink()  # one removed
+    result = _extract(data, cache)
+    counts = open_cache(cache).counts("resnet18", "embedding")
+    assert counts["all"] == {"ok": 9, "failed": 0, "pending": 0, "removed": 1, "stale": 1}
+    assert counts["train"] == {"ok": 7, "failed": 0, "pending": 0, "removed": 1, "stale": 1}
+    assert result.counts == counts
+    assert main(["ls", str(cache), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert (listed["n_samples"], listed["n_removed"], listed["n_stale"]) == (9, 1, 1)
+    assert listed["entries"][0]["counts"] == counts
+    results = tmp_path / "results"
+    pipelines.fit(cache, results, heads=["logreg"], grid={"logreg": {"C": [1.0]}}, cv=2)
+    combo = pipelines._results.ResultsFolder(results).read_run()["rows"]["combinations"][0]
+    assert {k: combo[k] for k in counts["all"]} == counts["all"]
+    assert combo["splits"] == {k: v for k, v in counts.items() if k != "all"}
