@@ -379,16 +379,20 @@ class SampleTable:
         """
         if self.digests is None or not len(unmatched):
             return {}
-        state = self.state_codes
-        free = [
-            r
-            for r in range(len(self))
-            if r not in claimed and r not in retry and state[r] != STATE_STALE
-        ]
+        wanted = {digests[i].tobytes() for i in unmatched.tolist()}
+        wanted -= {NO_DIGEST, UNREADABLE, _EMPTY_DIGEST}
+        if not wanted:
+            return {}
+        # Rows whose digest's first 8 bytes match one sought, found without a loop over rows.
+        heads = np.ascontiguousarray(self.digests).view("<u8")[:, 0]
+        sought = np.array([np.frombuffer(d[:8], "<u8")[0] for d in wanted], dtype=np.uint64)
+        free = np.isin(heads, sought) & (self.state_codes != STATE_STALE)
+        free[list(claimed)] = False
+        free[list(retry)] = False
         by_digest: dict[bytes, list[int]] = {}
-        for r in free:
+        for r in np.flatnonzero(free).tolist():
             key = self.digests[r].tobytes()
-            if key not in (NO_DIGEST, UNREADABLE, _EMPTY_DIGEST):
+            if key in wanted:
                 by_digest.setdefault(key, []).append(r)
         moves: dict[int, int] = {}
         for i in unmatched.tolist():
