@@ -17,7 +17,6 @@ table is read through :func:`read_table` as well (strings, no digests).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -558,7 +557,3 @@ def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def with_split(table: SampleTable, split: SplitSpec) -> SampleTable:
-    return dataclasses.replace(table, split=split)
