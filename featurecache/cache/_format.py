@@ -75,7 +75,6 @@ STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "fail
 SAMPLE_FIELDS = ("ids", "labels", "splits")
 #: Format 2 also has ``state`` (int8: 0 live, 1 removed, 2 stale), ``digest`` ((n, 16) uint8,
 #: the content digest) and the stat columns below; version 1 had an optional ``removed``.
-SAMPLE_STATE_FIELDS = ("state", "digest")
 #: The stat of each row's file when it was last checked (int64, -1 unknown): a file whose
 #: stat is unchanged is not hashed again (``docs/cache-format.md``).
 STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import xxhash
 
+from featurecache.cache._format import STAT_FIELDS
+
 __all__ = [
     "DIGEST_SIZE",
     "NO_DIGEST",
@@ -34,8 +36,6 @@ UNREADABLE = xxhash.xxh3_128(b"featurecache: unreadable file").digest()
 #: A file modified less than this before its stat was taken may change again within the
 #: same mtime tick (2 s: the coarsest common file system clock), so it is hashed next time.
 RACY_NS = 2_000_000_000
-#: The stat columns of a file row: ``size``, ``mtime_ns``, ``ctime_ns``, ``inode``; -1 unknown.
-STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
 _BLOCK = 1 << 20
 
 

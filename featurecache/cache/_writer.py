@@ -678,6 +678,7 @@ class Store:
         if self.data_dir.exists():
             folders += [p for p in self.data_dir.glob("*") if p.is_dir()]
             folders += [p for p in self.data_dir.glob("*/p-*") if p.is_dir()]
+            folders += [p for p in self.data_dir.glob("*/classifiers") if p.is_dir()]
         prefix = self.path.name
         for folder in folders:
             for tmp in folder.glob(f"*{TMP_MARK}*"):
