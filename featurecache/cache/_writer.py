@@ -342,6 +342,25 @@ class Store:
         text = json.dumps(declared, sort_keys=True, indent=1, default=_json_default)
         atomic_write(fmt.layers_file(self.path, model), lambda p: p.write_text(text))
 
+    def check_version(self) -> None:
+        """Raise :class:`CacheReadOnlyError` for a cache of an older format version: this
+        featurecache reads it, and writes it only once ``featurecache upgrade`` rewrote it."""
+        samples = self.samples_path if self.samples_path.is_file() else self.path
+        if not samples.is_file():
+            return
+        try:
+            with self._open(samples) as f:
+                version = int(f.attrs.get("format_version", 1))
+        except OSError:
+            return  # a damaged index is derived data: the folder decides
+        if version < fmt.FORMAT_VERSION:
+            raise CacheReadOnlyError(
+                f"the cache {str(self.path)!r} has format version {version}, which this "
+                f"featurecache reads but does not write; run `featurecache upgrade "
+                f"{self.path}` to rewrite it as version {fmt.FORMAT_VERSION}, then run this "
+                "command again."
+            )
+
     def check_writable(self, model: str | None = None) -> None:
         """Raise :class:`CacheReadOnlyError` if writing this cache (or model) would fail.
 
@@ -510,6 +529,7 @@ class Store:
         CacheReadOnlyError
             The cache cannot be written.
         """
+        self.check_version()
         self.check_writable(model)
         with self.lock_model(model):
             written = self.compact_held(model)
