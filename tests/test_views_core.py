@@ -21,6 +21,7 @@ from featurecache.cache import (
     write_arrays,
 )
 from featurecache.cache import _format as fmt
+from featurecache.cache._folder import FolderView
 from featurecache.exceptions import (
     CacheCorruptError,
     ConfigMismatchError,
@@ -96,7 +97,7 @@ def test_view_sets_read_the_mapping():
 def test_load_views_gives_every_view_of_the_train_rows(tmp_path, layout):
     path = write_cache(tmp_path / "c.h5", views=4, tta=3, failed_rows=[3, 40], **LAYOUTS[layout])
     cache = open_cache(path)
-    assert (cache._folder is not None) == (layout != "sharded index")  # write_arrays: a folder
+    assert isinstance(cache._view, FolderView)  # every layout written today has a folder
     assert cache.views("toy") == ViewSets(k=4, augment="flip", tta_k=3, tta="flip", seed=0)
     plain, plain_rows = cache.load_rows("toy", "informative")
     by_row = dict(zip(plain_rows.tolist(), plain, strict=True))
