@@ -39,9 +39,8 @@ PLAIN = FeatureConfig(
 VIEWS = {"k": 4, "augment": "flip", "tta_k": 0, "tta": "", "seed": 0}
 
 LAYOUTS = {
-    "index": {},
-    "sharded index": {"shards": True, "shard_size": 16},
-    "folder": {"shards": True, "shard_size": 16, "logged": True},
+    "arrays": {},  # write_arrays: one segment
+    "shards": {"shards": True, "shard_size": 16},  # shards committed one by one
 }
 
 
@@ -117,7 +116,7 @@ def test_load_views_gives_every_view_of_the_train_rows(tmp_path, layout):
     np.testing.assert_array_equal(T[:, 0], plain)
 
 
-@pytest.mark.parametrize("layout", ["sharded index", "folder"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_plain_h5py_reads_views_from_the_index(tmp_path, layout):
     path = write_cache(tmp_path / "c.h5", views=3, **LAYOUTS[layout])
     cache = open_cache(path)

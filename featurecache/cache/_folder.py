@@ -115,6 +115,7 @@ class FolderView:
     def __init__(self, index: Path, opener) -> None:
         self.index = index
         self._open = opener
+        self._version: int | None = None
 
     def root_attrs(self) -> dict:
         with self._open(fmt.samples_file(self.index)) as f:
@@ -143,14 +144,21 @@ class FolderView:
         existed (shard files, no log) what its shard files record."""
         log = fmt.commit_log(self.index, model)
         try:
-            if not log.exists():
-                return self._unlogged(model)
+            if not log.exists():  # version 2: nothing committed yet
+                return self._unlogged(model) if self._before_logs() else []
             return read_log(log)
         except (ValueError, KeyError, TypeError) as error:
             raise CacheCorruptError(
                 f"the commit log of model {model!r} in {str(self.index)!r} cannot be read "
                 f"({error}); re-run the same `featurecache extract` command to repair it."
             ) from error
+
+    def _before_logs(self) -> bool:
+        """True for a version-1 cache: its shard files may predate commit logs."""
+        if self._version is None:
+            with self._open(fmt.samples_file(self.index)) as f:
+                self._version = int(f.attrs.get("format_version", 1))
+        return self._version < 2
 
     def _unlogged(self, model: str) -> list[ShardMeta]:
         found = []
