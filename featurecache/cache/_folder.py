@@ -109,6 +109,24 @@ def read_declared_layers(index: Path, model: str) -> dict[str, dict]:
     return declared if isinstance(declared, dict) else {}
 
 
+def read_config(index: Path, model: str) -> FeatureConfig:
+    """The model's ``config.json``: how its features were made (the cache key).
+
+    Raises
+    ------
+    CacheCorruptError
+        The file cannot be read or parsed.
+    """
+    path = fmt.config_file(index, model)
+    try:
+        return FeatureConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CacheCorruptError(
+            f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
+            "extracted. Restore it, or extract into a new cache."
+        ) from error
+
+
 class FolderView:
     """The folder's answers to what a reader asks; each call reads the current files."""
 
@@ -130,14 +148,7 @@ class FolderView:
         return sorted(p.parent.name for p in folder.glob("*/config.json"))
 
     def config(self, model: str) -> FeatureConfig:
-        path = fmt.config_file(self.index, model)
-        try:
-            return FeatureConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CacheCorruptError(
-                f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
-                "extracted. Restore it, or extract into a new cache."
-            ) from error
+        return read_config(self.index, model)
 
     def metas(self, model: str) -> list[ShardMeta]:
         """The model's committed files: its log, or for a model written before commit logs

@@ -36,7 +36,12 @@ from featurecache.cache._atomic import (
 )
 from featurecache.cache._compact import compact_model, remove_litter
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
-from featurecache.cache._folder import chunk_table, read_declared_layers, read_shard_meta
+from featurecache.cache._folder import (
+    chunk_table,
+    read_config,
+    read_declared_layers,
+    read_shard_meta,
+)
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
 from featurecache.cache._log import (
     ShardMeta,
@@ -289,16 +294,9 @@ class Store:
 
     def read_config(self, model: str) -> FeatureConfig | None:
         """The model's recorded configuration, or ``None`` if it is not registered."""
-        path = fmt.config_file(self.path, model)
-        if not path.exists():
+        if not fmt.config_file(self.path, model).exists():
             return None
-        try:
-            return FeatureConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as error:
-            raise CacheCorruptError(
-                f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
-                "extracted. Restore it, or extract into a new cache."
-            ) from error
+        return read_config(self.path, model)
 
     def register_model(self, model: str, config: FeatureConfig) -> None:
         """Record the model's configuration once; raise if it differs from the recorded one."""
