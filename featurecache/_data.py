@@ -84,6 +84,9 @@ class Dataset:
     split_spec: SplitSpec = SplitSpec()
     #: In a cache's row order (:meth:`aligned_to`): a sample with a stale row has two rows.
     aligned: bool = field(default=False, repr=False)
+    #: ``(n_samples, 16)`` content digests each file must still have when it is decoded
+    #: (set by :meth:`aligned_to` from the cache's table); ``None``: not checked.
+    digests: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_aligned(self.ids, self.labels, self.splits)
@@ -139,6 +142,7 @@ class Dataset:
             skipped=self.skipped,
             split_spec=self.split_spec,
             aligned=True,
+            digests=getattr(table, "digests", None),
         )
 
     def load_image(self, index: int):
@@ -150,7 +154,13 @@ class Dataset:
         if self.arrays is not None:
             image = torch.from_numpy(np.ascontiguousarray(self.arrays[index]))
             return image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
-        return load_image(self.paths[index])
+        return load_image(self.paths[index], expected=self.expected_digest(index))
+
+    def expected_digest(self, index: int) -> bytes | None:
+        """The content digest sample ``index`` had when the run compared it with the cache."""
+        if self.digests is None or self.paths is None or not self.digests[index].any():
+            return None
+        return self.digests[index].tobytes()
 
     @classmethod
     def from_arrays(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -403,11 +404,12 @@ def _store_classifiers(
 
 
 def _aligned(dataset: Dataset, store: Store) -> Dataset:
-    """The dataset in the cache's row order (the same order unless the dataset changed)."""
-    table = store.read_samples(identity=False)
+    """The dataset in the cache's row order (the same order unless the dataset changed), with
+    the content digest each file must still have when it is decoded."""
+    table = store.read_samples()
     same = len(table) == len(dataset) and not table.removed_mask.any()
     if same and table.ids.tolist() == dataset.ids.tolist():
-        return dataset
+        return dataclasses.replace(dataset, digests=table.digests)
     return dataset.aligned_to(table)
 
 

@@ -624,20 +624,17 @@ def _fix(status: RowStatus, rows: np.ndarray) -> str:
 
 
 def _rows_summary(cache: Cache, rows: dict[tuple[str, str], RowStatus], allow_partial: bool):
-    """What ``run.json`` records of the rows each combination could use, split by split."""
-    return {
-        "allow_partial": allow_partial,
-        "combinations": [
-            {
-                "model": model,
-                "layer": layer,
-                "n_samples": int(cache.n_samples),
-                **status.counts(),
-                "splits": status.by_split(cache.splits),
-            }
-            for (model, layer), status in rows.items()
-        ],
-    }
+    """What ``run.json`` records of the rows each combination could use, split by split:
+    :meth:`Cache.counts`, the one count ``extract`` and ``ls`` print too."""
+    combinations = []
+    for model, layer in rows:
+        counts = cache.counts(model, layer)
+        splits = {split: found for split, found in counts.items() if split != "all"}
+        combinations.append(
+            {"model": model, "layer": layer, "n_samples": int(cache.n_samples),
+             **counts["all"], "splits": splits}
+        )  # fmt: skip
+    return {"allow_partial": allow_partial, "combinations": combinations}
 
 
 def _check_classes(cache: Cache) -> None:

@@ -44,7 +44,9 @@ def _folder(root, classes=("cat", "dog"), n=4, splits=("train", "test")):
 
 def _extract(data, cache, **changes):
     with one_torch_thread():
-        return extract(data, cache, **{**ARGS, **changes}, options=run_options(shard_size=4, batch_size=1))
+        return extract(
+            data, cache, **{**ARGS, **changes}, options=run_options(shard_size=4, batch_size=1)
+        )
 
 
 def _usable(cache, model="resnet18", layer="embedding") -> dict[str, bytes]:
@@ -284,3 +286,109 @@ def test_verify_hashes_every_file_and_the_stat_filter_skips_unchanged_ones(tmp_p
     assert hashed == []
     _extract(data, cache, verify=True)
     assert len(hashed) == 10
+
+
+def _to_version_1(cache) -> None:
+    """Rewrite a cache's sample table in the version-1 layout: strings, no digests."""
+    import h5py
+
+    from featurecache.cache import _format as fmt
+
+    path = fmt.samples_file(cache)
+    table = Store(cache).read_samples()
+    with h5py.File(path, "r+") as f:
+        del f["samples"]
+        strings = h5py.string_dtype()
+        f.create_dataset(fmt.sample_path("ids"), data=table.ids.astype(object), dtype=strings)
+        f.create_dataset(fmt.sample_path("labels"), data=table.labels)
+        f.create_dataset(fmt.sample_path("splits"), data=table.splits.astype(object), dtype=strings)
+        f["samples"].attrs["class_names"] = np.array(table.class_names, dtype=object)
+        f["samples"].attrs["root"] = table.source
+        f.attrs["format_version"] = 1
+
+
+def test_a_version_1_table_is_read_then_upgraded_by_the_first_writing_run(tmp_path):
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _extract(data, cache)
+    before = _usable(cache)
+    _to_version_1(cache)
+    assert _usable(cache) == before  # read through the adapter
+
+    again = _extract(data, cache)  # trusts the stored features, records the digests
+
+    assert again.rows_computed == 0 and _usable(cache) == before
+    table = Store(cache).read_samples()
+    assert table.digests.any(axis=1).all() and table.split.kind == "given"
+    _bmp(data / "train" / "cat" / "0000.bmp", seed=31337)  # from now on, content counts
+    assert _extract(data, cache).rows_computed == 1
+    assert _usable(cache) == _fresh(data, tmp_path)
+
+
+def test_an_index_copied_without_its_folder_says_to_keep_them_together(tmp_path, capsys):
+    data = _folder(tmp_path / "data", n=1)
+    _extract(data, tmp_path / "c.h5")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(tmp_path / "c.h5", tmp_path / "elsewhere" / "c.h5")
+    assert main(["ls", str(tmp_path / "elsewhere" / "c.h5")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert error.endswith("keep c.h5 and c.h5.d together (copy or move both).")
+
+
+def test_a_file_changed_during_extraction_fails_its_row_and_the_next_run_computes_it(
+    tmp_path, monkeypatch
+):
+    from featurecache import _extract as extract_module
+
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _extract(data, cache)
+    target = data / "train" / "dog" / "0003.bmp"
+    _bmp(target, seed=555)  # a change the next run sees and plans...
+    aligned = extract_module._aligned
+
+    def and_then_changed(dataset, store):
+        found = aligned(dataset, store)
+        _bmp(target, seed=556)  # ...then another one after the comparison, before decoding
+        return found
+
+    monkeypatch.setattr(extract_module, "_aligned", and_then_changed)
+    result = _extract(data, cache, decode="exact")
+    assert (result.rows_computed, result.n_failed) == (1, 1)
+    assert open_cache(cache).failures("resnet18") == [
+        (
+            "train/dog/0003.bmp",
+            "InvalidArgumentError: the file changed during extraction; re-run extract",
+        )
+    ]
+    monkeypatch.setattr(extract_module, "_aligned", aligned)
+    again = _extract(data, cache)
+    assert (again.rows_computed, again.n_failed) == (1, 0)
+    assert _usable(cache) == _fresh(data, tmp_path)
+
+
+def test_extract_ls_and_run_json_count_the_same_rows(tmp_path, capsys):
+    import json
+
+    import pipelines
+
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _extract(data, cache)
+    _bmp(data / "train" / "cat" / "0001.bmp", seed=777)  # one stale row, one new
+    (data / "train" / "dog" / "0003.bmp").unlink()  # one removed
+    result = _extract(data, cache)
+    counts = open_cache(cache).counts("resnet18", "embedding")
+    assert counts["all"] == {"ok": 9, "failed": 0, "pending": 0, "removed": 1, "stale": 1}
+    assert counts["train"] == {"ok": 7, "failed": 0, "pending": 0, "removed": 1, "stale": 1}
+    assert result.counts == counts
+    assert main(["ls", str(cache), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert (listed["n_samples"], listed["n_removed"], listed["n_stale"]) == (9, 1, 1)
+    assert listed["entries"][0]["counts"] == counts
+    results = tmp_path / "results"
+    pipelines.fit(cache, results, heads=["logreg"], grid={"logreg": {"C": [1.0]}}, cv=2)
+    combo = pipelines._results.ResultsFolder(results).read_run()["rows"]["combinations"][0]
+    assert {k: combo[k] for k in counts["all"]} == counts["all"]
+    assert combo["splits"] == {k: v for k, v in counts.items() if k != "all"}

@@ -31,7 +31,8 @@ def _plain_read(path, model, layer):
         ok = f[fmt.status_path(model, layer)][:] == 1
         y = f[fmt.sample_path("labels")][:]
         ids = f[fmt.sample_path("ids")].asstr()[:]
-        splits = f[fmt.sample_path("splits")].asstr()[:]
+        codes = f[fmt.sample_path("splits")]  # int8 codes into the split-name table
+        splits = np.asarray(codes.attrs["names"]).astype(str)[codes[:]]
     return X, y, ids, splits, ok
 
 
@@ -183,13 +184,13 @@ def test_verify_passes_on_intact_caches(cache_path):
 
 
 def test_ids_and_splits_outside_ascii_read_back_exactly(tmp_path):
-    """ASCII ids take a fast path; any other text is decoded as UTF-8, never mangled."""
+    """ASCII ids take a fast path; any other text (UTF-8 bytes) is decoded, never mangled."""
     path = write_cache(tmp_path / "cache.h5")
     with h5py.File(path, "r+") as f:
         n = len(f[fmt.sample_path("ids")])
         ids = np.array([f"été/ü-{i}.png" if i % 2 else f"plain-{i}" for i in range(n)], object)
         del f[fmt.sample_path("ids")]
-        f.create_dataset(fmt.sample_path("ids"), data=ids, dtype=h5py.string_dtype())
+        f.create_dataset(fmt.sample_path("ids"), data=np.array([i.encode() for i in ids]))
     cache = pipelines.open_cache(path)
     assert cache.ids.tolist() == ids.tolist()
     assert set(cache.splits.tolist()) == {"train", "test"}

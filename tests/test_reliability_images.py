@@ -7,7 +7,8 @@ must be failed rows with a reason. Then ok + failed = all inputs, ``featurecache
 lists every failure with its reason, the heads skip failed rows and the report counts them.
 
 Unreadable permissions cannot be produced with ``chmod 000`` because the tests run as
-root, which reads any file; ``PIL.Image.open`` is therefore patched to raise
+root, which reads any file; ``PIL.Image.open`` and ``open`` (the loader reads a file's bytes
+once, checks their content digest and decodes them from memory) are therefore patched to raise
 ``PermissionError`` for that one file, exactly what a non-root reader gets.
 """
 
@@ -108,15 +109,19 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cache(manifest, tmp_path_factory):
-    original = Image.open
+    import builtins
 
-    def open_image(path, *args, **kwargs):
-        if str(path).endswith("unreadable.png"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return original(path, *args, **kwargs)
+    def refusing(original):
+        def opener(path, *args, **kwargs):
+            if str(path).endswith("unreadable.png"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return original(path, *args, **kwargs)
+
+        return opener
 
     with one_torch_thread(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Image, "open", open_image)
+        patch.setattr(Image, "open", refusing(Image.open))
+        patch.setattr(builtins, "open", refusing(builtins.open))
         cache = tmp_path_factory.mktemp("cache") / "c.h5"
         result = extract(
             manifest,

@@ -172,7 +172,8 @@ def _one_train_row_of_class_2(path) -> None:
     """Relabel every train row of class_2 but one as class_1."""
     with h5py.File(path, "r+") as f:
         labels = f[fmt.sample_path("labels")][:]
-        splits = f[fmt.sample_path("splits")].asstr()[:]
+        codes = f[fmt.sample_path("splits")]
+        splits = np.asarray(codes.attrs["names"]).astype(str)[codes[:]]
         rows = np.flatnonzero((splits == "train") & (labels == 2))
         labels[rows[1:]] = 1
         f[fmt.sample_path("labels")][:] = labels

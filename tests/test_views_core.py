@@ -62,7 +62,7 @@ def test_the_digest_of_a_plain_config_is_unchanged():
         "pooling": "avg",
         "dtype": "float32",
         "compute_dtype": "float32",
-        "format_version": fmt.FORMAT_VERSION,
+        "format_version": fmt.FEATURES_FORMAT_VERSION,
     }
 
     assert PLAIN.digest() == hashlib.sha256(fmt.canonical_json(key).encode()).hexdigest()

@@ -407,13 +407,14 @@ def _add_sample_options(group) -> None:
     """Which rows the cache holds, their splits, and how a changed dataset is met."""
     group.add_argument(
         "--split", default=None,
-        help="random:FRACTION or none, for data without splits (default: the data's own "
-        "splits; builtin:digits random:0.2)",
+        help="random:FRACTION or none, for data without splits (default: the split the cache "
+        "stores, else the data's own splits; builtin:digits random:0.2); another split than "
+        "the stored one is refused without --resplit",
     )  # fmt: skip
     group.add_argument(
         "--resplit", action="store_true",
         help="let --split replace the splits of data that has its own (split folders, a split "
-        "column)",
+        "column), or the split the cache stores",
     )  # fmt: skip
     group.add_argument(
         "--seed", type=int, default=0, help="seed of --split and of --weights none, 0 to 2**32-1"

@@ -252,10 +252,11 @@ class SampleTable:
         """
         n, ids = len(self), [str(i) for i in np.asarray(dataset.ids).tolist()]
         state, names = self.state_codes, list(dataset.class_names)
-        stat_time, racy = now_ns(), np.zeros(len(ids), bool)
+        stat_time = now_ns()
         paths = _paths(dataset)
         stats = stat_files(paths) if paths is not None else None
-        row_of = {str(i): r for r, i in enumerate(self.ids.tolist()) if state[r] != STATE_STALE}
+        kept = np.flatnonzero(state != STATE_STALE)  # at most one such row per id
+        row_of = dict(zip(self.ids[kept].astype(str).tolist(), kept.tolist(), strict=True))
         cand = np.array([row_of.get(i, -1) for i in ids], dtype=np.int64)
         has = cand >= 0
         old_digests = np.zeros((n, DIGEST_SIZE), np.uint8) if self.digests is None else self.digests
@@ -283,50 +284,52 @@ class SampleTable:
         classes = list(self.class_names)
         classes += sorted({names[k] for k in dataset.labels if k >= 0} - set(classes))
         index = {name: k for k, name in enumerate(classes)}
-
-        def label_of(i: int) -> int:
-            k = int(dataset.labels[i])
-            return index[names[k]] if k >= 0 else -1
-
-        relabelled, restored = [], []
-        for row, i in sorted({**claimed, **moves}.items()):
-            label, split = label_of(i), dataset.splits[i]
-            if row in moves and keep_splits:
-                split = splits[row]
-            if row in claimed:
-                if state[row] == STATE_REMOVED:
-                    restored.append(row)
-                elif (labels[row], splits[row]) != (label, split):
-                    relabelled.append(row)
-            table_ids[row], labels[row], splits[row] = ids[i], label, split
-            new_state[row], new_digests[row] = STATE_LIVE, digests[i]
+        remap = np.array([index[name] for name in names] + [-1], dtype=np.int64)
+        their_labels = remap[np.asarray(dataset.labels, dtype=np.int64)]  # -1 indexes the -1
+        their_splits = np.asarray(dataset.splits, dtype=object)
+        id_array = np.array(ids, dtype=object)
+        # Rows kept by their own id: vectorised, as a re-run of millions of unchanged files is.
+        mine = np.flatnonzero(same)
+        rows = cand[mine]
+        restored = rows[state[rows] == STATE_REMOVED].tolist()
+        differs = (labels[rows] != their_labels[mine]) | (splits[rows] != their_splits[mine])
+        relabelled = rows[differs & (state[rows] != STATE_REMOVED)].tolist()
+        moved_rows = np.array(sorted(moves), dtype=np.int64)
+        moved_from = np.array([moves[r] for r in moved_rows.tolist()], dtype=np.int64)
+        for targets, sources, keep in ((rows, mine, False), (moved_rows, moved_from, keep_splits)):
+            table_ids[targets] = id_array[sources]
+            labels[targets] = their_labels[sources]
+            if not keep:
+                splits[targets] = their_splits[sources]
+            new_state[targets], new_digests[targets] = STATE_LIVE, digests[sources]
             if stats is not None:
-                new_stats[row] = stats[i]
-        taken = set(claimed) | set(moves)
-        fresh = [i for i in range(len(ids)) if not same[i] and i not in moves.values()]
-        changed, retried, removed = [], [], []
-        for i in fresh:
-            row = int(cand[i])
-            if row >= 0 and row not in taken:
-                new_state[row] = STATE_STALE
-                if state[row] == STATE_LIVE:
-                    (retried if row in retry_rows else changed).append(row)
-        present = set(ids)
-        for row in np.flatnonzero(state == STATE_LIVE).tolist():
-            if row not in taken and new_state[row] == STATE_LIVE:
-                if str(self.ids[row]) not in present:
-                    new_state[row] = STATE_REMOVED
-                    removed.append(row)
-                else:  # its sample's content moved to another row, and no file holds it now
-                    new_state[row] = STATE_STALE
-                    changed.append(row)
-        added = [ids[i] for i in fresh if cand[i] < 0 or state[cand[i]] != STATE_LIVE]
+                new_stats[targets] = stats[sources]
+        taken = np.zeros(n, bool)
+        taken[rows], taken[moved_rows] = True, True
+        is_fresh = ~same
+        is_fresh[moved_from] = False
+        fresh = np.flatnonzero(is_fresh)
+        changed, retried = [], []
+        superseded = cand[fresh]
+        superseded = superseded[(superseded >= 0) & ~taken[np.maximum(superseded, 0)]]
+        for row in superseded.tolist():
+            new_state[row] = STATE_STALE
+            if state[row] == STATE_LIVE:
+                (retried if row in retry_rows else changed).append(row)
+        left = np.flatnonzero((state == STATE_LIVE) & ~taken & (new_state == STATE_LIVE))
+        present = np.isin(self.ids[left].astype(str), id_array.astype(str))
+        removed = left[~present].tolist()
+        new_state[removed] = STATE_REMOVED
+        # Its sample's content moved to another row, and no file holds this row's content now.
+        new_state[left[present]] = STATE_STALE
+        changed += left[present].tolist()
+        added = [ids[i] for i in fresh.tolist() if cand[i] < 0 or state[cand[i]] != STATE_LIVE]
         n_size = max(1, self.shard_size)
         starts = [s for s, _ in self.shard_ranges()] + list(range(n, n + len(fresh), n_size))
         table = SampleTable(
-            ids=np.concatenate([table_ids, np.array([ids[i] for i in fresh], dtype=object)]),
-            labels=np.concatenate([labels, [label_of(i) for i in fresh]]).astype(np.int64),
-            splits=np.concatenate([splits, [dataset.splits[i] for i in fresh]]).astype(object),
+            ids=np.concatenate([table_ids, id_array[fresh]]),
+            labels=np.concatenate([labels, their_labels[fresh]]),
+            splits=np.concatenate([splits, their_splits[fresh]]),
             class_names=tuple(classes),
             source=getattr(dataset, "source", self.source),
             state=np.concatenate([new_state, np.zeros(len(fresh), np.int8)]),
@@ -339,10 +342,10 @@ class SampleTable:
             starts=np.asarray(starts, dtype=np.int64),
             shard_size=self.shard_size,
         )
+        # Racy rows were hashed again but are not rewritten: a cache hit writes nothing.
         refreshed = int(
             np.any(new_stats != self._stats, axis=1).sum()
             + np.any(new_digests != old_digests, axis=1).sum()
-            + racy.sum()
         )
         changes = SampleChanges(
             added=tuple(added),
@@ -376,16 +379,20 @@ class SampleTable:
         """
         if self.digests is None or not len(unmatched):
             return {}
-        state = self.state_codes
-        free = [
-            r
-            for r in range(len(self))
-            if r not in claimed and r not in retry and state[r] != STATE_STALE
-        ]
+        wanted = {digests[i].tobytes() for i in unmatched.tolist()}
+        wanted -= {NO_DIGEST, UNREADABLE, _EMPTY_DIGEST}
+        if not wanted:
+            return {}
+        # Rows whose digest's first 8 bytes match one sought, found without a loop over rows.
+        heads = np.ascontiguousarray(self.digests).view("<u8")[:, 0]
+        sought = np.array([np.frombuffer(d[:8], "<u8")[0] for d in wanted], dtype=np.uint64)
+        free = np.isin(heads, sought) & (self.state_codes != STATE_STALE)
+        free[list(claimed)] = False
+        free[list(retry)] = False
         by_digest: dict[bytes, list[int]] = {}
-        for r in free:
+        for r in np.flatnonzero(free).tolist():
             key = self.digests[r].tobytes()
-            if key not in (NO_DIGEST, UNREADABLE, _EMPTY_DIGEST):
+            if key in wanted:
                 by_digest.setdefault(key, []).append(r)
         moves: dict[int, int] = {}
         for i in unmatched.tolist():
@@ -427,19 +434,22 @@ def _name(sample_id: str) -> str:
 
 
 def _encode_ids(ids) -> np.ndarray:
-    """Ids as fixed-length UTF-8 bytes: one memory copy to read, whatever the row count."""
-    values = np.asarray(ids)
+    """Ids as fixed-length UTF-8 bytes, as wide as the longest: one memory copy to read."""
+    values = np.asarray(ids).astype(str)
+    width = max(1, int(np.char.str_len(values).max())) if values.size else 1
     try:
-        encoded = values.astype(str).astype(np.bytes_)
+        return values.astype(f"S{width}")
     except UnicodeEncodeError:
-        encoded = np.array([str(v).encode() for v in values.tolist()], dtype=np.bytes_)
-    return encoded if encoded.dtype.itemsize else encoded.astype("S1")
+        return np.array([v.encode() for v in values.tolist()], dtype=np.bytes_)
 
 
 def _decode_ids(raw: np.ndarray) -> np.ndarray:
-    if raw.size == 0 or raw.view(np.uint8).max() < 128:
-        return raw.astype(str)
-    return np.array([v.decode() for v in raw.tolist()], dtype=str)
+    """Fixed-length bytes to a unicode array: ASCII by widening each byte (no per-row work)."""
+    width = raw.dtype.itemsize
+    codes = raw.view(np.uint8).reshape(len(raw), width)
+    if codes.size and codes.max() >= 128:
+        return np.array([v.decode() for v in raw.tolist()], dtype=str)
+    return codes.astype(np.uint32).view(f"U{width}").reshape(len(raw))
 
 
 def _codes(values: np.ndarray, names: Sequence[str]) -> np.ndarray:

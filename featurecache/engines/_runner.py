@@ -592,7 +592,8 @@ class _Images(torch.utils.data.Dataset):
 
     def _load(self, row: int) -> torch.Tensor:
         if self.decode == "fast" and self.dataset.paths is not None:
-            return read_image(self.dataset.paths[row], self.preprocess, self.decode)
+            expected = self.dataset.expected_digest(row)
+            return read_image(self.dataset.paths[row], self.preprocess, self.decode, expected)
         return self.dataset.load_image(row)  # exact, in-memory arrays, the GPU's fall-back
 
 

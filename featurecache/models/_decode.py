@@ -31,14 +31,17 @@ __all__ = ["read_image", "read_jpeg_bytes", "decode_jpegs"]
 _DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
-def read_image(path: str | os.PathLike, preprocess: Preprocess, decode: str) -> torch.Tensor:
+def read_image(
+    path: str | os.PathLike, preprocess: Preprocess, decode: str, expected: bytes | None = None
+) -> torch.Tensor:
     """Decode ``path`` as ``decode`` asks (``exact``, or ``fast`` for large JPEGs).
 
-    ``gpu`` reads as ``exact``: it is the CPU fall-back of the GPU path.
+    ``gpu`` reads as ``exact``: it is the CPU fall-back of the GPU path. ``expected``: the
+    content digest the file must still have (see :func:`load_image`).
     """
     if decode == "fast":
-        return load_image(path, reduce_to=partial(_draft_size, preprocess))
-    return load_image(path)
+        return load_image(path, reduce_to=partial(_draft_size, preprocess), expected=expected)
+    return load_image(path, expected=expected)
 
 
 def _draft_size(preprocess: Preprocess, width: int, height: int) -> tuple[int, int]:

@@ -6,6 +6,7 @@ feature matrix, so two runs that resize or normalise differently never share fea
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from featurecache.cache import content_digest
 from featurecache.exceptions import InvalidArgumentError, suggest
 from featurecache.models._jpeg import decode_plain_jpeg, jpeg_decoder_available
 
@@ -290,7 +292,9 @@ def _single(size: Any) -> int:
 
 
 def load_image(
-    path: str | os.PathLike, reduce_to: Callable[[int, int], tuple[int, int]] | None = None
+    path: str | os.PathLike,
+    reduce_to: Callable[[int, int], tuple[int, int]] | None = None,
+    expected: bytes | None = None,
 ) -> torch.Tensor:
     """Read an image file as an RGB ``uint8`` tensor of shape ``(3, H, W)``.
 
@@ -310,6 +314,10 @@ def load_image(
         file is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's
         ``Image.draft``), the largest reduction that stays at least that size; other
         formats decode at full size.
+    expected : bytes, optional
+        The content digest (:func:`featurecache.cache.content_digest`) the file had when the
+        run compared the dataset with the cache. The bytes are then read once, hashed and
+        decoded from memory; other bytes fail the sample (the file changed meanwhile).
 
     Returns
     -------
@@ -331,11 +339,12 @@ def load_image(
         raise InvalidArgumentError(_reason(exc)) from exc
     if size == 0:
         raise InvalidArgumentError("file is empty (0 bytes)")
-    pixels = _plain_jpeg_pixels(path, reduce_to)
+    source = path if expected is None else io.BytesIO(_read_checked(path, expected))
+    pixels = _plain_jpeg_pixels(source, reduce_to)
     if pixels is not None:
         return torch.from_numpy(pixels).permute(2, 0, 1)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.seek(0)
             if reduce_to is not None:
                 img.draft(None, reduce_to(*img.size))  # a no-op for formats other than JPEG
@@ -347,15 +356,33 @@ def load_image(
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
-def _plain_jpeg_pixels(path, reduce_to) -> np.ndarray | None:
-    """A plain JPEG's pixels through simplejpeg (the same as PIL's); else ``None``, for PIL."""
-    if not jpeg_decoder_available():
-        return None
+def _read_checked(path, expected: bytes) -> bytes:
+    """The file's bytes, refused unless their content digest is ``expected``."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-    except OSError:
-        return None  # PIL reports the reason
+    except OSError as exc:
+        raise InvalidArgumentError(_reason(exc)) from exc
+    if content_digest(data) != expected:
+        raise InvalidArgumentError("the file changed during extraction; re-run extract")
+    return data
+
+
+def _plain_jpeg_pixels(source, reduce_to) -> np.ndarray | None:
+    """A plain JPEG's pixels through simplejpeg (the same as PIL's); else ``None``, for PIL.
+
+    ``source`` is a path or the file's bytes in memory.
+    """
+    if not jpeg_decoder_available():
+        return None
+    if isinstance(source, io.BytesIO):
+        data = source.getvalue()
+    else:
+        try:
+            with open(source, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return None  # PIL reports the reason
     return decode_plain_jpeg(data, Image.MAX_IMAGE_PIXELS, reduce_to)
 
 
