@@ -182,7 +182,7 @@ def report_commits(costs: np.ndarray, total: float, n_shards: int, rows: int, wi
           f"{TARGET_IMAGES:,} images the same share: {scaled * 100:.2f} % (target <= 5 %)")  # fmt: skip
 
 
-def report_reads(path: Path, n_rows: int, n_features: int, repeats: int = 3) -> None:
+def report_reads(path: Path, n_rows: int, n_features: int, repeats: int = 5) -> None:
     """One layer through the public reader against a contiguous read of the same bytes.
 
     Reported: opening the cache (the sample table), the first read in this process, then

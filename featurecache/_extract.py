@@ -513,6 +513,7 @@ def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
     check_name(cache, "cache", "extract")
     store = Store(cache, locking=locking)
     store.check_path()
+    store.check_version()  # an older cache is read, never written, until upgraded
     if not store.path.exists():  # an existing cache is the store's to judge (a hit writes nothing)
         check_writable(store.path, "cache", "extract", probe=True)
     return store

@@ -1,10 +1,9 @@
 """Write small synthetic caches through the cache core (``featurecache.cache``), without torch.
 
-Shared by the test suites: ``write_cache(tmp_path / "cache.h5")`` writes a plain
-index (ordinary datasets, :func:`featurecache.cache.write_arrays`);
-``write_cache(..., shards=True)`` writes the layout stage 1 writes, through the same
-:class:`featurecache.cache.Store` (sample table behind an external link, shard files
-with SHA-256 digests, virtual feature and status datasets, the ``/shards`` table).
+Shared by the test suites: ``write_cache(tmp_path / "cache.h5")`` writes a cache through
+:func:`featurecache.cache.write_arrays` (the layout ``extract`` writes: sample table, config,
+commit log, segment, derived index); ``write_cache(..., shards=True)`` commits shard files
+one by one through :class:`featurecache.cache.Store`, as a run does before it compacts them.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ def write_cache(
     views: int = 0,
     tta: int = 0,
     view_noise: float = 0.1,
-    logged: bool = False,
+    logged: bool = True,
 ) -> Path:
     """Write a cache and return its path.
 
@@ -71,8 +70,8 @@ def write_cache(
     views 1..K-1 the plain features plus ``view_noise * N(0, 1)``; test rows have none),
     ``tta=T`` T test-time views per row of every split, made the same way; the models'
     configs record them (augment spec ``flip``, test-time spec ``flip``, seed 0).
-    ``logged`` (with ``shards``) also commits each shard to the model's log, so readers
-    take the folder (as for a stage-1 cache) rather than the index.
+    ``logged`` (with ``shards``) commits each shard to the model's log, as a stage-1 run
+    does; without it the shard files are written but not committed (readers do not see them).
     """
     path = Path(path)
     rng = np.random.default_rng(seed)

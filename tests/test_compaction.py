@@ -15,10 +15,10 @@ from _synthetic import write_cache
 
 import featurecache.cache._compact as compact_module
 import featurecache.cache._folder as folder_module
-import featurecache.cache._reader as reader_module
 from featurecache.cache import Store, open_cache
 from featurecache.cache import _format as fmt
 from featurecache.cache._log import read_log
+from featurecache.exceptions import CacheCorruptError
 
 FAILED = (3, 20, 57)
 
@@ -106,7 +106,7 @@ def test_a_damaged_segment_names_itself_and_the_fix(tmp_path):
     with h5py.File(segment, "r+") as f:  # valid HDF5 checksums: only the digest sees it
         f[fmt.shard_features_path("embedding")][5, 0] += 1.0
     with pytest.raises(
-        reader_module.CacheCorruptError,
+        CacheCorruptError,
         match=rf"shard file '{segment}' of toy/embedding is corrupt: the SHA-256 of layer "
         rf"'embedding' is \w+…, the commit log records \w+…; delete '{segment}' and re-run",
     ):
@@ -119,7 +119,7 @@ def test_a_reader_listing_shards_as_they_are_compacted_reads_the_segment(tmp_pat
     path = _cache(tmp_path / "c.h5")
     expected = _reads(path)
     cache = open_cache(path)
-    original, calls = reader_module.read_layer, []
+    original, calls = folder_module.read_layer, []
 
     def compacting_first(shards, *args, **kwargs):
         calls.append(len(shards))
@@ -127,7 +127,7 @@ def test_a_reader_listing_shards_as_they_are_compacted_reads_the_segment(tmp_pat
             Store(path).compact("toy")
         return original(shards, *args, **kwargs)
 
-    monkeypatch.setattr(reader_module, "read_layer", compacting_first)
+    monkeypatch.setattr(folder_module, "read_layer", compacting_first)
     X, rows = cache.load_rows("toy", "embedding")
     assert calls == [45, 1]
     assert X.tobytes() == expected["embedding"][0].tobytes()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import glob
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from _synthetic import samples_digest, write_cache
 
+import featurecache.cache._legacy as legacy_module
 import featurecache.cache._reader as cache_module
 import pipelines
 from featurecache.cache import _format as fmt
@@ -79,10 +82,12 @@ def test_float16_is_upcast(tmp_path):
         )
 
 
-def test_chunked_read_equals_one_read(tmp_path, monkeypatch):
-    path = write_cache(tmp_path / "cache.h5", failed_rows=[0, 50])
+def test_chunked_read_of_an_index_of_arrays_equals_one_read(tmp_path, monkeypatch):
+    """An index of plain datasets (version 1, no folder) is read a step at a time."""
+    path = tmp_path / "arrays.h5"
+    shutil.copy2(Path(__file__).parent / "fixtures" / "v1" / "arrays.h5", path)
     whole = pipelines.open_cache(path).load("toy", "informative", split="test")
-    monkeypatch.setattr(cache_module, "_CHUNK_BYTES", 7 * 16 * 4)  # 7 rows per chunk
+    monkeypatch.setattr(legacy_module, "_CHUNK_BYTES", 3 * 16 * 4)  # 3 rows per step
     chunked = pipelines.open_cache(path).load("toy", "informative", split="test")
     for a, b in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -12,7 +12,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from _synthetic import write_cache
+from _synthetic import LAYERS, write_cache
 
 import pipelines
 import pipelines._fit as fit_module
@@ -20,7 +20,7 @@ import pipelines._results as results_module
 from featurecache._validation import ParameterError
 from featurecache.app._fit_commands import register
 from featurecache.app.cli import main
-from featurecache.cache import FeatureConfig
+from featurecache.cache import FeatureConfig, Store
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError, UnknownNameError
 
@@ -243,11 +243,9 @@ def test_labels_only_in_test_are_refused(tmp_path):
 
 
 def test_layer_without_extracted_rows_is_refused(tmp_path):
-    cache = write_cache(tmp_path / "c.h5")
-    import h5py
-
-    with h5py.File(cache, "r+") as f:
-        f[fmt.status_path("toy", "noise")][:] = 0  # not extracted yet
+    cache = write_cache(tmp_path / "c.h5", layers=LAYERS[1:])
+    # A run set out to compute toy/noise and has committed nothing of it yet.
+    Store(cache).declare_layers("toy", {"noise": {"n_features": 8, "dtype": "float32"}})
     with pytest.raises(InvalidArgumentError, match="toy/noise of cache .* hold no extracted rows"):
         _fit(cache, tmp_path / "r")
     assert not (tmp_path / "r").exists()

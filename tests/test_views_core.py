@@ -21,6 +21,7 @@ from featurecache.cache import (
     write_arrays,
 )
 from featurecache.cache import _format as fmt
+from featurecache.cache._folder import FolderView
 from featurecache.exceptions import (
     CacheCorruptError,
     ConfigMismatchError,
@@ -38,9 +39,8 @@ PLAIN = FeatureConfig(
 VIEWS = {"k": 4, "augment": "flip", "tta_k": 0, "tta": "", "seed": 0}
 
 LAYOUTS = {
-    "index": {},
-    "sharded index": {"shards": True, "shard_size": 16},
-    "folder": {"shards": True, "shard_size": 16, "logged": True},
+    "arrays": {},  # write_arrays: one segment
+    "shards": {"shards": True, "shard_size": 16},  # shards committed one by one
 }
 
 
@@ -96,7 +96,7 @@ def test_view_sets_read_the_mapping():
 def test_load_views_gives_every_view_of_the_train_rows(tmp_path, layout):
     path = write_cache(tmp_path / "c.h5", views=4, tta=3, failed_rows=[3, 40], **LAYOUTS[layout])
     cache = open_cache(path)
-    assert (cache._folder is not None) == (layout == "folder")
+    assert isinstance(cache._view, FolderView)  # every layout written today has a folder
     assert cache.views("toy") == ViewSets(k=4, augment="flip", tta_k=3, tta="flip", seed=0)
     plain, plain_rows = cache.load_rows("toy", "informative")
     by_row = dict(zip(plain_rows.tolist(), plain, strict=True))
@@ -116,7 +116,7 @@ def test_load_views_gives_every_view_of_the_train_rows(tmp_path, layout):
     np.testing.assert_array_equal(T[:, 0], plain)
 
 
-@pytest.mark.parametrize("layout", ["sharded index", "folder"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_plain_h5py_reads_views_from_the_index(tmp_path, layout):
     path = write_cache(tmp_path / "c.h5", views=3, **LAYOUTS[layout])
     cache = open_cache(path)

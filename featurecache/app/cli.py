@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layers(sub)
     _add_extract(sub)
     _add_ls(sub)
+    _add_upgrade(sub)
     from featurecache.app._fit_commands import register
 
     register(sub)
@@ -556,7 +557,8 @@ def _run_extract(args) -> int:
         )
     if result.changes != "no change":
         print(f"samples: {result.changes} since the last run")
-    print(f"rows: {_counts_text(result.counts)}")
+    counts = result.counts or {"all": _bare_counts(result)}  # an engine may report no splits
+    print(f"rows: {_counts_text(counts)}")
     if args.views or args.tta:
         print(_views_line(args.cache, result.model))
     if result.n_ok == 0 and result.n_failed:
@@ -567,6 +569,11 @@ def _run_extract(args) -> int:
         )
         return 1
     return 0
+
+
+def _bare_counts(result) -> dict[str, int]:
+    """The counts a result without per-split counts gives: its ok and failed rows."""
+    return {"ok": result.n_ok, "failed": result.n_failed, "pending": 0, "removed": 0, "stale": 0}
 
 
 def _counts_text(counts: dict) -> str:
@@ -676,6 +683,30 @@ def _run_ls(args) -> int:
         print(json.dumps(_ls_record(cache, entries), default=str, indent=1))
     else:
         print("\n".join(_ls_lines(cache, entries)))
+    return 0
+
+
+def _add_upgrade(sub) -> None:
+    parser = add_command(
+        sub, "upgrade", help="rewrite a cache of an older format version as version 2",
+        description="Rewrite a cache written by an older featurecache (format version 1) as "
+        "version 2, in place: its shards compacted into segments, its sample table rewritten, "
+        "its index rebuilt. Crash-safe (run it again after an interruption) and idempotent. "
+        "Older caches are read without it; writing into them needs it.",
+    )  # fmt: skip
+    parser.add_argument("cache", help="the CACHE.h5 index of the cache")
+    parser.add_argument("--no-locking", action="store_true", help="file systems without locks")
+    parser.set_defaults(func=_run_upgrade)
+
+
+def _run_upgrade(args) -> int:
+    from featurecache.cache import FORMAT_VERSION, upgrade
+
+    locking = False if args.no_locking else None
+    if upgrade(args.cache, locking=locking):
+        print(f"{args.cache}: upgraded to version {FORMAT_VERSION}")
+    else:
+        print(f"{args.cache}: already version {FORMAT_VERSION}; nothing to do")
     return 0
 
 

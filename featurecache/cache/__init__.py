@@ -32,6 +32,7 @@ from featurecache.cache._samples import (
     SampleTable,
     SplitSpec,
 )
+from featurecache.cache._upgrade import cache_version, upgrade
 from featurecache.cache._writer import ShardViews, Store, check_config
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "VIEW_KINDS",
     "ViewSets",
     "atomic_write",
+    "cache_version",
     "check_config",
     "content_digest",
     "create_once",
@@ -66,6 +68,7 @@ __all__ = [
     "open_cache",
     "read_classifiers",
     "samples_digest",
+    "upgrade",
     "write_arrays",
     "write_classifier",
 ]

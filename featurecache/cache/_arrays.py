@@ -1,30 +1,52 @@
-"""A plain cache index for features held in memory (made elsewhere).
+"""A cache for features held in memory (made elsewhere), in the layout ``extract`` writes.
 
-Stage 1 writes shard files and a derived index (:class:`~featurecache.cache.Store`). A plain
-index holds ordinary datasets instead: every reader in ``pipelines`` accepts it, so features
-computed by another tool can be fitted and reported on like extracted ones.
+:func:`write_arrays` writes what an extraction writes: the sample table, each model's
+``config.json`` and commit log, shard files packed into a segment, and the derived index
+``CACHE.h5``. Every reader accepts it, so features computed by another tool are fitted and
+reported on like extracted ones, and tests built on it test the layout that ships.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import os
+import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from featurecache.cache import _format as fmt
-from featurecache.cache._atomic import create_once
+from featurecache.cache._atomic import fsync_dir, temporary_path
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
-from featurecache.cache._samples import SampleTable, write_samples
-from featurecache.cache._writer import config_attrs, new_h5, write_failures
+from featurecache.cache._samples import SampleTable
+from featurecache.cache._writer import ShardViews, Store
 from featurecache.exceptions import InvalidArgumentError
 
-__all__ = ["write_arrays"]
+__all__ = ["ModelArrays", "Pass", "build_folder", "write_arrays"]
 
-_STR = h5py.string_dtype()
+#: Rows per shard file before compaction: :class:`featurecache.RunOptions`' default.
+SHARD_ROWS = 1024
+_REASON = "failed"
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Layers written together, as one extraction pass writes them (one status per row)."""
+
+    features: Mapping[str, np.ndarray]
+    attrs: Mapping[str, Mapping]
+    status: np.ndarray
+    reasons: np.ndarray  # (n_samples,) str: why each failed row failed, "" elsewhere
+    #: ``views[kind] = (status (n, K) int8, {layer: (n, K, n_features)})``.
+    views: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelArrays:
+    config: FeatureConfig
+    passes: Sequence[Pass]
 
 
 def write_arrays(
@@ -38,12 +60,13 @@ def write_arrays(
     failures: Mapping[str, Sequence[tuple[int, str]]] | None = None,
     views: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
 ) -> Path:
-    """Write a plain (unsharded) cache index for features held in memory.
+    """Write a cache of features held in memory, in the layout ``extract`` writes.
 
     Parameters
     ----------
     path : str or path
-        The new index file; an existing file is never replaced.
+        The new index file; its folder ``path.d`` is written beside it. An existing file
+        is never replaced, and nothing is left behind when the call fails.
     samples : SampleTable
     features : mapping
         ``features[model][layer]`` of shape ``(n_samples, n_features)``.
@@ -53,7 +76,7 @@ def write_arrays(
         ``layer_attrs[model][layer]``: attributes of each layer (``depth``, ``depth_index``…).
     status : mapping, optional
         ``status[model]`` of shape ``(n_samples,)`` (``STATUS_*`` codes), shared by the
-        model's layers; without it readers take every row as ok.
+        model's layers; without it every row is ok.
     failures : mapping, optional
         ``failures[model]``: ``(row, reason)`` of the rows that failed.
     views : mapping, optional
@@ -86,49 +109,107 @@ def write_arrays(
         for layer, kinds in layers.items():
             for kind, values in kinds.items():
                 _check_views(model, layer, kind, values, features, configs[model])
-
-    def write(tmp: Path) -> None:
-        with new_h5(tmp) as f:
-            f.attrs.update(
-                format=fmt.FORMAT,
-                format_version=fmt.FORMAT_VERSION,
-                n_samples=n_samples,
-                dataset=samples.source,
-                samples_digest=samples.samples_digest,
-            )
-            write_samples(f, samples)
-            f.create_group(fmt.features_path())
-            for model, layers in features.items():
-                _write_model(f, model, layers, configs[model], layer_attrs, status, failures)
-                for layer, kinds in (views or {}).get(model, {}).items():
-                    _write_views(f, model, layer, kinds, (status or {}).get(model))
-
-    if not create_once(final, write):
+    if final.exists() or fmt.data_dir(final).exists():
         raise InvalidArgumentError(f"{str(final)!r} exists; write_arrays never replaces a file.")
+    models = {
+        model: ModelArrays(
+            configs[model],
+            [_pass(model, layers, n_samples, layer_attrs, status, failures, views)],
+        )
+        for model, layers in features.items()
+    }
+    staging = build_folder(final, samples, models)
+    try:
+        os.rename(fmt.data_dir(staging), fmt.data_dir(final))
+        os.link(staging, final)  # never over an existing file
+        fsync_dir(final.parent)
+    except FileExistsError as error:
+        raise InvalidArgumentError(
+            f"{str(final)!r} exists; write_arrays never replaces a file."
+        ) from error
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
     return final
 
 
-def _sha256(values: np.ndarray) -> str:
-    """What :meth:`Cache.features_digest` names a plain matrix by: the SHA-256 of its bytes."""
-    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+def build_folder(final: Path, table: SampleTable, models: Mapping[str, ModelArrays]) -> Path:
+    """Write a whole cache through :class:`Store` in a new folder beside ``final``, under
+    the same file name (every path inside a cache is relative to the index's folder), and
+    return its index: the caller moves the folder (and the index) into place."""
+    staging = temporary_path(final)
+    staging.mkdir()
+    try:
+        store = Store(staging / final.name)
+        table = dataclasses.replace(table, starts=None, shard_size=SHARD_ROWS)
+        store.data_dir.mkdir()
+        store._write_table(store.samples_path, table)
+        for model, arrays in models.items():
+            store.register_model(model, arrays.config)
+            with store.lock_model(model):
+                for one in arrays.passes:
+                    _write_pass(store, model, arrays.config, one, len(table))
+                store.compact_held(model)
+        store.rebuild_index()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return store.path
 
 
-def _write_model(f, model, layers, config, layer_attrs, status, failures) -> None:
-    group = f.create_group(fmt.features_path(model))
-    group.attrs.update(config_attrs(config))
-    for layer, values in layers.items():
-        values = np.ascontiguousarray(values)
-        dataset = group.create_dataset(layer, data=values)
-        extra = dict((layer_attrs or {}).get(model, {}).get(layer, {}))
-        dataset.attrs.update({**config_attrs(config), **extra, "layer": layer})
-        dataset.attrs[fmt.DIGEST_ATTR] = _sha256(values)
-        if status is not None and model in status:
-            f.create_dataset(
-                fmt.status_path(model, layer), data=np.asarray(status[model], dtype=np.int8)
-            )
-    if failures is not None and model in failures:
-        rows = [row for row, _ in failures[model]]
-        write_failures(f, model, rows, [reason for _, reason in failures[model]])
+def _write_pass(store: Store, model: str, config: FeatureConfig, one: Pass, n: int) -> None:
+    metas = []
+    for shard, start in enumerate(range(0, n, SHARD_ROWS)):
+        rows = slice(start, min(n, start + SHARD_ROWS))
+        views = {
+            kind: ShardViews(status[rows], {layer: v[rows] for layer, v in values.items()})
+            for kind, (status, values) in one.views.items()
+        }
+        metas.append(
+            store.write_shard(
+                model,
+                shard,
+                start,
+                one.status[rows],
+                list(one.reasons[rows]),
+                {layer: np.asarray(X)[rows] for layer, X in one.features.items()},
+                {layer: dict(one.attrs.get(layer, {})) for layer in one.features},
+                config,
+                views=views,
+            )  # fmt: skip
+        )
+    store.publish(model, metas)
+
+
+def _pass(model, layers, n, layer_attrs, status, failures, views) -> Pass:
+    """The one pass ``write_arrays`` writes of a model: every layer, one status."""
+    state = np.full(n, fmt.STATUS_OK, np.int8)
+    if status is not None and model in status:
+        state = np.asarray(status[model], dtype=np.int8)
+    reasons = np.full(n, "", dtype=object)
+    reasons[state == fmt.STATUS_FAILED] = _REASON
+    for row, reason in (failures or {}).get(model, ()):
+        reasons[int(row)] = str(reason)
+    by_kind: dict[str, dict[str, np.ndarray]] = {}
+    for layer, kinds in (views or {}).get(model, {}).items():
+        for kind, values in kinds.items():
+            by_kind.setdefault(kind, {})[layer] = np.asarray(values)
+    return Pass(
+        features=layers,
+        attrs=(layer_attrs or {}).get(model, {}),
+        status=state,
+        reasons=reasons,
+        views={
+            kind: (_view_status(next(iter(v.values())), state), v) for kind, v in by_kind.items()
+        },
+    )
+
+
+def _view_status(values: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Ok where a view is finite, pending where it is NaN, failed on a failed row."""
+    state = np.where(np.isfinite(values).all(axis=2), fmt.STATUS_OK, fmt.STATUS_PENDING)
+    state = state.astype(np.int8)
+    state[np.asarray(status) == fmt.STATUS_FAILED] = fmt.STATUS_FAILED
+    return state
 
 
 def _check_views(model, layer, kind, values, features, config) -> None:
@@ -158,17 +239,3 @@ def _check_views(model, layer, kind, values, features, config) -> None:
             f"{name}: view 0 must equal the plain features of each row that has views; "
             "it differs. Put features[model][layer] in view 0."
         )
-
-
-def _write_views(f, model: str, layer: str, kinds: Mapping, status) -> None:
-    for kind, values in kinds.items():
-        values = np.asarray(values)
-        state = np.where(np.isfinite(values).all(axis=2), fmt.STATUS_OK, fmt.STATUS_PENDING).astype(
-            np.int8
-        )
-        if status is not None:
-            failed = np.asarray(status) == fmt.STATUS_FAILED
-            state[failed] = fmt.STATUS_FAILED
-        dataset = f.create_dataset(fmt.views_path(kind, model, layer), data=values)
-        dataset.attrs[fmt.DIGEST_ATTR] = _sha256(values)
-        f.create_dataset(fmt.view_status_path(kind, model, layer), data=state)

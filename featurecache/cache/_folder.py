@@ -21,8 +21,8 @@ import xxhash
 
 from featurecache.cache import _format as fmt
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
-from featurecache.cache._format import STATUS_FAILED
-from featurecache.cache._log import ShardMeta, read_log
+from featurecache.cache._format import STATUS_FAILED, STATUS_OK
+from featurecache.cache._log import ShardMeta, read_log, read_runs
 from featurecache.exceptions import CacheCorruptError
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "LayerSummary",
     "ShardData",
     "ShardReadError",
-    "has_folder",
     "read_layer",
     "read_declared_layers",
     "read_views",
@@ -38,6 +37,8 @@ __all__ = [
 
 #: Files verified in this process: (path, inode, size, mtime, layer) -> SHA-256 they matched.
 _VERIFIED: dict[tuple, str] = {}
+#: Reads started again when a file they listed was compacted away meanwhile.
+_RETRIES = 3
 #: What shard files without a log line record: (path, inode, size, mtime) -> ShardMeta.
 _UNLOGGED: dict[tuple, ShardMeta] = {}
 
@@ -108,23 +109,22 @@ def read_declared_layers(index: Path, model: str) -> dict[str, dict]:
     return declared if isinstance(declared, dict) else {}
 
 
-def has_folder(index: Path) -> bool:
-    """True when the cache's folder can be read on its own.
+def read_config(index: Path, model: str) -> FeatureConfig:
+    """The model's ``config.json``: how its features were made (the cache key).
 
-    Caches written before commit logs existed are read through their index: a model with
-    shard files but no log, beside an index, is one of those. Without an index, shard
-    files not in a log are simply not committed yet.
+    Raises
+    ------
+    CacheCorruptError
+        The file cannot be read or parsed.
     """
-    if not fmt.samples_file(index).is_file():
-        return False
-    if not index.exists():
-        return True
-    data_dir = fmt.data_dir(index)
-    for config in data_dir.glob("*/config.json"):
-        model = config.parent.name
-        if not fmt.commit_log(index, model).exists() and any(config.parent.glob(fmt.SHARD_GLOB)):
-            return False  # written before commit logs: read through its index
-    return True
+    path = fmt.config_file(index, model)
+    try:
+        return FeatureConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CacheCorruptError(
+            f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
+            "extracted. Restore it, or extract into a new cache."
+        ) from error
 
 
 class FolderView:
@@ -133,6 +133,7 @@ class FolderView:
     def __init__(self, index: Path, opener) -> None:
         self.index = index
         self._open = opener
+        self._version: int | None = None
 
     def root_attrs(self) -> dict:
         with self._open(fmt.samples_file(self.index)) as f:
@@ -147,28 +148,28 @@ class FolderView:
         return sorted(p.parent.name for p in folder.glob("*/config.json"))
 
     def config(self, model: str) -> FeatureConfig:
-        path = fmt.config_file(self.index, model)
-        try:
-            return FeatureConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CacheCorruptError(
-                f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
-                "extracted. Restore it, or extract into a new cache."
-            ) from error
+        return read_config(self.index, model)
 
     def metas(self, model: str) -> list[ShardMeta]:
         """The model's committed files: its log, or for a model written before commit logs
         existed (shard files, no log) what its shard files record."""
         log = fmt.commit_log(self.index, model)
         try:
-            if not log.exists():
-                return self._unlogged(model)
+            if not log.exists():  # version 2: nothing committed yet
+                return self._unlogged(model) if self._before_logs() else []
             return read_log(log)
         except (ValueError, KeyError, TypeError) as error:
             raise CacheCorruptError(
                 f"the commit log of model {model!r} in {str(self.index)!r} cannot be read "
                 f"({error}); re-run the same `featurecache extract` command to repair it."
             ) from error
+
+    def _before_logs(self) -> bool:
+        """True for a version-1 cache: its shard files may predate commit logs."""
+        if self._version is None:
+            with self._open(fmt.samples_file(self.index)) as f:
+                self._version = int(f.attrs.get("format_version", 1))
+        return self._version < 2
 
     def _unlogged(self, model: str) -> list[ShardMeta]:
         found = []
@@ -214,6 +215,10 @@ class FolderView:
         (rows, SHA-256 of the layer and of its views): the same before and after compaction."""
         return [part for meta in self._holding(model, layer) for part in meta.ranges()]
 
+    def range_digests(self, model: str, layer: str) -> list[tuple[int, int, str]]:
+        """``(start, stop, sha256)`` of each of :meth:`range_parts`."""
+        return [(p.start, p.stop, p.digests[layer]) for p in self.range_parts(model, layer)]
+
     def view_shards(self, model: str, layer: str, kind: str) -> list[ShardData]:
         """The shards holding ``layer``'s views of ``kind``, with those views' SHA-256."""
         parent = str(self.index.parent)
@@ -230,6 +235,50 @@ class FolderView:
             for meta in self._holding(model, layer)
             if layer in meta.views.get(kind, {})
         ]
+
+    def provenance(self, model: str, layer: str, summary: LayerSummary) -> dict:
+        """What a reader reports of a layer: the model's configuration as the index's model
+        group records it, its runs, then the layer's attributes."""
+        runs = read_runs(fmt.run_log(self.index, model))
+        return {**config_provenance(self.config(model)), **runs, **plain_attrs(summary.attrs)}
+
+    def view_mapping(self, model: str) -> dict:
+        return dict(self.config(model).views)
+
+    def read(
+        self, model: str, layer: str, n_features: int, keep: np.ndarray, force: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The kept rows of a layer (see :func:`read_layer`).
+
+        A file that compaction replaced after the log was read is gone when it is read: the
+        log then lists its segment, so the read starts again from the log.
+
+        Raises
+        ------
+        CacheCorruptError
+            Naming the first file that cannot be read or does not match its digest.
+        """
+        for attempt in range(_RETRIES + 1):
+            try:
+                return read_layer(self.shards(model, layer), n_features, keep, force=force)
+            except ShardReadError as error:
+                if attempt == _RETRIES or os.path.exists(error.shard.file):
+                    raise corrupt(model, layer, error.shard, error.what) from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read_views(
+        self, model: str, layer: str, kind: str, removed: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(X, rows)]`` per file: the views of ``kind`` of the rows whose every view is ok."""
+        found = []
+        for shard in self.view_shards(model, layer, kind):
+            try:
+                status, values = read_views(shard, kind, self._open)
+            except ShardReadError as error:
+                raise corrupt(model, layer, error.shard, error.what) from error
+            keep = np.all(status == STATUS_OK, axis=1) & ~removed[shard.start : shard.stop]
+            found.append((values[keep], shard.start + np.flatnonzero(keep)))
+        return found
 
     def failures(self, model: str) -> list[tuple[int, str]]:
         found: dict[int, str] = {}
@@ -333,6 +382,15 @@ def config_provenance(config: FeatureConfig) -> dict:
 
 def plain_attrs(attrs: Mapping) -> dict:
     return {k: decode(v) for k, v in attrs.items() if k != "dtype_stored"}
+
+
+def corrupt(model: str, layer: str, shard: ShardData, what: str) -> CacheCorruptError:
+    """The one message for a damaged file: which, how, and how to recompute it."""
+    return CacheCorruptError(
+        f"shard file {str(shard.file)!r} of {model}/{layer} is corrupt: {what}; delete "
+        f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
+        "recompute it."
+    )
 
 
 class ShardReadError(Exception):

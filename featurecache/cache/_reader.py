@@ -7,7 +7,6 @@ may replace the index between two calls; every call sees one consistent index.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -22,20 +21,10 @@ from featurecache._validation import check_choice
 from featurecache.cache import _format as fmt
 from featurecache.cache._classifiers import StoredClassifier, read_classifiers
 from featurecache.cache._config import VIEW_KINDS, ViewSets
-from featurecache.cache._folder import (
-    FolderView,
-    ShardReadError,
-    config_provenance,
-    has_folder,
-    plain_attrs,
-    read_layer,
-    read_views,
-)
-from featurecache.cache._folder import (
-    decode as _decode,
-)
+from featurecache.cache._folder import FolderView, LayerSummary
+from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
-from featurecache.cache._log import read_runs
+from featurecache.cache._legacy import IndexView
 from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, read_table
 from featurecache.exceptions import (
     CacheCorruptError,
@@ -48,10 +37,6 @@ __all__ = ["Cache", "Entry", "open_cache"]
 
 logger = logging.getLogger(__name__)
 
-# Rows read per chunk when a feature matrix is read without shard files.
-_CHUNK_BYTES = 64 << 20
-#: Reads started again when a file they listed was compacted away meanwhile.
-_RETRIES = 3
 _LS_HINT = "run `featurecache ls {path}` to see what the cache holds"
 
 
@@ -74,15 +59,6 @@ class Entry:
     n_removed: int = 0
     n_stale: int = 0
     provenance: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
-
-
-@dataclass(frozen=True)
-class _Shard:
-    file: Path
-    name: str  # as listed in the index, for messages
-    start: int
-    stop: int
-    sha256: str
 
 
 def open_cache(path: str | os.PathLike) -> Cache:
@@ -110,18 +86,19 @@ class Cache:
     """A featurecache file, read one call at a time.
 
     The sample table (``ids``, ``labels``, ``splits``, ``class_names``) is read
-    once, when the cache is opened: it is written once and never modified.
-    Everything else is read from the current index on each call.
+    once, when the cache is opened. Everything else is read from the cache's folder
+    (its commit logs) on each call; a cache without a folder (an index of plain datasets,
+    version 1) is read through one adapter, :class:`~featurecache.cache._legacy.IndexView`.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        folder = has_folder(self.path) and not self.path.is_dir()
-        self._folder = FolderView(self.path, self._open) if folder else None
-        if self._folder is None:
+        folder = fmt.samples_file(self.path).is_file() and not self.path.is_dir()
+        if not folder:
             self._check_path()
+        self._view = (FolderView if folder else IndexView)(self.path, self._open)
         try:
-            with self._open_samples() as f:
+            with self._view.samples_group() as f:
                 self._read_samples(f)
         except CacheCorruptError:
             raise
@@ -154,9 +131,6 @@ class Cache:
                 f"CACHE must be a featurecache HDF5 file; {str(self.path)!r} is not HDF5; {fix}."
             )
 
-    def _open_samples(self):
-        return self._open() if self._folder is None else self._folder.samples_group()
-
     def _read_samples(self, f: h5py.File) -> None:
         link = f.get("samples", getlink=True)
         if isinstance(link, h5py.ExternalLink) and not fmt.data_dir(self.path).is_dir():
@@ -168,7 +142,7 @@ class Cache:
         found = _decode(f.attrs.get("format", fmt.FORMAT))
         version = int(f.attrs.get("format_version", 1))
         missing = [k for k in fmt.SAMPLE_FIELDS if fmt.sample_path(k) not in f]
-        no_features = self._folder is None and fmt.features_path() not in f
+        no_features = isinstance(self._view, IndexView) and fmt.features_path() not in f
         if found != fmt.FORMAT or missing or no_features:
             what = (
                 f"format {found!r}"
@@ -217,52 +191,28 @@ class Cache:
     @property
     def models(self) -> list[str]:
         """Model names, sorted."""
-        if self._folder is not None:
-            return self._folder.models()
-        with self._open() as f:
-            return sorted(f[fmt.features_path()].keys())
+        return self._view.models()
 
     def layers(self, model: str) -> list[str]:
         """Layer names of ``model``, from input to output (by ``depth`` where present)."""
-        if self._folder is not None:
-            return _order(self._folder_layers(model))
-        with self._open() as f:
-            return _layer_order(self._model_group(f, model))
+        return _order(self._layers(model))
 
     @property
     def entries(self) -> list[Entry]:
         """Every ``(model, layer)`` matrix with its shape, row counts and provenance."""
-        if self._folder is not None:
-            return [self._folder_entry(m, layer) for m in self.models for layer in self.layers(m)]
-        with self._open() as f:
-            return [
-                self._entry(f, model, layer)
-                for model in sorted(f[fmt.features_path()].keys())
-                for layer in _layer_order(f[fmt.features_path(model)])
-            ]
+        return [self.entry(model, layer) for model in self.models for layer in self.layers(model)]
 
     def entry(self, model: str, layer: str) -> Entry:
         """The :class:`Entry` of one ``(model, layer)``."""
-        if self._folder is not None:
-            self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
-            return self._folder_entry(model, layer)
-        with self._open() as f:
-            self._dataset(f, model, layer)  # raises UnknownNameError with suggestions
-            return self._entry(f, model, layer)
-
-    def _entry(self, f: h5py.File, model: str, layer: str) -> Entry:
-        group = f[fmt.features_path(model)]
-        dataset = group[layer]
-        status = self._status(f, model, layer)
-        provenance = {k: _decode(v) for k, v in group.attrs.items()}
-        provenance.update({k: _decode(v) for k, v in dataset.attrs.items() if k != fmt.DIGEST_ATTR})
-        provenance.setdefault("layer", layer)
+        summary = self._layer(model, layer)
+        status = self._view.status(model, layer, self.n_samples)
+        provenance = {**self._view.provenance(model, layer, summary), "layer": layer}
         depth = provenance.get("depth")
         return Entry(
             model=model,
             layer=layer,
-            n_features=int(dataset.shape[1]),
-            dtype=str(dataset.dtype),
+            n_features=summary.n_features,
+            dtype=summary.dtype,
             depth=None if depth is None else float(depth),
             provenance=provenance,
             **_entry_counts(count_rows(status, self.state)),
@@ -270,12 +220,8 @@ class Cache:
 
     def status(self, model: str, layer: str) -> np.ndarray:
         """``STATUS_*`` of every row of ``(model, layer)``, shape ``(n_samples,)``, int8."""
-        if self._folder is not None:
-            self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
-            return self._folder.status(model, layer, self.n_samples)
-        with self._open() as f:
-            self._dataset(f, model, layer)
-            return self._status(f, model, layer)
+        self._layer(model, layer)  # raises UnknownNameError with suggestions
+        return self._view.status(model, layer, self.n_samples)
 
     def counts(self, model: str, layer: str) -> dict[str, dict[str, int]]:
         """The one count of a layer's rows, per split (``""``: no split) and ``"all"``.
@@ -293,23 +239,11 @@ class Cache:
 
     def failures(self, model: str) -> list[tuple[str, str]]:
         """``(id, reason)`` of each live sample that failed for ``model``."""
-        if self._folder is not None:
-            self._folder_layers(model)
-            return [
-                (str(self.ids[row]), reason)
-                for row, reason in self._folder.failures(model)
-                if not self.removed[row]
-            ]
-        with self._open() as f:
-            self._model_group(f, model)
-            if fmt.failures_path(model, "row") not in f:
-                return []
-            rows = f[fmt.failures_path(model, "row")][:]
-            reasons = f[fmt.failures_path(model, "reason")].asstr()[:]
+        self._layers(model)  # raises UnknownNameError with suggestions
         return [
-            (str(self.ids[int(r)]), str(reason))
-            for r, reason in zip(rows, reasons, strict=True)
-            if not self.removed[int(r)]
+            (str(self.ids[row]), reason)
+            for row, reason in self._view.failures(model)
+            if not self.removed[row]
         ]
 
     # -- reading features -----------------------------------------------------------
@@ -352,17 +286,7 @@ class Cache:
         if wanted is None:
             wanted = np.ones(self.n_samples, dtype=bool)
         wanted = wanted & ~self.removed  # removed samples are never read
-        if self._folder is not None:
-            return self._read_folder(model, layer, wanted)
-        with self._open() as f:
-            dataset = self._dataset(f, model, layer)
-            n_features = int(dataset.shape[1])
-            shards = self._shards(f, model, layer)
-            if shards is None:
-                return self._read_dataset(
-                    dataset, self._status(f, model, layer) == STATUS_OK, wanted
-                )
-        return self._read_shards(model, layer, shards, n_features, wanted)
+        return self._read(model, layer, wanted)
 
     def row_digests(self, model: str, layer: str) -> list[tuple[int, int, str]]:
         """``(start, stop, sha256)`` of each committed row range of a layer, in row order.
@@ -376,13 +300,8 @@ class Cache:
         UnknownNameError
             Unknown model or layer.
         """
-        self.entry(model, layer)  # raises UnknownNameError with suggestions
-        if self._folder is None:
-            return []
-        return sorted(
-            (part.start, part.stop, part.digests[layer])
-            for part in self._folder.range_parts(model, layer)
-        )
+        self._layer(model, layer)  # raises UnknownNameError with suggestions
+        return sorted(self._view.range_digests(model, layer))
 
     def features_digest(
         self,
@@ -393,13 +312,12 @@ class Cache:
     ) -> str:
         """SHA-256 naming the exact feature rows ``rows`` of ``(model, layer)``.
 
-        Built from what the cache already records, without reading a feature: the
-        SHA-256 of each committed row range (shard) holding one of ``rows`` (the commit
-        log's, else the index's shard table, else the digest a plain index records per
-        layer), the ranges' bounds, the layer's width and stored dtype, and the rows
-        themselves. Committed rows are never rewritten, so two equal digests mean the
-        same numbers; a re-extraction, a row added or left out changes it. A plain index
-        written before it recorded digests has its layer read to compute one.
+        Built from what the cache already records, without reading a feature: the SHA-256
+        of each committed row range holding one of ``rows`` (as its shard's commit recorded
+        it: compaction keeps them), the ranges' bounds, the layer's width and stored dtype,
+        and the rows themselves. Committed rows are never rewritten, so two equal digests
+        mean the same numbers; a re-extraction, a row added or left out changes it. A
+        version-1 index of arrays, which records no digests, has its layer read once.
 
         Parameters
         ----------
@@ -424,90 +342,37 @@ class Cache:
         """
         for kind in views:
             check_choice(kind, "views", "features_digest", VIEW_KINDS)
+        summary = self._layer(model, layer)  # raises UnknownNameError with suggestions
         rows = _sorted_rows(rows)
-        ranges, width = self._digest_ranges(model, layer, tuple(views))
-        ranges.sort(key=lambda r: r[0])
-        starts = np.array([r[0] for r in ranges], dtype=np.int64)
-        stops = np.array([r[1] for r in ranges], dtype=np.int64)
+        parts = sorted(self._view.range_parts(model, layer), key=lambda part: part.start)
+        starts = np.array([part.start for part in parts], dtype=np.int64)
+        stops = np.array([part.stop for part in parts], dtype=np.int64)
         # A range holds one of the rows when some row lies in [start, stop).
         held = np.searchsorted(rows, stops) > np.searchsorted(rows, starts)
         digest = hashlib.sha256()
-        head = {"n_features": width[0], "dtype": width[1], "views": sorted(views)}
+        head = {"n_features": summary.n_features, "dtype": summary.dtype, "views": sorted(views)}
         digest.update(fmt.canonical_json(head).encode())
         for i in np.flatnonzero(held):
-            start, stop, sha, extra = ranges[int(i)]
-            digest.update(fmt.canonical_json([start, stop, sha, extra]).encode())
+            part = parts[int(i)]
+            extra = {kind: part.views.get(kind, {}).get(layer, "") for kind in views}
+            digest.update(
+                fmt.canonical_json([part.start, part.stop, part.digests[layer], extra]).encode()
+            )
         digest.update(b"\0rows\0" + rows.astype("<i8").tobytes())
         return digest.hexdigest()
 
-    def _digest_ranges(
-        self, model: str, layer: str, views: tuple[str, ...]
-    ) -> tuple[list[tuple[int, int, str, dict]], tuple[int, str]]:
-        """``(start, stop, sha256, {kind: sha256 of its views})`` of each committed range,
-        and the layer's ``(n_features, dtype)``."""
-        if self._folder is not None:
-            summary = self._folder_layer(model, layer)  # raises UnknownNameError
-            width = (summary.n_features, summary.dtype)
-            # Each original shard's range as its commit recorded it: compaction keeps them.
-            return [
-                (
-                    part.start,
-                    part.stop,
-                    part.digests[layer],
-                    {kind: part.views.get(kind, {}).get(layer, "") for kind in views},
-                )
-                for part in self._folder.range_parts(model, layer)
-            ], width
-        with self._open() as f:
-            dataset = self._dataset(f, model, layer)
-            shards = self._shards(f, model, layer)
-            width = (int(dataset.shape[1]), str(dataset.dtype))
-            if shards is None:
-                extra = {
-                    kind: _recorded_sha256(f[fmt.views_path(kind, model, layer)])
-                    if fmt.views_path(kind, model, layer) in f
-                    else ""
-                    for kind in views
-                }
-                return [(0, self.n_samples, _recorded_sha256(dataset), extra)], width
-        return [
-            (s.start, s.stop, s.sha256, {k: self._shard_views_sha256(s, k, layer) for k in views})
-            for s in shards
-        ], width
-
-    def _shard_views_sha256(self, shard: _Shard, kind: str, layer: str) -> str:
-        """The SHA-256 a shard file records for its views of ``kind`` (``""``: none)."""
-        try:
-            with self._open(shard.file) as g:
-                path = fmt.shard_views_path(kind, layer)
-                return str(_decode(g[path].attrs.get("sha256", ""))) if path in g else ""
-        except OSError:
-            return ""  # read (and refused) by the fit itself
-
     def verify(self, model: str | None = None) -> None:
-        """Read every committed feature matrix and check it against the index.
+        """Read every committed feature matrix and check it against its digests.
 
         Raises
         ------
         CacheCorruptError
-            Naming the first file that is unreadable or whose SHA-256 differs.
+            Naming the first file that is unreadable or whose digest differs.
         """
         models = self.models if model is None else [model]
         for name in models:
             for layer in self.layers(name):
-                if self._folder is not None:
-                    self._read_folder(name, layer, None, force=True)
-                    continue
-                with self._open() as f:
-                    dataset = self._dataset(f, name, layer)
-                    n_features = int(dataset.shape[1])
-                    shards = self._shards(f, name, layer)
-                    if shards is None:
-                        ok = self._status(f, name, layer) == STATUS_OK
-                        self._read_dataset(dataset, ok, ok)
-                        continue
-                for shard in shards:
-                    self._read_shard(name, layer, shard, n_features)
+                self._read(name, layer, None, force=True)
 
     # -- internals ------------------------------------------------------------------
 
@@ -518,32 +383,38 @@ class Cache:
         with h5py.File(self.path if path is None else path, "r", **kwargs) as f:
             yield f
 
-    def _model_group(self, f: h5py.File, model: str) -> h5py.Group:
-        models = sorted(f[fmt.features_path()].keys())
+    def _read(
+        self, model: str, layer: str, wanted: np.ndarray | None, force: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        summary = self._layer(model, layer)
+        keep = self._view.status(model, layer, self.n_samples) == STATUS_OK
+        if wanted is not None:
+            keep &= wanted
+        X, rows = self._view.read(model, layer, summary.n_features, keep, force=force)
+        if isinstance(self._view, IndexView):  # a folder's files matched their digests
+            _check_finite(X, f"{model}/{layer}", self.path)
+        return X, rows
+
+    def _layers(self, model: str) -> dict[str, LayerSummary]:
+        models = self.models
         if model not in models:
             raise UnknownNameError(
                 f"model {model!r} is not in cache {str(self.path)!r}; it has "
                 f"{', '.join(models) or 'no models'}.{suggest(model, models)} "
                 f"Hint: {_LS_HINT.format(path=self.path)}."
             )
-        return f[fmt.features_path(model)]
+        return self._view.layers(model)
 
-    def _dataset(self, f: h5py.File, model: str, layer: str) -> h5py.Dataset:
-        group = self._model_group(f, model)
-        layers = _layer_order(group)
+    def _layer(self, model: str, layer: str) -> LayerSummary:
+        layers = self._layers(model)
         if layer not in layers:
+            names = _order(layers)
             raise UnknownNameError(
                 f"layer {layer!r} of model {model!r} is not in cache {str(self.path)!r}; it has "
-                f"{', '.join(layers) or 'no layers'}.{suggest(layer, layers)} "
+                f"{', '.join(names) or 'no layers'}.{suggest(layer, names)} "
                 f"Hint: {_LS_HINT.format(path=self.path)}."
             )
-        dataset = group[layer]
-        if dataset.ndim != 2 or dataset.shape[0] != self.n_samples:
-            raise CacheCorruptError(
-                f"/features/{model}/{layer} in {str(self.path)!r} has shape {dataset.shape}; "
-                f"expected ({self.n_samples}, n_features), one row per sample."
-            )
-        return dataset
+        return layers[layer]
 
     def _split_mask(self, split: str | Sequence[str] | None) -> np.ndarray:
         if split is None:
@@ -559,191 +430,6 @@ class Cache:
                     f"Hint: {_LS_HINT.format(path=self.path)}."
                 )
         return np.isin(self.splits, names)
-
-    def _shards(self, f: h5py.File, model: str, layer: str) -> list[_Shard] | None:
-        if fmt.shards_path(model) not in f:
-            return None
-        table = f[fmt.shards_path(model)]
-        files = table["file"].asstr()[:]
-        layers = table["layer"].asstr()[:]
-        starts, stops = table["start"][:], table["stop"][:]
-        digests = table["sha256"].asstr()[:]
-        return [
-            _Shard(self._shard_path(name), name, int(start), int(stop), str(digest))
-            for name, lay, start, stop, digest in zip(
-                files, layers, starts, stops, digests, strict=True
-            )
-            if lay == layer
-        ]
-
-    def _shard_path(self, name: str) -> Path:
-        # Listed relative to the index's directory; older writers used the .d folder.
-        beside = self.path.parent / name
-        inside = fmt.data_dir(self.path) / name
-        return inside if not beside.exists() and inside.exists() else beside
-
-    def _status(self, f: h5py.File, model: str, layer: str) -> np.ndarray:
-        shards = self._shards(f, model, layer)
-        if shards is not None:
-            status = np.zeros(self.n_samples, dtype=np.int8)
-            for shard in shards:
-                status[shard.start : shard.stop] = self._shard_status(model, layer, shard)
-            return status
-        if fmt.status_path(model, layer) in f:
-            return f[fmt.status_path(model, layer)][:].astype(np.int8)
-        return np.full(self.n_samples, STATUS_OK, dtype=np.int8)
-
-    def _shard_status(self, model: str, layer: str, shard: _Shard) -> np.ndarray:
-        try:
-            with self._open(shard.file) as g:
-                status = g["status"][:]
-        except (OSError, KeyError) as error:
-            raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
-        if status.shape != (shard.stop - shard.start,):
-            raise self._corrupt(model, layer, shard, f"its status has shape {status.shape}")
-        return status
-
-    def _read_shard(self, model: str, layer: str, shard: _Shard, n_features: int) -> np.ndarray:
-        """Features of one shard as stored, after checking their SHA-256."""
-        try:
-            with self._open(shard.file) as g:
-                data = np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
-        except (OSError, KeyError) as error:
-            raise self._corrupt(model, layer, shard, f"it cannot be read ({error})") from error
-        if data.shape != (shard.stop - shard.start, n_features):
-            raise self._corrupt(model, layer, shard, f"layer {layer!r} has shape {data.shape}")
-        digest = hashlib.sha256(data.tobytes()).hexdigest()
-        if digest != shard.sha256:
-            raise self._corrupt(
-                model,
-                layer,
-                shard,
-                f"the SHA-256 of layer {layer!r} is {digest[:12]}…, the index records "
-                f"{shard.sha256[:12]}…",
-            )
-        return data
-
-    def _read_shards(
-        self, model: str, layer: str, shards: list[_Shard], n_features: int, wanted: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        # Two passes: statuses first (small), so the output is allocated once.
-        keep = []
-        for shard in shards:
-            ok = self._shard_status(model, layer, shard) == STATUS_OK
-            keep.append(ok & wanted[shard.start : shard.stop])
-        n_rows = int(sum(int(k.sum()) for k in keep))
-        X = np.empty((n_rows, n_features), dtype=np.float32)
-        rows = np.empty(n_rows, dtype=np.int64)
-        at = 0
-        for shard, mask in zip(shards, keep, strict=True):
-            if not mask.any():
-                continue
-            data = self._read_shard(model, layer, shard, n_features)
-            n = int(mask.sum())
-            X[at : at + n] = data[mask]
-            rows[at : at + n] = shard.start + np.flatnonzero(mask)
-            at += n
-        order = np.argsort(rows, kind="stable")
-        if np.any(order != np.arange(n_rows)):
-            X, rows = X[order], rows[order]
-        _check_finite(X, f"{model}/{layer}", self.path)
-        return X, rows
-
-    def _read_dataset(
-        self, dataset: h5py.Dataset, ok: np.ndarray, wanted: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        keep = ok & wanted
-        rows = np.flatnonzero(keep)
-        n_features = int(dataset.shape[1])
-        X = np.empty((len(rows), n_features), dtype=np.float32)
-        step = max(1, _CHUNK_BYTES // max(1, n_features * dataset.dtype.itemsize))
-        at = 0
-        for start in range(0, self.n_samples, step):
-            mask = keep[start : start + step]
-            if not mask.any():
-                continue
-            try:
-                chunk = dataset[start : start + len(mask)]
-            except OSError as error:
-                raise CacheCorruptError(
-                    f"rows {start}..{start + len(mask)} of {dataset.name} in {str(self.path)!r} "
-                    f"cannot be read ({error}); recompute them with the same `featurecache "
-                    "extract` command, or rewrite the file."
-                ) from error
-            n = int(mask.sum())
-            X[at : at + n] = chunk[mask]
-            at += n
-        _check_finite(X, dataset.name.removeprefix("/features/"), self.path)
-        return X, rows
-
-    def _read_folder(
-        self, model: str, layer: str, wanted: np.ndarray | None, force: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        summary = self._folder_layer(model, layer)
-        keep = self._folder.status(model, layer, self.n_samples) == STATUS_OK
-        if wanted is not None:
-            keep &= wanted
-        for attempt in range(_RETRIES + 1):
-            shards = self._folder.shards(model, layer)
-            try:
-                X, rows = read_layer(shards, summary.n_features, keep, force=force)
-                break
-            except ShardReadError as error:
-                # Compaction replaced a file listed a moment ago: the log now lists its segment.
-                if attempt == _RETRIES or os.path.exists(error.shard.file):
-                    raise self._corrupt(model, layer, error.shard, error.what) from error
-        # No NaN check: every shard matched the digest of what the writer checked was finite.
-        return X, rows
-
-    def _folder_layers(self, model: str) -> dict:
-        models = self._folder.models()
-        if model not in models:
-            raise UnknownNameError(
-                f"model {model!r} is not in cache {str(self.path)!r}; it has "
-                f"{', '.join(models) or 'no models'}.{suggest(model, models)} "
-                f"Hint: {_LS_HINT.format(path=self.path)}."
-            )
-        return self._folder.layers(model)
-
-    def _folder_layer(self, model: str, layer: str):
-        layers = self._folder_layers(model)
-        if layer not in layers:
-            names = _order(layers)
-            raise UnknownNameError(
-                f"layer {layer!r} of model {model!r} is not in cache {str(self.path)!r}; it has "
-                f"{', '.join(names) or 'no layers'}.{suggest(layer, names)} "
-                f"Hint: {_LS_HINT.format(path=self.path)}."
-            )
-        return layers[layer]
-
-    def _folder_entry(self, model: str, layer: str) -> Entry:
-        summary = self._folder_layer(model, layer)
-        status = self._folder.status(model, layer, self.n_samples)
-        attrs = plain_attrs(summary.attrs)
-        runs = read_runs(fmt.run_log(self.path, model))
-        provenance = {
-            **config_provenance(self._folder.config(model)),
-            **runs,
-            **attrs,
-            "layer": layer,
-        }
-        depth = provenance.get("depth")
-        return Entry(
-            model=model,
-            layer=layer,
-            n_features=summary.n_features,
-            dtype=summary.dtype,
-            depth=None if depth is None else float(depth),
-            provenance=provenance,
-            **_entry_counts(count_rows(status, self.state)),
-        )
-
-    def _corrupt(self, model: str, layer: str, shard: _Shard, what: str) -> CacheCorruptError:
-        return CacheCorruptError(
-            f"shard file {str(shard.file)!r} of {model}/{layer} is corrupt: {what}; delete "
-            f"{str(shard.file)!r} and re-run the same `featurecache extract` command to "
-            "recompute it."
-        )
 
     # -- extra views (issue 14) -------------------------------------------------------
 
@@ -797,71 +483,22 @@ class Cache:
                 f"under another model name with `featurecache extract DATA --cache "
                 f"{self.path.name} --model BACKBONE --name NAME {flags}`."
             )
-        if self._folder is not None:
-            self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
-            X, rows = self._read_folder_views(model, layer, kind, count)
+        n_features = self._layer(model, layer).n_features
+        parts = self._view.read_views(model, layer, kind, self.removed)
+        if parts:
+            X = np.concatenate([values for values, _ in parts])
+            rows = np.concatenate([found for _, found in parts]).astype(np.int64)
+            order = np.argsort(rows, kind="stable")
+            X, rows = X[order].astype(np.float32, copy=False), rows[order]
         else:
-            with self._open() as f:
-                n_features = int(self._dataset(f, model, layer).shape[1])
-                X, rows = self._read_index_views(f, model, layer, kind, count, n_features)
+            X, rows = np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
         _check_finite(X.reshape(len(X), -1), f"{kind} views of {model}/{layer}", self.path)
         return X, rows
 
     def _view_mapping(self, model: str) -> dict:
         """``FeatureConfig.views`` of ``model``, as recorded (``{}`` for none)."""
-        if self._folder is not None:
-            self._folder_layers(model)  # raises UnknownNameError with suggestions
-            return dict(self._folder.config(model).views)
-        with self._open() as f:
-            value = _decode(self._model_group(f, model).attrs.get("views", "{}"))
-        try:
-            return dict(json.loads(value) if isinstance(value, str) else value)
-        except (ValueError, TypeError) as error:
-            raise CacheCorruptError(
-                f"the views attribute of model {model!r} in {str(self.path)!r} is not a JSON "
-                f"object ({error}); re-run the same `featurecache extract` command."
-            ) from error
-
-    def _read_index_views(
-        self, f: h5py.File, model: str, layer: str, kind: str, count: int, n_features: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        path, status_path = (
-            fmt.views_path(kind, model, layer),
-            fmt.view_status_path(kind, model, layer),
-        )
-        if path not in f or status_path not in f:
-            return np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
-        status = f[status_path][:]
-        rows = np.flatnonzero(np.all(status == STATUS_OK, axis=1) & ~self.removed)
-        if not len(rows):
-            return np.zeros((0, count, n_features), np.float32), rows.astype(np.int64)
-        try:
-            X = f[path][rows.min() : rows.max() + 1][rows - rows.min()]
-        except OSError as error:
-            raise CacheCorruptError(
-                f"/{path} in {str(self.path)!r} cannot be read ({error}); recompute it with the "
-                "same `featurecache extract` command, or rewrite the file."
-            ) from error
-        return X.astype(np.float32, copy=False), rows.astype(np.int64)
-
-    def _read_folder_views(
-        self, model: str, layer: str, kind: str, count: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        parts, found = [], []
-        for shard in self._folder.view_shards(model, layer, kind):
-            try:
-                status, values = read_views(shard, kind, self._open)
-            except ShardReadError as error:
-                raise self._corrupt(model, layer, error.shard, error.what) from error
-            keep = np.all(status == STATUS_OK, axis=1) & ~self.removed[shard.start : shard.stop]
-            parts.append(values[keep])
-            found.append(shard.start + np.flatnonzero(keep))
-        n_features = self._folder_layer(model, layer).n_features
-        if not parts:
-            return np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
-        X, rows = np.concatenate(parts), np.concatenate(found).astype(np.int64)
-        order = np.argsort(rows, kind="stable")
-        return X[order].astype(np.float32, copy=False), rows[order]
+        self._layers(model)  # raises UnknownNameError with suggestions
+        return self._view.view_mapping(model)
 
     # -- stored classifiers (issue 11) ------------------------------------------------
 
@@ -869,8 +506,7 @@ class Cache:
         """The fixed classifiers stored beside ``model``'s features, by kind.
 
         ``imagenet``: the backbone's own classifier (reads ``embedding``); ``zeroshot``: the
-        text embeddings of the class names (reads ``embedding.proj``), the version of the
-        cache's class names (none when classes were added since). Empty when none.
+        text embeddings of the class names (reads ``embedding.proj``). Empty when none.
         See :class:`featurecache.cache.StoredClassifier`.
         """
         if model not in self.models:
@@ -912,23 +548,6 @@ def _order(layers: dict) -> list[str]:
     return sorted(layers, key=key)
 
 
-def _layer_order(group: h5py.Group) -> list[str]:
-    names = [name for name in group.keys() if isinstance(group[name], h5py.Dataset)]
-
-    def key(name: str) -> tuple:
-        attrs = group[name].attrs
-        depth = attrs.get("depth")
-        index = attrs.get("depth_index")
-        return (
-            depth is None,
-            float(depth) if depth is not None else 0.0,
-            int(index) if index is not None else 0,
-            name,
-        )
-
-    return sorted(names, key=key)
-
-
 def _sorted_rows(rows: np.ndarray) -> np.ndarray:
     """Row indices (or a boolean mask's) as ascending unique int64, sorted only if needed."""
     rows = np.asarray(rows)
@@ -936,19 +555,6 @@ def _sorted_rows(rows: np.ndarray) -> np.ndarray:
         return np.flatnonzero(rows).astype(np.int64)
     rows = rows.astype(np.int64, copy=False).reshape(-1)
     return rows if np.all(rows[1:] > rows[:-1]) else np.unique(rows)
-
-
-def _recorded_sha256(dataset: h5py.Dataset) -> str:
-    """The SHA-256 a plain index records for a dataset; computed in chunks when it records
-    none (plain indexes written before they recorded digests)."""
-    recorded = dataset.attrs.get(fmt.DIGEST_ATTR)
-    if recorded is not None:
-        return str(_decode(recorded))
-    digest = hashlib.sha256()
-    step = max(1, _CHUNK_BYTES // max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))))
-    for start in range(0, dataset.shape[0], step):
-        digest.update(np.ascontiguousarray(dataset[start : start + step]).tobytes())
-    return digest.hexdigest()
 
 
 def _check_finite(X: np.ndarray, name: str, path: Path) -> None:

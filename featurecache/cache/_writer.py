@@ -39,7 +39,12 @@ from featurecache.cache._atomic import (
 )
 from featurecache.cache._compact import compact_model, remove_litter
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
-from featurecache.cache._folder import chunk_table, read_declared_layers, read_shard_meta
+from featurecache.cache._folder import (
+    chunk_table,
+    read_config,
+    read_declared_layers,
+    read_shard_meta,
+)
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
 from featurecache.cache._log import (
     ShardMeta,
@@ -292,16 +297,9 @@ class Store:
 
     def read_config(self, model: str) -> FeatureConfig | None:
         """The model's recorded configuration, or ``None`` if it is not registered."""
-        path = fmt.config_file(self.path, model)
-        if not path.exists():
+        if not fmt.config_file(self.path, model).exists():
             return None
-        try:
-            return FeatureConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as error:
-            raise CacheCorruptError(
-                f"{str(path)!r} cannot be read ({error}); it records how model {model!r} was "
-                "extracted. Restore it, or extract into a new cache."
-            ) from error
+        return read_config(self.path, model)
 
     def register_model(self, model: str, config: FeatureConfig) -> None:
         """Record the model's configuration once; raise if it differs from the recorded one."""
@@ -344,6 +342,25 @@ class Store:
     def _write_declared(self, model: str, declared: Mapping[str, Mapping]) -> None:
         text = json.dumps(declared, sort_keys=True, indent=1, default=_json_default)
         atomic_write(fmt.layers_file(self.path, model), lambda p: p.write_text(text))
+
+    def check_version(self) -> None:
+        """Raise :class:`CacheReadOnlyError` for a cache of an older format version: this
+        featurecache reads it, and writes it only once ``featurecache upgrade`` rewrote it."""
+        samples = self.samples_path if self.samples_path.is_file() else self.path
+        if not samples.is_file():
+            return
+        try:
+            with self._open(samples) as f:
+                version = int(f.attrs.get("format_version", 1))
+        except OSError:
+            return  # a damaged index is derived data: the folder decides
+        if version < fmt.FORMAT_VERSION:
+            raise CacheReadOnlyError(
+                f"the cache {str(self.path)!r} has format version {version}, which this "
+                f"featurecache reads but does not write; run `featurecache upgrade "
+                f"{self.path}` to rewrite it as version {fmt.FORMAT_VERSION}, then run this "
+                "command again."
+            )
 
     def check_writable(self, model: str | None = None) -> None:
         """Raise :class:`CacheReadOnlyError` if writing this cache (or model) would fail.
@@ -523,6 +540,7 @@ class Store:
         CacheReadOnlyError
             The cache cannot be written.
         """
+        self.check_version()
         self.check_writable(model)
         with self.lock_model(model):
             written = self.compact_held(model)
