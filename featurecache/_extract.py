@@ -332,9 +332,7 @@ def prepare(
     )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
-    zeroshot = _zeroshot(
-        store, model_name, backbone, _class_names(store, dataset, changes), prompts
-    )
+    zeroshot = _zeroshot(store, model_name, backbone, _class_names(dataset, planned), prompts)
     if previous is None or changes:
         store.check_writable()  # a new cache, a new model or new samples: before any work
     if planned is None:
@@ -364,12 +362,9 @@ def cache_name(model: str) -> str:
     return _UNSAFE.sub("--", str(model)).strip("-") or "model"
 
 
-def _class_names(store: Store, dataset: Dataset, changes) -> tuple[str, ...]:
+def _class_names(dataset: Dataset, planned) -> tuple[str, ...]:
     """The sample table's class names once brought up to ``dataset`` (new classes appended)."""
-    if changes is None:
-        return tuple(dataset.class_names)
-    table = store.read_samples()
-    return tuple((table.updated_to(dataset) if changes else table).class_names)
+    return tuple(dataset.class_names if planned is None else planned.grown.class_names)
 
 
 def _zeroshot(

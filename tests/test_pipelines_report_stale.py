@@ -88,7 +88,8 @@ def test_report_after_the_cache_grew_warns_on_stderr_and_in_the_report(tmp_path)
         extract(data, cache, **settings)
     assert main(["fit", str(cache), "--out", str(tmp_path / "r"), "--heads", "logreg",
                  "--cv", "2", "--jobs", "1"]) == 0  # fmt: skip
-    make_images(data / "train", n_per_class=10, seed=5)  # 4 new train images per class
+    # Other pixels for the 6 train images of each class, and 4 new ones: 12 rows go stale.
+    make_images(data / "train", n_per_class=10, seed=5)
     with one_torch_thread():
         extract(data, cache, **settings)
     done = subprocess.run(
@@ -98,7 +99,7 @@ def test_report_after_the_cache_grew_warns_on_stderr_and_in_the_report(tmp_path)
     err = done.stderr.splitlines()
     assert len(err) == 1, err
     assert err[0].startswith("WARNING pipelines._report: results folder ")
-    assert "the rows of resnet18/embedding changed (ok 18 → 26)" in err[0]
+    assert "the rows of resnet18/embedding changed (ok 18 → 26, stale 0 → 12)" in err[0]
     assert "the features of resnet18/embedding changed since they were fitted" in err[0]
     message = err[0].removeprefix("WARNING pipelines._report: ")
     assert message in (tmp_path / "report" / "report.md").read_text()
