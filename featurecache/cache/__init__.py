@@ -23,9 +23,11 @@ from featurecache.cache._format import (
 from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
 from featurecache.cache._samples import SampleChanges, SampleTable
+from featurecache.cache._stream import Batch, default_batch_rows
 from featurecache.cache._writer import ShardViews, Store, check_config
 
 __all__ = [
+    "Batch",
     "Cache",
     "Entry",
     "FeatureConfig",
@@ -47,6 +49,7 @@ __all__ = [
     "atomic_write",
     "check_config",
     "create_once",
+    "default_batch_rows",
     "locking_enabled",
     "open_cache",
     "read_classifiers",

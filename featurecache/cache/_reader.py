@@ -36,6 +36,7 @@ from featurecache.cache._folder import (
 )
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._log import read_runs
+from featurecache.cache._stream import Batch, iter_batches
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -330,6 +331,23 @@ class Cache:
                 )
         return self._read_shards(model, layer, shards, n_features, wanted)
 
+    def iter_batches(
+        self,
+        model: str,
+        layer: str,
+        rows: np.ndarray | None = None,
+        *,
+        batch_rows: int | None = None,
+        dtype: str | np.dtype = np.float32,
+        view: str = "plain",
+    ) -> Iterator[Batch]:
+        """Stream the ok rows among ``rows`` in row order, a bounded window at a time.
+
+        See :func:`featurecache.cache._stream.iter_batches` (parameters, memory);
+        ``(X, y, rows)`` of each batch are aligned, as :meth:`load_rows` would return them.
+        """
+        return iter_batches(self, model, layer, rows, batch_rows=batch_rows, dtype=dtype, view=view)
+
     def verify(self, model: str | None = None) -> None:
         """Read every committed feature matrix and check it against the index.
 
@@ -604,7 +622,7 @@ class Cache:
         return ViewSets.from_mapping(self._view_mapping(model))
 
     def load_views(
-        self, model: str, layer: str, kind: str = "augment"
+        self, model: str, layer: str, kind: str = "augment", wanted: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every view of the rows that have views of ``kind``, all of them ok.
 
@@ -615,6 +633,8 @@ class Cache:
         kind : {'augment', 'tta'}
             ``augment``: the training views of the train and val rows; ``tta``: the
             test-time views of every split's rows.
+        wanted : ndarray of shape (n_samples,), bool, optional
+            Keep only these rows (default: every row); only the shards holding one are read.
 
         Returns
         -------
@@ -645,11 +665,11 @@ class Cache:
             )
         if self._folder is not None:
             self._folder_layer(model, layer)  # raises UnknownNameError with suggestions
-            X, rows = self._read_folder_views(model, layer, kind, count)
+            X, rows = self._read_folder_views(model, layer, kind, count, wanted)
         else:
             with self._open() as f:
                 n_features = int(self._dataset(f, model, layer).shape[1])
-                X, rows = self._read_index_views(f, model, layer, kind, count, n_features)
+                X, rows = self._read_index_views(f, model, layer, kind, count, n_features, wanted)
         _check_finite(X.reshape(len(X), -1), f"{kind} views of {model}/{layer}", self.path)
         return X, rows
 
@@ -669,8 +689,9 @@ class Cache:
             ) from error
 
     def _read_index_views(
-        self, f: h5py.File, model: str, layer: str, kind: str, count: int, n_features: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, f: h5py.File, model: str, layer: str, kind: str, count: int, n_features: int,
+        wanted: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         path, status_path = (
             fmt.views_path(kind, model, layer),
             fmt.view_status_path(kind, model, layer),
@@ -678,7 +699,8 @@ class Cache:
         if path not in f or status_path not in f:
             return np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
         status = f[status_path][:]
-        rows = np.flatnonzero(np.all(status == STATUS_OK, axis=1) & ~self.removed)
+        keep = np.all(status == STATUS_OK, axis=1) & ~self.removed
+        rows = np.flatnonzero(keep if wanted is None else keep & wanted)
         if not len(rows):
             return np.zeros((0, count, n_features), np.float32), rows.astype(np.int64)
         try:
@@ -691,15 +713,19 @@ class Cache:
         return X.astype(np.float32, copy=False), rows.astype(np.int64)
 
     def _read_folder_views(
-        self, model: str, layer: str, kind: str, count: int
+        self, model: str, layer: str, kind: str, count: int, wanted: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         parts, found = [], []
         for shard in self._folder.view_shards(model, layer, kind):
+            if wanted is not None and not wanted[shard.start : shard.stop].any():
+                continue
             try:
                 status, values = read_views(shard, kind, self._open)
             except ShardReadError as error:
                 raise self._corrupt(model, layer, error.shard, error.what) from error
             keep = np.all(status == STATUS_OK, axis=1) & ~self.removed[shard.start : shard.stop]
+            if wanted is not None:
+                keep &= wanted[shard.start : shard.stop]
             parts.append(values[keep])
             found.append(shard.start + np.flatnonzero(keep))
         n_features = self._folder_layer(model, layer).n_features
