@@ -46,8 +46,10 @@ from featurecache._validation import (
 from featurecache.cache import Cache, Entry, StoredClassifier, open_cache
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from pipelines._budget import Budget
 from pipelines._fixed import FIXED_HEADS, fixed_pipeline, stored_classifier
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
+from pipelines._ooc import IN_MEMORY, FitRows, Strategy, fit_streamed
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
 from pipelines._rows import RowStatus, row_status
 from pipelines._search import (
@@ -96,6 +98,8 @@ def fit(
     tta: str | None = None,
     allow_partial: bool = False,
     force: bool = False,
+    memory: int | str | None = None,
+    select_rows: int | None = None,
 ) -> pd.DataFrame:
     """Choose, refit and score every (model, layer, head) and write ``out``.
 
@@ -162,6 +166,15 @@ def fit(
     force : bool
         Write into an ``out`` that ``fit`` did not write (a file there is replaced), or
         start over in a results folder made from other samples (its results are removed).
+    memory : int or str, optional
+        What one layer's fit may hold: bytes, or ``"4GB"``, ``"512MB"`` (binary units, at
+        least 64MB). Default: half of the machine's RAM. A layer whose in-memory fit fits
+        is fitted in memory, as without a budget; a larger one out of core, its rows
+        streamed (see :mod:`pipelines._ooc`). ``results.csv`` states each head's strategy.
+    select_rows : int, optional
+        Out of core, the most rows a hyper-parameter search runs on (a stratified sample;
+        default 50,000, at least 100): the search of every head but ``ridge``, and of
+        ``logreg`` when the rows exceed it. ``results.csv`` states the rows used.
 
     Returns
     -------
@@ -188,6 +201,7 @@ def fit(
         cache, out, models=models, layers=layers, heads=heads, grid=grid, cv=cv, seed=seed,
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
         views=views, tta=tta, allow_partial=allow_partial,
+        budget=Budget.build(memory, select_rows),
     )  # fmt: skip
     replace = results.check(cache, force=force)
     _check_backend(plan.backend)
@@ -231,11 +245,12 @@ class _Plan:
     fixed: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     variants: Mapping[str, Variant] = field(default_factory=dict)  # per model; plain if absent
     views_digest: Mapping[str, dict] = field(default_factory=dict)  # per model: its ViewSets
+    budget: Budget = field(default_factory=lambda: Budget.build(None, None))
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
               backend, address, shots=None, draws=5, views=None, tta=None,
-              allow_partial=False) -> _Plan:  # fmt: skip
+              allow_partial=False, budget=None) -> _Plan:  # fmt: skip
         head_names = check_names(heads, "heads", "fit", allow_none=False)
         fitted = [name for name in head_names if name not in FIXED_HEADS]
         head_objects = [get_head(name) for name in fitted]
@@ -279,6 +294,7 @@ class _Plan:
             fixed=fixed,
             variants=variants,
             views_digest=view_sets,
+            budget=budget or Budget.build(None, None),
         )
 
     def variant(self, model: str) -> Variant:
@@ -308,6 +324,8 @@ class _Plan:
                 "draws": self.draws if self.shots else None,
                 "views": self._mode("views"),
                 "tta": self._mode("tta"),
+                "memory": self.budget.memory,
+                "select_rows": self.budget.select_rows,
             },
             "protocol": self.protocol,
             "data": _data_summary(cache, sorted({m for m, _ in self.combos})),
@@ -853,7 +871,10 @@ class _Refit(NamedTuple):
 def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, layer: str) -> None:
     entry = cache.entry(model, layer)
     variant = plan.variant(model)
+    streamed = not plan.budget.fits_in_memory(_rows_held(cache, plan, entry), entry.n_features)
     keys = {head.name: _combo_key(cache, plan, entry, head) for head in plan.heads}
+    if streamed:  # the budget changes how a head is chosen: part of its key out of core
+        keys = {name: _budget_key(key, plan.budget) for name, key in keys.items()}
     pending = [
         head
         for head in plan.heads
@@ -865,6 +886,9 @@ def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, la
     logger.info(
         "%s/%s: fitting %s (%s)", model, layer, ", ".join(h.name for h in pending), variant.label
     )
+    if streamed:
+        _fit_layer_streamed(cache, plan, results, entry, variant, pending, keys)
+        return
     data = _LayerData.load(cache, plan, entry, variant)
     found = search_heads(
         pending, plan.grids, data.X_fit, data.y_fit, data.splits, seed=plan.seed,
@@ -880,11 +904,112 @@ def _fit_layer(cache: Cache, plan: _Plan, results: ResultsFolder, model: str, la
                         plan.seed, tta)
         for head in pending
     )  # fmt: skip
+    strategy = Strategy(IN_MEMORY, len(data.y_fit), len(data.y_fit))
     for head, refit in zip(pending, refits, strict=True):
         curve = _curve(plan, head, data)
         _write_combo(results, cache, plan, entry, data, head, keys[head.name], found[head.name],
-                     refit, curve, variant=variant)  # fmt: skip
+                     refit, curve, variant=variant, strategy=strategy)  # fmt: skip
     results.write_table()
+
+
+def _rows_held(cache: Cache, plan: _Plan, entry: Entry) -> int:
+    """The rows an in-memory fit of ``entry`` holds: every labeled ok row, times its views."""
+    status = plan.rows[(entry.model, entry.layer)]
+    labeled = (cache.labels >= 0) & status.ok & np.isin(cache.splits, ["train", "val", "test"])
+    variant = plan.variant(entry.model)
+    fitting = labeled & (cache.splits != "test")
+    return int(labeled.sum() + fitting.sum() * (variant.n_views - 1)
+               + (labeled & ~fitting).sum() * (variant.n_tta - 1))  # fmt: skip
+
+
+def _budget_key(key: str, budget: Budget) -> str:
+    extra = {"key": key, "memory": budget.memory, "select_rows": budget.select_rows}
+    return hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()
+
+
+class _TestRows(NamedTuple):
+    """What a record needs of the test rows when the layer is streamed."""
+
+    ids_test: np.ndarray
+    y_test: np.ndarray
+    counts: dict[str, int]
+    rows: np.ndarray
+
+
+def _fit_layer_streamed(
+    cache: Cache, plan: _Plan, results: ResultsFolder, entry: Entry, variant: Variant,
+    pending: list[Head], keys: dict[str, str],
+) -> None:  # fmt: skip
+    """Fit ``pending`` out of core (:mod:`pipelines._ooc`), its test rows predicted in windows."""
+    rows, test = _streamed_rows(cache, plan, entry)
+    logger.info(
+        "%s/%s: %d fitting rows exceed the memory budget (%s) in memory: streamed",
+        entry.model, entry.layer, len(rows.rows), plan.budget.describe(),
+    )  # fmt: skip
+    fits = fit_streamed(
+        cache, entry, pending, plan.grids, rows, budget=plan.budget, cv=plan.cv, seed=plan.seed,
+        n_jobs=plan.n_jobs, views=variant.views != PLAIN, n_views=variant.n_views,
+    )  # fmt: skip
+    for head in pending:
+        streamed = fits[head.name]
+        y_pred, scores, per_1000 = _predict_streamed(cache, plan, entry, variant, streamed.estimator,
+                                                     test.rows)  # fmt: skip
+        refit = _Refit(streamed.estimator, y_pred, streamed.seconds, streamed.converged, scores,
+                       per_1000)  # fmt: skip
+        found = streamed.found
+        if plan.shots:
+            note = "No learning curve: the layer was fitted out of core."
+            found = dataclasses.replace(found, warnings=(*found.warnings, note))
+        _write_combo(results, cache, plan, entry, test, head, keys[head.name], found, refit, [],
+                     variant=variant, strategy=streamed.strategy)  # fmt: skip
+    results.write_table()
+
+
+def _streamed_rows(cache: Cache, plan: _Plan, entry: Entry) -> tuple[FitRows, _TestRows]:
+    """The fitting rows and the test rows of ``entry``, as :meth:`_LayerData.load` takes them,
+    without their features."""
+    status = plan.rows[(entry.model, entry.layer)]
+    labeled = (cache.labels >= 0) & ~cache.removed & status.ok
+    split = cache.splits
+    fitting = labeled & (
+        (split == "train") | (split == "val") if plan.uses_val else split == "train"
+    )
+    rows = np.flatnonzero(fitting)
+    y = cache.labels[rows]
+    splits = _selection_splits(plan, entry, split[rows], y)
+    test_rows = np.flatnonzero(labeled & (split == "test"))
+    counts = {
+        "n_train": int(np.sum(labeled & (split == "train"))),
+        "n_val": int(np.sum(labeled & (split == "val"))),
+        "n_test": len(test_rows),
+        "n_features": int(entry.n_features),
+    }
+    fit_rows = FitRows(rows, y, split[rows] == "val", splits)
+    return fit_rows, _TestRows(cache.ids[test_rows], cache.labels[test_rows], counts, test_rows)
+
+
+@single_blas_thread
+def _predict_streamed(
+    cache: Cache, plan: _Plan, entry: Entry, variant: Variant, estimator, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Predictions and confidences of the test ``rows``, read window by window; with TTA the
+    rows that have test-time views are then scored on them."""
+    y_pred = np.zeros(len(rows), dtype=np.int64)
+    scores = np.zeros(len(rows))
+    start = time.perf_counter()
+    batch_rows = plan.budget.batch_rows(entry.n_features)
+    for batch in cache.iter_batches(entry.model, entry.layer, rows, batch_rows=batch_rows):
+        at = np.searchsorted(rows, batch.rows)
+        y_pred[at] = np.asarray(estimator.predict(batch.X), dtype=np.int64)
+        scores[at] = confidence(estimator, batch.X)
+    if variant.tta != PLAIN:
+        batch_rows = plan.budget.batch_rows(entry.n_features, variant.n_tta)
+        for batch in cache.iter_batches(entry.model, entry.layer, rows, batch_rows=batch_rows,
+                                        view="tta"):  # fmt: skip
+            at = np.searchsorted(rows, batch.rows)
+            y_pred[at], scores[at] = tta_predict(estimator, batch.X, variant.tta)
+    per_1000 = (time.perf_counter() - start) * 1000 / len(rows) if len(rows) else None
+    return y_pred, scores, per_1000
 
 
 def _score_fixed(
@@ -1021,6 +1146,7 @@ def _write_combo(
     results: ResultsFolder, cache: Cache, plan: _Plan, entry: Entry, data: _LayerData,
     head: Head, key: str, found: SearchResult, refit: _Refit, curve: list[dict],
     selection: str | None = None, variant: Variant | None = None,
+    strategy: Strategy | None = None,
 ) -> None:  # fmt: skip
     """Write the head, its test predictions, and last the record that marks it finished."""
     model, layer = entry.model, entry.layer
@@ -1046,6 +1172,7 @@ def _write_combo(
             "protocol": plan.protocol,
             **_scores(found, refit, data.y_test),
             **data.counts,
+            **(strategy or Strategy(IN_MEMORY, len(data.y_fit), 0)).columns(),
             "head_file": head_file,
             "predictions_file": predictions_file,
             "provenance": entry.provenance,

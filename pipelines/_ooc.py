@@ -1,0 +1,519 @@
+"""Fit the heads of a layer larger than the memory budget, its rows streamed.
+
+Each head says how it was fitted (:class:`Strategy`, written to ``results.csv``):
+
+- ``ridge``: exact. One pass sums, per selection fold, the counts, the feature sums, the
+  Gram matrix ``X^T X`` and ``X^T Y`` in float64 (:class:`~pipelines._stream.GroupStats`);
+  the training part of a fold is the total minus the fold. Its scaler and its
+  eigendecomposition follow from those sums (``n_features x n_features`` memory), and a
+  second pass scores every held-out row for every alpha: the CV scores equal the in-memory
+  :func:`~pipelines._ridge.ridge_path_predictions` up to float rounding. The refit on every
+  row comes from the same sums.
+- ``logreg``: the objective of scikit-learn's ``LogisticRegression`` (mean log-loss, L2
+  penalty ``||W||^2 / (2 C n)``, multinomial for 3+ classes, binomial for 2, intercept not
+  penalised) minimised by scipy's L-BFGS-B with scikit-learn's settings (``gtol = tol``,
+  ``maxls = 50``, ``ftol = 64 eps``), each loss and gradient one streamed pass. With at
+  most ``select_rows`` rows the CV is streamed too (each fold's scaler from the sums);
+  with more, C is chosen on a stratified sample and only the refit streams, starting from
+  the sample's solution (the optimum is the same; the starting point saves passes).
+- every other head, and any head whose grid asks for something the streamed solvers do
+  not compute (``pca``, other parameters): chosen and refitted on a stratified sample of at
+  most ``select_rows`` rows (fewer when the budget holds fewer), by the in-memory search.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy import optimize
+from scipy.special import expit, log_expit, logsumexp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import ParameterGrid
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import LabelBinarizer, StandardScaler
+
+from featurecache.cache import Cache, Entry
+from pipelines._budget import Budget
+from pipelines._heads import PCA_KEY, Head, build_pipeline
+from pipelines._search import SearchResult, _summarize, search_heads, stratified_splits
+from pipelines._stream import GroupStats, RowSource, fold_groups, scaler_of
+from pipelines._views import expand_splits, expand_views
+
+__all__ = ["Strategy", "StreamedFit", "fit_streamed", "lbfgs_logreg", "IN_MEMORY"]
+
+logger = logging.getLogger(__name__)
+
+#: The strategy text of a head fitted in memory (today's path).
+IN_MEMORY = "in memory"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a head was chosen and refitted.
+
+    Attributes
+    ----------
+    text : str
+        For people: ``exact, streamed Gram``, ``selected on 50,000 rows, refit on
+        1,000,000 (streamed L-BFGS)``, ``in memory``.
+    n_select, n_refit : int
+        The rows the hyper-parameters were chosen on and the rows the head was refitted on
+        (views counted as rows).
+    """
+
+    text: str
+    n_select: int
+    n_refit: int
+
+    def columns(self) -> dict:
+        """The ``results.csv`` columns."""
+        return {"strategy": self.text, "n_select": self.n_select, "n_refit": self.n_refit}
+
+
+class StreamedFit(NamedTuple):
+    """A head chosen and refitted out of core."""
+
+    found: SearchResult
+    estimator: Pipeline
+    seconds: float
+    converged: bool
+    strategy: Strategy
+
+
+@dataclass(frozen=True)
+class FitRows:
+    """The fitting rows of a layer, as :func:`fit_streamed` takes them.
+
+    Attributes
+    ----------
+    rows : ndarray of shape (n_rows,), int64
+        Ascending row numbers of the ok fitting rows.
+    y : ndarray of shape (n_rows,)
+    is_val : ndarray of shape (n_rows,), bool
+        Rows of the val split (selection on val) or all False (selection by CV).
+    splits : list of (train, score) index arrays
+        The selection splits over ``rows``.
+    """
+
+    rows: np.ndarray
+    y: np.ndarray
+    is_val: np.ndarray
+    splits: list
+
+
+def fit_streamed(
+    cache: Cache,
+    entry: Entry,
+    heads: Sequence[Head],
+    grids: Mapping[str, Mapping[str, list]],
+    data: FitRows,
+    *,
+    budget: Budget,
+    cv: int,
+    seed: int,
+    n_jobs: int | None,
+    views: bool = False,
+    n_views: int = 1,
+) -> dict[str, StreamedFit]:
+    """Choose and refit every head of ``heads`` on ``data`` within ``budget``.
+
+    Returns
+    -------
+    dict
+        :class:`StreamedFit` of each head, by name.
+    """
+    n_features = int(entry.n_features)
+    source = RowSource(
+        cache, entry.model, entry.layer, data.rows, fold_groups(len(data.rows), data.splits),
+        batch_rows=budget.batch_rows(n_features, n_views if views else 1), views=views,
+        n_views=n_views,
+    )  # fmt: skip
+    classes = np.unique(data.y)
+    gram_bytes = 8 * n_features * n_features * (len(data.splits) + 4)
+    plans = {h.name: _strategy(h, grids[h.name], len(data.rows), budget, gram_bytes) for h in heads}
+    start = time.perf_counter()
+    stats = GroupStats.collect(
+        source, classes, gram=any(p == "ridge" for p in plans.values()), n_features=n_features
+    )
+    stats_seconds = time.perf_counter() - start
+    n_rows = int(stats.count.sum())  # views counted
+    sample = None
+    if any(p in ("sample", "logreg-sample") for p in plans.values()):
+        sample = _Sample.load(cache, entry, data, budget, cv=cv, seed=seed, views=views)
+        sampled = [h for h in heads if plans[h.name] in ("sample", "logreg-sample")]
+        found_sample = search_heads(sampled, grids, sample.X, sample.y, sample.splits, seed=seed,
+                                    n_jobs=n_jobs)  # fmt: skip
+    fits = {}
+    for head in heads:
+        plan, grid = plans[head.name], grids[head.name]
+        if plan == "ridge":
+            fits[head.name] = _ridge(head, grid, source, stats, classes, data, n_rows,
+                                     stats_seconds)  # fmt: skip
+        elif plan == "logreg":
+            fits[head.name] = _logreg_exact(head, grid, source, stats, data, n_rows, seed)
+        else:
+            found = found_sample[head.name]
+            fits[head.name] = _from_sample(
+                head, found, sample, source, stats, classes, plan, n_rows, seed
+            )
+        logger.info("%s/%s %s: %s", entry.model, entry.layer, head.name,
+                    fits[head.name].strategy.text)  # fmt: skip
+    return fits
+
+
+def _strategy(head: Head, grid: Mapping[str, list], n_rows: int, budget: Budget, gram_bytes):
+    """``ridge``, ``logreg`` (exact, streamed), ``logreg-sample`` (chosen on a sample, refit
+    streamed) or ``sample`` (chosen and refitted on a sample)."""
+    plain = all(v is None for v in grid.get(PCA_KEY, [None]))
+    if head.name == "ridge" and plain and set(grid) <= {"alpha", PCA_KEY}:
+        if gram_bytes <= budget.memory // 2:
+            return "ridge"
+    if head.name == "logreg" and plain and set(grid) <= {"C", PCA_KEY}:
+        return "logreg" if n_rows <= budget.select_rows else "logreg-sample"
+    return "sample"
+
+
+# -- the stratified sample: selection of every other head --------------------------------
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """A stratified sample of the fitting rows, in memory, with its selection splits."""
+
+    X: np.ndarray
+    y: np.ndarray
+    splits: list
+    n_samples: int  # sampled rows before their views
+
+    @classmethod
+    def load(cls, cache: Cache, entry: Entry, data: FitRows, budget: Budget, *, cv: int,
+             seed: int, views: bool) -> _Sample:  # fmt: skip
+        per_row = max(1, cache.views(entry.model).count("augment")) if views else 1
+        size = min(budget.select_rows // per_row, budget.rows_in_memory(entry.n_features * per_row))
+        chosen = stratified_sample(data.y * 2 + data.is_val, size, cv, seed)
+        rows, y, is_val = data.rows[chosen], data.y[chosen], data.is_val[chosen]
+        parts = [b.X for b in cache.iter_batches(entry.model, entry.layer, rows)]
+        X = np.concatenate(parts) if parts else np.zeros((0, entry.n_features), np.float32)
+        if is_val.any():
+            splits = [(np.flatnonzero(~is_val), np.flatnonzero(is_val))]
+        else:
+            splits = stratified_splits(y, cv, seed)
+        if views:
+            found = [(b.X, b.rows) for b in cache.iter_batches(entry.model, entry.layer, rows,
+                                                               view="augment")]  # fmt: skip
+            V = np.concatenate([v for v, _ in found])
+            positions = np.searchsorted(rows, np.concatenate([r for _, r in found]))
+            X, y, groups = expand_views(X, y, V, positions)
+            splits = expand_splits(splits, groups)
+        return cls(X, y, splits, len(rows))
+
+
+def stratified_sample(strata: np.ndarray, size: int, least: int, seed: int) -> np.ndarray:
+    """Ascending positions of about ``size`` rows drawn per stratum in proportion to it
+    (at least ``least`` of each stratum that has them), seeded.
+
+    All rows when ``size >= len(strata)``.
+    """
+    if size >= len(strata):
+        return np.arange(len(strata))
+    rng = np.random.default_rng(seed)
+    values, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    take = np.maximum(np.round(counts * size / len(strata)).astype(int), np.minimum(counts, least))
+    chosen = [
+        rng.choice(np.flatnonzero(inverse == i), size=int(take[i]), replace=False)
+        for i in range(len(values))
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def _from_sample(head, found, sample: _Sample, source, stats, classes, plan, n_rows, seed):
+    """Refit ``head`` with the sample's choice: on every row (logreg) or on the sample."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator = build_pipeline(head, found.params, sample.X, sample.y, seed=seed)
+    n_select = len(sample.y)
+    if plan != "logreg-sample":
+        seconds = time.perf_counter() - start
+        text = f"selected and refit on a stratified sample of {n_select:,} rows"
+        return StreamedFit(found, estimator, seconds, True, Strategy(text, n_select, n_select))
+    scaler = scaler_of(stats.without(None))
+    clf = estimator[-1]
+    guess = _rescale(clf.coef_, clf.intercept_, estimator[0], scaler)
+    estimator, converged = _logreg_refit(
+        head, found.params, source, scaler, stats, classes, seed, guess
+    )
+    text = f"selected on a stratified sample of {n_select:,} rows, refit on {n_rows:,} (streamed L-BFGS)"
+    return StreamedFit(found, estimator, time.perf_counter() - start, converged,
+                       Strategy(text, n_select, n_rows))  # fmt: skip
+
+
+def _rescale(coef, intercept, old: StandardScaler, new: StandardScaler) -> np.ndarray:
+    """Weights on ``old``'s scaled features as weights on ``new``'s (the same function)."""
+    coef = coef / old.scale_ * new.scale_
+    intercept = intercept + coef @ ((new.mean_ - old.mean_) / new.scale_)
+    return np.column_stack([coef, intercept])
+
+
+# -- ridge: exact from the per-fold sums ------------------------------------------------
+
+
+class _RidgeSolution(NamedTuple):
+    """A ridge path on one fold's training part: ``scores(x) = ((x - mean) / scale) V
+    diag(1 / (l + alpha)) right + y_mean``."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    eigenvalues: np.ndarray
+    V: np.ndarray
+    right: np.ndarray
+    y_mean: np.ndarray
+    classes: np.ndarray
+    scaler: StandardScaler
+
+    def scores(self, X: np.ndarray, alpha: float, left: np.ndarray | None = None) -> np.ndarray:
+        if left is None:
+            left = ((X - self.mean) / self.scale) @ self.V
+        return left @ (self.right / (self.eigenvalues + alpha)[:, None]) + self.y_mean
+
+    def predict_all(self, X: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+        left = ((X - self.mean) / self.scale) @ self.V
+        out = np.empty((len(alphas), len(X)), dtype=self.classes.dtype)
+        for i, alpha in enumerate(alphas):
+            s = self.scores(X, alpha, left)
+            out[i] = self.classes[(s[:, 0] > 0).astype(int) if s.shape[1] == 1 else s.argmax(1)]
+        return out
+
+
+def _ridge_solution(stats: GroupStats, classes: np.ndarray) -> _RidgeSolution:
+    """The ridge path on the (single-group) rows of ``stats``, exactly as
+    ``ridge_path_predictions`` computes it on those rows scaled by their StandardScaler."""
+    present = stats.class_count[0] > 0
+    fold_classes, n = classes[present], stats.n
+    # Targets +1 for the row's class and -1 otherwise: sum(Y) = 2 count - n.
+    Y_sums = 2.0 * stats.class_count[0][present] - n
+    Y_cross = 2.0 * stats.cross[0][:, present] - stats.sums[0][:, None]
+    if len(fold_classes) == 2:
+        Y_sums, Y_cross = Y_sums[1:], Y_cross[:, 1:]
+    scaler = scaler_of(stats)
+    inverse = 1.0 / scaler.scale_
+    gram = stats.centred_gram() * inverse[:, None] * inverse[None, :]
+    cross = stats.centred_cross(Y_sums, Y_cross) * inverse[:, None]
+    eigenvalues, V = np.linalg.eigh(gram)
+    return _RidgeSolution(
+        mean=scaler.mean_, scale=scaler.scale_, eigenvalues=np.clip(eigenvalues, 0.0, None),
+        V=V, right=V.T @ cross, y_mean=Y_sums / n, classes=fold_classes, scaler=scaler,
+    )  # fmt: skip
+
+
+def _ridge(head, grid, source, stats, classes, data: FitRows, n_rows, seconds) -> StreamedFit:
+    start = time.perf_counter()
+    candidates = list(ParameterGrid(grid))
+    alphas = [float(c["alpha"]) for c in candidates]
+    folds = {k: _ridge_solution(stats.without(k), classes) for k in range(len(data.splits))}
+    scores = score_folds(source, {k: (lambda X, s=s: s.predict_all(X, alphas)) for k, s in
+                                  folds.items()}, len(alphas))  # fmt: skip
+    found = _summarize(head, grid, scores, n_val=len(data.splits[0][1]), n_not_converged=0,
+                       seconds=seconds + time.perf_counter() - start)  # fmt: skip
+    whole = _ridge_solution(stats.without(None), classes)
+    alpha = float(found.params["alpha"])
+    coef = (whole.V @ (whole.right / (whole.eigenvalues + alpha)[:, None])).T
+    clf = head.classifier(found.params, np.zeros((1, len(whole.mean))), seed=0)
+    clf.coef_ = coef if coef.shape[0] > 1 else coef.reshape(1, -1)
+    clf.intercept_ = whole.y_mean
+    clf._label_binarizer = LabelBinarizer(pos_label=1, neg_label=-1).fit(whole.classes)
+    clf.n_features_in_ = coef.shape[1]
+    estimator = Pipeline([("scale", whole.scaler), ("clf", clf)])
+    text = f"exact, streamed Gram ({n_rows:,} rows)"
+    return StreamedFit(found, estimator, time.perf_counter() - start, True,
+                       Strategy(text, n_rows, n_rows))  # fmt: skip
+
+
+def score_folds(
+    source: RowSource, predict: Mapping[int, Callable[[np.ndarray], np.ndarray]], n_candidates: int
+) -> np.ndarray:
+    """Accuracy ``(n_folds, n_candidates)`` of every candidate on each fold's held-out rows:
+    ``predict[k](X)`` gives ``(n_candidates, n_rows)`` labels. One pass over the plain rows."""
+    correct = np.zeros((len(predict), n_candidates))
+    count = np.zeros(len(predict))
+    for chunk in source.chunks(plain_only=True):
+        X = chunk.X.astype(np.float64)
+        for k in predict:
+            at = chunk.group == k
+            if not at.any():
+                continue
+            correct[k] += np.sum(predict[k](X[at]) == chunk.y[at][None, :], axis=1)
+            count[k] += at.sum()
+    return correct / np.maximum(count, 1)[:, None]
+
+
+# -- logreg: scikit-learn's objective, streamed -----------------------------------------
+
+
+def lbfgs_logreg(
+    chunks: Callable[[], Any],
+    scaler: StandardScaler,
+    classes: np.ndarray,
+    n_rows: int,
+    C: float,
+    *,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    w0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, bool]:
+    """Minimise ``LogisticRegression(C=C)``'s objective over streamed rows by L-BFGS-B.
+
+    Parameters
+    ----------
+    chunks : callable
+        ``chunks()`` yields ``(X, y)`` pairs (raw features, labels from ``classes``):
+        one pass over the training rows per call.
+    scaler : StandardScaler
+        Applied to every ``X`` (the scaler fitted on the same rows).
+    classes : ndarray of shape (n_classes,)
+    n_rows : int
+        The rows ``chunks`` yields, the ``n`` of the mean loss.
+    C, tol, max_iter : float, float, int
+        As ``LogisticRegression``'s.
+    w0 : ndarray, optional
+        Starting weights ``(n_outputs, n_features + 1)`` (default: zeros).
+
+    Returns
+    -------
+    weights : ndarray of shape (n_outputs, n_features + 1)
+        Coefficients, then the intercept, in the last column; one output row for two classes
+        (the weights of ``classes[1]``, as scikit-learn's binomial model), one per class else.
+    n_iter : int
+    converged : bool
+    """
+    n_features = len(scaler.mean_)
+    n_out = 1 if len(classes) == 2 else len(classes)
+    shape = (n_out, n_features + 1)
+    l2 = 1.0 / (C * n_rows)
+
+    def loss_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
+        W = w.reshape(shape)
+        loss, grad = 0.0, np.zeros(shape)
+        for X, y in chunks():
+            Xs = (np.asarray(X, np.float64) - scaler.mean_) / scaler.scale_
+            z = Xs @ W[:, :-1].T + W[:, -1]
+            labels = np.searchsorted(classes, y)
+            if n_out == 1:
+                target = (labels == 1).astype(np.float64)
+                loss -= float(
+                    np.sum(log_expit(z[:, 0]) * target + log_expit(-z[:, 0]) * (1 - target))
+                )
+                residual = (expit(z[:, 0]) - target)[:, None]
+            else:
+                lse = logsumexp(z, axis=1)
+                loss += float(np.sum(lse - z[np.arange(len(z)), labels]))
+                residual = np.exp(z - lse[:, None])
+                residual[np.arange(len(z)), labels] -= 1.0
+            grad[:, :-1] += residual.T @ Xs
+            grad[:, -1] += residual.sum(axis=0)
+        coef = W[:, :-1]
+        loss = loss / n_rows + 0.5 * l2 * float(np.sum(coef * coef))
+        grad /= n_rows
+        grad[:, :-1] += l2 * coef
+        return loss, grad.ravel()
+
+    start = np.zeros(shape) if w0 is None else np.asarray(w0, np.float64).reshape(shape)
+    result = optimize.minimize(
+        loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
+        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    )  # fmt: skip
+    n_iter = int(result.nit)
+    return result.x.reshape(shape), n_iter, n_iter < max_iter
+
+
+def _logreg_settings(head: Head, params: Mapping) -> tuple[float, float, int]:
+    clf = head.classifier(params, np.zeros((1, 1)), seed=0)
+    return float(clf.C), float(clf.tol), int(clf.max_iter)
+
+
+def _logreg_chunks(source: RowSource, fold: int | None):
+    """``chunks()`` of :func:`lbfgs_logreg` over the training part of ``fold`` (None: all)."""
+
+    def chunks():
+        for chunk in source.chunks():
+            if fold is None:
+                yield chunk.X, chunk.y
+                continue
+            at = chunk.group != fold
+            if at.any():
+                yield chunk.X[at], chunk.y[at]
+
+    return chunks
+
+
+def _logreg_estimator(head, params, weights, classes, scaler, n_iter, seed) -> Pipeline:
+    clf = head.classifier(params, np.zeros((1, 1)), seed=seed)
+    clf.classes_ = classes
+    clf.coef_, clf.intercept_ = weights[:, :-1].copy(), weights[:, -1].copy()
+    clf.n_iter_ = np.array([n_iter], dtype=np.int32)
+    clf.n_features_in_ = weights.shape[1] - 1
+    return Pipeline([("scale", scaler), ("clf", clf)])
+
+
+def _logreg_exact(head, grid, source, stats, data: FitRows, n_rows, seed) -> StreamedFit:
+    """Streamed CV along C (ascending, each fit starting from the previous C's solution of
+    the same fold) and a streamed refit."""
+    start = time.perf_counter()
+    candidates = list(ParameterGrid(grid))
+    order = sorted(range(len(candidates)), key=lambda i: (float(candidates[i]["C"]), i))
+    n_not_converged = 0
+    predictors = {}
+    for k in range(len(data.splits)):
+        part = stats.without(k)
+        scaler = scaler_of(part)
+        classes = np.unique(data.y[data.splits[k][0]])
+        solutions, previous = {}, None
+        for i in order:
+            C, tol, max_iter = _logreg_settings(head, candidates[i])
+            weights, _, ok = lbfgs_logreg(_logreg_chunks(source, k), scaler, classes,
+                                          int(part.n), C, tol=tol, max_iter=max_iter,
+                                          w0=previous)  # fmt: skip
+            n_not_converged += not ok
+            solutions[i] = previous = weights
+        predictors[k] = _linear_predictor(scaler, classes, [solutions[i] for i in
+                                                            range(len(candidates))])  # fmt: skip
+    scores = score_folds(source, predictors, len(candidates))
+    found = _summarize(head, grid, scores, n_val=len(data.splits[0][1]),
+                       n_not_converged=n_not_converged,
+                       seconds=time.perf_counter() - start)  # fmt: skip
+    refit_start = time.perf_counter()
+    scaler = scaler_of(stats.without(None))
+    estimator, converged = _logreg_refit(
+        head, found.params, source, scaler, stats, np.unique(data.y), seed, None
+    )
+    text = f"exact, streamed L-BFGS ({n_rows:,} rows)"
+    return StreamedFit(found, estimator, time.perf_counter() - refit_start, converged,
+                       Strategy(text, n_rows, n_rows))  # fmt: skip
+
+
+def _logreg_refit(head, params, source, scaler, stats, classes, seed, w0):
+    """The streamed refit on every row: ``(pipeline, converged)``."""
+    C, tol, max_iter = _logreg_settings(head, params)
+    weights, n_iter, converged = lbfgs_logreg(
+        _logreg_chunks(source, None), scaler, classes, int(stats.without(None).n), C, tol=tol,
+        max_iter=max_iter, w0=w0,
+    )  # fmt: skip
+    return _logreg_estimator(head, params, weights, classes, scaler, n_iter, seed), converged
+
+
+def _linear_predictor(scaler: StandardScaler, classes: np.ndarray, weights: list[np.ndarray]):
+    def predict(X: np.ndarray) -> np.ndarray:
+        Xs = (X - scaler.mean_) / scaler.scale_
+        out = np.empty((len(weights), len(X)), dtype=classes.dtype)
+        for i, W in enumerate(weights):
+            z = Xs @ W[:, :-1].T + W[:, -1]
+            out[i] = classes[(z[:, 0] > 0).astype(int) if z.shape[1] == 1 else z.argmax(1)]
+        return out
+
+    return predict
