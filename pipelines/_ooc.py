@@ -174,7 +174,7 @@ def _strategy(head: Head, grid: Mapping[str, list], n_rows: int, budget: Budget,
     if head.name == "ridge" and plain and set(grid) <= {"alpha", PCA_KEY}:
         if gram_bytes <= budget.memory // 2:
             return "ridge"
-    if head.name == "logreg" and plain and set(grid) <= {"C", PCA_KEY}:
+    if head.name == "logreg" and plain and set(grid) <= {"C", "tol", "max_iter", PCA_KEY}:
         return "logreg" if n_rows <= budget.select_rows else "logreg-sample"
     return "sample"
 
@@ -215,8 +215,8 @@ class _Sample:
 
 
 def stratified_sample(strata: np.ndarray, size: int, least: int, seed: int) -> np.ndarray:
-    """Ascending positions of about ``size`` rows drawn per stratum in proportion to it
-    (at least ``least`` of each stratum that has them), seeded.
+    """Ascending positions of ``size`` rows drawn per stratum in proportion to it (and at
+    least ``least`` of each stratum that has them), seeded.
 
     All rows when ``size >= len(strata)``.
     """
@@ -224,7 +224,11 @@ def stratified_sample(strata: np.ndarray, size: int, least: int, seed: int) -> n
         return np.arange(len(strata))
     rng = np.random.default_rng(seed)
     values, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
-    take = np.maximum(np.round(counts * size / len(strata)).astype(int), np.minimum(counts, least))
+    quota = counts * size / len(strata)
+    take = np.floor(quota).astype(int)
+    # Largest remainders first, so the sample holds exactly ``size`` rows (before ``least``).
+    take[np.argsort(take - quota, kind="stable")[: size - int(take.sum())]] += 1
+    take = np.maximum(take, np.minimum(counts, least))
     chosen = [
         rng.choice(np.flatnonzero(inverse == i), size=int(take[i]), replace=False)
         for i in range(len(values))
@@ -328,6 +332,7 @@ def _ridge(head, grid, source, stats, classes, data: FitRows, n_rows, seconds) -
     clf.coef_ = coef if coef.shape[0] > 1 else coef.reshape(1, -1)
     clf.intercept_ = whole.y_mean
     clf._label_binarizer = LabelBinarizer(pos_label=1, neg_label=-1).fit(whole.classes)
+    clf.classes_ = clf._label_binarizer.classes_
     clf.n_features_in_ = coef.shape[1]
     estimator = Pipeline([("scale", whole.scaler), ("clf", clf)])
     text = f"exact, streamed Gram ({n_rows:,} rows)"
