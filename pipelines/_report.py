@@ -1072,23 +1072,54 @@ def _best_details(run: dict, chosen: pd.Series, predictions: pd.DataFrame) -> li
     if cache is None:
         return blocks + [("p", f"The cache `{run.get('cache')}` is not readable here, so the "
                                "map and the gallery are left out.")]  # fmt: skip
-    X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
-    where = pd.Series(np.arange(len(ids)), index=pd.Index(ids.astype(str)))
-    order = where.reindex(predictions["id"].astype(str)).to_numpy()
-    if np.isnan(order.astype(float)).any():
+    seed = int(run["arguments"].get("seed", 0))
+    shown = map_sample(len(predictions), seed)
+    X = _map_features(cache, chosen, predictions["id"].astype(str).to_numpy()[shown])
+    if X is None:
         return blocks
-    X = X[order.astype(int)]
-    wrong = y_true != y_pred
+    y_true, wrong = y_true[shown], (y_true != y_pred)[shown]
+    sampled = (
+        f" ({len(shown):,} of the {len(predictions):,} test rows, a seeded sample)"
+        if len(shown) < len(predictions) else ""
+    )  # fmt: skip
     blocks.append(("h3", "Map of the best layer"))
-    for method, coords in project_2d(X, seed=int(run["arguments"].get("seed", 0))):
+    for method, coords in project_2d(X, seed=seed):
         blocks.append(_Figure(
             f"map_{method.lower()}",
-            f"{method} of the test features of {chosen['model']} / {chosen['layer']} (fitted on "
-            f"the test rows, a picture only), coloured by true class; crosses mark the "
-            f"{int(wrong.sum())} test images the head got wrong.",
+            f"{method} of the test features of {chosen['model']} / {chosen['layer']}{sampled} "
+            f"(fitted on those rows, a picture only), coloured by true class; crosses mark the "
+            f"{int(wrong.sum())} test images shown that the head got wrong.",
             map_figure(coords, y_true, wrong, class_names, method),
         ))  # fmt: skip
     return blocks + _gallery(cache, predictions, class_names)
+
+
+#: The most test rows the map of the best layer shows (a seeded sample beyond).
+MAP_POINTS = 5_000
+
+
+def map_sample(n_rows: int, seed: int, most: int = MAP_POINTS) -> np.ndarray:
+    """Ascending positions of the rows the map shows: all, or a seeded sample of ``most``."""
+    if n_rows <= most:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=most, replace=False))
+
+
+def _map_features(cache: Cache, chosen: pd.Series, ids: np.ndarray) -> np.ndarray | None:
+    """The features of the test rows ``ids``, in that order, streamed (only their windows are
+    read); ``None`` when one is not in the cache's test split any more."""
+    test = np.flatnonzero(cache.splits == "test")
+    where = pd.Series(test, index=pd.Index(cache.ids[test].astype(str)))
+    rows = where.reindex(ids).to_numpy()
+    if np.isnan(rows.astype(float)).any():
+        return None
+    rows = rows.astype(np.int64)
+    batches = list(cache.iter_batches(chosen["model"], chosen["layer"], rows))
+    found = np.concatenate([b.rows for b in batches]) if batches else np.zeros(0, np.int64)
+    if len(found) != len(np.unique(rows)):
+        return None
+    X = np.concatenate([b.X for b in batches])
+    return X[np.searchsorted(found, rows)]
 
 
 def _gallery(cache: Cache, predictions: pd.DataFrame, class_names) -> list:

@@ -281,3 +281,27 @@ def test_memory_sizes_are_binary():
     assert parse_memory("512MiB") == 512 << 20
     assert parse_memory("1.5g") == 3 << 29
     assert parse_memory(1 << 30) == 1 << 30
+
+
+# -- the report's map: a bounded, seeded sample of the test rows, streamed -----------------
+
+
+def test_the_map_shows_a_seeded_sample_of_at_most_map_points_rows():
+    from pipelines._report import MAP_POINTS, map_sample
+
+    assert np.array_equal(map_sample(MAP_POINTS, seed=0), np.arange(MAP_POINTS))
+    shown = map_sample(3 * MAP_POINTS, seed=0)
+    assert len(shown) == MAP_POINTS == len(np.unique(shown)) and np.all(np.diff(shown) > 0)
+    assert np.array_equal(map_sample(3 * MAP_POINTS, seed=0), shown)
+    assert not np.array_equal(map_sample(3 * MAP_POINTS, seed=1), shown)
+
+
+def test_the_map_reads_the_features_of_the_sampled_ids_in_their_order(cache):
+    from pipelines._report import _map_features
+
+    X, _, ids = cache.load("toy", "embedding", split="test")
+    order = np.random.default_rng(0).permutation(len(ids))[:25]
+    chosen = pd.Series({"model": "toy", "layer": "embedding"})
+    np.testing.assert_array_equal(_map_features(cache, chosen, ids[order].astype(str)), X[order])
+    train_id = cache.ids[np.flatnonzero(cache.splits == "train")[0]]
+    assert _map_features(cache, chosen, np.array([train_id])) is None
