@@ -210,10 +210,29 @@ def test_streamed_logreg_cv_and_refit_equal_the_in_memory_search(cache):
 def test_heads_above_select_rows_are_chosen_on_a_stratified_sample(cache):
     grids = resolve_grids(["logreg", "knn"], {"logreg": {"C": [0.01, 1.0]}})
     _, y, _, fits = _fit_both(cache, ["logreg", "knn"], grids, cv=3, select_rows=150)
-    assert fits["knn"].strategy.text == "selected and refit on a stratified sample of 150 rows"
+    assert fits["knn"].strategy.text == "selected on a stratified sample of 150 rows, refit on 358"
     assert (fits["logreg"].strategy.text == "selected on a stratified sample of 150 rows, "
             "refit on 358 (streamed L-BFGS)")  # fmt: skip
     assert (fits["logreg"].strategy.n_select, fits["logreg"].strategy.n_refit) == (150, 358)
+
+
+def test_knn_refit_on_every_row_predicts_as_the_in_memory_knn(cache):
+    grids = resolve_grids(["knn"], {"knn": {"n_neighbors": [5], "temperature": [0.07]}})
+    X, y, _, fits = _fit_both(cache, ["knn"], grids, cv=3, select_rows=150)
+    from pipelines._heads import build_pipeline
+
+    reference = build_pipeline(get_head("knn"), fits["knn"].found.params, X, y, seed=0)
+    test, _, _ = cache.load("toy", "embedding", split="test")
+    np.testing.assert_array_equal(fits["knn"].estimator.predict(test), reference.predict(test))
+    np.testing.assert_allclose(fits["knn"].estimator.predict_proba(test),
+                               reference.predict_proba(test), atol=1e-5)  # fmt: skip
+
+
+def test_heads_without_a_streamed_fit_are_refit_on_the_sample(cache):
+    grids = resolve_grids(["linsvm"], {"linsvm": {"C": [0.01]}})
+    _, _, _, fits = _fit_both(cache, ["linsvm"], grids, cv=3, select_rows=150)
+    assert fits["linsvm"].strategy.text == "selected and refit on a stratified sample of 150 rows"
+    assert (fits["linsvm"].strategy.n_select, fits["linsvm"].strategy.n_refit) == (150, 150)
 
 
 def test_stratified_sample_keeps_every_class_in_proportion():
