@@ -324,3 +324,21 @@ def test_the_map_reads_the_features_of_the_sampled_ids_in_their_order(cache):
     np.testing.assert_array_equal(_map_features(cache, chosen, ids[order].astype(str)), X[order])
     train_id = cache.ids[np.flatnonzero(cache.splits == "train")[0]]
     assert _map_features(cache, chosen, np.array([train_id])) is None
+
+
+def test_views_stream_the_same_way(tmp_path):
+    """Trained on every view, folds grouped by sample, held-out samples scored on their plain
+    view, test rows on their test-time views: streamed equals in memory for ridge."""
+    path = write_cache(
+        tmp_path / "c.h5", n_classes=3, n_per_class={"train": 1000, "test": 50},
+        layers=(("embedding", 400, 0.4),), views=3, tta=2, view_noise=0.5, shards=True,
+        logged=True, shard_size=256,
+    )  # fmt: skip
+    kwargs = dict(heads=["ridge"], cv=3, n_jobs=1, views="train", tta="mean-feature")
+    streamed = fit(path, tmp_path / "small", memory="64MB", **kwargs).iloc[0]
+    memory = fit(path, tmp_path / "large", memory="8GB", **kwargs).iloc[0]
+    assert streamed["strategy"] == "exact, streamed Gram (9,000 rows)"
+    assert memory["strategy"] == "in memory" and memory["n_refit"] == 9_000
+    for column in ("cv_mean", "cv_std", "test_accuracy"):
+        assert abs(streamed[column] - memory[column]) <= 1e-9, column
+    assert streamed["params"] == memory["params"]
