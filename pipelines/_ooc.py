@@ -16,9 +16,15 @@ Each head says how it was fitted (:class:`Strategy`, written to ``results.csv``)
   most ``select_rows`` rows the CV is streamed too (each fold's scaler from the sums);
   with more, C is chosen on a stratified sample and only the refit streams, starting from
   the sample's solution (the optimum is the same; the starting point saves passes).
+- PCA (``pca`` in the grid of ``ridge`` or ``logreg``): the principal axes of each fold's
+  scaled rows come from the eigendecomposition of its Gram sums (:class:`_Space`); ridge on
+  PCA features is the ridge path over the first axes, logreg streams the projected rows.
+- ``knn``: chosen on a stratified sample, refitted on every row when their unit-length
+  float32 rows fit half the budget (exact top-k over every row at prediction), else on the
+  sample.
 - every other head, and any head whose grid asks for something the streamed solvers do
-  not compute (``pca``, other parameters): chosen and refitted on a stratified sample of at
-  most ``select_rows`` rows (fewer when the budget holds fewer), by the in-memory search.
+  not compute (other parameters): chosen and refitted on a stratified sample of at most
+  ``select_rows`` rows (fewer when the budget holds fewer), by the in-memory search.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import optimize
 from scipy.special import expit, log_expit, logsumexp
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
@@ -151,9 +158,12 @@ def fit_streamed(
     plans = {h.name: _strategy(h, grids[h.name], n_held, budget, gram_bytes, n_features)
              for h in heads}  # fmt: skip
     start = time.perf_counter()
-    stats = GroupStats.collect(
-        source, classes, gram=any(p == "ridge" for p in plans.values()), n_features=n_features
+    gram = any(
+        plans[h.name] == "ridge"
+        or (plans[h.name] in ("logreg", "logreg-sample") and grids[h.name].get(PCA_KEY) != [None])
+        for h in heads
     )
+    stats = GroupStats.collect(source, classes, gram=gram, n_features=n_features)
     stats_seconds = time.perf_counter() - start
     n_rows = int(stats.count.sum())  # views counted
     sample = None
@@ -190,10 +200,11 @@ def _strategy(head: Head, grid: Mapping[str, list], n_rows: int, budget: Budget,
     streamed), ``knn-all`` (chosen on a sample, its unit rows of every row held: 4 bytes a
     value, within half the budget) or ``sample`` (chosen and refitted on a sample)."""
     plain = all(v is None for v in grid.get(PCA_KEY, [None]))
-    if head.name == "ridge" and plain and set(grid) <= {"alpha", PCA_KEY}:
-        if gram_bytes <= budget.memory // 2:
-            return "ridge"
-    if head.name == "logreg" and plain and set(grid) <= {"C", "tol", "max_iter", PCA_KEY}:
+    gram = gram_bytes <= budget.memory // 2  # PCA and ridge need the Gram sums
+    if head.name == "ridge" and gram and set(grid) <= {"alpha", PCA_KEY}:
+        return "ridge"
+    if head.name == "logreg" and (plain or gram) and set(grid) <= {"C", "tol", "max_iter",
+                                                                    PCA_KEY}:  # fmt: skip
         return "logreg" if n_rows <= budget.select_rows else "logreg-sample"
     if head.name == "knn" and plain and 4 * n_rows * n_features <= budget.memory // 2:
         return "knn-all"
@@ -274,12 +285,11 @@ def _from_sample(head, found, sample: _Sample, source, stats, classes, plan, n_r
         seconds = time.perf_counter() - start
         text = f"selected and refit on a stratified sample of {n_select:,} rows"
         return StreamedFit(found, estimator, seconds, True, Strategy(text, n_select, n_select))
-    scaler = scaler_of(stats.without(None))
-    clf = estimator[-1]
-    guess = _rescale(clf.coef_, clf.intercept_, estimator[0], scaler)
-    estimator, converged = _logreg_refit(
-        head, found.params, source, scaler, stats, classes, seed, guess
-    )
+    guess = None
+    if len(estimator) == 2:  # no PCA: the sample's solution, on every row's scaling
+        clf = estimator[-1]
+        guess = _rescale(clf.coef_, clf.intercept_, estimator[0], scaler_of(stats.without(None)))
+    estimator, converged = _logreg_refit(head, found.params, source, stats, classes, seed, guess)
     text = f"selected on a stratified sample of {n_select:,} rows, refit on {n_rows:,} (streamed L-BFGS)"
     return StreamedFit(found, estimator, time.perf_counter() - start, converged,
                        Strategy(text, n_select, n_rows))  # fmt: skip
@@ -309,32 +319,88 @@ def _rescale(coef, intercept, old: StandardScaler, new: StandardScaler) -> np.nd
     return np.column_stack([coef, intercept])
 
 
+# -- a fold's feature space: its scaler and its PCA, from the sums ----------------------
+
+
+class _Space(NamedTuple):
+    """The scaled features of a fold's training part and their principal axes.
+
+    ``eigenvalues`` (descending) and ``V`` diagonalise ``Xs^T Xs`` of the scaled, centred
+    rows: a PCA to ``p`` components projects on ``V[:, :p]``, exactly the
+    ``PCA(p)`` of those rows (up to signs, and to the randomised solver's approximation).
+    """
+
+    scaler: StandardScaler
+    eigenvalues: np.ndarray | None
+    V: np.ndarray | None
+    n: float
+
+    @classmethod
+    def of(cls, stats: GroupStats) -> _Space:
+        """The space of the (single-group) rows of ``stats``; without their Gram sums, the
+        scaler only (no PCA)."""
+        scaler = scaler_of(stats)
+        if stats.gram is None:
+            return cls(scaler, None, None, stats.n)
+        inverse = 1.0 / scaler.scale_
+        gram = stats.centred_gram() * inverse[:, None] * inverse[None, :]
+        eigenvalues, V = np.linalg.eigh(gram)
+        return cls(scaler, np.clip(eigenvalues[::-1], 0.0, None), V[:, ::-1], stats.n)
+
+    def width(self, n_components) -> int:
+        """The features after a PCA to ``n_components`` (``None``: none), as ``make_pca``."""
+        n_features = len(self.scaler.mean_)
+        return n_features if n_components is None or n_components >= n_features else int(
+            n_components)  # fmt: skip
+
+    def pca(self, n_components, seed: int) -> PCA | None:
+        """The fitted ``PCA`` step for ``n_components``, or ``None`` (none, as ``make_pca``)."""
+        p = self.width(n_components)
+        if p == len(self.scaler.mean_):
+            return None
+        variance = self.eigenvalues / max(self.n - 1, 1)
+        pca = PCA(n_components=p, random_state=seed)
+        pca.components_ = np.ascontiguousarray(self.V[:, :p].T)
+        pca.mean_ = np.zeros(len(variance))  # the scaled rows are centred
+        pca.n_components_, pca.n_samples_, pca.n_features_in_ = p, int(self.n), len(variance)
+        pca.explained_variance_ = variance[:p]
+        pca.explained_variance_ratio_ = variance[:p] / max(variance.sum(), np.finfo(float).tiny)
+        pca.singular_values_ = np.sqrt(self.eigenvalues[:p])
+        pca.noise_variance_ = float(variance[p:].mean()) if p < len(variance) else 0.0
+        return pca
+
+    def transform(self, X: np.ndarray, n_components=None) -> np.ndarray:
+        """``X`` scaled and projected, float64."""
+        Xs = (np.asarray(X, np.float64) - self.scaler.mean_) / self.scaler.scale_
+        p = self.width(n_components)
+        return Xs if p == len(self.scaler.mean_) else Xs @ self.V[:, :p]
+
+    def steps(self, n_components, seed: int) -> list:
+        pca = self.pca(n_components, seed)
+        return [("scale", self.scaler)] + ([("pca", pca)] if pca is not None else [])
+
+
 # -- ridge: exact from the per-fold sums ------------------------------------------------
 
 
 class _RidgeSolution(NamedTuple):
-    """A ridge path on one fold's training part: ``scores(x) = ((x - mean) / scale) V
-    diag(1 / (l + alpha)) right + y_mean``."""
+    """The ridge path of one fold's training part: ``scores(x) = ((x - mean) / scale) V_p
+    diag(1 / (l_p + alpha)) right_p + y_mean`` over its first ``p`` principal axes (all of
+    them without PCA: ridge on PCA features is ridge restricted to their axes)."""
 
-    mean: np.ndarray
-    scale: np.ndarray
-    eigenvalues: np.ndarray
-    V: np.ndarray
+    space: _Space
     right: np.ndarray
     y_mean: np.ndarray
     classes: np.ndarray
-    scaler: StandardScaler
 
-    def scores(self, X: np.ndarray, alpha: float, left: np.ndarray | None = None) -> np.ndarray:
-        if left is None:
-            left = ((X - self.mean) / self.scale) @ self.V
-        return left @ (self.right / (self.eigenvalues + alpha)[:, None]) + self.y_mean
-
-    def predict_all(self, X: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
-        left = ((X - self.mean) / self.scale) @ self.V
-        out = np.empty((len(alphas), len(X)), dtype=self.classes.dtype)
-        for i, alpha in enumerate(alphas):
-            s = self.scores(X, alpha, left)
+    def predict_all(self, X: np.ndarray, candidates: Sequence[dict]) -> np.ndarray:
+        left = self.space.transform(X) @ self.space.V
+        out = np.empty((len(candidates), len(X)), dtype=self.classes.dtype)
+        for i, candidate in enumerate(candidates):
+            p = self.space.width(candidate.get(PCA_KEY))
+            weights = self.right[:p] / (self.space.eigenvalues[:p] + float(candidate["alpha"]))[
+                :, None]  # fmt: skip
+            s = left[:, :p] @ weights + self.y_mean
             out[i] = self.classes[(s[:, 0] > 0).astype(int) if s.shape[1] == 1 else s.argmax(1)]
         return out
 
@@ -349,36 +415,32 @@ def _ridge_solution(stats: GroupStats, classes: np.ndarray) -> _RidgeSolution:
     Y_cross = 2.0 * stats.cross[0][:, present] - stats.sums[0][:, None]
     if len(fold_classes) == 2:
         Y_sums, Y_cross = Y_sums[1:], Y_cross[:, 1:]
-    scaler = scaler_of(stats)
-    inverse = 1.0 / scaler.scale_
-    gram = stats.centred_gram() * inverse[:, None] * inverse[None, :]
-    cross = stats.centred_cross(Y_sums, Y_cross) * inverse[:, None]
-    eigenvalues, V = np.linalg.eigh(gram)
-    return _RidgeSolution(
-        mean=scaler.mean_, scale=scaler.scale_, eigenvalues=np.clip(eigenvalues, 0.0, None),
-        V=V, right=V.T @ cross, y_mean=Y_sums / n, classes=fold_classes, scaler=scaler,
-    )  # fmt: skip
+    space = _Space.of(stats)
+    cross = stats.centred_cross(Y_sums, Y_cross) / space.scaler.scale_[:, None]
+    return _RidgeSolution(space, space.V.T @ cross, Y_sums / n, fold_classes)
 
 
 def _ridge(head, grid, source, stats, classes, data: FitRows, n_rows, seconds) -> StreamedFit:
     start = time.perf_counter()
     candidates = list(ParameterGrid(grid))
-    alphas = [float(c["alpha"]) for c in candidates]
     folds = {k: _ridge_solution(stats.without(k), classes) for k in range(len(data.splits))}
-    scores = score_folds(source, {k: (lambda X, s=s: s.predict_all(X, alphas)) for k, s in
-                                  folds.items()}, len(alphas))  # fmt: skip
+    scores = score_folds(source, {k: (lambda X, s=s: s.predict_all(X, candidates)) for k, s in
+                                  folds.items()}, len(candidates))  # fmt: skip
     found = _summarize(head, grid, scores, n_val=len(data.splits[0][1]), n_not_converged=0,
                        seconds=seconds + time.perf_counter() - start)  # fmt: skip
     whole = _ridge_solution(stats.without(None), classes)
+    p = whole.space.width(found.params.get(PCA_KEY))
     alpha = float(found.params["alpha"])
-    coef = (whole.V @ (whole.right / (whole.eigenvalues + alpha)[:, None])).T
-    clf = head.classifier(found.params, np.zeros((1, len(whole.mean))), seed=0)
-    clf.coef_ = coef if coef.shape[0] > 1 else coef.reshape(1, -1)
+    coef = (whole.right[:p] / (whole.space.eigenvalues[:p] + alpha)[:, None]).T
+    if p == len(whole.space.eigenvalues):  # no PCA: back from the axes to the features
+        coef = coef @ whole.space.V.T
+    clf = head.classifier(found.params, np.zeros((1, p)), seed=0)
+    clf.coef_ = coef
     clf.intercept_ = whole.y_mean
     clf._label_binarizer = LabelBinarizer(pos_label=1, neg_label=-1).fit(whole.classes)
     clf.classes_ = clf._label_binarizer.classes_
-    clf.n_features_in_ = coef.shape[1]
-    estimator = Pipeline([("scale", whole.scaler), ("clf", clf)])
+    clf.n_features_in_ = p
+    estimator = Pipeline([*whole.space.steps(found.params.get(PCA_KEY), 0), ("clf", clf)])
     text = f"exact, streamed Gram ({n_rows:,} rows)"
     return StreamedFit(found, estimator, time.perf_counter() - start, True,
                        Strategy(text, n_rows, n_rows))  # fmt: skip
@@ -407,7 +469,8 @@ def score_folds(
 
 def lbfgs_logreg(
     chunks: Callable[[], Any],
-    scaler: StandardScaler,
+    transform: Callable[[np.ndarray], np.ndarray],
+    n_features: int,
     classes: np.ndarray,
     n_rows: int,
     C: float,
@@ -423,8 +486,10 @@ def lbfgs_logreg(
     chunks : callable
         ``chunks()`` yields ``(X, y)`` pairs (raw features, labels from ``classes``):
         one pass over the training rows per call.
-    scaler : StandardScaler
-        Applied to every ``X`` (the scaler fitted on the same rows).
+    transform : callable
+        ``transform(X)`` gives the features the model sees, float64 of shape
+        ``(n, n_features)``: the scaler (and PCA) fitted on the same rows.
+    n_features : int
     classes : ndarray of shape (n_classes,)
     n_rows : int
         The rows ``chunks`` yields, the ``n`` of the mean loss.
@@ -441,7 +506,6 @@ def lbfgs_logreg(
     n_iter : int
     converged : bool
     """
-    n_features = len(scaler.mean_)
     n_out = 1 if len(classes) == 2 else len(classes)
     shape = (n_out, n_features + 1)
     l2 = 1.0 / (C * n_rows)
@@ -450,15 +514,14 @@ def lbfgs_logreg(
         W = w.reshape(shape)
         loss, grad = 0.0, np.zeros(shape)
         for X, y in chunks():
-            Xs = (np.asarray(X, np.float64) - scaler.mean_) / scaler.scale_
+            Xs = transform(np.asarray(X, np.float64))
             z = Xs @ W[:, :-1].T + W[:, -1]
             labels = np.searchsorted(classes, y)
             if n_out == 1:
                 target = (labels == 1).astype(np.float64)
-                loss -= float(
-                    np.sum(log_expit(z[:, 0]) * target + log_expit(-z[:, 0]) * (1 - target))
-                )
-                residual = (expit(z[:, 0]) - target)[:, None]
+                z = z[:, 0]
+                loss -= float(np.sum(log_expit(z) * target + log_expit(-z) * (1 - target)))
+                residual = (expit(z) - target)[:, None]
             else:
                 lse = logsumexp(z, axis=1)
                 loss += float(np.sum(lse - z[np.arange(len(z)), labels]))
@@ -501,67 +564,82 @@ def _logreg_chunks(source: RowSource, fold: int | None):
     return chunks
 
 
-def _logreg_estimator(head, params, weights, classes, scaler, n_iter, seed) -> Pipeline:
+def _logreg_fit(head, params, source, space: _Space, classes, n_rows, fold, w0):
+    """``(weights, n_iter, converged)`` of the streamed fit of ``params`` on ``space``."""
+    C, tol, max_iter = _logreg_settings(head, params)
+    n_components = params.get(PCA_KEY)
+    return lbfgs_logreg(
+        _logreg_chunks(source, fold), lambda X: space.transform(X, n_components),
+        space.width(n_components), classes, n_rows, C, tol=tol, max_iter=max_iter, w0=w0,
+    )  # fmt: skip
+
+
+def _logreg_estimator(head, params, weights, classes, space: _Space, n_iter, seed) -> Pipeline:
     clf = head.classifier(params, np.zeros((1, 1)), seed=seed)
     clf.classes_ = classes
     clf.coef_, clf.intercept_ = weights[:, :-1].copy(), weights[:, -1].copy()
     clf.n_iter_ = np.array([n_iter], dtype=np.int32)
     clf.n_features_in_ = weights.shape[1] - 1
-    return Pipeline([("scale", scaler), ("clf", clf)])
+    return Pipeline([*space.steps(params.get(PCA_KEY), seed), ("clf", clf)])
 
 
 def _logreg_exact(head, grid, source, stats, data: FitRows, n_rows, seed) -> StreamedFit:
     """Streamed CV along C (ascending, each fit starting from the previous C's solution of
-    the same fold) and a streamed refit."""
+    the same fold and PCA), and a streamed refit."""
     start = time.perf_counter()
     candidates = list(ParameterGrid(grid))
-    order = sorted(range(len(candidates)), key=lambda i: (float(candidates[i]["C"]), i))
+    chains: dict[Any, list[int]] = {}
+    for i in sorted(range(len(candidates)), key=lambda i: (float(candidates[i]["C"]), i)):
+        chains.setdefault(candidates[i][PCA_KEY], []).append(i)
     n_not_converged = 0
     predictors = {}
     for k in range(len(data.splits)):
         part = stats.without(k)
-        scaler = scaler_of(part)
+        space = _Space.of(part)
         classes = np.unique(data.y[data.splits[k][0]])
-        solutions, previous = {}, None
-        for i in order:
-            C, tol, max_iter = _logreg_settings(head, candidates[i])
-            weights, _, ok = lbfgs_logreg(_logreg_chunks(source, k), scaler, classes,
-                                          int(part.n), C, tol=tol, max_iter=max_iter,
-                                          w0=previous)  # fmt: skip
-            n_not_converged += not ok
-            solutions[i] = previous = weights
-        predictors[k] = _linear_predictor(scaler, classes, [solutions[i] for i in
-                                                            range(len(candidates))])  # fmt: skip
+        solutions = {}
+        for chain in chains.values():
+            previous = None
+            for i in chain:
+                weights, _, ok = _logreg_fit(head, candidates[i], source, space, classes,
+                                             int(part.n), k, previous)  # fmt: skip
+                n_not_converged += not ok
+                solutions[i] = previous = weights
+        predictors[k] = _linear_predictor(space, classes, candidates, solutions)
     scores = score_folds(source, predictors, len(candidates))
     found = _summarize(head, grid, scores, n_val=len(data.splits[0][1]),
                        n_not_converged=n_not_converged,
                        seconds=time.perf_counter() - start)  # fmt: skip
     refit_start = time.perf_counter()
-    scaler = scaler_of(stats.without(None))
     estimator, converged = _logreg_refit(
-        head, found.params, source, scaler, stats, np.unique(data.y), seed, None
+        head, found.params, source, stats, np.unique(data.y), seed, None
     )
     text = f"exact, streamed L-BFGS ({n_rows:,} rows)"
     return StreamedFit(found, estimator, time.perf_counter() - refit_start, converged,
                        Strategy(text, n_rows, n_rows))  # fmt: skip
 
 
-def _logreg_refit(head, params, source, scaler, stats, classes, seed, w0):
+def _logreg_refit(head, params, source, stats, classes, seed, w0):
     """The streamed refit on every row: ``(pipeline, converged)``."""
-    C, tol, max_iter = _logreg_settings(head, params)
-    weights, n_iter, converged = lbfgs_logreg(
-        _logreg_chunks(source, None), scaler, classes, int(stats.without(None).n), C, tol=tol,
-        max_iter=max_iter, w0=w0,
-    )  # fmt: skip
-    return _logreg_estimator(head, params, weights, classes, scaler, n_iter, seed), converged
+    whole = stats.without(None)
+    space = _Space.of(whole)
+    weights, n_iter, converged = _logreg_fit(head, params, source, space, classes,
+                                             int(whole.n), None, w0)  # fmt: skip
+    return _logreg_estimator(head, params, weights, classes, space, n_iter, seed), converged
 
 
-def _linear_predictor(scaler: StandardScaler, classes: np.ndarray, weights: list[np.ndarray]):
+def _linear_predictor(space: _Space, classes, candidates, solutions):
+    """``predict(X)``: the labels of every candidate (rows: candidates) from its weights."""
+
     def predict(X: np.ndarray) -> np.ndarray:
-        Xs = (X - scaler.mean_) / scaler.scale_
-        out = np.empty((len(weights), len(X)), dtype=classes.dtype)
-        for i, W in enumerate(weights):
-            z = Xs @ W[:, :-1].T + W[:, -1]
+        features: dict[Any, np.ndarray] = {}
+        out = np.empty((len(candidates), len(X)), dtype=classes.dtype)
+        for i, candidate in enumerate(candidates):
+            p = candidate.get(PCA_KEY)
+            if p not in features:
+                features[p] = space.transform(X, p)
+            W = solutions[i]
+            z = features[p] @ W[:, :-1].T + W[:, -1]
             out[i] = classes[(z[:, 0] > 0).astype(int) if z.shape[1] == 1 else z.argmax(1)]
         return out
 

@@ -176,8 +176,9 @@ def test_streamed_lbfgs_equals_scikit_learns_logistic_regression(tmp_path, n_cla
             yield chunk.X, chunk.y
 
     for C in (0.01, 1.0):
-        weights, n_iter, converged = lbfgs_logreg(chunks, scaler, np.unique(y), len(y), C,
-                                                  tol=1e-4, max_iter=1000)  # fmt: skip
+        weights, n_iter, converged = lbfgs_logreg(
+            chunks, scaler.transform, 12, np.unique(y), len(y), C, tol=1e-4, max_iter=1000
+        )
         reference = LogisticRegression(C=C, max_iter=1000).fit(
             StandardScaler().fit_transform(X.astype(np.float64)), y
         )
@@ -205,6 +206,36 @@ def test_streamed_logreg_cv_and_refit_equal_the_in_memory_search(cache):
         reference.predict_proba(StandardScaler().fit_transform(X.astype(np.float64))),
         atol=1e-8,
     )
+
+
+def test_pca_from_the_streamed_gram_equals_scikit_learns_pca(cache):
+    """Ridge on PCA features is ridge on the first principal axes; logreg sees the projection."""
+    grids = resolve_grids(["ridge", "logreg"], {"ridge": {"pca": [None, 4, 8]},
+                                                "logreg": {"C": [0.1, 1.0], "pca": [4]}})  # fmt: skip
+    X, y, found, fits = _fit_both(cache, ["ridge", "logreg"], grids, cv=3)
+    np.testing.assert_allclose(_scores(fits["ridge"].found), _scores(found["ridge"]), atol=1e-9)
+    assert np.max(np.abs(_scores(fits["logreg"].found) - _scores(found["logreg"]))) <= 1 / 118
+    from pipelines._heads import build_pipeline
+
+    for head in ("ridge", "logreg"):
+        params = {**fits[head].found.params, "pca": 4}
+        if head == "ridge":  # the chosen alpha with PCA, refitted out of core
+            fits = {
+                **fits,
+                **_fit_both(
+                    cache,
+                    ["ridge"],
+                    resolve_grids(["ridge"], {"ridge": {"pca": [4], "alpha": [params["alpha"]]}}),
+                    cv=3,
+                )[3],
+            }
+        reference = build_pipeline(get_head(head), params, X.astype(np.float64), y, seed=0)
+        streamed = fits[head].estimator
+        assert [name for name, _ in streamed.steps] == ["scale", "pca", "clf"]
+        np.testing.assert_allclose(np.abs(streamed["pca"].transform(streamed["scale"].transform(X))),
+                                   np.abs(reference["pca"].transform(reference["scale"].transform(
+                                       X.astype(np.float64)))), atol=1e-6)  # fmt: skip
+        np.testing.assert_array_equal(streamed.predict(X), reference.predict(X))
 
 
 def test_heads_above_select_rows_are_chosen_on_a_stratified_sample(cache):
