@@ -14,14 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from featurecache._validation import ParameterError, check_choice, check_int
-
-if TYPE_CHECKING:
-    from featurecache.cache._reader import Cache
 
 __all__ = ["Batch", "DEFAULT_BATCH_BYTES", "STREAM_VIEWS", "default_batch_rows", "iter_batches"]
 
@@ -29,6 +26,21 @@ __all__ = ["Batch", "DEFAULT_BATCH_BYTES", "STREAM_VIEWS", "default_batch_rows",
 DEFAULT_BATCH_BYTES = 64 << 20
 #: What ``view`` of :func:`iter_batches` accepts: the plain rows, or one kind of extra view.
 STREAM_VIEWS = ("plain", "augment", "tta")
+
+
+class RowReader(Protocol):
+    """What :func:`iter_batches` asks of a reader (:class:`~featurecache.cache.Cache`)."""
+
+    n_samples: int
+    labels: np.ndarray
+
+    def entry(self, model: str, layer: str) -> Any: ...
+
+    def views(self, model: str) -> Any: ...
+
+    def load_rows(self, model: str, layer: str, wanted: np.ndarray) -> tuple: ...
+
+    def load_views(self, model: str, layer: str, kind: str, wanted: np.ndarray) -> tuple: ...
 
 
 class Batch(NamedTuple):
@@ -55,7 +67,7 @@ def default_batch_rows(n_features: int, n_views: int = 1, batch_bytes: int = DEF
 
 
 def iter_batches(
-    cache: Cache,
+    cache: RowReader,
     model: str,
     layer: str,
     rows: np.ndarray | None = None,
@@ -69,6 +81,7 @@ def iter_batches(
     Parameters
     ----------
     cache : Cache
+        The reader (anything with :class:`RowReader`'s methods).
     model, layer : str
     rows : ndarray, optional
         A boolean mask of shape ``(n_samples,)`` or row numbers (any order); default every
@@ -142,7 +155,7 @@ def _check_dtype(dtype) -> np.dtype:
     return value
 
 
-def _mask(cache: Cache, rows) -> np.ndarray:
+def _mask(cache: RowReader, rows) -> np.ndarray:
     """``rows`` (None, a boolean mask or ascending row numbers) as a boolean mask."""
     n = cache.n_samples
     if rows is None:
