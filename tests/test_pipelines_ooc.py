@@ -373,3 +373,22 @@ def test_views_stream_the_same_way(tmp_path):
     for column in ("cv_mean", "cv_std", "test_accuracy"):
         assert abs(streamed[column] - memory[column]) <= 1e-9, column
     assert streamed["params"] == memory["params"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--memory", "4XB"], "featurecache: error: --memory must be a size such as 4GB, 512MB "
+         "or a number of bytes (at least 64MB). Got '4XB' instead."),
+        (["--select-rows", "5"], "featurecache: error: --select-rows must be an int >= 100. "
+         "Got 5 instead."),
+    ],
+)  # fmt: skip
+def test_fit_command_refuses_a_bad_budget_and_writes_nothing(tmp_path, flags, message):
+    path = write_cache(tmp_path / "c.h5")
+    done = subprocess.run(
+        [sys.executable, "-m", "featurecache", "fit", str(path), "--out", str(tmp_path / "r"),
+         *flags], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip() == message
+    assert not (tmp_path / "r").exists()
