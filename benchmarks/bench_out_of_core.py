@@ -38,6 +38,25 @@ from featurecache.cache import FeatureConfig, SampleTable, Store, open_cache  # 
 
 SHARD_ROWS = 1024
 N_CLASSES = 10
+# What a fit holds per row whatever the budget: the sample table, the fitting rows, their folds.
+_BOOKKEEPING = """
+import sys
+import numpy as np
+from featurecache.cache import open_cache
+from pipelines._search import stratified_splits
+from pipelines._stream import fold_groups
+
+def rss():
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS"))
+
+before = rss()
+cache = open_cache(sys.argv[1])
+rows = np.flatnonzero((cache.labels >= 0) & (cache.splits == "train"))
+y = cache.labels[rows]
+splits = stratified_splits(y, 3, 0)
+group = fold_groups(len(rows), splits)
+print("BOOKKEEPING", (rss() - before) * 1024 / cache.n_samples)
+"""
 # The child fit: run the command line, then print its own peak RSS and user+system time.
 _CHILD = """
 import json, resource, sys, time
@@ -67,10 +86,11 @@ def main(argv=None) -> int:
         print(f"wrote {args.rows:,} x {args.features} float16 ({args.rows * args.features * 2 / 1e9:.2f} GB) "
               f"in {time.perf_counter() - t:.0f} s")  # fmt: skip
         report_reads(path, args.rows, args.features, args.repeats)
+        per_row = bookkeeping(path)
         results = [
             fit_run(path, Path(folder), heads, args.memory) for heads in args.runs.split(";")
         ]
-        extrapolate(results, args.rows, args.features)
+        extrapolate(results, args.rows, args.features, per_row)
     return 0
 
 
@@ -139,6 +159,16 @@ def report_reads(path: Path, n_rows: int, n_features: int, repeats: int) -> None
               f"target >= 0.9x for iter_batches)")  # fmt: skip
 
 
+def bookkeeping(path: Path) -> float:
+    """Bytes a fit holds per sample whatever the budget (sample table, rows, folds)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _BOOKKEEPING, str(path)], capture_output=True,
+                          text=True, env=env, check=True)  # fmt: skip
+    per_row = float(done.stdout.split()[-1])
+    print(f"bookkeeping (sample table, fitting rows, folds): {per_row:.0f} bytes per sample")
+    return per_row
+
+
 def fit_run(path: Path, folder: Path, heads: str, memory: str) -> dict:
     """``featurecache fit`` in a child process: its peak RSS, time and strategies."""
     out = folder / f"results-{heads.replace(',', '-')}"
@@ -166,7 +196,7 @@ def fit_run(path: Path, folder: Path, heads: str, memory: str) -> dict:
     return record
 
 
-def extrapolate(results: list[dict], n_rows: int, n_features: int) -> None:
+def extrapolate(results: list[dict], n_rows: int, n_features: int, per_row: float) -> None:
     """10,000,000 x 1,280 from the measured runs: time per row scales with the rows and, for
     the Gram of ridge, with the square of the features (each logreg pass with the features);
     the memory above the interpreter with the features (windows, the search sample) and
@@ -184,12 +214,15 @@ def extrapolate(results: list[dict], n_rows: int, n_features: int) -> None:
             print(f"  {head} ({record['heads']} run): {seconds:.0f} s x {row_factor:.0f} x "
                   f"({big_features}/{n_features})^{power} = {seconds * scale / 3600:.1f} h")  # fmt: skip
         base = 210.0  # MB: the interpreter with numpy, scipy, scikit-learn, pandas, h5py
-        above = record["peak_rss_mb"] - base
+        rows_mb = per_row * n_rows / 1e6
+        above = record["peak_rss_mb"] - base - rows_mb
         gram = 8 * (big_features**2 - n_features**2) * 7 / 1e6  # 3 folds + total + eigh
-        peak = base + above * big_features / n_features + gram
-        print(f"  peak RSS ({record['heads']}): {base:.0f} + ({record['peak_rss_mb']:.0f} - "
-              f"{base:.0f}) x {big_features}/{n_features} + Gram growth {gram:.0f} = "
-              f"{peak:.0f} MB (independent of the rows)")  # fmt: skip
+        big_rows_mb = per_row * big_rows / 1e6
+        peak = base + big_rows_mb + above * big_features / n_features + gram
+        print(f"  peak RSS ({record['heads']}): {base:.0f} + bookkeeping {per_row:.0f} B x 10 M "
+              f"= {big_rows_mb:.0f} + ({record['peak_rss_mb']:.0f} - {base:.0f} - {rows_mb:.0f}) "
+              f"x {big_features}/{n_features} + Gram growth {gram:.0f} = {peak:.0f} MB "
+              f"(at the same --memory)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ def test_streamed_lbfgs_equals_scikit_learns_logistic_regression(tmp_path, n_cla
         np.testing.assert_allclose(weights[:, -1], reference.intercept_, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_streamed_logreg_cv_and_refit_equal_the_in_memory_search(cache):
     grids = resolve_grids(["logreg"], {"logreg": {"C": [0.001, 0.1, 10.0]}})
     X, y, found, fits = _fit_both(cache, ["logreg"], grids, cv=3)
@@ -208,6 +209,7 @@ def test_streamed_logreg_cv_and_refit_equal_the_in_memory_search(cache):
     )
 
 
+@pytest.mark.slow
 def test_pca_from_the_streamed_gram_equals_scikit_learns_pca(cache):
     """Ridge on PCA features is ridge on the first principal axes; logreg sees the projection."""
     grids = resolve_grids(["ridge", "logreg"], {"ridge": {"pca": [None, 4, 8]},
@@ -287,6 +289,7 @@ def large_cache(tmp_path_factory):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fit_out_of_core_equals_the_in_memory_fit_for_ridge(large_cache, tmp_path):
     grid = {"logreg": {"C": [0.01, 1.0]}}
     kwargs = dict(heads=["ridge", "logreg"], grid=grid, cv=3, n_jobs=1, select_rows=2_000)
@@ -309,6 +312,7 @@ def test_fit_out_of_core_equals_the_in_memory_fit_for_ridge(large_cache, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_fit_command_prints_each_streamed_heads_strategy(large_cache, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "featurecache", "fit", str(large_cache), "--out",
@@ -357,6 +361,7 @@ def test_the_map_reads_the_features_of_the_sampled_ids_in_their_order(cache):
     assert _map_features(cache, chosen, np.array([train_id])) is None
 
 
+@pytest.mark.slow
 def test_views_stream_the_same_way(tmp_path):
     """Trained on every view, folds grouped by sample, held-out samples scored on their plain
     view, test rows on their test-time views: streamed equals in memory for ridge."""
