@@ -236,9 +236,11 @@ class _Sample:
             splits = [(np.flatnonzero(~is_val), np.flatnonzero(is_val))]
         else:
             splits = stratified_splits(y, cv, seed)
+        found = []
         if views:
             found = [(b.X, b.rows) for b in cache.iter_batches(entry.model, entry.layer, rows,
                                                                view="augment")]  # fmt: skip
+        if found:  # rows without views (failed or pending) train on their plain view only
             V = np.concatenate([v for v, _ in found])
             positions = np.searchsorted(rows, np.concatenate([r for _, r in found]))
             X, y, groups = expand_views(X, y, V, positions)
