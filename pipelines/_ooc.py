@@ -430,6 +430,7 @@ def _ridge(head, grid, source, stats, classes, data: FitRows, n_rows, seconds) -
                                   folds.items()}, len(candidates))  # fmt: skip
     found = _summarize(head, grid, scores, n_val=len(data.splits[0][1]), n_not_converged=0,
                        seconds=seconds + time.perf_counter() - start)  # fmt: skip
+    start = time.perf_counter()  # the refit, counted apart from the search
     whole = _ridge_solution(stats.without(None), classes)
     p = whole.space.width(found.params.get(PCA_KEY))
     alpha = float(found.params["alpha"])
