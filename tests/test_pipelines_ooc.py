@@ -380,6 +380,7 @@ def test_views_stream_the_same_way(tmp_path):
     assert streamed["params"] == memory["params"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
