@@ -19,6 +19,9 @@ Each head says how it was fitted (:class:`Strategy`, written to ``results.csv``)
 - PCA (``pca`` in the grid of ``ridge`` or ``logreg``): the principal axes of each fold's
   scaled rows come from the eigendecomposition of its Gram sums (:class:`_Space`); ridge on
   PCA features is the ridge path over the first axes, logreg streams the projected rows.
+- ``linsvm``: C chosen on a stratified sample, refitted on every row by L-BFGS on
+  ``LinearSVC``'s primal (squared hinge, one-vs-rest, the intercept a penalised feature),
+  streamed, starting from the sample's solution.
 - ``knn``: chosen on a stratified sample, refitted on every row when their unit-length
   float32 rows fit half the budget (exact top-k over every row at prediction), else on the
   sample.
@@ -160,7 +163,7 @@ def fit_streamed(
     start = time.perf_counter()
     gram = any(
         plans[h.name] == "ridge"
-        or (plans[h.name] in ("logreg", "logreg-sample") and grids[h.name].get(PCA_KEY) != [None])
+        or (plans[h.name] in _STREAMED_REFIT and grids[h.name].get(PCA_KEY) != [None])
         for h in heads
     )
     stats = GroupStats.collect(source, classes, gram=gram, n_features=n_features)
@@ -191,21 +194,27 @@ def fit_streamed(
 
 
 #: The strategies that choose on a stratified sample.
-_SAMPLED = ("sample", "logreg-sample", "knn-all")
+_SAMPLED = ("sample", "logreg-sample", "linsvm-sample", "knn-all")
+#: The strategies that refit by L-BFGS over streamed rows.
+_STREAMED_REFIT = ("logreg", "logreg-sample", "linsvm-sample")
+#: The grid parameters a streamed L-BFGS refit follows.
+_LBFGS_PARAMS = {"C", "tol", "max_iter", PCA_KEY}
 
 
 def _strategy(head: Head, grid: Mapping[str, list], n_rows: int, budget: Budget, gram_bytes,
               n_features: int) -> str:  # fmt: skip
-    """``ridge``, ``logreg`` (exact, streamed), ``logreg-sample`` (chosen on a sample, refit
-    streamed), ``knn-all`` (chosen on a sample, its unit rows of every row held: 4 bytes a
+    """``ridge``, ``logreg`` (exact, streamed), ``logreg-sample`` or ``linsvm-sample`` (chosen
+    on a sample, refit streamed), ``knn-all`` (chosen on a sample, its unit rows of every row held: 4 bytes a
     value, within half the budget) or ``sample`` (chosen and refitted on a sample)."""
     plain = all(v is None for v in grid.get(PCA_KEY, [None]))
     gram = gram_bytes <= budget.memory // 2  # PCA and ridge need the Gram sums
     if head.name == "ridge" and gram and set(grid) <= {"alpha", PCA_KEY}:
         return "ridge"
-    if head.name == "logreg" and (plain or gram) and set(grid) <= {"C", "tol", "max_iter",
-                                                                    PCA_KEY}:  # fmt: skip
+    streamable = (plain or gram) and set(grid) <= _LBFGS_PARAMS
+    if head.name == "logreg" and streamable:
         return "logreg" if n_rows <= budget.select_rows else "logreg-sample"
+    if head.name == "linsvm" and streamable:
+        return "linsvm-sample"
     if head.name == "knn" and plain and 4 * n_rows * n_features <= budget.memory // 2:
         return "knn-all"
     return "sample"
@@ -283,7 +292,7 @@ def _from_sample(head, found, sample: _Sample, source, stats, classes, plan, n_r
         text = f"selected on a stratified sample of {n_select:,} rows, refit on {n_rows:,}"
         return StreamedFit(found, estimator, time.perf_counter() - start, True,
                            Strategy(text, n_select, n_rows))  # fmt: skip
-    if plan != "logreg-sample":
+    if plan not in _STREAMED_REFIT:
         seconds = time.perf_counter() - start
         text = f"selected and refit on a stratified sample of {n_select:,} rows"
         return StreamedFit(found, estimator, seconds, True, Strategy(text, n_select, n_select))
@@ -291,7 +300,12 @@ def _from_sample(head, found, sample: _Sample, source, stats, classes, plan, n_r
     if len(estimator) == 2:  # no PCA: the sample's solution, on every row's scaling
         clf = estimator[-1]
         guess = _rescale(clf.coef_, clf.intercept_, estimator[0], scaler_of(stats.without(None)))
-    estimator, converged = _logreg_refit(head, found.params, source, stats, classes, seed, guess)
+    if plan == "linsvm-sample":
+        estimator, converged = _linsvm_refit(head, found.params, source, stats, classes, seed,
+                                             guess)  # fmt: skip
+    else:
+        estimator, converged = _logreg_refit(head, found.params, source, stats, classes, seed,
+                                             guess)  # fmt: skip
     text = f"selected on a stratified sample of {n_select:,} rows, refit on {n_rows:,} (streamed L-BFGS)"
     return StreamedFit(found, estimator, time.perf_counter() - start, converged,
                        Strategy(text, n_select, n_rows))  # fmt: skip
@@ -647,3 +661,78 @@ def _linear_predictor(space: _Space, classes, candidates, solutions):
         return out
 
     return predict
+
+
+# -- linsvm: LinearSVC's primal, streamed -----------------------------------------------
+
+
+def lbfgs_linsvm(
+    chunks: Callable[[], Any],
+    transform: Callable[[np.ndarray], np.ndarray],
+    n_features: int,
+    classes: np.ndarray,
+    n_rows: int,
+    C: float,
+    *,
+    tol: float = 1e-4,
+    max_iter: int = 1000,
+    w0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, bool]:
+    """Minimise ``LinearSVC(C=C)``'s primal over streamed rows by L-BFGS-B.
+
+    The primal of each one-vs-rest class (one for two classes, that of ``classes[1]``):
+    ``||w||^2 / 2 + C sum(max(0, 1 - y w.x)^2)`` with ``y`` in {-1, 1} and the intercept a
+    feature of value 1 (``intercept_scaling=1``), penalised as liblinear penalises it. It is
+    smooth and strictly convex: L-BFGS reaches liblinear's optimum. Minimised divided by
+    ``C n`` (the same optimum), ``gtol = tol``. Parameters and returns as
+    :func:`lbfgs_logreg` (the last column of the weights is the intercept).
+    """
+    n_out = 1 if len(classes) == 2 else len(classes)
+    shape = (n_out, n_features + 1)
+
+    def loss_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
+        W = w.reshape(shape)
+        loss, grad = 0.0, np.zeros(shape)
+        for X, y in chunks():
+            Xs = transform(np.asarray(X, np.float64))
+            z = Xs @ W[:, :-1].T + W[:, -1]
+            labels = np.searchsorted(classes, y)
+            if n_out == 1:
+                Y = np.where(labels == 1, 1.0, -1.0)[:, None]
+            else:
+                Y = -np.ones((len(y), n_out))
+                Y[np.arange(len(y)), labels] = 1.0
+            margin = np.maximum(0.0, 1.0 - Y * z)
+            loss += float(np.sum(margin * margin))
+            residual = -2.0 * Y * margin
+            grad[:, :-1] += residual.T @ Xs
+            grad[:, -1] += residual.sum(axis=0)
+        scale = 1.0 / (C * n_rows)
+        return (0.5 * float(np.sum(W * W)) * scale + loss / n_rows,
+                (W * scale + grad / n_rows).ravel())  # fmt: skip
+
+    start = np.zeros(shape) if w0 is None else np.asarray(w0, np.float64).reshape(shape)
+    result = optimize.minimize(
+        loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
+        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    )  # fmt: skip
+    n_iter = int(result.nit)
+    return result.x.reshape(shape), n_iter, n_iter < max_iter
+
+
+def _linsvm_refit(head, params, source, stats, classes, seed, w0):
+    """The streamed refit of ``linsvm`` on every row: ``(pipeline, converged)``."""
+    whole = stats.without(None)
+    space = _Space.of(whole)
+    clf = head.classifier(params, np.zeros((1, 1)), seed=seed)
+    n_components = params.get(PCA_KEY)
+    weights, n_iter, converged = lbfgs_linsvm(
+        _logreg_chunks(source, None), lambda X: space.transform(X, n_components),
+        space.width(n_components), classes, int(whole.n), float(clf.C), tol=float(clf.tol),
+        max_iter=int(clf.max_iter), w0=w0,
+    )  # fmt: skip
+    clf.classes_ = classes
+    clf.coef_, clf.intercept_ = weights[:, :-1].copy(), weights[:, -1].copy()
+    clf.n_iter_ = n_iter
+    clf.n_features_in_ = weights.shape[1] - 1
+    return Pipeline([*space.steps(n_components, seed), ("clf", clf)]), converged

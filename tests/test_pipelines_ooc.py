@@ -262,10 +262,53 @@ def test_knn_refit_on_every_row_predicts_as_the_in_memory_knn(cache):
 
 
 def test_heads_without_a_streamed_fit_are_refit_on_the_sample(cache):
-    grids = resolve_grids(["linsvm"], {"linsvm": {"C": [0.01]}})
-    _, _, _, fits = _fit_both(cache, ["linsvm"], grids, cv=3, select_rows=150)
-    assert fits["linsvm"].strategy.text == "selected and refit on a stratified sample of 150 rows"
-    assert (fits["linsvm"].strategy.n_select, fits["linsvm"].strategy.n_refit) == (150, 150)
+    grids = resolve_grids(["svm"], {"svm": {"C": [1.0], "gamma": ["scale"]}})
+    _, _, _, fits = _fit_both(cache, ["svm"], grids, cv=3, select_rows=150)
+    assert fits["svm"].strategy.text == "selected and refit on a stratified sample of 150 rows"
+    assert (fits["svm"].strategy.n_select, fits["svm"].strategy.n_refit) == (150, 150)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_streamed_linsvm_reaches_linearsvcs_optimum(tmp_path, n_classes):
+    from sklearn.svm import LinearSVC
+
+    from pipelines._ooc import lbfgs_linsvm
+
+    path = write_cache(tmp_path / "c.h5", n_classes=n_classes,
+                       n_per_class={"train": 80, "test": 10}, shards=True, logged=True)  # fmt: skip
+    cache = open_cache(path)
+    X, rows, y = _train(cache)
+    source = _source(cache, rows, [], batch_rows=32)
+    scaler = scaler_of(GroupStats.collect(source, np.unique(y), gram=False,
+                                          n_features=12).without(None))  # fmt: skip
+
+    def chunks():
+        for chunk in source.chunks():
+            yield chunk.X, chunk.y
+
+    Xs = StandardScaler().fit_transform(X.astype(np.float64))
+    for C in (0.001, 0.1):
+        weights, _, converged = lbfgs_linsvm(chunks, scaler.transform, 12, np.unique(y), len(y),
+                                             C, tol=1e-10, max_iter=5000)  # fmt: skip
+        reference = LinearSVC(C=C, tol=1e-12, max_iter=1_000_000).fit(Xs, y)
+        assert converged
+        np.testing.assert_allclose(weights[:, :-1], reference.coef_, atol=1e-6)
+        np.testing.assert_allclose(weights[:, -1], reference.intercept_, atol=1e-6)
+
+
+def test_linsvm_above_select_rows_is_refit_on_every_row(cache):
+    grids = resolve_grids(["linsvm"], {"linsvm": {"C": [0.01, 0.1]}})
+    X, y, _, fits = _fit_both(cache, ["linsvm"], grids, cv=3, select_rows=150)
+    assert fits["linsvm"].strategy.text == (
+        "selected on a stratified sample of 150 rows, refit on 358 (streamed L-BFGS)"
+    )
+    from sklearn.svm import LinearSVC
+
+    C = fits["linsvm"].found.params["C"]
+    reference = LinearSVC(C=C, tol=1e-12, max_iter=1_000_000).fit(
+        StandardScaler().fit_transform(X.astype(np.float64)), y
+    )
+    np.testing.assert_allclose(fits["linsvm"].estimator[-1].coef_, reference.coef_, atol=1e-3)
 
 
 def test_stratified_sample_keeps_every_class_in_proportion():
