@@ -254,6 +254,7 @@ def _blocks(
     blocks += [("h2", "Recommendation"), ("p", recommendation(table, chosen))]
     every = variants if variants is not None else table
     blocks += [("h2", "Protocol"), ("p", _protocol_text(run, every, has_test))]
+    blocks += strategy_blocks(every, run)
     blocks += [("h2", "Data"), _data_table(run)] + [("p", text) for text in _rows_text(run)]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += _warnings(table)
@@ -286,6 +287,31 @@ def _blocks(
     blocks += [("h2", "Fit times"), ("p", _fit_time_text(table)), _fit_time_table(table)]
     blocks += [("h2", "Provenance of the features")] + _provenance(records)
     return blocks
+
+
+def strategy_blocks(table: pd.DataFrame, run: dict) -> list:
+    """How the heads fitted out of core were chosen and refitted, on how many rows; nothing
+    when every head was fitted in memory."""
+    if "strategy" not in table:
+        return []
+    streamed = table[table["strategy"].fillna("in memory") != "in memory"]
+    if streamed.empty:
+        return []
+    budget = run.get("arguments", {}).get("memory")
+    within = f" of {budget / (1 << 30):.2f} GiB" if budget else ""
+    rows = tuple(
+        (r["model"], r["layer"], r["head"], str(r["strategy"]), f"{int(r['n_select']):,}",
+         f"{int(r['n_refit']):,}")
+        for _, r in streamed.iterrows()
+    )  # fmt: skip
+    text = (
+        f"{len(streamed)} of {len(table)} combinations were fitted out of core: their layers "
+        f"exceed the memory budget{within} in memory, so their rows were streamed "
+        "(docs/out-of-core.md). Each says how its hyper-parameters were chosen and on how many "
+        "rows it was refitted; a head chosen on a sample has its CV measured on that sample."
+    )
+    header = ("model", "layer", "head", "strategy", "chosen on (rows)", "refit on (rows)")
+    return [("h3", "Fitted out of core"), ("p", text), _Table(header, rows)]
 
 
 def recommendation(table: pd.DataFrame, chosen: pd.Series) -> str:

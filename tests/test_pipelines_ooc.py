@@ -348,6 +348,13 @@ def test_fit_out_of_core_equals_the_in_memory_fit_for_ridge(large_cache, tmp_pat
         assert abs(streamed.loc["ridge", column] - memory.loc["ridge", column]) <= 1e-9
     on_disk = pd.read_csv(tmp_path / "small" / "results.csv").set_index("head")
     assert on_disk.loc["ridge", "strategy"] == "exact, streamed Gram (36,000 rows)"
+    from pipelines import report
+
+    text = (report(tmp_path / "small", tmp_path / "report") / "report.md").read_text()
+    assert "2 of 2 combinations were fitted out of core" in text
+    assert ("| toy | embedding | ridge | exact, streamed Gram (36,000 rows) | 36,000 | 36,000 |"
+            in text)  # fmt: skip
+    assert "refit on 36,000 (streamed L-BFGS) | 2,000 | 36,000 |" in text
     # The refitted logreg is the optimum over every row: its test accuracy is the in-memory one's.
     assert (
         abs(streamed.loc["logreg", "test_accuracy"] - memory.loc["logreg", "test_accuracy"])
