@@ -60,6 +60,7 @@ from pipelines._search import (
     stratified_splits,
 )
 from pipelines._shots import ALL, learning_curve, parse_shots
+from pipelines._stream import fold_groups
 from pipelines._views import (
     PLAIN,
     TTA_MODES,
@@ -1022,32 +1023,62 @@ def _score_fixed(
     if results.is_done(model, layer, name, key):
         logger.info("%s/%s: %s already scored, reusing", model, layer, name)
         return
-    data = _LayerData.load(cache, plan, entry)
     estimator = fixed_pipeline(classifier, entry.n_features)
-    start = time.perf_counter()
-    fold_scores = [
-        float(np.mean(estimator.predict(data.X_fit[score]) == data.y_fit[score]))
-        for _, score in data.splits
-    ]
-    seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    y_pred = estimator.predict(data.X_test) if len(data.X_test) else np.zeros(0, dtype=np.int64)
-    per_1000 = (time.perf_counter() - start) * 1000 / len(data.X_test) if len(data.X_test) else None
+    if plan.budget.fits_in_memory(_rows_held(cache, plan, entry), entry.n_features):
+        data = _LayerData.load(cache, plan, entry)
+        start = time.perf_counter()
+        fold_scores = [
+            float(np.mean(estimator.predict(data.X_fit[score]) == data.y_fit[score]))
+            for _, score in data.splits
+        ]
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        y_pred = estimator.predict(data.X_test) if len(data.X_test) else np.zeros(0, np.int64)
+        n_test = len(data.X_test)
+        per_1000 = (time.perf_counter() - start) * 1000 / n_test if n_test else None
+        scores = confidence(estimator, data.X_test)
+        splits = data.splits
+    else:  # streamed: the same scores, window by window
+        rows, data = _streamed_rows(cache, plan, entry)
+        start = time.perf_counter()
+        fold_scores = _fixed_fold_scores(cache, plan, entry, estimator, rows)
+        seconds = time.perf_counter() - start
+        y_pred, scores, per_1000 = _predict_streamed(
+            cache, plan, entry, Variant(), estimator, data.rows
+        )
+        splits = rows.splits
     found = SearchResult(
         head=name, params={}, cv_mean=float(np.mean(fold_scores)),
         cv_std=float(np.std(fold_scores)) if len(fold_scores) > 1 else _binomial_se(
-            fold_scores[0], len(data.splits[0][1])),
+            fold_scores[0], len(splits[0][1])),
         candidates=({"params": {}, "scores": fold_scores, "mean": float(np.mean(fold_scores)),
                      "std": float(np.std(fold_scores))},),
         n_splits=len(fold_scores), n_not_converged=0, seconds=seconds, warnings=(),
     )  # fmt: skip
     refit = _Refit(
-        estimator, np.asarray(y_pred, dtype=np.int64), 0.0, True,
-        confidence(estimator, data.X_test), per_1000,
+        estimator, np.asarray(y_pred, dtype=np.int64), 0.0, True, scores, per_1000,
     )  # fmt: skip
+    n_scored = sum(len(score) for _, score in splits)
     _write_combo(results, cache, plan, entry, data, _Named(name), key, found, refit, [],
-                 selection="fixed")  # fmt: skip
+                 selection="fixed", strategy=Strategy(IN_MEMORY if isinstance(
+                     data, _LayerData) else "fixed, scored streamed", n_scored, 0))  # fmt: skip
     results.write_table()
+
+
+def _fixed_fold_scores(
+    cache: Cache, plan: _Plan, entry: Entry, estimator, rows: FitRows
+) -> list[float]:
+    """The accuracy of a fixed head on each selection split's scored rows, streamed."""
+    group = fold_groups(len(rows.rows), rows.splits)
+    correct, count = np.zeros(len(rows.splits)), np.zeros(len(rows.splits))
+    batch_rows = plan.budget.batch_rows(entry.n_features)
+    for batch in cache.iter_batches(entry.model, entry.layer, rows.rows, batch_rows=batch_rows):
+        at = group[np.searchsorted(rows.rows, batch.rows)]
+        right = np.asarray(estimator.predict(batch.X)) == batch.y
+        scored = at >= 0
+        np.add.at(correct, at[scored], right[scored])
+        np.add.at(count, at[scored], 1)
+    return [float(c / max(n, 1)) for c, n in zip(correct, count, strict=True)]
 
 
 class _Named(NamedTuple):
@@ -1172,7 +1203,7 @@ def _write_combo(
             "protocol": plan.protocol,
             **_scores(found, refit, data.y_test),
             **data.counts,
-            **(strategy or Strategy(IN_MEMORY, len(data.y_fit), 0)).columns(),
+            **(strategy or Strategy(IN_MEMORY, len(data.y_fit), len(data.y_fit))).columns(),
             "head_file": head_file,
             "predictions_file": predictions_file,
             "provenance": entry.provenance,

@@ -448,3 +448,28 @@ def test_fit_command_refuses_a_bad_budget_and_writes_nothing(tmp_path, flags, me
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip() == message
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_fixed_head_is_scored_streamed_as_in_memory(tmp_path):
+    from featurecache.cache import StoredClassifier, write_classifier
+
+    path = write_cache(
+        tmp_path / "c.h5", n_classes=3, n_per_class={"train": 3_000, "test": 1_000},
+        layers=(("embedding", 256, 0.3),), shards=True, logged=True, shard_size=1024,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    write_classifier(path, "toy", StoredClassifier(
+        kind="zeroshot", layer="embedding", weight=rng.normal(size=(3, 256)), bias=np.zeros(3),
+        class_names=("class_0", "class_1", "class_2"), normalize=True, scale=100.0,
+        prompts=("a photo of a {}.",),
+    ))  # fmt: skip
+    streamed = fit(path, tmp_path / "small", heads=["zeroshot"], cv=3, memory="64MB").iloc[0]
+    memory = fit(path, tmp_path / "large", heads=["zeroshot"], cv=3, memory="8GB").iloc[0]
+    assert (streamed["strategy"], memory["strategy"]) == ("fixed, scored streamed", "in memory")
+    assert streamed["n_select"] == memory["n_select"] == 9_000
+    for column in ("cv_mean", "cv_std", "test_accuracy"):
+        assert streamed[column] == memory[column]
+    small = pd.read_csv(tmp_path / "small" / streamed["predictions_file"])
+    large = pd.read_csv(tmp_path / "large" / memory["predictions_file"])
+    pd.testing.assert_frame_equal(small, large)
