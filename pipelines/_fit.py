@@ -1037,7 +1037,7 @@ def _score_fixed(
         n_test = len(data.X_test)
         per_1000 = (time.perf_counter() - start) * 1000 / n_test if n_test else None
         scores = confidence(estimator, data.X_test)
-        splits = data.splits
+        splits, how = data.splits, IN_MEMORY
     else:  # streamed: the same scores, window by window
         rows, data = _streamed_rows(cache, plan, entry)
         start = time.perf_counter()
@@ -1046,7 +1046,7 @@ def _score_fixed(
         y_pred, scores, per_1000 = _predict_streamed(
             cache, plan, entry, Variant(), estimator, data.rows
         )
-        splits = rows.splits
+        splits, how = rows.splits, "fixed, scored streamed"
     found = SearchResult(
         head=name, params={}, cv_mean=float(np.mean(fold_scores)),
         cv_std=float(np.std(fold_scores)) if len(fold_scores) > 1 else _binomial_se(
@@ -1060,8 +1060,7 @@ def _score_fixed(
     )  # fmt: skip
     n_scored = sum(len(score) for _, score in splits)
     _write_combo(results, cache, plan, entry, data, _Named(name), key, found, refit, [],
-                 selection="fixed", strategy=Strategy(IN_MEMORY if isinstance(
-                     data, _LayerData) else "fixed, scored streamed", n_scored, 0))  # fmt: skip
+                 selection="fixed", strategy=Strategy(how, n_scored, 0))  # fmt: skip
     results.write_table()
 
 
