@@ -100,9 +100,11 @@ class Budget:
         return int(self.memory // (IN_MEMORY_COPIES * 4 * max(1, n_features)))
 
     def batch_rows(self, n_features: int, n_views: int = 1) -> int:
-        """Rows per streamed window: a power of two whose float64 copy is about 1/32 of the
-        budget (64 Ki rows at most; 1,024 at least)."""
-        rows = int(self.memory // 32 // (8 * max(1, n_features) * max(1, n_views)))
+        """Rows per streamed window: a power of two whose float32 window is about 1/16 of the
+        budget (64 Ki rows at most; 1,024 at least). A fit holds about seven times a window
+        (the window read ahead, its float16 buffer, float64 copies and products); each window
+        costs one reader call, so windows are as large as the budget allows."""
+        rows = int(self.memory // 16 // (4 * max(1, n_features) * max(1, n_views)))
         rows = min(max(rows, 1024), 1 << 16)
         return 1 << (rows.bit_length() - 1)
 
