@@ -46,9 +46,11 @@ from featurecache._validation import (
 from featurecache.cache import Cache, Entry, StoredClassifier, open_cache
 from featurecache.cache import _format as fmt
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from pipelines._budget import Budget
 from pipelines._feature_sets import FeatureSet, load_set_rows, resolve_sets
 from pipelines._fixed import FIXED_HEADS, fixed_pipeline, stored_classifier
 from pipelines._heads import Head, build_pipeline, get_head, load_grid, resolve_grids
+from pipelines._ooc import IN_MEMORY, FitRows, Strategy, fit_streamed
 from pipelines._protocols import get_protocol, list_protocols
 from pipelines._results import RECORD_VERSION, ResultsFolder, best, jsonable
 from pipelines._rows import RowStatus, features_digest, fit_rows, row_status
@@ -60,6 +62,7 @@ from pipelines._search import (
     stratified_splits,
 )
 from pipelines._shots import ALL, learning_curve, parse_shots
+from pipelines._stream import fold_groups
 from pipelines._views import (
     PLAIN,
     TTA_MODES,
@@ -101,6 +104,8 @@ def fit(
     combine: Sequence[str] | str | None = None,
     combine_pca: int | None = None,
     protocol: str | None = None,
+    memory: int | str | None = None,
+    select_rows: int | None = None,
 ) -> pd.DataFrame:
     """Choose, refit and score every (model, layer, head) and write ``out``.
 
@@ -179,6 +184,15 @@ def fit(
     protocol : {"ssl-transfer", "dino-knn"}, optional
         Evaluate every layer with this published protocol instead of ``heads`` and the
         product's selection (see :mod:`pipelines._protocols`); recorded as the ``head``.
+    memory : int or str, optional
+        What one layer's fit may hold: bytes, or ``"4GB"``, ``"512MB"`` (binary units, at
+        least 64MB). Default: half of the machine's RAM. A layer whose in-memory fit fits
+        is fitted in memory, as without a budget; a larger one out of core, its rows
+        streamed (see :mod:`pipelines._ooc`). ``results.csv`` states each head's strategy.
+    select_rows : int, optional
+        Out of core, the most rows a hyper-parameter search runs on (a stratified sample;
+        default 50,000, at least 100): the search of every head but ``ridge``, and of
+        ``logreg`` when the rows exceed it. ``results.csv`` states the rows used.
 
     Returns
     -------
@@ -206,6 +220,7 @@ def fit(
         pca=pca, n_jobs=n_jobs, backend=backend, address=address, shots=shots, draws=draws,
         views=views, tta=tta, allow_partial=allow_partial, combine=combine,
         combine_pca=combine_pca, protocol=protocol,
+        budget=Budget.build(memory, select_rows),
     )  # fmt: skip
     replace = results.check(cache, force=force)
     _check_backend(plan.backend)
@@ -261,11 +276,13 @@ class _Plan:
     views_digest: Mapping[str, dict] = field(default_factory=dict)  # per model: its ViewSets
     feature_sets: tuple[FeatureSet, ...] = ()
     named_protocol: str | None = None
+    budget: Budget = field(default_factory=lambda: Budget.build(None, None))
 
     @classmethod
     def build(cls, cache: Cache, out, *, models, layers, heads, grid, cv, seed, pca, n_jobs,
               backend, address, shots=None, draws=5, views=None, tta=None,
               allow_partial=False, combine=None, combine_pca=None, protocol=None,
+              budget=None,
               ) -> _Plan:  # fmt: skip
         named = (
             None
@@ -327,6 +344,7 @@ class _Plan:
             views_digest=view_sets,
             feature_sets=tuple(sets),
             named_protocol=named,
+            budget=budget or Budget.build(None, None),
         )
 
     def variant(self, model: str) -> Variant:
@@ -366,6 +384,8 @@ class _Plan:
                 ],  # fmt: skip
                 "combine_pca": self.feature_sets[0].pca if self.feature_sets else None,
                 "protocol": self.named_protocol,
+                "memory": self.budget.memory,
+                "select_rows": self.budget.select_rows,
             },
             "protocol": self.protocol,
             "data": _data_summary(cache, sorted({m for m, _ in self.combos})),
@@ -940,7 +960,13 @@ def _fit_layer(
     entry = feature_set or cache.entry(model, layer)
     variant = plan.variant(model) if feature_set is None else Variant()
     scale = feature_set.scaler(plan.seed) if feature_set is not None else None
+    # Feature sets are fitted in memory (their parts are read whole: not streamed yet).
+    streamed = feature_set is None and not plan.budget.fits_in_memory(
+        _rows_held(cache, plan, entry), entry.n_features
+    )
     keys = {head.name: keys[model, layer, head.name] for head in plan.heads}
+    if streamed:  # the budget changes how a head is chosen: part of its key out of core
+        keys = {name: _budget_key(key, plan.budget) for name, key in keys.items()}
     pending = [
         head
         for head in plan.heads
@@ -952,6 +978,9 @@ def _fit_layer(
     logger.info(
         "%s/%s: fitting %s (%s)", model, layer, ", ".join(h.name for h in pending), variant.label
     )
+    if streamed:
+        _fit_layer_streamed(cache, plan, results, entry, variant, pending, keys)
+        return
     data = _LayerData.load(cache, plan, entry, variant)
     found = search_heads(
         pending, plan.grids, data.X_fit, data.y_fit, data.splits, seed=plan.seed,
@@ -967,11 +996,112 @@ def _fit_layer(
                         plan.seed, tta, scale)
         for head in pending
     )  # fmt: skip
+    strategy = Strategy(IN_MEMORY, len(data.y_fit), len(data.y_fit))
     for head, refit in zip(pending, refits, strict=True):
         curve = _curve(plan, head, data) if feature_set is None else []
         _write_combo(results, cache, plan, entry, data, head, keys[head.name], found[head.name],
-                     refit, curve, variant=variant)  # fmt: skip
+                     refit, curve, variant=variant, strategy=strategy)  # fmt: skip
     results.write_table()
+
+
+def _rows_held(cache: Cache, plan: _Plan, entry: Entry) -> int:
+    """The rows an in-memory fit of ``entry`` holds: every labeled ok row, times its views."""
+    status = plan.rows[(entry.model, entry.layer)]
+    labeled = (cache.labels >= 0) & status.ok & np.isin(cache.splits, ["train", "val", "test"])
+    variant = plan.variant(entry.model)
+    fitting = labeled & (cache.splits != "test")
+    return int(labeled.sum() + fitting.sum() * (variant.n_views - 1)
+               + (labeled & ~fitting).sum() * (variant.n_tta - 1))  # fmt: skip
+
+
+def _budget_key(key: _Key, budget: Budget) -> _Key:
+    """A combination's key out of core: the budget changes how its head is chosen."""
+    return _Key.of({**key.fields, "memory": budget.memory, "select_rows": budget.select_rows})
+
+
+class _TestRows(NamedTuple):
+    """What a record needs of the test rows when the layer is streamed."""
+
+    ids_test: np.ndarray
+    y_test: np.ndarray
+    counts: dict[str, int]
+    rows: np.ndarray
+
+
+def _fit_layer_streamed(
+    cache: Cache, plan: _Plan, results: ResultsFolder, entry: Entry, variant: Variant,
+    pending: list[Head], keys: dict[str, _Key],
+) -> None:  # fmt: skip
+    """Fit ``pending`` out of core (:mod:`pipelines._ooc`), its test rows predicted in windows."""
+    rows, test = _streamed_rows(cache, plan, entry)
+    logger.info(
+        "%s/%s: %d fitting rows exceed the memory budget (%s) in memory: streamed",
+        entry.model, entry.layer, len(rows.rows), plan.budget.describe(),
+    )  # fmt: skip
+    fits = fit_streamed(
+        cache, entry, pending, plan.grids, rows, budget=plan.budget, cv=plan.cv, seed=plan.seed,
+        n_jobs=plan.n_jobs, views=variant.views != PLAIN, n_views=variant.n_views,
+    )  # fmt: skip
+    for head in pending:
+        streamed = fits[head.name]
+        y_pred, scores, per_1000 = _predict_streamed(cache, plan, entry, variant, streamed.estimator,
+                                                     test.rows)  # fmt: skip
+        refit = _Refit(streamed.estimator, y_pred, streamed.seconds, streamed.converged, scores,
+                       per_1000)  # fmt: skip
+        found = streamed.found
+        if plan.shots:
+            note = "No learning curve: the layer was fitted out of core."
+            found = dataclasses.replace(found, warnings=(*found.warnings, note))
+        _write_combo(results, cache, plan, entry, test, head, keys[head.name], found, refit, [],
+                     variant=variant, strategy=streamed.strategy)  # fmt: skip
+    results.write_table()
+
+
+def _streamed_rows(cache: Cache, plan: _Plan, entry: Entry) -> tuple[FitRows, _TestRows]:
+    """The fitting rows and the test rows of ``entry``, as :meth:`_LayerData.load` takes them,
+    without their features."""
+    status = plan.rows[(entry.model, entry.layer)]
+    labeled = (cache.labels >= 0) & ~cache.removed & status.ok
+    split = cache.splits
+    fitting = labeled & (
+        (split == "train") | (split == "val") if plan.uses_val else split == "train"
+    )
+    rows = np.flatnonzero(fitting)
+    y = cache.labels[rows]
+    splits = _selection_splits(plan, entry, split[rows], y)
+    test_rows = np.flatnonzero(labeled & (split == "test"))
+    counts = {
+        "n_train": int(np.sum(labeled & (split == "train"))),
+        "n_val": int(np.sum(labeled & (split == "val"))),
+        "n_test": len(test_rows),
+        "n_features": int(entry.n_features),
+    }
+    fit_rows = FitRows(rows, y, split[rows] == "val", splits)
+    return fit_rows, _TestRows(cache.ids[test_rows], cache.labels[test_rows], counts, test_rows)
+
+
+@single_blas_thread
+def _predict_streamed(
+    cache: Cache, plan: _Plan, entry: Entry, variant: Variant, estimator, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Predictions and confidences of the test ``rows``, read window by window; with TTA the
+    rows that have test-time views are then scored on them."""
+    y_pred = np.zeros(len(rows), dtype=np.int64)
+    scores = np.zeros(len(rows))
+    start = time.perf_counter()
+    batch_rows = plan.budget.batch_rows(entry.n_features)
+    for batch in cache.iter_batches(entry.model, entry.layer, rows, batch_rows=batch_rows):
+        at = np.searchsorted(rows, batch.rows)
+        y_pred[at] = np.asarray(estimator.predict(batch.X), dtype=np.int64)
+        scores[at] = confidence(estimator, batch.X)
+    if variant.tta != PLAIN:
+        batch_rows = plan.budget.batch_rows(entry.n_features, variant.n_tta)
+        for batch in cache.iter_batches(entry.model, entry.layer, rows, batch_rows=batch_rows,
+                                        view="tta"):  # fmt: skip
+            at = np.searchsorted(rows, batch.rows)
+            y_pred[at], scores[at] = tta_predict(estimator, batch.X, variant.tta)
+    per_1000 = (time.perf_counter() - start) * 1000 / len(rows) if len(rows) else None
+    return y_pred, scores, per_1000
 
 
 def _score_fixed(
@@ -985,32 +1115,61 @@ def _score_fixed(
     if results.is_done(model, layer, name, key.key):
         logger.info("%s/%s: %s already scored, reusing", model, layer, name)
         return
-    data = _LayerData.load(cache, plan, entry)
     estimator = fixed_pipeline(classifier, entry.n_features)
-    start = time.perf_counter()
-    fold_scores = [
-        float(np.mean(estimator.predict(data.X_fit[score]) == data.y_fit[score]))
-        for _, score in data.splits
-    ]
-    seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    y_pred = estimator.predict(data.X_test) if len(data.X_test) else np.zeros(0, dtype=np.int64)
-    per_1000 = (time.perf_counter() - start) * 1000 / len(data.X_test) if len(data.X_test) else None
+    if plan.budget.fits_in_memory(_rows_held(cache, plan, entry), entry.n_features):
+        data = _LayerData.load(cache, plan, entry)
+        start = time.perf_counter()
+        fold_scores = [
+            float(np.mean(estimator.predict(data.X_fit[score]) == data.y_fit[score]))
+            for _, score in data.splits
+        ]
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        y_pred = estimator.predict(data.X_test) if len(data.X_test) else np.zeros(0, np.int64)
+        n_test = len(data.X_test)
+        per_1000 = (time.perf_counter() - start) * 1000 / n_test if n_test else None
+        scores = confidence(estimator, data.X_test)
+        splits, how = data.splits, IN_MEMORY
+    else:  # streamed: the same scores, window by window
+        rows, data = _streamed_rows(cache, plan, entry)
+        start = time.perf_counter()
+        fold_scores = _fixed_fold_scores(cache, plan, entry, estimator, rows)
+        seconds = time.perf_counter() - start
+        y_pred, scores, per_1000 = _predict_streamed(
+            cache, plan, entry, Variant(), estimator, data.rows
+        )
+        splits, how = rows.splits, "fixed, scored streamed"
     found = SearchResult(
         head=name, params={}, cv_mean=float(np.mean(fold_scores)),
         cv_std=float(np.std(fold_scores)) if len(fold_scores) > 1 else _binomial_se(
-            fold_scores[0], len(data.splits[0][1])),
+            fold_scores[0], len(splits[0][1])),
         candidates=({"params": {}, "scores": fold_scores, "mean": float(np.mean(fold_scores)),
                      "std": float(np.std(fold_scores))},),
         n_splits=len(fold_scores), n_not_converged=0, seconds=seconds, warnings=(),
     )  # fmt: skip
     refit = _Refit(
-        estimator, np.asarray(y_pred, dtype=np.int64), 0.0, True,
-        confidence(estimator, data.X_test), per_1000,
+        estimator, np.asarray(y_pred, dtype=np.int64), 0.0, True, scores, per_1000,
     )  # fmt: skip
+    n_scored = sum(len(score) for _, score in splits)
     _write_combo(results, cache, plan, entry, data, _Named(name), key, found, refit, [],
-                 selection="fixed")  # fmt: skip
+                 selection="fixed", strategy=Strategy(how, n_scored, 0))  # fmt: skip
     results.write_table()
+
+
+def _fixed_fold_scores(
+    cache: Cache, plan: _Plan, entry: Entry, estimator, rows: FitRows
+) -> list[float]:
+    """The accuracy of a fixed head on each selection split's scored rows, streamed."""
+    group = fold_groups(len(rows.rows), rows.splits)
+    correct, count = np.zeros(len(rows.splits)), np.zeros(len(rows.splits))
+    batch_rows = plan.budget.batch_rows(entry.n_features)
+    for batch in cache.iter_batches(entry.model, entry.layer, rows.rows, batch_rows=batch_rows):
+        at = group[np.searchsorted(rows.rows, batch.rows)]
+        right = np.asarray(estimator.predict(batch.X)) == batch.y
+        scored = at >= 0
+        np.add.at(correct, at[scored], right[scored])
+        np.add.at(count, at[scored], 1)
+    return [float(c / max(n, 1)) for c, n in zip(correct, count, strict=True)]
 
 
 class _Named(NamedTuple):
@@ -1213,6 +1372,7 @@ def _write_combo(
     results: ResultsFolder, cache: Cache, plan: _Plan, entry: Entry, data: _LayerData,
     head: Head, key: _Key, found: SearchResult, refit: _Refit, curve: list[dict],
     selection: str | None = None, variant: Variant | None = None,
+    strategy: Strategy | None = None,
 ) -> None:  # fmt: skip
     """Write the head, its test predictions, and last the record that marks it finished."""
     model, layer = entry.model, entry.layer
@@ -1240,6 +1400,7 @@ def _write_combo(
             "protocol": plan.protocol,
             **_scores(found, refit, data.y_test),
             **data.counts,
+            **(strategy or Strategy(IN_MEMORY, len(data.y_fit), len(data.y_fit))).columns(),
             "head_file": head_file,
             "predictions_file": predictions_file,
             "provenance": entry.provenance,

@@ -256,6 +256,7 @@ def _blocks(
     blocks += [("h2", "Recommendation"), ("p", recommendation(table, chosen))]
     every = variants if variants is not None else table
     blocks += [("h2", "Protocol"), ("p", _protocol_text(run, every, has_test))]
+    blocks += strategy_blocks(every, run)
     blocks += [("h2", "Data"), _data_table(run)] + [("p", text) for text in _rows_text(run)]
     blocks += [("p", f"Cache: `{run['cache']}` (samples digest `{run['samples_digest'][:16]}…`).")]
     blocks += _warnings(table)
@@ -290,6 +291,31 @@ def _blocks(
     blocks += [("h2", "Fit times"), ("p", _fit_time_text(table)), _fit_time_table(table)]
     blocks += [("h2", "Provenance of the features")] + _provenance(records)
     return blocks
+
+
+def strategy_blocks(table: pd.DataFrame, run: dict) -> list:
+    """How the heads fitted out of core were chosen and refitted, on how many rows; nothing
+    when every head was fitted in memory."""
+    if "strategy" not in table:
+        return []
+    streamed = table[table["strategy"].fillna("in memory") != "in memory"]
+    if streamed.empty:
+        return []
+    budget = run.get("arguments", {}).get("memory")
+    within = f" of {budget / (1 << 30):.2f} GiB" if budget else ""
+    rows = tuple(
+        (r["model"], r["layer"], r["head"], str(r["strategy"]), f"{int(r['n_select']):,}",
+         f"{int(r['n_refit']):,}")
+        for _, r in streamed.iterrows()
+    )  # fmt: skip
+    text = (
+        f"{len(streamed)} of {len(table)} combinations were fitted out of core: their layers "
+        f"exceed the memory budget{within} in memory, so their rows were streamed "
+        "(docs/out-of-core.md). Each says how its hyper-parameters were chosen and on how many "
+        "rows it was refitted; a head chosen on a sample has its CV measured on that sample."
+    )
+    header = ("model", "layer", "head", "strategy", "chosen on (rows)", "refit on (rows)")
+    return [("h3", "Fitted out of core"), ("p", text), _Table(header, rows)]
 
 
 def recommendation(table: pd.DataFrame, chosen: pd.Series) -> str:
@@ -1146,26 +1172,66 @@ def _best_details(run: dict, chosen: pd.Series, predictions: pd.DataFrame) -> li
     if cache is None:
         return blocks + [("p", f"The cache `{run.get('cache')}` is not readable here, so the "
                                "map and the gallery are left out.")]  # fmt: skip
-    if is_set(chosen):
-        X, ids = load_recorded_set(cache, chosen["feature_set"], "test")
-    else:
-        X, _, ids = cache.load(chosen["model"], chosen["layer"], split="test")
-    where = pd.Series(np.arange(len(ids)), index=pd.Index(ids.astype(str)))
-    order = where.reindex(predictions["id"].astype(str)).to_numpy()
-    if np.isnan(order.astype(float)).any():
+    seed = int(run["arguments"].get("seed", 0))
+    shown = map_sample(len(predictions), seed)
+    ids = predictions["id"].astype(str).to_numpy()[shown]
+    X = _map_set_features(cache, chosen, ids) if is_set(chosen) else _map_features(cache, chosen, ids)
+    if X is None:
         return blocks
-    X = X[order.astype(int)]
-    wrong = y_true != y_pred
+    y_true, wrong = y_true[shown], (y_true != y_pred)[shown]
+    sampled = (
+        f" ({len(shown):,} of the {len(predictions):,} test rows, a seeded sample)"
+        if len(shown) < len(predictions) else ""
+    )  # fmt: skip
     blocks.append(("h3", "Map of the best layer"))
-    for method, coords in project_2d(X, seed=int(run["arguments"].get("seed", 0))):
+    for method, coords in project_2d(X, seed=seed):
         blocks.append(_Figure(
             f"map_{method.lower()}",
-            f"{method} of the test features of {chosen['model']} / {chosen['layer']} (fitted on "
-            f"the test rows, a picture only), coloured by true class; crosses mark the "
-            f"{int(wrong.sum())} test images the head got wrong.",
+            f"{method} of the test features of {chosen['model']} / {chosen['layer']}{sampled} "
+            f"(fitted on those rows, a picture only), coloured by true class; crosses mark the "
+            f"{int(wrong.sum())} test images shown that the head got wrong.",
             map_figure(coords, y_true, wrong, class_names, method),
         ))  # fmt: skip
     return blocks + _gallery(cache, predictions, class_names)
+
+
+#: The most test rows the map of the best layer shows (a seeded sample beyond).
+MAP_POINTS = 5_000
+
+
+def map_sample(n_rows: int, seed: int, most: int = MAP_POINTS) -> np.ndarray:
+    """Ascending positions of the rows the map shows: all, or a seeded sample of ``most``."""
+    if n_rows <= most:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=most, replace=False))
+
+
+def _map_features(cache: Cache, chosen: pd.Series, ids: np.ndarray) -> np.ndarray | None:
+    """The features of the test rows ``ids``, in that order, streamed (only their windows are
+    read); ``None`` when one is not in the cache's test split any more."""
+    test = np.flatnonzero(cache.splits == "test")
+    where = pd.Series(test, index=pd.Index(cache.ids[test].astype(str)))
+    rows = where.reindex(ids).to_numpy()
+    if np.isnan(rows.astype(float)).any():
+        return None
+    rows = rows.astype(np.int64)
+    batches = list(cache.iter_batches(chosen["model"], chosen["layer"], rows))
+    found = np.concatenate([b.rows for b in batches]) if batches else np.zeros(0, np.int64)
+    if len(found) != len(np.unique(rows)):
+        return None
+    X = np.concatenate([b.X for b in batches])
+    return X[np.searchsorted(found, rows)]
+
+
+def _map_set_features(cache: Cache, chosen: pd.Series, ids: np.ndarray) -> np.ndarray | None:
+    """A feature set's test rows ``ids``, in that order (its parts concatenated); ``None`` when
+    one is not in the cache's test split any more."""
+    X, found = load_recorded_set(cache, chosen["feature_set"], "test")
+    where = pd.Series(np.arange(len(found)), index=pd.Index(found.astype(str)))
+    order = where.reindex(ids).to_numpy()
+    if np.isnan(order.astype(float)).any():
+        return None
+    return X[order.astype(np.int64)]
 
 
 def _gallery(cache: Cache, predictions: pd.DataFrame, class_names) -> list:

@@ -48,6 +48,11 @@ and ``fit`` says why in one line per reason. Records written before ``features_d
   ``max_iter``;
 - ``warnings``: doubts about the choice (a chosen value at the end of its grid), one
   sentence each, or empty;
+- ``strategy``: how the head was chosen and refitted within the memory budget
+  (``in memory``, ``exact, streamed Gram (N rows)``, ``selected on a stratified sample of
+  S rows, refit on N (streamed L-BFGS)``…, see :mod:`pipelines._ooc`); ``n_select``,
+  ``n_refit``: the rows the choice and the refit used (views counted as rows; empty in
+  records written before them);
 - ``head_file``, ``predictions_file``: paths relative to the folder.
 
 ``curves.csv`` has the columns :data:`CURVE_COLUMNS`; the best combination is still
@@ -150,6 +155,9 @@ RESULT_COLUMNS = (
     "n_features",
     "n_not_converged",
     "warnings",
+    "strategy",
+    "n_select",
+    "n_refit",
     "predict_seconds_per_1000",
     "head_file",
     "predictions_file",
@@ -194,6 +202,8 @@ RANKING = (
 )
 #: The variant columns and their value in records written before views (plain).
 VARIANT_DEFAULTS = Variant().columns()
+#: The strategy columns and their value in records written before the memory budget.
+STRATEGY_DEFAULTS = {"strategy": "in memory", "n_select": math.nan, "n_refit": math.nan}
 
 
 # -- ranking --------------------------------------------------------------------------
@@ -262,6 +272,8 @@ def frame(records: Sequence[Mapping]) -> pd.DataFrame:
     for column in ("warnings", "predict_seconds_per_1000"):  # records written before them
         if column not in table:
             table[column] = "" if column == "warnings" else math.nan
+    for column, value in STRATEGY_DEFAULTS.items():  # records written before the budget
+        table[column] = table[column].fillna(value) if column in table else value
     for column, value in VARIANT_DEFAULTS.items():  # records written before views: plain
         table[column] = table[column].fillna(value) if column in table else value
     for column in ("n_views", "n_tta"):

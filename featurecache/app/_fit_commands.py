@@ -135,7 +135,17 @@ def _add_fit_protocol(group) -> None:
 
 
 def _add_fit_runs(group) -> None:
-    """Parallel workers and the joblib backend: never the results."""
+    """Parallel workers, the joblib backend and the memory budget."""
+    group.add_argument(
+        "--memory", default=None,
+        help="what one layer's fit may hold, e.g. 4GB or 512MB (default: half the RAM); a "
+        "larger layer is streamed and results.csv states each head's strategy",
+    )  # fmt: skip
+    group.add_argument(
+        "--select-rows", dest="select_rows", type=int, default=None,
+        help="out of core, the most rows a hyper-parameter search runs on (a stratified "
+        "sample; default 50000)",
+    )  # fmt: skip
     group.add_argument(
         "--jobs", dest="n_jobs", type=int, default=-1,
         help="parallel workers (-1: all cores; 0 is refused)",
@@ -201,8 +211,13 @@ def run_fit(args: argparse.Namespace) -> int:
         combine=args.combine,
         combine_pca=args.combine_pca,
         protocol=args.protocol,
+        memory=args.memory,
+        select_rows=args.select_rows,
     )
     print(f"{len(table)} combinations in {Path(args.out) / 'results.csv'}")
+    for _, row in table.iterrows():
+        if row.get("strategy", "in memory") != "in memory":
+            print(f"{row['model']} / {row['layer']} / {row['head']}: {row['strategy']}")
     if len(table):
         print(_best_line(best(table)))
     return 0

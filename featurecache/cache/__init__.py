@@ -32,10 +32,12 @@ from featurecache.cache._samples import (
     SampleTable,
     SplitSpec,
 )
+from featurecache.cache._stream import Batch, default_batch_rows
 from featurecache.cache._upgrade import cache_version, upgrade
 from featurecache.cache._writer import ShardViews, Store, check_config
 
 __all__ = [
+    "Batch",
     "Cache",
     "Entry",
     "FeatureConfig",
@@ -64,6 +66,7 @@ __all__ = [
     "check_config",
     "content_digest",
     "create_once",
+    "default_batch_rows",
     "locking_enabled",
     "open_cache",
     "read_classifiers",

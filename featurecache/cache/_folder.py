@@ -272,6 +272,8 @@ class FolderView:
         """``[(X, rows)]`` per file: the views of ``kind`` of the rows whose every view is ok."""
         found = []
         for shard in self.view_shards(model, layer, kind):
+            if removed[shard.start : shard.stop].all():
+                continue  # nothing wanted here: the file is not read
             try:
                 status, values = read_views(shard, kind, self._open)
             except ShardReadError as error:

@@ -26,6 +26,7 @@ from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._legacy import IndexView
 from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, read_table
+from featurecache.cache._stream import Batch, iter_batches
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,
@@ -361,6 +362,23 @@ class Cache:
         digest.update(b"\0rows\0" + rows.astype("<i8").tobytes())
         return digest.hexdigest()
 
+    def iter_batches(
+        self,
+        model: str,
+        layer: str,
+        rows: np.ndarray | None = None,
+        *,
+        batch_rows: int | None = None,
+        dtype: str | np.dtype = np.float32,
+        view: str = "plain",
+    ) -> Iterator[Batch]:
+        """Stream the ok rows among ``rows`` in row order, a bounded window at a time.
+
+        See :func:`featurecache.cache._stream.iter_batches` (parameters, memory);
+        ``(X, y, rows)`` of each batch are aligned, as :meth:`load_rows` would return them.
+        """
+        return iter_batches(self, model, layer, rows, batch_rows=batch_rows, dtype=dtype, view=view)
+
     def verify(self, model: str | None = None) -> None:
         """Read every committed feature matrix and check it against its digests.
 
@@ -444,7 +462,7 @@ class Cache:
         return ViewSets.from_mapping(self._view_mapping(model))
 
     def load_views(
-        self, model: str, layer: str, kind: str = "augment"
+        self, model: str, layer: str, kind: str = "augment", wanted: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every view of the rows that have views of ``kind``, all of them ok.
 
@@ -455,6 +473,8 @@ class Cache:
         kind : {'augment', 'tta'}
             ``augment``: the training views of the train and val rows; ``tta``: the
             test-time views of every split's rows.
+        wanted : ndarray of shape (n_samples,), bool, optional
+            Keep only these rows (default: every row); only the shards holding one are read.
 
         Returns
         -------
@@ -484,7 +504,8 @@ class Cache:
                 f"{self.path.name} --model BACKBONE --name NAME {flags}`."
             )
         n_features = self._layer(model, layer).n_features
-        parts = self._view.read_views(model, layer, kind, self.removed)
+        dropped = self.removed if wanted is None else self.removed | ~np.asarray(wanted, bool)
+        parts = self._view.read_views(model, layer, kind, dropped)
         if parts:
             X = np.concatenate([values for values, _ in parts])
             rows = np.concatenate([found for _, found in parts]).astype(np.int64)
