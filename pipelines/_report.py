@@ -1175,7 +1175,11 @@ def _best_details(run: dict, chosen: pd.Series, predictions: pd.DataFrame) -> li
     seed = int(run["arguments"].get("seed", 0))
     shown = map_sample(len(predictions), seed)
     ids = predictions["id"].astype(str).to_numpy()[shown]
-    X = _map_set_features(cache, chosen, ids) if is_set(chosen) else _map_features(cache, chosen, ids)
+    X = (
+        _map_set_features(cache, chosen, ids)
+        if is_set(chosen)
+        else _map_features(cache, chosen, ids)
+    )
     if X is None:
         return blocks
     y_true, wrong = y_true[shown], (y_true != y_pred)[shown]
