@@ -392,3 +392,21 @@ def test_extract_ls_and_run_json_count_the_same_rows(tmp_path, capsys):
     combo = pipelines._results.ResultsFolder(results).read_run()["rows"]["combinations"][0]
     assert {k: combo[k] for k in counts["all"]} == counts["all"]
     assert combo["splits"] == {k: v for k, v in counts.items() if k != "all"}
+
+
+def test_the_command_line_says_what_changed_and_refuses_another_split(tmp_path, capsys):
+    data = _folder(tmp_path / "data", n=3, splits=("train",))
+    flat, cache = data / "train", str(tmp_path / "c.h5")
+    assert main(["extract", str(flat), "--cache", cache, *CLI, "--split", "random:0.5"]) == 0
+    _bmp(flat / "cat" / "0000.bmp", seed=4321)
+    capsys.readouterr()
+    assert main(["extract", str(flat), "--cache", cache, *CLI, "--verify", "--retry-failed"]) == 0
+    out = capsys.readouterr().out
+    assert "samples: 1 changed content samples since the last run" in out
+    assert "rows: 6 ok, 0 failed, 1 stale (" in out
+    code = main(["extract", str(flat), "--cache", cache, *CLI, "--split", "random:0.5",
+                 "--seed", "7", "--name", "other"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "random:0.5 with seed 0" in err and "random:0.5 with seed 7" in err
+    assert "--resplit" in err
