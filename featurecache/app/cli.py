@@ -332,7 +332,8 @@ def _add_extract(sub) -> None:
     parser.add_argument(
         "data",
         help="folder of class sub-folders (optionally under train/, val/, test/), "
-        "CSV manifest (path,label[,split]) or builtin:NAME",
+        "CSV manifest (path,label[,split]), builtin:NAME, or webdataset .tar shards or "
+        ".parquet files (a file, brace pattern or glob; local or s3://, gs://, https://)",
     )
     parser.add_argument(
         "--cache", required=True,
@@ -342,6 +343,9 @@ def _add_extract(sub) -> None:
         "the model and its features (all but --name and --prompts make the cache key)"
     ))  # fmt: skip
     _add_sample_options(parser.add_argument_group("the samples"))
+    _add_source_options(parser.add_argument_group(
+        "tar shards and parquet files (docs/data-at-scale.md)"
+    ))  # fmt: skip
     _add_view_options(parser.add_argument_group("augmented and test-time views (docs/views.md)"))
     _add_run_options(parser, parser.add_argument_group(
         "how it runs (RunOptions and the engine: never the stored numbers)"
@@ -423,6 +427,94 @@ def _add_sample_options(group) -> None:
         help="refuse a dataset that differs from the cache's samples (default: new samples "
         "are appended and computed, removed ones marked removed, labels and splits updated)",
     )
+
+
+def _add_source_options(group) -> None:
+    """Where tar shards and parquet files keep each sample's image, id, label and split."""
+    group.add_argument(
+        "--label-field", default=None, metavar="FIELD[:KEY]",
+        help="the field holding each label: a member extension of tar shards (default: cls) "
+        "or a parquet column (default: label); FIELD:KEY reads KEY of a JSON field, e.g. "
+        "json:label. Integer labels index --classes, text labels name them",
+    )  # fmt: skip
+    group.add_argument(
+        "--classes", default=None, metavar="FILE|A,B,...",
+        help="class names in index order: a file of one name per line, or a comma-separated "
+        "list (default: 0, 1, ... for integer labels, the sorted names for text labels)",
+    )  # fmt: skip
+    group.add_argument(
+        "--split-from", action="append", default=None, metavar="FIELD[:KEY]|SPLIT=PATTERN",
+        help="each sample's split: a field (e.g. json:split), or, repeated, the shards of each "
+        "split (e.g. --split-from 'train=train-*.tar' --split-from "
+        "'test=test-*.tar') (default: no split)",
+    )  # fmt: skip
+    group.add_argument(
+        "--image-field", default=None, metavar="FIELD",
+        help="the member extension (tar) or column (parquet) holding the image (default: the "
+        "first of jpg, jpeg, png, webp... in a tar sample; the column jpg in parquet)",
+    )  # fmt: skip
+    group.add_argument(
+        "--id-column", default=None, metavar="COLUMN",
+        help="parquet: the column of sample ids (default: key)",
+    )  # fmt: skip
+
+
+def _data_argument(args):
+    """DATA as typed, or the tar shards or parquet files its source flags describe."""
+    import dataclasses
+
+    from featurecache.exceptions import InvalidArgumentError
+    from featurecache.sources import ParquetImages, source_for
+
+    given = {
+        name: getattr(args, name)
+        for name in ("label_field", "classes", "split_from", "image_field", "id_column")
+        if getattr(args, name, None) is not None
+    }
+    source = source_for(args.data)
+    if source is None:
+        if given:
+            shown = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise InvalidArgumentError(
+                f"{shown} describe .tar shards or .parquet files; DATA {args.data!r} is neither: "
+                "leave them out, or name shards (e.g. 'train-{000000..000009}.tar')."
+            )
+        return args.data
+    if "classes" in given:
+        given["classes"] = _class_list(given["classes"])
+    if "split_from" in given:
+        given["split_from"] = _split_from(given["split_from"])
+    if "image_field" in given and isinstance(source, ParquetImages):
+        given["image_column"] = given.pop("image_field")
+    if "id_column" in given and not isinstance(source, ParquetImages):
+        raise InvalidArgumentError(
+            f"--id-column names a parquet column; DATA {args.data!r} is tar shards, whose "
+            "sample ids are their keys: leave it out."
+        )
+    return dataclasses.replace(source, **given)
+
+
+def _class_list(text: str) -> list[str]:
+    """Class names from a file of one per line, or from a comma-separated list."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _split_from(values: list[str]):
+    """One field spec, or ``{split: pattern}`` from repeated ``SPLIT=PATTERN``."""
+    from featurecache.exceptions import InvalidArgumentError
+
+    patterns = [v for v in values if "=" in v]
+    if not patterns and len(values) == 1:
+        return values[0]
+    if len(patterns) != len(values):
+        raise InvalidArgumentError(
+            f"--split-from takes one field (e.g. json:split) or SPLIT=PATTERN pairs; got "
+            f"{' '.join(map(repr, values))}: give either one field or only SPLIT=PATTERN pairs."
+        )
+    return dict(value.split("=", 1) for value in patterns)
 
 
 def _add_view_options(views) -> None:
@@ -565,7 +657,9 @@ def _understood(args):
     entry), before any compute."""
     from featurecache._data import SKIPPED_KINDS, load_dataset
 
-    dataset = load_dataset(args.data, split=args.split, seed=args.seed, resplit=args.resplit)
+    dataset = load_dataset(
+        _data_argument(args), split=args.split, seed=args.seed, resplit=args.resplit
+    )
     print(f"data: {dataset.summary()}", flush=True)
     if args.verbose:
         for kind, entries in dataset.skipped.items():

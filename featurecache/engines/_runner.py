@@ -30,7 +30,7 @@ from featurecache.cache import (
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE
 from featurecache.exceptions import BatchError
 from featurecache.models._augment import ViewMaker
-from featurecache.models._decode import decode_jpegs, read_image, read_jpeg_bytes
+from featurecache.models._decode import decode_jpegs, read_image, read_image_bytes, read_jpeg_bytes
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
     POOL_METHODS,
@@ -593,6 +593,8 @@ class _Images(torch.utils.data.Dataset):
     def _load(self, row: int) -> torch.Tensor:
         if self.decode == "fast" and self.dataset.paths is not None:
             return read_image(self.dataset.paths[row], self.preprocess, self.decode)
+        if self.decode == "fast" and self.dataset.members is not None:
+            return read_image_bytes(self.dataset.members.read(row), self.preprocess, self.decode)
         return self.dataset.load_image(row)  # exact, in-memory arrays, the GPU's fall-back
 
 

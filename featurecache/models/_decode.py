@@ -24,9 +24,9 @@ from functools import partial
 import torch
 
 from featurecache.models._jpeg import plain_jpeg
-from featurecache.models._preprocess import Preprocess, load_image
+from featurecache.models._preprocess import Preprocess, load_image, load_image_bytes
 
-__all__ = ["read_image", "read_jpeg_bytes", "decode_jpegs"]
+__all__ = ["read_image", "read_image_bytes", "read_jpeg_bytes", "decode_jpegs"]
 
 _DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
@@ -39,6 +39,13 @@ def read_image(path: str | os.PathLike, preprocess: Preprocess, decode: str) -> 
     if decode == "fast":
         return load_image(path, reduce_to=partial(_draft_size, preprocess))
     return load_image(path)
+
+
+def read_image_bytes(data: bytes, preprocess: Preprocess, decode: str) -> torch.Tensor:
+    """Decode an image held in memory as :func:`read_image` decodes the same bytes in a file."""
+    if decode == "fast":
+        return load_image_bytes(data, reduce_to=partial(_draft_size, preprocess))
+    return load_image_bytes(data)
 
 
 def _draft_size(preprocess: Preprocess, width: int, height: int) -> tuple[int, int]:

@@ -1,0 +1,151 @@
+"""Where each sample's encoded image lies, and its content digest.
+
+:class:`SampleBytes` is what a :class:`featurecache.Dataset` built from shards holds
+instead of file paths: per row, the shard file and the place of the image inside it, and
+the content digest of its bytes (``content_digest``: what the sample table stores as the
+sample's identity). :class:`TarMembers` places an image by byte range (tar members);
+:class:`ParquetCells` by row group and row (parquet cells).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import numpy as np
+
+from featurecache.exceptions import InvalidArgumentError
+from featurecache.sources._files import is_url, open_binary, read_range
+
+try:
+    from featurecache.cache import content_digest
+except ImportError:  # the content-identity work defines it; the same definition until then
+    import xxhash
+
+    def content_digest(data) -> bytes:
+        """The 16-byte xxh3-128 digest of ``data`` (bytes or memoryview)."""
+        return xxhash.xxh3_128_digest(bytes(data))
+
+
+__all__ = ["SampleBytes", "TarMembers", "ParquetCells", "content_digest"]
+
+
+@dataclass(frozen=True, eq=False)
+class SampleBytes:
+    """Per row: the index of its file in ``files`` (-1: no sample) and its content digest.
+
+    Attributes
+    ----------
+    files : tuple of str
+        Shard paths or URLs.
+    file_index : ndarray of shape (n_samples,), int64
+    digests : ndarray of shape (n_samples,), object
+        ``content_digest`` of each sample's encoded bytes (16 bytes; ``b""`` for no sample).
+    """
+
+    files: tuple[str, ...]
+    file_index: np.ndarray
+    digests: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.file_index)
+
+    def read(self, row: int) -> bytes:
+        """The encoded image of ``row``."""
+        raise NotImplementedError
+
+    def where(self, row: int) -> str:
+        """``shard`` of the row, for messages."""
+        index = int(self.file_index[row])
+        return self.files[index] if index >= 0 else "(no sample)"
+
+    def _check(self, row: int) -> int:
+        index = int(self.file_index[row])
+        if index < 0:
+            raise InvalidArgumentError("no such sample: it is no longer in the data")
+        return index
+
+    def take(self, index: np.ndarray) -> SampleBytes:
+        """These rows in a new order; ``-1`` in ``index`` makes a row without a sample."""
+        index = np.asarray(index, dtype=np.int64)
+        present = index >= 0
+        safe = np.maximum(index, 0)
+        changes = {
+            name: np.where(present, getattr(self, name)[safe], -1) for name in self._positions
+        }
+        digests = np.where(present, self.digests[safe], b"").astype(object)
+        file_index = np.where(present, self.file_index[safe], -1)
+        return replace(self, file_index=file_index, digests=digests, **changes)
+
+    #: The per-row arrays that place a sample in its file (reordered by :meth:`take`).
+    _positions: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class TarMembers(SampleBytes):
+    """Tar members: each image is ``sizes[row]`` bytes from ``offsets[row]`` of its shard."""
+
+    offsets: np.ndarray = field(default=None, repr=False)
+    sizes: np.ndarray = field(default=None, repr=False)
+    _positions: ClassVar[tuple[str, ...]] = ("offsets", "sizes")
+
+    def read(self, row: int) -> bytes:
+        shard = self.files[self._check(row)]
+        return read_range(shard, int(self.offsets[row]), int(self.sizes[row]))
+
+
+@dataclass(frozen=True, eq=False)
+class ParquetCells(SampleBytes):
+    """Parquet cells: row ``positions[row]`` of row group ``groups[row]`` of ``column``.
+
+    Each process keeps the image column of the last row group it read (a batch's rows are
+    consecutive rows of one group), so memory is bounded by one row group per process.
+    """
+
+    column: str = "jpg"
+    groups: np.ndarray = field(default=None, repr=False)
+    positions: np.ndarray = field(default=None, repr=False)
+    _positions: ClassVar[tuple[str, ...]] = ("groups", "positions")
+
+    def read(self, row: int) -> bytes:
+        shard = self.files[self._check(row)]
+        cells = _GROUP.get(shard, int(self.groups[row]), self.column)
+        data = cells[int(self.positions[row])].as_py()
+        if data is None:
+            raise InvalidArgumentError("file is empty (0 bytes)")
+        return data
+
+
+class _LastGroup:
+    """The image column of the row group this process read last."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.cells = None
+
+    def get(self, name: str, group: int, column: str):
+        key = (os.getpid(), name, group, column)
+        if key != self.key:
+            self.key, self.cells = None, None  # free the last group before reading the next
+            self.cells = read_group(name, group, column)
+            self.key = key
+        return self.cells
+
+
+_GROUP = _LastGroup()
+
+
+def read_group(name: str, group: int, column: str):
+    """Column ``column`` of row group ``group`` of the parquet file ``name``."""
+    import pyarrow.parquet as pq
+
+    from featurecache.sources._files import source_error
+
+    try:
+        with open_binary(name) if is_url(name) else open(name, "rb") as handle:
+            return pq.ParquetFile(handle).read_row_group(group, columns=[column]).column(0)
+    except InvalidArgumentError:
+        raise
+    except Exception as error:
+        raise source_error(name, error) from None
