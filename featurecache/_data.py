@@ -54,6 +54,7 @@ SKIPPED_KINDS = {
     "not_image": "files that are not images",
     "empty_class": "class folders without images",
     "wrong_level": "images outside a class folder",
+    "no_image": "samples without an image",
 }
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}

@@ -351,7 +351,10 @@ def _add_extract(sub) -> None:
         "how it runs (RunOptions and the engine: never the stored numbers)"
     ))  # fmt: skip
     # RayEngine's 'workers' is --ray-workers; RunOptions' is --workers.
-    parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
+    parser.set_defaults(
+        func=_run_extract,
+        owner_flags={"RayEngine.workers": "--ray-workers", "image_column": "--image-field"},
+    )
 
 
 def _add_feature_options(group) -> None:

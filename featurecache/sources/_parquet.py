@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from featurecache._validation import AdviceError
 from featurecache.exceptions import InvalidArgumentError, MissingExtraError
 from featurecache.sources._files import is_url, open_binary, source_error
 from featurecache.sources._members import ParquetCells, content_digest
@@ -78,7 +79,7 @@ class ParquetImages(Source):
             splits=np.array(splits, dtype=object),
             class_names=class_names,
             members=members,
-            skipped={"not_image": tuple(skipped)},
+            skipped={"no_image": tuple(skipped)},
         )
 
     def _rows(self, name: str):
@@ -112,17 +113,25 @@ class ParquetImages(Source):
     def _columns(self, name: str, found: list[str]) -> list[str]:
         """The columns to read; a missing one is refused, naming those the file has."""
         split = self.split_spec
-        wanted = [self.id_column, self.image_column, self.label_spec.field]
+        wanted = {
+            self.id_column: "id_column",
+            self.image_column: "image_column",
+            self.label_spec.field: "label_field",
+        }
         if split is not None:
-            wanted.append(split.field)
-        wanted = list(dict.fromkeys(wanted))
+            wanted.setdefault(split.field, "split_from")
         missing = [c for c in wanted if c not in found]
         if missing:
-            raise InvalidArgumentError(
-                f"DATA {self.data!r}: {_shown(name)!r} has no column {', '.join(map(repr, missing))} "
-                f"(it has {', '.join(found)}); name the columns to read (id_column, "
-                "image_column, label_field)."
+            parameter = wanted[missing[0]]
+            raise AdviceError(
+                AdviceError.literal(
+                    f"DATA {self.data!r}: {_shown(name)!r} has no column {missing[0]!r} "
+                    f"(it has {', '.join(found)}); "
+                )
+                + "name the column to read with {flag}.",
+                flag=(parameter, "COLUMN"),
             )
+        wanted = list(wanted)
         return wanted
 
 

@@ -40,7 +40,7 @@ class Scanned:
     """What a scan found: the sample table's columns and where each image lies.
 
     ``splits`` are the raw values (``""`` for none); ``skipped`` lists entries that hold no
-    image, by kind (``not_image``).
+    image, by kind (``no_image``).
     """
 
     source: str

@@ -95,7 +95,7 @@ class WebDataset(Source):
             splits=np.array(splits, dtype=object),
             class_names=class_names,
             members=members,
-            skipped={"not_image": tuple(skipped)},
+            skipped={"no_image": tuple(skipped)},
         )
 
     def _scan_shard(self, name: str) -> dict[str, dict]:
