@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _shards import write_parquet
 from _workers import make_images, one_torch_thread, run_options
 
 from featurecache import extract, load_dataset, open_cache
@@ -15,29 +16,6 @@ from featurecache.exceptions import InvalidArgumentError
 from featurecache.sources import ParquetImages, content_digest
 
 ARGS = dict(model="resnet18", weights="none", layers=["embedding"], image_size=32, dtype="float32")
-
-
-def write_parquet(data: Path, out: Path, per_file: int = 6) -> list[Path]:
-    """The folder's images as img2dataset writes them: ``key``, ``jpg`` (here PNG bytes),
-    ``status``, ``url``, plus a ``label`` and a ``split`` column; one failed download per
-    file (null image); row groups of 4 rows."""
-    dataset = load_dataset(data)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for n, start in enumerate(range(0, len(dataset), per_file)):
-        rows = range(start, min(start + per_file, len(dataset)))
-        table = pa.table({
-            "key": [dataset.ids[i].rsplit(".", 1)[0] for i in rows] + [f"failed-{n}"],
-            "jpg": [Path(dataset.paths[i]).read_bytes() for i in rows] + [None],
-            "status": ["success"] * len(rows) + ["failed_to_download"],
-            "url": [f"https://example.org/{i}.png" for i in rows] + ["https://example.org/x"],
-            "label": [dataset.class_names[dataset.labels[i]] for i in rows] + [None],
-            "split": [dataset.splits[i] for i in rows] + [None],
-        })  # fmt: skip
-        path = out / f"{n:05d}.parquet"
-        pq.write_table(table, path, row_group_size=4)
-        written.append(path)
-    return written
 
 
 def _by_key(cache, to_key=lambda i: i):

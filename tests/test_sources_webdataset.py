@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import webdataset as wds
+from _shards import key_of, write_shards
 from _workers import make_images, one_torch_thread, outcome, run_extract, run_options, start
 
 from featurecache import extract, load_dataset, open_cache
@@ -52,37 +52,6 @@ def folder(root: Path, n_train: int = 6, n_test: int = 2) -> Path:
     return root
 
 
-def write_shards(data: Path, out: Path, per_shard: int = 4, label: str = "cls") -> list[Path]:
-    """The folder's images as shards ``{split}-{k}.tar``: key ``class/name``, the PNG bytes,
-    and the label as ``cls`` (the class index) or in ``json`` (class name and split)."""
-    dataset = load_dataset(data)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in ("train", "test"):
-        rows = [i for i in range(len(dataset)) if dataset.splits[i] == split]
-        for k in range(0, len(rows), per_shard):
-            path = out / f"{split}-{k // per_shard}.tar"
-            with wds.TarWriter(str(path)) as sink:
-                for i in rows[k : k + per_shard]:
-                    sample = {
-                        "__key__": _key(dataset.ids[i]),
-                        "png": Path(dataset.paths[i]).read_bytes(),
-                    }
-                    name = dataset.class_names[dataset.labels[i]]
-                    if label == "cls":
-                        sample["cls"] = int(dataset.labels[i])
-                    else:
-                        sample["json"] = {"label": name, "split": split}
-                    sink.write(sample)
-            written.append(path)
-    return written
-
-
-def _key(folder_id: str) -> str:
-    """``train/ant/03.png`` -> ``train/ant/03``: the same sample's webdataset key."""
-    return folder_id.rsplit(".", 1)[0]
-
-
 def _extract(data, cache, **options):
     with one_torch_thread():
         return extract(data, cache, **ARGS, options=run_options(shard_size=4, **options))
@@ -107,7 +76,7 @@ def test_shards_give_the_folders_features_labels_and_splits_per_key(tmp_path):
     _extract(source, tmp_path / "tar.h5")
     _extract(source, tmp_path / "tar-workers.h5", workers=2)
     for layer in LAYERS:
-        want = _by_key(tmp_path / "folder.h5", layer, _key)
+        want = _by_key(tmp_path / "folder.h5", layer, key_of)
         assert len(want) == 16
         assert _by_key(tmp_path / "tar.h5", layer) == want
         assert _by_key(tmp_path / "tar-workers.h5", layer) == want
@@ -126,7 +95,7 @@ def test_text_labels_and_splits_from_a_json_field_through_the_command_line(tmp_p
     assert code == 0, out
     assert "data: 2 classes, 8 images (train 6, test 2); skipped: nothing" in out
     assert _by_key(tmp_path / "tar.h5", "embedding") == _by_key(
-        tmp_path / "folder.h5", "embedding", _key
+        tmp_path / "folder.h5", "embedding", key_of
     )
 
 
@@ -134,7 +103,7 @@ def test_the_digest_of_each_sample_is_that_of_its_image_bytes(tmp_path):
     data = folder(tmp_path / "data", n_train=2, n_test=1)
     write_shards(data, tmp_path / "shards")
     dataset = load_dataset(str(tmp_path / "shards" / "*.tar"))
-    by_key = {_key(i): Path(p).read_bytes() for i, p in zip(
+    by_key = {key_of(i): Path(p).read_bytes() for i, p in zip(
         load_dataset(data).ids, load_dataset(data).paths, strict=True)}  # fmt: skip
     assert [content_digest(by_key[i]) for i in dataset.ids] == list(dataset.members.digests)
     assert all(len(d) == 16 for d in dataset.members.digests)

@@ -90,9 +90,13 @@ def _glob(name: str) -> list[str]:
     fs, path = filesystem(name)
     protocol = name.split("://", 1)[0]
     try:
-        return sorted(f"{protocol}://{p}" for p in fs.glob(path))
+        fs.invalidate_cache()  # a long-lived process sees shards added since its last listing
+        found = sorted(f"{protocol}://{p}" for p in fs.glob(path))
+        if not found:  # an empty listing: say so if the bucket itself is missing
+            fs.ls(path.split("/", 1)[0])
     except Exception as error:
         raise source_error(name, error) from None
+    return found
 
 
 def _exists(name: str) -> bool:
@@ -100,6 +104,7 @@ def _exists(name: str) -> bool:
         return os.path.isfile(os.path.expanduser(name))
     fs, path = filesystem(name)
     try:
+        fs.invalidate_cache()
         fs.info(path)
     except FileNotFoundError as error:
         if "bucket" in str(error).lower():
