@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     _add_predict(sub)
     _add_demo(sub)
+    _add_export(sub)
+    _add_import(sub)
     for name in ("layers", "extract", "predict", "demo"):
         sub.choices[name].add_argument(
             "--offline",
@@ -1003,3 +1005,91 @@ def _run_demo(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# -- export and import ------------------------------------------------------------------
+
+
+def _add_export(sub) -> None:
+    parser = add_command(
+        sub, "export",
+        help="write one layer's usable rows as embedding files (clip-retrieval's layout)",
+        description="Write the usable rows of one (model, layer) (computed, not removed) as "
+        "OUT/img_emb/img_emb_K.npy with OUT/metadata/metadata_K.parquet (id, label, split; "
+        "the provenance in the parquet metadata), the layout embedding-reader and autofaiss "
+        "read; in bounded memory, one part at a time (docs/data-at-scale.md).",
+    )  # fmt: skip
+    parser.add_argument("cache", help="the cache index (.h5)")
+    parser.add_argument("--model", required=True, help="model name in the cache (required)")
+    parser.add_argument("--layer", required=True, help="layer name (required)")
+    parser.add_argument(
+        "--out", required=True, help="a new or empty folder, written whole or not at all"
+    )
+    parser.add_argument(
+        "--format", default="npy", choices=("npy", "parquet"),
+        help="npy: img_emb/*.npy with metadata/*.parquet; parquet: img_emb/*.parquet with an "
+        "embedding column beside the metadata",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rows-per-part", type=int, default=None,
+        help="rows per file (default: as many as fit in 256 MiB)",
+    )  # fmt: skip
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from featurecache.cache import export_embeddings
+
+    done = export_embeddings(
+        args.cache, args.model, args.layer, args.out, format=args.format,
+        rows_per_part=args.rows_per_part,
+    )  # fmt: skip
+    parts = f"{done.n_parts} part{'s' if done.n_parts != 1 else ''}"
+    print(
+        f"exported {done.n_rows} rows of {args.model}/{args.layer} ({done.n_features} features) "
+        f"in {parts} -> {done.out}"
+    )
+    return 0
+
+
+def _add_import(sub) -> None:
+    parser = add_command(
+        sub, "import", help="bring embeddings computed elsewhere into a new cache",
+        description="Read DIR (an export, or clip-retrieval's img_emb/*.npy with "
+        "metadata/*.parquet holding id or image_path, and optionally label and split) into a "
+        "new cache for fit, under the FeatureConfig the export records or --config declares.",
+    )  # fmt: skip
+    parser.add_argument("folder", metavar="DIR", help="the embeddings folder")
+    parser.add_argument("--cache", required=True, help="the new cache index (.h5) (required)")
+    parser.add_argument(
+        "--config", default=None, metavar="FILE",
+        help="JSON of the FeatureConfig that computed the embeddings (backbone, "
+        "weights_sha256, preprocessing, pooling, dtype, compute_dtype) (default: the export's)",
+    )  # fmt: skip
+    parser.add_argument("--model", default=None, help="model name (default: the export's)")
+    parser.add_argument("--layer", default=None, help="layer name (default: the export's)")
+    parser.add_argument("--shard-size", type=int, default=1024, help="rows per shard file")
+    parser.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    from featurecache.cache import FeatureConfig, import_embeddings, open_cache
+    from featurecache.exceptions import InvalidArgumentError
+
+    config = None
+    if args.config is not None:
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                config = FeatureConfig.from_dict(json.load(handle))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"--config {args.config!r} must be the JSON of a FeatureConfig ({error}); "
+                "write a config.json as a cache's model folder holds it."
+            ) from None
+    cache = import_embeddings(
+        args.folder, args.cache, config=config, model=args.model, layer=args.layer,
+        shard_size=args.shard_size,
+    )  # fmt: skip
+    entry = open_cache(cache).entries[0]
+    print(f"imported {entry.n_ok} rows of {entry.model}/{entry.layer} -> {cache}")
+    return 0

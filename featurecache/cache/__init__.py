@@ -20,6 +20,12 @@ from featurecache.cache._format import (
     locking_enabled,
     samples_digest,
 )
+from featurecache.cache._interchange import (
+    EXPORT_FORMATS,
+    ExportResult,
+    export_embeddings,
+    import_embeddings,
+)
 from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
 from featurecache.cache._samples import SampleChanges, SampleTable
@@ -28,6 +34,8 @@ from featurecache.cache._writer import ShardViews, Store, check_config
 __all__ = [
     "Cache",
     "Entry",
+    "EXPORT_FORMATS",
+    "ExportResult",
     "FeatureConfig",
     "FORMAT",
     "FORMAT_VERSION",
@@ -47,6 +55,8 @@ __all__ = [
     "atomic_write",
     "check_config",
     "create_once",
+    "export_embeddings",
+    "import_embeddings",
     "locking_enabled",
     "open_cache",
     "read_classifiers",
