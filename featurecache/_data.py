@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._validation import ParameterError
+from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import samples_digest
 from featurecache.cache._samples import check_aligned
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
@@ -297,6 +297,14 @@ def _from_source(source: Source) -> Dataset:
             f"{scanned.source}: split must be one of train, val, test or empty "
             f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case); "
             f"got {', '.join(map(repr, bad[:5]))}."
+        )
+    if not (scanned.labels >= 0).any():
+        raise AdviceError(
+            AdviceError.literal(
+                f"{scanned.source}: no sample has a label in the field {str(source.label_spec)!r}; "
+            )
+            + "name the field that holds them with {flag}.",
+            flag=("label_field", "FIELD"),
         )
     _check_classes(scanned.class_names, scanned.source)
     return Dataset(

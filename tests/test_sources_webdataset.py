@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 from _shards import key_of, write_shards
 from _workers import make_images, one_torch_thread, outcome, run_extract, run_options, start
 
@@ -52,9 +53,11 @@ def folder(root: Path, n_train: int = 6, n_test: int = 2) -> Path:
     return root
 
 
-def _extract(data, cache, **options):
+def _extract(data, cache, decode="exact", **options):
     with one_torch_thread():
-        return extract(data, cache, **ARGS, options=run_options(shard_size=4, **options))
+        return extract(
+            data, cache, **ARGS, decode=decode, options=run_options(shard_size=4, **options)
+        )
 
 
 def _by_key(cache, layer, to_key=lambda i: i):
@@ -208,3 +211,64 @@ def test_bad_shards_fail_in_one_line(tmp_path, make, pattern, message):
     with pytest.raises(InvalidArgumentError, match=message) as raised:
         load_dataset(source)
     assert "\n" not in str(raised.value)
+
+
+def _jpeg_folder(root: Path) -> Path:
+    """Eight 160 px JPEGs in two class folders: large enough for the fast decode to shrink."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        (root / ("ant", "bee")[i % 2]).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).resize((160, 150), Image.BICUBIC)
+        image.save(root / ("ant", "bee")[i % 2] / f"{i:02d}.jpg", quality=90)
+    return root
+
+
+def _jpeg_shards(folder: Path, out: Path) -> str:
+    out.mkdir()
+    dataset = load_dataset(folder)
+    with wds.TarWriter(str(out / "0.tar")) as sink:
+        for i, path in zip(dataset.ids, dataset.paths, strict=True):
+            sink.write({"__key__": key_of(i), "jpg": Path(path).read_bytes(), "cls": i[:3]})
+    return str(out / "0.tar")
+
+
+def test_the_fast_decode_of_tar_members_equals_that_of_the_files(tmp_path):
+    folder = _jpeg_folder(tmp_path / "data")
+    shards = _jpeg_shards(folder, tmp_path / "shards")
+    _extract(folder, tmp_path / "folder.h5", decode="fast")
+    _extract(shards, tmp_path / "tar.h5", decode="fast")
+    _extract(shards, tmp_path / "tar-exact.h5")
+    want = _by_key(tmp_path / "folder.h5", "embedding", key_of)
+    got = _by_key(tmp_path / "tar.h5", "embedding")
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}
+    exact = _by_key(tmp_path / "tar-exact.h5", "embedding")
+    assert all(exact[k][0] != got[k][0] for k in got)  # the fast decode did shrink them
+
+
+def test_the_loader_hands_tar_jpegs_to_the_gpu_decoder_as_their_bytes(tmp_path):
+    from featurecache import load_backbone
+    from featurecache.engines._runner import data_loader
+
+    folder = _jpeg_folder(tmp_path / "data")
+    dataset = load_dataset(_jpeg_shards(folder, tmp_path / "shards"))
+    preprocess = load_backbone("resnet18", "none", image_size=32).preprocess
+    (rows, images, ok, _, positions, encoded, _) = next(
+        iter(data_loader(dataset, preprocess, "gpu", 8, 0))
+    )
+    assert images is None and ok.all() and positions.tolist() == list(range(8))
+    by_key = {key_of(i): Path(p).read_bytes() for i, p in zip(
+        load_dataset(folder).ids, load_dataset(folder).paths, strict=True)}  # fmt: skip
+    assert [bytes(e.numpy()) for e in encoded] == [by_key[dataset.ids[r]] for r in rows]
+
+
+def test_shards_without_labels_say_which_field_was_read(tmp_path, capsys):
+    folder = _jpeg_folder(tmp_path / "data")
+    shards = _jpeg_shards(folder, tmp_path / "shards")
+    assert main(["extract", shards, "--cache", str(tmp_path / "c.h5"), "--label-field", "txt"]) == 2
+    assert capsys.readouterr().err == (
+        f"featurecache: error: webdataset:{shards}: no sample has a label in the field 'txt'; "
+        "name the field that holds them with --label-field FIELD.\n"
+    )

@@ -30,7 +30,13 @@ from featurecache.cache import (
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE
 from featurecache.exceptions import BatchError
 from featurecache.models._augment import ViewMaker
-from featurecache.models._decode import decode_jpegs, read_image, read_image_bytes, read_jpeg_bytes
+from featurecache.models._decode import (
+    decode_jpegs,
+    jpeg_tensor,
+    read_image,
+    read_image_bytes,
+    read_jpeg_bytes,
+)
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
     POOL_METHODS,
@@ -310,7 +316,7 @@ class ShardRunner:
         rows, images, ok, reasons, positions, encoded, extras = batch
         non_blocking = self.device.type == "cuda"
         x = None if images is None else images.to(self.device, non_blocking=non_blocking)
-        if self.gpu_decode and dataset.paths is not None:
+        if self.gpu_decode and dataset.arrays is None:
             self.fallbacks["not a JPEG the GPU decodes"] += len(rows) - len(positions)
         if len(positions):
             x = self._decode_on_device(rows, x, ok, reasons, positions, encoded, dataset)
@@ -562,9 +568,8 @@ class _Images(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, row: int):
-        paths = self.dataset.paths
-        if self.decode == "gpu" and paths is not None:
-            encoded = read_jpeg_bytes(paths[row])
+        if self.decode == "gpu" and self.dataset.arrays is None:
+            encoded = self._encoded(row)
             if encoded is not None:
                 return row, None, "", encoded, ()
         try:
@@ -572,6 +577,15 @@ class _Images(torch.utils.data.Dataset):
             return row, self.preprocess(image), "", None, self._extras(row, image)
         except Exception as error:  # any decoding failure is recorded, with its reason
             return row, None, _reason(error), None, ()
+
+    def _encoded(self, row: int) -> torch.Tensor | None:
+        """A JPEG's bytes for the GPU to decode, or ``None`` (the CPU decodes it)."""
+        if self.dataset.paths is not None:
+            return read_jpeg_bytes(self.dataset.paths[row])
+        try:
+            return jpeg_tensor(self.dataset.members.read(row))
+        except Exception:  # the CPU path reports the reason
+            return None
 
     def _extras(self, row: int, image: torch.Tensor) -> list[tuple[int, int, torch.Tensor | None]]:
         """``(kind index, view, preprocessed view or None)`` of the row's extra views, from

@@ -26,7 +26,7 @@ import torch
 from featurecache.models._jpeg import plain_jpeg
 from featurecache.models._preprocess import Preprocess, load_image, load_image_bytes
 
-__all__ = ["read_image", "read_image_bytes", "read_jpeg_bytes", "decode_jpegs"]
+__all__ = ["read_image", "read_image_bytes", "read_jpeg_bytes", "jpeg_tensor", "decode_jpegs"]
 
 _DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
@@ -61,6 +61,11 @@ def read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
             data = handle.read()
     except OSError:
         return None  # the CPU path reports the reason
+    return jpeg_tensor(data)
+
+
+def jpeg_tensor(data: bytes) -> torch.Tensor | None:
+    """Encoded bytes as a ``uint8`` tensor when the GPU can decode them, else ``None``."""
     if not plain_jpeg(data):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
