@@ -19,14 +19,12 @@ import glob
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from featurecache.exceptions import InvalidArgumentError, MissingExtraError
 
 __all__ = ["is_url", "expand_braces", "list_files", "open_binary", "read_range", "source_error"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_BRACES = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 #: Files each process keeps open for reading (the shards its batches come from).
 OPEN_FILES = 8
@@ -40,11 +38,13 @@ def is_url(text: str) -> bool:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{a,b}`` lists and ``{000..099}`` ranges (zero padding kept), left to right."""
-    match = _BRACES.search(pattern)
-    if match is None:
+    """Expand ``{a,b}`` lists and ``{000..099}`` ranges (zero padding kept), left to right;
+    lists may nest (``{a-{0..1},b}``). An unmatched brace is kept as it is."""
+    open_at = pattern.find("{")
+    close_at = _matching(pattern, open_at) if open_at >= 0 else -1
+    if close_at < 0:
         return [pattern]
-    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
+    head, body, tail = pattern[:open_at], pattern[open_at + 1 : close_at], pattern[close_at + 1 :]
     span = _RANGE.match(body)
     if span:
         first, last = span.group(1), span.group(2)
@@ -52,8 +52,29 @@ def expand_braces(pattern: str) -> list[str]:
         step = 1 if int(last) >= int(first) else -1
         choices = [str(i).zfill(width) for i in range(int(first), int(last) + step, step)]
     else:
-        choices = body.split(",")
+        choices = [c for part in _top_level(body) for c in expand_braces(part)]
     return [name for choice in choices for name in expand_braces(head + choice + tail)]
+
+
+def _matching(text: str, open_at: int) -> int:
+    """The index of the brace closing the one at ``open_at``, or -1."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return -1
+
+
+def _top_level(body: str) -> list[str]:
+    """``body`` split at its commas outside nested braces."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(body):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    return [*parts, body[start:]]
 
 
 def list_files(pattern: str, what: str) -> list[str]:
@@ -246,13 +267,3 @@ def source_error(name: str, error: BaseException) -> InvalidArgumentError:
 
 def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def chunks(handle, size: int, step: int = 1 << 20) -> Iterator[bytes]:
-    """``size`` bytes of an open binary file, ``step`` at a time."""
-    while size > 0:
-        data = handle.read(min(step, size))
-        if not data:
-            return
-        size -= len(data)
-        yield data

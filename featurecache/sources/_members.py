@@ -55,11 +55,6 @@ class SampleBytes:
         """The encoded image of ``row``."""
         raise NotImplementedError
 
-    def where(self, row: int) -> str:
-        """``shard`` of the row, for messages."""
-        index = int(self.file_index[row])
-        return self.files[index] if index >= 0 else "(no sample)"
-
     def _check(self, row: int) -> int:
         index = int(self.file_index[row])
         if index < 0:
