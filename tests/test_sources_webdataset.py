@@ -70,6 +70,7 @@ def _by_key(cache, layer, to_key=lambda i: i):
     }
 
 
+@pytest.mark.slow
 def test_shards_give_the_folders_features_labels_and_splits_per_key(tmp_path):
     data = folder(tmp_path / "data")
     write_shards(data, tmp_path / "shards")
@@ -112,6 +113,7 @@ def test_the_digest_of_each_sample_is_that_of_its_image_bytes(tmp_path):
     assert all(len(d) == 16 for d in dataset.members.digests)
 
 
+@pytest.mark.slow
 def test_a_fourth_shard_added_later_computes_only_its_rows(tmp_path, rows_computed):
     data = tmp_path / "data"
     make_images(data / "train", n_per_class=8)
@@ -235,6 +237,7 @@ def _jpeg_shards(folder: Path, out: Path) -> str:
     return str(out / "0.tar")
 
 
+@pytest.mark.slow
 def test_the_fast_decode_of_tar_members_equals_that_of_the_files(tmp_path):
     folder = _jpeg_folder(tmp_path / "data")
     shards = _jpeg_shards(folder, tmp_path / "shards")
@@ -272,3 +275,18 @@ def test_shards_without_labels_say_which_field_was_read(tmp_path, capsys):
         f"featurecache: error: webdataset:{shards}: no sample has a label in the field 'txt'; "
         "name the field that holds them with --label-field FIELD.\n"
     )
+
+
+def test_a_batch_of_consecutive_members_is_one_read(tmp_path, monkeypatch):
+    from featurecache.sources import _members
+
+    make_images(tmp_path / "data" / "train", n_per_class=6)
+    write_shards(tmp_path / "data", tmp_path / "shards", per_shard=6)
+    dataset = load_dataset(str(tmp_path / "shards" / "*.tar"))
+    reads = []
+    original = _members.read_range
+    monkeypatch.setattr(_members, "read_range", lambda *a: reads.append(a[1:]) or original(*a))
+    batch = dataset.members.read_batch([7, 6, 8, 9, 2, 3])  # shard 1, then shard 0
+    assert len(reads) == 2  # one range per shard
+    assert batch == [dataset.members.read(r) for r in (7, 6, 8, 9, 2, 3)]
+    assert [content_digest(b) for b in batch] == list(dataset.members.digests[[7, 6, 8, 9, 2, 3]])

@@ -7,10 +7,9 @@ holding ``*``, ``?`` or ``[`` is a glob whose matches are sorted. A URL (``s3://
 credentials come from the standard environment (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``...).
 
-Reads are by byte range, per process: a local file through ``os.pread`` (no shared file
-offset, so processes forked with open files cannot disturb each other), a URL through an
-fsspec file with a read-ahead buffer, so the consecutive members of a batch cost one
-request.
+Reads are by byte range: a local file through ``os.pread`` on a descriptor each process
+keeps (no shared file offset, so forked processes cannot disturb each other), a URL through
+one ranged request. A batch of consecutive tar members is one range.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 #: Files each process keeps open for reading (the shards its batches come from).
 OPEN_FILES = 8
-#: Read-ahead of a file opened through fsspec: one request serves many members.
+#: Read-ahead of a URL read front to back (a scan).
 BLOCK_SIZE = 8 << 20
 
 
@@ -174,35 +173,23 @@ def open_binary(name: str):
 
 
 class _OpenFiles:
-    """The files this process reads from, most recent last; reset in a forked child."""
+    """The local files this process reads from (descriptors), most recent last; reset in a
+    forked child, whose inherited descriptors are its parent's to close."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.files: OrderedDict[str, object] = OrderedDict()
+        self.files: OrderedDict[str, int] = OrderedDict()
 
-    def get(self, name: str):
-        if self.pid != os.getpid():  # a forked loader process: the parent's handles are not ours
+    def get(self, name: str) -> int:
+        if self.pid != os.getpid():
             self.pid, self.files = os.getpid(), OrderedDict()
         if name in self.files:
             self.files.move_to_end(name)
             return self.files[name]
         if len(self.files) >= OPEN_FILES:
-            _, oldest = self.files.popitem(last=False)
-            _close(oldest)
-        handle = (
-            os.open(os.path.expanduser(name), os.O_RDONLY)
-            if not is_url(name)
-            else open_binary(name)
-        )
-        self.files[name] = handle
-        return handle
-
-
-def _close(handle) -> None:
-    if isinstance(handle, int):
-        os.close(handle)
-    else:
-        handle.close()
+            os.close(self.files.popitem(last=False)[1])
+        self.files[name] = os.open(os.path.expanduser(name), os.O_RDONLY)
+        return self.files[name]
 
 
 _OPEN = _OpenFiles()
@@ -218,12 +205,11 @@ def read_range(name: str, offset: int, size: int) -> bytes:
         listed); the reason in one line.
     """
     try:
-        handle = _OPEN.get(name)
-        if isinstance(handle, int):
-            data = os.pread(handle, size, offset)
+        if is_url(name):  # one ranged request (a GET with a Range header on object storage)
+            fs, path = filesystem(name)
+            data = fs.cat_file(path, start=offset, end=offset + size)
         else:
-            handle.seek(offset)
-            data = handle.read(size)
+            data = os.pread(_OPEN.get(name), size, offset)
     except InvalidArgumentError:
         raise
     except Exception as error:

@@ -55,6 +55,10 @@ class SampleBytes:
         """The encoded image of ``row``."""
         raise NotImplementedError
 
+    def read_batch(self, rows) -> list[bytes]:
+        """The encoded images of ``rows`` (a batch), in order."""
+        return [self.read(row) for row in rows]
+
     def _check(self, row: int) -> int:
         index = int(self.file_index[row])
         if index < 0:
@@ -89,6 +93,23 @@ class TarMembers(SampleBytes):
         shard = self.files[self._check(row)]
         return read_range(shard, int(self.offsets[row]), int(self.sizes[row]))
 
+    def read_batch(self, rows) -> list[bytes]:
+        """One read per run of rows that lie close together in one shard (a batch of
+        consecutive members is one run), sliced into the images."""
+        rows = [int(r) for r in rows]
+        found: dict[int, bytes] = {}
+        for run in _runs(rows, self.file_index, self.offsets, self.sizes):
+            first, last = run[0], run[-1]
+            start = int(self.offsets[first])
+            data = read_range(
+                self.files[self._check(first)], start,
+                int(self.offsets[last] + self.sizes[last]) - start,
+            )  # fmt: skip
+            for row in run:
+                at = int(self.offsets[row]) - start
+                found[row] = data[at : at + int(self.sizes[row])]
+        return [found[row] for row in rows]
+
 
 @dataclass(frozen=True, eq=False)
 class ParquetCells(SampleBytes):
@@ -110,6 +131,29 @@ class ParquetCells(SampleBytes):
         if data is None:
             raise InvalidArgumentError("file is empty (0 bytes)")
         return data
+
+
+#: Members at most this far apart are read in one range (tar headers and small fields such
+#: as labels lie between images).
+GAP = 64 << 10
+
+
+def _runs(rows: list[int], files, offsets, sizes) -> list[list[int]]:
+    """``rows`` grouped into runs within one shard, by offset, with small gaps between."""
+    runs: list[list[int]] = []
+    for row in sorted(rows, key=lambda r: (int(files[r]), int(offsets[r]))):
+        if int(files[row]) < 0:
+            raise InvalidArgumentError("no such sample: it is no longer in the data")
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and files[row] == files[last]
+            and 0 <= offsets[row] - (offsets[last] + sizes[last]) <= GAP
+        ):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
 
 
 class _LastGroup:
