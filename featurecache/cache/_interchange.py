@@ -103,13 +103,13 @@ def export_embeddings(
     out = _check_out(out)
     dtype = np.dtype(entry.dtype)
     step = rows_per_part or max(1, PART_BYTES // max(1, entry.n_features * 4))
-    n_parts = max(1, -(-entry.n_ok // step))
-    width = max(4, len(str(n_parts - 1)))
+    most = max(1, -(-entry.n_ok // step))  # parts at most: a reader may leave out more rows
+    width = max(4, len(str(most - 1)))
     provenance = _provenance(reader, entry, cache)
     pq = _pyarrow()
     with _staging(out) as stage:
         written = 0
-        for part, (X, rows) in enumerate(_parts(reader, model, layer, step)):
+        for part, (X, rows) in enumerate(_parts(reader, model, layer, step, entry.n_features)):
             name = f"{part:0{width}d}"
             table = _metadata(reader, rows, provenance)
             if format == "npy":
@@ -119,12 +119,17 @@ def export_embeddings(
                 table = _with_embedding(table, X.astype(dtype, copy=False))
                 pq.write_table(table, stage / "img_emb" / f"img_emb_{name}.parquet")
             written += len(rows)
-    return ExportResult(out, written, entry.n_features, n_parts)
+    return ExportResult(out, written, entry.n_features, part + 1)
 
 
-def _parts(reader, model: str, layer: str, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The usable rows in order, ``step`` at a time (never more than two parts in memory)."""
-    pending_X, pending_rows, held = [], [], 0
+def _parts(
+    reader, model: str, layer: str, step: int, n_features: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The usable rows in order, ``step`` at a time (at most two parts in memory); one empty
+    part when there are none."""
+    pending_X = [np.zeros((0, n_features), np.float32)]
+    pending_rows = [np.zeros(0, np.int64)]
+    held, yielded = 0, False
     window = np.zeros(reader.n_samples, dtype=bool)
     for start in range(0, reader.n_samples, step):
         window[:] = False
@@ -136,10 +141,10 @@ def _parts(reader, model: str, layer: str, step: int) -> Iterator[tuple[np.ndarr
         while held >= step:
             X, rows = np.concatenate(pending_X), np.concatenate(pending_rows)
             yield X[:step], rows[:step]
+            yielded = True
             pending_X, pending_rows, held = [X[step:]], [rows[step:]], len(rows) - step
-    if held or not reader.n_samples:
-        yield (np.concatenate(pending_X) if pending_X else np.zeros((0, 0), np.float32),
-               np.concatenate(pending_rows) if pending_rows else np.zeros(0, np.int64))  # fmt: skip
+    if held or not yielded:
+        yield np.concatenate(pending_X), np.concatenate(pending_rows)
 
 
 def _provenance(reader, entry, cache) -> dict:
