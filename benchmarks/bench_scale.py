@@ -234,6 +234,9 @@ def run(folder: Path, shards: str, args) -> dict:
         f"(f) bare forward, {args.cores} threads": lambda: time_forward(
             model, batches, COMPUTE_DTYPES[dtype], args.cores
         ),
+        f"bare forward, {forward_threads} threads": lambda: time_forward(
+            model, batches, COMPUTE_DTYPES[dtype], forward_threads
+        ),
     }
     if args.only:
         methods = {k: v for k, v in methods.items() if any(o in k for o in args.only)}
@@ -246,6 +249,7 @@ def run(folder: Path, shards: str, args) -> dict:
             took, timeline = fn()
             seconds[name].append(took)
             stages[name].append(timeline)
+            print(f"{name}: {took:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
     return {
         "seconds": seconds,
         "stages": stages,
