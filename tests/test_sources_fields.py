@@ -55,7 +55,10 @@ def test_a_bad_field_spec_is_refused_with_the_template():
     with pytest.raises(ParameterError, match=r"The 'label_field' parameter of WebDataset must be "
                        r"FIELD or FIELD:KEY, e\.g\. 'cls' or 'json:label'\. Got 'a:b:c' instead"):  # fmt: skip
         parse_field("a:b:c", "label_field", "WebDataset")
-    assert parse_field("JSON:Label", "label_field", "WebDataset") == FieldSpec("json", "Label")
+    assert parse_field("JSON:Label", "label_field", "WebDataset", True) == FieldSpec(
+        "json", "Label"
+    )
+    assert parse_field("Label", "label_field", "ParquetImages") == FieldSpec("Label")
 
 
 def test_labels_index_the_class_list_or_name_their_classes():

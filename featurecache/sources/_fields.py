@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurecache._validation import ParameterError
 from featurecache.exceptions import InvalidArgumentError, suggest
 
 __all__ = ["FieldSpec", "parse_field", "label_indices"]
@@ -48,17 +49,16 @@ class FieldSpec:
         return text or None
 
 
-def parse_field(spec: str, parameter: str, owner: str) -> FieldSpec:
-    """``FIELD`` or ``FIELD:KEY`` as a :class:`FieldSpec`."""
-    from featurecache._validation import ParameterError
-
+def parse_field(spec: str, parameter: str, owner: str, lower: bool = False) -> FieldSpec:
+    """``FIELD`` or ``FIELD:KEY`` as a :class:`FieldSpec`; ``lower`` lower-cases the field (tar
+    member extensions, which webdataset lower-cases)."""
     if not isinstance(spec, str) or not spec.strip(":").strip() or spec.count(":") > 1:
         raise ParameterError(
             parameter, owner, "FIELD or FIELD:KEY, e.g. 'cls' or 'json:label'", spec
         )
     field_name, _, key = spec.partition(":")
-    return FieldSpec(field_name.strip().lower() if owner == "WebDataset" else field_name.strip(),
-                     key.strip())  # fmt: skip
+    field_name = field_name.strip()
+    return FieldSpec(field_name.lower() if lower else field_name, key.strip())
 
 
 def label_indices(

@@ -80,6 +80,8 @@ class Source:
     kind: ClassVar[str] = ""
     extension: ClassVar[str] = ""
     default_label: ClassVar[str] = ""
+    #: Field names compare lower-cased (tar member extensions) or as they are (columns).
+    lower_fields: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -102,16 +104,15 @@ class Source:
 
     @property
     def label_spec(self) -> FieldSpec:
-        return parse_field(
-            self.label_field or self.default_label, "label_field", type(self).__name__
-        )
+        spec = self.label_field or self.default_label
+        return parse_field(spec, "label_field", type(self).__name__, self.lower_fields)
 
     @property
     def split_spec(self) -> FieldSpec | None:
         """The field holding each sample's split, or None (per-shard patterns or no split)."""
         if self.split_from is None or isinstance(self.split_from, Mapping):
             return None
-        return parse_field(self.split_from, "split_from", type(self).__name__)
+        return parse_field(self.split_from, "split_from", type(self).__name__, self.lower_fields)
 
     def files(self) -> list[str]:
         """The data's files in order (local ones as absolute paths)."""

@@ -52,6 +52,7 @@ class WebDataset(Source):
     kind: ClassVar[str] = "webdataset"
     extension: ClassVar[str] = ".tar"
     default_label: ClassVar[str] = "cls"
+    lower_fields: ClassVar[bool] = True
 
     def scan(self) -> Scanned:
         files = self.files()
