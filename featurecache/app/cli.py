@@ -562,6 +562,11 @@ def _add_run_options(parser, group) -> None:
     group.add_argument(
         "--engine", default="local", choices=("local", "ray"), help="where the shards run"
     )
+    group.add_argument(
+        "--forward-threads", type=int, default=None, metavar="N",
+        help="--engine local on the CPU: threads of the forward pass, leaving the other cores "
+        "to the loader processes (default: one per core)",
+    )  # fmt: skip
     ray = parser.add_argument_group("with --engine ray")
     ray.add_argument(
         "--address", default=None, help="Ray cluster address (default: a local Ray instance)"
@@ -703,7 +708,7 @@ def _engine(args):
     if args.engine == "local":
         from featurecache.engines._local import LocalEngine
 
-        return LocalEngine()
+        return LocalEngine(forward_threads=args.forward_threads)
     from featurecache.engines._ray import RayEngine
 
     return RayEngine(
