@@ -8,8 +8,8 @@ interleaved, ``--repeats`` runs of each after a warm-up:
   labels, the content digest of each image);
 - ``extract``: ``featurecache.extract`` from the folder and from the shards (everything
   included: set-up, decoding, forward, shard files, index), ``--workers`` loader processes;
-- ``extract, forward on cores - k threads``: the same from the folder with the forward's
-  torch threads set to ``cores - k`` (``--k``), the loader processes unchanged;
+- ``extract, forward on cores - k threads``: the same from the folder with
+  ``LocalEngine(forward_threads=cores - k)`` (``--k``), the loader processes unchanged;
 - the limit's two terms: (d) decode + preprocess of every image in one process on one
   thread, (f) the bare forward on preprocessed tensors with a thread per core.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from jpeg_folder import make_jpeg_folder
 
-from featurecache import RunOptions, extract, load_backbone, load_dataset
+from featurecache import LocalEngine, RunOptions, extract, load_backbone, load_dataset
 from featurecache.cache import Store
 from featurecache.engines._runner import (
     COMPUTE_DTYPES,
@@ -128,11 +128,9 @@ class Timeline:
 
 
 def time_extract(data, args, threads: int | None = None) -> tuple[float, dict]:
+    """One extraction, its forward on ``threads`` (``LocalEngine(forward_threads=)``)."""
     timeline = Timeline()
     restore = timeline.install()
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory() as cache:
             started = time.perf_counter()
@@ -141,10 +139,10 @@ def time_extract(data, args, threads: int | None = None) -> tuple[float, dict]:
                 image_size=args.image_size, dtype=args.dtype, split="none",
                 options=RunOptions(batch_size=args.batch_size, workers=args.workers,
                                    device="cpu"),
+                engine=LocalEngine(forward_threads=threads),
             )  # fmt: skip
             total = time.perf_counter() - started
     finally:
-        torch.set_num_threads(before)
         restore()
     return total, timeline.stages(total)
 
