@@ -70,7 +70,6 @@ def _by_key(cache, layer, to_key=lambda i: i):
     }
 
 
-@pytest.mark.slow
 def test_shards_give_the_folders_features_labels_and_splits_per_key(tmp_path):
     data = folder(tmp_path / "data")
     write_shards(data, tmp_path / "shards")
@@ -113,7 +112,6 @@ def test_the_digest_of_each_sample_is_that_of_its_image_bytes(tmp_path):
     assert all(len(d) == 16 for d in dataset.members.digests)
 
 
-@pytest.mark.slow
 def test_a_fourth_shard_added_later_computes_only_its_rows(tmp_path, rows_computed):
     data = tmp_path / "data"
     make_images(data / "train", n_per_class=8)
@@ -237,7 +235,6 @@ def _jpeg_shards(folder: Path, out: Path) -> str:
     return str(out / "0.tar")
 
 
-@pytest.mark.slow
 def test_the_fast_decode_of_tar_members_equals_that_of_the_files(tmp_path):
     folder = _jpeg_folder(tmp_path / "data")
     shards = _jpeg_shards(folder, tmp_path / "shards")
