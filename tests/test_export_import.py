@@ -17,6 +17,7 @@ from _workers import make_images, one_torch_thread, run_options
 
 import pipelines
 from featurecache import extract, open_cache
+from featurecache._validation import ParameterError
 from featurecache.app.cli import main
 from featurecache.cache import export_embeddings, import_embeddings
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError
@@ -159,3 +160,52 @@ def test_bad_export_arguments_fail_in_one_line(cache, tmp_path, capsys):
         f"featurecache: error: {str(tmp_path / 'full')!r} holds no embeddings; expected "
         "img_emb/*.npy with metadata/*.parquet, or img_emb/*.parquet with an embedding column.\n"
     )
+
+
+def _elsewhere(folder: Path) -> np.ndarray:
+    """Embeddings as clip-retrieval writes them: no provenance, ``image_path`` as the id."""
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    X = np.random.default_rng(0).normal(size=(12, 6)).astype(np.float32)
+    for part, rows in enumerate((range(0, 7), range(7, 12))):
+        np.save(folder / "img_emb" / f"img_emb_{part}.npy", X[list(rows)])
+        pd.DataFrame({
+            "image_path": [f"img/{i:03d}.jpg" for i in rows],
+            "label": ["cat" if i % 2 else "dog" for i in rows],
+            "split": ["test" if i >= 9 else "train" for i in rows],
+        }).to_parquet(folder / "metadata" / f"metadata_{part}.parquet")  # fmt: skip
+    return X
+
+
+def test_embeddings_from_elsewhere_need_a_declared_config(tmp_path):
+    from featurecache.cache import FeatureConfig
+
+    X = _elsewhere(tmp_path / "emb")
+    with pytest.raises(ParameterError, match=r"^The 'config' parameter of import_embeddings must "
+                       r"be the FeatureConfig of embeddings that do not record one\. Got None "
+                       r"instead\. Declare what computed them"):  # fmt: skip
+        import_embeddings(tmp_path / "emb", tmp_path / "c.h5")
+    assert not (tmp_path / "c.h5").exists()
+    config = FeatureConfig(
+        backbone="open_clip:ViT-B-32/openai", weights_sha256="0" * 64,
+        preprocessing={"crop_size": 224}, pooling="cls", dtype="float32",
+        compute_dtype="float16",
+    )  # fmt: skip
+    import_embeddings(tmp_path / "emb", tmp_path / "c.h5", config=config, model="clip")
+    cache = open_cache(tmp_path / "c.h5")
+    got, y, ids = cache.load("clip", "embedding")
+    assert got.tobytes() == X.tobytes() and ids.tolist()[:2] == ["img/000.jpg", "img/001.jpg"]
+    assert cache.class_names == ["cat", "dog"] and y.tolist()[:2] == [1, 0]
+    assert cache.splits.tolist().count("test") == 3
+    assert cache.entry("clip", "embedding").provenance["backbone"] == "open_clip:ViT-B-32/openai"
+
+
+def test_a_float16_layer_exports_in_float16(tmp_path):
+    data = make_images(tmp_path / "data", n_per_class=3)
+    with one_torch_thread():
+        extract(data, tmp_path / "h.h5", **{**ARGS, "layers": ["embedding"]},
+                store_dtype="float16", options=run_options())  # fmt: skip
+    export_embeddings(tmp_path / "h.h5", "resnet18", "embedding", tmp_path / "out")
+    saved = np.load(tmp_path / "out" / "img_emb" / "img_emb_0000.npy")
+    X, _ = open_cache(tmp_path / "h.h5").load_rows("resnet18", "embedding")
+    assert saved.dtype == np.float16 and np.array_equal(saved.astype(np.float32), X)
