@@ -1024,7 +1024,7 @@ def _add_export(sub) -> None:
         "the provenance in the parquet metadata), the layout embedding-reader and autofaiss "
         "read; in bounded memory, one part at a time (docs/data-at-scale.md).",
     )  # fmt: skip
-    parser.add_argument("cache", help="the cache index (.h5)")
+    parser.add_argument("cache", metavar="CACHE", help="the cache index (.h5)")
     parser.add_argument("--model", required=True, help="model name in the cache (required)")
     parser.add_argument("--layer", required=True, help="layer name (required)")
     parser.add_argument(
