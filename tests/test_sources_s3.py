@@ -129,3 +129,17 @@ def _authenticate(server: str, after: bytes) -> None:
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def test_a_shard_index_keeps_scans_of_objects_by_their_etag(bucket, tmp_path, monkeypatch):
+    import tarfile
+
+    from featurecache.sources import WebDataset
+
+    url, _ = bucket
+    source = WebDataset(f"{url}/shards/*.tar", index_dir=tmp_path / "index")
+    first = load_dataset(source)
+    opened = []
+    original = tarfile.open
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: opened.append(1) or original(*a, **k))
+    assert load_dataset(source).ids.tolist() == first.ids.tolist() and opened == []

@@ -287,3 +287,35 @@ def test_a_batch_of_consecutive_members_is_one_read(tmp_path, monkeypatch):
     assert len(reads) == 2  # one range per shard
     assert batch == [dataset.members.read(r) for r in (7, 6, 8, 9, 2, 3)]
     assert [content_digest(b) for b in batch] == list(dataset.members.digests[[7, 6, 8, 9, 2, 3]])
+
+
+def test_a_shard_index_spares_the_scan_of_unchanged_shards(tmp_path, monkeypatch):
+    make_images(tmp_path / "data" / "train", n_per_class=6)
+    shards = write_shards(tmp_path / "data", tmp_path / "shards", per_shard=4)
+    source = WebDataset(str(tmp_path / "shards" / "*.tar"), index_dir=tmp_path / "index")
+    first = load_dataset(source)
+    assert len(list((tmp_path / "index").glob("*.json"))) == 3
+    opened = []
+    original = tarfile.open
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: opened.append(1) or original(*a, **k))
+    again = load_dataset(source)
+    assert opened == []  # every shard came from the index
+    assert (
+        again.ids.tolist() == first.ids.tolist() and again.labels.tolist() == first.labels.tolist()
+    )
+    assert list(again.members.digests) == list(first.members.digests)
+    assert again.members.read_batch([0, 1]) == first.members.read_batch([0, 1])
+    stat = shards[1].stat()
+    os.utime(shards[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: scanned again
+    assert load_dataset(source).ids.tolist() == first.ids.tolist() and len(opened) == 1
+
+
+def test_source_flags_on_a_folder_are_refused_naming_them(tmp_path, capsys):
+    data = make_images(tmp_path / "data", n_per_class=2)
+    argv = ["extract", str(data), "--cache", str(tmp_path / "c.h5"), "--shard-index", "x"]
+    assert main([*argv, "--classes", "a,b"]) == 2
+    assert capsys.readouterr().err == (
+        "featurecache: error: --classes, --shard-index describe .tar shards or .parquet files; "
+        f"DATA {str(data)!r} is neither: leave them out, or name shards (e.g. "
+        "'train-{000000..000009}.tar').\n"
+    )

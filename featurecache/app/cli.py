@@ -462,6 +462,12 @@ def _add_source_options(group) -> None:
         "--id-column", default=None, metavar="COLUMN",
         help="parquet: the column of sample ids (default: key)",
     )  # fmt: skip
+    group.add_argument(
+        "--shard-index", default=None, metavar="DIR", dest="index_dir",
+        help="tar: keep each shard's scan in DIR and reuse it while the shard's size and time "
+        "stamp are unchanged, so a run reads only new shards before its first batch "
+        "(default: scan every shard)",
+    )  # fmt: skip
 
 
 def _data_argument(args):
@@ -473,13 +479,20 @@ def _data_argument(args):
 
     given = {
         name: getattr(args, name)
-        for name in ("label_field", "classes", "split_from", "image_field", "id_column")
+        for name in (
+            "label_field",
+            "classes",
+            "split_from",
+            "image_field",
+            "id_column",
+            "index_dir",
+        )  # fmt: skip
         if getattr(args, name, None) is not None
     }
     source = source_for(args.data)
     if source is None:
         if given:
-            shown = ", ".join("--" + name.replace("_", "-") for name in given)
+            shown = ", ".join(args.flags.get(name, name) for name in given)
             raise InvalidArgumentError(
                 f"{shown} describe .tar shards or .parquet files; DATA {args.data!r} is neither: "
                 "leave them out, or name shards (e.g. 'train-{000000..000009}.tar')."
@@ -491,6 +504,11 @@ def _data_argument(args):
         given["split_from"] = _split_from(given["split_from"])
     if "image_field" in given and isinstance(source, ParquetImages):
         given["image_column"] = given.pop("image_field")
+    if "index_dir" in given and isinstance(source, ParquetImages):
+        raise InvalidArgumentError(
+            f"--shard-index keeps scans of tar shards; DATA {args.data!r} is parquet files: "
+            "leave it out."
+        )
     if "id_column" in given and not isinstance(source, ParquetImages):
         raise InvalidArgumentError(
             f"--id-column names a parquet column; DATA {args.data!r} is tar shards, whose "

@@ -15,6 +15,8 @@ byte range.
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ import numpy as np
 
 from featurecache.exceptions import InvalidArgumentError
 from featurecache.sources._files import is_url, open_binary, source_error
+from featurecache.sources._index import ShardIndex
 from featurecache.sources._members import TarMembers, content_digest
 from featurecache.sources._source import Scanned, Source, register
 
@@ -45,9 +48,13 @@ class WebDataset(Source):
 
     ``image_field`` picks the member holding the image (default: the first of
     :data:`IMAGE_FIELDS` the sample has). ``label_field`` defaults to ``cls``.
+    ``index_dir`` keeps each shard's scan there and reuses it while the shard's size and
+    time stamp (or ETag) are unchanged (:mod:`featurecache.sources._index`): a run then
+    reads only new or changed shards before its first batch.
     """
 
     image_field: str | None = None
+    index_dir: str | os.PathLike | None = None
 
     kind: ClassVar[str] = "webdataset"
     extension: ClassVar[str] = ".tar"
@@ -102,6 +109,18 @@ class WebDataset(Source):
     def _scan_shard(self, name: str) -> dict[str, dict]:
         """``{key: fields}`` of one shard, in member order: ``image`` is ``(offset, size,
         digest)``; ``label`` and ``split`` the text of those fields."""
+        if self.index_dir is None:
+            return self._read_shard(name)
+        index = ShardIndex(self.index_dir)
+        what = json.dumps([str(self.label_spec), str(self.split_spec), self.image_field])
+        samples = index.load(name, what)
+        if samples is None:
+            samples = self._read_shard(name)
+            index.save(name, what, samples)
+        return samples
+
+    def _read_shard(self, name: str) -> dict[str, dict]:
+        """The scan of one shard, front to back."""
         wanted: dict[str, list] = {}
         for what, spec in (("label", self.label_spec), ("split", self.split_spec)):
             if spec is not None:
