@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._validation import ParameterError
+from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import samples_digest
 from featurecache.cache._format import SPLITS
 from featurecache.cache._samples import STATE_LIVE, SplitSpec, check_aligned
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from featurecache.sources import SampleBytes, Source, source_for
 
 __all__ = [
     "Dataset",
@@ -53,6 +54,7 @@ SKIPPED_KINDS = {
     "not_image": "files that are not images",
     "empty_class": "class folders without images",
     "wrong_level": "images outside a class folder",
+    "no_image": "samples without an image",
 }
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -68,8 +70,10 @@ FASHION_MNIST_DIRS = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist")
 class Dataset:
     """A labelled image dataset.
 
-    Exactly one of ``paths`` (absolute file paths) and ``arrays`` (uint8 images,
-    shape ``(n_samples, H, W)`` or ``(n_samples, H, W, C)``) is set.
+    Exactly one of ``paths`` (absolute file paths), ``arrays`` (uint8 images,
+    shape ``(n_samples, H, W)`` or ``(n_samples, H, W, C)``) and ``members`` (encoded
+    images inside shard files, with their content digests:
+    :class:`featurecache.sources.SampleBytes`) is set.
     """
 
     source: str
@@ -87,6 +91,7 @@ class Dataset:
     #: ``(n_samples, 16)`` content digests each file must still have when it is decoded
     #: (set by :meth:`aligned_to` from the cache's table); ``None``: not checked.
     digests: np.ndarray | None = field(default=None, repr=False)
+    members: SampleBytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_aligned(self.ids, self.labels, self.splits)
@@ -125,9 +130,11 @@ class Dataset:
         where = {sample_id: i for i, sample_id in enumerate(self.ids.tolist())}
         index = np.array([where.get(i, -1) for i in table.ids.tolist()], dtype=np.int64)
         present = (index >= 0) & (table.state_codes == STATE_LIVE)
-        paths = arrays = None
+        paths = arrays = members = None
         if self.paths is not None:
             paths = np.where(present, self.paths[np.maximum(index, 0)], "").astype(object)
+        elif self.members is not None:
+            members = self.members.take(np.where(present, index, -1))
         else:
             arrays = self.arrays[np.maximum(index, 0)]
             arrays[~present] = 0
@@ -143,6 +150,7 @@ class Dataset:
             split_spec=self.split_spec,
             aligned=True,
             digests=getattr(table, "digests", None),
+            members=members,
         )
 
     def load_image(self, index: int):
@@ -154,6 +162,10 @@ class Dataset:
         if self.arrays is not None:
             image = torch.from_numpy(np.ascontiguousarray(self.arrays[index]))
             return image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+        if self.members is not None:
+            from featurecache.models._preprocess import load_image_bytes
+
+            return load_image_bytes(self.members.read(index))
         return load_image(self.paths[index], expected=self.expected_digest(index))
 
     def expected_digest(self, index: int) -> bytes | None:
@@ -194,7 +206,7 @@ def list_builtins() -> list[str]:
 
 
 def load_dataset(
-    data: str | os.PathLike | Dataset,
+    data: str | os.PathLike | Dataset | Source,
     split: str | None = None,
     seed: int = 0,
     *,
@@ -204,9 +216,13 @@ def load_dataset(
 
     Parameters
     ----------
-    data : str, path or Dataset
+    data : str, path, Dataset or Source
         A folder of class sub-folders (optionally under ``train/``, ``val/``, ``test/``),
-        a CSV manifest with columns ``path,label[,split]``, or ``builtin:NAME``.
+        a CSV manifest with columns ``path,label[,split]``, ``builtin:NAME``, webdataset
+        tar shards or parquet files (a file, brace pattern or glob ending in ``.tar`` or
+        ``.parquet``, local or an fsspec URL; a :class:`featurecache.sources.WebDataset` or
+        :class:`featurecache.sources.ParquetImages` for labels, classes and splits other
+        than the defaults: ``docs/data-at-scale.md``).
     split : str, optional
         ``random:FRACTION`` assigns a seeded, stratified test split of that fraction to
         datasets that have none; ``none`` keeps every sample unsplit. Data with its own
@@ -232,9 +248,14 @@ def load_dataset(
     return _apply_split(dataset, split, seed, resplit)
 
 
-def _load(data: str | os.PathLike, split: str | None, seed: int) -> Dataset:
+def _load(data: str | os.PathLike | Source, split: str | None, seed: int) -> Dataset:
     """The dataset with its own splits (``""`` where it has none)."""
+    if isinstance(data, Source):
+        return _from_source(data)
     text = str(data)
+    source = source_for(text)
+    if source is not None:
+        return _from_source(source)
     if text.startswith("builtin:"):
         name = text.split(":", 1)[1]
         if name not in _BUILTINS:
@@ -256,6 +277,42 @@ def _load(data: str | os.PathLike, split: str | None, seed: int) -> Dataset:
     raise InvalidArgumentError(
         f"DATA must be a folder of class sub-folders, a CSV manifest (.csv) or builtin:NAME; "
         f"got the file {text!r}."
+    )
+
+
+def _from_source(source: Source) -> Dataset:
+    """The dataset of a sharded source: its table scanned, its splits checked."""
+    scanned = source.scan()
+    if not len(scanned.ids):
+        raise InvalidArgumentError(
+            f"DATA {source.data!r} holds no images; expected samples with an image field "
+            "(jpg, png, webp...) in each shard."
+        )
+    values = [str(v).strip() for v in scanned.splits.tolist()]
+    bad = sorted({v for v in values if v and v.lower() not in SPLIT_NAMES})
+    if bad:
+        raise InvalidArgumentError(
+            f"{scanned.source}: split must be one of train, val, test or empty "
+            f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case); "
+            f"got {', '.join(map(repr, bad[:5]))}."
+        )
+    if not (scanned.labels >= 0).any():
+        raise AdviceError(
+            AdviceError.literal(
+                f"{scanned.source}: no sample has a label in the field {str(source.label_spec)!r}; "
+            )
+            + "name the field that holds them with {flag}.",
+            flag=("label_field", "FIELD"),
+        )
+    _check_classes(scanned.class_names, scanned.source)
+    return Dataset(
+        scanned.source,
+        ids=scanned.ids,
+        labels=scanned.labels,
+        splits=np.array([SPLIT_NAMES[v.lower()] if v else "" for v in values], dtype=object),
+        class_names=scanned.class_names,
+        skipped=scanned.skipped,
+        members=scanned.members,
     )
 
 

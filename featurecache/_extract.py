@@ -317,7 +317,7 @@ def prepare(
     pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
     previous = store.read_config(model_name) if store.has_samples() else None
     decode_mode = resolve_decode(
-        decode, session.device, previous, files=dataset.paths is not None,
+        decode, session.device, previous, files=dataset.arrays is None,
         backend=backbone.preprocess.backend,
     )  # fmt: skip
     if view_sets is not None and decode_mode == "gpu":

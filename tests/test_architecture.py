@@ -36,6 +36,7 @@ STAGE1 = (
     "featurecache.engines",
     "featurecache._extract",
     "featurecache._data",
+    "featurecache.sources",
 )
 STAGE2 = ("pipelines",)
 APP = ("featurecache.app", "featurecache.__main__")

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     _add_predict(sub)
     _add_demo(sub)
+    _add_export(sub)
+    _add_import(sub)
     for name in ("layers", "extract", "predict", "demo"):
         sub.choices[name].add_argument(
             "--offline",
@@ -333,7 +335,8 @@ def _add_extract(sub) -> None:
     parser.add_argument(
         "data",
         help="folder of class sub-folders (optionally under train/, val/, test/), "
-        "CSV manifest (path,label[,split]) or builtin:NAME",
+        "CSV manifest (path,label[,split]), builtin:NAME, or webdataset .tar shards or "
+        ".parquet files (a file, brace pattern or glob; local or s3://, gs://, https://)",
     )
     parser.add_argument(
         "--cache", required=True,
@@ -343,12 +346,18 @@ def _add_extract(sub) -> None:
         "the model and its features (all but --name and --prompts make the cache key)"
     ))  # fmt: skip
     _add_sample_options(parser.add_argument_group("the samples"))
+    _add_source_options(parser.add_argument_group(
+        "tar shards and parquet files (docs/data-at-scale.md)"
+    ))  # fmt: skip
     _add_view_options(parser.add_argument_group("augmented and test-time views (docs/views.md)"))
     _add_run_options(parser, parser.add_argument_group(
         "how it runs (RunOptions and the engine: never the stored numbers)"
     ))  # fmt: skip
     # RayEngine's 'workers' is --ray-workers; RunOptions' is --workers.
-    parser.set_defaults(func=_run_extract, owner_flags={"RayEngine.workers": "--ray-workers"})
+    parser.set_defaults(
+        func=_run_extract,
+        owner_flags={"RayEngine.workers": "--ray-workers", "image_column": "--image-field"},
+    )
 
 
 def _add_feature_options(group) -> None:
@@ -438,6 +447,112 @@ def _add_sample_options(group) -> None:
     )  # fmt: skip
 
 
+def _add_source_options(group) -> None:
+    """Where tar shards and parquet files keep each sample's image, id, label and split."""
+    group.add_argument(
+        "--label-field", default=None, metavar="FIELD[:KEY]",
+        help="the field holding each label: a member extension of tar shards (default: cls) "
+        "or a parquet column (default: label); FIELD:KEY reads KEY of a JSON field, e.g. "
+        "json:label. Integer labels index --classes, text labels name them",
+    )  # fmt: skip
+    group.add_argument(
+        "--classes", default=None, metavar="FILE|A,B,...",
+        help="class names in index order: a file of one name per line, or a comma-separated "
+        "list (default: 0, 1, ... for integer labels, the sorted names for text labels)",
+    )  # fmt: skip
+    group.add_argument(
+        "--split-from", action="append", default=None, metavar="FIELD[:KEY]|SPLIT=PATTERN",
+        help="each sample's split: a field (e.g. json:split), or, repeated, the shards of each "
+        "split (e.g. --split-from 'train=train-*.tar' --split-from "
+        "'test=test-*.tar') (default: no split)",
+    )  # fmt: skip
+    group.add_argument(
+        "--image-field", default=None, metavar="FIELD",
+        help="the member extension (tar) or column (parquet) holding the image (default: the "
+        "first of jpg, jpeg, png, webp... in a tar sample; the column jpg in parquet)",
+    )  # fmt: skip
+    group.add_argument(
+        "--id-column", default=None, metavar="COLUMN",
+        help="parquet: the column of sample ids (default: key)",
+    )  # fmt: skip
+    group.add_argument(
+        "--shard-index", default=None, metavar="DIR", dest="index_dir",
+        help="tar: keep each shard's scan in DIR and reuse it while the shard's size and time "
+        "stamp are unchanged, so a run reads only new shards before its first batch "
+        "(default: scan every shard)",
+    )  # fmt: skip
+
+
+def _data_argument(args):
+    """DATA as typed, or the tar shards or parquet files its source flags describe."""
+    import dataclasses
+
+    from featurecache.exceptions import InvalidArgumentError
+    from featurecache.sources import ParquetImages, source_for
+
+    given = {
+        name: getattr(args, name)
+        for name in (
+            "label_field",
+            "classes",
+            "split_from",
+            "image_field",
+            "id_column",
+            "index_dir",
+        )  # fmt: skip
+        if getattr(args, name, None) is not None
+    }
+    source = source_for(args.data)
+    if source is None:
+        if given:
+            shown = ", ".join(args.flags.get(name, name) for name in given)
+            raise InvalidArgumentError(
+                f"{shown} describe .tar shards or .parquet files; DATA {args.data!r} is neither: "
+                "leave them out, or name shards (e.g. 'train-{000000..000009}.tar')."
+            )
+        return args.data
+    if "classes" in given:
+        given["classes"] = _class_list(given["classes"])
+    if "split_from" in given:
+        given["split_from"] = _split_from(given["split_from"])
+    if "image_field" in given and isinstance(source, ParquetImages):
+        given["image_column"] = given.pop("image_field")
+    if "index_dir" in given and isinstance(source, ParquetImages):
+        raise InvalidArgumentError(
+            f"--shard-index keeps scans of tar shards; DATA {args.data!r} is parquet files: "
+            "leave it out."
+        )
+    if "id_column" in given and not isinstance(source, ParquetImages):
+        raise InvalidArgumentError(
+            f"--id-column names a parquet column; DATA {args.data!r} is tar shards, whose "
+            "sample ids are their keys: leave it out."
+        )
+    return dataclasses.replace(source, **given)
+
+
+def _class_list(text: str) -> list[str]:
+    """Class names from a file of one per line, or from a comma-separated list."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _split_from(values: list[str]):
+    """One field spec, or ``{split: pattern}`` from repeated ``SPLIT=PATTERN``."""
+    from featurecache.exceptions import InvalidArgumentError
+
+    patterns = [v for v in values if "=" in v]
+    if not patterns and len(values) == 1:
+        return values[0]
+    if len(patterns) != len(values):
+        raise InvalidArgumentError(
+            f"--split-from takes one field (e.g. json:split) or SPLIT=PATTERN pairs; got "
+            f"{' '.join(map(repr, values))}: give either one field or only SPLIT=PATTERN pairs."
+        )
+    return dict(value.split("=", 1) for value in patterns)
+
+
 def _add_view_options(views) -> None:
     """Augmented and test-time views (docs/views.md)."""
     views.add_argument(
@@ -478,6 +593,11 @@ def _add_run_options(parser, group) -> None:
     group.add_argument(
         "--engine", default="local", choices=("local", "ray"), help="where the shards run"
     )
+    group.add_argument(
+        "--forward-threads", type=int, default=None, metavar="N",
+        help="--engine local on the CPU: threads of the forward pass, leaving the other cores "
+        "to the loader processes (default: one per core)",
+    )  # fmt: skip
     ray = parser.add_argument_group("with --engine ray")
     ray.add_argument(
         "--address", default=None, help="Ray cluster address (default: a local Ray instance)"
@@ -609,7 +729,9 @@ def _understood(args):
     entry), before any compute."""
     from featurecache._data import SKIPPED_KINDS, load_dataset
 
-    dataset = load_dataset(args.data, split=args.split, seed=args.seed, resplit=args.resplit)
+    dataset = load_dataset(
+        _data_argument(args), split=args.split, seed=args.seed, resplit=args.resplit
+    )
     print(f"data: {dataset.summary()}", flush=True)
     if args.verbose:
         for kind, entries in dataset.skipped.items():
@@ -648,7 +770,7 @@ def _engine(args):
     if args.engine == "local":
         from featurecache.engines._local import LocalEngine
 
-        return LocalEngine()
+        return LocalEngine(forward_threads=args.forward_threads)
     from featurecache.engines._ray import RayEngine
 
     return RayEngine(
@@ -988,3 +1110,91 @@ def _run_demo(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# -- export and import ------------------------------------------------------------------
+
+
+def _add_export(sub) -> None:
+    parser = add_command(
+        sub, "export",
+        help="write one layer's usable rows as embedding files (clip-retrieval's layout)",
+        description="Write the usable rows of one (model, layer) (computed, not removed) as "
+        "OUT/img_emb/img_emb_K.npy with OUT/metadata/metadata_K.parquet (id, label, split; "
+        "the provenance in the parquet metadata), the layout embedding-reader and autofaiss "
+        "read; in bounded memory, one part at a time (docs/data-at-scale.md).",
+    )  # fmt: skip
+    parser.add_argument("cache", metavar="CACHE", help="the cache index (.h5)")
+    parser.add_argument("--model", required=True, help="model name in the cache (required)")
+    parser.add_argument("--layer", required=True, help="layer name (required)")
+    parser.add_argument(
+        "--out", required=True, help="a new or empty folder, written whole or not at all"
+    )
+    parser.add_argument(
+        "--format", default="npy", choices=("npy", "parquet"),
+        help="npy: img_emb/*.npy with metadata/*.parquet; parquet: img_emb/*.parquet with an "
+        "embedding column beside the metadata",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rows-per-part", type=int, default=None,
+        help="rows per file (default: as many as fit in 256 MiB)",
+    )  # fmt: skip
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from featurecache.cache import export_embeddings
+
+    done = export_embeddings(
+        args.cache, args.model, args.layer, args.out, format=args.format,
+        rows_per_part=args.rows_per_part,
+    )  # fmt: skip
+    parts = f"{done.n_parts} part{'s' if done.n_parts != 1 else ''}"
+    print(
+        f"exported {done.n_rows} rows of {args.model}/{args.layer} ({done.n_features} features) "
+        f"in {parts} -> {done.out}"
+    )
+    return 0
+
+
+def _add_import(sub) -> None:
+    parser = add_command(
+        sub, "import", help="bring embeddings computed elsewhere into a new cache",
+        description="Read DIR (an export, or clip-retrieval's img_emb/*.npy with "
+        "metadata/*.parquet holding id or image_path, and optionally label and split) into a "
+        "new cache for fit, under the FeatureConfig the export records or --config declares.",
+    )  # fmt: skip
+    parser.add_argument("folder", metavar="DIR", help="the embeddings folder")
+    parser.add_argument("--cache", required=True, help="the new cache index (.h5) (required)")
+    parser.add_argument(
+        "--config", default=None, metavar="FILE",
+        help="JSON of the FeatureConfig that computed the embeddings (backbone, "
+        "weights_sha256, preprocessing, pooling, dtype, compute_dtype) (default: the export's)",
+    )  # fmt: skip
+    parser.add_argument("--model", default=None, help="model name (default: the export's)")
+    parser.add_argument("--layer", default=None, help="layer name (default: the export's)")
+    parser.add_argument("--shard-size", type=int, default=1024, help="rows per shard file")
+    parser.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    from featurecache.cache import FeatureConfig, import_embeddings, open_cache
+    from featurecache.exceptions import InvalidArgumentError
+
+    config = None
+    if args.config is not None:
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                config = FeatureConfig.from_dict(json.load(handle))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"--config {args.config!r} must be the JSON of a FeatureConfig ({error}); "
+                "write a config.json as a cache's model folder holds it."
+            ) from None
+    cache = import_embeddings(
+        args.folder, args.cache, config=config, model=args.model, layer=args.layer,
+        shard_size=args.shard_size,
+    )  # fmt: skip
+    entry = open_cache(cache).entries[0]
+    print(f"imported {entry.n_ok} rows of {entry.model}/{entry.layer} -> {cache}")
+    return 0

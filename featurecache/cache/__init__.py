@@ -21,6 +21,12 @@ from featurecache.cache._format import (
     samples_digest,
 )
 from featurecache.cache._identity import content_digest
+from featurecache.cache._interchange import (
+    EXPORT_FORMATS,
+    ExportResult,
+    export_embeddings,
+    import_embeddings,
+)
 from featurecache.cache._log import ShardMeta
 from featurecache.cache._reader import Cache, Entry, open_cache
 from featurecache.cache._samples import (
@@ -40,6 +46,8 @@ __all__ = [
     "Batch",
     "Cache",
     "Entry",
+    "EXPORT_FORMATS",
+    "ExportResult",
     "FeatureConfig",
     "FORMAT",
     "FORMAT_VERSION",
@@ -67,6 +75,8 @@ __all__ = [
     "content_digest",
     "create_once",
     "default_batch_rows",
+    "export_embeddings",
+    "import_embeddings",
     "locking_enabled",
     "open_cache",
     "read_classifiers",

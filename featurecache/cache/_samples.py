@@ -414,9 +414,12 @@ def _digests(dataset, rows) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros((len(rows), DIGEST_SIZE), np.uint8)
     paths, arrays = _paths(dataset), getattr(dataset, "arrays", None)
+    members = getattr(dataset, "members", None)  # tar shards, parquet: hashed when scanned
     for k, row in enumerate(rows.tolist()):
         if paths is not None:
             found = file_digest(paths[row])
+        elif members is not None:
+            found = members.digests[row] or NO_DIGEST
         elif arrays is not None:
             found = content_digest(arrays[row])
         else:

@@ -30,7 +30,13 @@ from featurecache.cache import (
 from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE
 from featurecache.exceptions import BatchError
 from featurecache.models._augment import ViewMaker
-from featurecache.models._decode import decode_jpegs, read_image, read_jpeg_bytes
+from featurecache.models._decode import (
+    decode_jpegs,
+    jpeg_tensor,
+    read_image,
+    read_image_bytes,
+    read_jpeg_bytes,
+)
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
     POOL_METHODS,
@@ -310,7 +316,7 @@ class ShardRunner:
         rows, images, ok, reasons, positions, encoded, extras = batch
         non_blocking = self.device.type == "cuda"
         x = None if images is None else images.to(self.device, non_blocking=non_blocking)
-        if self.gpu_decode and dataset.paths is not None:
+        if self.gpu_decode and dataset.arrays is None:
             self.fallbacks["not a JPEG the GPU decodes"] += len(rows) - len(positions)
         if len(positions):
             x = self._decode_on_device(rows, x, ok, reasons, positions, encoded, dataset)
@@ -561,17 +567,41 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getitems__(self, rows: list[int]) -> list:
+        """A batch (the loader asks for whole batches): images inside shards are read in one
+        range per run of consecutive members."""
+        members = self.dataset.members
+        encoded = [None] * len(rows)
+        if members is not None:
+            try:
+                encoded = members.read_batch(rows)
+            except Exception:  # each row is then read alone and fails with its own reason
+                logger.debug("batch read failed; reading its rows one by one", exc_info=True)
+        return [self._item(row, data) for row, data in zip(rows, encoded, strict=True)]
+
     def __getitem__(self, row: int):
-        paths = self.dataset.paths
-        if self.decode == "gpu" and paths is not None:
-            encoded = read_jpeg_bytes(paths[row])
+        return self._item(row, None)
+
+    def _item(self, row: int, data: bytes | None):
+        """One row, from its bytes when they were read with its batch."""
+        if self.decode == "gpu" and self.dataset.arrays is None:
+            encoded = self._encoded(row, data)
             if encoded is not None:
                 return row, None, "", encoded, ()
         try:
-            image = self._load(row)
+            image = self._load(row, data)
             return row, self.preprocess(image), "", None, self._extras(row, image)
         except Exception as error:  # any decoding failure is recorded, with its reason
             return row, None, _reason(error), None, ()
+
+    def _encoded(self, row: int, data: bytes | None) -> torch.Tensor | None:
+        """A JPEG's bytes for the GPU to decode, or ``None`` (the CPU decodes it)."""
+        if self.dataset.paths is not None:
+            return read_jpeg_bytes(self.dataset.paths[row])
+        try:
+            return jpeg_tensor(self.dataset.members.read(row) if data is None else data)
+        except Exception:  # the CPU path reports the reason
+            return None
 
     def _extras(self, row: int, image: torch.Tensor) -> list[tuple[int, int, torch.Tensor | None]]:
         """``(kind index, view, preprocessed view or None)`` of the row's extra views, from
@@ -590,7 +620,10 @@ class _Images(torch.utils.data.Dataset):
                 out.append((k, view, made))
         return out
 
-    def _load(self, row: int) -> torch.Tensor:
+    def _load(self, row: int, data: bytes | None = None) -> torch.Tensor:
+        if self.dataset.members is not None:  # exact, fast, and the GPU's fall-back (exact)
+            data = self.dataset.members.read(row) if data is None else data
+            return read_image_bytes(data, self.preprocess, self.decode)
         if self.decode == "fast" and self.dataset.paths is not None:
             expected = self.dataset.expected_digest(row)
             return read_image(self.dataset.paths[row], self.preprocess, self.decode, expected)

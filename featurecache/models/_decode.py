@@ -24,9 +24,9 @@ from functools import partial
 import torch
 
 from featurecache.models._jpeg import plain_jpeg
-from featurecache.models._preprocess import Preprocess, load_image
+from featurecache.models._preprocess import Preprocess, load_image, load_image_bytes
 
-__all__ = ["read_image", "read_jpeg_bytes", "decode_jpegs"]
+__all__ = ["read_image", "read_image_bytes", "read_jpeg_bytes", "jpeg_tensor", "decode_jpegs"]
 
 _DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
@@ -44,6 +44,13 @@ def read_image(
     return load_image(path, expected=expected)
 
 
+def read_image_bytes(data: bytes, preprocess: Preprocess, decode: str) -> torch.Tensor:
+    """Decode an image held in memory as :func:`read_image` decodes the same bytes in a file."""
+    if decode == "fast":
+        return load_image_bytes(data, reduce_to=partial(_draft_size, preprocess))
+    return load_image_bytes(data)
+
+
 def _draft_size(preprocess: Preprocess, width: int, height: int) -> tuple[int, int]:
     """The size the resize produces: the decode may shrink the image down to it, not below."""
     new_height, new_width = preprocess.resized_size(height, width)
@@ -57,6 +64,11 @@ def read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
             data = handle.read()
     except OSError:
         return None  # the CPU path reports the reason
+    return jpeg_tensor(data)
+
+
+def jpeg_tensor(data: bytes) -> torch.Tensor | None:
+    """Encoded bytes as a ``uint8`` tensor when the GPU can decode them, else ``None``."""
     if not plain_jpeg(data):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)

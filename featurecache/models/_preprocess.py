@@ -32,6 +32,7 @@ __all__ = [
     "Preprocess",
     "RESIZE_MODES",
     "load_image",
+    "load_image_bytes",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -343,6 +344,30 @@ def load_image(
     pixels = _plain_jpeg_pixels(source, reduce_to)
     if pixels is not None:
         return torch.from_numpy(pixels).permute(2, 0, 1)
+    return _pil_image(path, reduce_to)
+
+
+def load_image_bytes(
+    data: bytes, reduce_to: Callable[[int, int], tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """Decode an image held in memory (a tar member, a parquet cell) as :func:`load_image`
+    decodes the same bytes in a file: the same pixels, the same one-line reasons.
+
+    Raises
+    ------
+    InvalidArgumentError
+        On any failure, as :func:`load_image`.
+    """
+    if not data:
+        raise InvalidArgumentError("file is empty (0 bytes)")
+    pixels = decode_plain_jpeg(bytes(data), Image.MAX_IMAGE_PIXELS, reduce_to)
+    if pixels is not None:
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+    return _pil_image(io.BytesIO(data), reduce_to)
+
+
+def _pil_image(source, reduce_to) -> torch.Tensor:
+    """Decode a file or a binary stream through PIL (every format, every mode)."""
     try:
         with Image.open(source) as img:
             img.seek(0)
