@@ -18,8 +18,8 @@ from PIL import Image
 
 from featurecache import _data, extract, open_cache
 from featurecache.app.cli import main
-from featurecache.cache import STATE_STALE, Store, content_digest
-from featurecache.exceptions import InvalidArgumentError
+from featurecache.cache import STATE_STALE, Store, content_digest, upgrade
+from featurecache.exceptions import CacheReadOnlyError, InvalidArgumentError
 
 ARGS = dict(model="resnet18", weights="none", layers=["embedding"], image_size=32,
             dtype="float32")  # fmt: skip
@@ -307,13 +307,16 @@ def _to_version_1(cache) -> None:
         f.attrs["format_version"] = 1
 
 
-def test_a_version_1_table_is_read_then_upgraded_by_the_first_writing_run(tmp_path):
+def test_a_version_1_table_is_read_upgraded_then_hashed_by_the_first_writing_run(tmp_path):
     data = _folder(tmp_path / "data")
     cache = tmp_path / "c.h5"
     _extract(data, cache)
     before = _usable(cache)
     _to_version_1(cache)
     assert _usable(cache) == before  # read through the adapter
+    with pytest.raises(CacheReadOnlyError, match="run `featurecache upgrade "):
+        _extract(data, cache)  # version 1 is read, never written
+    assert upgrade(cache) and _usable(cache) == before  # digests not known yet
 
     again = _extract(data, cache)  # trusts the stored features, records the digests
 

@@ -328,12 +328,6 @@ def bytes_digest(data, algo: str = "sha256") -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_h5_layer(shard: ShardData, layer: str, opener) -> np.ndarray:
-    """A layer of one shard through HDF5 (shards logged without chunk offsets)."""
-    with opener(shard.file) as g:
-        return np.ascontiguousarray(g[fmt.shard_features_path(layer)][:])
-
-
 def read_views(shard: ShardData, kind: str, opener) -> tuple[np.ndarray, np.ndarray]:
     """The status ``(n_rows, n_views)`` and the views ``(n_rows, n_views, n_features)`` of
     ``shard.layer`` in one shard file, after checking their SHA-256 (once per process).

@@ -134,7 +134,6 @@ class Store:
         self.locking = fmt.locking_enabled(locking)
         self.data_dir = fmt.data_dir(self.path)
         self.samples_path = fmt.samples_file(self.path)
-        self._meta_memo: dict[str, ShardMeta] = {}
         self._index_written = time.monotonic()  # no rebuild in a run's first seconds
         self._index_seconds = 0.0
 
@@ -572,21 +571,12 @@ class Store:
         return sorted(p for p in folder.glob(fmt.SHARD_GLOB) if TMP_MARK not in p.name)
 
     def _scan_shards(self, model: str) -> list[ShardMeta]:
-        """The committed shards of ``model``: its log, or (caches written before logs) its files."""
-        log = fmt.commit_log(self.path, model)
-        if log.exists():
-            metas = read_log(log)
-        else:
-            metas = [self._shard_meta(p) for p in self._shard_files(model)]
+        """The committed files of ``model``: what its log lists (a shard file never logged is
+        not committed; the next writer's :meth:`recover` logs it)."""
+        metas = read_log(fmt.commit_log(self.path, model))
         if metas:
             _check_shard_configs(model, metas, self.read_config(model), self.path.parent)
         return metas
-
-    def _shard_meta(self, path: Path) -> ShardMeta:
-        key = str(path)
-        if key not in self._meta_memo:  # shard files are immutable once renamed in
-            self._meta_memo[key] = read_shard_meta(path, self.path.parent, self._open)
-        return self._meta_memo[key]
 
     def status_counts(self, model: str, layers: Sequence[str]) -> tuple[int, int]:
         """Return ``(n_ok, n_failed)`` over the committed shards holding ``layers``."""
