@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,31 +182,46 @@ Store(sys.argv[1]).compact("toy")
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_of_compaction_then_resume(tmp_path):
-    """A compacting process killed at random moments, again and again: after each kill the
-    cache reads as the uncompacted one did; a last run completes and cleans up."""
-    path = _cache(tmp_path / "c.h5")
-    expected = _reads(path)
-    size = max(p.stat().st_size for p in fmt.model_dir(path, "toy").rglob("shard-*.h5"))
+    """A compacting process killed at a random moment: the cache reads as the uncompacted one
+    did, and a resumed compaction completes and cleans up. Eight independent kills, spread
+    over the time a compaction takes on this machine."""
+    pristine = _cache(tmp_path / "pristine" / "c.h5")
+    expected = _reads(pristine)
+    size = max(p.stat().st_size for p in fmt.model_dir(pristine, "toy").rglob("shard-*.h5"))
+    n_shards = len(_files(pristine))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    rng = np.random.default_rng(0)
-    states = set()
-    for _ in range(8):
+
+    def compact(path, kill_after=None):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), str(3 * size)],
-            stdout=subprocess.PIPE, env=env, text=True,
+            [sys.executable, "-c", _CHILD, str(path), str(3 * size)], stdout=subprocess.PIPE,
+            env=env, text=True,
         )  # fmt: skip
         assert child.stdout.readline().strip() == "ready"
-        time.sleep(float(rng.uniform(0.0, 0.4)))
-        child.send_signal(signal.SIGKILL)
+        began = time.monotonic()
+        if kill_after is not None:
+            time.sleep(kill_after)
+            child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
+        return time.monotonic() - began
+
+    def copy(name):
+        shutil.copytree(pristine.parent, tmp_path / name)
+        return tmp_path / name / pristine.name
+
+    duration = compact(copy("timed"))
+    rng = np.random.default_rng(0)
+    states = set()
+    for k in range(8):
+        path = copy(f"killed-{k}")
+        compact(path, kill_after=float(rng.uniform(0.0, duration)))
         files = _files(path)
         states.add((sum(n.startswith("shard-") for n in files), any(".tmp-" in n for n in files)))
         _assert_same(_reads(path), expected)
-    assert len(states) > 2, states  # the kills fell at different moments
-    subprocess.run([sys.executable, "-c", _CHILD, str(path), str(3 * size)], env=env, check=True,
-                   capture_output=True)  # fmt: skip
-    files = _files(path)
-    listed = [os.path.basename(m.file) for m in read_log(fmt.commit_log(path, "toy"))]
-    assert files == sorted(listed) and len(files) < 20, files  # no litter, no replaced file
-    _assert_same(_reads(path), expected)
+        compact(path)  # the resume
+        files = _files(path)
+        listed = [os.path.basename(m.file) for m in read_log(fmt.commit_log(path, "toy"))]
+        assert files == sorted(listed) and len(files) < 20, files  # no litter, no replaced file
+        _assert_same(_reads(path), expected)
+    mid = [(shards, tmp) for shards, tmp in states if tmp or 0 < shards < n_shards]
+    assert mid, f"no kill fell inside a compaction: {sorted(states)}"

@@ -1108,10 +1108,6 @@ def _run_demo(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # -- export and import ------------------------------------------------------------------
 
 
@@ -1198,3 +1194,7 @@ def _run_import(args) -> int:
     entry = open_cache(cache).entries[0]
     print(f"imported {entry.n_ok} rows of {entry.model}/{entry.layer} -> {cache}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
