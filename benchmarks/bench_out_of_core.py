@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=int, default=384)
     parser.add_argument("--memory", default="1GB", help="fit --memory of every run")
     parser.add_argument("--runs", default="ridge;logreg;ridge,logreg",
-                        help="';'-separated --heads of each fit run")  # fmt: skip
+                        help="';'-separated --heads of each fit run ('': reads only)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", default=None, help="where to write (default: a temp folder)")
     args = parser.parse_args(argv)
@@ -88,7 +88,9 @@ def main(argv=None) -> int:
         report_reads(path, args.rows, args.features, args.repeats)
         per_row = bookkeeping(path)
         results = [
-            fit_run(path, Path(folder), heads, args.memory) for heads in args.runs.split(";")
+            fit_run(path, Path(folder), heads, args.memory)
+            for heads in args.runs.split(";")
+            if heads
         ]
         extrapolate(results, args.rows, args.features, per_row)
     return 0

@@ -169,12 +169,21 @@ def fit_streamed(
     stats = GroupStats.collect(source, classes, gram=gram, n_features=n_features)
     stats_seconds = time.perf_counter() - start
     n_rows = int(stats.count.sum())  # views counted
-    sample = None
-    if any(p in _SAMPLED for p in plans.values()):
+    on_sample = {}  # head name: (search result, the head refitted on the sample, its rows)
+    sampled = [h for h in heads if plans[h.name] in _SAMPLED]
+    if sampled:
         sample = _Sample.load(cache, entry, data, budget, cv=cv, seed=seed, views=views)
-        sampled = [h for h in heads if plans[h.name] in _SAMPLED]
-        found_sample = search_heads(sampled, grids, sample.X, sample.y, sample.splits, seed=seed,
-                                    n_jobs=n_jobs)  # fmt: skip
+        found = search_heads(sampled, grids, sample.X, sample.y, sample.splits, seed=seed,
+                             n_jobs=n_jobs)  # fmt: skip
+        for head in sampled:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fitted = build_pipeline(head, found[head.name].params, sample.X, sample.y,
+                                        seed=seed)  # fmt: skip
+            on_sample[head.name] = (found[head.name], fitted, len(sample.y),
+                                    time.perf_counter() - start)  # fmt: skip
+        del sample  # the streamed refits below hold windows, not the sample
     fits = {}
     for head in heads:
         plan, grid = plans[head.name], grids[head.name]
@@ -184,9 +193,8 @@ def fit_streamed(
         elif plan == "logreg":
             fits[head.name] = _logreg_exact(head, grid, source, stats, data, n_rows, seed)
         else:
-            found = found_sample[head.name]
             fits[head.name] = _from_sample(
-                head, found, sample, source, stats, classes, plan, n_rows, seed
+                head, *on_sample[head.name], source, stats, classes, plan, n_rows, seed
             )
         logger.info("%s/%s %s: %s", entry.model, entry.layer, head.name,
                     fits[head.name].strategy.text)  # fmt: skip
@@ -279,13 +287,11 @@ def stratified_sample(strata: np.ndarray, size: int, least: int, seed: int) -> n
     return np.sort(np.concatenate(chosen))
 
 
-def _from_sample(head, found, sample: _Sample, source, stats, classes, plan, n_rows, seed):
-    """Refit ``head`` with the sample's choice: on every row (logreg) or on the sample."""
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        estimator = build_pipeline(head, found.params, sample.X, sample.y, seed=seed)
-    n_select = len(sample.y)
+def _from_sample(head, found, estimator, n_select, seconds, source, stats, classes, plan, n_rows,
+                 seed) -> StreamedFit:  # fmt: skip
+    """Refit ``head`` with the sample's choice: on every row (logreg, linsvm, knn), or keep
+    ``estimator``, its refit on the sample (``seconds`` long)."""
+    start = time.perf_counter() - seconds
     if plan == "knn-all":
         estimator = _knn_on_every_row(head, found.params, source, scaler_of(stats.without(None)),
                                       classes, n_rows, seed)  # fmt: skip

@@ -15,7 +15,7 @@ from _synthetic import write_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ROWS, N_FEATURES = 100_000, 256  # 102 MB as float32, 51 MB on disk as float16
-HEADROOM = 80 << 20  # the limit: the fit's own baseline plus less than the layer
+HEADROOM = 92 << 20  # the limit: the fit's own baseline plus less than the layer (97.7 MiB)
 # Runs the command line, then prints the address space it reached (VmPeak).
 _CHILD = """
 import sys
