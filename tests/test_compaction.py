@@ -225,3 +225,39 @@ def test_sigkill_at_random_moments_of_compaction_then_resume(tmp_path):
         _assert_same(_reads(path), expected)
     mid = [(shards, tmp) for shards, tmp in states if tmp or 0 < shards < n_shards]
     assert mid, f"no kill fell inside a compaction: {sorted(states)}"
+
+
+def test_a_window_of_a_segment_reads_its_chunks_and_the_segment_is_verified_whole(
+    tmp_path, monkeypatch
+):
+    """A streamed window reads the chunks around its rows, not the whole segment; the first
+    read still checks the segment's digest over every chunk, so damage anywhere is seen."""
+    path = write_cache(
+        tmp_path / "c.h5", layers=[("wide", 64, 0.5)], n_per_class={"train": 4000, "test": 1000}
+    )
+    (meta,) = read_log(fmt.commit_log(path, "toy"))
+    assert len(meta.chunks["wide"]) >= 3, "a segment of several chunks"
+    X_all, rows_all = open_cache(path).load_rows("toy", "wide")
+    window = np.zeros(open_cache(path).n_samples, bool)
+    window[5000:5100] = True
+
+    read = []
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, at: read.append(at) or preadv(fd, bufs, at))
+    monkeypatch.setattr(folder_module, "_VERIFIED", {})
+    X, rows = open_cache(path).load_rows("toy", "wide", window)
+    assert np.array_equal(rows, rows_all[np.isin(rows_all, np.flatnonzero(window))])
+    assert np.array_equal(X, X_all[np.isin(rows_all, rows)])
+    assert 0 < len(read) < len(meta.chunks["wide"]), "only the window's chunks were read"
+
+    # One byte changed in the last chunk, far from the window: the first read refuses.
+    offset, size, _ = meta.chunks["wide"][-1]
+    segment = path.parent / meta.file
+    with open(segment, "r+b") as handle:
+        handle.seek(offset + 8)
+        byte = handle.read(1)
+        handle.seek(offset + 8)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(folder_module, "_VERIFIED", {})
+    with pytest.raises(CacheCorruptError, match="is corrupt: the digest of layer 'wide'"):
+        open_cache(path).load_rows("toy", "wide", window)

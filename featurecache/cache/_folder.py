@@ -56,6 +56,9 @@ class ShardData:
     chunks: tuple[tuple[int, int, int], ...] = ()  # (byte offset, stored bytes, rows)
     layer: str = ""
     algo: str = "sha256"  # of ``sha256``: a shard's SHA-256, a segment's xxh3-128
+    #: False for a run of the file's chunks (:func:`_narrowed`): ``sha256`` is the whole
+    #: file's, checked once per process by streaming every chunk.
+    whole: bool = True
 
 
 def shard_data(meta: ShardMeta, layer: str, parent: str) -> ShardData:
@@ -309,7 +312,7 @@ def verify(
     are never written again, so a change means damage.
     """
     stat = os.stat(shard.file) if stat is None else stat
-    key = (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, shard.layer)
+    key = _verified_key(shard, stat)
     if not force and _VERIFIED.get(key) == shard.sha256:
         return None
     digest = bytes_digest(memoryview(np.ascontiguousarray(data)).cast("B"), shard.algo)
@@ -417,7 +420,10 @@ def read_layer(
     ShardReadError
         For the first shard (in row order) that cannot be read or does not match.
     """
-    chosen = list(shards) if keep.all() else _holding_kept(shards, keep)
+    if keep.all():
+        chosen = list(shards)
+    else:  # of a large file (a segment), only the chunks around the kept rows are read
+        chosen = [_narrowed(s, keep, n_features, force) for s in _holding_kept(shards, keep)]
     buffer, offsets = read_stored(chosen, n_features, force=force, threads=threads)
     rows = _row_numbers(chosen, offsets)
     mask = keep[rows] if isinstance(rows, np.ndarray) else keep[rows.start : rows.stop]
@@ -483,12 +489,70 @@ def _row_numbers(shards: list[ShardData], offsets: np.ndarray) -> np.ndarray | r
     )
 
 
+def _narrowed(shard: ShardData, keep: np.ndarray, n_features: int, force: bool) -> ShardData:
+    """``shard`` cut down to the run of its chunks that holds its kept rows, once the whole
+    file is verified; ``shard`` itself when every chunk is needed.
+
+    A window of a streamed layer reads its rows, not the whole segment around them.
+    """
+    if len(shard.chunks) < 2:
+        return shard
+    rows = np.array([c[2] for c in shard.chunks], dtype=np.int64)
+    bounds = shard.start + np.concatenate([[0], np.cumsum(rows)])
+    kept = np.concatenate([[0], np.cumsum(keep[shard.start : shard.stop], dtype=np.int64)])
+    holding = np.flatnonzero(kept[bounds[1:] - shard.start] > kept[bounds[:-1] - shard.start])
+    first, last = int(holding[0]), int(holding[-1])
+    if first == 0 and last == len(rows) - 1:
+        return shard
+    _verify_whole(shard, n_features, force)
+    return replace(
+        shard, start=int(bounds[first]), stop=int(bounds[last + 1]),
+        chunks=shard.chunks[first : last + 1], whole=False,
+    )  # fmt: skip
+
+
+def _verify_whole(shard: ShardData, n_features: int, force: bool) -> None:
+    """Check a file's digest by streaming its chunks (once per file and process)."""
+    stat = os.stat(shard.file)
+    key = _verified_key(shard, stat)
+    if not force and _VERIFIED.get(key) == shard.sha256:
+        return
+    digest = xxhash.xxh3_128() if shard.algo == "xxh3_128" else hashlib.sha256()
+    row_bytes = n_features * np.dtype(shard.dtype).itemsize
+    try:
+        with open(shard.file, "rb") as handle:
+            for offset, _size, rows in shard.chunks:
+                handle.seek(offset)
+                data = handle.read(rows * row_bytes)
+                if len(data) != rows * row_bytes:
+                    raise ValueError(f"truncated file: chunk at byte {offset} is cut short")
+                digest.update(data)
+    except (OSError, ValueError) as error:
+        raise ShardReadError(shard, f"it cannot be read ({error})") from error
+    found = digest.hexdigest()
+    if found != shard.sha256:
+        raise ShardReadError(
+            shard,
+            f"the digest of layer {shard.layer!r} is {found[:12]}…, the commit log records "
+            f"{shard.sha256[:12]}…",
+        )
+    _VERIFIED[key] = found
+
+
+def _verified_key(shard: ShardData, stat: os.stat_result) -> tuple:
+    return (str(shard.file), stat.st_ino, stat.st_size, stat.st_mtime_ns, shard.layer)
+
+
 def _fill(shard: ShardData, out: np.ndarray, n_features: int, force: bool) -> ShardReadError | None:
     """Read one shard's layer into ``out`` and check it; return the error instead of raising."""
     try:
         stat = _read_into(shard, out, n_features)
     except (OSError, ValueError) as error:
         return ShardReadError(shard, f"it cannot be read ({error})")
+    if not shard.whole:  # verified whole by _narrowed: the file must be the one it verified
+        if _VERIFIED.get(_verified_key(shard, stat)) != shard.sha256:
+            return ShardReadError(shard, "it changed while it was read")
+        return None
     digest = verify(shard, out, stat, force=force)
     if digest is not None:
         return ShardReadError(
