@@ -21,7 +21,7 @@ import numpy as np
 from _docs_harness import docs_fixture
 
 #: Fashion-MNIST subset: the first images of each split.
-FASHION_TRAIN, FASHION_TEST = 200, 50
+FASHION_TRAIN, FASHION_TEST = 100, 30
 
 
 @docs_fixture("photos")
@@ -63,7 +63,7 @@ def photos_cache(scratch: Path, env: dict, shared: Path) -> None:
 
 @docs_fixture("fashion-mnist")
 def fashion_mnist(scratch: Path, env: dict, shared: Path) -> None:
-    """``FASHION_MNIST_DIR``: the first 200 train and 50 test images of Fashion-MNIST (from
+    """``FASHION_MNIST_DIR``: the first 100 train and 30 test images of Fashion-MNIST (from
     the Debian package ``dataset-fashion-mnist`` when installed, else synthetic images)."""
     folder = shared / "fashion-mnist"
     if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():

@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE_GLOBS = ("README.md", "docs/*.md", "data/README.md")
 #: Languages that are commands and run.
 RUNNABLE = ("bash", "console", "python")
+#: Other names of runnable languages.
+ALIASES = {"sh": "bash", "shell": "bash", "pycon": "python"}
 #: Languages that are data, diagrams or formats: nothing to run (a ``file:`` marker writes one).
-DATA = ("text", "yaml", "json", "csv")
+DATA = ("text", "yaml", "json", "jsonl", "csv", "toml", "ini", "diff", "html")
 #: Seconds one block may take before it fails.
 BLOCK_TIMEOUT = 300
 
@@ -90,7 +92,8 @@ class _BlockParser:
     def __call__(self, document: Document) -> Iterable[Region]:
         for region in self.lexer(document):
             line = document.text.count("\n", 0, region.start) + 1
-            language = region.lexemes["language"].strip().split(" ")[0]
+            language = (region.lexemes["language"].strip().split(" ") or [""])[0]
+            language = ALIASES.get(language, language)
             block = Block(self.page, line, language, str(region.lexemes["source"]))
             marker = _marker_before(document.text, region.start)
             if marker and marker[0] == "not-runnable":

@@ -84,7 +84,7 @@ def test_not_runnable_blocks_are_not_run(tmp_path):
     "text, problem",
     [
         (f"{FENCE}\nls\n{FENCE}\n", "README.md:1: a fenced block needs a language"),
-        (f"{FENCE}sh\nls\n{FENCE}\n", "got 'sh'"),
+        (f"{FENCE}rust\nls\n{FENCE}\n", "got 'rust'"),
         (
             f"<!-- not-runnable:  -->\n{FENCE}bash\nls\n{FENCE}\n",
             "README.md:2: `not-runnable` needs a reason",

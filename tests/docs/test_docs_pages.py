@@ -9,6 +9,7 @@ from __future__ import annotations
 import _docs_fixtures  # noqa: F401 (registers the fixtures pages name)
 import pytest
 from _docs_harness import ROOT, DocsError, Page, _Skipped, blocks, lint, pages, parse
+from _docs_harness import RUNNABLE as RUNNABLE_LANGUAGES
 
 PAGES = pages()
 DOCUMENTS = {page: parse(ROOT / page, page) for page in PAGES}
@@ -16,7 +17,7 @@ RUNNABLE = [
     (page, index, block)
     for page, document in DOCUMENTS.items()
     for index, block in enumerate(blocks(document))
-    if block.language in ("bash", "console", "python")
+    if block.language in RUNNABLE_LANGUAGES
 ]
 
 
