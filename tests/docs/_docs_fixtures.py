@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from _docs_harness import docs_fixture
 
-#: Fashion-MNIST subset: the first images of each split.
-FASHION_TRAIN, FASHION_TEST = 100, 30
+#: Fashion-MNIST subset: the first images of each class in each split (5-fold CV needs 5).
+FASHION_TRAIN, FASHION_TEST = 10, 3
 
 
 @docs_fixture("photos")
@@ -63,18 +63,23 @@ def photos_cache(scratch: Path, env: dict, shared: Path) -> None:
 
 @docs_fixture("fashion-mnist")
 def fashion_mnist(scratch: Path, env: dict, shared: Path) -> None:
-    """``FASHION_MNIST_DIR``: the first 100 train and 30 test images of Fashion-MNIST (from
-    the Debian package ``dataset-fashion-mnist`` when installed, else synthetic images)."""
+    """``FASHION_MNIST_DIR``: the first 10 train and 3 test images of each class of
+    Fashion-MNIST (from the Debian package ``dataset-fashion-mnist`` when installed, else
+    synthetic images)."""
     folder = shared / "fashion-mnist"
     if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         source = _installed_fashion_mnist()
         for prefix, count in (("train", FASHION_TRAIN), ("t10k", FASHION_TEST)):
             if source is not None:
-                images = _read_idx(source / f"{prefix}-images-idx3-ubyte.gz")[:count]
-                labels = _read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")[:count]
+                images = _read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+                labels = _read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
+                keep = np.sort(
+                    np.concatenate([np.flatnonzero(labels == k)[:count] for k in range(10)])
+                )
+                images, labels = images[keep], labels[keep]
             else:
-                images, labels = _synthetic_fashion(count, seed=len(prefix))
+                images, labels = _synthetic_fashion(10 * count, seed=len(prefix))
             _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
             _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     env["FASHION_MNIST_DIR"] = str(folder)
