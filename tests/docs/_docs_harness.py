@@ -141,7 +141,7 @@ def lint(document: Document, page: str) -> list[str]:
     marked = {b.line - 1 for b in found if b.not_runnable is not None or b.file is not None}
     lines = document.text.split("\n")
     for number, text in enumerate(lines, 1):
-        match = _ANY_MARKER.search(text)
+        match = _ANY_MARKER.match(text.strip())  # a marker stands on a line of its own
         if match and match.group(1) != "docs-fixtures" and number not in marked:
             # a marker whose block moved away would silently stop doing its job
             problems.append(f"{page}:{number}: marker not on the line just before a fence")

@@ -98,6 +98,10 @@ def test_not_runnable_blocks_are_not_run(tmp_path):
             "`not-runnable` on a text block",
         ),
         ("<!-- docs-fixtures: photos, nope -->\n", "unknown docs fixture 'nope'"),
+        (
+            f"a\n\n<!-- not-runnable: x -->\n{FENCE}text\nls\n{FENCE}\n",
+            "README.md:4: `not-runnable` on a text",
+        ),
     ],
 )
 def test_a_page_that_breaks_a_convention_is_refused(tmp_path, text, problem):
@@ -113,3 +117,8 @@ def test_a_page_that_breaks_a_convention_is_refused(tmp_path, text, problem):
 def test_ellipsis_matches_inside_and_across_lines():
     assert output_matches("a ... c\n...\nz", "a b c\nx\ny\nz\n")
     assert not output_matches("a ... c", "a b d")
+
+
+def test_a_marker_quoted_in_prose_is_not_a_marker(tmp_path):
+    (tmp_path / "README.md").write_text("Mark it `<!-- not-runnable: REASON -->`.\n")
+    assert lint(parse(tmp_path / "README.md", "README.md"), "README.md") == []
