@@ -27,7 +27,7 @@ def test_a_finished_run_leaves_its_throughput_in_the_index_read_with_plain_h5py(
         for line in fmt.run_log(cache, "efficientnet_lite0").read_text().splitlines()
     ]
     with h5py.File(cache, "r") as f:
-        attrs = dict(f["features/efficientnet_lite0"].attrs)
+        attrs = dict(f[fmt.features_path("efficientnet_lite0")].attrs)
     assert attrs["extract_seconds"] == round(runs[0]["seconds"], 3) > 0
     assert attrs["images_per_second"] == round(8 / runs[0]["seconds"], 2)
     assert attrs["extract_device"] == result.device == "cpu"
@@ -36,4 +36,4 @@ def test_a_finished_run_leaves_its_throughput_in_the_index_read_with_plain_h5py(
         tmp_path / "photos", cache, layers=["embedding"], image_size=32, split="random:0.25"
     ).hit
     with h5py.File(cache, "r") as f:
-        assert f["features/efficientnet_lite0"].attrs["extract_device"] == "cpu"
+        assert f[fmt.features_path("efficientnet_lite0")].attrs["extract_device"] == "cpu"
