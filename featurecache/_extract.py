@@ -246,12 +246,8 @@ def extract(
             with job.store.lock_model(job.model):  # which also logs shards a crash left out
                 plan = job.plan()
                 if plan.work:
-                    began = time.perf_counter()
                     _run(session, job, plan)
                     written = len(plan.work)
-                    job.store.record_run(
-                        job.model, plan.n_rows, time.perf_counter() - began, session.describe()
-                    )
         if not written:
             job.refresh()
     return _result(job, plan, written, time.perf_counter() - started, session.describe())
@@ -264,6 +260,7 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
     The requested layers are recorded first (readers list them from the first second); a
     run that fails forgets those it committed nothing of, so the cache lists what it did.
     """
+    began = time.perf_counter()
     declared = job.declare()
     try:
         session.run(job, plan)
@@ -274,6 +271,8 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
         with contextlib.suppress(Exception):
             job.finish()
         raise
+    # Logged before the index is rebuilt, so the index carries the run's throughput at once.
+    job.store.record_run(job.model, plan.n_rows, time.perf_counter() - began, session.describe())
     job.finish()
 
 

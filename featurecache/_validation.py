@@ -9,12 +9,20 @@ typed (``--batch-size must be an int >= 1. Got 0 instead.``). ``bool`` is never 
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
+from featurecache.exceptions import (
+    ClusterUnreachableError,
+    InvalidArgumentError,
+    UnknownNameError,
+    suggest,
+)
 
 __all__ = [
+    "check_reachable",
+    "cluster_unreachable",
     "ParameterError",
     "UnwritablePathError",
     "AdviceError",
@@ -187,3 +195,47 @@ def _range(low: float | None, high: float | None) -> str:
     if high is not None:
         return f" <= {high}"
     return ""
+
+
+#: How to start (or reach) a Ray cluster, for errors about one that does not answer.
+RAY_START = (
+    "start a cluster with `ray start --head --port 6379` (and `ray start --address HEAD_IP:6379` "
+    "on the other nodes), then pass that address or `auto` on one of its nodes"
+)
+#: How to start a Dask scheduler and its workers.
+DASK_START = (
+    "start a scheduler with `dask scheduler --port 8786` and its workers with "
+    "`dask worker tcp://SCHEDULER_IP:8786`, then pass that address"
+)
+#: Seconds a scheduler or cluster address has to accept a connection.
+CONNECT_SECONDS = 5.0
+
+
+def check_reachable(address: str, service: str, advice: str) -> None:
+    """Raise unless something accepts a TCP connection at ``address`` (``[scheme://]host:port``).
+
+    Clients of Dask and Ray retry a dead address for 30 s to minutes, logging as they go;
+    one connection attempt answers at once. An address without a port (Ray's ``auto``) is
+    left to the client.
+
+    Raises
+    ------
+    ClusterUnreachableError
+        ``no SERVICE answered at ADDRESS (REASON); ADVICE``.
+    """
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within {CONNECT_SECONDS:g} s"
+        else:
+            reason = (error.strerror or str(error) or type(error).__name__).lower()
+        raise cluster_unreachable(address, service, reason, advice) from error
+
+
+def cluster_unreachable(address: str, service: str, reason: str, advice: str):
+    """The one-line error for a scheduler or cluster that does not answer."""
+    return ClusterUnreachableError(f"no {service} answered at {address} ({reason}); {advice}.")

@@ -25,6 +25,7 @@ __all__ = [
     "CacheReadOnlyError",
     "BatchError",
     "OutOfSpaceError",
+    "ClusterUnreachableError",
     "suggest",
 ]
 
@@ -85,6 +86,10 @@ class BatchError(FeatureCacheError, RuntimeError):
 
 class OutOfSpaceError(FeatureCacheError, OSError):
     """The disk (or the file size limit) ran out while writing; the cache is as it was."""
+
+
+class ClusterUnreachableError(FeatureCacheError, ConnectionError):
+    """No scheduler or cluster answers at the address given (CLI exit code 1)."""
 
 
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:

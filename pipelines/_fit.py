@@ -35,6 +35,8 @@ from featurecache import __version__
 from featurecache._paths import check_not_input
 from featurecache._process import die_with_parent
 from featurecache._validation import (
+    DASK_START,
+    RAY_START,
     AdviceError,
     ParameterError,
     check_bool,
@@ -42,6 +44,8 @@ from featurecache._validation import (
     check_int,
     check_names,
     check_optional_int,
+    check_reachable,
+    cluster_unreachable,
 )
 from featurecache.cache import Cache, Entry, StoredClassifier, open_cache
 from featurecache.cache import _format as fmt
@@ -778,9 +782,7 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
     from joblib import parallel_config
 
     if backend == "dask":
-        from distributed import Client
-
-        client = Client(address) if address else Client()
+        client = _dask_client(address)
         try:
             with parallel_config(backend="dask"):
                 yield
@@ -794,7 +796,7 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
         register_ray()
         started = not ray.is_initialized()
         if started:
-            ray.init(address=address, include_dashboard=False)
+            _ray_init(ray, address)
         try:
             with parallel_config(backend="ray"):
                 yield
@@ -811,6 +813,41 @@ def _parallel_backend(backend: str, address: str | None) -> Iterator[None]:
 
 #: Backends whose workers are processes started by this one.
 _WORKER_PROCESSES = ("loky", "multiprocessing")
+
+
+DASK_ADVICE = DASK_START + ", or give no address to fit on a local Dask cluster"
+RAY_ADVICE = RAY_START + ", or give no address to fit on a local Ray instance"
+
+
+def _dask_client(address: str | None):
+    """A Dask client of the scheduler at ``address`` (a local cluster without one)."""
+    from distributed import Client
+
+    if not address:
+        return Client()
+    check_reachable(address, "Dask scheduler", DASK_ADVICE)
+    try:
+        return Client(address)
+    except (OSError, TimeoutError) as error:  # something answered that is not a scheduler
+        raise cluster_unreachable(
+            address, "Dask scheduler", _first_line(error), DASK_ADVICE
+        ) from error
+
+
+def _ray_init(ray, address: str | None) -> None:
+    """Connect to the Ray cluster at ``address`` (a local instance without one), quietly unless -v."""
+    quiet = {} if logger.isEnabledFor(logging.INFO) else {"logging_level": logging.ERROR}
+    if address and address != "local":
+        check_reachable(address, "Ray cluster", RAY_ADVICE)
+    try:
+        ray.init(address=address, include_dashboard=False, **quiet)
+    except ConnectionError as error:  # `auto` with no cluster on this node
+        reason = "none runs on this node" if address == "auto" else _first_line(error)
+        raise cluster_unreachable(address or "auto", "Ray cluster", reason, RAY_ADVICE) from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 # -- one layer ------------------------------------------------------------------------

@@ -114,13 +114,19 @@ def _plain(value):
     return value
 
 
+#: How a run went (its time and device), not what it computed: engines differ there.
+RUN_ATTRIBUTES = ("extract_seconds", "images_per_second", "extract_device")
+
+
 def _snapshot(cache) -> dict:
-    """Every dataset (virtual ones read through) and every attribute of the index, as bytes."""
+    """Every dataset (virtual ones read through) and every attribute of the index, as bytes,
+    but the run attributes."""
     out = {}
     with h5py.File(cache, "r") as f:
 
         def visit(name, obj):
-            out[f"{name}@attrs"] = {key: _plain(obj.attrs[key]) for key in sorted(obj.attrs)}
+            keys = sorted(set(obj.attrs) - set(RUN_ATTRIBUTES))
+            out[f"{name}@attrs"] = {key: _plain(obj.attrs[key]) for key in keys}
             if isinstance(obj, h5py.Dataset):
                 out[name] = _plain(obj[()])
 

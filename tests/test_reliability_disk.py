@@ -107,6 +107,7 @@ def test_full_disk_while_writing_the_index_keeps_the_old_index(base, tmp_path):
     before = snapshot(cache.parent)
     log = cache.parent / "c.h5.d" / "resnet18" / "commits.jsonl"
     logged = log.read_bytes()
+    before_runs = (cache.parent / "c.h5.d" / "resnet18" / "runs.jsonl").read_text().count("\n")
 
     result = _run(data, cache, MORE, tmp_path / "r.json", fsize=limit)
     assert result["exitcode"] == 1 and result["error"] == "OutOfSpaceError"
@@ -115,8 +116,11 @@ def test_full_disk_while_writing_the_index_keeps_the_old_index(base, tmp_path):
     new = sorted(set(after) - set(before))
     grown = log.read_bytes()  # the log only grew, by the two committed shards' lines
     assert grown.startswith(logged) and grown[len(logged) :].count(b"\n") == 2
-    # The log grew, and the record of the model's layers gained layer4 (it has commits now).
-    grew = ("commits.jsonl", "layers.json")
+    # The log grew, the record of the model's layers gained layer4 (it has commits now), and
+    # the run log its line (written before the index, so that the index carries it).
+    grew = ("commits.jsonl", "layers.json", "runs.jsonl")
+    runs = cache.parent / "c.h5.d" / "resnet18" / "runs.jsonl"
+    assert runs.read_text().count("\n") == 1 + before_runs
     unchanged = {k: after[k] for k in before if not k.endswith(grew)}
     assert unchanged == {k: v for k, v in before.items() if not k.endswith(grew)}
     layers = json.loads(fmt.layers_file(cache, "resnet18").read_text())

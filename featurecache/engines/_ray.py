@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-from featurecache._validation import ParameterError, check_float, check_int
+from featurecache._validation import (
+    RAY_START,
+    ParameterError,
+    check_float,
+    check_int,
+    check_reachable,
+    cluster_unreachable,
+)
 from featurecache.cache import FeatureConfig, ShardMeta
 from featurecache.engines._job import Job
 from featurecache.engines._options import RunOptions
@@ -252,24 +259,31 @@ def _import_ray():
 
 
 def _connect(ray, engine: RayEngine) -> bool:
-    """Initialise Ray unless it already is; return whether this call started it."""
+    """Initialise Ray unless it already is; return whether this call started it.
+
+    Ray's own log lines (connecting, starting a local instance) show with ``-v`` only.
+    """
     if ray.is_initialized():
         return False
+    quiet = {} if logger.isEnabledFor(logging.INFO) else {"logging_level": logging.ERROR}
     address = engine.address
     if (address and address != "local") or (address is None and os.environ.get("RAY_ADDRESS")):
+        address = address or os.environ["RAY_ADDRESS"]
+        check_reachable(address, "Ray cluster", RAY_ADVICE)
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, **quiet)
         except (ConnectionError, SystemExit) as error:  # Ray exits when GCS never answers
-            raise ParameterError(
-                "address", _OWNER,
-                f"the address of a running Ray cluster (none answered: {_first_line(error)})",
-                address or os.environ.get("RAY_ADDRESS"),
-                "Start one with `ray start --head`, or leave the address out for a local instance.",
-            ) from error  # fmt: skip
+            reason = "none runs on this node" if address == "auto" else _first_line(error)
+            raise cluster_unreachable(address, "Ray cluster", reason, RAY_ADVICE) from error
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(engine.workers * engine.cpus_per_worker))
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, **quiet
+        )
     return True
+
+
+RAY_ADVICE = RAY_START + ", or give no address to run on a local Ray instance"
 
 
 def _n_actors(ray, engine: RayEngine, n_shards: int) -> int:
