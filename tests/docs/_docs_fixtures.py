@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from _docs_harness import docs_fixture
 
+from featurecache._data import _read_idx  # the reader of the IDX files the product uses
+
 #: Fashion-MNIST subset: the first images of each class in each split (5-fold CV needs 5).
 FASHION_TRAIN, FASHION_TEST = 10, 3
 
@@ -106,14 +108,6 @@ def _installed_fashion_mnist() -> Path | None:
         if folder and (Path(folder) / "train-images-idx3-ubyte.gz").is_file():
             return Path(folder)
     return None
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as stream:
-        raw = stream.read()
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
