@@ -56,6 +56,14 @@ SKIPPED_KINDS = {
     "wrong_level": "images outside a class folder",
     "no_image": "samples without an image",
 }
+#: The same kinds, said of one entry.
+SKIPPED_KIND_ONE = {
+    "hidden": "hidden file or folder",
+    "not_image": "file that is not an image",
+    "empty_class": "class folder without images",
+    "wrong_level": "image outside a class folder",
+    "no_image": "sample without an image",
+}
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -112,7 +120,7 @@ class Dataset:
                   dict.fromkeys(sorted(self.splits.tolist(), key=_split_rank))}  # fmt: skip
         per_split = ", ".join(f"{name} {n}" for name, n in counts.items())
         skipped = ", ".join(
-            f"{len(entries)} {SKIPPED_KINDS[kind]}"
+            f"{len(entries)} {(SKIPPED_KIND_ONE if len(entries) == 1 else SKIPPED_KINDS)[kind]}"
             for kind, entries in self.skipped.items()
             if entries
         )

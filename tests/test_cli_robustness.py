@@ -677,8 +677,8 @@ def test_extract_states_the_data_and_lists_skipped_entries_with_v(world, tmp_pat
     assert main(argv) == 2
     out = capsys.readouterr().out
     assert out == (
-        "data: 2 classes, 10 images (train 6, test 4); skipped: 1 hidden files or folders, "
-        "1 files that are not images, 1 class folders without images\n"
+        "data: 2 classes, 10 images (train 6, test 4); skipped: 1 hidden file or folder, "
+        "1 file that is not an image, 1 class folder without images\n"
     )
     assert main([*argv, "-v"]) == 2
     assert capsys.readouterr().out.splitlines()[1:] == [

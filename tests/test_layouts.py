@@ -83,7 +83,7 @@ def test_the_summary_counts_classes_splits_and_each_kind_of_skipped_entry(tmp_pa
     data = load_dataset(tmp_path)
     assert data.summary() == (
         "2 classes, 10 images (train 8, test 2); skipped: 2 hidden files or folders, "
-        "1 files that are not images, 1 class folders without images, "
+        "1 file that is not an image, 1 class folder without images, "
         "2 images outside a class folder"
     )
     assert data.skipped["hidden"] == (".git", "train/cat/.DS_Store")
