@@ -106,8 +106,9 @@ class World:
             shutil.move(self.path(other), self.path(name))
             shutil.move(tmp, self.path(other))
             self.files[name], self.files[other] = self.files[other], self.files[name]
+            held = {n: n in self.truncated for n in (name, other)}  # before the swap
             for one, two in ((name, other), (other, name)):
-                self._carry(one, two)
+                self._carry(one, held[two])
         elif kind in ("move", "copy"):
             target = f"{SPLITS[c % 2]}/{CLASSES[b % 2]}/{kind}{self.count}-{Path(name).name}"
             self.count += 1
@@ -129,9 +130,10 @@ class World:
             _write(self.path(name), self.files[name])
             self.truncated.discard(name)
 
-    def _carry(self, one: str, two: str) -> None:
-        """``one`` now holds what ``two`` held (a swap moves truncation with the bytes)."""
-        if two in self.truncated:
+    def _carry(self, one: str, truncated: bool) -> None:
+        """``one`` now holds bytes that were ``truncated`` or not (a swap moves truncation with
+        the bytes)."""
+        if truncated:
             self.truncated.add(one)
         else:
             self.truncated.discard(one)
@@ -188,7 +190,9 @@ OPS = st.tuples(
 )  # fmt: skip
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+# derandomize: the same generated edit sequences on every run, so CI never turns red by chance;
+# explore more locally with --hypothesis-seed=random (or a number) and a larger max_examples.
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(ops=st.lists(OPS, min_size=2, max_size=5))
 def test_every_usable_row_equals_a_fresh_extraction_after_any_edits(oracle, ops):
