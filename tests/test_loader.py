@@ -3,6 +3,7 @@ the share of the run the forward waited for data."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -12,12 +13,14 @@ from PIL import Image
 
 from featurecache import load_dataset
 from featurecache._data import Dataset
+from featurecache.engines import _runner as _runner_module
 from featurecache.engines._job import feature_config
 from featurecache.engines._runner import (
     MAX_LOADERS,
     DataClock,
     Plan,
     ShardRunner,
+    data_loader,
     resolve_loader_workers,
 )
 from featurecache.models._registry import load_backbone
@@ -63,13 +66,56 @@ def test_one_set_of_loader_processes_serves_every_pass(folder):
     assert np.array_equal(again.features["layer1"], parts[2])
 
 
-@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 1), (16, 15), (128, MAX_LOADERS)])
-def test_auto_workers_scale_with_the_cores(folder, cpus, expected):
+@pytest.mark.parametrize(
+    ("cpus", "device", "expected"),
+    [
+        (1, "cpu", 1),
+        (2, "cpu", 2),
+        (16, "cpu", 16),
+        (128, "cpu", MAX_LOADERS),
+        (1, "cuda", 1),
+        (2, "cuda", 1),
+        (16, "cuda", 15),
+        (128, "cuda", MAX_LOADERS),
+    ],
+)
+def test_auto_workers_scale_with_the_cores(folder, cpus, device, expected):
+    # On the CPU the loaders take every core at the lowest priority; beside an accelerator
+    # one core is left to feed it.
     dataset = load_dataset(folder, split="none")
-    assert resolve_loader_workers("auto", dataset, cpus) == expected
-    assert resolve_loader_workers(3, dataset, cpus) == 3
+    assert resolve_loader_workers("auto", dataset, cpus, device) == expected
+    assert resolve_loader_workers(3, dataset, cpus, device) == 3
     arrays = Dataset.from_arrays(np.zeros((2, 4, 4), np.uint8), [0, 1], ["", ""], ["a", "b"])
-    assert resolve_loader_workers("auto", arrays, cpus) == 0
+    assert resolve_loader_workers("auto", arrays, cpus, device) == 0
+
+
+def _niceness(image) -> torch.Tensor:
+    """A "preprocess" that reports the priority of the process it runs in."""
+    return torch.full((1, 2, 2), float(os.nice(0)))
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_loader_processes_yield_the_cores_to_a_cpu_forward(folder, background):
+    dataset = load_dataset(folder, split="none")
+    before = os.nice(0)
+    loader = data_loader(dataset, _niceness, "exact", 4, 1, background=background)
+    seen = {float(v) for _, images, *_ in loader for v in images.flatten()}
+    assert seen == ({19.0} if background else {float(before)})
+    assert os.nice(0) == before  # this process keeps its priority
+
+
+def test_a_cpu_runner_starts_background_loaders(folder, monkeypatch):
+    calls = []
+    real = _runner_module.data_loader
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("background", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_runner_module, "data_loader", spy)
+    dataset = load_dataset(folder, split="none")
+    next(_runner().run(dataset, Plan(12, 12, ((0, ("layer1",)),)), 4, 1))
+    assert calls == [True]
 
 
 class _Bar:

@@ -224,11 +224,11 @@ def _layers_features(dataset: Dataset, config: FeatureConfig, layers: tuple[str,
             f"{backbone.weights_sha256[:16]}…; provide the original weights file."
         )
     infos = {info.name: info for info in backbone.layers if info.name in layers}
-    runner = ShardRunner(
-        backbone, infos, config.pooling, config, resolve_device(device, owner="predict")
-    )
+    device = resolve_device(device, owner="predict")
+    runner = ShardRunner(backbone, infos, config.pooling, config, device)
     plan = Plan(len(dataset), len(dataset), ((0, tuple(layers)),))
-    result = next(runner.run(dataset, plan, batch_size, resolve_loader_workers(workers, dataset)))
+    loaders = resolve_loader_workers(workers, dataset, device=device.type)
+    result = next(runner.run(dataset, plan, batch_size, loaders))
     ok = result.status == STATUS_OK
     table = pd.DataFrame(
         {

@@ -63,7 +63,7 @@ class _LocalSession:
     def _run(self, job: Job, plan: Plan) -> int:
         options = self.options
         runner = job.runner(self.device)
-        loaders = resolve_loader_workers(options.workers, job.dataset)
+        loaders = resolve_loader_workers(options.workers, job.dataset, device=self.device.type)
         results = runner.run(
             job.dataset, plan, options.batch_size, loaders, options.progress, job.model
         )

@@ -151,7 +151,9 @@ class _ShardWorker:
             # Raised from compute(), so the driver gets the error itself (Ray keeps only the
             # text of an error raised in __init__), and Ray does not retry it.
             self.error = error
-        self.loaders = resolve_loader_workers(options.workers, job.dataset, cpus)
+        self.loaders = resolve_loader_workers(
+            options.workers, job.dataset, cpus, torch.device(device).type
+        )
 
     def compute(self, part: Plan) -> list[ShardMeta]:
         """Compute one shard, write its file atomically, and return what the log records."""

@@ -301,6 +301,7 @@ class ShardRunner:
             loader = data_loader(
                 dataset, preprocess, self.decode, sampler, workers,
                 pin_memory=self.device.type == "cuda", persistent=True, views=self.views,
+                background=self.device.type == "cpu",
             )  # fmt: skip
             self._persistent = (dataset, workers, loader, sampler)
         _, _, loader, sampler = self._persistent
@@ -506,6 +507,7 @@ def data_loader(
     pin_memory: bool = False,
     persistent: bool = False,
     views: ViewMaker | None = None,
+    background: bool = False,
 ) -> torch.utils.data.DataLoader:
     """The loader every run reads: ``(rows, images, ok, reasons, positions, encoded, extras)``
     batches.
@@ -520,7 +522,10 @@ def data_loader(
     ``(position in the batch, kind index, view)``.
 
     Each worker process keeps ``PREFETCH`` batches ready; ``persistent`` keeps the processes
-    alive between passes over the loader.
+    alive between passes over the loader. ``background`` runs the worker processes at the
+    lowest CPU priority: when the forward runs on the same cores, its threads are never
+    preempted mid-operation (a thread team waits for its slowest member), and the loaders
+    decode on every core while the forward waits for data.
     """
     images = _Images(dataset, preprocess, decode, views)
     if isinstance(batches, int):
@@ -534,7 +539,14 @@ def data_loader(
         pin_memory=pin_memory,
         prefetch_factor=PREFETCH if workers else None,
         persistent_workers=persistent and workers > 0,
+        worker_init_fn=_lowest_priority if background and workers else None,
     )
+
+
+def _lowest_priority(worker_id: int) -> None:
+    """A loader process yields the cores to the forward pass (where the OS allows it)."""
+    if hasattr(os, "nice"):
+        os.nice(19)
 
 
 class _Batches(torch.utils.data.Sampler):
@@ -764,18 +776,24 @@ def cpu_has_fast_bfloat16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-def resolve_loader_workers(workers: int | str, dataset: Dataset, cpus: float | None = None) -> int:
+def resolve_loader_workers(
+    workers: int | str, dataset: Dataset, cpus: float | None = None, device: str = "cpu"
+) -> int:
     """Data-loading processes: ``auto`` scales with the cores.
 
-    One fewer than ``cpus`` (the CPUs this process may use by default), at least 1 and at
-    most :data:`MAX_LOADERS`; 0 for in-memory arrays, which need no decoding.
+    ``auto``: one per core (the CPUs this process may use by default, or ``cpus``) when the
+    forward runs on the CPU, where the loaders run at the lowest priority and decode in the
+    time the forward leaves them (:func:`data_loader`); one fewer than the cores when the
+    forward runs on an accelerator, leaving a core to feed it. At least 1 and at most
+    :data:`MAX_LOADERS`; 0 for in-memory arrays, which need no decoding.
     """
     if workers != "auto":
         return int(workers)
     if dataset.arrays is not None:
         return 0
     available = _usable_cpus() if cpus is None else int(cpus)
-    return max(1, min(MAX_LOADERS, available - 1))
+    spare = 0 if device == "cpu" else 1
+    return max(1, min(MAX_LOADERS, available - spare))
 
 
 def _usable_cpus() -> int:
