@@ -530,33 +530,63 @@ def lbfgs_logreg(
     converged : bool
     """
     n_out = 1 if len(classes) == 2 else len(classes)
-    shape = (n_out, n_features + 1)
     l2 = 1.0 / (C * n_rows)
+
+    def chunk_loss(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+        if n_out == 1:
+            target = (labels == 1).astype(np.float64)
+            z = z[:, 0]
+            loss = -float(np.sum(log_expit(z) * target + log_expit(-z) * (1 - target)))
+            return loss, (expit(z) - target)[:, None]
+        lse = logsumexp(z, axis=1)
+        residual = np.exp(z - lse[:, None])
+        residual[np.arange(len(z)), labels] -= 1.0
+        return float(np.sum(lse - z[np.arange(len(z)), labels])), residual
+
+    def penalty(W: np.ndarray) -> tuple[float, np.ndarray]:
+        # scikit-learn leaves the intercept unpenalised
+        coef = np.zeros_like(W)
+        coef[:, :-1] = W[:, :-1]
+        return 0.5 * l2 * float(np.sum(coef * coef)), l2 * coef
+
+    return _minimize_streamed(
+        chunk_loss, penalty, chunks, transform, (n_out, n_features + 1), classes, n_rows,
+        tol=tol, max_iter=max_iter, w0=w0,
+    )  # fmt: skip
+
+
+def _minimize_streamed(
+    chunk_loss: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]],
+    penalty: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    chunks: Callable[[], Any],
+    transform: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, int],
+    classes: np.ndarray,
+    n_rows: int,
+    *,
+    tol: float,
+    max_iter: int,
+    w0: np.ndarray | None,
+) -> tuple[np.ndarray, int, bool]:
+    """Minimise ``mean over rows of chunk_loss + penalty`` by L-BFGS-B, one pass per step.
+
+    ``chunk_loss(z, labels)`` gives the summed loss of a chunk's decision values ``z``
+    ``(n, n_outputs)`` and its gradient with respect to ``z``; ``penalty(W)`` the
+    regulariser and its gradient. Weights ``W`` are ``shape``, the intercept in the last
+    column. Returns ``(weights, n_iter, converged)`` as :func:`lbfgs_logreg`.
+    """
 
     def loss_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
         W = w.reshape(shape)
         loss, grad = 0.0, np.zeros(shape)
         for X, y in chunks():
             Xs = transform(np.asarray(X, np.float64))
-            z = Xs @ W[:, :-1].T + W[:, -1]
-            labels = np.searchsorted(classes, y)
-            if n_out == 1:
-                target = (labels == 1).astype(np.float64)
-                z = z[:, 0]
-                loss -= float(np.sum(log_expit(z) * target + log_expit(-z) * (1 - target)))
-                residual = (expit(z) - target)[:, None]
-            else:
-                lse = logsumexp(z, axis=1)
-                loss += float(np.sum(lse - z[np.arange(len(z)), labels]))
-                residual = np.exp(z - lse[:, None])
-                residual[np.arange(len(z)), labels] -= 1.0
+            part, residual = chunk_loss(Xs @ W[:, :-1].T + W[:, -1], np.searchsorted(classes, y))
+            loss += part
             grad[:, :-1] += residual.T @ Xs
             grad[:, -1] += residual.sum(axis=0)
-        coef = W[:, :-1]
-        loss = loss / n_rows + 0.5 * l2 * float(np.sum(coef * coef))
-        grad /= n_rows
-        grad[:, :-1] += l2 * coef
-        return loss, grad.ravel()
+        extra, extra_grad = penalty(W)
+        return loss / n_rows + extra, (grad / n_rows + extra_grad).ravel()
 
     start = np.zeros(shape) if w0 is None else np.asarray(w0, np.float64).reshape(shape)
     result = optimize.minimize(
@@ -694,36 +724,25 @@ def lbfgs_linsvm(
     :func:`lbfgs_logreg` (the last column of the weights is the intercept).
     """
     n_out = 1 if len(classes) == 2 else len(classes)
-    shape = (n_out, n_features + 1)
+    scale = 1.0 / (C * n_rows)
 
-    def loss_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
-        W = w.reshape(shape)
-        loss, grad = 0.0, np.zeros(shape)
-        for X, y in chunks():
-            Xs = transform(np.asarray(X, np.float64))
-            z = Xs @ W[:, :-1].T + W[:, -1]
-            labels = np.searchsorted(classes, y)
-            if n_out == 1:
-                Y = np.where(labels == 1, 1.0, -1.0)[:, None]
-            else:
-                Y = -np.ones((len(y), n_out))
-                Y[np.arange(len(y)), labels] = 1.0
-            margin = np.maximum(0.0, 1.0 - Y * z)
-            loss += float(np.sum(margin * margin))
-            residual = -2.0 * Y * margin
-            grad[:, :-1] += residual.T @ Xs
-            grad[:, -1] += residual.sum(axis=0)
-        scale = 1.0 / (C * n_rows)
-        return (0.5 * float(np.sum(W * W)) * scale + loss / n_rows,
-                (W * scale + grad / n_rows).ravel())  # fmt: skip
+    def chunk_loss(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+        if n_out == 1:
+            Y = np.where(labels == 1, 1.0, -1.0)[:, None]
+        else:
+            Y = -np.ones((len(labels), n_out))
+            Y[np.arange(len(labels)), labels] = 1.0
+        margin = np.maximum(0.0, 1.0 - Y * z)
+        return float(np.sum(margin * margin)), -2.0 * Y * margin
 
-    start = np.zeros(shape) if w0 is None else np.asarray(w0, np.float64).reshape(shape)
-    result = optimize.minimize(
-        loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
-        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    def penalty(W: np.ndarray) -> tuple[float, np.ndarray]:
+        # liblinear penalises the intercept as one more weight
+        return 0.5 * float(np.sum(W * W)) * scale, W * scale
+
+    return _minimize_streamed(
+        chunk_loss, penalty, chunks, transform, (n_out, n_features + 1), classes, n_rows,
+        tol=tol, max_iter=max_iter, w0=w0,
     )  # fmt: skip
-    n_iter = int(result.nit)
-    return result.x.reshape(shape), n_iter, n_iter < max_iter
 
 
 def _linsvm_refit(head, params, source, stats, classes, seed, w0):
