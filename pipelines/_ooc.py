@@ -62,7 +62,7 @@ from pipelines._search import (
 from pipelines._stream import GroupStats, RowSource, fold_groups, scaler_of
 from pipelines._views import expand_splits, expand_views
 
-__all__ = ["Strategy", "StreamedFit", "fit_streamed", "lbfgs_logreg", "IN_MEMORY"]
+__all__ = ["Strategy", "StreamedFit", "fit_streamed", "lbfgs_linear", "IN_MEMORY"]
 
 logger = logging.getLogger(__name__)
 
@@ -487,10 +487,11 @@ def score_folds(
     return correct / np.maximum(count, 1)[:, None]
 
 
-# -- logreg: scikit-learn's objective, streamed -----------------------------------------
+# -- logreg and linsvm: scikit-learn's objectives, streamed ----------------------------
 
 
-def lbfgs_logreg(
+def lbfgs_linear(
+    loss: str,
     chunks: Callable[[], Any],
     transform: Callable[[np.ndarray], np.ndarray],
     n_features: int,
@@ -498,14 +499,23 @@ def lbfgs_logreg(
     n_rows: int,
     C: float,
     *,
-    tol: float = 1e-4,
-    max_iter: int = 100,
+    tol: float,
+    max_iter: int,
     w0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, bool]:
-    """Minimise ``LogisticRegression(C=C)``'s objective over streamed rows by L-BFGS-B.
+    """Minimise a linear head's objective over streamed rows by L-BFGS-B.
+
+    ``loss="log"`` is ``LogisticRegression(C=C)``'s objective (the intercept unpenalised);
+    ``loss="squared_hinge"`` is ``LinearSVC(C=C)``'s primal of each one-vs-rest class (one for
+    two classes, that of ``classes[1]``): ``||w||^2 / 2 + C sum(max(0, 1 - y w.x)^2)`` with
+    ``y`` in {-1, 1} and the intercept a feature of value 1 (``intercept_scaling=1``),
+    penalised as liblinear penalises it; smooth and strictly convex, so L-BFGS reaches
+    liblinear's optimum. Both are minimised divided by ``C n`` (the same optimum), with
+    ``gtol = tol``.
 
     Parameters
     ----------
+    loss : {"log", "squared_hinge"}
     chunks : callable
         ``chunks()`` yields ``(X, y)`` pairs (raw features, labels from ``classes``):
         one pass over the training rows per call.
@@ -517,7 +527,7 @@ def lbfgs_logreg(
     n_rows : int
         The rows ``chunks`` yields, the ``n`` of the mean loss.
     C, tol, max_iter : float, float, int
-        As ``LogisticRegression``'s.
+        As the head's (``LogisticRegression``'s or ``LinearSVC``'s).
     w0 : ndarray, optional
         Starting weights ``(n_outputs, n_features + 1)`` (default: zeros).
 
@@ -530,7 +540,15 @@ def lbfgs_logreg(
     converged : bool
     """
     n_out = 1 if len(classes) == 2 else len(classes)
-    l2 = 1.0 / (C * n_rows)
+    chunk_loss, penalty = _LOSSES[loss](n_out, 1.0 / (C * n_rows))
+    return _minimize_streamed(
+        chunk_loss, penalty, chunks, transform, (n_out, n_features + 1), classes, n_rows,
+        tol=tol, max_iter=max_iter, w0=w0,
+    )  # fmt: skip
+
+
+def _log_loss(n_out: int, l2: float):
+    """The multinomial (binomial for one output) log loss, the intercept unpenalised."""
 
     def chunk_loss(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
         if n_out == 1:
@@ -544,15 +562,32 @@ def lbfgs_logreg(
         return float(np.sum(lse - z[np.arange(len(z)), labels])), residual
 
     def penalty(W: np.ndarray) -> tuple[float, np.ndarray]:
-        # scikit-learn leaves the intercept unpenalised
         coef = np.zeros_like(W)
         coef[:, :-1] = W[:, :-1]
         return 0.5 * l2 * float(np.sum(coef * coef)), l2 * coef
 
-    return _minimize_streamed(
-        chunk_loss, penalty, chunks, transform, (n_out, n_features + 1), classes, n_rows,
-        tol=tol, max_iter=max_iter, w0=w0,
-    )  # fmt: skip
+    return chunk_loss, penalty
+
+
+def _squared_hinge(n_out: int, l2: float):
+    """One-vs-rest squared hinge, the intercept penalised as one more weight (liblinear)."""
+
+    def chunk_loss(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+        if n_out == 1:
+            Y = np.where(labels == 1, 1.0, -1.0)[:, None]
+        else:
+            Y = -np.ones((len(labels), n_out))
+            Y[np.arange(len(labels)), labels] = 1.0
+        margin = np.maximum(0.0, 1.0 - Y * z)
+        return float(np.sum(margin * margin)), -2.0 * Y * margin
+
+    def penalty(W: np.ndarray) -> tuple[float, np.ndarray]:
+        return 0.5 * l2 * float(np.sum(W * W)), l2 * W
+
+    return chunk_loss, penalty
+
+
+_LOSSES = {"log": _log_loss, "squared_hinge": _squared_hinge}
 
 
 def _minimize_streamed(
@@ -573,7 +608,7 @@ def _minimize_streamed(
     ``chunk_loss(z, labels)`` gives the summed loss of a chunk's decision values ``z``
     ``(n, n_outputs)`` and its gradient with respect to ``z``; ``penalty(W)`` the
     regulariser and its gradient. Weights ``W`` are ``shape``, the intercept in the last
-    column. Returns ``(weights, n_iter, converged)`` as :func:`lbfgs_logreg`.
+    column. Returns ``(weights, n_iter, converged)`` as :func:`lbfgs_linear`.
     """
 
     def loss_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -603,7 +638,7 @@ def _logreg_settings(head: Head, params: Mapping) -> tuple[float, float, int]:
 
 
 def _logreg_chunks(source: RowSource, fold: int | None):
-    """``chunks()`` of :func:`lbfgs_logreg` over the training part of ``fold`` (None: all)."""
+    """``chunks()`` of :func:`lbfgs_linear` over the training part of ``fold`` (None: all)."""
 
     def chunks():
         for chunk in source.chunks():
@@ -621,8 +656,8 @@ def _logreg_fit(head, params, source, space: _Space, classes, n_rows, fold, w0):
     """``(weights, n_iter, converged)`` of the streamed fit of ``params`` on ``space``."""
     C, tol, max_iter = _logreg_settings(head, params)
     n_components = params.get(PCA_KEY)
-    return lbfgs_logreg(
-        _logreg_chunks(source, fold), lambda X: space.transform(X, n_components),
+    return lbfgs_linear(
+        "log", _logreg_chunks(source, fold), lambda X: space.transform(X, n_components),
         space.width(n_components), classes, n_rows, C, tol=tol, max_iter=max_iter, w0=w0,
     )  # fmt: skip
 
@@ -699,50 +734,7 @@ def _linear_predictor(space: _Space, classes, candidates, solutions):
     return predict
 
 
-# -- linsvm: LinearSVC's primal, streamed -----------------------------------------------
-
-
-def lbfgs_linsvm(
-    chunks: Callable[[], Any],
-    transform: Callable[[np.ndarray], np.ndarray],
-    n_features: int,
-    classes: np.ndarray,
-    n_rows: int,
-    C: float,
-    *,
-    tol: float = 1e-4,
-    max_iter: int = 1000,
-    w0: np.ndarray | None = None,
-) -> tuple[np.ndarray, int, bool]:
-    """Minimise ``LinearSVC(C=C)``'s primal over streamed rows by L-BFGS-B.
-
-    The primal of each one-vs-rest class (one for two classes, that of ``classes[1]``):
-    ``||w||^2 / 2 + C sum(max(0, 1 - y w.x)^2)`` with ``y`` in {-1, 1} and the intercept a
-    feature of value 1 (``intercept_scaling=1``), penalised as liblinear penalises it. It is
-    smooth and strictly convex: L-BFGS reaches liblinear's optimum. Minimised divided by
-    ``C n`` (the same optimum), ``gtol = tol``. Parameters and returns as
-    :func:`lbfgs_logreg` (the last column of the weights is the intercept).
-    """
-    n_out = 1 if len(classes) == 2 else len(classes)
-    scale = 1.0 / (C * n_rows)
-
-    def chunk_loss(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-        if n_out == 1:
-            Y = np.where(labels == 1, 1.0, -1.0)[:, None]
-        else:
-            Y = -np.ones((len(labels), n_out))
-            Y[np.arange(len(labels)), labels] = 1.0
-        margin = np.maximum(0.0, 1.0 - Y * z)
-        return float(np.sum(margin * margin)), -2.0 * Y * margin
-
-    def penalty(W: np.ndarray) -> tuple[float, np.ndarray]:
-        # liblinear penalises the intercept as one more weight
-        return 0.5 * float(np.sum(W * W)) * scale, W * scale
-
-    return _minimize_streamed(
-        chunk_loss, penalty, chunks, transform, (n_out, n_features + 1), classes, n_rows,
-        tol=tol, max_iter=max_iter, w0=w0,
-    )  # fmt: skip
+# -- linsvm's refit ------------------------------------------------------------------
 
 
 def _linsvm_refit(head, params, source, stats, classes, seed, w0):
@@ -751,8 +743,8 @@ def _linsvm_refit(head, params, source, stats, classes, seed, w0):
     space = _Space.of(whole)
     clf = head.classifier(params, np.zeros((1, 1)), seed=seed)
     n_components = params.get(PCA_KEY)
-    weights, n_iter, converged = lbfgs_linsvm(
-        _logreg_chunks(source, None), lambda X: space.transform(X, n_components),
+    weights, n_iter, converged = lbfgs_linear(
+        "squared_hinge", _logreg_chunks(source, None), lambda X: space.transform(X, n_components),
         space.width(n_components), classes, int(whole.n), float(clf.C), tol=float(clf.tol),
         max_iter=int(clf.max_iter), w0=w0,
     )  # fmt: skip

@@ -20,7 +20,7 @@ from featurecache.cache import open_cache
 from pipelines import fit
 from pipelines._budget import Budget, parse_memory
 from pipelines._heads import get_head, resolve_grids
-from pipelines._ooc import FitRows, fit_streamed, lbfgs_logreg, stratified_sample
+from pipelines._ooc import FitRows, fit_streamed, lbfgs_linear, stratified_sample
 from pipelines._search import search_heads, stratified_splits
 from pipelines._stream import GroupStats, RowSource, fold_groups, scaler_of
 
@@ -176,8 +176,8 @@ def test_streamed_lbfgs_equals_scikit_learns_logistic_regression(tmp_path, n_cla
             yield chunk.X, chunk.y
 
     for C in (0.01, 1.0):
-        weights, n_iter, converged = lbfgs_logreg(
-            chunks, scaler.transform, 12, np.unique(y), len(y), C, tol=1e-4, max_iter=1000
+        weights, n_iter, converged = lbfgs_linear(
+            "log", chunks, scaler.transform, 12, np.unique(y), len(y), C, tol=1e-4, max_iter=1000
         )
         reference = LogisticRegression(C=C, max_iter=1000).fit(
             StandardScaler().fit_transform(X.astype(np.float64)), y
@@ -272,8 +272,6 @@ def test_heads_without_a_streamed_fit_are_refit_on_the_sample(cache):
 def test_streamed_linsvm_reaches_linearsvcs_optimum(tmp_path, n_classes):
     from sklearn.svm import LinearSVC
 
-    from pipelines._ooc import lbfgs_linsvm
-
     path = write_cache(tmp_path / "c.h5", n_classes=n_classes,
                        n_per_class={"train": 80, "test": 10}, shards=True, logged=True)  # fmt: skip
     cache = open_cache(path)
@@ -288,7 +286,7 @@ def test_streamed_linsvm_reaches_linearsvcs_optimum(tmp_path, n_classes):
 
     Xs = StandardScaler().fit_transform(X.astype(np.float64))
     for C in (0.001, 0.1):
-        weights, _, converged = lbfgs_linsvm(chunks, scaler.transform, 12, np.unique(y), len(y),
+        weights, _, converged = lbfgs_linear("squared_hinge", chunks, scaler.transform, 12, np.unique(y), len(y),
                                              C, tol=1e-10, max_iter=5000)  # fmt: skip
         reference = LinearSVC(C=C, tol=1e-12, max_iter=1_000_000).fit(Xs, y)
         assert converged
