@@ -9,14 +9,13 @@ with ``save_pretrained`` (config, processor, tokenizer).
 
 A weights file is mapped by :func:`_map_weights` (``save_pretrained``'s own keys, or a folder
 saved with it). Two-tower models whose zero-shot convention is known (:data:`_TEXT_INPUTS`: SigLIP, CLIP)
-store a zero-shot classifier built by their text tower (:func:`_zeroshot`).
+store a zero-shot classifier built by their text tower (:func:`_build_text_tower`).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,13 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from featurecache.cache import StoredClassifier
 from featurecache.exceptions import DownloadError, InvalidArgumentError, UnknownNameError
 from featurecache.models._layers import LayerInfo, Tap, spread
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, first_line, offline, require
 from featurecache.models._weights import drop_transient, read_weights, split_prefix
-from featurecache.models._zeroshot import zeroshot_classifier
+from featurecache.models._zeroshot import TextTower
 
 __all__ = ["SOURCE", "HiddenStates"]
 
@@ -83,7 +81,9 @@ def record(repo: str) -> Backbone:
         classifier="",
         stages=_stages,
         prefix_tokens=partial(_prefix_tokens, config),
-        zeroshot=partial(_zeroshot, repo, config) if config.model_type in _TEXT_INPUTS else None,
+        zeroshot=partial(_build_text_tower, repo, config)
+        if config.model_type in _TEXT_INPUTS
+        else None,
         map_weights=_map_weights,
         text_tower=_text_tower,
     )
@@ -245,28 +245,16 @@ def _text_tower(state_dict: dict) -> bool:
 _TEXT_KEYS = ("input_ids", "attention_mask")
 
 
-def _zeroshot(
-    repo: str,
-    config: Any,
-    resolved: Resolved,
-    image_size: int,
-    seed: int,
-    class_names: Sequence[str],
-    prompts: Sequence[str],
-) -> StoredClassifier:
-    """The zero-shot classifier of ``class_names`` from the model's text tower.
+def _build_text_tower(repo: str, config: Any, resolved: Resolved, image_size: int) -> TextTower:
+    """The model's text tower (``get_text_features``), texts tokenized by the repository's own
+    tokenizer as :data:`_TEXT_INPUTS` says (``image_size`` is the config's own here).
 
-    Each class's row is the normalised mean of its prompts' normalised ``get_text_features``
-    (as OpenCLIP's ``build_zero_shot_classifier``), texts tokenized by the repository's own
-    tokenizer as :data:`_TEXT_INPUTS` says. It reads the layer equal to
-    ``get_image_features``: ``embedding.proj`` when the model projects (CLIP), else
-    ``embedding`` (SigLIP's pooled output is its image embedding). The model is built as
-    :func:`load_backbone` built its image tower (the same weights, or the same seed).
+    Its classifier reads the layer equal to ``get_image_features``: ``embedding.proj`` when
+    the model projects (CLIP), else ``embedding`` (SigLIP's pooled output is its image
+    embedding).
     """
     tokenizer = _tokenizer(repo)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _model(repo, config, resolved, load_file=True).eval()
+    model = _model(repo, config, resolved, load_file=True).eval()
     inputs = dict(_TEXT_INPUTS[config.model_type])
     if inputs["padding"] == "max_length":
         inputs["max_length"] = int(config.text_config.max_position_embeddings)
@@ -276,8 +264,8 @@ def _zeroshot(
         encoded = {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
         return _features(model.get_text_features(**encoded))
 
-    return zeroshot_classifier(
-        model, embed_texts, class_names, prompts,
+    return TextTower(
+        model, embed_texts,
         layer="embedding.proj" if hasattr(model, "visual_projection") else "embedding",
         source=f"hf:{repo} text tower ({type(model).__name__}), weights {resolved.id}",
     )  # fmt: skip

@@ -6,13 +6,12 @@ the projection, and ``embedding.proj`` is the projected (CLIP-space) embedding t
 own ``preprocess_cfg``. Pretrained weights download through the Hugging Face hub cache; a
 weights file is mapped by :func:`_map_weights`. The activation follows the pretrained tag
 (:func:`quick_gelu`). The text tower, of named weights or of a full weights file, gives the
-zero-shot classifier of a dataset's class names (:func:`_zeroshot`).
+zero-shot classifier of a dataset's class names (:func:`_build_text_tower`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
@@ -21,14 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from featurecache.cache import StoredClassifier
 from featurecache.exceptions import DownloadError, UnknownNameError, suggest
 from featurecache.models._download import hf_hub_file
 from featurecache.models._layers import LayerInfo, spread
 from featurecache.models._preprocess import Preprocess
 from featurecache.models._record import Backbone, Resolved, Source, first_line, require
 from featurecache.models._weights import split_prefix
-from featurecache.models._zeroshot import zeroshot_classifier
+from featurecache.models._zeroshot import TextTower
 
 __all__ = ["SOURCE", "ImageTower"]
 
@@ -78,7 +76,7 @@ def record(name: str) -> Backbone:
         classifier="",
         stages=_stages,
         prefix_tokens=_prefix_tokens,
-        zeroshot=partial(_zeroshot, arch, tag),
+        zeroshot=partial(_build_text_tower, arch, tag),
         map_weights=_map_weights,
         text_tower=_text_tower,
         architecture=_architecture(arch, tag),
@@ -243,25 +241,11 @@ def _text_tower(state_dict: dict) -> bool:
     return "logit_scale" in state_dict and any(k.startswith("visual.") for k in state_dict)
 
 
-def _zeroshot(
-    arch: str,
-    tag: str,
-    resolved: Resolved,
-    image_size: int,
-    seed: int,
-    class_names: Sequence[str],
-    prompts: Sequence[str],
-) -> StoredClassifier:
-    """The zero-shot classifier of ``class_names``: OpenCLIP's ``build_zero_shot_classifier``.
-
-    The CLIP model is built as :func:`load_backbone` built its image tower (the same weights,
-    a full weights file, or the same seed), so the classifier and the cached
-    ``embedding.proj`` agree.
-    """
+def _build_text_tower(arch: str, tag: str, resolved: Resolved, image_size: int) -> TextTower:
+    """The CLIP model's text tower (``encode_text``, OpenCLIP's tokenizer), built as
+    :func:`load_backbone` built its image tower: its classifier reads ``embedding.proj``."""
     open_clip = _open_clip()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _clip(arch, tag, image_size, resolved, load_file=True).eval()
+    model = _clip(arch, tag, image_size, resolved, load_file=True).eval()
     try:
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:
@@ -269,9 +253,9 @@ def _zeroshot(
             f"Could not load the tokenizer of open_clip:{arch} ({first_line(exc)}). To work "
             "offline, download it once into the Hugging Face hub cache (HF_HOME)."
         ) from exc
-    return zeroshot_classifier(
-        model, lambda texts: model.encode_text(tokenizer(texts)), class_names, prompts,
-        layer="embedding.proj", source=f"open_clip:{arch} text tower, weights {resolved.id}",
+    return TextTower(
+        model, lambda texts: model.encode_text(tokenizer(texts)), layer="embedding.proj",
+        source=f"open_clip:{arch} text tower, weights {resolved.id}",
     )  # fmt: skip
 
 

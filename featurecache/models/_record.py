@@ -137,9 +137,9 @@ class Backbone:
         ``class_names(resolved, n_outputs) -> names or None``: the classes of the removed
         classifier; ``None`` means ImageNet's 1,000 when it has 1,000 outputs.
     zeroshot : callable, optional
-        ``zeroshot(resolved, image_size, seed, class_names, prompts) -> StoredClassifier``:
-        the zero-shot classifier of a model with a text tower (OpenCLIP; SigLIP and CLIP
-        from Hugging Face).
+        ``zeroshot(resolved, image_size) -> TextTower``: the text tower of a model with one
+        (OpenCLIP; SigLIP and CLIP from Hugging Face), from which
+        :func:`~featurecache.models._zeroshot.build_zeroshot` makes the zero-shot classifier.
     map_weights : callable, optional
         ``map_weights(state_dict, model) -> state_dict``: the source's one rule mapping the
         keys of a weights file (the library's own checkpoint, or featurecache's layout) to

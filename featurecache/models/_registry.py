@@ -49,6 +49,7 @@ from featurecache.models._record import (
     library_version,
 )
 from featurecache.models._weights import drop_transient, read_weights
+from featurecache.models._zeroshot import build_zeroshot
 
 __all__ = [
     "Backbone",
@@ -408,7 +409,7 @@ def load_backbone(
         architecture=dict(backbone.architecture),
         imagenet=imagenet,
         # a weights file of the image tower alone leaves the text tower random: none then
-        zeroshot=partial(backbone.zeroshot, resolved, image_size, seed)
+        zeroshot=partial(build_zeroshot, backbone.zeroshot, resolved, image_size, seed)
         if backbone.zeroshot is not None and (resolved.path is None or text_tower)
         else None,
     )

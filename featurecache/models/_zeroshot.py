@@ -7,6 +7,8 @@ each normalised, averaged and normalised again (OpenCLIP's ``build_zero_shot_cla
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,9 +17,45 @@ from torch import nn
 from featurecache.cache import StoredClassifier
 from featurecache.models._prompts import prompt_texts
 
-__all__ = ["zeroshot_classifier"]
+__all__ = ["TextTower", "build_zeroshot", "zeroshot_classifier"]
 
 _CLASSES_PER_BATCH = 32
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """A model's text tower, as a source builds it for its zero-shot classifier.
+
+    ``embed_texts`` maps texts to their embeddings ``(n_texts, dim)``; ``model`` gives the
+    logit scale and bias; ``layer`` is the cached image layer the classifier reads;
+    ``source`` says where the tower comes from.
+    """
+
+    model: nn.Module
+    embed_texts: Callable[[list[str]], torch.Tensor]
+    layer: str
+    source: str
+
+
+def build_zeroshot(
+    text_tower: Callable[[Any, int], TextTower],
+    resolved: Any,
+    image_size: int,
+    seed: int,
+    class_names: Sequence[str],
+    prompts: Sequence[str],
+) -> StoredClassifier:
+    """The zero-shot classifier of ``class_names`` from the tower ``text_tower(resolved,
+    image_size)`` builds, seeded by ``seed`` as :func:`load_backbone` seeded its image tower
+    (the same weights, a full weights file, or the same seed), so the classifier and the
+    cached image layer agree."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tower = text_tower(resolved, image_size)
+    return zeroshot_classifier(
+        tower.model, tower.embed_texts, class_names, prompts, layer=tower.layer,
+        source=tower.source,
+    )  # fmt: skip
 
 
 def zeroshot_classifier(
