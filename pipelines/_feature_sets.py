@@ -45,6 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from featurecache._validation import ParameterError, check_optional_int
 from featurecache.cache import Cache, Entry
+from featurecache.cache import _format as fmt
 from featurecache.exceptions import UnknownNameError, suggest
 
 __all__ = [
@@ -133,12 +134,7 @@ class FeatureSet:
              "provenance": e.provenance}
             for p, e in zip(self.parts, self.entries, strict=True)
         ]  # fmt: skip
-        digests = [
-            [p["model"], p["layer"], p["provenance"].get("config_digest")
-             or json.dumps(p["provenance"], sort_keys=True, default=str)]
-            for p in parts
-        ]  # fmt: skip
-        digest = hashlib.sha256(json.dumps([digests, self.pca]).encode()).hexdigest()
+        digest = hashlib.sha256(fmt.canonical_json(self._configs()).encode()).hexdigest()
         return {
             **self.entries[0].provenance,
             "layer": self.name,
@@ -147,6 +143,22 @@ class FeatureSet:
             "config_digest": digest,
             "feature_set": {"name": self.name, "pca": self.pca, "parts": parts},
         }
+
+    @property
+    def earlier_config_digest(self) -> str:
+        """The ``config_digest`` as featurecache hashed it before canonical JSON (with
+        ``json.dumps``'s default separators): results keyed on it are the same results."""
+        return hashlib.sha256(json.dumps(self._configs()).encode()).hexdigest()
+
+    def _configs(self) -> list:
+        """What the configuration digest hashes: each part's name and feature
+        configuration, in order, and the per-part PCA."""
+        configs = [
+            [p.model, p.layer, e.provenance.get("config_digest")
+             or json.dumps(e.provenance, sort_keys=True, default=str)]
+            for p, e in zip(self.parts, self.entries, strict=True)
+        ]  # fmt: skip
+        return [configs, self.pca]
 
     def scaler(self, seed: int) -> PartScaler:
         """The unfitted per-part scaler of this set's concatenated rows."""

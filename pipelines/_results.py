@@ -58,8 +58,9 @@ and ``fit`` says why in one line per reason. Records written before ``features_d
 ``curves.csv`` has the columns :data:`CURVE_COLUMNS`; the best combination is still
 chosen from ``results.csv`` (the full training data) only.
 
-A head file holds a dict with :data:`HEAD_KEYS`; :func:`load_head` returns it as a
-:class:`HeadRecord`. A predictions file has the columns :data:`PREDICTION_COLUMNS`.
+What a head file holds, and reading it back (:func:`load_head`, :class:`HeadRecord`),
+belongs to :mod:`pipelines._head_file`; they are importable from here too. A predictions
+file has the columns :data:`PREDICTION_COLUMNS`.
 
 The best combination
 --------------------
@@ -81,7 +82,6 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,11 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from featurecache import __version__
 from featurecache._paths import check_output
 from featurecache._validation import AdviceError, ParameterError
-from featurecache.cache import Cache, FeatureConfig, atomic_write
+from featurecache.cache import Cache, atomic_write
 from featurecache.exceptions import InvalidArgumentError
+from pipelines._head_file import HEAD_KEYS, HeadRecord, head_contents, load_head
 from pipelines._heads import list_heads
 from pipelines._rows import RowStatus, features_digest, row_status
 from pipelines._views import PLAIN, Variant
@@ -121,17 +121,6 @@ __all__ = [
 #: Bumped when a combination's record changes meaning: older records are refitted.
 #: 2: keys name the exact feature rows read (``features_digest``), hashed as canonical JSON.
 RECORD_VERSION = 2
-HEAD_KEYS = (
-    "estimator",
-    "model",
-    "layer",
-    "head",
-    "params",
-    "class_names",
-    "samples_digest",
-    "provenance",
-    "featurecache_version",
-)
 RESULT_COLUMNS = (
     "model",
     "layer",
@@ -301,119 +290,6 @@ def _display_key(record: Mapping, order: Mapping[str, int]) -> tuple:
         record.get("n_tta", 1),
         record.get("tta", PLAIN),
     )
-
-
-# -- head files -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HeadRecord:
-    """A fitted head, as :func:`load_head` reads it from a head file.
-
-    Attributes
-    ----------
-    estimator : sklearn.pipeline.Pipeline
-        The fitted ``scale -> [pca] -> clf`` pipeline; ``predict`` returns class indices.
-    model, layer, head : str
-        The combination it was fitted on.
-    params : dict
-        The chosen hyper-parameters.
-    class_names : tuple of str
-        Class index -> name.
-    samples_digest : str
-        Digest of the samples of the cache it was fitted on.
-    config : FeatureConfig
-        The configuration of the features it reads: backbone, weights digest,
-        preprocessing, pooling, dtypes.
-    provenance : mapping
-        Every attribute of the cached layer (``depth``, ``raw_shape``, versions…).
-    featurecache_version : str
-        The version that fitted it.
-    """
-
-    estimator: Any
-    model: str
-    layer: str
-    head: str
-    params: Mapping[str, Any]
-    class_names: tuple[str, ...]
-    samples_digest: str
-    config: FeatureConfig
-    provenance: Mapping[str, Any]
-    featurecache_version: str
-
-
-def load_head(path: str | os.PathLike) -> HeadRecord:
-    """Load a head file written by :func:`~pipelines.fit`.
-
-    Only load files you trust: a ``.joblib`` file is a pickle.
-
-    Parameters
-    ----------
-    path : str or path
-        ``RESULTS/heads/<model>/<layer>/<head>.joblib``.
-
-    Returns
-    -------
-    HeadRecord
-
-    Raises
-    ------
-    InvalidArgumentError
-        The file is missing, is not a head file, or records no feature configuration.
-    """
-    path = Path(path)
-    stored = _read_head_file(path)
-    missing = [k for k in HEAD_KEYS if not isinstance(stored, dict) or k not in stored]
-    if missing:
-        raise InvalidArgumentError(
-            f"head file {str(path)!r} is not a head file: it lacks {', '.join(missing)}; pass a "
-            ".joblib file written by `featurecache fit`."
-        )
-    if not hasattr(stored["estimator"], "predict"):
-        raise InvalidArgumentError(
-            f"head file {str(path)!r} holds no fitted estimator; re-run `featurecache fit`."
-        )
-    return HeadRecord(
-        estimator=stored["estimator"],
-        model=str(stored["model"]),
-        layer=str(stored["layer"]),
-        head=str(stored["head"]),
-        params=dict(stored["params"]),
-        class_names=tuple(str(name) for name in stored["class_names"]),
-        samples_digest=str(stored["samples_digest"]),
-        config=_head_config(stored["provenance"], path),
-        provenance=dict(stored["provenance"]),
-        featurecache_version=str(stored["featurecache_version"]),
-    )
-
-
-def _read_head_file(path: Path) -> Any:
-    if not path.is_file():
-        raise InvalidArgumentError(
-            f"head file {str(path)!r} does not exist; heads are in "
-            "RESULTS/heads/<model>/<layer>/<head>.joblib, written by `featurecache fit`."
-        )
-    try:
-        return joblib.load(path)
-    except Exception as error:  # a pickle can fail in many ways; all mean "not a head file"
-        raise InvalidArgumentError(
-            f"head file {str(path)!r} cannot be loaded as a head file ({type(error).__name__}: "
-            f"{error}); pass a .joblib file written by `featurecache fit`."
-        ) from error
-
-
-def _head_config(provenance: Mapping, path: Path) -> FeatureConfig:
-    """The layer's :class:`FeatureConfig`, which the cache records as JSON in ``config``."""
-    config = provenance.get("config") if isinstance(provenance, Mapping) else None
-    try:
-        values = json.loads(config) if isinstance(config, str) else config
-        return FeatureConfig.from_dict(values)
-    except (TypeError, ValueError, KeyError) as error:
-        raise InvalidArgumentError(
-            f"head file {str(path)!r} records no usable feature configuration ({error}); it must "
-            "come from `featurecache fit` on a cache written by `featurecache extract`."
-        ) from error
 
 
 # -- the folder -----------------------------------------------------------------------
@@ -593,20 +469,13 @@ class ResultsFolder:
         class_names: Sequence[str], samples_digest: str, provenance: Mapping[str, Any],
         variant: str = "",
     ) -> str:  # fmt: skip
-        """Write a head file (a dict with :data:`HEAD_KEYS`) and return its path relative to
-        the folder. ``provenance`` holds the cached layer's attributes, its ``config`` among
-        them."""
-        stored = {
-            "estimator": estimator,
-            "model": model,
-            "layer": layer,
-            "head": head,
-            "params": dict(params),
-            "class_names": list(class_names),
-            "samples_digest": samples_digest,
-            "provenance": dict(provenance),
-            "featurecache_version": str(__version__),
-        }
+        """Write a head file (:func:`pipelines._head_file.head_contents`) and return its path
+        relative to the folder. ``provenance`` holds the cached layer's attributes, its
+        ``config`` among them."""
+        stored = head_contents(
+            estimator=estimator, model=model, layer=layer, head=head, params=params,
+            class_names=class_names, samples_digest=samples_digest, provenance=provenance,
+        )  # fmt: skip
         path = self.path("heads", model, layer, head, variant)
         atomic_write(path, lambda p: joblib.dump(stored, p))
         return str(path.relative_to(self.root))

@@ -125,14 +125,14 @@ def test_rerun_reuses_finished_combinations(tmp_path, monkeypatch):
 def test_saved_head_predicts_like_the_one_in_memory(tmp_path, monkeypatch):
     cache_path = write_cache(tmp_path / "c.h5", shards=True)
     kept = {}
-    original = fit_module._refit
+    original = fit_module.refit
 
     def keep(head, *args, **kwargs):
         result = original(head, *args, **kwargs)
         kept[head.name] = result[0]
         return result
 
-    monkeypatch.setattr(fit_module, "_refit", keep)
+    monkeypatch.setattr(fit_module, "refit", keep)
     out = tmp_path / "r"
     _fit(cache_path, out, heads=["logreg", "svm"], layers=["embedding"], grid={"svm": {"C": [1.0]}})
     cache = pipelines.open_cache(cache_path)
