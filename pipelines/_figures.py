@@ -18,6 +18,10 @@ __all__ = [
     "TIE",
     "gap_verdict",
     "layer_names_differ",
+    "heatmap_figure",
+    "layer_depth_figure",
+    "heads_figure",
+    "confusion_figure",
     "depth_figure",
     "learning_curve_figure",
     "project_2d",
@@ -63,10 +67,134 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _png(fig) -> bytes:
+def _png(fig, *, stamp: bool = True) -> bytes:
+    """The figure as PNG bytes; without ``stamp``, no matplotlib version in its metadata (the
+    comparison figures have always been written so)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", metadata=None if stamp else {"Software": None})
     return buffer.getvalue()
+
+
+def heatmap_figure(cells: pd.DataFrame, score: str, label: str) -> bytes:
+    """A model x layer grid of ``score``, each cell labelled with its value and head.
+
+    ``cells`` has one row per (model, layer) with ``model``, ``layer``, ``depth_sort``,
+    ``head`` and ``score``; layers run by depth, then name. ``label`` names the colour bar.
+    """
+    models = sorted(cells["model"].unique())
+    depth = cells.groupby("layer")["depth_sort"].mean()
+    layers = sorted(depth.index, key=lambda name: (depth[name], name))
+    grid = np.full((len(models), len(layers)), np.nan)
+    labels = {}
+    for _, r in cells.iterrows():
+        i, j = models.index(r["model"]), layers.index(r["layer"])
+        grid[i, j] = r[score]
+        labels[i, j] = f"{r[score]:.3f}\n{r['head']}"
+    fig = _figure(max(4.0, 1.1 * len(layers) + 2), max(2.2, 0.7 * len(models) + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    for (i, j), text in labels.items():
+        bright = grid[i, j] > np.nanmin(grid) + 0.6 * (np.nanmax(grid) - np.nanmin(grid) + 1e-12)
+        ax.text(
+            j, i, text, ha="center", va="center", fontsize=8, color="black" if bright else "white"
+        )
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    fig.colorbar(image, ax=ax, label=label)
+    return _png(fig, stamp=False)
+
+
+def layer_depth_figure(cells: pd.DataFrame, with_test: bool) -> bytes:
+    """One line per backbone: CV accuracy (error bars: CV std) against layer depth, each
+    point named by its layer; crosses for the test accuracy ``with_test``.
+
+    ``cells`` has one row per (model, layer) with ``model``, ``layer``, ``depth``,
+    ``cv_mean``, ``cv_std`` and ``test_accuracy``; a model with a layer of unknown depth
+    has its layers placed 0, 1, 2... in table order.
+    """
+    fig = _figure(7, 4)
+    ax = fig.add_subplot()
+    for k, (model, group) in enumerate(cells.groupby("model", sort=True)):
+        x = group["depth"].astype(float).to_numpy()
+        if np.isnan(x).any():
+            x = np.arange(len(group), dtype=float)
+        color = f"C{k % 10}"
+        ax.errorbar(x, group["cv_mean"], yerr=group["cv_std"].fillna(0.0), marker="o", capsize=3,
+                    color=color, label=f"{model} (CV ± std)")  # fmt: skip
+        if with_test:
+            ax.plot(x, group["test_accuracy"], linestyle="none", marker="x", color=color,
+                    label=f"{model} (test)")  # fmt: skip
+        for xi, yi, name in zip(x, group["cv_mean"], group["layer"], strict=True):
+            ax.annotate(
+                name, (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
+            )
+    ax.set_xlabel("layer depth (0 = input, 1 = penultimate embedding)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig, stamp=False)
+
+
+def heads_figure(table: pd.DataFrame, with_test: bool) -> bytes:
+    """Bars of CV accuracy (error bars: CV std) of every head at every (model, layer), black
+    ticks for the test accuracy ``with_test``.
+
+    ``table`` has one row per (model, layer, head) with ``head_order``, ``depth_sort``,
+    ``cv_mean``, ``cv_std`` and ``test_accuracy``.
+    """
+    heads = [h for _, h in sorted(set(zip(table["head_order"], table["head"], strict=True)))]
+    groups = sorted(
+        table[["model", "depth_sort", "layer"]].drop_duplicates().itertuples(index=False)
+    )
+    fig = _figure(max(6.0, 0.5 * len(groups) * len(heads) + 2), 4)
+    ax = fig.add_subplot()
+    width = 0.8 / len(heads)
+    for k, head in enumerate(heads):
+        rows = table[table["head"] == head].set_index(["model", "layer"])
+        values = [rows["cv_mean"].get((m, layer), np.nan) for m, _, layer in groups]
+        errors = [rows["cv_std"].get((m, layer), 0.0) for m, _, layer in groups]
+        x = np.arange(len(groups)) + (k - (len(heads) - 1) / 2) * width
+        ax.bar(
+            x, values, width, yerr=np.nan_to_num(errors), capsize=2, label=head, color=f"C{k % 10}"
+        )
+        if with_test:
+            tests = [rows["test_accuracy"].get((m, layer), np.nan) for m, _, layer in groups]
+            ax.plot(x, tests, linestyle="none", marker="_", markersize=10, color="black")
+    ax.set_xticks(
+        range(len(groups)),
+        [f"{m}\n{layer}" for m, _, layer in groups],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
+    ax.set_ylabel("CV accuracy")
+    ax.legend(fontsize=8, ncols=min(4, len(heads)))
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig, stamp=False)
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str]) -> bytes:
+    """The confusion matrix ``matrix[true, predicted]``: counts written in the cells (up to
+    30 classes), coloured by the fraction of the true class."""
+    n = len(class_names)
+    size = min(12.0, max(4.0, 0.45 * n + 2))
+    fig = _figure(size, size * 0.85)
+    ax = fig.add_subplot()
+    totals = matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return _png(fig, stamp=False)
 
 
 def depth_figure(

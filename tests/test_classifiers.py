@@ -21,8 +21,8 @@ from featurecache.cache import _format as fmt
 from featurecache.exceptions import CacheCorruptError, ConfigMismatchError, InvalidArgumentError
 from featurecache.models import load_backbone
 from featurecache.models._preprocess import load_image
+from pipelines._cache_sections import imagenet_blocks
 from pipelines._fixed import imagenet_predictions, imagenet_view
-from pipelines._report import _imagenet_views
 
 OPTIONS = RunOptions(workers=0, batch_size=4)
 
@@ -107,7 +107,7 @@ def test_imagenet_predictions_from_the_cached_embedding_equal_the_full_models(
     np.testing.assert_allclose(stored.logits(X), logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(table["imagenet_index"], logits.argmax(axis=1))
     assert list(imagenet_view(opened, result.model)["class"]) == ["ant", "bee"]
-    blocks = _imagenet_views({"cache": str(cache)}, pd.DataFrame({"model": [result.model]}))
+    blocks = imagenet_blocks(opened, pd.DataFrame({"model": [result.model]}))
     assert blocks[0] == ("h2", "What the pretrained network sees")
     assert [row[0] for row in blocks[2].rows] == ["ant", "bee"]
 
@@ -143,7 +143,7 @@ def test_random_weights_store_no_imagenet_classifier_and_say_why(tmp_path, capsy
     )
     with pytest.raises(InvalidArgumentError, match=f"^{re.escape(why)}$"):
         imagenet_predictions(opened, result.model)
-    blocks = _imagenet_views({"cache": str(cache)}, pd.DataFrame({"model": [result.model]}))
+    blocks = imagenet_blocks(opened, pd.DataFrame({"model": [result.model]}))
     assert blocks == [("h2", "What the pretrained network sees"), ("p", why)]
     argv = ["predict", "--imagenet", "--cache", str(cache), "--out", str(tmp_path / "p.csv")]
     assert main(argv) != 0

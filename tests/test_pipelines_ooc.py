@@ -389,7 +389,7 @@ def test_memory_sizes_are_binary():
 
 
 def test_the_map_shows_a_seeded_sample_of_at_most_map_points_rows():
-    from pipelines._report import MAP_POINTS, map_sample
+    from pipelines._cache_sections import MAP_POINTS, map_sample
 
     assert np.array_equal(map_sample(MAP_POINTS, seed=0), np.arange(MAP_POINTS))
     shown = map_sample(3 * MAP_POINTS, seed=0)
@@ -399,7 +399,7 @@ def test_the_map_shows_a_seeded_sample_of_at_most_map_points_rows():
 
 
 def test_the_map_reads_the_features_of_the_sampled_ids_in_their_order(cache):
-    from pipelines._report import _map_features
+    from pipelines._cache_sections import _map_features
 
     X, _, ids = cache.load("toy", "embedding", split="test")
     order = np.random.default_rng(0).permutation(len(ids))[:25]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 
 import pandas as pd
@@ -11,7 +12,9 @@ from _synthetic import LAYERS, write_cache
 
 import pipelines
 from featurecache.exceptions import InvalidArgumentError
-from pipelines._report import earlier_layer_verdict, recommendation
+from pipelines import _decisions
+from pipelines._decisions import earlier_layer, earlier_layer_verdict, recommendation
+from pipelines._report import earlier_layer_outcome
 
 GRID = {"logreg": {"C": [0.01, 1.0]}, "linsvm": {"C": [0.01, 0.1]}}
 
@@ -129,3 +132,31 @@ def test_earlier_layer_verdict_agrees_with_the_recommendation():
         assert earlier_layer_verdict(table, _frame([earlier]).iloc[0]) == expected
     table = _frame([earlier, {**base, "layer": "embedding", "cv_mean": 0.99}])
     assert earlier_layer_verdict(table, table.iloc[1]) == "no"
+
+
+def test_the_earlier_layer_verdict_is_decided_once_and_read_everywhere(fitted, monkeypatch):
+    results, _ = fitted
+    calls = []
+    real_gap_verdict = _decisions.gap_verdict
+    monkeypatch.setattr(
+        _decisions, "gap_verdict", lambda *args: calls.append(args) or real_gap_verdict(*args)
+    )
+    base = {"model": "m", "head": "logreg", "test_accuracy": 0.9, "cv_std": 0.01, "n_features": 8}
+    table = _frame([{**base, "layer": "layer3", "cv_mean": 0.95},
+                    {**base, "layer": "embedding", "cv_mean": 0.90}])  # fmt: skip
+    decision = earlier_layer(table, table.iloc[0])
+    assert (decision.verdict, len(calls)) == ("yes", 1)
+    assert "beat the penultimate one" in decision.sentence() and len(calls) == 1  # read, not redone
+
+    # A decision the data would not give: the sentence and the word must both follow it.
+    decided = []
+
+    def forged(table, chosen):
+        decided.append(earlier_layer(table, chosen))
+        return dataclasses.replace(decided[-1], outcome="tie", judgement="no difference")
+
+    monkeypatch.setattr(_decisions, "earlier_layer", forged)
+    _, sentence = pipelines.best_combination(results)
+    assert "An earlier layer tied with the penultimate one: `informative`" in sentence
+    assert earlier_layer_outcome(results) == "tie"
+    assert [d.verdict for d in decided] == ["yes", "yes"]  # one decision per call

@@ -92,7 +92,7 @@ def test_a_grid_end_warning_reaches_the_report(tmp_path):
 
 
 def test_a_cheaper_combination_within_the_spread_is_named():
-    from pipelines._report import _cheaper_text
+    from pipelines._decisions import cheaper_text
 
     def row(layer, cv, width, fit, predict):
         return {"model": "m", "layer": layer, "head": "logreg", "cv_mean": cv, "cv_std": 0.02,
@@ -102,7 +102,7 @@ def test_a_cheaper_combination_within_the_spread_is_named():
     table = pd.DataFrame([best, row("blocks.9", 0.89, 320, 4.0, 0.2),
                           row("blocks.5", 0.85, 80, 1.0, 0.1),  # outside the spread
                           row("blocks.12", 0.895, 320, 12.0, 0.2)])  # fits slower  # fmt: skip
-    text = _cheaper_text(table, pd.Series(best))
+    text = cheaper_text(table, pd.Series(best))
     assert "**m / blocks.9 / logreg**" in text and "320 features" in text
     alone = pd.DataFrame([best, row("blocks.5", 0.85, 80, 1.0, 0.1)])
-    assert "the recommendation stands" in _cheaper_text(alone, pd.Series(best))
+    assert "the recommendation stands" in cheaper_text(alone, pd.Series(best))
