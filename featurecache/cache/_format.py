@@ -34,6 +34,7 @@ __all__ = [
     "data_dir",
     "samples_file",
     "model_dir",
+    "model_names",
     "config_file",
     "commit_log",
     "run_log",
@@ -137,6 +138,11 @@ def model_dir(index: Path, model: str) -> Path:
 
 def config_file(index: Path, model: str) -> Path:
     return model_dir(index, model) / "config.json"
+
+
+def model_names(index: Path) -> list[str]:
+    """The models of the cache at ``index``, sorted: the folders holding a ``config.json``."""
+    return sorted(p.parent.name for p in data_dir(index).glob("*/config.json"))
 
 
 def commit_log(index: Path, model: str) -> Path:
