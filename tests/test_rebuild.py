@@ -27,6 +27,14 @@ CASES = {
     "timm": ("timm:resnet18", 64),
     "open_clip": ("open_clip:ViT-S-32", 64),
 }
+# Each case builds its backbone three times (seconds each on a loaded CPU).
+SLOW = {"timm", "open_clip"}
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """A random ResNet-18 at 32 px and the configuration of its features."""
+    return _original("resnet18", 32)
 
 
 def _original(name: str, image_size: int, weights="none"):
@@ -56,12 +64,15 @@ def _forward(backbone, image_size: int) -> torch.Tensor:
         return backbone.module(x)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[pytest.mark.slow] if c in SLOW else []) for c in CASES]
+)
 def test_the_worker_and_predict_rebuild_the_same_backbone(case):
     name, image_size = CASES[case]
     original, config = _original(name, image_size)
     expected = _forward(original, image_size)
-    for rebuilt in (_job_path(config, weights="none"), _job_path(config), _predict_path(config)):
+    # The worker is given the weights argument of the run; predict has only the config.
+    for rebuilt in (_job_path(config, weights="none"), _predict_path(config)):
         assert rebuilt.weights_sha256 == original.weights_sha256
         assert feature_config(rebuilt, "avg", "float32", "float32") == config
         torch.testing.assert_close(_forward(rebuilt, image_size), expected, rtol=0, atol=0)
@@ -98,8 +109,8 @@ def test_recorded_weights_ids_name_their_weights_again():
     ],
     ids=["weights", "architecture"],
 )  # fmt: skip
-def test_a_config_that_differs_is_refused_in_one_line_by_both_paths(change, difference):
-    original, config = _original("resnet18", 32)
+def test_a_config_that_differs_is_refused_in_one_line_by_both_paths(resnet, change, difference):
+    original, config = resnet
     tampered = dataclasses.replace(config, **change)
     difference = difference.format(zeros="0" * 64, digest=original.weights_sha256)
     worker = (
