@@ -59,7 +59,7 @@ __all__ = [
 FORMAT = "featurecache"
 #: Version 2: the sample table of fixed-width columns with content digests and row states.
 #: Version-1 caches (string ids and splits, no digests) are read through one adapter
-#: (:func:`featurecache.cache._samples.read_table`), and upgraded by their first writing run.
+#: (:mod:`featurecache.cache._legacy`), and rewritten as version 2 by ``featurecache upgrade``.
 FORMAT_VERSION = 2
 #: The version of the stored feature rows, part of every model's key (unchanged by version 2
 #: of the sample table: the features of a version-1 cache stay valid).

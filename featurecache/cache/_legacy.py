@@ -9,6 +9,9 @@ layout (version 2), or for a version-1 cache the view answering the same questio
 - :class:`UnloggedFolderView`: a folder whose models may hold shard files but no commit
   log (extracted before commit logs existed).
 
+:func:`read_table` reads a sample table of either version (version 1: string ids and
+splits, an optional ``removed`` column, no digests).
+
 Nothing writes these layouts: ``featurecache upgrade`` turns them into the one layout.
 """
 
@@ -32,9 +35,16 @@ from featurecache.cache._folder import (
 )
 from featurecache.cache._format import STATUS_OK
 from featurecache.cache._log import Part, ShardMeta
+from featurecache.cache._samples import (
+    STATE_LIVE,
+    STATE_REMOVED,
+    SampleTable,
+    SplitSpec,
+    read_samples,
+)
 from featurecache.exceptions import CacheCorruptError
 
-__all__ = ["IndexView", "UnloggedFolderView", "open_view"]
+__all__ = ["IndexView", "UnloggedFolderView", "open_view", "read_table"]
 
 # Bytes read per step when a feature matrix is read from the index.
 _CHUNK_BYTES = 64 << 20
@@ -57,6 +67,50 @@ def open_view(index: Path, opener: Callable) -> FolderView | IndexView:
     with opener(samples) as f:
         version = int(f.attrs.get("format_version", 1))
     return (FolderView if version >= fmt.FORMAT_VERSION else UnloggedFolderView)(index, opener)
+
+
+def read_table(f: h5py.File | h5py.Group, identity: bool = True) -> SampleTable:
+    """The sample table of an open cache or sample file, format 2 or version 1.
+
+    ``identity=False`` leaves out the digest and stat columns of a format-2 table (readers
+    need neither); a version-1 table has none.
+    """
+    group = f["samples"]
+    if "state" in group:
+        return read_samples(f, identity)
+    return _read_v1_table(f, group)
+
+
+def _read_v1_table(f: h5py.File | h5py.Group, group: h5py.Group) -> SampleTable:
+    """Version 1: string ids and splits, an optional ``removed`` column, no digests.
+
+    Its first writing run hashes the current files and trusts the stored features for them.
+    """
+    removed = group["removed"][:].astype(bool) if "removed" in group else None
+    names = group.attrs.get("class_names")
+    labels = group["labels"][:].astype(np.int64)
+    if names is None:
+        names = [str(k) for k in range(int(labels.max()) + 1 if labels.size else 0)]
+    return SampleTable(
+        ids=_read_strings(group["ids"]),
+        labels=labels,
+        splits=_read_strings(group["splits"]),
+        class_names=tuple(str(decode(c)) for c in np.asarray(names).tolist()),
+        source=str(decode(group.attrs.get("root", ""))),
+        state=None if removed is None else np.where(removed, STATE_REMOVED, STATE_LIVE),
+        split=SplitSpec("unknown"),
+        starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
+        shard_size=int(f.attrs.get("shard_size", max(len(labels), 1))),
+    )
+
+
+def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
+    """A version-1 string column as a NumPy unicode array (ASCII in one C loop)."""
+    raw = dataset[:]
+    fixed = np.asarray(raw, dtype=bytes) if raw.dtype == object else raw
+    if fixed.dtype.kind == "S" and (fixed.size == 0 or fixed.view(np.uint8).max() < 128):
+        return fixed.astype(str)
+    return dataset.asstr()[:].astype(str)
 
 
 class UnloggedFolderView(FolderView):

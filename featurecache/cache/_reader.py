@@ -24,8 +24,8 @@ from featurecache.cache._config import VIEW_KINDS, ViewSets
 from featurecache.cache._folder import LayerSummary, check_finite, layer_order
 from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
-from featurecache.cache._legacy import open_view
-from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, read_table
+from featurecache.cache._legacy import open_view, read_table
+from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE
 from featurecache.cache._stream import Batch, iter_batches
 from featurecache.exceptions import (
     CacheCorruptError,

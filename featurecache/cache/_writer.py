@@ -34,6 +34,7 @@ from featurecache.cache._config import FeatureConfig
 from featurecache.cache._folder import read_config, read_declared_layers, read_shard_meta
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, TMP_MARK
 from featurecache.cache._index import ModelIndex, listed_files, write_index
+from featurecache.cache._legacy import read_table
 from featurecache.cache._locks import exclusive, hold_writer_lock, open_h5, owner_is_gone
 from featurecache.cache._log import (
     ShardMeta,
@@ -44,13 +45,7 @@ from featurecache.cache._log import (
     repair_log,
     rewrite_log,
 )
-from featurecache.cache._samples import (
-    STATE_LIVE,
-    SampleChanges,
-    SampleTable,
-    read_table,
-    write_samples,
-)
+from featurecache.cache._samples import STATE_LIVE, SampleChanges, SampleTable, write_samples
 from featurecache.cache._shard_file import ShardContent, ShardViews, write_shard_file
 from featurecache.exceptions import (
     CacheCorruptError,
