@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from featurecache.cache import (  # noqa: E402
     SampleTable,
     Store,
+    _legacy,  # noqa: E402
     _samples,  # noqa: E402
     open_cache,
 )
@@ -160,7 +161,7 @@ def bench_open(args) -> None:
                 del reader
                 started = time.perf_counter()
                 with h5py.File(v1, "r") as f:
-                    _samples.read_table(f, identity=False)
+                    _legacy.read_table(f, identity=False)
                 v1_times.append(time.perf_counter() - started)
         print(
             f"open: {n:,} samples: open_cache {min(times):.2f} s (format 2); the same table "

@@ -7,6 +7,7 @@ the cache; prediction then rebuilds the backbone from the head's FeatureConfig.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import joblib
@@ -21,7 +22,7 @@ import pipelines
 from featurecache import RunOptions, extract
 from featurecache.app._predict import predict, write_predictions
 from featurecache.app.cli import main
-from featurecache.exceptions import InvalidArgumentError
+from featurecache.exceptions import ConfigMismatchError, InvalidArgumentError
 
 LAYER = "embedding"
 # Every image in one batch, in both passes: extraction and prediction then run the same
@@ -97,7 +98,11 @@ def test_a_head_for_other_weights_is_refused_and_nothing_is_written(fitted, tmp_
     images, _, head = fitted
     tampered = _tampered(head, tmp_path, weights_sha256="0" * 64)
     assert pipelines.load_head(tampered).config.weights_sha256 == "0" * 64
-    with pytest.raises(InvalidArgumentError, match="was trained on resnet18 weights with SHA-256"):
+    mismatch = (
+        f"the head {str(tampered)!r} was trained on resnet18 with another configuration than "
+        f"this featurecache builds (weights_sha256: cached {'0' * 64}, requested "
+    )
+    with pytest.raises(ConfigMismatchError, match=re.escape(mismatch)):
         _predict(images, tampered)
     out = tmp_path / "predictions.csv"
     argv = ["predict", str(images), "--head", str(tampered), "--out", str(out)]
@@ -105,11 +110,11 @@ def test_a_head_for_other_weights_is_refused_and_nothing_is_written(fitted, tmp_
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
-    assert captured.err.startswith(
-        f"featurecache: error: the head {str(tampered)!r} was trained on resnet18 weights with "
-        "SHA-256 0000000000000000…, but none resolves to "
+    assert captured.err.startswith(f"featurecache: error: {mismatch}")
+    assert captured.err.endswith(
+        "); provide the original weights file and featurecache version, or extract the "
+        "features again into a new cache and fit the head on them.\n"
     )
-    assert captured.err.endswith("…; provide the original weights file.\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tampered.joblib"]
 
 

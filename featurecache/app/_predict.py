@@ -194,35 +194,14 @@ def _layers_features(dataset: Dataset, config: FeatureConfig, layers: tuple[str,
     rows, and ``{layer: features of the ok rows}``."""
     import pandas as pd
 
-    from featurecache.engines._job import resize_mode
     from featurecache.engines._runner import (
         Plan,
         ShardRunner,
         resolve_device,
         resolve_loader_workers,
     )
-    from featurecache.models._registry import load_backbone
 
-    backbone = load_backbone(
-        config.backbone,
-        _weights_for(config),
-        seed=config.seed,
-        image_size=config.image_size,
-        resize=resize_mode(config),
-    )
-    if dict(backbone.architecture) != dict(config.architecture):
-        raise InvalidArgumentError(
-            f"{what} was trained on {config.backbone} built with "
-            f"{dict(config.architecture) or 'its defaults'}, but this version builds it with "
-            f"{dict(backbone.architecture) or 'its defaults'}; extract the features again "
-            "into a new cache and fit the head on them."
-        )
-    if backbone.weights_sha256 != config.weights_sha256:
-        raise InvalidArgumentError(
-            f"{what} was trained on {config.backbone} weights with SHA-256 "
-            f"{config.weights_sha256[:16]}…, but {config.weights} resolves to "
-            f"{backbone.weights_sha256[:16]}…; provide the original weights file."
-        )
+    backbone = _rebuild(config, what)
     infos = {info.name: info for info in backbone.layers if info.name in layers}
     device = resolve_device(device, owner="predict")
     runner = ShardRunner(backbone, infos, config.pooling, config, device)
@@ -348,13 +327,18 @@ def _is_predictions(path: Path) -> bool:
     return first.rstrip(b"\r\n").split(b",")[: len(COLUMNS)] == [c.encode() for c in COLUMNS]
 
 
-def _weights_for(config: FeatureConfig) -> str:
-    weights = str(config.weights)
-    if weights.startswith("file:"):
-        return weights[len("file:") :]
-    if weights.startswith("efficientnet-lite"):
-        return "DEFAULT"
-    return weights
+def _rebuild(config: FeatureConfig, what: str):
+    """The backbone ``config`` records, checked field by field (weights digest, architecture,
+    preprocessing...) against what this featurecache builds."""
+    from featurecache.models._rebuild import rebuild_backbone
+
+    return rebuild_backbone(
+        config,
+        mismatch=f"{what} was trained on {config.backbone} with another configuration than "
+        "this featurecache builds",
+        fix="provide the original weights file and featurecache version, or extract the "
+        "features again into a new cache and fit the head on them.",
+    )
 
 
 def _image_list(images: Path, class_names: tuple[str, ...]) -> Dataset:

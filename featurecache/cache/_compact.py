@@ -31,21 +31,21 @@ from featurecache import __version__
 from featurecache.cache import _format as fmt
 from featurecache.cache._atomic import atomic_write, fsync_dir, new_h5
 from featurecache.cache._folder import (
-    ShardData,
     bytes_digest,
     chunk_table,
     read_stored,
     read_views,
     shard_data,
+    view_shard_data,
 )
 from featurecache.cache._log import ShardMeta, append_log, read_log, rewrite_log
+from featurecache.cache._shard_file import STR_DTYPE, create_chunked
 
 __all__ = ["SEGMENT_BYTES", "compact_model", "plan_segments", "remove_litter", "remove_replaced"]
 
 #: Bytes of shard files packed into one segment, at most (a segment is built in memory).
 SEGMENT_BYTES = 128 << 20
 _DIGEST = "xxh3_128"
-_STR = h5py.string_dtype()
 
 
 def compact_model(index: Path, model: str, opener: Callable, *, target: int | None = None) -> int:
@@ -132,7 +132,7 @@ def write_segment(
             )  # fmt: skip
             f.create_dataset("rows", data=np.arange(start, stop, dtype=np.int64))
             f.create_dataset("status", data=status)
-            f.create_dataset("reason", data=reasons, dtype=_STR)
+            f.create_dataset("reason", data=reasons, dtype=STR_DTYPE)
             for layer in first.layers:
                 shards = [shard_data(m, layer, parent) for m in group]
                 values, _ = read_stored(shards, first.n_features[layer])
@@ -158,9 +158,7 @@ def write_segment(
 
 def _write(f: h5py.File, path: str, values: np.ndarray) -> str:
     """One array of a segment, chunked by about 1 MiB with Fletcher-32; its digest."""
-    row_bytes = max(1, values[0].nbytes if len(values) else 1)
-    rows = max(1, min(len(values), (1 << 20) // row_bytes))
-    dataset = f.create_dataset(path, data=values, chunks=(rows, *values.shape[1:]), fletcher32=True)
+    dataset = create_chunked(f, path, values)
     digest = bytes_digest(memoryview(np.ascontiguousarray(values)).cast("B"), _DIGEST)
     dataset.attrs[_DIGEST] = digest
     return digest
@@ -173,10 +171,7 @@ def _write_views(f: h5py.File, kind: str, group, base: Path, opener) -> dict[str
     statuses = []
     for meta in group:
         for i, layer in enumerate(layers):
-            shard = ShardData(
-                file=str(base / meta.file), name=meta.file, start=meta.start, stop=meta.stop,
-                sha256=meta.views[kind][layer], layer=layer, algo=meta.digest_algo,
-            )  # fmt: skip
+            shard = view_shard_data(meta, kind, layer, os.path.join(str(base), ""))
             status, values = read_views(shard, kind, opener)
             parts[layer].append(values)
             if i == 0:

@@ -30,17 +30,18 @@ __all__ = [
     "LayerSummary",
     "ShardData",
     "ShardReadError",
+    "check_finite",
+    "layer_order",
     "read_layer",
     "read_declared_layers",
     "read_views",
+    "view_shard_data",
 ]
 
 #: Files verified in this process: (path, inode, size, mtime, layer) -> SHA-256 they matched.
 _VERIFIED: dict[tuple, str] = {}
 #: Reads started again when a file they listed was compacted away meanwhile.
 _RETRIES = 3
-#: What shard files without a log line record: (path, inode, size, mtime) -> ShardMeta.
-_UNLOGGED: dict[tuple, ShardMeta] = {}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,19 @@ def shard_data(meta: ShardMeta, layer: str, parent: str) -> ShardData:
         sha256=meta.digests[layer],
         dtype=meta.dtypes.get(layer, "float32"),
         chunks=meta.chunks.get(layer, ()),
+        layer=layer,
+        algo=meta.digest_algo,
+    )
+
+
+def view_shard_data(meta: ShardMeta, kind: str, layer: str, parent: str) -> ShardData:
+    """Where ``layer``'s views of ``kind`` lie in the file ``meta`` logs (see :func:`shard_data`)."""
+    return ShardData(
+        file=parent + meta.file,
+        name=meta.file,
+        start=meta.start,
+        stop=meta.stop,
+        sha256=meta.views[kind][layer],
         layer=layer,
         algo=meta.digest_algo,
     )
@@ -136,7 +150,6 @@ class FolderView:
     def __init__(self, index: Path, opener) -> None:
         self.index = index
         self._open = opener
-        self._version: int | None = None
 
     def root_attrs(self) -> dict:
         with self._open(fmt.samples_file(self.index)) as f:
@@ -147,44 +160,26 @@ class FolderView:
         return self._open(fmt.samples_file(self.index))
 
     def models(self) -> list[str]:
-        folder = fmt.data_dir(self.index)
-        return sorted(p.parent.name for p in folder.glob("*/config.json"))
+        return fmt.model_names(self.index)
 
     def config(self, model: str) -> FeatureConfig:
         return read_config(self.index, model)
 
+    def complete(self, f: h5py.File) -> bool:
+        """Whether the open sample file ``f`` belongs to a whole cache of this layout: a
+        folder's models are its subfolders, so any sample table is."""
+        return True
+
     def metas(self, model: str) -> list[ShardMeta]:
-        """The model's committed files: its log, or for a model written before commit logs
-        existed (shard files, no log) what its shard files record."""
+        """The model's committed files, as its commit log lists them (none without a log)."""
         log = fmt.commit_log(self.index, model)
         try:
-            if not log.exists():  # version 2: nothing committed yet
-                return self._unlogged(model) if self._before_logs() else []
-            return read_log(log)
+            return read_log(log) if log.exists() else []
         except (ValueError, KeyError, TypeError) as error:
             raise CacheCorruptError(
                 f"the commit log of model {model!r} in {str(self.index)!r} cannot be read "
                 f"({error}); re-run the same `featurecache extract` command to repair it."
             ) from error
-
-    def _before_logs(self) -> bool:
-        """True for a version-1 cache: its shard files may predate commit logs."""
-        if self._version is None:
-            with self._open(fmt.samples_file(self.index)) as f:
-                self._version = int(f.attrs.get("format_version", 1))
-        return self._version < 2
-
-    def _unlogged(self, model: str) -> list[ShardMeta]:
-        found = []
-        for path in sorted(fmt.model_dir(self.index, model).glob(fmt.SHARD_GLOB)):
-            if fmt.TMP_MARK in path.name:
-                continue
-            stat = path.stat()
-            key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if key not in _UNLOGGED:  # shard files are never written again
-                _UNLOGGED[key] = read_shard_meta(path, self.index.parent, self._open)
-            found.append(_UNLOGGED[key])
-        return found
 
     def layers(self, model: str) -> dict[str, LayerSummary]:
         """Each layer of the model: committed ones as their first shard records them, and
@@ -224,17 +219,9 @@ class FolderView:
 
     def view_shards(self, model: str, layer: str, kind: str) -> list[ShardData]:
         """The shards holding ``layer``'s views of ``kind``, with those views' SHA-256."""
-        parent = str(self.index.parent)
+        parent = os.path.join(str(self.index.parent), "")
         return [
-            ShardData(
-                file=os.path.join(parent, meta.file),
-                name=meta.file,
-                start=meta.start,
-                stop=meta.stop,
-                sha256=meta.views[kind][layer],
-                layer=layer,
-                algo=meta.digest_algo,
-            )
+            view_shard_data(meta, kind, layer, parent)
             for meta in self._holding(model, layer)
             if layer in meta.views.get(kind, {})
         ]
@@ -381,6 +368,30 @@ def config_provenance(config: FeatureConfig) -> dict:
 
 def plain_attrs(attrs: Mapping) -> dict:
     return {k: decode(v) for k, v in attrs.items() if k != "dtype_stored"}
+
+
+def layer_order(attrs: Mapping[str, Mapping]) -> list[str]:
+    """Layer names from input to output: by ``depth`` (layers without one last), then
+    ``depth_index``, then name. ``attrs[name]`` holds the layer's attributes."""
+
+    def key(name: str) -> tuple:
+        depth, index = attrs[name].get("depth"), attrs[name].get("depth_index")
+        return (depth is None, float(depth or 0.0), int(index or 0), name)
+
+    return sorted(attrs, key=key)
+
+
+def check_finite(X: np.ndarray, name: str, path: Path) -> None:
+    """Raise :class:`CacheCorruptError` if a row of ``X``, read as ok, holds NaN or Inf.
+
+    Rows marked ok must hold numbers; NaN means the index and the data disagree.
+    """
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise CacheCorruptError(
+            f"{int(bad.sum())} rows of {name} in {str(path)!r} are marked ok but hold NaN or "
+            "Inf; re-run the same `featurecache extract` command to recompute them."
+        )
 
 
 def corrupt(model: str, layer: str, shard: ShardData, what: str) -> CacheCorruptError:

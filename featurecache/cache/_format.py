@@ -34,6 +34,7 @@ __all__ = [
     "data_dir",
     "samples_file",
     "model_dir",
+    "model_names",
     "config_file",
     "commit_log",
     "run_log",
@@ -58,7 +59,7 @@ __all__ = [
 FORMAT = "featurecache"
 #: Version 2: the sample table of fixed-width columns with content digests and row states.
 #: Version-1 caches (string ids and splits, no digests) are read through one adapter
-#: (:func:`featurecache.cache._samples.read_table`), and upgraded by their first writing run.
+#: (:mod:`featurecache.cache._legacy`), and rewritten as version 2 by ``featurecache upgrade``.
 FORMAT_VERSION = 2
 #: The version of the stored feature rows, part of every model's key (unchanged by version 2
 #: of the sample table: the features of a version-1 cache stay valid).
@@ -137,6 +138,11 @@ def model_dir(index: Path, model: str) -> Path:
 
 def config_file(index: Path, model: str) -> Path:
     return model_dir(index, model) / "config.json"
+
+
+def model_names(index: Path) -> list[str]:
+    """The models of the cache at ``index``, sorted: the folders holding a ``config.json``."""
+    return sorted(p.parent.name for p in data_dir(index).glob("*/config.json"))
 
 
 def commit_log(index: Path, model: str) -> Path:

@@ -1,9 +1,18 @@
-"""The one adapter for caches without a folder: an index of plain datasets (version 1).
+"""The one adapter for version-1 caches: the reader's questions answered for old layouts.
 
-``write_arrays`` wrote such an index before format 2, and a cache written by hand with plain
-h5py is one. :class:`IndexView` answers the reader's questions (:class:`FolderView`'s
-interface) from the index's datasets. Nothing writes them: ``featurecache upgrade`` turns
-them into the one layout.
+:func:`open_view` gives the reader its view of a cache: :class:`FolderView` for the one
+layout (version 2), or for a version-1 cache the view answering the same questions
+(:class:`FolderView`'s interface) from what that version wrote:
+
+- :class:`IndexView`: an index of plain datasets without a folder (``write_arrays`` wrote
+  such an index before format 2, and a cache written by hand with plain h5py is one);
+- :class:`UnloggedFolderView`: a folder whose models may hold shard files but no commit
+  log (extracted before commit logs existed).
+
+:func:`read_table` reads a sample table of either version (version 1: string ids and
+splits, an optional ``removed`` column, no digests).
+
+Nothing writes these layouts: ``featurecache upgrade`` turns them into the one layout.
 """
 
 from __future__ import annotations
@@ -17,15 +26,109 @@ import h5py
 import numpy as np
 
 from featurecache.cache import _format as fmt
-from featurecache.cache._folder import LayerSummary, decode
+from featurecache.cache._folder import (
+    FolderView,
+    LayerSummary,
+    check_finite,
+    decode,
+    read_shard_meta,
+)
 from featurecache.cache._format import STATUS_OK
-from featurecache.cache._log import Part
+from featurecache.cache._log import Part, ShardMeta
+from featurecache.cache._samples import (
+    STATE_LIVE,
+    STATE_REMOVED,
+    SampleTable,
+    SplitSpec,
+    read_samples,
+)
 from featurecache.exceptions import CacheCorruptError
 
-__all__ = ["IndexView"]
+__all__ = ["IndexView", "UnloggedFolderView", "open_view", "read_table"]
 
 # Bytes read per step when a feature matrix is read from the index.
 _CHUNK_BYTES = 64 << 20
+#: What shard files without a log line record: (path, inode, size, mtime) -> ShardMeta.
+_UNLOGGED: dict[tuple, ShardMeta] = {}
+
+
+def open_view(index: Path, opener: Callable) -> FolderView | IndexView:
+    """The reader's view of the cache at ``index``: its folder, or this adapter's view of a
+    version-1 cache (``opener(path)`` opens an HDF5 file for reading).
+
+    Raises
+    ------
+    OSError
+        The sample table cannot be opened.
+    """
+    samples = fmt.samples_file(index)
+    if not samples.is_file():
+        return IndexView(index, opener)
+    with opener(samples) as f:
+        version = int(f.attrs.get("format_version", 1))
+    return (FolderView if version >= fmt.FORMAT_VERSION else UnloggedFolderView)(index, opener)
+
+
+def read_table(f: h5py.File | h5py.Group, identity: bool = True) -> SampleTable:
+    """The sample table of an open cache or sample file, format 2 or version 1.
+
+    ``identity=False`` leaves out the digest and stat columns of a format-2 table (readers
+    need neither); a version-1 table has none.
+    """
+    group = f["samples"]
+    if "state" in group:
+        return read_samples(f, identity)
+    return _read_v1_table(f, group)
+
+
+def _read_v1_table(f: h5py.File | h5py.Group, group: h5py.Group) -> SampleTable:
+    """Version 1: string ids and splits, an optional ``removed`` column, no digests.
+
+    Its first writing run hashes the current files and trusts the stored features for them.
+    """
+    removed = group["removed"][:].astype(bool) if "removed" in group else None
+    names = group.attrs.get("class_names")
+    labels = group["labels"][:].astype(np.int64)
+    if names is None:
+        names = [str(k) for k in range(int(labels.max()) + 1 if labels.size else 0)]
+    return SampleTable(
+        ids=_read_strings(group["ids"]),
+        labels=labels,
+        splits=_read_strings(group["splits"]),
+        class_names=tuple(str(decode(c)) for c in np.asarray(names).tolist()),
+        source=str(decode(group.attrs.get("root", ""))),
+        state=None if removed is None else np.where(removed, STATE_REMOVED, STATE_LIVE),
+        split=SplitSpec("unknown"),
+        starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
+        shard_size=int(f.attrs.get("shard_size", max(len(labels), 1))),
+    )
+
+
+def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
+    """A version-1 string column as a NumPy unicode array (ASCII in one C loop)."""
+    raw = dataset[:]
+    fixed = np.asarray(raw, dtype=bytes) if raw.dtype == object else raw
+    if fixed.dtype.kind == "S" and (fixed.size == 0 or fixed.view(np.uint8).max() < 128):
+        return fixed.astype(str)
+    return dataset.asstr()[:].astype(str)
+
+
+class UnloggedFolderView(FolderView):
+    """A version-1 folder: a model without a commit log has what its shard files record."""
+
+    def metas(self, model: str) -> list[ShardMeta]:
+        if fmt.commit_log(self.index, model).exists():
+            return super().metas(model)
+        found = []
+        for path in sorted(fmt.model_dir(self.index, model).glob(fmt.SHARD_GLOB)):
+            if fmt.TMP_MARK in path.name:
+                continue
+            stat = path.stat()
+            key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if key not in _UNLOGGED:  # shard files are never written again
+                _UNLOGGED[key] = read_shard_meta(path, self.index.parent, self._open)
+            found.append(_UNLOGGED[key])
+        return found
 
 
 class IndexView:
@@ -38,6 +141,10 @@ class IndexView:
     def samples_group(self):
         """An open handle on the file holding ``/samples`` (a context manager)."""
         return self._open(self.index)
+
+    def complete(self, f: h5py.File) -> bool:
+        """Whether the open index ``f`` holds ``/features`` besides its samples."""
+        return fmt.features_path() in f
 
     def models(self) -> list[str]:
         with self._open(self.index) as f:
@@ -130,6 +237,7 @@ class IndexView:
                 n = int(mask.sum())
                 X[at : at + n] = chunk[mask]
                 at += n
+        check_finite(X, f"{model}/{layer}", self.index)  # no digest checked these rows
         return X, rows
 
     def read_views(

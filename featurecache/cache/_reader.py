@@ -21,11 +21,11 @@ from featurecache._validation import check_choice
 from featurecache.cache import _format as fmt
 from featurecache.cache._classifiers import StoredClassifier, read_classifiers
 from featurecache.cache._config import VIEW_KINDS, ViewSets
-from featurecache.cache._folder import FolderView, LayerSummary
+from featurecache.cache._folder import LayerSummary, check_finite, layer_order
 from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
-from featurecache.cache._legacy import IndexView
-from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, read_table
+from featurecache.cache._legacy import open_view, read_table
+from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE
 from featurecache.cache._stream import Batch, iter_batches
 from featurecache.exceptions import (
     CacheCorruptError,
@@ -88,17 +88,17 @@ class Cache:
 
     The sample table (``ids``, ``labels``, ``splits``, ``class_names``) is read
     once, when the cache is opened. Everything else is read from the cache's folder
-    (its commit logs) on each call; a cache without a folder (an index of plain datasets,
-    version 1) is read through one adapter, :class:`~featurecache.cache._legacy.IndexView`.
+    (its commit logs) on each call, through one interface
+    (:class:`~featurecache.cache._folder.FolderView`'s); a version-1 cache is read through
+    the one adapter that answers it for older layouts (:mod:`featurecache.cache._legacy`).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        folder = fmt.samples_file(self.path).is_file() and not self.path.is_dir()
-        if not folder:
+        if not fmt.samples_file(self.path).is_file() or self.path.is_dir():
             self._check_path()
-        self._view = (FolderView if folder else IndexView)(self.path, self._open)
         try:
+            self._view = open_view(self.path, self._open)
             with self._view.samples_group() as f:
                 self._read_samples(f)
         except CacheCorruptError:
@@ -143,8 +143,7 @@ class Cache:
         found = _decode(f.attrs.get("format", fmt.FORMAT))
         version = int(f.attrs.get("format_version", 1))
         missing = [k for k in fmt.SAMPLE_FIELDS if fmt.sample_path(k) not in f]
-        no_features = isinstance(self._view, IndexView) and fmt.features_path() not in f
-        if found != fmt.FORMAT or missing or no_features:
+        if found != fmt.FORMAT or missing or not self._view.complete(f):
             what = (
                 f"format {found!r}"
                 if found != fmt.FORMAT
@@ -408,12 +407,13 @@ class Cache:
         keep = self._view.status(model, layer, self.n_samples) == STATUS_OK
         if wanted is not None:
             keep &= wanted
-        X, rows = self._view.read(model, layer, summary.n_features, keep, force=force)
-        if isinstance(self._view, IndexView):  # a folder's files matched their digests
-            _check_finite(X, f"{model}/{layer}", self.path)
-        return X, rows
+        return self._view.read(model, layer, summary.n_features, keep, force=force)
 
     def _layers(self, model: str) -> dict[str, LayerSummary]:
+        self._check_model(model)
+        return self._view.layers(model)
+
+    def _check_model(self, model: str) -> None:
         models = self.models
         if model not in models:
             raise UnknownNameError(
@@ -421,7 +421,6 @@ class Cache:
                 f"{', '.join(models) or 'no models'}.{suggest(model, models)} "
                 f"Hint: {_LS_HINT.format(path=self.path)}."
             )
-        return self._view.layers(model)
 
     def _layer(self, model: str, layer: str) -> LayerSummary:
         layers = self._layers(model)
@@ -513,7 +512,7 @@ class Cache:
             X, rows = X[order].astype(np.float32, copy=False), rows[order]
         else:
             X, rows = np.zeros((0, count, n_features), np.float32), np.zeros(0, np.int64)
-        _check_finite(X.reshape(len(X), -1), f"{kind} views of {model}/{layer}", self.path)
+        check_finite(X.reshape(len(X), -1), f"{kind} views of {model}/{layer}", self.path)
         return X, rows
 
     def _view_mapping(self, model: str) -> dict:
@@ -530,11 +529,7 @@ class Cache:
         text embeddings of the class names (reads ``embedding.proj``). Empty when none.
         See :class:`featurecache.cache.StoredClassifier`.
         """
-        if model not in self.models:
-            raise UnknownNameError(
-                f"model {model!r} is not in cache {str(self.path)!r}; it has "
-                f"{', '.join(self.models) or 'no models'}.{suggest(model, self.models)}"
-            )
+        self._check_model(model)
         return read_classifiers(self.path, model, self.class_names)
 
 
@@ -558,15 +553,9 @@ def _split_rank(split: str) -> tuple[int, str]:
     return (fmt.SPLITS.index(split) if split in fmt.SPLITS else len(fmt.SPLITS), split)
 
 
-def _order(layers: dict) -> list[str]:
-    """Layer names of a folder view, from input to output."""
-
-    def key(name: str) -> tuple:
-        attrs = layers[name].attrs
-        depth, index = attrs.get("depth"), attrs.get("depth_index")
-        return (depth is None, float(depth or 0.0), int(index or 0), name)
-
-    return sorted(layers, key=key)
+def _order(layers: dict[str, LayerSummary]) -> list[str]:
+    """Layer names of a view, from input to output."""
+    return layer_order({name: summary.attrs for name, summary in layers.items()})
 
 
 def _sorted_rows(rows: np.ndarray) -> np.ndarray:
@@ -576,13 +565,3 @@ def _sorted_rows(rows: np.ndarray) -> np.ndarray:
         return np.flatnonzero(rows).astype(np.int64)
     rows = rows.astype(np.int64, copy=False).reshape(-1)
     return rows if np.all(rows[1:] > rows[:-1]) else np.unique(rows)
-
-
-def _check_finite(X: np.ndarray, name: str, path: Path) -> None:
-    # Rows marked ok must hold numbers; NaN means the index and the data disagree.
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        raise CacheCorruptError(
-            f"{int(bad.sum())} rows of {name} in {str(path)!r} are marked ok but hold NaN or "
-            "Inf; re-run the same `featurecache extract` command to recompute them."
-        )

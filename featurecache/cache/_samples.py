@@ -12,7 +12,7 @@ dataset with the table (:meth:`SampleTable.reconcile`):
 - a row whose id is no longer in the dataset is marked ``removed``.
 
 The layout (format 2, fixed-width columns) is in ``docs/cache-format.md``; a version-1
-table is read through :func:`read_table` as well (strings, no digests).
+table is read by the version-1 adapter (:func:`featurecache.cache._legacy.read_table`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ __all__ = [
     "SampleTable",
     "SplitSpec",
     "check_aligned",
-    "read_table",
+    "read_samples",
     "write_samples",
 ]
 
@@ -492,14 +492,13 @@ def write_samples(f: h5py.File, table) -> None:
     group.attrs["split_seed"] = int(table.split.seed)
 
 
-def read_table(f: h5py.File | h5py.Group, identity: bool = True) -> SampleTable:
-    """The sample table of an open cache or sample file, format 2 or 1 (the adapter).
+def read_samples(f: h5py.File | h5py.Group, identity: bool = True) -> SampleTable:
+    """The sample table of an open cache or sample file in format 2.
 
-    ``identity=False`` leaves out the digest and stat columns (readers need neither).
+    ``identity=False`` leaves out the digest and stat columns (readers need neither). A
+    table of any version is read by :func:`featurecache.cache._legacy.read_table`.
     """
     group = f["samples"]
-    if "state" not in group:
-        return _read_v1(f, group)
     names = [str(_text(v)) for v in np.asarray(group["splits"].attrs["names"]).tolist()]
     stats = digests = None
     if identity:
@@ -524,38 +523,6 @@ def read_table(f: h5py.File | h5py.Group, identity: bool = True) -> SampleTable:
         starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
         shard_size=int(f.attrs.get("shard_size", max(len(group["ids"]), 1))),
     )
-
-
-def _read_v1(f, group) -> SampleTable:
-    """Version 1: string ids and splits, an optional ``removed`` column, no digests.
-
-    Its first writing run hashes the current files and trusts the stored features for them.
-    """
-    removed = group["removed"][:].astype(bool) if "removed" in group else None
-    names = group.attrs.get("class_names")
-    labels = group["labels"][:].astype(np.int64)
-    if names is None:
-        names = [str(k) for k in range(int(labels.max()) + 1 if labels.size else 0)]
-    return SampleTable(
-        ids=_read_strings(group["ids"]),
-        labels=labels,
-        splits=_read_strings(group["splits"]),
-        class_names=tuple(str(_text(c)) for c in np.asarray(names).tolist()),
-        source=str(_text(group.attrs.get("root", ""))),
-        state=None if removed is None else np.where(removed, STATE_REMOVED, STATE_LIVE),
-        split=SplitSpec("unknown"),
-        starts=f[fmt.LAYOUT_STARTS][:] if fmt.LAYOUT_STARTS in f else None,
-        shard_size=int(f.attrs.get("shard_size", max(len(labels), 1))),
-    )
-
-
-def _read_strings(dataset: h5py.Dataset) -> np.ndarray:
-    """A version-1 string column as a NumPy unicode array (ASCII in one C loop)."""
-    raw = dataset[:]
-    fixed = np.asarray(raw, dtype=bytes) if raw.dtype == object else raw
-    if fixed.dtype.kind == "S" and (fixed.size == 0 or fixed.view(np.uint8).max() < 128):
-        return fixed.astype(str)
-    return dataset.asstr()[:].astype(str)
 
 
 def _text(value) -> str:

@@ -32,7 +32,7 @@ from featurecache.cache._arrays import ModelArrays, Pass, build_folder
 from featurecache.cache._atomic import atomic_write, fsync_dir
 from featurecache.cache._config import VIEW_KINDS, FeatureConfig
 from featurecache.cache._folder import decode
-from featurecache.cache._samples import read_table
+from featurecache.cache._legacy import read_table
 from featurecache.cache._writer import Store
 from featurecache.exceptions import CacheCorruptError, InvalidArgumentError
 

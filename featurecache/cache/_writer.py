@@ -1,25 +1,24 @@
-"""The writer side of the cache: samples, model configurations, shards and the index.
+"""The writer side of the cache: :class:`Store`, one writer's session on a cache.
 
-See ``docs/cache-format.md``. Every file is written under a temporary name in its
-final folder and renamed into place once complete; committed files are never
-written again. The index is derived from the files on disk, so it can always be
-rebuilt, and a reader never sees a row that was not committed.
+See ``docs/cache-format.md``. A store writes the sample table and each model's
+configuration, commits shard files to the model's log (and recovers the log after a
+crash), and keeps the derived index up to date. The files themselves are written by
+their own modules: a shard file by :mod:`~featurecache.cache._shard_file`, a segment by
+:mod:`~featurecache.cache._compact`, the index by :mod:`~featurecache.cache._index`, and
+the locks are taken by :mod:`~featurecache.cache._locks`. Every file is written under a temporary
+name in its final folder and renamed into place once complete; committed files are never
+written again, and a reader never sees a row that was not committed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
-import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,23 +28,14 @@ import numpy as np
 from featurecache import __version__
 from featurecache._validation import ParameterError
 from featurecache.cache import _format as fmt
-from featurecache.cache._atomic import (
-    atomic_write,
-    create_once,
-    lock_file,
-    new_h5,
-    owner_is_dead,
-    process_is_gone,
-)
+from featurecache.cache._atomic import atomic_write, create_once, new_h5, owner_is_dead
 from featurecache.cache._compact import compact_model, remove_litter
-from featurecache.cache._config import VIEW_KINDS, FeatureConfig
-from featurecache.cache._folder import (
-    chunk_table,
-    read_config,
-    read_declared_layers,
-    read_shard_meta,
-)
-from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING, TMP_MARK
+from featurecache.cache._config import FeatureConfig
+from featurecache.cache._folder import read_config, read_declared_layers, read_shard_meta
+from featurecache.cache._format import STATUS_FAILED, STATUS_OK, TMP_MARK
+from featurecache.cache._index import ModelIndex, listed_files, write_index
+from featurecache.cache._legacy import read_table
+from featurecache.cache._locks import exclusive, hold_writer_lock, open_h5, owner_is_gone
 from featurecache.cache._log import (
     ShardMeta,
     append_log,
@@ -55,16 +45,10 @@ from featurecache.cache._log import (
     repair_log,
     rewrite_log,
 )
-from featurecache.cache._samples import (
-    STATE_LIVE,
-    SampleChanges,
-    SampleTable,
-    read_table,
-    write_samples,
-)
+from featurecache.cache._samples import STATE_LIVE, SampleChanges, SampleTable, write_samples
+from featurecache.cache._shard_file import ShardContent, ShardViews, write_shard_file
 from featurecache.exceptions import (
     CacheCorruptError,
-    CacheLockedError,
     CacheReadOnlyError,
     ConfigMismatchError,
     DatasetChangedError,
@@ -74,18 +58,12 @@ __all__ = ["ShardViews", "Store", "check_config"]
 
 logger = logging.getLogger(__name__)
 
-_STR = h5py.string_dtype()
 #: The index is rebuilt at most this often during a run (and always at its end) ...
 INDEX_MIN_SECONDS = 5.0
 #: ... and never sooner than this many times its own last cost: under 1 % of the run, and
 #: rarely inside any stretch of commits (an index of 10,000 shards takes about 2 s to write,
 #: so it is refreshed every few minutes; featurecache's readers read the logs meanwhile).
 INDEX_COST_RATIO = 100.0
-_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
-_NO_LOCKS_HINT = (
-    "on such file systems (NFS without locks, some FUSE mounts) turn locking off (locking=False, "
-    f"--no-locking, or {fmt.LOCKING_ENV}=1), and run one writer per model."
-)
 
 
 @dataclass(frozen=True)
@@ -96,24 +74,6 @@ class Reconciled:
     grown: SampleTable
     changes: SampleChanges
     options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ShardViews:
-    """The extra views of one kind (``augment`` or ``tta``) of one shard's rows.
-
-    Attributes
-    ----------
-    status : ndarray of shape (n_rows, n_views), int8
-        Per (row, view): ``STATUS_OK``, ``STATUS_FAILED``, or ``STATUS_PENDING`` for a row
-        that has no views of this kind (a test row's training views).
-    features : mapping
-        ``features[layer]`` of shape ``(n_rows, n_views, n_features)`` in the stored dtype;
-        NaN where the status is not ok. View 0 is the plain view.
-    """
-
-    status: np.ndarray
-    features: Mapping[str, np.ndarray] = field(repr=False)
 
 
 class Store:
@@ -382,40 +342,30 @@ class Store:
     @contextlib.contextmanager
     def lock_model(self, model: str) -> Iterator[None]:
         """Hold the model's writer lock; raise :class:`CacheLockedError` if another writer has it."""
-        if not self.locking:
-            self.recover(model)  # one writer per model by contract
-            yield
-            return
         path = self.model_dir(model) / ".writer.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with lock_file(path) as fd:
-            try:
-                _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
-            except BlockingIOError:
-                owner = os.pread(fd, 256, 0).decode(errors="replace").strip()
-                raise CacheLockedError(self._locked_text(model, owner)) from None
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-                self.recover(model)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        # Without locks, one writer per model is the caller's contract.
+        held = hold_writer_lock(path, self._locked_text(model)) if self.locking else None
+        with held or contextlib.nullcontext():
+            self.recover(model)
+            yield
 
-    def _locked_text(self, model: str, owner: str) -> str:
-        """Why ``model`` cannot be written: ``owner`` (``pid N on HOST``) holds its lock."""
-        found = re.fullmatch(r"pid (\d+) on (.+)", owner)
-        if found and process_is_gone(found[2], int(found[1])):
+    def _locked_text(self, model: str) -> Callable[[str], str]:
+        """Why ``model`` cannot be written, given the lock's ``owner`` (``pid N on HOST``)."""
+
+        def text(owner: str) -> str:
+            if owner_is_gone(owner):
+                return (
+                    f"model {model!r} of {str(self.path)!r} is locked by {owner}, which is no "
+                    "longer running; a process it started may still hold the lock: wait a few "
+                    "seconds for it to exit (or end it), then re-run."
+                )
             return (
-                f"model {model!r} of {str(self.path)!r} is locked by {owner}, which is no longer "
-                "running; a process it started may still hold the lock: wait a few seconds for "
-                "it to exit (or end it), then re-run."
+                f"another process ({owner or 'unknown'}) is writing model {model!r} into "
+                f"{str(self.path)!r}; wait for it to finish, or write under another model name "
+                "(name=, or --name)."
             )
-        return (
-            f"another process ({owner or 'unknown'}) is writing model {model!r} into "
-            f"{str(self.path)!r}; wait for it to finish, or write under another model name "
-            "(name=, or --name)."
-        )
+
+        return text
 
     # -- shards ---------------------------------------------------------------------
 
@@ -455,45 +405,12 @@ class Store:
         (``augment``, ``tta``) for the same layers. The shard counts once :meth:`publish`
         logs it.
         """
-        views = dict(views or {})
-        layers = tuple(sorted(features))
-        final = self.shard_path(model, shard, layers)
-        n_rows = len(status)
-        chunks: dict[str, tuple] = {}
-
-        def write(tmp: Path) -> None:
-            with new_h5(tmp) as f:
-                f.attrs.update(
-                    start=start,
-                    stop=start + n_rows,
-                    shard=shard,
-                    model=model,
-                    layers=json.dumps(layers),
-                    config_digest=config.digest(),
-                    featurecache_version=__version__,
-                    **dict(provenance or {}),
-                )
-                f.create_dataset("rows", data=np.arange(start, start + n_rows, dtype=np.int64))
-                f.create_dataset("status", data=np.asarray(status, dtype=np.int8))
-                f.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=_STR)
-                for layer in layers:
-                    _write_layer(f, layer, features[layer], layer_attrs[layer])
-                for kind, extra in views.items():
-                    _write_views(f, kind, extra)
-                f.flush()  # the file image's layout is final: record where each chunk lies
-                chunks.update({layer: chunk_table(f[fmt.shard_features_path(layer)])
-                               for layer in layers})  # fmt: skip
-
-        atomic_write(final, write)
-        meta = _written_meta(
-            final, self.path.parent, shard, start, status, reasons, features, layer_attrs,
-            config, {"featurecache_version": __version__, **dict(provenance or {})}, chunks,
+        content = ShardContent(
+            model, shard, start, status, reasons, features, layer_attrs, config,
+            dict(provenance or {}), dict(views or {}),
         )  # fmt: skip
-        digests = {
-            kind: {layer: _sha256(values) for layer, values in extra.features.items()}
-            for kind, extra in views.items()
-        }
-        return dataclasses.replace(meta, views=digests) if digests else meta
+        final = self.shard_path(model, shard, content.layers)
+        return write_shard_file(final, self.path.parent, content)
 
     def publish(self, model: str, metas: Sequence[ShardMeta]) -> None:
         """Commit written shards: append them to the model's log (the writer lock's holder only)."""
@@ -591,22 +508,15 @@ class Store:
 
     def index_is_current(self) -> bool:
         """True when ``CACHE.h5`` lists every committed shard file on disk."""
-        if not self.path.exists():
-            return False
-        try:
-            with self._open(self.path) as f:
-                root = fmt.features_path()
-                models = sorted(f[root].keys()) if root in f else []
-                listed = {m: set(f[fmt.shards_path(m, "file")].asstr()[:]) for m in models}
-        except (OSError, KeyError):
+        listed = listed_files(self.path, self._open)
+        if listed is None:
             return False
         disk = dict(self._listing())
         return listed.keys() == disk.keys() and all(listed[m] == set(disk[m]) for m in disk)
 
     def models(self) -> list[str]:
-        if not self.data_dir.exists():
-            return []
-        return sorted(p.parent.name for p in self.data_dir.glob("*/config.json"))
+        """The models of this cache, sorted."""
+        return fmt.model_names(self.path)
 
     def rebuild_index_if_due(self) -> bool:
         """Rebuild the index when enough time has passed for its cost to stay small.
@@ -643,40 +553,24 @@ class Store:
         return tuple((m, tuple(meta.file for meta in self._scan_shards(m))) for m in models)
 
     def _write_index(self) -> tuple:
-        root_attrs = self.read_root_attrs()
-        n_samples = int(root_attrs["n_samples"])
-        listing = []
-
-        def write(tmp: Path) -> None:
-            with new_h5(tmp) as f:
-                f.attrs.update(root_attrs)
-                f["samples"] = h5py.ExternalLink(
-                    os.path.relpath(self.samples_path, self.path.parent), "/samples"
-                )
-                f.create_group(fmt.features_path())
-                for model in self.models():
-                    metas = self._scan_shards(model)
-                    listing.append((model, tuple(meta.file for meta in metas)))
-                    _write_model_index(f, model, self.read_config(model), metas, n_samples)
-                    runs = read_runs(fmt.run_log(self.path, model))
-                    if runs and fmt.features_path(model) in f:
-                        f[fmt.features_path(model)].attrs.update(runs)
-
-        atomic_write(self.path, write)
-        return tuple(listing)
+        models = [
+            ModelIndex(
+                model,
+                self.read_config(model),
+                self._scan_shards(model),
+                read_runs(fmt.run_log(self.path, model)),
+            )
+            for model in self.models()
+        ]
+        write_index(self.path, self.samples_path, self.read_root_attrs(), models)
+        return tuple((m.name, tuple(meta.file for meta in m.metas)) for m in models)
 
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[None]:
-        if not self.locking:
+        if self.locking:
+            self.data_dir.mkdir(exist_ok=True)
+        with exclusive(self.data_dir / ".index.lock") if self.locking else contextlib.nullcontext():
             yield
-            return
-        self.data_dir.mkdir(exist_ok=True)
-        with lock_file(self.data_dir / ".index.lock") as fd:
-            _flock(fd, fcntl.LOCK_EX, self.data_dir / ".index.lock")
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- temporaries ----------------------------------------------------------------
 
@@ -697,15 +591,7 @@ class Store:
                         tmp.unlink(missing_ok=True)
 
     def _open(self, path: Path, mode: str = "r") -> h5py.File:
-        try:
-            return h5py.File(path, mode, locking=self.locking)
-        except OSError as error:
-            if "unable to lock file" not in str(error):
-                raise
-            raise CacheLockedError(
-                f"cannot lock {str(path)!r} ({error}); another program holds it open for "
-                f"writing, or the file system refuses locks: {_NO_LOCKS_HINT}"
-            ) from error
+        return open_h5(path, mode, self.locking)
 
 
 def check_config(
@@ -737,193 +623,6 @@ def _check_shard_configs(
                 f"{expected[:12]}…; delete the shard file and re-run the same "
                 "`featurecache extract` command to recompute it."
             )
-
-
-def _written_meta(
-    final: Path, base: Path, shard: int, start: int, status, reasons, features: Mapping,
-    layer_attrs: Mapping, config: FeatureConfig, versions: Mapping, chunks: Mapping,
-) -> ShardMeta:  # fmt: skip
-    """What the commit log records of a shard file just written, from what was written."""
-    status = np.asarray(status, dtype=np.int8)
-    failed = np.flatnonzero(status == STATUS_FAILED)
-    layers = tuple(sorted(features))
-    dtypes = {layer: str(np.asarray(features[layer]).dtype) for layer in layers}
-    return ShardMeta(
-        file=os.path.relpath(final, base),
-        shard=shard,
-        start=start,
-        stop=start + len(status),
-        layers=layers,
-        n_features={layer: int(np.shape(features[layer])[1]) for layer in layers},
-        digests={layer: _sha256(features[layer]) for layer in layers},
-        layer_attrs={
-            layer: {**dict(layer_attrs[layer]), **versions, "dtype_stored": dtypes[layer]}
-            for layer in layers
-        },
-        status=status,
-        reasons=tuple((start + int(i), str(reasons[i])) for i in failed),
-        config_digest=config.digest(),
-        dtypes=dtypes,
-        chunks=chunks,
-        size=final.stat().st_size,
-    )
-
-
-def _sha256(values: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
-
-
-def _write_layer(f: h5py.File, layer: str, values: np.ndarray, attrs: Mapping) -> None:
-    """One layer of a shard: chunked by about 1 MiB, with Fletcher-32 and a SHA-256 of its bytes."""
-    data = np.ascontiguousarray(values)
-    n_rows = len(data)
-    rows_per_chunk = max(1, min(n_rows, (1 << 20) // max(1, data.shape[1] * data.itemsize)))
-    dataset = f.create_dataset(
-        fmt.shard_features_path(layer),
-        data=data,
-        chunks=(rows_per_chunk, data.shape[1]),
-        fletcher32=True,
-    )
-    dataset.attrs.update(dict(attrs))
-    dataset.attrs["sha256"] = _sha256(data)
-
-
-def _write_views(f: h5py.File, kind: str, views: ShardViews) -> None:
-    """A shard's views of one kind: a status per (row, view), and each layer's views,
-    chunked by about 1 MiB with Fletcher-32 and a SHA-256 of their bytes."""
-    status = np.asarray(views.status, dtype=np.int8)
-    f.create_dataset(fmt.shard_view_status_path(kind), data=status)
-    for layer, values in views.features.items():
-        data = np.ascontiguousarray(values)
-        if data.ndim != 3 or data.shape[:2] != status.shape:
-            raise ValueError(
-                f"{kind} views of layer {layer!r} must have shape {status.shape} + (n_features,); "
-                f"got {data.shape}"
-            )
-        row_bytes = max(1, data.shape[1] * data.shape[2] * data.itemsize)
-        rows = max(1, min(len(data), (1 << 20) // row_bytes))
-        dataset = f.create_dataset(
-            fmt.shard_views_path(kind, layer), data=data, chunks=(rows, *data.shape[1:]),
-            fletcher32=True,
-        )  # fmt: skip
-        dataset.attrs["sha256"] = _sha256(data)
-
-
-def _write_model_index(
-    f: h5py.File, model: str, config: FeatureConfig, metas: list[ShardMeta], n_samples: int
-) -> None:
-    group = f.create_group(fmt.features_path(model))
-    group.attrs.update(config_attrs(config))
-    by_layer: dict[str, dict[int, ShardMeta]] = {}
-    for meta in metas:  # sorted by file name: the first file with a layer wins
-        for layer in meta.layers:
-            by_layer.setdefault(layer, {}).setdefault(meta.shard, meta)
-    table = []
-    order = sorted(by_layer, key=lambda layer: _depth_key(layer, by_layer[layer]))
-    dtype = np.dtype(config.dtype)
-    for layer in order:
-        shards = by_layer[layer]
-        first = next(iter(shards.values()))
-        n_features = first.n_features[layer]
-        features = h5py.VirtualLayout((n_samples, n_features), dtype)
-        status = h5py.VirtualLayout((n_samples,), np.int8)
-        for shard in sorted(shards):
-            meta = shards[shard]
-            rows = meta.stop - meta.start
-            features[meta.start : meta.stop] = h5py.VirtualSource(
-                meta.file, fmt.shard_features_path(layer), shape=(rows, n_features), dtype=dtype
-            )
-            status[meta.start : meta.stop] = h5py.VirtualSource(
-                meta.file, "status", shape=(rows,), dtype=np.int8
-            )
-            table += [
-                (meta.file, layer, part.start, part.stop, part.digests[layer])
-                for part in meta.ranges()
-            ]
-        dataset = group.create_virtual_dataset(layer, features, fillvalue=np.nan)
-        attrs = {k: v for k, v in first.layer_attrs[layer].items() if v is not None}
-        attrs.pop("dtype_stored", None)
-        dataset.attrs.update({**config_attrs(config), **attrs, "layer": layer})
-        f.create_virtual_dataset(fmt.status_path(model, layer), status, fillvalue=STATUS_PENDING)
-        _write_views_index(f, model, layer, config, shards, n_samples, n_features, dtype)
-    failures = sorted({row: reason for meta in metas for row, reason in meta.reasons}.items())
-    write_failures(f, model, [r for r, _ in failures], [r for _, r in failures])
-    write_shard_table(f, model, table)
-
-
-def _write_views_index(
-    f: h5py.File, model: str, layer: str, config: FeatureConfig,
-    shards: Mapping[int, ShardMeta], n_samples: int, n_features: int, dtype: np.dtype,
-) -> None:  # fmt: skip
-    """``/views/<model>/<layer>`` and ``/tta/...`` with their statuses, mapped onto the shards."""
-    sets = config.view_sets()
-    for kind in VIEW_KINDS:
-        count = 0 if sets is None else sets.count(kind)
-        holding = [shards[s] for s in sorted(shards) if layer in shards[s].views.get(kind, {})]
-        if not count or not holding:
-            continue
-        features = h5py.VirtualLayout((n_samples, count, n_features), dtype)
-        status = h5py.VirtualLayout((n_samples, count), np.int8)
-        for meta in holding:
-            rows = meta.stop - meta.start
-            features[meta.start : meta.stop] = h5py.VirtualSource(
-                meta.file, fmt.shard_views_path(kind, layer), shape=(rows, count, n_features),
-                dtype=dtype,
-            )  # fmt: skip
-            status[meta.start : meta.stop] = h5py.VirtualSource(
-                meta.file, fmt.shard_view_status_path(kind), shape=(rows, count), dtype=np.int8
-            )
-        f.create_virtual_dataset(fmt.views_path(kind, model, layer), features, fillvalue=np.nan)
-        f.create_virtual_dataset(
-            fmt.view_status_path(kind, model, layer), status, fillvalue=STATUS_PENDING
-        )
-
-
-def write_failures(f: h5py.File, model: str, rows: Sequence[int], reasons: Sequence[str]) -> None:
-    """``/failures/<model>/{row,reason}``: the rows that failed, with their reasons."""
-    f.create_dataset(fmt.failures_path(model, "row"), data=np.asarray(rows, dtype=np.int64))
-    f.create_dataset(
-        fmt.failures_path(model, "reason"), data=np.array(list(reasons), dtype=object), dtype=_STR
-    )
-
-
-def write_shard_table(f: h5py.File, model: str, table: Sequence[tuple]) -> None:
-    """``/shards/<model>``: one row per (file, layer) with its rows and SHA-256."""
-    columns = list(zip(*table, strict=True)) if table else [[], [], [], [], []]
-    group = f.create_group(fmt.shards_path(model))
-    for name, values in zip(("file", "layer"), columns[:2], strict=True):
-        group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
-    for name, values in zip(("start", "stop"), columns[2:4], strict=True):
-        group.create_dataset(name, data=np.array(values, dtype=np.int64))
-    group.create_dataset("sha256", data=np.array(columns[4], dtype=object), dtype=_STR)
-
-
-def _depth_key(layer: str, shards: Mapping[int, ShardMeta]) -> tuple:
-    attrs = next(iter(shards.values())).layer_attrs[layer]
-    return (float(attrs.get("depth", 1.0)), layer)
-
-
-def config_attrs(config: FeatureConfig) -> dict:
-    """The index attributes of a model group (see :meth:`FeatureConfig.attrs`)."""
-    return config.attrs()
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _flock(fd: int, flags: int, path: Path) -> None:
-    try:
-        fcntl.flock(fd, flags)
-    except BlockingIOError:
-        raise
-    except OSError as error:
-        if error.errno not in _NO_LOCKS:
-            raise
-        raise CacheLockedError(
-            f"the file system of {str(path)!r} refuses file locks ({error.strerror}): "
-            + _NO_LOCKS_HINT
-        ) from error
 
 
 def _json_default(value):

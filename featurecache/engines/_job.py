@@ -13,10 +13,10 @@ import torch
 from featurecache._data import Dataset
 from featurecache.cache import FeatureConfig, ShardMeta, Store
 from featurecache.engines._runner import Plan, ShardResult, ShardRunner, layer_attrs
-from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError, OutOfSpaceError
+from featurecache.exceptions import CacheReadOnlyError, OutOfSpaceError
 from featurecache.models._layers import LayerInfo, pooled_size
-from featurecache.models._preprocess import Preprocess
-from featurecache.models._registry import LoadedBackbone, load_backbone
+from featurecache.models._rebuild import feature_config, rebuild_backbone, resize_mode
+from featurecache.models._registry import LoadedBackbone
 
 __all__ = ["Job", "feature_config", "resize_mode"]
 
@@ -105,26 +105,14 @@ class Job:
 
     def _load_backbone(self) -> LoadedBackbone:
         """Load the backbone in this process and check it is the driver's, number for number."""
-        config = self.config
-        backbone = load_backbone(
-            config.backbone,
-            self.weights,
-            seed=config.seed,
-            image_size=config.image_size,
-            resize=resize_mode(config),
+        return rebuild_backbone(
+            self.config,
+            weights=self.weights,
+            mismatch=f"the worker on {socket.gethostname()} built {self.config.backbone} with "
+            "another configuration than the driver",
+            fix="install the same featurecache, torch, torchvision and weights files on every "
+            "node.",
         )
-        rebuilt = feature_config(
-            backbone, self.pooling, config.dtype, config.compute_dtype, config.decode,
-            config.views,
-        )  # fmt: skip
-        differences = config.differences(rebuilt)
-        if differences:
-            raise ConfigMismatchError(
-                f"the worker on {socket.gethostname()} built {config.backbone} with another "
-                f"configuration than the driver ({'; '.join(differences)}); install the same "
-                "featurecache, torch, torchvision and weights files on every node."
-            )
-        return backbone
 
     def write(self, result: ShardResult, runner: ShardRunner) -> ShardMeta:
         """Write one shard's file atomically and return what the commit log will record.
@@ -185,39 +173,3 @@ class Job:
             logger.warning("the index of read-only cache %s lags its folder", self.store.path)
             return
         self.store.rebuild_index()  # also removes temporaries of dead writers
-
-
-def resize_mode(config: FeatureConfig) -> str:
-    """The resize mode a config's features were computed with (``crop`` when unrecorded)."""
-    return Preprocess.from_dict(dict(config.preprocessing)).resize
-
-
-def feature_config(
-    backbone: LoadedBackbone,
-    pooling: str,
-    store_dtype: str,
-    compute_dtype: str,
-    decode: str = "exact",
-    views: Mapping | None = None,
-) -> FeatureConfig:
-    """The cache key of a loaded backbone's features, with its provenance.
-
-    ``views`` is :attr:`FeatureConfig.views` (``{}`` or ``None``: no extra views).
-    """
-    return FeatureConfig(
-        backbone=backbone.name,
-        weights_sha256=backbone.weights_sha256,
-        preprocessing=backbone.preprocess.to_dict(),
-        pooling=pooling,
-        dtype=store_dtype,
-        compute_dtype=compute_dtype,
-        decode=decode,
-        views=dict(views or {}),
-        architecture=dict(backbone.architecture),
-        weights=backbone.weights,
-        seed=backbone.seed,
-        image_size=backbone.image_size,
-        source=backbone.source,
-        library=backbone.library,
-        revision=backbone.revision,
-    )

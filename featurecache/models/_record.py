@@ -184,6 +184,17 @@ class Backbone:
         """Named weights, plus ``none``; a path to a state-dict file is also accepted."""
         return (*self.catalog.names(), "none")
 
+    def weights_argument(self, weights_id: str) -> str:
+        """The ``weights`` argument of ``load_backbone`` that names ``weights_id`` again.
+
+        ``weights_id`` is a :attr:`Resolved.id` as a cache records it: ``none``, a
+        ``file:`` path and a catalog name (``IMAGENET1K_V2``) name themselves; any other
+        id (a hub repository, a packaged file) is what the catalog's ``DEFAULT`` resolved to.
+        """
+        if weights_id == "none" or weights_id.startswith("file:"):
+            return weights_id
+        return weights_id if weights_id in self.catalog.names() else "DEFAULT"
+
 
 @dataclass(frozen=True)
 class Source:
