@@ -448,8 +448,7 @@ def _data_summary(cache: Cache, models: list[str]) -> dict:
     """Classes, labeled rows per split and class, and the rows that failed extraction."""
     labeled = (cache.labels >= 0) & ~cache.removed
     counts = {}
-    rank = {"train": 0, "val": 1, "test": 2}
-    for split in sorted(set(cache.splits.tolist()), key=lambda s: (rank.get(s, 3), s)):
+    for split in cache.samples.ordered_splits():
         in_split = (cache.splits == split) & labeled
         counts[split or "(none)"] = {
             cache.class_names[k]: int(np.sum(in_split & (cache.labels == k)))
@@ -1044,7 +1043,7 @@ def _fit_layer(
 def _rows_held(cache: Cache, plan: _Plan, entry: Entry) -> int:
     """The rows an in-memory fit of ``entry`` holds: every labeled ok row, times its views."""
     status = plan.rows[(entry.model, entry.layer)]
-    labeled = (cache.labels >= 0) & status.ok & np.isin(cache.splits, ["train", "val", "test"])
+    labeled = (cache.labels >= 0) & status.ok & np.isin(cache.splits, fmt.SPLITS)
     variant = plan.variant(entry.model)
     fitting = labeled & (cache.splits != "test")
     return int(labeled.sum() + fitting.sum() * (variant.n_views - 1)
