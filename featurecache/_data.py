@@ -20,7 +20,7 @@ import numpy as np
 from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import SPLITS, DataSource, samples_digest, split_rank
 from featurecache.cache._builtins import BUILTINS
-from featurecache.cache._samples import STATE_LIVE, SampleTable, SplitSpec
+from featurecache.cache._samples import STATE_LIVE, SampleColumns, SampleTable, SplitSpec
 from featurecache.cache._source import ARRAYS
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from featurecache.sources import SampleBytes, Source, source_for
@@ -77,10 +77,10 @@ IMAGE_EXTENSIONS = frozenset(
 
 
 @dataclass(frozen=True, eq=False)
-class Dataset:
+class Dataset(SampleColumns):
     """A labelled image dataset: its sample table and a way to load each sample.
 
-    The table (:class:`featurecache.cache.SampleTable`) holds the ids, labels, splits,
+    ``samples`` (:class:`featurecache.cache.SampleTable`) holds the ids, labels, splits,
     class names, the source (a :class:`featurecache.cache.DataSource` string) and how the
     splits were made; they read as attributes of the dataset too. Exactly one of ``paths``
     (absolute file paths), ``arrays`` (uint8 images, shape ``(n_samples, H, W)`` or
@@ -88,7 +88,7 @@ class Dataset:
     content digests: :class:`featurecache.sources.SampleBytes`) is set.
     """
 
-    table: SampleTable
+    samples: SampleTable
     paths: np.ndarray | None = None
     arrays: np.ndarray | None = field(default=None, repr=False)
     skipped: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
@@ -101,54 +101,32 @@ class Dataset:
             raise InvalidArgumentError(f"sample ids of {self.source} must be unique.")
 
     def __len__(self) -> int:
-        return len(self.table)
-
-    # The table's columns, as attributes of the dataset.
-
-    @property
-    def source(self) -> str:
-        return self.table.source
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self.table.ids
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.table.labels
-
-    @property
-    def splits(self) -> np.ndarray:
-        return self.table.splits
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.table.class_names
+        return len(self.samples)
 
     @property
     def split_spec(self) -> SplitSpec:
         """How the splits were made (kept by the cache: see :class:`SplitSpec`)."""
-        return self.table.split
+        return self.samples.split
 
     @property
     def digests(self) -> np.ndarray | None:
         """``(n_samples, 16)`` content digests each file must still have when it is decoded
         (set by :meth:`aligned_to` from the cache's table); ``None``: not checked."""
-        return self.table.digests
+        return self.samples.digests
 
     @property
     def samples_digest(self) -> str:
         """SHA-256 over ids, labels and splits (the cache records it)."""
         return samples_digest(self.ids, self.labels, self.splits)
 
-    def with_table(self, **changes) -> Dataset:
-        """This dataset with these columns of its table replaced (``splits``, ``split``...)."""
-        return dataclasses.replace(self, table=dataclasses.replace(self.table, **changes))
+    def with_samples(self, **changes) -> Dataset:
+        """This dataset with these columns of its sample table replaced (``splits``, ``split``...)."""
+        return dataclasses.replace(self, samples=dataclasses.replace(self.samples, **changes))
 
     def summary(self) -> str:
         """One line: classes, images per split, and what the scan passed over by kind."""
         per_split = ", ".join(f"{name or '(no split)'} {int(np.sum(self.splits == name))}"
-                              for name in self.table.ordered_splits())  # fmt: skip
+                              for name in self.samples.ordered_splits())  # fmt: skip
         skipped = ", ".join(
             f"{len(entries)} {(SKIPPED_KIND_ONE if len(entries) == 1 else SKIPPED_KINDS)[kind]}"
             for kind, entries in self.skipped.items()
@@ -599,7 +577,7 @@ def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) 
         split = None if has_own else default
         if split is None:
             kind = "given" if has_own else "none"
-            return dataset.with_table(split=SplitSpec(kind))
+            return dataset.with_samples(split=SplitSpec(kind))
     elif has_own and not resplit:
         raise ParameterError(
             "split", "load_dataset", "left out for data that has its own splits", split,
@@ -611,7 +589,7 @@ def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) 
     else:
         splits = _random_split(dataset.labels, split, seed)
         spec = SplitSpec("random", _parse_random_split(split), int(seed))
-    return dataset.with_table(splits=splits, split=spec)
+    return dataset.with_samples(splits=splits, split=spec)
 
 
 def follow_split(
@@ -658,7 +636,7 @@ def _keep_random(dataset: Dataset, table) -> Dataset:
     new = [i for i in ids if i not in known]
     assigned = dict(zip(new, table.split.assign(new).tolist(), strict=True))
     splits = np.array([known.get(i, assigned.get(i)) for i in ids], dtype=object)
-    return dataset.with_table(splits=splits, split=table.split)
+    return dataset.with_samples(splits=splits, split=table.split)
 
 
 def _random_split(labels: np.ndarray, split: str, seed: int) -> np.ndarray:

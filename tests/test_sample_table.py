@@ -35,10 +35,10 @@ def test_the_reader_exposes_its_sample_table_and_its_columns_as_attributes(tmp_p
 
 def test_a_dataset_is_its_sample_table_plus_its_images(tmp_path):
     dataset = load_dataset(_folder(tmp_path / "data"))
-    assert isinstance(dataset.table, SampleTable)
-    assert dataset.ids is dataset.table.ids and dataset.source == dataset.table.source
-    assert dataset.split_spec is dataset.table.split and len(dataset) == len(dataset.table) == 6
-    moved = dataset.with_table(splits=np.full(len(dataset), "", dtype=object))
+    assert isinstance(dataset.samples, SampleTable)
+    assert dataset.ids is dataset.samples.ids and dataset.source == dataset.samples.source
+    assert dataset.split_spec is dataset.samples.split and len(dataset) == len(dataset.samples) == 6
+    moved = dataset.with_samples(splits=np.full(len(dataset), "", dtype=object))
     assert (
         set(moved.splits) == {""}
         and list(dataset.splits) == ["test"] * 2 + ["train"] * 2 + ["val"] * 2

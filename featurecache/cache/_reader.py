@@ -26,7 +26,13 @@ from featurecache.cache._folder import FolderView, LayerSummary
 from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._legacy import IndexView
-from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, read_table
+from featurecache.cache._samples import (
+    STATE_LIVE,
+    STATE_REMOVED,
+    STATE_STALE,
+    SampleColumns,
+    read_table,
+)
 from featurecache.cache._stream import Batch, iter_batches
 from featurecache.exceptions import (
     CacheCorruptError,
@@ -84,7 +90,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
     return Cache(path)
 
 
-class Cache:
+class Cache(SampleColumns):
     """A featurecache file, read one call at a time.
 
     The sample table (:attr:`samples`, a :class:`~featurecache.cache.SampleTable`; its
@@ -177,29 +183,10 @@ class Cache:
                 f"{len(self.labels)} labels, {len(self.splits)} splits."
             )
 
-    # The sample table's columns, as attributes of the reader.
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self.samples.ids
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.samples.labels
-
-    @property
-    def splits(self) -> np.ndarray:
-        return self.samples.splits
-
     @cached_property
     def class_names(self) -> list[str]:
+        """The class names, as a list (the reader's type for them)."""
         return list(self.samples.class_names)
-
-    @property
-    def source(self) -> str:
-        """Where the images came from (a :class:`~featurecache.cache.DataSource` string:
-        ``folder:/abs/root``, ``builtin:digits``...); ``""`` if unknown."""
-        return self.samples.source
 
     @property
     def state(self) -> np.ndarray:

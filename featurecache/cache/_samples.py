@@ -45,6 +45,7 @@ __all__ = [
     "STATE_STALE",
     "STATE_NAMES",
     "SampleChanges",
+    "SampleColumns",
     "SampleTable",
     "SplitSpec",
     "check_aligned",
@@ -137,7 +138,7 @@ class SampleTable:
 
     The one sample-table type: the cache stores it (:func:`write_samples`), the reader
     exposes it (``Cache.samples``), and a stage-1 dataset is one plus a way to load each
-    sample (``featurecache.Dataset.table``), so :meth:`from_dataset` takes one.
+    sample (``featurecache.Dataset.samples``), so :meth:`from_dataset` takes one.
     Rows are never deleted: a row of a sample no longer in the dataset is ``removed``, a
     row whose sample's content changed is ``stale`` (see :data:`STATE_NAMES`); both keep
     their features and are left out of every read.
@@ -419,6 +420,37 @@ class SampleTable:
             rows.remove(row)
             moves[row] = i
         return moves
+
+
+class SampleColumns:
+    """The columns of a sample table, read as attributes of what holds it in ``samples``
+    (the reader, a stage-1 dataset)."""
+
+    samples: SampleTable
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.samples.ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Index into ``class_names`` of each row; ``-1``: no label."""
+        return self.samples.labels
+
+    @property
+    def splits(self) -> np.ndarray:
+        """The split of each row (``""``: none)."""
+        return self.samples.splits
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.samples.class_names
+
+    @property
+    def source(self) -> str:
+        """Where the samples came from: a :class:`~featurecache.cache.DataSource` string
+        (``folder:/abs/root``, ``builtin:digits``...), ``""`` if unknown."""
+        return self.samples.source
 
 
 def _paths(dataset) -> np.ndarray | None:
