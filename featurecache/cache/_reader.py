@@ -95,9 +95,10 @@ class Cache(SampleColumns):
 
     The sample table (:attr:`samples`, a :class:`~featurecache.cache.SampleTable`; its
     columns ``ids``, ``labels``, ``splits``, ``class_names``, ``source``, ``state`` are also
-    attributes of the reader) is read once, when the cache is opened. Everything else is read from the cache's folder
-    (its commit logs) on each call; a cache without a folder (an index of plain datasets,
-    version 1) is read through one adapter, :class:`~featurecache.cache._legacy.IndexView`.
+    attributes of the reader) is read once, when the cache is opened. Everything else is
+    read from the cache's folder (its commit logs) on each call; a cache without a folder
+    (an index of plain datasets, version 1) is read through one adapter,
+    :class:`~featurecache.cache._legacy.IndexView`.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
