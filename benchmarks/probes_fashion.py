@@ -39,8 +39,6 @@ REFERENCE = "logreg"
 
 def stratified_first(data, rows: dict[str, int]):
     """The first ``rows[split] / n_classes`` samples of every class of each split, in file order."""
-    from featurecache import Dataset
-
     per_class = {split: count // len(data.class_names) for split, count in rows.items()}
     keep = np.concatenate(
         [
@@ -51,14 +49,7 @@ def stratified_first(data, rows: dict[str, int]):
     )  # fmt: skip
     keep.sort()
     wanted = ", ".join(f"first {n} per class of {split}" for split, n in per_class.items())
-    return Dataset(
-        source=f"{data.source} ({wanted})",
-        ids=data.ids[keep],
-        labels=data.labels[keep],
-        splits=data.splits[keep],
-        class_names=data.class_names,
-        arrays=data.arrays[keep],
-    )
+    return data.subset(keep, wanted)
 
 
 def extract_all(args, cache: Path) -> None:

@@ -1,17 +1,16 @@
 """Datasets: folders of class sub-folders, CSV manifests, and built-ins.
 
-A :class:`Dataset` is a sample table (ids, labels, splits, class names) plus a
-way to load each sample as a uint8 image tensor. Folder and CSV datasets are
+A :class:`Dataset` is a sample table (:class:`featurecache.cache.SampleTable`: ids,
+labels, splits, class names, its :class:`featurecache.cache.DataSource`) plus a way to
+load each sample as a uint8 image tensor. Folder and CSV datasets are
 sorted by id, so the order files are listed in never changes the cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import math
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from featurecache._validation import AdviceError, ParameterError
-from featurecache.cache import samples_digest
-from featurecache.cache._format import SPLITS
-from featurecache.cache._samples import STATE_LIVE, SplitSpec, check_aligned
+from featurecache.cache import SPLITS, DataSource, samples_digest, split_rank
+from featurecache.cache._builtins import BUILTINS
+from featurecache.cache._samples import STATE_LIVE, SampleColumns, SampleTable, SplitSpec
+from featurecache.cache._source import ARRAYS
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 from featurecache.sources import SampleBytes, Source, source_for
 
@@ -48,6 +48,13 @@ SPLIT_NAMES = {
     "test": "test",
     "testing": "test",
 }
+#: What a split value may be, as messages say it.
+_SPLIT_CHOICES = (
+    f"one of {', '.join(SPLITS)} or empty "
+    f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case)"
+)
+#: The split folders a DATA folder may have, as messages say them.
+_SPLIT_FOLDERS = ", ".join(f"{name}/" for name in SPLITS)
 #: Kinds of entries a folder scan passes over, as :attr:`Dataset.skipped` names them.
 SKIPPED_KINDS = {
     "hidden": "hidden files or folders",
@@ -67,58 +74,59 @@ SKIPPED_KIND_ONE = {
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-FASHION_MNIST_DIRS = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist")
 
 
 @dataclass(frozen=True, eq=False)
-class Dataset:
-    """A labelled image dataset.
+class Dataset(SampleColumns):
+    """A labelled image dataset: its sample table and a way to load each sample.
 
-    Exactly one of ``paths`` (absolute file paths), ``arrays`` (uint8 images,
-    shape ``(n_samples, H, W)`` or ``(n_samples, H, W, C)``) and ``members`` (encoded
-    images inside shard files, with their content digests:
-    :class:`featurecache.sources.SampleBytes`) is set.
+    ``samples`` (:class:`featurecache.cache.SampleTable`) holds the ids, labels, splits,
+    class names, the source (a :class:`featurecache.cache.DataSource` string) and how the
+    splits were made; they read as attributes of the dataset too. Exactly one of ``paths``
+    (absolute file paths), ``arrays`` (uint8 images, shape ``(n_samples, H, W)`` or
+    ``(n_samples, H, W, C)``) and ``members`` (encoded images inside shard files, with their
+    content digests: :class:`featurecache.sources.SampleBytes`) is set.
     """
 
-    source: str
-    ids: np.ndarray
-    labels: np.ndarray
-    splits: np.ndarray
-    class_names: tuple[str, ...]
+    samples: SampleTable
     paths: np.ndarray | None = None
     arrays: np.ndarray | None = field(default=None, repr=False)
     skipped: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-    #: How the splits were made (kept by the cache: see :class:`SplitSpec`).
-    split_spec: SplitSpec = SplitSpec()
     #: In a cache's row order (:meth:`aligned_to`): a sample with a stale row has two rows.
     aligned: bool = field(default=False, repr=False)
-    #: ``(n_samples, 16)`` content digests each file must still have when it is decoded
-    #: (set by :meth:`aligned_to` from the cache's table); ``None``: not checked.
-    digests: np.ndarray | None = field(default=None, repr=False)
     members: SampleBytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        check_aligned(self.ids, self.labels, self.splits)
         if not self.aligned and len(set(self.ids.tolist())) != len(self.ids):
             raise InvalidArgumentError(f"sample ids of {self.source} must be unique.")
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.samples)
+
+    @property
+    def split_spec(self) -> SplitSpec:
+        """How the splits were made (kept by the cache: see :class:`SplitSpec`)."""
+        return self.samples.split
+
+    @property
+    def digests(self) -> np.ndarray | None:
+        """``(n_samples, 16)`` content digests each file must still have when it is decoded
+        (set by :meth:`aligned_to` from the cache's table); ``None``: not checked."""
+        return self.samples.digests
 
     @property
     def samples_digest(self) -> str:
         """SHA-256 over ids, labels and splits (the cache records it)."""
         return samples_digest(self.ids, self.labels, self.splits)
 
+    def with_samples(self, **changes) -> Dataset:
+        """This dataset with these columns of its sample table replaced (``splits``, ``split``...)."""
+        return dataclasses.replace(self, samples=dataclasses.replace(self.samples, **changes))
+
     def summary(self) -> str:
         """One line: classes, images per split, and what the scan passed over by kind."""
-        counts = {name or "(no split)": int(np.sum(self.splits == name)) for name in
-                  dict.fromkeys(sorted(self.splits.tolist(), key=_split_rank))}  # fmt: skip
-        per_split = ", ".join(f"{name} {n}" for name, n in counts.items())
+        per_split = ", ".join(f"{name or '(no split)'} {int(np.sum(self.splits == name))}"
+                              for name in self.samples.ordered_splits())  # fmt: skip
         skipped = ", ".join(
             f"{len(entries)} {(SKIPPED_KIND_ONE if len(entries) == 1 else SKIPPED_KINDS)[kind]}"
             for kind, entries in self.skipped.items()
@@ -129,8 +137,8 @@ class Dataset:
             f"skipped: {skipped or 'nothing'}"
         )
 
-    def aligned_to(self, table) -> Dataset:
-        """This dataset in the row order of a cache's sample table (see ``SampleTable``).
+    def aligned_to(self, table: SampleTable) -> Dataset:
+        """This dataset in the row order of a cache's sample table.
 
         Rows that are not live (removed samples, stale rows) keep the table's labels and
         splits and cannot be loaded; they are never computed again.
@@ -146,19 +154,35 @@ class Dataset:
         else:
             arrays = self.arrays[np.maximum(index, 0)]
             arrays[~present] = 0
-        return Dataset(
-            self.source,
+        aligned = SampleTable(
             ids=np.asarray(table.ids, dtype=object),
             labels=np.asarray(table.labels, dtype=np.int64),
             splits=np.asarray(table.splits, dtype=object),
             class_names=tuple(table.class_names),
-            paths=paths,
-            arrays=arrays,
-            skipped=self.skipped,
-            split_spec=self.split_spec,
-            aligned=True,
-            digests=getattr(table, "digests", None),
-            members=members,
+            source=self.source,
+            digests=table.digests,
+            split=self.split_spec,
+        )
+        return Dataset(
+            aligned, paths=paths, arrays=arrays, skipped=self.skipped, aligned=True, members=members
+        )
+
+    def subset(self, rows: np.ndarray, note: str) -> Dataset:
+        """The samples ``rows`` (ascending indices), ``note`` saying which (``first 100 per
+        split``) after a built-in's name in the source."""
+        try:
+            source = str(DataSource.parse(self.source).with_note(note))
+        except InvalidArgumentError:  # a source that takes no note, or a caller's own name
+            source = self.source
+        table = SampleTable(
+            ids=self.ids[rows], labels=self.labels[rows], splits=self.splits[rows],
+            class_names=self.class_names, source=source, split=self.split_spec,
+        )  # fmt: skip
+        return Dataset(
+            table,
+            paths=None if self.paths is None else self.paths[rows],
+            arrays=None if self.arrays is None else self.arrays[rows],
+            members=None if self.members is None else self.members.take(rows),
         )
 
     def load_image(self, index: int):
@@ -189,7 +213,7 @@ class Dataset:
         labels: Sequence[int],
         splits: Sequence[str],
         class_names: Sequence[str],
-        source: str = "arrays",
+        source: str = ARRAYS,
     ) -> Dataset:
         """Build a dataset from uint8 images held in memory (no decoding)."""
         images = np.asarray(images)
@@ -198,19 +222,18 @@ class Dataset:
                 "images must be a uint8 array of shape (n_samples, H, W) or (n_samples, H, W, C); "
                 f"got dtype {images.dtype} and shape {images.shape}."
             )
-        ids = np.array([str(i) for i in range(len(images))], dtype=object)
-        return cls(
-            source=source,
-            ids=ids,
+        table = SampleTable(
+            ids=_row_ids(len(images)),
             labels=np.asarray(labels, dtype=np.int64),
             splits=np.asarray(splits, dtype=object),
             class_names=tuple(class_names),
-            arrays=images,
+            source=source,
         )
+        return cls(table, arrays=images)
 
 
 def list_builtins() -> list[str]:
-    return sorted(_BUILTINS)
+    return sorted(BUILTINS)
 
 
 def load_dataset(
@@ -266,12 +289,12 @@ def _load(data: str | os.PathLike | Source, split: str | None, seed: int) -> Dat
         return _from_source(source)
     if text.startswith("builtin:"):
         name = text.split(":", 1)[1]
-        if name not in _BUILTINS:
+        if name not in BUILTINS:
             raise UnknownNameError(
                 f"unknown built-in dataset {text!r}; expected one of "
-                f"{', '.join('builtin:' + b for b in list_builtins())}." + suggest(name, _BUILTINS)
+                f"{', '.join('builtin:' + b for b in list_builtins())}." + suggest(name, BUILTINS)
             )
-        return _BUILTINS[name]()
+        return _load_builtin(name)
     path = Path(text).expanduser()
     if not path.exists():
         raise InvalidArgumentError(
@@ -300,9 +323,7 @@ def _from_source(source: Source) -> Dataset:
     bad = sorted({v for v in values if v and v.lower() not in SPLIT_NAMES})
     if bad:
         raise InvalidArgumentError(
-            f"{scanned.source}: split must be one of train, val, test or empty "
-            f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case); "
-            f"got {', '.join(map(repr, bad[:5]))}."
+            f"{scanned.source}: split must be {_SPLIT_CHOICES}; got {', '.join(map(repr, bad[:5]))}."
         )
     if not (scanned.labels >= 0).any():
         raise AdviceError(
@@ -313,15 +334,14 @@ def _from_source(source: Source) -> Dataset:
             flag=("label_field", "FIELD"),
         )
     _check_classes(scanned.class_names, scanned.source)
-    return Dataset(
-        scanned.source,
+    table = SampleTable(
         ids=scanned.ids,
         labels=scanned.labels,
         splits=np.array([SPLIT_NAMES[v.lower()] if v else "" for v in values], dtype=object),
         class_names=scanned.class_names,
-        skipped=scanned.skipped,
-        members=scanned.members,
+        source=scanned.source,
     )
+    return Dataset(table, skipped=scanned.skipped, members=scanned.members)
 
 
 def is_image(path: Path) -> bool:
@@ -425,7 +445,7 @@ def _load_folder(root: Path) -> Dataset:
     scan = _Scan(root)
     scan.loose_files(root)
     if splits:
-        for split, folder in sorted(splits.items(), key=lambda item: _split_rank(item[0])):
+        for split, folder in sorted(splits.items(), key=lambda item: split_rank(item[0])):
             scan.loose_files(folder)
             scan.classes(folder, split)
     else:
@@ -436,24 +456,23 @@ def _load_folder(root: Path) -> Dataset:
     if not scan.rows:
         raise InvalidArgumentError(
             f"DATA folder {str(root)!r} holds no images; expected class sub-folders of images "
-            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), optionally under train/, val/, test/."
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), optionally under {_SPLIT_FOLDERS}."
         )
     rows = sorted(scan.rows, key=lambda row: row[0])
     class_names = tuple(sorted({row[1] for row in rows}))
     _check_classes(class_names, f"folder {str(root)!r}")
-    return Dataset(
-        f"folder:{root}",
+    table = SampleTable(
         ids=np.array([r[0] for r in rows], dtype=object),
         labels=np.array([class_names.index(r[1]) for r in rows], dtype=np.int64),
         splits=np.array([r[2] for r in rows], dtype=object),
         class_names=class_names,
+        source=str(DataSource("folder", str(root))),
+    )
+    return Dataset(
+        table,
         paths=np.array([str(r[3]) for r in rows], dtype=object),
         skipped={kind: tuple(sorted(entries)) for kind, entries in scan.skipped.items()},
     )
-
-
-def _split_rank(split: str) -> tuple[int, str]:
-    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
 def read_table(csv_path: Path, what: str = "CSV manifest"):
@@ -503,8 +522,7 @@ def _load_csv(csv_path: Path) -> Dataset:
         bad = sorted({v for v in values if v and v.lower() not in known})
         if bad:
             raise InvalidArgumentError(
-                f"CSV manifest {str(csv_path)!r}: split must be one of train, val, test or empty "
-                f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case); "
+                f"CSV manifest {str(csv_path)!r}: split must be {_SPLIT_CHOICES}; "
                 f"got {', '.join(map(repr, bad))}."
             )
         table = table.assign(split=[known[v.lower()] if v else "" for v in values])
@@ -530,7 +548,8 @@ def _load_csv(csv_path: Path) -> Dataset:
     )
     paths = np.array(table["file"], dtype=object)
     ids = np.array(table["id"], dtype=object)
-    return Dataset(f"csv:{csv_path}", ids, labels, splits, class_names, paths=paths)
+    source = str(DataSource("csv", str(csv_path)))
+    return Dataset(SampleTable(ids, labels, splits, class_names, source=source), paths=paths)
 
 
 def _check_labels_outside_test(table, csv_path: Path) -> None:
@@ -553,12 +572,12 @@ def _check_classes(class_names: tuple[str, ...], where: str) -> None:
 def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) -> Dataset:
     """Give a dataset without splits the random split asked for; never silently replace its own."""
     has_own = bool(np.any(dataset.splits != ""))
-    default = _DEFAULT_SPLITS.get(dataset.source.split(" ")[0])
+    default = DataSource.parse(dataset.source).default_split
     if split is None:
         split = None if has_own else default
         if split is None:
             kind = "given" if has_own else "none"
-            return dataclasses.replace(dataset, split_spec=SplitSpec(kind))
+            return dataset.with_samples(split=SplitSpec(kind))
     elif has_own and not resplit:
         raise ParameterError(
             "split", "load_dataset", "left out for data that has its own splits", split,
@@ -570,7 +589,7 @@ def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) 
     else:
         splits = _random_split(dataset.labels, split, seed)
         spec = SplitSpec("random", _parse_random_split(split), int(seed))
-    return dataclasses.replace(dataset, splits=splits, split_spec=spec)
+    return dataset.with_samples(splits=splits, split=spec)
 
 
 def follow_split(
@@ -617,7 +636,7 @@ def _keep_random(dataset: Dataset, table) -> Dataset:
     new = [i for i in ids if i not in known]
     assigned = dict(zip(new, table.split.assign(new).tolist(), strict=True))
     splits = np.array([known.get(i, assigned.get(i)) for i in ids], dtype=object)
-    return dataclasses.replace(dataset, splits=splits, split_spec=table.split)
+    return dataset.with_samples(splits=splits, split=table.split)
 
 
 def _random_split(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
@@ -666,67 +685,19 @@ def _as_float(value) -> float:
         return math.nan
 
 
-def _load_digits() -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (n_samples, 8, 8)
-    labels = bunch.target.astype(np.int64)
-    splits = np.full(len(labels), "", dtype=object)  # "random:0.2" unless asked otherwise
-    ids = np.array([str(i) for i in range(len(labels))], dtype=object)
-    names = tuple(str(n) for n in bunch.target_names)
-    return Dataset("builtin:digits", ids, labels, splits, names, arrays=images)
-
-
-def find_fashion_mnist() -> Path | None:
-    """Return the folder holding the Fashion-MNIST IDX files, or None."""
-    candidates = [os.environ.get("FASHION_MNIST_DIR", ""), *FASHION_MNIST_DIRS]
-    for folder in filter(None, candidates):
-        if (Path(folder) / "train-images-idx3-ubyte.gz").is_file():
-            return Path(folder)
-    return None
-
-
-FASHION_MNIST_HINT = (
-    "Fashion-MNIST files not found; set FASHION_MNIST_DIR to a folder holding "
-    "train-images-idx3-ubyte.gz (and the other three IDX files), put them in data/fashion-mnist/, "
-    "or install the Debian package: apt-get install -y dataset-fashion-mnist."
-)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as stream:
-        raw = stream.read()
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _load_fashion_mnist() -> Dataset:
-    folder = find_fashion_mnist()
-    if folder is None:
-        raise InvalidArgumentError(FASHION_MNIST_HINT)
-    parts = {}
-    for name, prefix in (("train", "train"), ("test", "t10k")):
-        images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
-        labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
-        parts[name] = (images, labels.astype(np.int64))
-    images = np.concatenate([parts["train"][0], parts["test"][0]])
-    labels = np.concatenate([parts["train"][1], parts["test"][1]])
-    splits = np.array(
-        ["train"] * len(parts["train"][1]) + ["test"] * len(parts["test"][1]), dtype=object
+def _load_builtin(name: str) -> Dataset:
+    """``builtin:NAME``: its arrays, sample ``i`` named ``str(i)``."""
+    found = BUILTINS[name].read(None)
+    table = SampleTable(
+        ids=_row_ids(len(found.labels)),
+        labels=found.labels,
+        splits=found.splits,
+        class_names=found.class_names,
+        source=str(DataSource("builtin", name, found.notes)),
     )
-    ids = np.array([str(i) for i in range(len(labels))], dtype=object)
-    return Dataset(
-        f"builtin:fashion-mnist ({folder})",
-        ids,
-        labels,
-        splits,
-        FASHION_MNIST_CLASSES,
-        arrays=images,
-    )
+    return Dataset(table, arrays=found.images)
 
 
-_BUILTINS = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist}
-#: The split a built-in without its own splits gets when none is asked for.
-_DEFAULT_SPLITS = {"builtin:digits": "random:0.2"}
+def _row_ids(n: int) -> np.ndarray:
+    """Ids ``"0"`` to ``str(n - 1)``: the samples of arrays, by row."""
+    return np.array([str(i) for i in range(n)], dtype=object)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import re
@@ -431,7 +430,7 @@ def _aligned(dataset: Dataset, store: Store) -> Dataset:
     table = store.read_samples()
     same = len(table) == len(dataset) and not table.removed_mask.any()
     if same and table.ids.tolist() == dataset.ids.tolist():
-        return dataclasses.replace(dataset, digests=table.digests)
+        return dataset.with_samples(digests=table.digests)
     return dataset.aligned_to(table)
 
 

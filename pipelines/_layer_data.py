@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featurecache.cache import Cache, Entry
+from featurecache.cache._format import SPLITS
 from featurecache.exceptions import InvalidArgumentError
 from pipelines._feature_sets import FeatureSet, load_set_rows
 from pipelines._ooc import FitRows
@@ -155,7 +156,7 @@ def _selection_splits(plan: Plan, entry: Entry, split: np.ndarray, y: np.ndarray
 def rows_held(cache: Cache, plan: Plan, entry: Entry) -> int:
     """The rows an in-memory fit of ``entry`` holds: every labeled ok row, times its views."""
     status = plan.rows[(entry.model, entry.layer)]
-    labeled = (cache.labels >= 0) & status.ok & np.isin(cache.splits, ["train", "val", "test"])
+    labeled = (cache.labels >= 0) & status.ok & np.isin(cache.splits, SPLITS)
     variant = plan.variant(entry.model)
     fitting = labeled & (cache.splits != "test")
     return int(labeled.sum() + fitting.sum() * (variant.n_views - 1)

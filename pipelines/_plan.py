@@ -261,8 +261,7 @@ def _data_summary(cache: Cache, models: list[str]) -> dict:
     """Classes, labeled rows per split and class, and the rows that failed extraction."""
     labeled = (cache.labels >= 0) & ~cache.removed
     counts = {}
-    rank = {"train": 0, "val": 1, "test": 2}
-    for split in sorted(set(cache.splits.tolist()), key=lambda s: (rank.get(s, 3), s)):
+    for split in cache.samples.ordered_splits():
         in_split = (cache.splits == split) & labeled
         counts[split or "(none)"] = {
             cache.class_names[k]: int(np.sum(in_split & (cache.labels == k)))

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from featurecache.cache import (
+    SPLITS,
     STATE_STALE,
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PENDING,
     Cache,
     Entry,
+    split_rank,
 )
 from pipelines._views import PLAIN, Variant
 
@@ -27,7 +29,8 @@ __all__ = [
     "RowStatus", "row_status", "fit_rows", "features_digest", "SPLIT_ORDER", "REMOVED", "STALE",
 ]  # fmt: skip
 
-SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+#: Each split's rank in the one split order (:data:`featurecache.cache.SPLITS`).
+SPLIT_ORDER = {name: rank for rank, name in enumerate(SPLITS)}
 #: The status of a removed sample's row here (not a status the cache stores).
 REMOVED = -1
 #: The status of a stale row here: superseded by a newer row of the same sample.
@@ -67,7 +70,7 @@ class RowStatus:
 
     def by_split(self, splits: np.ndarray) -> dict[str, dict[str, int]]:
         """:meth:`counts` of each split (``""``: rows without a split), train, val, test first."""
-        names = sorted(set(splits.tolist()), key=lambda s: (SPLIT_ORDER.get(s, 3), s))
+        names = sorted(set(splits.tolist()), key=split_rank)
         return {
             name: RowStatus(self.model, self.layer, self.status[splits == name]).counts()
             for name in names
@@ -100,12 +103,7 @@ def row_status(cache: Cache, entry: Entry) -> RowStatus:
 
 def fit_rows(cache: Cache, status: RowStatus) -> np.ndarray:
     """The rows a fit reads: ok, labeled, not removed, in the train, val or test split."""
-    return (
-        status.ok
-        & (cache.labels >= 0)
-        & ~cache.removed
-        & np.isin(cache.splits, ["train", "val", "test"])
-    )
+    return status.ok & (cache.labels >= 0) & ~cache.removed & np.isin(cache.splits, SPLITS)
 
 
 def features_digest(cache: Cache, status: RowStatus, variant: Variant | None = None) -> str:

@@ -20,6 +20,7 @@ from featurecache.cache import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PENDING,
+    DataSource,
     FeatureConfig,
     SampleTable,
     ShardViews,
@@ -235,7 +236,7 @@ def write_folder_cache(root, n_train=20, n_test=12, n_classes=3):
         ids.append(name)
     samples = SampleTable(np.array(ids, dtype=object), y.astype(np.int64), split,
                           tuple(f"class_{k}" for k in range(n_classes)),
-                          source=f"folder:{images}")  # fmt: skip
+                          source=str(DataSource("folder", str(images))))  # fmt: skip
     features, attrs = {}, {}
     for model, layers in LAYOUT.items():
         centroids = {name: rng.normal(size=(n_classes, 10)) for name, _, _ in layers}

@@ -78,10 +78,10 @@ def test_builtin_digits_is_seeded_80_20():
 
 
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
-    import featurecache._data as data
+    import featurecache.cache._builtins as builtins
 
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(builtins, "FASHION_MNIST_DIRS", ())
     with pytest.raises(InvalidArgumentError, match=r"apt-get install -y dataset-fashion-mnist"):
         load_dataset("builtin:fashion-mnist")
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featurecache._data import FASHION_MNIST_HINT
 from featurecache.app._demo import DEMO_DEFAULTS
 from featurecache.app.cli import main
+from featurecache.cache._builtins import FASHION_MNIST_HINT
 
 
 @pytest.mark.slow
@@ -96,10 +96,10 @@ def test_fashion_demo_runs_at_96_px_with_its_own_defaults(tmp_path, monkeypatch,
 
 
 def test_fashion_demo_without_the_files_says_how_to_get_them(tmp_path, monkeypatch, capsys):
-    import featurecache._data as data
+    import featurecache.cache._builtins as builtins
 
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(builtins, "FASHION_MNIST_DIRS", ())
     argv = ["demo", "--dataset", "builtin:fashion-mnist", "--cache", str(tmp_path / "c.h5")]
     assert main(argv) == 2
     error = capsys.readouterr().err

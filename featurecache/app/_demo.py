@@ -253,11 +253,4 @@ def _limited(data: Dataset, limit: int | None) -> Dataset:
         ]
     )
     keep.sort()
-    return Dataset(
-        source=f"{data.source} (first {limit} per split)",
-        ids=data.ids[keep],
-        labels=data.labels[keep],
-        splits=data.splits[keep],
-        class_names=data.class_names,
-        arrays=data.arrays[keep],
-    )
+    return data.subset(keep, f"first {limit} per split")

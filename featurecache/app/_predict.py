@@ -22,7 +22,7 @@ from featurecache._validation import (
     check_int,
     check_workers,
 )
-from featurecache.cache import STATUS_OK, FeatureConfig, atomic_write
+from featurecache.cache import STATUS_OK, DataSource, FeatureConfig, SampleTable, atomic_write
 from featurecache.engines._options import DEVICES
 from featurecache.exceptions import InvalidArgumentError
 
@@ -362,11 +362,11 @@ def _image_list(images: Path, class_names: tuple[str, ...]) -> Dataset:
             f"IMAGES {str(images)!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
     n = len(paths)
-    return Dataset(
-        source=f"predict:{images}",
+    table = SampleTable(
         ids=np.array(ids, dtype=object),
         labels=np.full(n, -1, dtype=np.int64),
         splits=np.full(n, "", dtype=object),
         class_names=class_names,
-        paths=np.array([str(p) for p in paths], dtype=object),
+        source=str(DataSource("predict", str(images))),
     )
+    return Dataset(table, paths=np.array([str(p) for p in paths], dtype=object))

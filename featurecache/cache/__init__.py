@@ -13,12 +13,14 @@ from featurecache.cache._format import (
     FORMAT,
     FORMAT_VERSION,
     LOCKING_ENV,
+    SPLITS,
     STATUS_FAILED,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_PENDING,
     locking_enabled,
     samples_digest,
+    split_rank,
 )
 from featurecache.cache._identity import content_digest
 from featurecache.cache._interchange import (
@@ -38,6 +40,7 @@ from featurecache.cache._samples import (
     SampleTable,
     SplitSpec,
 )
+from featurecache.cache._source import SOURCE_KINDS, DataSource, read_sample_image
 from featurecache.cache._stream import Batch, default_batch_rows
 from featurecache.cache._upgrade import cache_version, upgrade
 from featurecache.cache._writer import ShardViews, Store, check_config
@@ -45,6 +48,7 @@ from featurecache.cache._writer import ShardViews, Store, check_config
 __all__ = [
     "Batch",
     "Cache",
+    "DataSource",
     "Entry",
     "EXPORT_FORMATS",
     "ExportResult",
@@ -56,6 +60,8 @@ __all__ = [
     "STATUS_NAMES",
     "STATUS_OK",
     "STATUS_PENDING",
+    "SOURCE_KINDS",
+    "SPLITS",
     "SampleChanges",
     "SampleTable",
     "SplitSpec",
@@ -80,7 +86,9 @@ __all__ = [
     "locking_enabled",
     "open_cache",
     "read_classifiers",
+    "read_sample_image",
     "samples_digest",
+    "split_rank",
     "upgrade",
     "write_arrays",
     "write_classifier",

@@ -20,6 +20,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FEATURES_FORMAT_VERSION",
     "SPLITS",
+    "split_rank",
     "STAT_FIELDS",
     "STATUS_PENDING",
     "STATUS_OK",
@@ -67,6 +68,13 @@ FEATURES_FORMAT_VERSION = 1
 #: The splits, in their one order (the split-name table of ``/samples/splits`` starts with
 #: ``""``, no split, then these).
 SPLITS = ("train", "val", "test")
+
+
+def split_rank(split: str) -> tuple[int, str]:
+    """The sort key of a split name: :data:`SPLITS` in their order, then ``""`` (no split)
+    and any other name, alphabetically."""
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
+
 
 #: Row status codes, in ``/status/<model>/<layer>`` and in each shard's ``status``.
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2

@@ -35,6 +35,7 @@ from featurecache.cache._config import FeatureConfig
 from featurecache.cache._format import STATUS_OK
 from featurecache.cache._reader import open_cache
 from featurecache.cache._samples import SampleTable
+from featurecache.cache._source import DataSource
 from featurecache.cache._writer import Store
 from featurecache.exceptions import InvalidArgumentError, MissingExtraError
 
@@ -371,7 +372,7 @@ def _import_table(parts, provenance: dict, folder: Path) -> SampleTable:
         labels=labels,
         splits=np.array(splits, dtype=object),
         class_names=tuple(class_names),
-        source=f"import:{folder.resolve()}",
+        source=str(DataSource("import", str(folder.resolve()))),
     )
 
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import h5py
@@ -25,7 +26,7 @@ from featurecache.cache._folder import LayerSummary, check_finite, layer_order
 from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._legacy import open_view, read_table
-from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE
+from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, SampleColumns
 from featurecache.cache._stream import Batch, iter_batches
 from featurecache.exceptions import (
     CacheCorruptError,
@@ -83,12 +84,13 @@ def open_cache(path: str | os.PathLike) -> Cache:
     return Cache(path)
 
 
-class Cache:
+class Cache(SampleColumns):
     """A featurecache file, read one call at a time.
 
-    The sample table (``ids``, ``labels``, ``splits``, ``class_names``) is read
-    once, when the cache is opened. Everything else is read from the cache's folder
-    (its commit logs) on each call, through one interface
+    The sample table (:attr:`samples`, a :class:`~featurecache.cache.SampleTable`; its
+    columns ``ids``, ``labels``, ``splits``, ``class_names``, ``source``, ``state`` are also
+    attributes of the reader) is read once, when the cache is opened. Everything else is
+    read from the cache's folder (its commit logs) on each call, through one interface
     (:class:`~featurecache.cache._folder.FolderView`'s); a version-1 cache is read through
     the one adapter that answers it for older layouts (:mod:`featurecache.cache._legacy`).
     """
@@ -159,28 +161,36 @@ class Cache:
                 f"version {fmt.FORMAT_VERSION}; upgrade featurecache."
             )
         table = read_table(f, identity=False)
-        self.ids = table.ids
-        self.labels = table.labels
-        self.splits = table.splits
-        self.class_names = list(table.class_names)
-        # Where the images came from ("folder:/abs/root", "builtin:digits", ...); "" if unknown.
-        self.source = table.source
+        #: The sample table (:class:`~featurecache.cache.SampleTable`, without the digest
+        #: and stat columns): ids, labels, splits, class names, source, row states.
+        self.samples = table
         digest = f.attrs.get("samples_digest")
         self.samples_digest = (
             str(_decode(digest))
             if digest is not None
             else fmt.samples_digest(self.ids, self.labels, self.splits)
         )
-        #: ``STATE_*`` of each row: live, removed (no longer in the dataset) or stale (its
-        #: sample's content changed and it has a newer row).
-        self.state = table.state_codes
-        #: Rows left out of every read and of ``fit``: removed samples and stale rows.
-        self.removed = self.state != STATE_LIVE
-        if not (len(self.ids) == len(self.labels) == len(self.splits) == len(self.state)):
+        if len(self.state) != len(self.ids):
             raise CacheCorruptError(
                 f"the sample table of {str(self.path)!r} is inconsistent: {len(self.ids)} ids, "
                 f"{len(self.labels)} labels, {len(self.splits)} splits."
             )
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """The class names, as a list (the reader's type for them)."""
+        return list(self.samples.class_names)
+
+    @property
+    def state(self) -> np.ndarray:
+        """``STATE_*`` of each row: live, removed (no longer in the dataset) or stale (its
+        sample's content changed and it has a newer row)."""
+        return self.samples.state_codes
+
+    @property
+    def removed(self) -> np.ndarray:
+        """Rows left out of every read and of ``fit``: removed samples and stale rows."""
+        return self.samples.removed_mask
 
     @property
     def n_samples(self) -> int:
@@ -232,7 +242,7 @@ class Cache:
         """
         status = self.status(model, layer)
         found = {"all": count_rows(status, self.state)}
-        for split in dict.fromkeys(sorted(self.splits.tolist(), key=_split_rank)):
+        for split in self.samples.ordered_splits():
             rows = self.splits == split
             found[split] = count_rows(status[rows], self.state[rows])
         return found
@@ -547,10 +557,6 @@ def count_rows(status: np.ndarray, state: np.ndarray) -> dict[str, int]:
 
 def _entry_counts(counts: dict[str, int]) -> dict[str, int]:
     return {f"n_{kind}": n for kind, n in counts.items()}
-
-
-def _split_rank(split: str) -> tuple[int, str]:
-    return (fmt.SPLITS.index(split) if split in fmt.SPLITS else len(fmt.SPLITS), split)
 
 
 def _order(layers: dict[str, LayerSummary]) -> list[str]:

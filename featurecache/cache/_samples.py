@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import h5py
 import numpy as np
@@ -35,6 +36,7 @@ from featurecache.cache._identity import (
     now_ns,
     stat_files,
 )
+from featurecache.cache._source import ARRAYS
 from featurecache.exceptions import InvalidArgumentError
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "STATE_STALE",
     "STATE_NAMES",
     "SampleChanges",
+    "SampleColumns",
     "SampleTable",
     "SplitSpec",
     "check_aligned",
@@ -133,13 +136,22 @@ def check_aligned(ids, labels, splits) -> None:
 class SampleTable:
     """The samples of a cache: one id, label, split, state and content digest per row.
 
-    Stage 1's datasets carry the same first attributes, so :meth:`from_dataset` takes one.
+    The one sample-table type: the cache stores it (:func:`write_samples`), the reader
+    exposes it (``Cache.samples``), and a stage-1 dataset is one plus a way to load each
+    sample (``featurecache.Dataset.samples``), so :meth:`from_dataset` takes one.
     Rows are never deleted: a row of a sample no longer in the dataset is ``removed``, a
     row whose sample's content changed is ``stale`` (see :data:`STATE_NAMES`); both keep
     their features and are left out of every read.
 
     Attributes
     ----------
+    ids, labels, splits : ndarray of shape (n_samples,)
+        Ids (str), label indices into ``class_names`` (int64, ``-1``: none) and split names
+        (``""``: none; :meth:`ordered_splits` lists them in their one order).
+    class_names : tuple of str
+    source : str
+        Where the samples came from: a :class:`featurecache.cache.DataSource` string, or a
+        name of the caller's for samples built in memory.
     state : ndarray of shape (n_samples,), int8, optional
         ``STATE_*`` codes; ``None`` means every row is live.
     digests : ndarray of shape (n_samples, 16), uint8, optional
@@ -157,7 +169,7 @@ class SampleTable:
     labels: np.ndarray
     splits: np.ndarray
     class_names: tuple[str, ...]
-    source: str = "arrays"
+    source: str = ARRAYS
     state: np.ndarray | None = None
     digests: np.ndarray | None = field(default=None, repr=False)
     stats: np.ndarray | None = field(default=None, repr=False)
@@ -172,16 +184,21 @@ class SampleTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
+    @cached_property
     def state_codes(self) -> np.ndarray:
+        """``STATE_*`` of each row, int8 (computed once: readers ask for it per call)."""
         if self.state is None:
             return np.full(len(self), STATE_LIVE, dtype=np.int8)
         return np.asarray(self.state, dtype=np.int8)
 
-    @property
+    @cached_property
     def removed_mask(self) -> np.ndarray:
         """Rows left out of every read: removed samples and stale rows."""
         return self.state_codes != STATE_LIVE
+
+    def ordered_splits(self) -> list[str]:
+        """The split names the rows have, in the one order (``_format.split_rank``)."""
+        return sorted(set(np.asarray(self.splits).tolist()), key=fmt.split_rank)
 
     @property
     def samples_digest(self) -> str:
@@ -403,6 +420,37 @@ class SampleTable:
             rows.remove(row)
             moves[row] = i
         return moves
+
+
+class SampleColumns:
+    """The columns of a sample table, read as attributes of what holds it in ``samples``
+    (the reader, a stage-1 dataset)."""
+
+    samples: SampleTable
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.samples.ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Index into ``class_names`` of each row; ``-1``: no label."""
+        return self.samples.labels
+
+    @property
+    def splits(self) -> np.ndarray:
+        """The split of each row (``""``: none)."""
+        return self.samples.splits
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.samples.class_names
+
+    @property
+    def source(self) -> str:
+        """Where the samples came from: a :class:`~featurecache.cache.DataSource` string
+        (``folder:/abs/root``, ``builtin:digits``...), ``""`` if unknown."""
+        return self.samples.source
 
 
 def _paths(dataset) -> np.ndarray | None:

@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from featurecache._validation import ParameterError
+from featurecache.cache import DataSource
 from featurecache.sources._fields import FieldSpec, label_indices, parse_field
 from featurecache.sources._files import is_url, list_files
 from featurecache.sources._members import SampleBytes
@@ -99,8 +100,8 @@ class Source:
 
     @property
     def name(self) -> str:
-        """``kind:data``: the source the sample table records."""
-        return f"{self.kind}:{self.data}"
+        """``kind:data``: the source the sample table records (a :class:`DataSource`)."""
+        return str(DataSource(self.kind, self.data))
 
     @property
     def label_spec(self) -> FieldSpec:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from _docs_harness import docs_fixture
 
-from featurecache._data import _read_idx  # the reader of the IDX files the product uses
+from featurecache.cache._builtins import read_idx  # the reader of the IDX files the product uses
 
 #: Fashion-MNIST subset: the first images of each class in each split (5-fold CV needs 5).
 FASHION_TRAIN, FASHION_TEST = 10, 3
@@ -74,8 +74,8 @@ def fashion_mnist(scratch: Path, env: dict, shared: Path) -> None:
         source = _installed_fashion_mnist()
         for prefix, count in (("train", FASHION_TRAIN), ("t10k", FASHION_TEST)):
             if source is not None:
-                images = _read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
-                labels = _read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
+                images = read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+                labels = read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
                 keep = np.sort(
                     np.concatenate([np.flatnonzero(labels == k)[:count] for k in range(10)])
                 )
