@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import math
 import os
 import struct
@@ -23,7 +24,21 @@ from featurecache.cache import samples_digest
 from featurecache.cache._format import SPLITS
 from featurecache.cache._samples import STATE_LIVE, SplitSpec, check_aligned
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
-from featurecache.sources import SampleBytes, Source, source_for
+from featurecache.sources import (
+    IMAGE_EXTENSIONS,
+    SKIPPED_KIND_ONE,
+    SKIPPED_KINDS,
+    SPLIT_NAMES,
+    SampleBytes,
+    Source,
+    is_image_name,
+    is_url,
+    object_files,
+    read_object,
+    resolve_url,
+    scan_folder,
+    source_for,
+)
 
 __all__ = [
     "Dataset",
@@ -37,36 +52,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
 ]
 
-#: Folder names (compared case-insensitively) and manifest values read as each split.
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
-#: Kinds of entries a folder scan passes over, as :attr:`Dataset.skipped` names them.
-SKIPPED_KINDS = {
-    "hidden": "hidden files or folders",
-    "not_image": "files that are not images",
-    "empty_class": "class folders without images",
-    "wrong_level": "images outside a class folder",
-    "no_image": "samples without an image",
-}
-#: The same kinds, said of one entry.
-SKIPPED_KIND_ONE = {
-    "hidden": "hidden file or folder",
-    "not_image": "file that is not an image",
-    "empty_class": "class folder without images",
-    "wrong_level": "image outside a class folder",
-    "no_image": "sample without an image",
-}
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -264,6 +249,8 @@ def _load(data: str | os.PathLike | Source, split: str | None, seed: int) -> Dat
     source = source_for(text)
     if source is not None:
         return _from_source(source)
+    if is_url(text):  # on object storage: a CSV manifest, or a folder below a prefix
+        return _load_csv(text) if text.lower().endswith(".csv") else _load_objects(text)
     if text.startswith("builtin:"):
         name = text.split(":", 1)[1]
         if name not in _BUILTINS:
@@ -324,9 +311,19 @@ def _from_source(source: Source) -> Dataset:
     )
 
 
+def _load_objects(url: str) -> Dataset:
+    """A folder of class sub-folders below a URL prefix, read as a local folder is."""
+    scanned = scan_folder(url)
+    _check_classes(scanned.class_names, f"folder {scanned.source[len('folder:') :]!r}")
+    return Dataset(
+        scanned.source, scanned.ids, scanned.labels, scanned.splits, scanned.class_names,
+        skipped=scanned.skipped, members=scanned.members,
+    )  # fmt: skip
+
+
 def is_image(path: Path) -> bool:
     """The one rule for which files are images, for extract and predict alike."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return is_image_name(path.name)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -430,9 +427,10 @@ def _load_folder(root: Path) -> Dataset:
             scan.classes(folder, split)
     else:
         scan.classes(root, "")
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") and child.is_dir():
-            scan.skip("hidden", child)
+    if splits:  # without split folders, the class scan above listed the hidden folders
+        for child in sorted(root.iterdir()):
+            if child.name.startswith(".") and child.is_dir():
+                scan.skip("hidden", child)
     if not scan.rows:
         raise InvalidArgumentError(
             f"DATA folder {str(root)!r} holds no images; expected class sub-folders of images "
@@ -456,7 +454,7 @@ def _split_rank(split: str) -> tuple[int, str]:
     return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
-def read_table(csv_path: Path, what: str = "CSV manifest"):
+def read_table(csv_path: Path | str, what: str = "CSV manifest"):
     """A CSV file as a table of str, refusing rows with more fields than the header.
 
     pandas would read such rows with their first fields as the index (every path shifted
@@ -466,10 +464,11 @@ def read_table(csv_path: Path, what: str = "CSV manifest"):
 
     import pandas as pd
 
+    source = io.BytesIO(read_object(csv_path)) if is_url(str(csv_path)) else csv_path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(csv_path, dtype=str, keep_default_na=False, index_col=False)
+            return pd.read_csv(source, dtype=str, keep_default_na=False, index_col=False)
     except pd.errors.ParserWarning:
         reason = "its rows have more fields than its header"
     except (ValueError, OSError, pd.errors.ParserError) as error:
@@ -480,7 +479,8 @@ def read_table(csv_path: Path, what: str = "CSV manifest"):
     )
 
 
-def _load_csv(csv_path: Path) -> Dataset:
+def _load_csv(csv_path: Path | str) -> Dataset:
+    """A CSV manifest, local or at a URL: its relative paths resolve against its folder."""
     table = read_table(csv_path)
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
@@ -511,7 +511,11 @@ def _load_csv(csv_path: Path) -> Dataset:
         _check_labels_outside_test(table, csv_path)
     table = table.assign(
         id=table["path"].map(lambda p: Path(p).as_posix()),
-        file=table["path"].map(lambda p: os.path.realpath(csv_path.parent / p)),
+        file=table["path"].map(
+            (lambda p: resolve_url(csv_path, p))
+            if is_url(str(csv_path))
+            else (lambda p: os.path.realpath(csv_path.parent / p))
+        ),
     )
     duplicated = table[table["file"].duplicated(keep=False)]
     if len(duplicated):
@@ -530,6 +534,9 @@ def _load_csv(csv_path: Path) -> Dataset:
     )
     paths = np.array(table["file"], dtype=object)
     ids = np.array(table["id"], dtype=object)
+    if is_url(str(csv_path)):  # one object per row
+        members = object_files(paths.tolist())
+        return Dataset(f"csv:{csv_path}", ids, labels, splits, class_names, members=members)
     return Dataset(f"csv:{csv_path}", ids, labels, splits, class_names, paths=paths)
 
 
