@@ -180,15 +180,8 @@ def test_a_missing_bucket_prefix_or_manifest_fails_in_one_line(
     assert not (tmp_path / "c.h5").exists()
 
 
-@pytest.mark.parametrize(
-    ("data", "reason"),
-    [
-        ("", "The AWS Access Key Id you provided does not exist in our records."),
-        ("manifest.csv", "Forbidden"),  # the answer to a HEAD request has no body
-    ],
-    ids=["folder", "manifest"],
-)
-def test_wrong_credentials_fail_in_one_line(photos, server, tmp_path, capsys, data, reason):
+@pytest.mark.parametrize("data", ["", "manifest.csv"], ids=["folder", "manifest"])
+def test_wrong_credentials_fail_in_one_line(photos, server, tmp_path, capsys, data):
     url, _ = photos
     _authenticate(server, b"0")  # from now on the server checks every request's keys
     try:
@@ -197,8 +190,9 @@ def test_wrong_credentials_fail_in_one_line(photos, server, tmp_path, capsys, da
         _authenticate(server, b"inf")
     assert code == 2
     assert capsys.readouterr().err == (
-        f"featurecache: error: cannot read '{url + data}': access denied ({reason}); check the "
-        "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE).\n"
+        f"featurecache: error: cannot read '{url + data}': access denied (The AWS Access Key Id "
+        "you provided does not exist in our records.); check the credentials "
+        "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE).\n"
     )
     assert not (tmp_path / "c.h5").exists()
 

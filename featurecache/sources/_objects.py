@@ -150,8 +150,10 @@ def _fetch(urls: list[str]) -> list[bytes | InvalidArgumentError]:
     for positions in by_store.values():
         fs, _ = filesystem(urls[positions[0]])
         paths = [fs._strip_protocol(urls[k]) for k in positions]
+        # s3fs asks for an object's size before a whole read unless it reads in one request
+        one_request = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
         try:  # whole objects, concurrently where the store is asynchronous (no glob expansion)
-            data = fs.cat_ranges(paths, None, None, on_error="return")
+            data = fs.cat_ranges(paths, None, None, on_error="return", **one_request)
         except Exception as error:
             data = [error] * len(paths)
         for k, value in zip(positions, data, strict=True):
