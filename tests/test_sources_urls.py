@@ -7,7 +7,10 @@ configured from the standard environment.
 
 from __future__ import annotations
 
+import http.server
 import itertools
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,12 +35,9 @@ ARGS = dict(model="resnet18", weights="none", layers=["embedding"], image_size=3
 _BUCKETS = itertools.count()
 
 
-@pytest.fixture
-def photos(s3, tmp_path) -> tuple[str, Path]:
-    """A folder of split and class folders (and a text file, a hidden file) on disk and the
-    same files under ``s3://BUCKET/photos/``, with a manifest of them there and on disk.
-    Returns ``(URL of the folder, local folder)``."""
-    local = tmp_path / "photos"
+def _write_photos(local: Path) -> Path:
+    """Split and class folders of images (and a text file, a hidden file), with a manifest
+    of the images in ``manifest.csv``."""
     make_images(local / "train", n_per_class=3)
     make_images(local / "test", n_per_class=2, seed=1)
     (local / "train" / "ant" / "notes.txt").write_text("not an image")
@@ -48,11 +48,41 @@ def photos(s3, tmp_path) -> tuple[str, Path]:
         for i, y, s in zip(dataset.ids, dataset.labels, dataset.splits, strict=True)
     ]
     (local / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return local
+
+
+@pytest.fixture
+def photos(s3, tmp_path) -> tuple[str, Path]:
+    """:func:`_write_photos` on disk and the same files under ``s3://BUCKET/photos/``.
+    Returns ``(URL of the folder, local folder)``."""
+    local = _write_photos(tmp_path / "photos")
     bucket = f"photos-{next(_BUCKETS)}"
     s3.create_bucket(Bucket=bucket)
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         s3.upload_file(str(path), bucket, f"photos/{path.relative_to(local).as_posix()}")
     return f"s3://{bucket}/photos/", local
+
+
+@pytest.fixture
+def served(tmp_path):
+    """:func:`_write_photos` served over HTTP on 127.0.0.1 (directory pages list folders).
+    Returns ``(URL of the folder, local folder)``."""
+    local = _write_photos(tmp_path / "photos")
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(local), **kwargs)
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", local
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -195,6 +225,24 @@ def test_wrong_credentials_fail_in_one_line(photos, server, tmp_path, capsys, da
         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE).\n"
     )
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_a_folder_and_a_manifest_over_https_read_the_local_samples(served):
+    url, local = served
+    here = load_dataset(local)
+    for data in (url, f"{url}manifest.csv"):
+        there = load_dataset(data)
+        assert there.ids.tolist() == here.ids.tolist()
+        assert there.labels.tolist() == here.labels.tolist()
+        assert there.splits.tolist() == here.splits.tolist()
+        digests = there.members.content_digests(range(len(there)))
+        assert digests == [content_digest((local / i).read_bytes()) for i in there.ids]
+    assert load_dataset(url).skipped == here.skipped
+    # A directory page gives no size: hashed every run. A HEAD request gives size and time.
+    assert (load_dataset(url).members.stats() == -1).all()
+    stat = os.stat(local / here.ids[0])
+    size, mtime, *_ = load_dataset(f"{url}manifest.csv").members.stats()[0].tolist()
+    assert (size, mtime) == (stat.st_size, stat.st_mtime_ns // 10**9 * 10**9)
 
 
 def test_the_folder_rules_on_a_listing_match_a_local_folder_scan(tmp_path):
