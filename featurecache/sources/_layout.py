@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from featurecache.cache._format import SPLITS
 from featurecache.exceptions import InvalidArgumentError
 
 __all__ = [
@@ -57,7 +58,6 @@ SKIPPED_KIND_ONE = {
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-_SPLIT_ORDER = ("train", "val", "test")
 
 
 def is_image_name(name: str) -> bool:
@@ -145,8 +145,7 @@ def _split_folders(where: str, below: dict[str, set[str]], files: set[str]) -> d
             "at the same level; put every class folder inside a split folder, or rename the "
             "folders that are classes."
         )
-    order = {s: k for k, s in enumerate(_SPLIT_ORDER)}
-    return dict(sorted(splits.items(), key=lambda item: order[item[0]]))
+    return dict(sorted(splits.items(), key=lambda item: SPLITS.index(item[0])))
 
 
 class _Scan:
