@@ -9,6 +9,7 @@ sorted by id, so the order files are listed in never changes the cache.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -23,7 +24,21 @@ from featurecache.cache._builtins import BUILTINS
 from featurecache.cache._samples import STATE_LIVE, SampleColumns, SampleTable, SplitSpec
 from featurecache.cache._source import ARRAYS
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
-from featurecache.sources import SampleBytes, Source, source_for
+from featurecache.sources import (
+    IMAGE_EXTENSIONS,
+    SKIPPED_KIND_ONE,
+    SKIPPED_KINDS,
+    SPLIT_NAMES,
+    SampleBytes,
+    Source,
+    is_image_name,
+    is_url,
+    object_files,
+    read_object,
+    resolve_url,
+    scan_folder,
+    source_for,
+)
 
 __all__ = [
     "Dataset",
@@ -37,17 +52,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
 ]
 
-#: Folder names (compared case-insensitively) and manifest values read as each split.
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
 #: What a split value may be, as messages say it.
 _SPLIT_CHOICES = (
     f"one of {', '.join(SPLITS)} or empty "
@@ -55,25 +59,6 @@ _SPLIT_CHOICES = (
 )
 #: The split folders a DATA folder may have, as messages say them.
 _SPLIT_FOLDERS = ", ".join(f"{name}/" for name in SPLITS)
-#: Kinds of entries a folder scan passes over, as :attr:`Dataset.skipped` names them.
-SKIPPED_KINDS = {
-    "hidden": "hidden files or folders",
-    "not_image": "files that are not images",
-    "empty_class": "class folders without images",
-    "wrong_level": "images outside a class folder",
-    "no_image": "samples without an image",
-}
-#: The same kinds, said of one entry.
-SKIPPED_KIND_ONE = {
-    "hidden": "hidden file or folder",
-    "not_image": "file that is not an image",
-    "empty_class": "class folder without images",
-    "wrong_level": "image outside a class folder",
-    "no_image": "sample without an image",
-}
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,6 +272,8 @@ def _load(data: str | os.PathLike | Source, split: str | None, seed: int) -> Dat
     source = source_for(text)
     if source is not None:
         return _from_source(source)
+    if is_url(text):  # on object storage: a CSV manifest, or a folder below a prefix
+        return _load_csv(text) if text.lower().endswith(".csv") else _load_objects(text)
     if text.startswith("builtin:"):
         name = text.split(":", 1)[1]
         if name not in BUILTINS:
@@ -344,9 +331,19 @@ def _from_source(source: Source) -> Dataset:
     return Dataset(table, skipped=scanned.skipped, members=scanned.members)
 
 
+def _load_objects(url: str) -> Dataset:
+    """A folder of class sub-folders below a URL prefix, read as a local folder is."""
+    scanned = scan_folder(url)
+    _check_classes(scanned.class_names, f"folder {scanned.source[len('folder:') :]!r}")
+    table = SampleTable(
+        scanned.ids, scanned.labels, scanned.splits, scanned.class_names, source=scanned.source
+    )
+    return Dataset(table, skipped=scanned.skipped, members=scanned.members)
+
+
 def is_image(path: Path) -> bool:
     """The one rule for which files are images, for extract and predict alike."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return is_image_name(path.name)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -450,9 +447,10 @@ def _load_folder(root: Path) -> Dataset:
             scan.classes(folder, split)
     else:
         scan.classes(root, "")
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") and child.is_dir():
-            scan.skip("hidden", child)
+    if splits:  # without split folders, the class scan above listed the hidden folders
+        for child in sorted(root.iterdir()):
+            if child.name.startswith(".") and child.is_dir():
+                scan.skip("hidden", child)
     if not scan.rows:
         raise InvalidArgumentError(
             f"DATA folder {str(root)!r} holds no images; expected class sub-folders of images "
@@ -475,7 +473,7 @@ def _load_folder(root: Path) -> Dataset:
     )
 
 
-def read_table(csv_path: Path, what: str = "CSV manifest"):
+def read_table(csv_path: Path | str, what: str = "CSV manifest"):
     """A CSV file as a table of str, refusing rows with more fields than the header.
 
     pandas would read such rows with their first fields as the index (every path shifted
@@ -485,10 +483,11 @@ def read_table(csv_path: Path, what: str = "CSV manifest"):
 
     import pandas as pd
 
+    source = io.BytesIO(read_object(csv_path)) if is_url(str(csv_path)) else csv_path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(csv_path, dtype=str, keep_default_na=False, index_col=False)
+            return pd.read_csv(source, dtype=str, keep_default_na=False, index_col=False)
     except pd.errors.ParserWarning:
         reason = "its rows have more fields than its header"
     except (ValueError, OSError, pd.errors.ParserError) as error:
@@ -499,7 +498,8 @@ def read_table(csv_path: Path, what: str = "CSV manifest"):
     )
 
 
-def _load_csv(csv_path: Path) -> Dataset:
+def _load_csv(csv_path: Path | str) -> Dataset:
+    """A CSV manifest, local or at a URL: its relative paths resolve against its folder."""
     table = read_table(csv_path)
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
@@ -529,7 +529,11 @@ def _load_csv(csv_path: Path) -> Dataset:
         _check_labels_outside_test(table, csv_path)
     table = table.assign(
         id=table["path"].map(lambda p: Path(p).as_posix()),
-        file=table["path"].map(lambda p: os.path.realpath(csv_path.parent / p)),
+        file=table["path"].map(
+            (lambda p: resolve_url(csv_path, p))
+            if is_url(str(csv_path))
+            else (lambda p: os.path.realpath(csv_path.parent / p))
+        ),
     )
     duplicated = table[table["file"].duplicated(keep=False)]
     if len(duplicated):
@@ -548,8 +552,12 @@ def _load_csv(csv_path: Path) -> Dataset:
     )
     paths = np.array(table["file"], dtype=object)
     ids = np.array(table["id"], dtype=object)
-    source = str(DataSource("csv", str(csv_path)))
-    return Dataset(SampleTable(ids, labels, splits, class_names, source=source), paths=paths)
+    table = SampleTable(
+        ids, labels, splits, class_names, source=str(DataSource("csv", str(csv_path)))
+    )
+    if is_url(str(csv_path)):  # one object per row
+        return Dataset(table, members=object_files(paths.tolist()))
+    return Dataset(table, paths=paths)
 
 
 def _check_labels_outside_test(table, csv_path: Path) -> None:

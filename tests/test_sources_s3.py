@@ -37,9 +37,8 @@ def server():
 
 
 @pytest.fixture
-def bucket(server, tmp_path_factory, monkeypatch) -> tuple[str, Path]:
-    """The bucket ``data`` holding tar shards and a parquet file of one local folder;
-    the environment pointing at the server. Returns ``(s3://data, local copies)``."""
+def s3(server, monkeypatch):
+    """A client of the server, with the environment pointing at it."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
@@ -48,17 +47,23 @@ def bucket(server, tmp_path_factory, monkeypatch) -> tuple[str, Path]:
     for name, value in KEYS.items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()  # credentials are read when an instance is made
+    return boto3.client("s3", endpoint_url=server)
+
+
+@pytest.fixture
+def bucket(s3, tmp_path_factory) -> tuple[str, Path]:
+    """The bucket ``data`` holding tar shards and a parquet file of one local folder;
+    the environment pointing at the server. Returns ``(s3://data, local copies)``."""
     local = tmp_path_factory.mktemp("local")
     make_images(local / "data" / "train", n_per_class=4)
     files = [
         *write_shards(local / "data", local / "shards"),
         *write_parquet(local / "data", local / "pq"),
     ]
-    client = boto3.client("s3", endpoint_url=server)
-    if "data" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket="data")
+    if "data" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="data")
         for path in files:
-            client.upload_file(str(path), "data", f"{path.parent.name}/{path.name}")
+            s3.upload_file(str(path), "data", f"{path.parent.name}/{path.name}")
     return "s3://data", local
 
 

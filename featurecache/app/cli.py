@@ -336,7 +336,8 @@ def _add_extract(sub) -> None:
         "data",
         help="folder of class sub-folders (optionally under train/, val/, test/), "
         "CSV manifest (path,label[,split]), builtin:NAME, or webdataset .tar shards or "
-        ".parquet files (a file, brace pattern or glob; local or s3://, gs://, https://)",
+        ".parquet files (a file, brace pattern or glob); each local or a URL (s3://, gs://, "
+        "https://), a folder as its prefix (s3://bucket/photos/)",
     )
     parser.add_argument(
         "--cache", required=True,

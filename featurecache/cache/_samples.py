@@ -226,7 +226,7 @@ class SampleTable:
         if isinstance(dataset, SampleTable):
             return dataset
         stat_time = now_ns()
-        stats = stat_files(dataset.paths) if _paths(dataset) is not None else None
+        stats = _stats(dataset)
         return cls(
             ids=np.asarray(dataset.ids, dtype=object),
             labels=np.asarray(dataset.labels, dtype=np.int64),
@@ -269,8 +269,7 @@ class SampleTable:
         n, ids = len(self), [str(i) for i in np.asarray(dataset.ids).tolist()]
         state, names = self.state_codes, list(dataset.class_names)
         stat_time = now_ns()
-        paths = _paths(dataset)
-        stats = stat_files(paths) if paths is not None else None
+        stats = _stats(dataset)
         kept = np.flatnonzero(state != STATE_STALE)  # at most one such row per id
         row_of = dict(zip(self.ids[kept].astype(str).tolist(), kept.tolist(), strict=True))
         cand = np.array([row_of.get(i, -1) for i in ids], dtype=np.int64)
@@ -457,17 +456,27 @@ def _paths(dataset) -> np.ndarray | None:
     return getattr(dataset, "paths", None)
 
 
+def _stats(dataset) -> np.ndarray | None:
+    """The stat columns of the dataset's samples: its files' stat, the stamps its samples
+    give (objects: size, ETag or time), or None (every digest is known or hashed)."""
+    paths, members = _paths(dataset), getattr(dataset, "members", None)
+    if paths is not None:
+        return stat_files(paths)
+    return None if members is None else members.stats()
+
+
 def _digests(dataset, rows) -> np.ndarray:
     """``(len(rows), 16)`` content digests of the dataset's samples ``rows``."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros((len(rows), DIGEST_SIZE), np.uint8)
     paths, arrays = _paths(dataset), getattr(dataset, "arrays", None)
     members = getattr(dataset, "members", None)  # tar shards, parquet: hashed when scanned
+    found_in_members = members.content_digests(rows.tolist()) if members is not None else ()
     for k, row in enumerate(rows.tolist()):
         if paths is not None:
             found = file_digest(paths[row])
         elif members is not None:
-            found = members.digests[row] or NO_DIGEST
+            found = found_in_members[k] or NO_DIGEST
         elif arrays is not None:
             found = content_digest(arrays[row])
         else:

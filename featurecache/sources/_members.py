@@ -50,6 +50,15 @@ class SampleBytes:
         """The encoded images of ``rows`` (a batch), in order."""
         return [self.read(row) for row in rows]
 
+    def content_digests(self, rows) -> list[bytes]:
+        """The content digests of ``rows`` (``b""`` for no sample)."""
+        return [self.digests[int(row)] for row in rows]
+
+    def stats(self) -> np.ndarray | None:
+        """``(n_samples, 4)`` int64 stat columns the sample table compares before hashing
+        (see :class:`featurecache.sources.ObjectFiles`), or None: every digest is known."""
+        return None
+
     def _check(self, row: int) -> int:
         index = int(self.file_index[row])
         if index < 0:
@@ -61,9 +70,11 @@ class SampleBytes:
         index = np.asarray(index, dtype=np.int64)
         present = index >= 0
         safe = np.maximum(index, 0)
-        changes = {
-            name: np.where(present, getattr(self, name)[safe], -1) for name in self._positions
-        }
+        changes = {}
+        for name in self._positions:
+            values = getattr(self, name)
+            where = present.reshape(-1, *[1] * (values.ndim - 1))
+            changes[name] = np.where(where, values[safe], -1)
         digests = np.where(present, self.digests[safe], b"").astype(object)
         file_index = np.where(present, self.file_index[safe], -1)
         return replace(self, file_index=file_index, digests=digests, **changes)
