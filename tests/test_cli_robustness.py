@@ -556,7 +556,7 @@ def test_extract_refuses_a_string_of_layers_and_a_float_split(world):
                                              r"list of names \(str\)\. Got 'layer1' instead\. "
                                              r"Write \['layer1'\] for one name\."):  # fmt: skip
         extract(world / "data", world / "new.h5", layers="layer1", **SETTINGS)
-    with pytest.raises(ParameterError, match=r"'split' parameter of load_dataset must be "
+    with pytest.raises(ParameterError, match=r"'split' parameter of extract must be "
                                              r"'random:FRACTION'.*Got 0\.2 instead\. Write "
                                              r"'random:0\.2'\."):  # fmt: skip
         extract(world / "data", world / "new.h5", split=0.2, **SETTINGS)

@@ -353,11 +353,11 @@ def test_cli_passes_decode_and_refuses_unknown_modes(tmp_path, capsys, monkeypat
 
     seen = []
 
-    def extract(data, cache, **kwargs):
-        seen.append(kwargs["decode"])
+    def extract_spec(data, cache, spec, **kwargs):
+        seen.append(spec.decode)
         raise SystemExit(0)
 
-    monkeypatch.setattr(featurecache._extract, "extract", extract)
+    monkeypatch.setattr(featurecache._extract, "extract_spec", extract_spec)
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
         _photo(tmp_path / label / "0.jpg", 40, 30)

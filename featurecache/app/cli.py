@@ -27,6 +27,17 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from featurecache import __version__
+from featurecache._spec import (
+    DECODE_CHOICES,
+    DEFAULT_DECODE,
+    DEFAULT_MODEL,
+    DTYPE_CHOICES,
+    MAX_IMAGE_SIZE,
+    POOL_METHODS,
+    RESIZE_MODES,
+    STORE_DTYPES,
+    FeatureSpec,
+)
 from featurecache._validation import AdviceError, ParameterError
 from featurecache.app._argparse import (
     HelpFormatter,
@@ -37,13 +48,7 @@ from featurecache.app._argparse import (
     verbose_flag,
     workers,
 )
-from featurecache.engines._options import (
-    COMPUTE_DTYPE_NAMES,
-    DECODE_MODES,
-    DEFAULT_DECODE,
-    DEVICES,
-    STORE_DTYPES,
-)
+from featurecache.engines._options import DEVICES
 from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["main", "build_parser"]
@@ -296,18 +301,15 @@ def _add_layers(sub) -> None:
     parser.add_argument("model", help="a backbone name (see `featurecache backbones`)")
     parser.add_argument(
         "--image-size", type=int, default=None,
-        help="input size S of the dummy forward pass, 1 to 4096 (default: the backbone's)",
+        help=f"input size S of the dummy forward pass, 1 to {MAX_IMAGE_SIZE} (default: the "
+        "backbone's)",
     )  # fmt: skip
     parser.set_defaults(func=_run_layers)
 
 
 def _run_layers(args) -> int:
-    from featurecache._extract import MAX_IMAGE_SIZE
-    from featurecache._validation import check_int
     from featurecache.models._registry import list_layers
 
-    if args.image_size is not None:
-        check_int(args.image_size, "image_size", "list_layers", low=1, high=MAX_IMAGE_SIZE)
     infos = list_layers(args.model, image_size=args.image_size)
     print(f"{'layer':40s} {'output shape':20s} {'depth':>6s}  default  stage")
     for info in infos:
@@ -363,7 +365,7 @@ def _add_extract(sub) -> None:
 def _add_feature_options(group) -> None:
     """What the stored numbers are (FeatureConfig), the model's name and its prompts."""
     group.add_argument(
-        "--model", default="efficientnet_lite0", help="backbone name (see `featurecache backbones`)"
+        "--model", default=DEFAULT_MODEL, help="backbone name (see `featurecache backbones`)"
     )
     group.add_argument(
         "--weights", default=None,
@@ -375,18 +377,21 @@ def _add_feature_options(group) -> None:
         help="comma-separated layer names, see `featurecache layers MODEL` "
         "(default: the backbone's default set)",
     )  # fmt: skip
+    # No choices= for --pool and --resize: which pooling a layer takes is known from the model,
+    # and both are refused in the library's words.
     group.add_argument(
         "--pool", default=None,
-        help="avg|max|avgmax|flatten for conv maps; cls|mean|cls+mean for tokens "
-        "(default: avg for maps, cls for tokens)",
+        help=f"{'|'.join(POOL_METHODS['map'])} for conv maps; {'|'.join(POOL_METHODS['tokens'])} "
+        f"for tokens (default: {POOL_METHODS['map'][0]} for maps, {POOL_METHODS['tokens'][0]} "
+        "for tokens)",
     )  # fmt: skip
     group.add_argument(
         "--image-size", type=int, default=None,
-        help="crop size S, 1 to 4096 (default: the weights' or the backbone's own)",
+        help=f"crop size S, 1 to {MAX_IMAGE_SIZE} (default: the weights' or the backbone's own)",
     )  # fmt: skip
     _add_resize(group, "the model's own preprocessing, crop for torchvision")
     group.add_argument(
-        "--dtype", default="auto", choices=("auto", *COMPUTE_DTYPE_NAMES),
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
         help="autocast dtype; auto keeps the cached model's, else the device's best",
     )  # fmt: skip
     group.add_argument(
@@ -396,7 +401,7 @@ def _add_feature_options(group) -> None:
         help="dtype of the stored features",
     )
     group.add_argument(
-        "--decode", default="auto", choices=("auto", *DECODE_MODES),
+        "--decode", default="auto", choices=DECODE_CHOICES,
         help="how image files become pixels, part of the cache key: exact, fast (large JPEGs "
         "decoded at 1/2-1/8 scale in the DCT domain), gpu (nvJPEG on a CUDA device) "
         f"(default: auto, the cached model's, else {DEFAULT_DECODE})",
@@ -613,58 +618,24 @@ def _add_run_options(parser, group) -> None:
 
 
 def _add_resize(parser: argparse.ArgumentParser, default: str) -> None:
-    # Checked by extract (no choices here: the modes live with the torch-side preprocessing).
     parser.add_argument(
         "--resize",
         default=None,
-        help="crop|squash|pad. crop: resize the short side, then centre-crop; squash: resize "
-        f"to SxS; pad: letterbox to SxS (default: {default})",
+        help=f"{'|'.join(RESIZE_MODES)}. crop: resize the short side, then centre-crop; squash: "
+        f"resize to SxS; pad: letterbox to SxS (default: {default})",
     )
 
 
 def _run_extract(args) -> int:
-    from featurecache._extract import check_arguments, check_cache, check_views, extract
-    from featurecache.models._prompts import read_prompts
+    from featurecache._extract import extract_spec
 
     _read_deprecated_workers(args)
     options, engine = _run_options(args), _engine(args)
-    layers = csv_list(args.layers)
-    check_arguments(
-        dtype=args.dtype, store_dtype=args.store_dtype, decode=args.decode, name=args.name,
-        layers=layers, image_size=args.image_size, seed=args.seed, resplit=args.resplit,
-        resize=args.resize,
+    # extract_spec validates the request once, before the session, the cache or the data
+    result = extract_spec(
+        _data_argument(args), args.cache, _feature_spec(args), options=options, engine=engine,
+        on_dataset=lambda dataset: _print_understood(dataset, args.verbose),
     )  # fmt: skip
-    check_views(args.views, args.augment, args.tta, args.seed)
-    prompts = read_prompts(args.prompts) if args.prompts else None
-    with engine.session(options):  # the engine refuses what it cannot run (a device without
-        pass  # GPUs) on entering; sessions connect on first need, so this costs nothing
-    check_cache(args.cache, options.locking)  # before the data is read
-    result = extract(
-        _understood(args),
-        args.cache,
-        model=args.model,
-        weights=args.weights,
-        layers=layers,
-        pool=args.pool,
-        image_size=args.image_size,
-        resize=args.resize,
-        dtype=args.dtype,
-        store_dtype=args.store_dtype,
-        decode=args.decode,
-        name=args.name,
-        split=args.split,
-        seed=args.seed,
-        resplit=args.resplit,
-        frozen_samples=args.frozen_samples,
-        verify=args.verify,
-        retry_failed=args.retry_failed,
-        prompts=prompts,
-        views=args.views,
-        augment=args.augment,
-        tta=args.tta,
-        options=options,
-        engine=engine,
-    )
     if result.hit:
         print(
             f"cache hit: {result.model} layers {','.join(result.layers)} already in {result.cache} (no forward pass)"
@@ -724,20 +695,30 @@ def _views_text(sets) -> str:
     return "; ".join(parts)
 
 
-def _understood(args):
-    """DATA as a Dataset, after printing what was understood of it (``-v``: every skipped
-    entry), before any compute."""
-    from featurecache._data import SKIPPED_KINDS, load_dataset
+def _feature_spec(args) -> FeatureSpec:
+    """The request the flags make (validated by ``extract_spec``)."""
+    from featurecache.models._prompts import read_prompts
 
-    dataset = load_dataset(
-        _data_argument(args), split=args.split, seed=args.seed, resplit=args.resplit
-    )
+    return FeatureSpec(
+        model=args.model, weights=args.weights, layers=csv_list(args.layers), pool=args.pool,
+        image_size=args.image_size, resize=args.resize, dtype=args.dtype,
+        store_dtype=args.store_dtype, decode=args.decode, name=args.name, split=args.split,
+        seed=args.seed, resplit=args.resplit, frozen_samples=args.frozen_samples,
+        verify=args.verify, retry_failed=args.retry_failed,
+        prompts=read_prompts(args.prompts) if args.prompts else None, views=args.views,
+        augment=args.augment, tta=args.tta,
+    )  # fmt: skip
+
+
+def _print_understood(dataset, verbose: bool) -> None:
+    """What was understood of DATA (``-v``: every skipped entry), before any compute."""
+    from featurecache._data import SKIPPED_KINDS
+
     print(f"data: {dataset.summary()}", flush=True)
-    if args.verbose:
+    if verbose:
         for kind, entries in dataset.skipped.items():
             for entry in entries:
                 print(f"  skipped ({SKIPPED_KINDS[kind]}): {entry}")
-    return dataset
 
 
 def _read_deprecated_workers(args) -> None:
