@@ -501,12 +501,12 @@ def test_verbose_before_or_after_the_subcommand_adds_the_traceback(world, monkey
     ids=["bug", "read-only", "disk full", "permission", "name too long", "memory", "torch-oom"],
 )
 def test_any_exception_is_one_line(world, monkeypatch, capsys, error, code, pattern):
-    import featurecache.app.cli as cli
+    import featurecache.app._command_ls as ls_command
 
     def fail(args):
         raise error
 
-    monkeypatch.setattr(cli, "_run_ls", fail)  # the parser is built inside main
+    monkeypatch.setattr(ls_command, "run", fail)  # the parser is built inside main
     assert main(["ls", str(world / "data.h5")]) == code
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "Traceback" not in err and out == ""
