@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "extract": "featurecache._extract",
+    "extract_spec": "featurecache._extract",
     "ExtractResult": "featurecache._extract",
+    "FeatureSpec": "featurecache._spec",
     "RunOptions": "featurecache.engines._options",
     "LocalEngine": "featurecache.engines._local",
     "RayEngine": "featurecache.engines._ray",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurecache._spec import parse_random_split
 from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import SPLITS, DataSource, samples_digest, split_rank
 from featurecache.cache._builtins import BUILTINS
@@ -243,7 +243,9 @@ def load_dataset(
         ``random:FRACTION`` assigns a seeded, stratified test split of that fraction to
         datasets that have none; ``none`` keeps every sample unsplit. Data with its own
         splits (split folders, a manifest's split column, Fashion-MNIST) refuses it unless
-        ``resplit`` is set.
+        ``resplit`` is set. A :class:`Dataset` is taken as it is: without splits it gets
+        the split asked for, with exactly that split it keeps it, with others it refuses it
+        unless ``resplit``.
     seed : int
         Seed of the random split.
     resplit : bool
@@ -255,9 +257,9 @@ def load_dataset(
         When the data is missing, empty, has fewer than two classes, or is malformed.
     """
     if isinstance(data, Dataset):
-        return data
+        return _split_dataset(data, split, seed, resplit)
     if split is not None and not isinstance(split, str):
-        _parse_random_split(split)  # raises with the template, and a hint for 0.2
+        parse_random_split(split)  # raises with the template, and a hint for 0.2
     if not isinstance(resplit, bool):
         raise ParameterError("resplit", "load_dataset", "a bool", resplit)
     dataset = _load(data, split, seed)
@@ -577,6 +579,23 @@ def _check_classes(class_names: tuple[str, ...], where: str) -> None:
         )
 
 
+def _split_dataset(dataset: Dataset, split: str | None, seed: int, resplit: bool) -> Dataset:
+    """A :class:`Dataset` given as it is, with the split asked for: kept when it already has
+    exactly that split, applied when it has none, refused when it has its own (unless
+    ``resplit``), as for data read from files."""
+    if split is None:
+        return dataset
+    if split == "none":
+        wanted = SplitSpec("none")
+    else:
+        wanted = SplitSpec("random", parse_random_split(split), seed)
+    if dataset.split_spec == wanted:
+        return dataset
+    if not isinstance(resplit, bool):
+        raise ParameterError("resplit", "load_dataset", "a bool", resplit)
+    return _apply_split(dataset, split, seed, resplit)
+
+
 def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) -> Dataset:
     """Give a dataset without splits the random split asked for; never silently replace its own."""
     has_own = bool(np.any(dataset.splits != ""))
@@ -596,7 +615,7 @@ def _apply_split(dataset: Dataset, split: str | None, seed: int, resplit: bool) 
         splits, spec = np.full(len(dataset), "", dtype=object), SplitSpec("none")
     else:
         splits = _random_split(dataset.labels, split, seed)
-        spec = SplitSpec("random", _parse_random_split(split), int(seed))
+        spec = SplitSpec("random", parse_random_split(split), int(seed))
     return dataset.with_samples(splits=splits, split=spec)
 
 
@@ -648,7 +667,7 @@ def _keep_random(dataset: Dataset, table) -> Dataset:
 
 
 def _random_split(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
-    fraction = _parse_random_split(split)
+    fraction = parse_random_split(split)
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
@@ -666,31 +685,6 @@ def _random_split(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
     result = np.full(len(labels), "train", dtype=object)
     result[test_index] = "test"
     return result
-
-
-def _parse_random_split(split: str) -> float:
-    kind, _, value = split.partition(":") if isinstance(split, str) else ("", "", "")
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = -1.0
-    if kind != "random" or not 0.0 < fraction < 1.0:
-        hint = f"Write 'random:{split}'." if 0 < _as_float(split) < 1 else ""
-        raise ParameterError(
-            "split", "load_dataset", "'random:FRACTION' with 0 < FRACTION < 1, or 'none'", split,
-            hint,
-        )  # fmt: skip
-    return fraction
-
-
-def _as_float(value) -> float:
-    """``value`` as a float (``0.2``, ``"0.2"``), or NaN."""
-    if isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _load_builtin(name: str) -> Dataset:

@@ -7,24 +7,17 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurecache._data import Dataset, follow_split, load_dataset
 from featurecache._paths import check_name, check_writable
-from featurecache._validation import (
-    ParameterError,
-    check_bool,
-    check_choice,
-    check_int,
-    check_names,
-    check_optional_int,
-)
+from featurecache._spec import DEFAULT_MODEL, MAX_IMAGE_SIZE, POOL_METHODS, FeatureSpec
+from featurecache._validation import ParameterError
 from featurecache.cache import (
     Store,
     StoredClassifier,
-    ViewSets,
     check_config,
     open_cache,
     read_classifiers,
@@ -33,31 +26,19 @@ from featurecache.cache import (
 from featurecache.engines._engine import Engine, Session
 from featurecache.engines._job import Job, feature_config
 from featurecache.engines._local import LocalEngine
-from featurecache.engines._options import (
-    COMPUTE_DTYPE_NAMES,
-    DECODE_MODES,
-    STORE_DTYPES,
-    RunOptions,
-)
+from featurecache.engines._options import RunOptions
 from featurecache.engines._runner import Plan, resolve_decode
 from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
-from featurecache.models._augment import MAX_VIEWS, parse_augment, parse_tta
-from featurecache.models._layers import POOL_METHODS, LayerInfo, check_layers, default_pool
-from featurecache.models._preprocess import RESIZE_MODES
-from featurecache.models._prompts import check_prompts
+from featurecache.models._layers import LayerInfo, check_layers, default_pool
 from featurecache.models._registry import LoadedBackbone, load_backbone
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "extract", "prepare", "check_arguments", "check_cache", "cache_name", "feature_config",
-    "ExtractResult", "DEFAULT_MODEL", "MAX_IMAGE_SIZE", "check_views",
+    "extract", "extract_spec", "prepare", "check_cache", "cache_name", "feature_config",
+    "ExtractResult", "FeatureSpec", "DEFAULT_MODEL", "MAX_IMAGE_SIZE",
 ]  # fmt: skip
 
-DEFAULT_MODEL = "efficientnet_lite0"
-#: The largest ``image_size``: beyond it the dummy forward pass alone needs gigabytes.
-MAX_IMAGE_SIZE = 4096
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+:-]+")
 
 
@@ -127,7 +108,8 @@ def extract(
     The keyword arguments up to ``seed``, and ``views``, ``augment`` and ``tta``, define the
     features (they make the cache key,
     :class:`featurecache.FeatureConfig`); ``options`` and ``engine`` only say how and
-    where they are computed.
+    where they are computed. Every keyword but ``options`` and ``engine`` makes one
+    :class:`featurecache.FeatureSpec`, validated once, here (:func:`extract_spec` takes one).
 
     Parameters
     ----------
@@ -172,7 +154,9 @@ def extract(
         ``random:FRACTION`` or ``none`` for datasets without their own split. A cache keeps
         the split its samples were given: a later run without ``split`` keeps it (new
         samples under a random split are assigned from their id and the stored seed), and
-        one asking for another split is refused unless ``resplit``.
+        one asking for another split is refused unless ``resplit``. A :class:`Dataset`
+        without splits gets it; one that has exactly this split keeps it; one with other
+        splits refuses it unless ``resplit``, as data read from files does.
     seed : int
         Seed of the random split and of ``weights="none"`` (0 to 2**32 - 1).
     resplit : bool
@@ -229,16 +213,55 @@ def extract(
     CacheLockedError
         When another process writes the same model into the same cache.
     """
+    spec = FeatureSpec(
+        model=model, weights=weights, layers=layers, pool=pool, image_size=image_size,
+        resize=resize, dtype=dtype, store_dtype=store_dtype, decode=decode, name=name,
+        split=split, seed=seed, resplit=resplit, frozen_samples=frozen_samples, verify=verify,
+        retry_failed=retry_failed, prompts=prompts, views=views, augment=augment, tta=tta,
+    )  # fmt: skip
+    return extract_spec(data, cache, spec.validate(), options=options, engine=engine)
+
+
+def extract_spec(
+    data: str | os.PathLike | Dataset,
+    cache: str | os.PathLike,
+    spec: FeatureSpec,
+    *,
+    options: RunOptions | None = None,
+    engine: Engine | None = None,
+    on_dataset: Callable[[Dataset], None] | None = None,
+) -> ExtractResult:
+    """:func:`extract` with the request as one :class:`FeatureSpec`.
+
+    A spec :meth:`~FeatureSpec.validate` returned is taken as it is; any other is validated
+    here. Then, in this order and before any compute: the engine opens its session (and
+    refuses a device it cannot run), the cache's path is checked, and the data is read.
+
+    Parameters
+    ----------
+    data, cache, options, engine
+        As for :func:`extract`.
+    spec : FeatureSpec
+        What to compute.
+    on_dataset : callable, optional
+        Called with the dataset once it is read, before any compute (the command line
+        prints what it understood of the data).
+
+    Returns
+    -------
+    ExtractResult
+    """
     started = time.perf_counter()
+    if not isinstance(spec, FeatureSpec):
+        raise ParameterError("spec", "extract_spec", "a FeatureSpec", spec)
+    spec = spec.validate()
     options, engine = _check_execution(options, engine)
     with engine.session(options) as session:
-        job = prepare(
-            data, cache, model=model, weights=weights, layers=layers, pool=pool,
-            image_size=image_size, resize=resize, dtype=dtype, store_dtype=store_dtype,
-            decode=decode, name=name, split=split, seed=seed, resplit=resplit,
-            frozen_samples=frozen_samples, prompts=prompts, options=options, session=session,
-            views=views, augment=augment, tta=tta, verify=verify, retry_failed=retry_failed,
-        )  # fmt: skip
+        store = check_cache(cache, options.locking)
+        dataset = load_dataset(data, split=spec.split, seed=spec.seed, resplit=spec.resplit)
+        if on_dataset is not None:
+            on_dataset(dataset)
+        job = prepare(dataset, store, spec, options=options, session=session)
         plan, written = job.plan(), 0  # from the log alone: a cache hit takes no lock
         if plan.work:
             job.store.check_writable(job.model)  # before any compute
@@ -276,61 +299,52 @@ def _run(session: Session, job: Job, plan: Plan) -> None:
 
 
 def prepare(
-    data, cache, *, model, weights, layers, pool, image_size, dtype, store_dtype, name, split,
-    seed, options: RunOptions, session: Session, decode: str = "auto", resplit: bool = False,
-    frozen_samples: bool = False, resize: str | None = None, prompts=None, views: int = 0,
-    augment: str | None = None, tta: str | None = None, verify: bool = False,
-    retry_failed: bool = False,
-) -> Job:  # fmt: skip
-    """Validate every argument, then create the sample table, register the model and store
-    its fixed classifiers.
+    dataset: Dataset, store: Store, spec: FeatureSpec, *, options: RunOptions, session: Session
+) -> Job:
+    """Create the sample table, register the model and store its fixed classifiers, for a
+    validated ``spec``: what the request means for this model and this cache.
 
-    The compute dtype is resolved by ``session`` (where the shards will run). Nothing is
-    written unless every check passes.
+    The checks that need the model (its layers, pooling, the stored config) run here; the
+    compute dtype is resolved by ``session`` (where the shards will run). Nothing is written
+    unless every check passes.
     """
-    check_arguments(
-        dtype=dtype, store_dtype=store_dtype, decode=decode, name=name, layers=layers,
-        image_size=image_size, seed=seed, resplit=resplit, resize=resize,
-    )  # fmt: skip
-    prompts = check_prompts(prompts, "extract")
-    view_sets = check_views(views, augment, tta, seed)
-    for flag, value in (("frozen_samples", frozen_samples), ("verify", verify),
-                        ("retry_failed", retry_failed)):  # fmt: skip
-        check_bool(value, flag, "extract")
-    store = check_cache(cache, options.locking)
-    dataset = load_dataset(data, split=split, seed=seed, resplit=resplit)
-    model_name = name or cache_name(model)
+    model_name = spec.name or cache_name(spec.model)
     planned = None
     if store.has_samples():  # compared by content now, written once every check has passed
-        dataset, keep_splits = follow_split(dataset, store.read_samples(False), split, resplit)
-        retry = store.failed_rows(model_name) if retry_failed else ()
-        planned = store.reconcile(dataset, verify=verify, retry=retry, keep_splits=keep_splits)
-        if planned.changes and frozen_samples:
+        dataset, keep_splits = follow_split(
+            dataset, store.read_samples(False), spec.split, spec.resplit
+        )
+        retry = store.failed_rows(model_name) if spec.retry_failed else ()
+        planned = store.reconcile(dataset, verify=spec.verify, retry=retry, keep_splits=keep_splits)
+        if planned.changes and spec.frozen_samples:
             store.sync_samples(dataset, frozen=True, planned=planned)  # raises, naming them
     changes = None if planned is None else planned.changes
-    backbone = load_backbone(model, weights, seed=seed, image_size=image_size, resize=resize)
+    backbone = load_backbone(
+        spec.model, spec.weights, seed=spec.seed, image_size=spec.image_size, resize=spec.resize
+    )
     infos = {info.name: info for info in backbone.layers}
-    requested = tuple(dict.fromkeys(layers or backbone.default_layers))
-    check_layers(list(infos.values()), requested, model=model)
-    pooling = _resolve_pool(pool, [infos[layer] for layer in requested])
+    requested = tuple(dict.fromkeys(spec.layers or backbone.default_layers))
+    check_layers(list(infos.values()), requested, model=spec.model)
+    pooling = _resolve_pool(spec.pool, [infos[layer] for layer in requested])
     previous = store.read_config(model_name) if store.has_samples() else None
     decode_mode = resolve_decode(
-        decode, session.device, previous, files=dataset.arrays is None,
+        spec.decode, session.device, previous, files=dataset.arrays is None,
         backend=backbone.preprocess.backend,
     )  # fmt: skip
-    if view_sets is not None and decode_mode == "gpu":
+    if spec.view_sets is not None and decode_mode == "gpu":
         raise ParameterError(
-            "decode", "extract", "'exact' or 'fast' with views", decode,
+            "decode", "extract", "'exact' or 'fast' with views", spec.decode,
             "Views are made from pixels decoded on the CPU; pass decode='exact'.",
             cli_hint="Views are made from pixels decoded on the CPU; pass --decode exact.",
         )  # fmt: skip
     config = feature_config(
-        backbone, pooling, store_dtype, session.resolve_dtype(dtype, previous), decode_mode,
-        {} if view_sets is None else view_sets.to_dict(),
+        backbone, pooling, spec.store_dtype, session.resolve_dtype(spec.dtype, previous),
+        decode_mode, {} if spec.view_sets is None else spec.view_sets.to_dict(),
     )  # fmt: skip
     if previous is not None:
         check_config(model_name, previous, config, store.path)
-    zeroshot = _zeroshot(store, model_name, backbone, _class_names(dataset, planned), prompts)
+    class_names = _class_names(dataset, planned)
+    zeroshot = _zeroshot(store, model_name, backbone, class_names, spec.prompts)
     if previous is None or changes:
         store.check_writable()  # a new cache, a new model or new samples: before any work
     if planned is None:
@@ -343,7 +357,7 @@ def prepare(
     _store_classifiers(store, model_name, [backbone.imagenet, zeroshot])
     dataset = _aligned(dataset, store)
     # Another process rebuilds the backbone from this: a weights file by its absolute path.
-    portable_weights = config.weights if config.weights.startswith("file:") else weights
+    portable_weights = config.weights if config.weights.startswith("file:") else spec.weights
     return Job(
         store, dataset, model_name, requested, infos, pooling, config, portable_weights, backbone,
         changes="no change" if not changes else changes.describe(),
@@ -510,61 +524,3 @@ def check_cache(cache: str | os.PathLike, locking: bool | None = None) -> Store:
     if not store.path.exists():  # an existing cache is the store's to judge (a hit writes nothing)
         check_writable(store.path, "cache", "extract", probe=True)
     return store
-
-
-def check_views(views: int, augment: str | None, tta: str | None, seed: int) -> ViewSets | None:
-    """The extra views asked for, with canonical specs; ``None`` when there are none.
-
-    Raises
-    ------
-    ParameterError
-        About ``views``, ``augment`` or ``tta``: a bad count or spec, or one without the other.
-    """
-    check_int(views, "views", "extract", low=0, high=MAX_VIEWS)
-    if views == 1:
-        raise ParameterError(
-            "views", "extract", f"0 or an int from 2 to {MAX_VIEWS}", views,
-            "View 0 is the plain view: views=1 adds nothing; pass views=2 or more with augment.",
-        )  # fmt: skip
-    if views and augment is None:
-        raise ParameterError(
-            "augment", "extract", "a spec when views is given", augment,
-            "Pass e.g. augment='flip,rrc:0.35-1' (see docs/views.md).",
-            cli_hint="Pass e.g. --augment flip,rrc:0.35-1 (see docs/views.md).",
-        )  # fmt: skip
-    if augment is not None and not views:
-        raise ParameterError(
-            "views", "extract", f"an int from 2 to {MAX_VIEWS} when augment is given", views,
-            "Pass views=K, the number of views per training row (view 0 included).",
-            cli_hint="Pass --views K, the number of views per training row (view 0 included).",
-        )  # fmt: skip
-    spec = parse_augment(augment).canonical if views else ""
-    test_time = parse_tta(tta) if tta is not None else None
-    if not views and test_time is None:
-        return None
-    return ViewSets(
-        k=views, augment=spec, seed=seed,
-        tta_k=0 if test_time is None else test_time.n_views,
-        tta="" if test_time is None else test_time.canonical,
-    )  # fmt: skip
-
-
-def check_arguments(
-    *, dtype="auto", store_dtype="float32", decode="auto", name=None, layers=None,
-    image_size=None, seed=0, resplit=False, resize=None,
-) -> None:  # fmt: skip
-    """Refuse the arguments of :func:`extract` that are wrong whatever the data and model."""
-    check_choice(dtype, "dtype", "extract", ("auto", *COMPUTE_DTYPE_NAMES))
-    if resize is not None:
-        check_choice(resize, "resize", "extract", RESIZE_MODES)
-    check_choice(store_dtype, "store_dtype", "extract", STORE_DTYPES)
-    check_choice(decode, "decode", "extract", ("auto", *DECODE_MODES))
-    check_names(layers, "layers", "extract")
-    if check_optional_int(image_size, "image_size", "extract", low=1) is not None:
-        check_int(image_size, "image_size", "extract", low=1, high=MAX_IMAGE_SIZE)
-    check_int(seed, "seed", "extract", low=0, high=2**32 - 1)
-    check_bool(resplit, "resplit", "extract")
-    if name is not None and not (isinstance(name, str) and _NAME.match(name)):
-        raise ParameterError(
-            "name", "extract", "letters, digits and _.+- (it names a folder)", name
-        )

@@ -30,6 +30,8 @@ CORE = (
     "featurecache._paths",
     "featurecache._lazy",
     "featurecache._process",
+    "featurecache._spec",
+    "featurecache._views",
 )
 STAGE1 = (
     "featurecache.models",

@@ -501,12 +501,12 @@ def test_verbose_before_or_after_the_subcommand_adds_the_traceback(world, monkey
     ids=["bug", "read-only", "disk full", "permission", "name too long", "memory", "torch-oom"],
 )
 def test_any_exception_is_one_line(world, monkeypatch, capsys, error, code, pattern):
-    import featurecache.app.cli as cli
+    import featurecache.app._command_ls as ls_command
 
     def fail(args):
         raise error
 
-    monkeypatch.setattr(cli, "_run_ls", fail)  # the parser is built inside main
+    monkeypatch.setattr(ls_command, "run", fail)  # the parser is built inside main
     assert main(["ls", str(world / "data.h5")]) == code
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "Traceback" not in err and out == ""
@@ -556,7 +556,7 @@ def test_extract_refuses_a_string_of_layers_and_a_float_split(world):
                                              r"list of names \(str\)\. Got 'layer1' instead\. "
                                              r"Write \['layer1'\] for one name\."):  # fmt: skip
         extract(world / "data", world / "new.h5", layers="layer1", **SETTINGS)
-    with pytest.raises(ParameterError, match=r"'split' parameter of load_dataset must be "
+    with pytest.raises(ParameterError, match=r"'split' parameter of extract must be "
                                              r"'random:FRACTION'.*Got 0\.2 instead\. Write "
                                              r"'random:0\.2'\."):  # fmt: skip
         extract(world / "data", world / "new.h5", split=0.2, **SETTINGS)

@@ -83,9 +83,8 @@ def test_exact_decoding_keeps_the_pixels_of_a_plain_pil_decode(tmp_path):
 def _extract(photos, cache, **kw):
     features = dict(model="resnet18", weights="none", image_size=32, dtype="float32")
     options = RunOptions(workers=0, device="cpu")
-    return extract(
-        photos, cache, layers=["layer1"], split="none", **features, **kw, options=options
-    )
+    kw.setdefault("split", "none")
+    return extract(photos, cache, layers=["layer1"], **features, **kw, options=options)
 
 
 def test_decode_mode_is_in_the_config_key_and_a_change_is_refused(photos, tmp_path):
@@ -135,7 +134,7 @@ def test_arrays_are_never_decoded_so_auto_records_exact(tmp_path):
 
     images = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
     data = Dataset.from_arrays(images, [0, 1, 0, 1], ["train"] * 4, ["a", "b"])
-    result = _extract(data, tmp_path / "c.h5")
+    result = _extract(data, tmp_path / "c.h5", split=None)  # its own splits
     from featurecache import open_cache
 
     assert open_cache(result.cache).entry(result.model, "layer1").provenance["decode"] == "exact"
@@ -353,11 +352,11 @@ def test_cli_passes_decode_and_refuses_unknown_modes(tmp_path, capsys, monkeypat
 
     seen = []
 
-    def extract(data, cache, **kwargs):
-        seen.append(kwargs["decode"])
+    def extract_spec(data, cache, spec, **kwargs):
+        seen.append(spec.decode)
         raise SystemExit(0)
 
-    monkeypatch.setattr(featurecache._extract, "extract", extract)
+    monkeypatch.setattr(featurecache._extract, "extract_spec", extract_spec)
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
         _photo(tmp_path / label / "0.jpg", 40, 30)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -114,24 +113,16 @@ def test_ray_device_must_fit_the_reserved_gpus():
 
 @pytest.fixture
 def calls(monkeypatch, tmp_path) -> list[dict]:
-    """Replace extract (and the data it reads first) behind the CLI; record what extract was
-    called with."""
-    import featurecache._data
+    """Replace extraction behind the CLI; record what it was called with."""
     import featurecache._extract
-    from featurecache._data import Dataset
 
     seen = []
 
-    def extract(data, cache, **kwargs):
+    def extract_spec(data, cache, spec, **kwargs):
         seen.append(kwargs)
         return ExtractResult(Path(cache), "m", ("x",), (), 2, 2, 0, 0, 0, 0.0)
 
-    def load_dataset(data, split=None, seed=0, *, resplit=False):
-        images = np.zeros((2, 4, 4), dtype=np.uint8)
-        return Dataset.from_arrays(images, [0, 1], ["train", "test"], ["a", "b"])
-
-    monkeypatch.setattr(featurecache._extract, "extract", extract)
-    monkeypatch.setattr(featurecache._data, "load_dataset", load_dataset)
+    monkeypatch.setattr(featurecache._extract, "extract_spec", extract_spec)
     monkeypatch.chdir(tmp_path)
     return seen
 

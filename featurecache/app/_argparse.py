@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["Parser", "HelpFormatter", "UsageError", "add_command", "csv_list", "workers"]
+from featurecache._spec import RESIZE_MODES
+
+__all__ = [
+    "Parser", "HelpFormatter", "UsageError", "add_command", "add_resize", "csv_list", "workers",
+]  # fmt: skip
 
 
 class UsageError(Exception):
@@ -53,6 +57,17 @@ def add_command(subparsers, name: str, *, help: str, description: str | None = N
     )
     verbose_flag(parser, top=False)
     return parser
+
+
+def add_resize(parser, default: str) -> None:
+    """``--resize``, naming the spec's modes (no ``choices=``: ``extract`` refuses another in
+    its own words); ``default`` says what omitting it means for this command."""
+    parser.add_argument(
+        "--resize",
+        default=None,
+        help=f"{'|'.join(RESIZE_MODES)}. crop: resize the short side, then centre-crop; squash: "
+        f"resize to SxS; pad: letterbox to SxS (default: {default})",
+    )
 
 
 def csv_list(text: str | None) -> list[str] | None:

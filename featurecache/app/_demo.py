@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from featurecache._data import Dataset, load_dataset
-from featurecache._extract import ExtractResult, check_cache, check_views, extract
+from featurecache._extract import ExtractResult, check_cache, extract_spec
 from featurecache._paths import check_output
+from featurecache._spec import FeatureSpec
 from featurecache._validation import (
     ParameterError,
     check_choice,
@@ -127,7 +128,10 @@ def run_demo(
     defaults = DEMO_DEFAULTS[dataset]
     _check_choices(heads, layers, limit, jobs)
     augment = (augment or defaults.augment) if views else None
-    check_views(views, augment, None, 0)
+    spec = FeatureSpec(
+        model=model, layers=layers, image_size=image_size or defaults.image_size,
+        resize=resize or defaults.resize, views=views, augment=augment,
+    ).validate()  # fmt: skip
     stem = dataset.split(":", 1)[1] + (f"-first{limit}" if limit else "")
     stem += f"-views{views}" if views else ""
     report_dir = check_output(
@@ -143,17 +147,7 @@ def run_demo(
     results_dir = cache_path.with_name(cache_path.stem + "-results")
     ResultsFolder(results_dir).check_path()
     data = _limited(load_dataset(dataset), limit)
-    extraction = extract(
-        data,
-        cache_path,
-        model=model,
-        layers=layers,
-        image_size=image_size or defaults.image_size,
-        resize=resize or defaults.resize,
-        options=RunOptions(progress=progress),
-        views=views,
-        augment=augment,
-    )
+    extraction = extract_spec(data, cache_path, spec, options=RunOptions(progress=progress))
     fitted = {"models": [extraction.model], "layers": list(extraction.layers),
               "heads": list(heads or defaults.heads), "n_jobs": jobs}  # fmt: skip
     pipelines.fit(cache_path, results_dir, **fitted)

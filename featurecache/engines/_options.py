@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The request's vocabularies, re-exported for the engines: their home is the spec.
+from featurecache._spec import COMPUTE_DTYPE_NAMES, DECODE_MODES, DEFAULT_DECODE, STORE_DTYPES
 from featurecache._validation import ParameterError, check_choice, check_int, check_workers
 
 __all__ = [
@@ -16,13 +18,6 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-#: Names the command line offers without importing torch.
-COMPUTE_DTYPE_NAMES = ("float32", "bfloat16", "float16")
-STORE_DTYPES = ("float32", "float16")
-#: How image files become pixels (:mod:`featurecache.models._decode`); part of the cache key.
-DECODE_MODES = ("exact", "fast", "gpu")
-#: The decode mode of a new model when ``decode="auto"``.
-DEFAULT_DECODE = "exact"
 _OWNER = "RunOptions"
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from featurecache._data import Dataset
+from featurecache._spec import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE, POOL_METHODS
 from featurecache._validation import ParameterError
 from featurecache.cache import (
     STATUS_FAILED,
@@ -27,7 +28,6 @@ from featurecache.cache import (
     FeatureConfig,
     ShardViews,
 )
-from featurecache.engines._options import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE
 from featurecache.exceptions import BatchError
 from featurecache.models._augment import ViewMaker
 from featurecache.models._decode import (
@@ -39,7 +39,6 @@ from featurecache.models._decode import (
 )
 from featurecache.models._fuse import fuse_conv_bn
 from featurecache.models._layers import (
-    POOL_METHODS,
     LayerInfo,
     StopForward,
     capture,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featurecache._spec import POOL_METHODS, check_image_size
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [
@@ -43,12 +44,6 @@ __all__ = [
 
 EMBEDDING = "embedding"
 
-#: Pooling methods per layer kind; the first one is the default.
-POOL_METHODS: dict[str, tuple[str, ...]] = {
-    "map": ("avg", "max", "avgmax", "flatten"),
-    "tokens": ("cls", "mean", "cls+mean"),
-    "vector": ("none",),
-}
 
 _KIND_BY_NDIM = {2: "vector", 3: "tokens", 4: "map"}  # ndim including the batch dimension
 _FLATTEN_WARN = 100_000
@@ -125,10 +120,7 @@ def discover_layers(
     without one, the generic rule does. ``stages`` are marked as the library's own stages;
     ``prefix_tokens`` is recorded on every ``tokens`` layer.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise InvalidArgumentError(
-            f"The 'image_size' parameter must be a positive int. Got {image_size!r} instead."
-        )
+    check_image_size(image_size, "discover_layers", optional=False)
     modules = dict(module.named_modules())
     calls: Counter[str] = Counter()
     outputs: dict[str, Any] = {}  # insertion order = order in which forwards complete

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from featurecache._spec import RESIZE_MODES, check_image_size
 from featurecache.cache import content_digest
 from featurecache.exceptions import InvalidArgumentError, suggest
 from featurecache.models._jpeg import decode_plain_jpeg, jpeg_decoder_available
@@ -40,11 +41,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATIONS = tuple(mode.value for mode in InterpolationMode)
 
-#: How an image becomes a square: ``crop`` resizes the short side to ``resize_size`` and
-#: centre-crops; ``squash`` resizes both sides to ``resize_size`` (no aspect ratio kept), then
-#: centre-crops; ``pad`` resizes the long side to ``resize_size`` and letterboxes with the mean
-#: colour.
-RESIZE_MODES = ("crop", "squash", "pad")
 #: ``tensor``: torchvision's antialiased tensor resize; ``pil``: PIL's resize, as timm, OpenCLIP
 #: and Hugging Face's PIL image processors do, so features equal the library's own transform.
 BACKENDS = ("tensor", "pil")
@@ -150,10 +146,7 @@ class Preprocess:
     @classmethod
     def imagenet(cls, image_size: int = 224) -> Preprocess:
         """The ImageNet standard: resize to ``round(S * 256 / 224)``, crop ``S``, ImageNet mean/std."""
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise InvalidArgumentError(
-                f"The 'image_size' parameter must be a positive int. Got {image_size!r} instead."
-            )
+        check_image_size(image_size, "Preprocess.imagenet", optional=False)
         return cls(resize_size=round(image_size * 256 / 224), crop_size=image_size)
 
     @classmethod

@@ -11,40 +11,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from featurecache._validation import ParameterError
+from featurecache._spec import DEFAULT_PROMPTS, check_prompts
 from featurecache.exceptions import InvalidArgumentError
 
 __all__ = ["DEFAULT_PROMPTS", "check_prompts", "prompt_texts", "read_prompts"]
-
-#: OpenCLIP's ``SIMPLE_IMAGENET_TEMPLATES``: the seven prompts CLIP's authors found to do
-#: about as well as their full set of eighty on ImageNet.
-DEFAULT_PROMPTS = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-
-
-def check_prompts(prompts: Sequence[str] | None, owner: str) -> tuple[str, ...]:
-    """``DEFAULT_PROMPTS`` for ``None``; else a non-empty list of str holding ``{}`` once each."""
-    if prompts is None:
-        return DEFAULT_PROMPTS
-    ok = (
-        isinstance(prompts, Sequence)
-        and not isinstance(prompts, (str, bytes))
-        and len(prompts) > 0
-        and all(isinstance(p, str) and p.count("{}") == 1 for p in prompts)
-    )
-    if not ok:
-        hint = "Write ['a photo of a {}.'] for one." if isinstance(prompts, str) else ""
-        raise ParameterError(
-            "prompts", owner, "a non-empty list of templates, each holding {} once", prompts, hint
-        )
-    return tuple(prompts)
 
 
 def prompt_texts(class_name: str, prompts: Sequence[str]) -> list[str]:

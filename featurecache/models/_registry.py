@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featurecache._spec import RESIZE_MODES, check_image_size
 from featurecache._validation import check_choice
 from featurecache.cache import StoredClassifier
 from featurecache.exceptions import (
@@ -40,7 +41,7 @@ from featurecache.models._layers import (
     discover_layers,
 )
 from featurecache.models._lite import EfficientNetLite
-from featurecache.models._preprocess import RESIZE_MODES, Preprocess
+from featurecache.models._preprocess import Preprocess
 from featurecache.models._record import (
     Backbone,
     Resolved,
@@ -347,12 +348,7 @@ def load_backbone(
     backbone = get_backbone(name)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"The 'seed' parameter must be an int. Got {seed!r} instead.")
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
-        raise InvalidArgumentError(
-            f"The 'image_size' parameter must be a positive int. Got {image_size!r} instead."
-        )
+    check_image_size(image_size, "load_backbone")
     resolved = _resolve_weights(backbone, weights)
     preprocess = _preprocess(backbone, resolved, image_size)
     if resize is not None:
