@@ -21,6 +21,7 @@ import numpy as np
 from featurecache._validation import AdviceError, ParameterError
 from featurecache.cache import SPLITS, DataSource, samples_digest, split_rank
 from featurecache.cache._builtins import BUILTINS
+from featurecache.cache._identity import check_content
 from featurecache.cache._samples import STATE_LIVE, SampleColumns, SampleTable, SplitSpec
 from featurecache.cache._source import ARRAYS
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
@@ -182,12 +183,26 @@ class Dataset(SampleColumns):
         if self.members is not None:
             from featurecache.models._preprocess import load_image_bytes
 
-            return load_image_bytes(self.members.read(index))
+            return load_image_bytes(self.read_member(index))
         return load_image(self.paths[index], expected=self.expected_digest(index))
 
+    def read_member(self, index: int, data: bytes | None = None) -> bytes:
+        """The encoded image of sample ``index`` of a dataset of ``members`` (``data``: its
+        bytes when they were read with its batch), refused unless they have the content
+        digest the run planned (:meth:`expected_digest`).
+
+        Raises
+        ------
+        InvalidArgumentError
+            When it cannot be read, or its bytes changed since the run compared them.
+        """
+        data = self.members.read(index) if data is None else data
+        return check_content(data, self.expected_digest(index), self.members.what)
+
     def expected_digest(self, index: int) -> bytes | None:
-        """The content digest sample ``index`` had when the run compared it with the cache."""
-        if self.digests is None or self.paths is None or not self.digests[index].any():
+        """The content digest sample ``index`` (a file or a member) had when the run compared
+        it with the cache; ``None``: not checked (in-memory arrays, or never hashed)."""
+        if self.digests is None or self.arrays is not None or not self.digests[index].any():
             return None
         return self.digests[index].tobytes()
 
