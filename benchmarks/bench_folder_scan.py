@@ -20,10 +20,11 @@ from pathlib import Path
 
 _TIMED = """
 import sys, time
+import featurecache
 from featurecache import load_dataset
 start = time.perf_counter()
 dataset = load_dataset(sys.argv[1])
-print(time.perf_counter() - start, len(dataset))
+print(time.perf_counter() - start, len(dataset), featurecache.__file__)
 """
 
 
@@ -43,10 +44,18 @@ def make_folder(root: Path, n_files: int, n_classes: int = 20) -> Path:
 
 
 def scan_seconds(tree: Path, data: Path) -> tuple[float, int]:
+    """One scan's seconds and samples, importing ``tree``'s package (checked)."""
+    # Run outside any checkout: ``python -c`` puts the working folder first on the path.
     out = subprocess.run(
-        [sys.executable, "-c", _TIMED, str(data)], env={"PYTHONPATH": str(tree.resolve())},
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        [sys.executable, "-c", _TIMED, str(data)],
+        env={"PYTHONPATH": str(tree.resolve())},
+        cwd=data.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not out[2].startswith(str(tree.resolve())):
+        raise RuntimeError(f"{tree} was not the tree imported: {out[2]}")
     return float(out[0]), int(out[1])
 
 
