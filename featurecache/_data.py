@@ -400,30 +400,31 @@ def _listing(root: Path) -> tuple[list[str], list[str]]:
     """``(files, folders)`` below ``root``, relative and ``/``-separated, as
     :func:`featurecache.sources.read_layout` reads them.
 
-    Hidden folders are listed, not entered (the rules name only them). A link to a folder is
-    followed where a split or class folder may be (in the root, or in a split folder), and
-    listed as a folder deeper down; a broken link is a file (it fails when decoded).
+    Hidden folders are listed, not entered (the rules name only them). Where a split or class
+    folder may be (in the root, or in a split folder) a link to a folder is followed and an
+    unreadable folder raises; deeper down a link to a folder is listed, not entered, and an
+    unreadable folder lists as empty. A broken link is a file (it fails when decoded).
     """
     files: list[str] = []
     folders: list[str] = []
     pending = [("", os.fspath(root))]
     while pending:
         prefix, folder = pending.pop()
+        parent = prefix.rstrip("/")
+        top = not prefix or (SPLIT_NAMES.get(parent.lower()) is not None and "/" not in parent)
         try:
             entries = list(os.scandir(folder))
         except OSError:
-            if not prefix:
+            if top:
                 raise
-            continue  # an unreadable folder lists as empty
-        parent = prefix.rstrip("/")
+            continue
         for entry in entries:
             name = prefix + entry.name
             if not entry.is_dir():
                 files.append(name)
                 continue
             folders.append(name)
-            followed = not prefix or SPLIT_NAMES.get(parent.lower()) and "/" not in parent
-            if not entry.name.startswith(".") and (followed or not entry.is_symlink()):
+            if not entry.name.startswith(".") and (top or not entry.is_symlink()):
                 pending.append((name + "/", entry.path))
     return files, folders
 
