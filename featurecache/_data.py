@@ -19,8 +19,9 @@ import numpy as np
 
 from featurecache._spec import parse_random_split
 from featurecache._validation import AdviceError, ParameterError
-from featurecache.cache import SPLITS, DataSource, samples_digest, split_rank
+from featurecache.cache import SPLITS, DataSource, samples_digest
 from featurecache.cache._builtins import BUILTINS
+from featurecache.cache._identity import check_content
 from featurecache.cache._samples import STATE_LIVE, SampleColumns, SampleTable, SplitSpec
 from featurecache.cache._source import ARRAYS
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
@@ -34,6 +35,7 @@ from featurecache.sources import (
     is_image_name,
     is_url,
     object_files,
+    read_layout,
     read_object,
     resolve_url,
     scan_folder,
@@ -57,8 +59,6 @@ _SPLIT_CHOICES = (
     f"one of {', '.join(SPLITS)} or empty "
     f"(also {', '.join(n for n in SPLIT_NAMES if n not in SPLITS)}, in any case)"
 )
-#: The split folders a DATA folder may have, as messages say them.
-_SPLIT_FOLDERS = ", ".join(f"{name}/" for name in SPLITS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,12 +182,26 @@ class Dataset(SampleColumns):
         if self.members is not None:
             from featurecache.models._preprocess import load_image_bytes
 
-            return load_image_bytes(self.members.read(index))
+            return load_image_bytes(self.read_member(index))
         return load_image(self.paths[index], expected=self.expected_digest(index))
 
+    def read_member(self, index: int, data: bytes | None = None) -> bytes:
+        """The encoded image of sample ``index`` of a dataset of ``members`` (``data``: its
+        bytes when they were read with its batch), refused unless they have the content
+        digest the run planned (:meth:`expected_digest`).
+
+        Raises
+        ------
+        InvalidArgumentError
+            When it cannot be read, or its bytes changed since the run compared them.
+        """
+        data = self.members.read(index) if data is None else data
+        return check_content(data, self.expected_digest(index), self.members.what)
+
     def expected_digest(self, index: int) -> bytes | None:
-        """The content digest sample ``index`` had when the run compared it with the cache."""
-        if self.digests is None or self.paths is None or not self.digests[index].any():
+        """The content digest sample ``index`` (a file or a member) had when the run compared
+        it with the cache; ``None``: not checked (in-memory arrays, or never hashed)."""
+        if self.digests is None or self.arrays is not None or not self.digests[index].any():
             return None
         return self.digests[index].tobytes()
 
@@ -361,118 +375,60 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-class _Scan:
-    """What a folder scan found, and what it passed over by kind."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.rows: list[tuple[str, str, str, Path]] = []  # id, class, split, path
-        self.skipped: dict[str, list[str]] = {kind: [] for kind in SKIPPED_KINDS}
-
-    def skip(self, kind: str, path: Path) -> None:
-        self.skipped[kind].append(path.relative_to(self.root).as_posix())
-
-    def loose_files(self, folder: Path) -> None:
-        """Files directly in ``folder``, where only class folders belong."""
-        for child in sorted(folder.iterdir()):
-            if child.is_file():
-                self.skip(_kind_of_file(child) or "wrong_level", child)
-
-    def classes(self, folder: Path, split: str) -> None:
-        for child in sorted(folder.iterdir()):
-            if not child.is_dir():
-                continue
-            if child.name.startswith("."):
-                self.skip("hidden", child)
-                continue
-            found = 0
-            for path in sorted(child.rglob("*")):
-                relative = path.relative_to(child)
-                if _hidden(relative):
-                    if relative.name.startswith(".") and not _hidden(relative.parent):
-                        self.skip("hidden", path)
-                    continue
-                if path.is_dir():
-                    continue
-                kind = _kind_of_file(path)
-                if kind:
-                    self.skip(kind, path)
-                    continue
-                self.rows.append((path.relative_to(self.root).as_posix(), child.name, split, path))
-                found += 1
-            if not found:
-                self.skip("empty_class", child)
-
-
-def _kind_of_file(path: Path) -> str | None:
-    """Why a file is not a sample (``hidden``, ``not_image``), or None for an image."""
-    if path.name.startswith("."):
-        return "hidden"
-    return None if is_image(path) else "not_image"
-
-
-def _split_folders(root: Path) -> tuple[dict[str, Path], list[Path]]:
-    """Top-level folders read as splits, by split; and the other visible folders."""
-    splits: dict[str, Path] = {}
-    others = []
-    for child in sorted(root.iterdir()):
-        if not child.is_dir() or child.name.startswith("."):
-            continue
-        split = SPLIT_NAMES.get(child.name.lower())
-        if split is None:
-            others.append(child)
-        elif split in splits:
-            raise InvalidArgumentError(
-                f"DATA folder {str(root)!r} has two folders for the {split} split "
-                f"({splits[split].name}/ and {child.name}/); merge them into one."
-            )
-        else:
-            splits[split] = child
-    return splits, others
-
-
 def _load_folder(root: Path) -> Dataset:
-    splits, others = _split_folders(root)
-    if splits and others:
-        shown = ", ".join(f"{p.name}/" for p in others[:5]) + (" ..." if len(others) > 5 else "")
-        raise InvalidArgumentError(
-            f"DATA folder {str(root)!r} mixes split folders "
-            f"({', '.join(f'{p.name}/' for p in splits.values())}) with class folders ({shown}) "
-            "at the same level; put every class folder inside a split folder, or rename the "
-            "folders that are classes."
-        )
-    scan = _Scan(root)
-    scan.loose_files(root)
-    if splits:
-        for split, folder in sorted(splits.items(), key=lambda item: split_rank(item[0])):
-            scan.loose_files(folder)
-            scan.classes(folder, split)
-    else:
-        scan.classes(root, "")
-    if splits:  # without split folders, the class scan above listed the hidden folders
-        for child in sorted(root.iterdir()):
-            if child.name.startswith(".") and child.is_dir():
-                scan.skip("hidden", child)
-    if not scan.rows:
-        raise InvalidArgumentError(
-            f"DATA folder {str(root)!r} holds no images; expected class sub-folders of images "
-            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), optionally under {_SPLIT_FOLDERS}."
-        )
-    rows = sorted(scan.rows, key=lambda row: row[0])
-    class_names = tuple(sorted({row[1] for row in rows}))
+    """A local folder of class sub-folders, read by the folder rules
+    (:func:`featurecache.sources.read_layout`) applied to its listing."""
+    files, folders = _listing(root)
+    layout = read_layout(str(root), files, folders)
+    class_names = tuple(sorted({name for _, name, _ in layout.rows}))
     _check_classes(class_names, f"folder {str(root)!r}")
+    index = {name: k for k, name in enumerate(class_names)}
     table = SampleTable(
-        ids=np.array([r[0] for r in rows], dtype=object),
-        labels=np.array([class_names.index(r[1]) for r in rows], dtype=np.int64),
-        splits=np.array([r[2] for r in rows], dtype=object),
+        ids=np.array([sample_id for sample_id, _, _ in layout.rows], dtype=object),
+        labels=np.array([index[name] for _, name, _ in layout.rows], dtype=np.int64),
+        splits=np.array([split for _, _, split in layout.rows], dtype=object),
         class_names=class_names,
         source=str(DataSource("folder", str(root))),
     )
+    base = os.path.join(root, "")
     return Dataset(
         table,
-        paths=np.array([str(r[3]) for r in rows], dtype=object),
-        skipped={kind: tuple(sorted(entries)) for kind, entries in scan.skipped.items()},
+        paths=np.array([base + sample_id for sample_id, _, _ in layout.rows], dtype=object),
+        skipped=layout.skipped,
     )
+
+
+def _listing(root: Path) -> tuple[list[str], list[str]]:
+    """``(files, folders)`` below ``root``, relative and ``/``-separated, as
+    :func:`featurecache.sources.read_layout` reads them.
+
+    Hidden folders are listed, not entered (the rules name only them). Where a split or class
+    folder may be (in the root, or in a split folder) a link to a folder is followed and an
+    unreadable folder raises; deeper down a link to a folder is listed, not entered, and an
+    unreadable folder lists as empty. A broken link is a file (it fails when decoded).
+    """
+    files: list[str] = []
+    folders: list[str] = []
+    pending = [("", os.fspath(root))]
+    while pending:
+        prefix, folder = pending.pop()
+        parent = prefix.rstrip("/")
+        top = not prefix or (SPLIT_NAMES.get(parent.lower()) is not None and "/" not in parent)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            if top:
+                raise
+            continue
+        for entry in entries:
+            name = prefix + entry.name
+            if not entry.is_dir():
+                files.append(name)
+                continue
+            folders.append(name)
+            if not entry.name.startswith(".") and (top or not entry.is_symlink()):
+                pending.append((name + "/", entry.path))
+    return files, folders
 
 
 def read_table(csv_path: Path | str, what: str = "CSV manifest"):

@@ -148,3 +148,21 @@ def test_predict_lists_the_images_extract_lists(tmp_path):
     predicted = _image_list(tmp_path, ("cat", "dog")).ids.tolist()
     assert predicted == load_dataset(tmp_path, split="none").ids.tolist()
     assert predicted == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+
+
+def test_links_are_followed_where_split_and_class_folders_are_and_listed_below(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    _classes(elsewhere, names=("dog", "deep"), n=1)
+    root = tmp_path / "data"
+    _classes(root / "train", names=("cat",), n=1)
+    (root / "train" / "dog").symlink_to(elsewhere / "dog")  # a class folder: followed
+    (root / "train" / "cat" / "more").symlink_to(elsewhere / "deep")  # inside a class: not
+    (root / "train" / "cat" / "gone.png").symlink_to(tmp_path / "missing.png")  # a sample
+    (root / "test").symlink_to(root / "train")  # a split folder: followed
+    dataset = load_dataset(root)
+    assert dataset.ids.tolist() == [
+        "test/cat/0.png", "test/cat/gone.png", "test/dog/0.png",
+        "train/cat/0.png", "train/cat/gone.png", "train/dog/0.png",
+    ]  # fmt: skip
+    assert dataset.paths.tolist() == [str(root.resolve() / i) for i in dataset.ids]
+    assert dataset.summary() == "2 classes, 6 images (train 3, test 3); skipped: nothing"

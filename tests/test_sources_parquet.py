@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from _shards import write_parquet
 from _workers import make_images, one_torch_thread, run_options
 
 from featurecache import extract, load_dataset, open_cache
 from featurecache.app.cli import main
 from featurecache.exceptions import InvalidArgumentError
+from featurecache.models._preprocess import load_image_bytes
 from featurecache.sources import ParquetImages, content_digest
 
 ARGS = dict(model="resnet18", weights="none", layers=["embedding"], image_size=32, dtype="float32")
@@ -78,3 +81,25 @@ def test_a_key_on_two_rows_is_refused(tmp_path):
         InvalidArgumentError, match=r"the key 'train/ant/00' is on more than one row"
     ):
         load_dataset(str(path))
+
+
+def test_a_cell_rewritten_after_the_scan_fails_with_its_reason_when_decoded(tmp_path):
+    make_images(tmp_path / "data" / "train", n_per_class=2)
+    (path,) = write_parquet(tmp_path / "data", tmp_path / "pq")
+    scanned = load_dataset(str(path))
+    digests = np.stack([np.frombuffer(d, np.uint8) for d in scanned.members.digests])
+    planned = scanned.with_samples(digests=digests)  # as the sample table plans them
+    table = pq.read_table(path)
+    cells = table.column("jpg").to_pylist()
+    kept = cells[1]
+    cells[0] = cells[2]  # the first image is now another one
+    table = table.set_column(table.schema.get_field_index("jpg"), "jpg", pa.array(cells))
+    pq.write_table(table, path, row_group_size=4)
+    row = scanned.ids.tolist().index(table.column("key")[0].as_py())
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^the shard member changed during extraction; re-run extract$",
+    ):
+        planned.load_image(row)
+    other = scanned.ids.tolist().index(table.column("key")[1].as_py())
+    assert torch.equal(planned.load_image(other), load_image_bytes(kept))

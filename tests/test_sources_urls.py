@@ -294,3 +294,46 @@ def test_the_stamp_uses_the_etag_else_the_time_else_nothing():
     assert object_stamp({"size": 10, "mtime": 2.5}) == (10, 2_500_000_000, -1, -1)
     assert object_stamp({"size": 10}) == (-1, -1, -1, -1)  # hashed on every run
     assert object_stamp(None) == (-1, -1, -1, -1)
+
+
+def test_an_object_rewritten_after_an_unchanged_scan_fails_its_row_then_is_computed(
+    photos, s3, tmp_path, monkeypatch
+):
+    from featurecache import _extract as extract_module
+
+    url, local = photos
+    bucket = url.split("/")[2]
+    both = dict(ARGS, layers=["layer2", "embedding"])
+    with one_torch_thread():
+        extract(str(local), tmp_path / "local.h5", **both, options=run_options())
+    _extract(url, tmp_path / "c.h5")
+    other = (local / "test" / "bee" / "01.png").read_bytes()
+    aligned = extract_module._aligned
+
+    def and_then_rewritten(dataset, store):
+        found = aligned(dataset, store)  # the stamps matched: nothing was hashed
+        s3.put_object(Bucket=bucket, Key="photos/train/ant/00.png", Body=other)
+        return found
+
+    monkeypatch.setattr(extract_module, "_aligned", and_then_rewritten)
+    with one_torch_thread():  # a layer added to the cache: every row is decoded again
+        result = extract(url, tmp_path / "c.h5", **both, options=run_options())
+    assert result.rows_computed == 10  # n_failed counts the last layer's rows, computed before
+    assert open_cache(tmp_path / "c.h5").failures("resnet18") == [
+        (
+            "train/ant/00.png",
+            "InvalidArgumentError: the object changed during extraction; re-run extract",
+        )
+    ]
+    want = _by_key(tmp_path / "local.h5", "layer2")
+    del want["train/ant/00.png"]
+    assert _by_key(tmp_path / "c.h5", "layer2") == want
+    monkeypatch.setattr(extract_module, "_aligned", aligned)
+    with one_torch_thread():
+        again = extract(url, tmp_path / "c.h5", **both, options=run_options())
+    assert (again.rows_computed, again.n_failed) == (1, 0)
+    (local / "train" / "ant" / "00.png").write_bytes(other)
+    with one_torch_thread():
+        extract(str(local), tmp_path / "local.h5", **both, options=run_options())
+    for layer in both["layers"]:
+        assert _by_key(tmp_path / "c.h5", layer) == _by_key(tmp_path / "local.h5", layer)

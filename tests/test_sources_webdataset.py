@@ -7,6 +7,7 @@ later computes only its rows, and a run killed with SIGKILL resumes exactly.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -319,3 +320,58 @@ def test_source_flags_on_a_folder_are_refused_naming_them(tmp_path, capsys):
         f"DATA {str(data)!r} is neither: leave them out, or name shards (e.g. "
         "'train-{000000..000009}.tar').\n"
     )
+
+
+def _rewrite_member(shard: Path, name: str, data: bytes) -> None:
+    """Write ``shard`` again with member ``name`` holding ``data`` (the others unchanged)."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for member, content in members:
+            content = data if member.name == name else content
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+
+
+def test_a_member_rewritten_between_scan_and_decode_fails_its_row_then_is_computed(
+    tmp_path, monkeypatch
+):
+    from featurecache import _extract as extract_module
+
+    make_images(tmp_path / "data" / "train", n_per_class=4)
+    shards = write_shards(tmp_path / "data", tmp_path / "shards", per_shard=4)
+    pattern = str(tmp_path / "shards" / "*.tar")
+    _extract(pattern, tmp_path / "reference.h5")
+    with tarfile.open(shards[0]) as tar:
+        last = [m.name for m in tar.getmembers() if m.name.endswith(".png")][-1]
+    key = last.rsplit(".", 1)[0]
+    make_images(tmp_path / "other", n_per_class=1, classes=("ant",), seed=99)
+    other = (tmp_path / "other" / "ant" / "00.png").read_bytes()
+    aligned = extract_module._aligned
+
+    def and_then_rewritten(dataset, store):
+        found = aligned(dataset, store)
+        _rewrite_member(shards[0], last, other)  # after the scan planned its digest
+        return found
+
+    monkeypatch.setattr(extract_module, "_aligned", and_then_rewritten)
+    result = _extract(pattern, tmp_path / "c.h5")
+    assert (result.rows_computed, result.n_failed) == (8, 1)
+    assert open_cache(tmp_path / "c.h5").failures("resnet18") == [
+        (key, "InvalidArgumentError: the shard member changed during extraction; re-run extract")
+    ]
+    for layer in LAYERS:  # the untouched rows hold what a run without the change stores
+        want = _by_key(tmp_path / "reference.h5", layer)
+        del want[key]
+        assert _by_key(tmp_path / "c.h5", layer) == want
+    monkeypatch.setattr(extract_module, "_aligned", aligned)
+    again = _extract(pattern, tmp_path / "c.h5")
+    assert (again.rows_computed, again.n_failed) == (1, 0)
+    _extract(pattern, tmp_path / "fresh.h5")
+    for layer in LAYERS:  # the new content's features (computed alone: another batch size)
+        got, want = _by_key(tmp_path / "c.h5", layer), _by_key(tmp_path / "fresh.h5", layer)
+        (x, *rest), (x_want, *rest_want) = got.pop(key), want.pop(key)
+        assert got == want and rest == rest_want
+        np.testing.assert_allclose(
+            np.frombuffer(x, np.float32), np.frombuffer(x_want, np.float32), rtol=1e-4, atol=1e-5
+        )

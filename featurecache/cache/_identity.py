@@ -16,12 +16,14 @@ import numpy as np
 import xxhash
 
 from featurecache.cache._format import STAT_FIELDS
+from featurecache.exceptions import InvalidArgumentError
 
 __all__ = [
     "DIGEST_SIZE",
     "NO_DIGEST",
     "RACY_NS",
     "UNREADABLE",
+    "check_content",
     "content_digest",
     "file_digest",
     "now_ns",
@@ -60,6 +62,28 @@ def content_digest(data: bytes | memoryview | np.ndarray) -> bytes:
     else:
         digest.update(data)
     return digest.digest()
+
+
+def check_content(data: bytes, expected: bytes | None, what: str = "file") -> bytes:
+    """``data``, refused unless its content digest is ``expected`` (``None``: not checked).
+
+    Parameters
+    ----------
+    data : bytes
+        A sample's encoded bytes, as read for decoding.
+    expected : bytes or None
+        The digest the sample table planned for the sample.
+    what : str
+        What the bytes are, for the message (``file``, ``object``, ``shard member``).
+
+    Raises
+    ------
+    InvalidArgumentError
+        When the bytes are not those the run planned: the sample changed since the scan.
+    """
+    if expected is not None and content_digest(data) != expected:
+        raise InvalidArgumentError(f"the {what} changed during extraction; re-run extract")
+    return data
 
 
 def file_digest(path: str | os.PathLike) -> bytes:

@@ -608,9 +608,9 @@ class _Images(torch.utils.data.Dataset):
     def _encoded(self, row: int, data: bytes | None) -> torch.Tensor | None:
         """A JPEG's bytes for the GPU to decode, or ``None`` (the CPU decodes it)."""
         if self.dataset.paths is not None:
-            return read_jpeg_bytes(self.dataset.paths[row])
+            return read_jpeg_bytes(self.dataset.paths[row], self.dataset.expected_digest(row))
         try:
-            return jpeg_tensor(self.dataset.members.read(row) if data is None else data)
+            return jpeg_tensor(self.dataset.read_member(row, data))
         except Exception:  # the CPU path reports the reason
             return None
 
@@ -633,8 +633,9 @@ class _Images(torch.utils.data.Dataset):
 
     def _load(self, row: int, data: bytes | None = None) -> torch.Tensor:
         if self.dataset.members is not None:  # exact, fast, and the GPU's fall-back (exact)
-            data = self.dataset.members.read(row) if data is None else data
-            return read_image_bytes(data, self.preprocess, self.decode)
+            return read_image_bytes(
+                self.dataset.read_member(row, data), self.preprocess, self.decode
+            )
         if self.decode == "fast" and self.dataset.paths is not None:
             expected = self.dataset.expected_digest(row)
             return read_image(self.dataset.paths[row], self.preprocess, self.decode, expected)

@@ -23,6 +23,7 @@ from functools import partial
 
 import torch
 
+from featurecache.cache import content_digest
 from featurecache.models._jpeg import plain_jpeg
 from featurecache.models._preprocess import Preprocess, load_image, load_image_bytes
 
@@ -57,13 +58,18 @@ def _draft_size(preprocess: Preprocess, width: int, height: int) -> tuple[int, i
     return max(1, new_width), max(1, new_height)
 
 
-def read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor | None:
-    """The file's bytes as a ``uint8`` tensor when the GPU can decode it, else ``None``."""
+def read_jpeg_bytes(path: str | os.PathLike, expected: bytes | None = None) -> torch.Tensor | None:
+    """The file's bytes as a ``uint8`` tensor when the GPU can decode it, else ``None``.
+
+    ``expected``: the content digest the file must still have (see :func:`load_image`).
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError:
         return None  # the CPU path reports the reason
+    if expected is not None and content_digest(data) != expected:
+        return None  # the CPU path reads it again and fails the row with the reason
     return jpeg_tensor(data)
 
 

@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from featurecache._spec import RESIZE_MODES, check_image_size
-from featurecache.cache import content_digest
+from featurecache.cache._identity import check_content
 from featurecache.exceptions import InvalidArgumentError, suggest
 from featurecache.models._jpeg import decode_plain_jpeg, jpeg_decoder_available
 
@@ -381,9 +381,7 @@ def _read_checked(path, expected: bytes) -> bytes:
             data = handle.read()
     except OSError as exc:
         raise InvalidArgumentError(_reason(exc)) from exc
-    if content_digest(data) != expected:
-        raise InvalidArgumentError("the file changed during extraction; re-run extract")
-    return data
+    return check_content(data, expected, "file")
 
 
 def _plain_jpeg_pixels(source, reduce_to) -> np.ndarray | None:

@@ -38,6 +38,8 @@ class SampleBytes:
     files: tuple[str, ...]
     file_index: np.ndarray
     digests: np.ndarray = field(repr=False)
+    #: What a sample is, for messages ("the shard member changed during extraction").
+    what: ClassVar[str] = "shard member"
 
     def __len__(self) -> int:
         return len(self.file_index)

@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 
 from featurecache.cache import DataSource, content_digest
-from featurecache.cache._identity import UNREADABLE
+from featurecache.cache._identity import UNREADABLE, check_content
 from featurecache.exceptions import InvalidArgumentError
 from featurecache.sources._files import filesystem, is_url, source_error
 from featurecache.sources._layout import read_layout
@@ -105,6 +105,7 @@ class ObjectFiles(SampleBytes):
 
     stamps: np.ndarray = field(default=None, repr=False)
     _positions: ClassVar[tuple[str, ...]] = ("stamps",)
+    what: ClassVar[str] = "object"
 
     def stats(self) -> np.ndarray:
         return self.stamps
@@ -121,10 +122,7 @@ class ObjectFiles(SampleBytes):
     def _checked(self, row: int, data: bytes | BaseException) -> bytes:
         if isinstance(data, BaseException):
             raise data
-        expected = self.digests[row]
-        if expected and content_digest(data) != expected:
-            raise InvalidArgumentError("the object changed during extraction; re-run extract")
-        return data
+        return check_content(data, self.digests[row] or None, self.what)
 
     def content_digests(self, rows) -> list[bytes]:
         """Digests of ``rows``, reading the objects not hashed yet (an unreadable one gets
