@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from featurecache import load_backbone
-from featurecache._data import Dataset
+from featurecache.data._datasets import Dataset
 from featurecache.engines._job import feature_config
 from featurecache.engines._runner import Plan, ShardRunner, resolve_device, resolve_dtype
 from featurecache.models._layers import default_pool

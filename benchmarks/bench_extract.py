@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from featurecache import RunOptions, extract, load_backbone
-from featurecache._data import Dataset
+from featurecache.data._datasets import Dataset
 from featurecache.engines._runner import resolve_device
 
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 from sklearn.svm import SVC
 
-from pipelines._heads import _nystroem_grid
-from pipelines._nystroem import NystroemClassifier
+from pipelines.heads._heads import _nystroem_grid
+from pipelines.heads._nystroem import NystroemClassifier
 
 
 def main() -> None:

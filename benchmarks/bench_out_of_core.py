@@ -43,8 +43,8 @@ _BOOKKEEPING = """
 import sys
 import numpy as np
 from featurecache.cache import open_cache
-from pipelines._search import stratified_splits
-from pipelines._stream import fold_groups
+from pipelines.heads._search import stratified_splits
+from pipelines.rows._stream import fold_groups
 
 def rss():
     return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS"))

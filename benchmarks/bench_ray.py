@@ -85,7 +85,7 @@ def _decode_rate(data: Path, model: str, weights, image_size: int, n: int = 128)
     """Images per second that one core decodes and preprocesses (what feeds a GPU worker)."""
     import torch
 
-    from featurecache._data import load_dataset
+    from featurecache.data._datasets import load_dataset
     from featurecache.models._registry import load_backbone
 
     preprocess = load_backbone(model, weights, image_size=image_size).preprocess

@@ -142,7 +142,7 @@ def tta_fit(run: Runner, fit_args: list[str], results: Path) -> None:
 
 def set_names(results: Path) -> set[tuple[str, str]]:
     """The (model, layer) of every feature set in the results folder (from its records)."""
-    from pipelines._results import ResultsFolder
+    from pipelines.results._results import ResultsFolder
 
     return {(r["model"], r["layer"]) for r in ResultsFolder(results).records()
             if "feature_set" in r}  # fmt: skip
@@ -171,7 +171,7 @@ def subset_folder(folder: Path, args) -> str:
     PNG folder ``train/<class>/``, ``test/<class>/``; returns its path."""
     from PIL import Image
 
-    from featurecache._data import load_dataset
+    from featurecache.data._datasets import load_dataset
 
     if folder.is_dir():
         return str(folder)

@@ -6,15 +6,15 @@ so ``import featurecache.exceptions`` stays light.
 
 from __future__ import annotations
 
-from featurecache._lazy import attach
+from featurecache.core._lazy import attach
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "extract": "featurecache._extract",
-    "extract_spec": "featurecache._extract",
-    "ExtractResult": "featurecache._extract",
-    "FeatureSpec": "featurecache._spec",
+    "extract": "featurecache.extraction._extract",
+    "extract_spec": "featurecache.extraction._extract",
+    "ExtractResult": "featurecache.extraction._extract",
+    "FeatureSpec": "featurecache.core._spec",
     "RunOptions": "featurecache.engines._options",
     "LocalEngine": "featurecache.engines._local",
     "RayEngine": "featurecache.engines._ray",
@@ -26,8 +26,8 @@ _LAZY = {
     "list_layers": "featurecache.models._registry",
     "LayerInfo": "featurecache.models._layers",
     "Preprocess": "featurecache.models._preprocess",
-    "load_dataset": "featurecache._data",
-    "Dataset": "featurecache._data",
+    "load_dataset": "featurecache.data._datasets",
+    "Dataset": "featurecache.data._datasets",
     "predict": "featurecache.app._predict",
     "FeatureConfig": "featurecache.cache._config",
     "open_cache": "featurecache.cache._reader",

@@ -13,26 +13,26 @@ scikit-learn or matplotlib until they are needed.
 
 from __future__ import annotations
 
-from featurecache._lazy import attach
+from featurecache.core._lazy import attach
 
 _LAZY = {
     "Cache": "featurecache.cache",
     "Entry": "featurecache.cache",
     "open_cache": "featurecache.cache",
-    "Head": "pipelines._heads",
-    "get_head": "pipelines._heads",
-    "list_heads": "pipelines._heads",
-    "load_grid": "pipelines._heads",
-    "register_head": "pipelines._heads",
-    "list_protocols": "pipelines._protocols",
-    "SearchResult": "pipelines._search",
-    "search": "pipelines._search",
-    "fit": "pipelines._fit",
-    "HeadRecord": "pipelines._results",
-    "best": "pipelines._results",
-    "load_head": "pipelines._results",
-    "report": "pipelines._report",
-    "best_combination": "pipelines._report",
+    "Head": "pipelines.heads._heads",
+    "get_head": "pipelines.heads._heads",
+    "list_heads": "pipelines.heads._heads",
+    "load_grid": "pipelines.heads._heads",
+    "register_head": "pipelines.heads._heads",
+    "list_protocols": "pipelines.heads._protocols",
+    "SearchResult": "pipelines.heads._search",
+    "search": "pipelines.heads._search",
+    "fit": "pipelines.fitting._fit",
+    "HeadRecord": "pipelines.results._results",
+    "best": "pipelines.results._results",
+    "load_head": "pipelines.results._results",
+    "report": "pipelines.reporting._report",
+    "best_combination": "pipelines.reporting._report",
 }
 
 __all__ = sorted(_LAZY)

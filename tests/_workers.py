@@ -42,7 +42,7 @@ SETTINGS = dict(
     options=run_options(),
 )
 PRELOAD = [
-    "featurecache._extract",
+    "featurecache.extraction._extract",
     "featurecache.cache._writer",
     "featurecache.app.cli",
     "pipelines",
@@ -212,8 +212,8 @@ def run_extract(
         _slow_down(pause, events)
     if stall:
         _stall(events)
-    from featurecache._extract import extract
     from featurecache.exceptions import FeatureCacheError
+    from featurecache.extraction._extract import extract
 
     try:
         done = extract(data, cache, **{**SETTINGS, **arguments})

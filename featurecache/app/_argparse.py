@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from featurecache._spec import RESIZE_MODES
+from featurecache.core._spec import RESIZE_MODES
 
 __all__ = [
     "Parser", "HelpFormatter", "UsageError", "add_command", "add_resize", "csv_list", "workers",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from featurecache._spec import DEFAULT_MODEL
 from featurecache.app._argparse import add_command, add_resize, csv_list
+from featurecache.core._spec import DEFAULT_MODEL
 
 __all__ = ["add_parser", "run"]
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import sys
 
-from featurecache._spec import (
+from featurecache.app._argparse import add_command, add_resize, csv_list, workers
+from featurecache.app._command_ls import views_text
+from featurecache.app._source_flags import add_source_flags, data_argument
+from featurecache.core._spec import (
     DECODE_CHOICES,
     DEFAULT_DECODE,
     DEFAULT_MODEL,
@@ -16,9 +19,6 @@ from featurecache._spec import (
     STORE_DTYPES,
     FeatureSpec,
 )
-from featurecache.app._argparse import add_command, add_resize, csv_list, workers
-from featurecache.app._command_ls import views_text
-from featurecache.app._source_flags import add_source_flags, data_argument
 from featurecache.engines._options import DEVICES
 
 __all__ = ["add_parser", "run"]
@@ -212,7 +212,7 @@ def _add_run_options(parser, group) -> None:
 
 
 def run(args) -> int:
-    from featurecache._extract import extract_spec
+    from featurecache.extraction._extract import extract_spec
 
     _read_deprecated_workers(args)
     options, engine = _run_options(args), _engine(args)
@@ -264,7 +264,7 @@ def _feature_spec(args) -> FeatureSpec:
 
 def _print_understood(dataset, verbose: bool) -> None:
     """What was understood of DATA (``-v``: every skipped entry), before any compute."""
-    from featurecache._data import SKIPPED_KINDS
+    from featurecache.data._datasets import SKIPPED_KINDS
 
     print(f"data: {dataset.summary()}", flush=True)
     if verbose:

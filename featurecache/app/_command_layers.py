@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from featurecache._spec import MAX_IMAGE_SIZE
 from featurecache.app._argparse import add_command
+from featurecache.core._spec import MAX_IMAGE_SIZE
 
 __all__ = ["add_parser", "run"]
 

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._data import Dataset, load_dataset
-from featurecache._extract import ExtractResult, check_cache, extract_spec
-from featurecache._paths import check_output
-from featurecache._spec import FeatureSpec
-from featurecache._validation import (
+from featurecache.core._paths import check_output
+from featurecache.core._spec import FeatureSpec
+from featurecache.core._validation import (
     ParameterError,
     check_choice,
     check_names,
     check_optional_int,
 )
+from featurecache.data._datasets import Dataset, load_dataset
 from featurecache.engines._options import RunOptions
+from featurecache.extraction._extract import ExtractResult, check_cache, extract_spec
 
 __all__ = [
     "run_demo", "best_found", "summarize", "DemoSummary", "DemoDefaults", "DEMO_DEFAULTS",
@@ -120,8 +120,8 @@ def run_demo(
     DemoSummary
     """
     import pipelines
-    from pipelines._report import is_report_folder
-    from pipelines._results import ResultsFolder
+    from pipelines.reporting._report import is_report_folder
+    from pipelines.results._results import ResultsFolder
 
     started = time.perf_counter()
     check_choice(dataset, "dataset", "run_demo", DEMO_DEFAULTS)
@@ -176,7 +176,7 @@ def _check_choices(heads, layers, limit, jobs) -> None:
         pipelines.get_head(head)
     check_names(layers, "layers", "run_demo")
     check_optional_int(limit, "limit", "run_demo", low=2)
-    from pipelines._fit import check_n_jobs
+    from pipelines.fitting._fit import check_n_jobs
 
     try:
         check_n_jobs(jobs)
@@ -188,7 +188,7 @@ def best_found(results: str | os.PathLike) -> tuple[dict, str]:
     """The best combination of a results folder (by :func:`pipelines.best_combination`, so by
     :func:`pipelines.best`) as the summary shows it, and the recommendation as plain text."""
     import pipelines
-    from pipelines._views import Variant
+    from pipelines.rows._views import Variant
 
     best, recommendation = pipelines.best_combination(results)
     shown = ("model", "layer", "head", "cv_mean", "cv_std", "test_accuracy", "params_text")
@@ -200,7 +200,7 @@ def best_found(results: str | os.PathLike) -> tuple[dict, str]:
 def views_found(results: str | os.PathLike) -> str:
     """One line: the best head on views against the same combination fitted plainly, with
     the report's verdict on the CV gain."""
-    from pipelines._report import views_outcome
+    from pipelines.reporting._report import views_outcome
 
     return views_outcome(results)
 
@@ -208,7 +208,7 @@ def views_found(results: str | os.PathLike) -> str:
 def earlier_layer(results: str | os.PathLike) -> str:
     """Whether an earlier layer beat the penultimate one, in the recommendation's own terms:
     ``"yes"``, ``"no"``, ``"tie"`` (a CV difference of 0.000) or ``"not reliably"``."""
-    from pipelines._report import earlier_layer_outcome
+    from pipelines.reporting._report import earlier_layer_outcome
 
     return earlier_layer_outcome(results)
 

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from featurecache._validation import AdviceError, ParameterError
+from featurecache.core._validation import AdviceError, ParameterError
 from featurecache.exceptions import FeatureCacheError
 
 __all__ = ["CLOSED_PIPE", "Terminated", "closed_pipe", "describe", "fail", "sigterm_interrupts"]

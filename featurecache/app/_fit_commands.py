@@ -181,8 +181,8 @@ def _add_report(subparsers) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from featurecache.exceptions import InvalidArgumentError
-    from pipelines._fit import DEFAULT_HEADS, fit
-    from pipelines._results import best
+    from pipelines.fitting._fit import DEFAULT_HEADS, fit
+    from pipelines.results._results import best
 
     if args.protocol is not None and args.heads is not None:
         raise InvalidArgumentError(
@@ -224,7 +224,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def _best_line(chosen) -> str:
-    from pipelines._views import Variant
+    from pipelines.rows._views import Variant
 
     variant = Variant(**{k: chosen.get(k, v) for k, v in Variant().columns().items()})
     test = chosen["test_accuracy"]
@@ -237,7 +237,7 @@ def _best_line(chosen) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from pipelines._report import report
+    from pipelines.reporting._report import report
 
     out = Path(args.out) if args.out else Path("reports") / Path(args.results).resolve().name
     folder = report(args.results, out, force=args.force)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache._data import IMAGE_EXTENSIONS, Dataset, is_image, list_images, read_table
-from featurecache._paths import check_not_input, check_output
-from featurecache._validation import (
+from featurecache.cache import STATUS_OK, DataSource, FeatureConfig, SampleTable, atomic_write
+from featurecache.core._paths import check_not_input, check_output
+from featurecache.core._validation import (
     ParameterError,
     check_bool,
     check_choice,
     check_int,
     check_workers,
 )
-from featurecache.cache import STATUS_OK, DataSource, FeatureConfig, SampleTable, atomic_write
+from featurecache.data._datasets import IMAGE_EXTENSIONS, Dataset, is_image, list_images, read_table
 from featurecache.engines._options import DEVICES
 from featurecache.exceptions import InvalidArgumentError
 
@@ -57,7 +57,7 @@ def predict(
         ``reason``, ``prediction`` and ``proba_<class>`` columns when available.
     """
     from pipelines import load_head
-    from pipelines._feature_sets import set_parts
+    from pipelines.results._feature_sets import set_parts
 
     _check_run(batch_size, device, workers, "predict")
     record = load_head(head)
@@ -112,7 +112,7 @@ def predict_imagenet(
         have ``split`` and ``true_class``.
     """
     from pipelines import open_cache
-    from pipelines._fixed import imagenet_predictions, stored_classifier
+    from pipelines.heads._fixed import imagenet_predictions, stored_classifier
 
     top = check_int(top, "top", "predict_imagenet", low=1)
     _check_run(batch_size, device, workers, "predict_imagenet")
@@ -154,8 +154,8 @@ def _check_run(batch_size, device, workers, owner: str) -> None:
 
 def _imagenet_model(cache, model: str | None) -> str:
     """The model named, or the only one that stores an ImageNet classifier (or the cache's
-    only model, whose lack of one :func:`~pipelines._fixed.stored_classifier` explains)."""
-    from pipelines._fixed import random_weights
+    only model, whose lack of one :func:`~pipelines.heads._fixed.stored_classifier` explains)."""
+    from pipelines.heads._fixed import random_weights
 
     if model is not None:
         return model

@@ -1,5 +1,5 @@
 """The flags of ``extract`` that describe tar shards and parquet files, and the
-:class:`~featurecache.sources.Source` they make of DATA.
+:class:`~featurecache.data.Source` they make of DATA.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def data_argument(args):
     """DATA as typed, or the tar shards or parquet files its source flags describe."""
     import dataclasses
 
+    from featurecache.data import ParquetImages, source_for
     from featurecache.exceptions import InvalidArgumentError
-    from featurecache.sources import ParquetImages, source_for
 
     given = {
         name: getattr(args, name)

@@ -95,7 +95,7 @@ def export_embeddings(
     InvalidArgumentError
         ``out`` is a file or a folder that is not empty; a bad ``format``.
     """
-    from featurecache._validation import check_choice, check_optional_int
+    from featurecache.core._validation import check_choice, check_optional_int
 
     check_choice(format, "format", "export_embeddings", EXPORT_FORMATS)
     check_optional_int(rows_per_part, "rows_per_part", "export_embeddings", low=1)
@@ -281,7 +281,7 @@ def import_embeddings(
         A folder without embeddings, metadata misaligned with them, no ``config`` for
         embeddings that do not record one, or a cache that already exists.
     """
-    from featurecache._validation import ParameterError, check_int
+    from featurecache.core._validation import ParameterError, check_int
 
     check_int(shard_size, "shard_size", "import_embeddings", low=1)
     parts = _import_parts(Path(folder))

@@ -18,7 +18,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featurecache._validation import check_choice
 from featurecache.cache import _format as fmt
 from featurecache.cache._classifiers import StoredClassifier, read_classifiers
 from featurecache.cache._config import VIEW_KINDS, ViewSets
@@ -28,6 +27,7 @@ from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._legacy import open_view, read_table
 from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, SampleColumns
 from featurecache.cache._stream import Batch, iter_batches
+from featurecache.core._validation import check_choice
 from featurecache.exceptions import (
     CacheCorruptError,
     InvalidArgumentError,

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from featurecache._validation import ParameterError, check_choice, check_int
+from featurecache.core._validation import ParameterError, check_choice, check_int
 
 __all__ = ["Batch", "DEFAULT_BATCH_BYTES", "STREAM_VIEWS", "default_batch_rows", "iter_batches"]
 

@@ -26,7 +26,6 @@ import h5py
 import numpy as np
 
 from featurecache import __version__
-from featurecache._validation import ParameterError
 from featurecache.cache import _format as fmt
 from featurecache.cache._atomic import atomic_write, create_once, new_h5, owner_is_dead
 from featurecache.cache._compact import compact_model, remove_litter
@@ -47,6 +46,7 @@ from featurecache.cache._log import (
 )
 from featurecache.cache._samples import STATE_LIVE, SampleChanges, SampleTable, write_samples
 from featurecache.cache._shard_file import ShardContent, ShardViews, write_shard_file
+from featurecache.core._validation import ParameterError
 from featurecache.exceptions import (
     CacheCorruptError,
     CacheReadOnlyError,

@@ -7,7 +7,7 @@ first use, so ``RunOptions`` is available without importing torch.
 
 from __future__ import annotations
 
-from featurecache._lazy import attach
+from featurecache.core._lazy import attach
 
 _LAZY = {
     "RunOptions": "featurecache.engines._options",

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from featurecache._data import Dataset
 from featurecache.cache import FeatureConfig, ShardMeta, Store
+from featurecache.data._datasets import Dataset
 from featurecache.engines._runner import Plan, ShardResult, ShardRunner, layer_attrs
 from featurecache.exceptions import CacheReadOnlyError, OutOfSpaceError
 from featurecache.models._layers import LayerInfo, pooled_size

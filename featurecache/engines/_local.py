@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from featurecache._validation import check_optional_int
 from featurecache.cache import FeatureConfig
+from featurecache.core._validation import check_optional_int
 from featurecache.engines._job import Job
 from featurecache.engines._options import RunOptions
 from featurecache.engines._runner import (

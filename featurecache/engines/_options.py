@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The request's vocabularies, re-exported for the engines: their home is the spec.
-from featurecache._spec import COMPUTE_DTYPE_NAMES, DECODE_MODES, DEFAULT_DECODE, STORE_DTYPES
-from featurecache._validation import ParameterError, check_choice, check_int, check_workers
+from featurecache.core._spec import COMPUTE_DTYPE_NAMES, DECODE_MODES, DEFAULT_DECODE, STORE_DTYPES
+from featurecache.core._validation import ParameterError, check_choice, check_int, check_workers
 
 __all__ = [
     "RunOptions",

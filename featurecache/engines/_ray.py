@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from featurecache._validation import (
+from featurecache.cache import FeatureConfig, ShardMeta
+from featurecache.core._validation import (
     RAY_START,
     ParameterError,
     check_float,
@@ -29,7 +30,6 @@ from featurecache._validation import (
     check_reachable,
     cluster_unreachable,
 )
-from featurecache.cache import FeatureConfig, ShardMeta
 from featurecache.engines._job import Job
 from featurecache.engines._options import RunOptions
 from featurecache.engines._runner import Plan, resolve_dtype, resolve_loader_workers

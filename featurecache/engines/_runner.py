@@ -18,9 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from featurecache._data import Dataset
-from featurecache._spec import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE, POOL_METHODS
-from featurecache._validation import ParameterError
 from featurecache.cache import (
     STATUS_FAILED,
     STATUS_OK,
@@ -28,6 +25,9 @@ from featurecache.cache import (
     FeatureConfig,
     ShardViews,
 )
+from featurecache.core._spec import COMPUTE_DTYPE_NAMES, DEFAULT_DECODE, POOL_METHODS
+from featurecache.core._validation import ParameterError
+from featurecache.data._datasets import Dataset
 from featurecache.exceptions import BatchError
 from featurecache.models._augment import ViewMaker
 from featurecache.models._decode import (

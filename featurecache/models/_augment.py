@@ -18,7 +18,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from featurecache._views import (
+from featurecache.cache import ViewSets
+from featurecache.core._views import (
     AUGMENT_ITEMS,
     MAX_VIEWS,
     TTA_ITEMS,
@@ -27,7 +28,6 @@ from featurecache._views import (
     parse_augment,
     parse_tta,
 )
-from featurecache.cache import ViewSets
 
 __all__ = [
     "AUGMENT_ITEMS",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featurecache._spec import POOL_METHODS, check_image_size
+from featurecache.core._spec import POOL_METHODS, check_image_size
 from featurecache.exceptions import InvalidArgumentError, UnknownNameError, suggest
 
 __all__ = [

@@ -20,8 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from featurecache._spec import RESIZE_MODES, check_image_size
 from featurecache.cache._identity import check_content
+from featurecache.core._spec import RESIZE_MODES, check_image_size
 from featurecache.exceptions import InvalidArgumentError, suggest
 from featurecache.models._jpeg import decode_plain_jpeg, jpeg_decoder_available
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from featurecache._spec import DEFAULT_PROMPTS, check_prompts
+from featurecache.core._spec import DEFAULT_PROMPTS, check_prompts
 from featurecache.exceptions import InvalidArgumentError
 
 __all__ = ["DEFAULT_PROMPTS", "check_prompts", "prompt_texts", "read_prompts"]

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from featurecache._spec import RESIZE_MODES, check_image_size
-from featurecache._validation import check_choice
 from featurecache.cache import StoredClassifier
+from featurecache.core._spec import RESIZE_MODES, check_image_size
+from featurecache.core._validation import check_choice
 from featurecache.exceptions import (
     InvalidArgumentError,
     UnknownNameError,

@@ -1,0 +1,1 @@
+"""The torch-free core beside the cache: the request (FeatureSpec), validation, paths, processes."""

@@ -1,0 +1,1 @@
+"""Stage 1, the ``extract`` verb: a dataset and backbones in, committed features out."""

@@ -1,0 +1,1 @@
+"""Stage 2, heads and their hyper-parameters: classifiers, probes, protocols, search, shots."""
