@@ -14,6 +14,9 @@ Within a layer a folder imports only itself and the folders before it; ``core/``
 ``cache/`` share a rank (the output-path checks use the cache's temporary names, the cache uses
 the one validation helper), and the module cycle test keeps the two acyclic. Every import
 counts, also one deferred into a function body.
+
+``docs/architecture.md`` names every module under its folder's heading, with the folder's layer
+and rank: a module it leaves out, or one that no longer exists, fails here.
 """
 
 from __future__ import annotations
@@ -318,3 +321,80 @@ def test_the_core_and_stage_2_import_with_torch_blocked(layer):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"ok {len(names)}"
+
+
+# -- the architecture page names every module ---------------------------------------------
+
+PAGE = ROOT / "docs" / "architecture.md"
+#: ``### `featurecache/models/` (stage 1, rank 1)`` or ``### `featurecache/` (package root)``.
+FOLDER_HEADING = re.compile(r"^### `(?P<folder>[a-z_/]+)/` \((?P<place>[^)]*)\)\s*$")
+#: A table row naming a module: ``| `_spec.py` | ...``.
+MODULE_ROW = re.compile(r"^\| `(?P<file>[A-Za-z0-9_]+\.py)` \|")
+
+
+def documented_modules(text: str) -> dict[str, str]:
+    """Each module path the page's "Every module" tables name, with the heading it sits under.
+
+    A folder's modules are the table rows below its ``### `FOLDER/` (PLACE)`` heading, up to
+    the next heading.
+    """
+    found: dict[str, str] = {}
+    folder = place = None
+    for line in text.splitlines():
+        heading = FOLDER_HEADING.match(line)
+        if heading:
+            folder, place = heading["folder"], heading["place"]
+            continue
+        if line.startswith("#"):
+            folder = place = None
+            continue
+        row = MODULE_ROW.match(line)
+        if row and folder is not None:
+            found[f"{folder}/{row['file']}"] = place
+    return found
+
+
+def test_the_page_parser_reads_modules_under_their_folder():
+    page = textwrap.dedent(
+        """
+        ### `featurecache/models/` (stage 1, rank 1)
+
+        | module | its job |
+        | --- | --- |
+        | `_record.py` | what a backbone is |
+
+        ## One `extract`
+
+        | `_stray.py` | not under a folder heading |
+        """
+    )
+    assert documented_modules(page) == {"featurecache/models/_record.py": "stage 1, rank 1"}
+
+
+def test_the_architecture_page_names_every_module_and_no_other():
+    documented = documented_modules(PAGE.read_text())
+    actual = {path.relative_to(ROOT).as_posix() for path in MODULES.values()}
+    missing = sorted(actual - set(documented))
+    gone = sorted(set(documented) - actual)
+    assert not missing, (
+        "docs/architecture.md does not name these modules; add a line for each under its "
+        "folder's heading in 'Every module': " + ", ".join(missing)
+    )
+    assert not gone, "docs/architecture.md names modules that do not exist: " + ", ".join(gone)
+
+
+def test_the_architecture_page_states_each_folders_layer_and_rank():
+    stated = {
+        path.rpartition("/")[0]: place
+        for path, place in documented_modules(PAGE.read_text()).items()
+    }
+    wrong = []
+    for folder, (layer, rank) in FOLDERS.items():
+        expected = {f"{layer}, rank {rank}"}
+        if [place[0] for place in FOLDERS.values()].count(layer) == 1:
+            expected.add(layer)  # a layer of one folder needs no rank: "(app)"
+        if stated.get(folder) not in expected:
+            wrong.append(
+                f"{folder}/: the page says {stated.get(folder)!r}, FOLDERS {layer!r} {rank}"
+            )
+    assert not wrong, "\n".join(wrong)
