@@ -20,9 +20,9 @@ import torch
 
 from featurecache import load_backbone
 from featurecache.data._datasets import Dataset
-from featurecache.engines._job import feature_config
 from featurecache.engines._runner import Plan, ShardRunner, resolve_device, resolve_dtype
 from featurecache.models._layers import default_pool
+from featurecache.models._rebuild import feature_config
 
 
 def make_dataset(n_images: int, side: int) -> Dataset:

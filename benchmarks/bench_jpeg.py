@@ -38,12 +38,12 @@ import torch
 from jpeg_folder import make_jpeg_folder
 
 from featurecache import RunOptions, extract, load_backbone, load_dataset
+from featurecache.engines._options import resolve_loader_workers
 from featurecache.engines._runner import (
     COMPUTE_DTYPES,
     data_loader,
     resolve_device,
     resolve_dtype,
-    resolve_loader_workers,
 )
 from featurecache.models._decode import decode_jpegs
 

@@ -194,12 +194,8 @@ def _layers_features(dataset: Dataset, config: FeatureConfig, layers: tuple[str,
     rows, and ``{layer: features of the ok rows}``."""
     import pandas as pd
 
-    from featurecache.engines._runner import (
-        Plan,
-        ShardRunner,
-        resolve_device,
-        resolve_loader_workers,
-    )
+    from featurecache.engines._options import resolve_loader_workers
+    from featurecache.engines._runner import Plan, ShardRunner, resolve_device
 
     backbone = _rebuild(config, what)
     infos = {info.name: info for info in backbone.layers if info.name in layers}

@@ -26,7 +26,7 @@ from featurecache.cache._folder import decode as _decode
 from featurecache.cache._format import STATUS_FAILED, STATUS_OK, STATUS_PENDING
 from featurecache.cache._legacy import open_view, read_table
 from featurecache.cache._samples import STATE_LIVE, STATE_REMOVED, STATE_STALE, SampleColumns
-from featurecache.cache._stream import Batch, iter_batches
+from featurecache.cache._stream import Batch, stream_windows
 from featurecache.core._validation import check_choice
 from featurecache.exceptions import (
     CacheCorruptError,
@@ -383,10 +383,36 @@ class Cache(SampleColumns):
     ) -> Iterator[Batch]:
         """Stream the ok rows among ``rows`` in row order, a bounded window at a time.
 
-        See :func:`featurecache.cache._stream.iter_batches` (parameters, memory);
         ``(X, y, rows)`` of each batch are aligned, as :meth:`load_rows` would return them.
+
+        Parameters
+        ----------
+        model, layer : str
+        rows : ndarray, optional
+            A boolean mask of shape ``(n_samples,)`` or row numbers (any order); default every
+            row. Removed, failed and pending rows are left out, as :meth:`load_rows`
+            leaves them.
+        batch_rows : int, optional
+            Consecutive row numbers per window (default: the power of two whose float32 window
+            holds about 64 MiB). A batch holds at most this many rows, fewer where ``rows``
+            skips some; windows without a kept row are not read.
+        dtype : {float32, float64}
+            The type of ``X``.
+        view : {"plain", "augment", "tta"}
+            ``plain``: the features, ``X`` of shape ``(n, n_features)``; ``augment`` or
+            ``tta``: every view of the rows whose views of that kind are all ok, ``X`` of
+            shape ``(n, n_views, n_features)`` (see :meth:`load_views`).
+
+        Yields
+        ------
+        Batch
+
+        Raises
+        ------
+        InvalidArgumentError
+            A bad ``rows``, ``batch_rows``, ``dtype`` or ``view``.
         """
-        return iter_batches(self, model, layer, rows, batch_rows=batch_rows, dtype=dtype, view=view)
+        return stream_windows(self, model, layer, rows, batch_rows, dtype, view)
 
     def verify(self, model: str | None = None) -> None:
         """Read every committed feature matrix and check it against its digests.

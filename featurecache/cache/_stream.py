@@ -20,16 +20,16 @@ import numpy as np
 
 from featurecache.core._validation import ParameterError, check_choice, check_int
 
-__all__ = ["Batch", "DEFAULT_BATCH_BYTES", "STREAM_VIEWS", "default_batch_rows", "iter_batches"]
+__all__ = ["Batch", "DEFAULT_BATCH_BYTES", "STREAM_VIEWS", "default_batch_rows", "stream_windows"]
 
 #: The float32 bytes of one window by default (two are held: the current and the next).
 DEFAULT_BATCH_BYTES = 64 << 20
-#: What ``view`` of :func:`iter_batches` accepts: the plain rows, or one kind of extra view.
+#: What ``view`` of :meth:`Cache.iter_batches` accepts: the plain rows, or one kind of extra view.
 STREAM_VIEWS = ("plain", "augment", "tta")
 
 
 class RowReader(Protocol):
-    """What :func:`iter_batches` asks of a reader (:class:`~featurecache.cache.Cache`)."""
+    """What :func:`stream_windows` asks of a reader (:class:`~featurecache.cache.Cache`)."""
 
     n_samples: int
     labels: np.ndarray
@@ -66,47 +66,12 @@ def default_batch_rows(n_features: int, n_views: int = 1, batch_bytes: int = DEF
     return 1 << (rows.bit_length() - 1)
 
 
-def iter_batches(
-    cache: RowReader,
-    model: str,
-    layer: str,
-    rows: np.ndarray | None = None,
-    *,
-    batch_rows: int | None = None,
-    dtype: str | np.dtype = np.float32,
-    view: str = "plain",
+def stream_windows(
+    cache: RowReader, model, layer, rows, batch_rows, dtype, view
 ) -> Iterator[Batch]:
-    """Yield the ok rows among ``rows`` of ``model/layer`` as :class:`Batch` es, in row order.
-
-    Parameters
-    ----------
-    cache : Cache
-        The reader (anything with :class:`RowReader`'s methods).
-    model, layer : str
-    rows : ndarray, optional
-        A boolean mask of shape ``(n_samples,)`` or row numbers (any order); default every
-        row. Removed, failed and pending rows are left out, as :meth:`Cache.load_rows`
-        leaves them.
-    batch_rows : int, optional
-        Consecutive row numbers per window (default: the power of two whose float32 window
-        holds about 64 MiB). A batch holds at most this many rows, fewer where ``rows``
-        skips some; windows without a kept row are not read.
-    dtype : {float32, float64}
-        The type of ``X``.
-    view : {"plain", "augment", "tta"}
-        ``plain``: the features, ``X`` of shape ``(n, n_features)``; ``augment`` or
-        ``tta``: every view of the rows whose views of that kind are all ok, ``X`` of
-        shape ``(n, n_views, n_features)`` (see :meth:`Cache.load_views`).
-
-    Yields
-    ------
-    Batch
-
-    Raises
-    ------
-    InvalidArgumentError
-        A bad ``rows``, ``batch_rows``, ``dtype`` or ``view``.
-    """
+    """The batches of :meth:`Cache.iter_batches <featurecache.cache.Cache.iter_batches>`,
+    whose parameters this checks, read ahead one window at a time; ``cache`` is anything
+    with :class:`RowReader`'s methods."""
     view = check_choice(view, "view", "iter_batches", STREAM_VIEWS)
     dtype = _check_dtype(dtype)
     mask = _mask(cache, rows)

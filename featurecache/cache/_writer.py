@@ -167,19 +167,16 @@ class Store:
         """``[start, stop)`` of every shard, in shard order."""
         return self.read_samples(identity=False).shard_ranges()
 
-    def reconcile(
-        self,
-        dataset,
-        *,
-        verify: bool = False,
-        retry: Sequence[int] = (),
-        keep_splits: bool = False,
-    ) -> Reconciled:
-        """Compare ``dataset`` with the stored table by content (nothing is written): see
-        :meth:`SampleTable.reconcile`."""
+    def reconcile(self, dataset, **options) -> Reconciled:
+        """Compare ``dataset`` with the stored table by content (nothing is written).
+
+        ``options`` (``verify``, ``retry``, ``keep_splits``) are those of
+        :meth:`SampleTable.reconcile`; they are kept for the write that follows.
+        """
         table = self.read_samples()
-        kwargs = {"verify": verify, "retry": tuple(retry), "keep_splits": keep_splits}
-        return Reconciled(table, *table.reconcile(dataset, **kwargs), kwargs)
+        if "retry" in options:
+            options["retry"] = tuple(options["retry"])
+        return Reconciled(table, *table.reconcile(dataset, **options), options)
 
     def failed_rows(self, model: str) -> list[int]:
         """Live rows whose status is failed in a committed shard of ``model``."""

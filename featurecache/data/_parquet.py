@@ -72,15 +72,7 @@ class ParquetImages(Source):
             groups=np.array(groups, dtype=np.int64),
             positions=np.array(positions, dtype=np.int64),
         )
-        return Scanned(
-            self.name,
-            ids=np.array(ids, dtype=object),
-            labels=labels,
-            splits=np.array(splits, dtype=object),
-            class_names=class_names,
-            members=members,
-            skipped={"no_image": tuple(skipped)},
-        )
+        return self.scanned(ids, labels, splits, class_names, members, skipped)
 
     def _rows(self, name: str):
         """``(group, position, key, image bytes, label, split)`` of each row of a file."""

@@ -142,6 +142,26 @@ class Source:
         """Read the data's sample table (ids, labels, splits) and place every image."""
         raise NotImplementedError
 
+    def scanned(
+        self,
+        ids: list[str],
+        labels: np.ndarray,
+        splits: list[str],
+        class_names: tuple[str, ...],
+        members: SampleBytes,
+        no_image: list[str],
+    ) -> Scanned:
+        """What this source's scan found, ``no_image`` the keys that hold no image."""
+        return Scanned(
+            self.name,
+            ids=np.array(ids, dtype=object),
+            labels=labels,
+            splits=np.array(splits, dtype=object),
+            class_names=class_names,
+            members=members,
+            skipped={"no_image": tuple(no_image)},
+        )
+
 
 def _normal(name: str) -> str:
     return name if is_url(name) else os.path.abspath(os.path.expanduser(name))

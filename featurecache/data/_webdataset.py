@@ -96,15 +96,7 @@ class WebDataset(Source):
             offsets=np.array(offsets, dtype=np.int64),
             sizes=np.array(sizes, dtype=np.int64),
         )
-        return Scanned(
-            self.name,
-            ids=np.array(ids, dtype=object),
-            labels=labels,
-            splits=np.array(splits, dtype=object),
-            class_names=class_names,
-            members=members,
-            skipped={"no_image": tuple(skipped)},
-        )
+        return self.scanned(ids, labels, splits, class_names, members, skipped)
 
     def _scan_shard(self, name: str) -> dict[str, dict]:
         """``{key: fields}`` of one shard, in member order: ``image`` is ``(offset, size,

@@ -1,4 +1,5 @@
-"""A validated extraction request, and the one way every engine commits its shards."""
+"""A job: the validated request prepared for one model of one cache, and the one way every
+engine commits its shards."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from featurecache.data._datasets import Dataset
 from featurecache.engines._runner import Plan, ShardResult, ShardRunner, layer_attrs
 from featurecache.exceptions import CacheReadOnlyError, OutOfSpaceError
 from featurecache.models._layers import LayerInfo, pooled_size
-from featurecache.models._rebuild import feature_config, rebuild_backbone, resize_mode
+from featurecache.models._rebuild import rebuild_backbone
 from featurecache.models._registry import LoadedBackbone
 
-__all__ = ["Job", "feature_config", "resize_mode"]
+__all__ = ["Job"]
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,8 @@ import torch
 from featurecache.cache import FeatureConfig
 from featurecache.core._validation import check_optional_int
 from featurecache.engines._job import Job
-from featurecache.engines._options import RunOptions
-from featurecache.engines._runner import (
-    Plan,
-    resolve_device,
-    resolve_dtype,
-    resolve_loader_workers,
-)
+from featurecache.engines._options import RunOptions, resolve_loader_workers
+from featurecache.engines._runner import Plan, resolve_device, resolve_dtype
 
 __all__ = ["LocalEngine"]
 
@@ -26,8 +21,10 @@ __all__ = ["LocalEngine"]
 class LocalEngine:
     """Compute every shard in this process (the default engine of :func:`featurecache.extract`).
 
-    Data loading uses ``options.workers`` processes; each shard is listed in the index as
-    soon as it is written.
+    Data loading uses ``options.workers`` processes (on the CPU at the lowest priority, so the
+    forward keeps the cores); each shard is committed by one line of the model's commit log
+    as soon as it is written, and the index is rebuilt from the logs every few seconds and
+    at the end of the run.
 
     Parameters
     ----------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 # The request's vocabularies, re-exported for the engines: their home is the spec.
 from featurecache.core._spec import COMPUTE_DTYPE_NAMES, DECODE_MODES, DEFAULT_DECODE, STORE_DTYPES
@@ -11,6 +13,8 @@ from featurecache.core._validation import ParameterError, check_choice, check_in
 __all__ = [
     "RunOptions",
     "DEVICES",
+    "MAX_LOADERS",
+    "resolve_loader_workers",
     "COMPUTE_DTYPE_NAMES",
     "STORE_DTYPES",
     "DECODE_MODES",
@@ -18,6 +22,8 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Most data-loading processes ``workers="auto"`` starts.
+MAX_LOADERS = 32
 _OWNER = "RunOptions"
 
 
@@ -33,9 +39,10 @@ class RunOptions:
     batch_size : int
         Images per forward pass.
     workers : int or "auto"
-        Data-loading processes (of this process, or of each Ray worker). ``auto``: one fewer
-        than the CPUs available, at least 1 and at most 32, and 0 for in-memory arrays. The
-        processes persist from shard to shard of a run.
+        Data-loading processes (of this process, or of each Ray worker). ``auto``: one per CPU
+        at the lowest priority when the forward runs on the CPU, one fewer than the CPUs
+        beside an accelerator; at least 1 and at most 32, and 0 for in-memory arrays
+        (:func:`resolve_loader_workers`). The processes persist from shard to shard of a run.
     device : {"auto", "cpu", "cuda", "mps"}
         Where the forward pass runs; ``auto`` picks CUDA, then MPS, then the CPU (on Ray,
         ``cuda`` when the workers reserve GPUs).
@@ -68,3 +75,31 @@ class RunOptions:
             raise ParameterError("locking", _OWNER, "None, True or False", self.locking)
         if not isinstance(self.progress, bool):
             raise ParameterError("progress", _OWNER, "True or False", self.progress)
+
+
+def resolve_loader_workers(
+    workers: int | str, dataset: Any, cpus: float | None = None, device: str = "cpu"
+) -> int:
+    """Data-loading processes for ``workers`` reading ``dataset``: ``auto`` scales with the cores.
+
+    ``auto``: one per core (the CPUs this process may use by default, or ``cpus``) when the
+    forward runs on the CPU, where the loaders run at the lowest priority and decode in the
+    time the forward leaves them (``data_loader`` in :mod:`featurecache.engines._runner`);
+    one fewer than the cores when the forward runs on an accelerator, leaving a core to feed
+    it. At least 1 and at most :data:`MAX_LOADERS`; 0 for in-memory arrays
+    (``dataset.arrays``), which need no decoding.
+    """
+    if workers != "auto":
+        return int(workers)
+    if dataset.arrays is not None:
+        return 0
+    available = _usable_cpus() if cpus is None else int(cpus)
+    spare = 0 if device == "cpu" else 1
+    return max(1, min(MAX_LOADERS, available - spare))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2

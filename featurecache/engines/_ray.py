@@ -31,8 +31,8 @@ from featurecache.core._validation import (
     cluster_unreachable,
 )
 from featurecache.engines._job import Job
-from featurecache.engines._options import RunOptions
-from featurecache.engines._runner import Plan, resolve_dtype, resolve_loader_workers
+from featurecache.engines._options import RunOptions, resolve_loader_workers
+from featurecache.engines._runner import Plan, resolve_dtype
 from featurecache.exceptions import FeatureCacheError, InvalidArgumentError
 
 __all__ = ["RayEngine"]

@@ -60,15 +60,12 @@ __all__ = [
     "resolve_dtype",
     "resolve_decode",
     "cpu_has_fast_bfloat16",
-    "resolve_loader_workers",
     "data_loader",
 ]
 
 logger = logging.getLogger(__name__)
 
 COMPUTE_DTYPES = {name: getattr(torch, name) for name in COMPUTE_DTYPE_NAMES}
-#: Most data-loading processes ``workers="auto"`` starts.
-MAX_LOADERS = 32
 #: Batches each loader process keeps ready.
 PREFETCH = 2
 #: The forward waited for data this share of the run or more: the run is decode-bound.
@@ -774,30 +771,3 @@ def cpu_has_fast_bfloat16() -> bool:
     except OSError:
         return False
     return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def resolve_loader_workers(
-    workers: int | str, dataset: Dataset, cpus: float | None = None, device: str = "cpu"
-) -> int:
-    """Data-loading processes: ``auto`` scales with the cores.
-
-    ``auto``: one per core (the CPUs this process may use by default, or ``cpus``) when the
-    forward runs on the CPU, where the loaders run at the lowest priority and decode in the
-    time the forward leaves them (:func:`data_loader`); one fewer than the cores when the
-    forward runs on an accelerator, leaving a core to feed it. At least 1 and at most
-    :data:`MAX_LOADERS`; 0 for in-memory arrays, which need no decoding.
-    """
-    if workers != "auto":
-        return int(workers)
-    if dataset.arrays is not None:
-        return 0
-    available = _usable_cpus() if cpus is None else int(cpus)
-    spare = 0 if device == "cpu" else 1
-    return max(1, min(MAX_LOADERS, available - spare))
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 2

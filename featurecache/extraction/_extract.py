@@ -24,18 +24,19 @@ from featurecache.core._spec import DEFAULT_MODEL, MAX_IMAGE_SIZE, POOL_METHODS,
 from featurecache.core._validation import ParameterError
 from featurecache.data._datasets import Dataset, follow_split, load_dataset
 from featurecache.engines._engine import Engine, Session
-from featurecache.engines._job import Job, feature_config
+from featurecache.engines._job import Job
 from featurecache.engines._local import LocalEngine
 from featurecache.engines._options import RunOptions
 from featurecache.engines._runner import Plan, resolve_decode
 from featurecache.exceptions import CacheReadOnlyError, ConfigMismatchError
 from featurecache.models._layers import LayerInfo, check_layers, default_pool
+from featurecache.models._rebuild import feature_config
 from featurecache.models._registry import LoadedBackbone, load_backbone
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "extract", "extract_spec", "prepare", "check_cache", "cache_name", "feature_config",
+    "extract", "extract_spec", "prepare", "check_cache", "cache_name",
     "ExtractResult", "FeatureSpec", "DEFAULT_MODEL", "MAX_IMAGE_SIZE",
 ]  # fmt: skip
 

@@ -19,30 +19,11 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from featurecache.cache import ViewSets
-from featurecache.core._views import (
-    AUGMENT_ITEMS,
-    MAX_VIEWS,
-    TTA_ITEMS,
-    Augment,
-    TestTime,
-    parse_augment,
-    parse_tta,
-)
+from featurecache.core._views import Augment, TestTime, parse_augment, parse_tta
 
-__all__ = [
-    "AUGMENT_ITEMS",
-    "TTA_ITEMS",
-    "MAX_VIEWS",
-    "Augment",
-    "TestTime",
-    "ViewMaker",
-    "parse_augment",
-    "parse_tta",
-    "view_seed",
-    "view_generator",
-    "augment_image",
-    "tta_view",
-]
+# The grammar of views (parse_augment, parse_tta, Augment, TestTime) lives in the torch-free
+# core, featurecache.core._views; this module makes their pixels.
+__all__ = ["ViewMaker", "view_seed", "view_generator", "augment_image", "tta_view"]
 
 #: RandomResizedCrop's aspect-ratio range (torchvision's default).
 RATIO = (3.0 / 4.0, 4.0 / 3.0)

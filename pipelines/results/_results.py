@@ -121,46 +121,19 @@ __all__ = [
 #: Bumped when a combination's record changes meaning: older records are refitted.
 #: 2: keys name the exact feature rows read (``features_digest``), hashed as canonical JSON.
 RECORD_VERSION = 2
-RESULT_COLUMNS = (
-    "model",
-    "layer",
-    "depth",
-    "head",
-    "views",
-    "n_views",
-    "tta",
-    "n_tta",
-    "params",
-    "selection",
-    "cv_mean",
-    "cv_std",
-    "test_accuracy",
-    "test_balanced_accuracy",
-    "test_macro_f1",
-    "fit_seconds",
-    "n_train",
-    "n_val",
-    "n_test",
-    "n_features",
-    "n_not_converged",
-    "warnings",
-    "strategy",
-    "n_select",
-    "n_refit",
-    "predict_seconds_per_1000",
-    "head_file",
-    "predictions_file",
-)
-FLOAT_COLUMNS = (
-    "depth",
-    "cv_mean",
-    "cv_std",
-    "test_accuracy",
-    "test_balanced_accuracy",
-    "test_macro_f1",
-    "fit_seconds",
-    "predict_seconds_per_1000",
-)
+#: The columns of ``results.csv``, in order, with the kind of value each holds; the float
+#: columns are read back as floats (a JSON null, no test split or no depth, as NaN).
+RESULT_TYPES = {
+    "model": str, "layer": str, "depth": float, "head": str, "views": str, "n_views": int,
+    "tta": str, "n_tta": int, "params": str, "selection": str, "cv_mean": float,
+    "cv_std": float, "test_accuracy": float, "test_balanced_accuracy": float,
+    "test_macro_f1": float, "fit_seconds": float, "n_train": int, "n_val": int, "n_test": int,
+    "n_features": int, "n_not_converged": int, "warnings": str, "strategy": str,
+    "n_select": int, "n_refit": int, "predict_seconds_per_1000": float, "head_file": str,
+    "predictions_file": str,
+}  # fmt: skip
+RESULT_COLUMNS = tuple(RESULT_TYPES)
+FLOAT_COLUMNS = tuple(name for name, kind in RESULT_TYPES.items() if kind is float)
 #: ``confidence``: the predicted class's probability (or vote share); for heads without
 #: probabilities, the softmax of their decision scores.
 PREDICTION_COLUMNS = ("id", "y_true", "y_pred", "true_class", "pred_class", "confidence")

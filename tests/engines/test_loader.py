@@ -14,15 +14,14 @@ from PIL import Image
 from featurecache import load_dataset
 from featurecache.data._datasets import Dataset
 from featurecache.engines import _runner as _runner_module
-from featurecache.engines._job import feature_config
+from featurecache.engines._options import MAX_LOADERS, resolve_loader_workers
 from featurecache.engines._runner import (
-    MAX_LOADERS,
     DataClock,
     Plan,
     ShardRunner,
     data_loader,
-    resolve_loader_workers,
 )
+from featurecache.models._rebuild import feature_config
 from featurecache.models._registry import load_backbone
 
 

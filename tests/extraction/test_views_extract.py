@@ -22,10 +22,11 @@ from featurecache.app.cli import main
 from featurecache.cache import ViewSets
 from featurecache.cache import _format as fmt
 from featurecache.core._validation import ParameterError
+from featurecache.core._views import parse_augment, parse_tta
 from featurecache.data._datasets import load_dataset
 from featurecache.engines._runner import data_loader
 from featurecache.exceptions import ConfigMismatchError
-from featurecache.models._augment import ViewMaker, parse_augment, parse_tta, view_seed
+from featurecache.models._augment import ViewMaker, view_seed
 from featurecache.models._preprocess import load_image
 from featurecache.models._registry import load_backbone
 

@@ -12,13 +12,13 @@ from PIL import Image
 
 from featurecache import RunOptions, extract
 from featurecache.cache import FeatureConfig
-from featurecache.engines._job import feature_config
 from featurecache.engines._runner import Plan, ShardRunner
 from featurecache.exceptions import ConfigMismatchError, InvalidArgumentError
 from featurecache.models._decode import decode_jpegs, read_image
 from featurecache.models._jpeg import plain_jpeg
 from featurecache.models._layers import default_pool
 from featurecache.models._preprocess import Preprocess, load_image
+from featurecache.models._rebuild import feature_config
 from featurecache.models._registry import load_backbone
 
 #: ``fast`` against ``exact`` on a smooth photo-sized JPEG, in normalised units (one unit is

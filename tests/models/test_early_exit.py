@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from featurecache.data._datasets import Dataset
-from featurecache.engines._job import feature_config
 from featurecache.engines._runner import Plan, ShardRunner
 from featurecache.models._layers import StopForward, capture, deepest, stop_after
+from featurecache.models._rebuild import feature_config
 from featurecache.models._registry import load_backbone
 
 

@@ -12,9 +12,9 @@ from PIL import Image
 
 from featurecache import RunOptions, extract, open_cache
 from featurecache.cache import FeatureConfig
-from featurecache.engines._job import feature_config
 from featurecache.exceptions import InvalidArgumentError
 from featurecache.models._layers import capture
+from featurecache.models._rebuild import feature_config
 from featurecache.models._registry import load_backbone
 
 timm = pytest.importorskip("timm")
