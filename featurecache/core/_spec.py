@@ -19,9 +19,8 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from featurecache.cache import ViewSets
 from featurecache.core._validation import (
     ParameterError,
     check_bool,
@@ -31,6 +30,9 @@ from featurecache.core._validation import (
 )
 from featurecache.core._views import MAX_VIEWS, parse_augment, parse_tta
 from featurecache.exceptions import suggest
+
+if TYPE_CHECKING:
+    from featurecache.cache import ViewSets
 
 __all__ = [
     "FeatureSpec",
@@ -310,6 +312,9 @@ def _view_sets(views: Any, augment: Any, tta: Any, seed: int, owner: str) -> Vie
     test_time = parse_tta(tta, owner) if tta is not None else None
     if not views and test_time is None:
         return None
+    # deferred: the command line builds its parsers from this module without h5py
+    from featurecache.cache import ViewSets
+
     return ViewSets(
         k=views, augment=spec, seed=seed,
         tta_k=0 if test_time is None else test_time.n_views,
