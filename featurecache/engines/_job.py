@@ -148,8 +148,13 @@ class Job:
         """After a run: pack the model's shard files into segments (the writer lock held).
 
         Out of disk space, the shards stay as they are (they read the same) and the next
-        run tries again.
+        run tries again. Without locks nothing guarantees this run is the model's only
+        writer, and packing would delete shard files another writer may be reading: the
+        shards stay as they are (``Store.compact`` packs them when one writer is sure).
         """
+        if not self.store.locking:
+            logger.info("without locks, the shards of %s stay uncompacted", self.model)
+            return
         try:
             self.store.compact_held(self.model)
         except OutOfSpaceError as error:

@@ -198,6 +198,20 @@ def _small(images, cache, *, run: dict | None = None, **kw):
     return extract(images, cache, **{**features, **kw}, options=options)
 
 
+def test_a_run_packs_its_shards_into_segments_only_under_the_writer_lock(images, tmp_path):
+    # Without locks another writer of the model may be reading the shard files packing
+    # deletes: they stay as they are, and read the same.
+    kinds = {}
+    for locking in (True, False):
+        cache = tmp_path / f"locking-{locking}" / "c.h5"
+        cache.parent.mkdir()
+        _small(images, cache, layers=["layer1"], run={"locking": locking})
+        files = {p.name.split("-")[0] for p in cache.with_name("c.h5.d").rglob("*-*.h5")}
+        kinds[locking] = (files, _read(cache, "resnet18", "layer1")[0])
+    assert kinds[True][0] == {"segment"} and kinds[False][0] == {"shard"}
+    np.testing.assert_array_equal(kinds[True][1], kinds[False][1])
+
+
 def test_rerun_is_a_hit_without_forward_and_rewrites_nothing(images, tmp_path, forward_calls):
     cache = tmp_path / "c.h5"
     _small(images, cache, layers=["layer1", "embedding"])
