@@ -149,8 +149,12 @@ def test_sigkill_at_random_moments_keeps_every_reported_row(tmp_path, env, n_kil
     with h5py.File(cache, "r") as f:
         listed = set(f[fmt.shards_path(MODEL, "file")].asstr()[:])
     on_disk = {str(p.relative_to(folder)) for p in folder.glob("c.h5.d/*/p-*/*.h5")}
-    assert listed == on_disk  # the run's end compacted every shard into one segment
-    assert [p.rsplit("/", 1)[1] for p in on_disk] == [f"segment-000000-{N_ROWS // 2 - 1:06d}.h5"]
+    assert listed == on_disk
+    names = sorted(p.rsplit("/", 1)[1] for p in on_disk)
+    if not env:  # the run's end compacted every shard into one segment
+        assert names == [f"segment-000000-{N_ROWS // 2 - 1:06d}.h5"]
+    else:  # without locks another writer may be reading them: the shards stay
+        assert names and all(name.startswith("shard-") for name in names)
 
 
 def test_ls_after_a_kill_before_the_first_commit_shows_every_sample_pending(tmp_path, capsys):
