@@ -233,14 +233,17 @@ class Cache(SampleColumns):
         self._layer(model, layer)  # raises UnknownNameError with suggestions
         return self._view.status(model, layer, self.n_samples)
 
-    def counts(self, model: str, layer: str) -> dict[str, dict[str, int]]:
+    def counts(self, model: str, layer: str | Sequence[str]) -> dict[str, dict[str, int]]:
         """The one count of a layer's rows, per split (``""``: no split) and ``"all"``.
 
         Each holds ``ok``, ``failed`` and ``pending`` (of live rows), ``removed`` (samples
         no longer in the dataset) and ``stale`` (rows superseded by a newer row of the same
-        sample). ``extract``, ``ls``, ``fit`` and the report all count with it.
+        sample). ``extract``, ``ls``, ``fit`` and the report all count with it. With several
+        layers, a row is ok when it is ok in every one of them, failed when it failed in any,
+        and pending otherwise.
         """
-        status = self.status(model, layer)
+        names = [layer] if isinstance(layer, str) else list(layer)
+        status = joint_status([self.status(model, name) for name in names])
         found = {"all": count_rows(status, self.state)}
         for split in self.samples.ordered_splits():
             rows = self.splits == split
@@ -567,6 +570,15 @@ class Cache(SampleColumns):
         """
         self._check_model(model)
         return read_classifiers(self.path, model, self.class_names)
+
+
+def joint_status(statuses: Sequence[np.ndarray]) -> np.ndarray:
+    """One ``STATUS_*`` per row for several layers: failed in any, else pending in any, else ok."""
+    stacked = np.stack(statuses)
+    joint = np.full(stacked.shape[1], STATUS_OK, dtype=stacked.dtype)
+    joint[(stacked == STATUS_PENDING).any(axis=0)] = STATUS_PENDING
+    joint[(stacked == STATUS_FAILED).any(axis=0)] = STATUS_FAILED
+    return joint
 
 
 def count_rows(status: np.ndarray, state: np.ndarray) -> dict[str, int]:

@@ -62,8 +62,9 @@ class ExtractResult:
     seconds: float
     device: str = ""
     compute_dtype: str = ""
-    #: ``Cache.counts`` of the last requested layer: ok, failed, pending, removed and stale
-    #: rows per split and ``"all"``.
+    #: ``Cache.counts`` of the requested layers together (a row is ok when every layer is,
+    #: failed when any failed): ok, failed, pending, removed and stale rows per split and
+    #: ``"all"``.
     counts: dict = field(default_factory=dict, compare=False)
     #: How the dataset differed from the cache's samples, in words (``"no change"``).
     changes: str = "no change"
@@ -450,7 +451,7 @@ def _aligned(dataset: Dataset, store: Store) -> Dataset:
 
 
 def _result(job: Job, plan: Plan, written: int, seconds: float, device: str) -> ExtractResult:
-    counts = open_cache(job.store.path).counts(job.model, job.layers[-1])
+    counts = open_cache(job.store.path).counts(job.model, job.layers)
     return ExtractResult(
         cache=job.store.path,
         model=job.model,
