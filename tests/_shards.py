@@ -55,7 +55,7 @@ def write_parquet(data: Path, out: Path, per_file: int = 6) -> list[Path]:
             "key": [dataset.ids[i].rsplit(".", 1)[0] for i in rows] + [f"failed-{n}"],
             "jpg": [Path(dataset.paths[i]).read_bytes() for i in rows] + [None],
             "status": ["success"] * len(rows) + ["failed_to_download"],
-            "url": [f"https://example.org/{i}.png" for i in rows] + ["https://example.org/x"],
+            "url": [f"http://127.0.0.1:9/{i}.png" for i in rows] + ["http://127.0.0.1:9/x"],
             "label": [dataset.class_names[dataset.labels[i]] for i in rows] + [None],
             "split": [dataset.splits[i] for i in rows] + [None],
         })  # fmt: skip

@@ -30,7 +30,7 @@ def test_brace_patterns_expand_in_order_with_their_padding(pattern, names):
 
 
 def test_urls_and_paths():
-    assert is_url("s3://b/k.tar") and is_url("https://h/x.tar") and is_url("gs://b/x")
+    assert is_url("s3://b/k.tar") and is_url("https://127.0.0.1:9/x.tar") and is_url("gs://b/x")
     assert not is_url("data/x.tar") and not is_url("file:///x.tar") and not is_url("C:x.tar")
 
 

@@ -284,7 +284,7 @@ def test_manifest_paths_resolve_against_the_manifests_url():
     assert resolve_url(manifest, "../../photos/ant/1.jpg") == "s3://bucket/photos/ant/1.jpg"
     assert resolve_url(manifest, "/photos/ant/1.jpg") == "s3://bucket/photos/ant/1.jpg"
     assert resolve_url(manifest, "gs://other/1.jpg") == "gs://other/1.jpg"
-    assert resolve_url("https://h.org/d/m.csv", "a/1.jpg") == "https://h.org/d/a/1.jpg"
+    assert resolve_url("https://127.0.0.1:9/d/m.csv", "a/1.jpg") == "https://127.0.0.1:9/d/a/1.jpg"
 
 
 def test_the_stamp_uses_the_etag_else_the_time_else_nothing():
